@@ -1,0 +1,1 @@
+//! Integration tests that boot the tandem image under QEMU.
