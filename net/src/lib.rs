@@ -1,2 +1,22 @@
-#![no_std]
+//! Networking for the tandem image: smoltcp interfaces over virtio-net.
+//!
+//! Each NIC gets its own smoltcp [`Interface`] and socket set, configured
+//! statically or by DHCP ([`NicAddressing`]). The front-end network and the
+//! replication link are separate NICs, so keeping them apart here keeps a
+//! socket on one from ever answering on the other. ICMP echo is answered by
+//! smoltcp itself.
+//!
+//! The crate holds no `unsafe`: the DMA glue (`virtio_drivers::Hal`) lives in
+//! the kernel's hardware layer.
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod nic;
+mod virtio;
+
+pub use nic::{Nic, NicAddressing, NicEvent};
+pub use virtio::{NicCounters, VirtioNic};
+
+pub use smoltcp;
