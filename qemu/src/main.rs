@@ -1,1 +1,131 @@
-fn main() {}
+//! `cargo tandem <command>`: build and run the tandem image under QEMU.
+
+use std::process::ExitCode;
+
+use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions};
+use tandem_qemu::{
+    Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PortForward, Result, TempDir, VmSpec,
+    accel, bench, disk, image, node,
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = cli::parse(&args).and_then(|command| match command {
+        Command::Image => {
+            let path = image::build_image()?;
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(options) => run(options),
+        Command::BenchBoot(options) => bench_boot(options),
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Planned(name) => Err(Error::Usage(format!("`{name}` is not implemented yet"))),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tandem: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(options: RunOptions) -> Result<ExitCode> {
+    // Fail on the host's problems before spending time on a build.
+    node::find_qemu()?;
+    if let Some(path) = &options.disk {
+        disk::check_disk(path)?;
+    }
+    let cmdline = KernelCmdline::parse(&options.append);
+    let mut forwards = vec![
+        PortForward { host: options.ports.nvme, guest: tandem_qemu::vm::GUEST_NVME_PORT },
+        PortForward { host: options.ports.discovery, guest: tandem_qemu::vm::GUEST_DISCOVERY_PORT },
+    ];
+    if let Some(status) = cmdline.status_port() {
+        forwards.push(PortForward { host: options.ports.status, guest: status });
+    }
+    for forward in &forwards {
+        node::check_port_free(forward.host)?;
+    }
+
+    let image = image::build_image()?;
+    let (accel, why) = accel::resolve(options.accel, &image);
+    eprintln!("tandem: accelerator: {why}");
+
+    let dir = TempDir::new("run")?;
+    let disk_path = match &options.disk {
+        Some(path) => path.clone(),
+        None => {
+            let path = dir.path().join("disk0.img");
+            disk::create_sparse(&path, options.disk_size)?;
+            path
+        }
+    };
+    let mut spec = VmSpec::new("node", dir.path(), &image, &cmdline.to_string(), accel)
+        .disk(&disk_path)
+        .nic(0, NetBackend::User { forwards: forwards.clone(), tftp: None });
+    spec.memory_mib = options.memory_mib;
+    spec.console = ConsoleMode::Stdio;
+
+    describe(&spec, &forwards, options.disk.is_none(), accel);
+    // QEMU owns the terminal and handles Ctrl-C itself; the launcher stays
+    // to clean up after it.
+    // SAFETY: setting a signal disposition has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let mut node = Node::spawn(spec)?;
+    let status = node.wait()?;
+    let qemu_log = std::fs::read_to_string(node.spec().qemu_log()).unwrap_or_default();
+    drop(node);
+    let code = status.code();
+    match ImageExit::from_code(code) {
+        ImageExit::PoweredOff => eprintln!("tandem: powered off"),
+        ImageExit::ConfigError => eprintln!("tandem: the image rejected its command line (QEMU exit 3)"),
+        ImageExit::Panic => eprintln!("tandem: the image panicked (QEMU exit 5)"),
+        ImageExit::Other(_) => {
+            eprintln!("tandem: QEMU exited ({status})");
+            if !qemu_log.trim().is_empty() {
+                eprintln!("{}", qemu_log.trim_end());
+            }
+        }
+    }
+    Ok(ExitCode::from(code.unwrap_or(1).clamp(0, 255) as u8))
+}
+
+fn describe(spec: &VmSpec, forwards: &[PortForward], fresh_disk: bool, accel: Accel) {
+    let disk = &spec.disks[0].path;
+    if fresh_disk {
+        eprintln!("tandem: disk {} (fresh, sparse; removed on exit — keep data with --disk FILE)", disk.display());
+    } else {
+        eprintln!("tandem: disk {}", disk.display());
+    }
+    for f in forwards {
+        let service = match f.guest {
+            tandem_qemu::vm::GUEST_NVME_PORT => "NVMe/TCP",
+            tandem_qemu::vm::GUEST_DISCOVERY_PORT => "discovery",
+            _ => "status",
+        };
+        eprintln!("tandem: {service:<9} 127.0.0.1:{} -> guest port {}", f.host, f.guest);
+    }
+    eprintln!("tandem: QMP {}", spec.qmp_socket().display());
+    eprintln!("tandem: console log {}", spec.console_log().display());
+    eprintln!("tandem: {accel}, {} MiB; console below (Ctrl-A x quits, Ctrl-A c: QEMU monitor)", spec.memory_mib);
+}
+
+fn bench_boot(options: BenchOptions) -> Result<ExitCode> {
+    node::find_qemu()?;
+    let image = image::build_image()?;
+    let figures = bench::measure(&image, options.runs)?;
+    let section = bench::render(&figures, &bench::Machine::detect());
+    print!("{section}");
+    if options.write {
+        let output = options.output.unwrap_or_else(|| image::workspace_root().join("docs").join("benchmarks.md"));
+        let old = std::fs::read_to_string(&output).unwrap_or_default();
+        let new = bench::replace_section(&old, bench::SECTION_HEADING, &section);
+        std::fs::write(&output, new).map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+        eprintln!("tandem: wrote the Boot section of {}", output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
