@@ -205,8 +205,7 @@ pub fn image_end() -> u64 {
     unsafe extern "C" {
         static __image_end: u8;
     }
-    // SAFETY: only the address of a linker-defined symbol is taken.
-    unsafe { &raw const __image_end as u64 }
+    &raw const __image_end as u64
 }
 
 /// First byte of the loaded image.
@@ -214,8 +213,7 @@ pub fn image_start() -> u64 {
     unsafe extern "C" {
         static __image_start: u8;
     }
-    // SAFETY: only the address of a linker-defined symbol is taken.
-    unsafe { &raw const __image_start as u64 }
+    &raw const __image_start as u64
 }
 
 /// Lowest address of the kernel stack (for overflow diagnostics).
@@ -223,8 +221,7 @@ pub fn stack_bottom() -> u64 {
     unsafe extern "C" {
         static boot_stack_bottom: u8;
     }
-    // SAFETY: only the address of an assembler-defined symbol is taken.
-    unsafe { &raw const boot_stack_bottom as u64 }
+    &raw const boot_stack_bottom as u64
 }
 
 static mut CMDLINE_COPY: [u8; CMDLINE_CAPACITY] = [0; CMDLINE_CAPACITY];

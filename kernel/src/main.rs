@@ -1,2 +1,71 @@
+//! The tandem image: brings up the machine and runs the event loop that
+//! pumps data between the devices and the protocol crates.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod hw;
+mod logger;
+mod machine;
+
+use core::fmt::Write;
+
+use hw::power::{self, FailureExit};
+use hw::serial::EmergencyConsole;
+use tandem_boot::BootInfo;
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let _ = writeln!(EmergencyConsole, "\ntandem: panic: {info}");
+    power::fail(FailureExit::Panic)
+}
+
+/// The precompiled `core` refers to these even with `panic = "abort"`.
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
+
+#[unsafe(no_mangle)]
+extern "C" fn _Unwind_Resume() -> ! {
+    power::halt_forever()
+}
+
+/// Entered from `tandem_boot` in long mode.
+#[unsafe(no_mangle)]
+pub fn kernel_main(boot: BootInfo) -> ! {
+    hw::serial::init();
+    hw::cpu::init_idt();
+    hw::clock::calibrate();
+    logger::init();
+
+    let Some(heap) =
+        hw::memory::choose_heap(boot.usable_memory(), tandem_boot::image_start(), tandem_boot::image_end())
+    else {
+        let _ = writeln!(EmergencyConsole, "tandem: no usable RAM above the image");
+        power::fail(FailureExit::Config)
+    };
+    // SAFETY: the region is usable RAM, identity mapped, outside the image
+    // and its stack; the loader's structures were copied out already.
+    unsafe { hw::memory::init_heap(heap) };
+
+    let config = match tandem_kernel::config::Config::parse(boot.cmdline()) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("tandem: config error: {error}");
+            power::fail(FailureExit::Config)
+        }
+    };
+    if boot.cmdline_truncated {
+        log::warn!("the command line was longer than 4 KiB and was cut");
+    }
+    logger::set_level(config.log_level);
+    log::info!(
+        "tandem {} booting ({:?}, heap {} MiB, TSC {} MHz)",
+        env!("CARGO_PKG_VERSION"),
+        boot.protocol,
+        (heap.end - heap.start) >> 20,
+        hw::clock::tsc_mhz()
+    );
+    hw::cpu::init_pic();
+    machine::Machine::start(config).run()
+}

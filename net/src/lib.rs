@@ -13,9 +13,11 @@
 
 extern crate alloc;
 
+mod listener;
 mod nic;
 mod virtio;
 
+pub use listener::Listener;
 pub use nic::{Nic, NicAddressing, NicEvent};
 pub use virtio::{NicCounters, VirtioNic};
 

@@ -140,8 +140,12 @@ impl<D: Device> Nic<D> {
             };
             match dhcp_event {
                 Some((address, _)) if address.address().is_unspecified() => {
-                    self.clear_address();
-                    event = Some(NicEvent::AddressLost);
+                    // smoltcp reports "deconfigured" when it (re)starts
+                    // discovery too; only a lost address is news.
+                    if self.address.take().is_some() {
+                        self.clear_address();
+                        event = Some(NicEvent::AddressLost);
+                    }
                 }
                 Some((address, gateway)) => {
                     self.set_address(address, gateway);

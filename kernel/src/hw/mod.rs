@@ -1,0 +1,8 @@
+//! The hardware layer: the only part of the kernel with `unsafe`.
+pub mod clock;
+pub mod cpu;
+pub mod dma;
+pub mod memory;
+pub mod pci;
+pub mod power;
+pub mod serial;

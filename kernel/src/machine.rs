@@ -1,0 +1,327 @@
+//! The machine: its devices, the event loop and the console commands.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use tandem_kernel::config::Config;
+use tandem_kernel::console::{self, Command, LineEditor, PatternRange};
+use tandem_kernel::pattern;
+use tandem_net::smoltcp::socket::tcp;
+use tandem_net::smoltcp::time::Instant;
+use tandem_net::{Listener, Nic, NicAddressing, NicEvent, VirtioNic};
+use virtio_drivers::device::blk::VirtIOBlk;
+use virtio_drivers::transport::DeviceType;
+
+use crate::hw::dma::KernelHal;
+use crate::hw::pci::{self, SharedTransport};
+use crate::hw::{clock, cpu, memory, power, serial};
+use crate::{print, println};
+
+type NetDevice = VirtioNic<KernelHal, SharedTransport>;
+
+/// How long DHCP NICs may take before the machine reports ready anyway.
+const DHCP_READY_TIMEOUT_MICROS: u64 = 10_000_000;
+const STATUS_CONNECTIONS: usize = 4;
+const STATUS_BUFFER_BYTES: usize = 4096;
+/// Sectors per virtio-blk request for the pattern commands (64 KiB).
+const PATTERN_CHUNK_SECTORS: u64 = 128;
+
+struct NetPort {
+    nic: Nic<NetDevice>,
+    transport: SharedTransport,
+    status: Option<Listener>,
+}
+
+struct Disk {
+    blk: VirtIOBlk<KernelHal, SharedTransport>,
+    sectors: u64,
+    read_only: bool,
+}
+
+pub struct Machine {
+    nets: Vec<NetPort>,
+    disks: Vec<Disk>,
+    editor: LineEditor,
+    ready: bool,
+    started_micros: u64,
+}
+
+fn instant(micros: u64) -> Instant {
+    Instant::from_micros(micros as i64)
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
+}
+
+impl Machine {
+    /// Finds and sets up every virtio-net and virtio-blk device.
+    pub fn start(config: Config) -> Self {
+        let started_micros = clock::now_micros();
+        let (devices, unusable) = pci::find_virtio_devices();
+        for device in &unusable {
+            println!("tandem: error: {device}");
+        }
+        let mut nets = Vec::new();
+        let mut disks = Vec::new();
+        for device in devices {
+            cpu::unmask_irq(device.irq);
+            match device.kind {
+                DeviceType::Network => {
+                    let index = nets.len();
+                    let name: &'static str = alloc::boxed::Box::leak(format!("net{index}").into_boxed_str());
+                    match VirtioNic::<KernelHal, _>::new(device.transport.clone()) {
+                        Ok(nic) => {
+                            let mac = nic.mac_address();
+                            let addressing = config.nic(index);
+                            log::info!("{name}: virtio-net at {} mac {} irq {} {}", device.location, mac_text(mac), device.irq, addressing);
+                            let nic = Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
+                            let status = (config.status_port != 0)
+                                .then(|| Listener::new(config.status_port, STATUS_CONNECTIONS, STATUS_BUFFER_BYTES));
+                            nets.push(NetPort { nic, transport: device.transport, status });
+                        }
+                        Err(error) => println!("tandem: error: {name}: virtio-net at {} failed: {error:?}", device.location),
+                    }
+                }
+                DeviceType::Block => {
+                    let index = disks.len();
+                    match VirtIOBlk::<KernelHal, _>::new(device.transport) {
+                        Ok(blk) => {
+                            let sectors = blk.capacity();
+                            let read_only = blk.readonly();
+                            log::info!("disk{index}: virtio-blk at {} {} MiB{}", device.location, sectors >> 11, if read_only { " read-only" } else { "" });
+                            disks.push(Disk { blk, sectors, read_only });
+                        }
+                        Err(error) => println!("tandem: error: disk{index}: virtio-blk at {} failed: {error:?}", device.location),
+                    }
+                }
+                _ => {}
+            }
+        }
+        for index in config.configured_nics() {
+            if index >= nets.len() {
+                log::warn!("net{index} is configured but the machine has only {} NIC(s)", nets.len());
+            }
+        }
+        cpu::unmask_irq(serial::COM1_IRQ);
+        cpu::start_tick();
+        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros }
+    }
+
+    pub fn run(mut self) -> ! {
+        loop {
+            let now = clock::now_micros();
+            cpu::take_pending_irqs();
+            for port in &mut self.nets {
+                port.nic.device_mut().ack_interrupt();
+            }
+            for disk in &mut self.disks {
+                disk.blk.ack_interrupt();
+            }
+            let mut busy = self.poll_console();
+            busy |= self.poll_network(now);
+            self.check_ready(now);
+            if !busy && !self.nets.iter().any(|port| port.nic.device().has_rx()) {
+                cpu::wait_for_interrupt();
+            }
+        }
+    }
+
+    fn poll_console(&mut self) -> bool {
+        let mut busy = false;
+        while let Some(byte) = serial::try_read() {
+            busy = true;
+            let output = self.editor.feed(byte);
+            serial::write_str(output.echo);
+            if let Some(line) = output.line {
+                self.execute(&line);
+                print!("{}", console::PROMPT);
+            }
+        }
+        busy
+    }
+
+    fn poll_network(&mut self, now: u64) -> bool {
+        let mut busy = false;
+        for index in 0..self.nets.len() {
+            let (activity, event) = self.nets[index].nic.poll(instant(now));
+            busy |= activity;
+            match event {
+                Some(NicEvent::AddressAcquired { address, gateway }) => {
+                    log::info!("net{index}: DHCP address {address} gateway {gateway:?}")
+                }
+                Some(NicEvent::AddressLost) => log::warn!("net{index}: DHCP lease lost"),
+                None => {}
+            }
+            busy |= self.serve_status(index);
+        }
+        busy
+    }
+
+    /// The status port: every connection gets the status text, then a close.
+    fn serve_status(&mut self, index: usize) -> bool {
+        let text = self.status_text();
+        let port = &mut self.nets[index];
+        let Some(listener) = port.status.as_mut() else { return false };
+        let sockets = port.nic.sockets_mut();
+        let accepted = listener.poll(sockets);
+        for handle in accepted {
+            let socket = sockets.get_mut::<tcp::Socket>(handle);
+            let bytes = text.as_bytes();
+            let sent = socket.send_slice(&bytes[..bytes.len().min(STATUS_BUFFER_BYTES)]).unwrap_or(0);
+            if sent < bytes.len() {
+                log::debug!("status text cut at {sent} bytes");
+            }
+            socket.close();
+        }
+        false
+    }
+
+    fn check_ready(&mut self, now: u64) {
+        if self.ready {
+            return;
+        }
+        let all_addressed = self.nets.iter().all(|port| port.nic.address().is_some());
+        if !all_addressed && now.saturating_sub(self.started_micros) < DHCP_READY_TIMEOUT_MICROS {
+            return;
+        }
+        self.ready = true;
+        let mut line = format!("tandem: ready {} ms", now / 1000);
+        for port in &self.nets {
+            match port.nic.address() {
+                Some(address) => {
+                    let _ = write!(line, " {}={address}", port.nic.name());
+                }
+                None => {
+                    let _ = write!(line, " {}=unconfigured", port.nic.name());
+                }
+            }
+        }
+        if self.nets.is_empty() {
+            line.push_str(" no-nics");
+        }
+        println!("{line}");
+        print!("{}", console::PROMPT);
+    }
+
+    fn execute(&mut self, line: &str) {
+        match console::parse(line) {
+            Err(error) => println!("error: {error}"),
+            Ok(Command::Empty) => {}
+            Ok(Command::Help) => println!("{}", console::HELP),
+            Ok(Command::Status) => print!("{}", self.status_text()),
+            Ok(Command::Log(level)) => {
+                crate::logger::set_level(level);
+                println!("log level {level}");
+            }
+            Ok(Command::DiskFill(range)) => self.disk_pattern(range, true),
+            Ok(Command::DiskVerify(range)) => self.disk_pattern(range, false),
+            Ok(Command::Poweroff) => {
+                println!("tandem: powering off");
+                power::poweroff()
+            }
+            Ok(Command::Reboot) => {
+                println!("tandem: rebooting");
+                power::reboot()
+            }
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let now = clock::now_micros();
+        let (used, free) = memory::heap_usage();
+        let mut text = format!(
+            "uptime {}.{:03} s\nmemory used={} free={} bytes\n",
+            now / 1_000_000,
+            now / 1000 % 1000,
+            used,
+            free
+        );
+        for port in &self.nets {
+            let counters = port.nic.device().counters();
+            let address = match (port.nic.address(), port.nic.addressing()) {
+                (Some(address), _) => format!("{address}"),
+                (None, NicAddressing::Dhcp) => String::from("dhcp-pending"),
+                (None, _) => String::from("none"),
+            };
+            let _ = writeln!(
+                text,
+                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{}",
+                port.nic.name(),
+                mac_text(port.nic.device().mac_address()),
+                address,
+                port.nic.gateway().map(|g| format!("{g}")).unwrap_or_else(|| String::from("none")),
+                if port.transport.net_link_up() { "up" } else { "down" },
+                counters.rx_packets.get(),
+                counters.rx_bytes.get(),
+                counters.tx_packets.get(),
+                counters.tx_bytes.get(),
+                counters.rx_errors.get(),
+                counters.tx_errors.get(),
+            );
+        }
+        for (index, disk) in self.disks.iter().enumerate() {
+            let _ = writeln!(
+                text,
+                "disk{index} size={} bytes sectors={}{}",
+                disk.sectors * 512,
+                disk.sectors,
+                if disk.read_only { " read-only" } else { "" }
+            );
+        }
+        text
+    }
+
+    fn disk_pattern(&mut self, range: PatternRange, write: bool) {
+        let Some(disk) = self.disks.get_mut(range.disk) else {
+            println!("error: disk: no disk {} (the machine has {})", range.disk, self.disks.len());
+            return;
+        };
+        let Some(end) = range.lba.checked_add(range.count).filter(|end| *end <= disk.sectors) else {
+            println!("error: disk: sectors {}..{} are beyond disk {} ({} sectors)", range.lba, range.lba.saturating_add(range.count), range.disk, disk.sectors);
+            return;
+        };
+        if write && disk.read_only {
+            println!("error: disk: disk {} is read-only", range.disk);
+            return;
+        }
+        let mut buffer = alloc::vec![0u8; (PATTERN_CHUNK_SECTORS as usize) * pattern::SECTOR_BYTES];
+        let mut lba = range.lba;
+        while lba < end {
+            let sectors = (end - lba).min(PATTERN_CHUNK_SECTORS);
+            let bytes = &mut buffer[..sectors as usize * pattern::SECTOR_BYTES];
+            if write {
+                for (offset, sector) in bytes.chunks_exact_mut(pattern::SECTOR_BYTES).enumerate() {
+                    pattern::fill_sector(sector, range.seed, lba + offset as u64);
+                }
+                if let Err(error) = disk.blk.write_blocks(lba as usize, bytes) {
+                    println!("error: disk {}: write at lba {lba} failed: {error:?}", range.disk);
+                    return;
+                }
+            } else {
+                if let Err(error) = disk.blk.read_blocks(lba as usize, bytes) {
+                    println!("error: disk {}: read at lba {lba} failed: {error:?}", range.disk);
+                    return;
+                }
+                for (offset, sector) in bytes.chunks_exact(pattern::SECTOR_BYTES).enumerate() {
+                    if !pattern::sector_matches(sector, range.seed, lba + offset as u64) {
+                        println!("disk {}: mismatch at lba {}", range.disk, lba + offset as u64);
+                        return;
+                    }
+                }
+            }
+            lba += sectors;
+        }
+        if write {
+            if let Err(error) = disk.blk.flush() {
+                println!("error: disk {}: flush failed: {error:?}", range.disk);
+                return;
+            }
+            println!("disk {}: wrote {} sectors", range.disk, range.count);
+        } else {
+            println!("disk {}: verified {} sectors", range.disk, range.count);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! A TCP listening port that accepts many connections: smoltcp has no
+//! accept(), so the listener keeps one socket in LISTEN, hands established
+//! ones to the caller, and opens a fresh listening socket each time — up to a
+//! bound on live connections, so a flood of connections costs bounded memory.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+pub struct Listener {
+    port: u16,
+    max_connections: usize,
+    buffer_bytes: usize,
+    listening: Option<SocketHandle>,
+    connections: Vec<SocketHandle>,
+}
+
+impl Listener {
+    /// `max_connections` live connections at most, each with `buffer_bytes`
+    /// of receive and of transmit buffer.
+    pub fn new(port: u16, max_connections: usize, buffer_bytes: usize) -> Self {
+        Self { port, max_connections, buffer_bytes, listening: None, connections: Vec::new() }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connections handed out and not yet closed.
+    pub fn connections(&self) -> &[SocketHandle] {
+        &self.connections
+    }
+
+    /// Accepts: returns sockets that left LISTEN since the last call, drops
+    /// sockets that have closed, and keeps one socket listening.
+    pub fn poll(&mut self, sockets: &mut SocketSet<'static>) -> Vec<SocketHandle> {
+        let mut accepted = Vec::new();
+        if let Some(handle) = self.listening {
+            let socket = sockets.get::<tcp::Socket>(handle);
+            if socket.is_active() {
+                accepted.push(handle);
+                self.connections.push(handle);
+                self.listening = None;
+            } else if !socket.is_open() {
+                // Listen failed or was reset: start over.
+                sockets.remove(handle);
+                self.listening = None;
+            }
+        }
+        self.connections.retain(|handle| {
+            let open = sockets.get::<tcp::Socket>(*handle).state() != tcp::State::Closed;
+            if !open {
+                sockets.remove(*handle);
+            }
+            open
+        });
+        if self.listening.is_none() && self.connections.len() < self.max_connections {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
+                tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
+            );
+            if socket.listen(self.port).is_ok() {
+                self.listening = Some(sockets.add(socket));
+            }
+        }
+        accepted
+    }
+
+    /// Forgets a connection and frees its socket at once (after an abort).
+    pub fn remove(&mut self, sockets: &mut SocketSet<'static>, handle: SocketHandle) {
+        if let Some(position) = self.connections.iter().position(|h| *h == handle) {
+            self.connections.swap_remove(position);
+            sockets.remove(handle);
+        }
+    }
+}
