@@ -1,0 +1,448 @@
+//! Frames of the replication stream (a TCP connection on the replication
+//! link). The stream is ordered: a Config frame sent before a Write is
+//! applied before it.
+//!
+//! Header (32 bytes, big-endian):
+//! ```text
+//!  0 magic    u32  0x54445253 ("TDRS")
+//!  4 version  u8   1
+//!  5 kind     u8
+//!  6 sender   u8
+//!  7 flags    u8   0
+//!  8 length   u32  payload length
+//! 12 hcrc     u32  CRC-32C of the 32 header bytes with this field zero
+//! 16 epoch    u64  the sender's record epoch (writes) or epoch (acks)
+//! 24 seq      u64  write sequence number (Write, WriteAck), else 0
+//! 32 payload
+//! ```
+
+use alloc::vec::Vec;
+
+use super::{Reader, Writer, CRC32C, RECORD_LEN};
+use crate::types::{DataState, EpochRecord, NodeId, Role};
+use crate::Error;
+
+pub const MAGIC: u32 = 0x5444_5253;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 32;
+/// Largest data carried by one Write or ResyncData frame.
+pub const MAX_DATA: usize = 1 << 20;
+/// Largest payload of any frame (data plus its 8-byte offset).
+pub const MAX_PAYLOAD: usize = MAX_DATA + 16;
+
+pub mod kind {
+    pub const HELLO: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const WRITE: u8 = 3;
+    pub const WRITE_ACK: u8 = 4;
+    pub const BITMAP: u8 = 5;
+    pub const BITMAP_DONE: u8 = 6;
+    pub const RESYNC_DATA: u8 = 7;
+    pub const RESYNC_ACK: u8 = 8;
+    pub const RESYNC_DONE: u8 = 9;
+}
+
+/// Outcome of applying a replicated write or resync chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Durable on the receiver.
+    Ok = 0,
+    /// Refused: the receiver is in a different epoch or promised another
+    /// candidate (fencing token check). The header carries its epoch.
+    Fenced = 1,
+    /// The receiver's disk failed the write.
+    IoError = 2,
+}
+
+impl AckStatus {
+    fn from_u8(v: u8) -> Option<AckStatus> {
+        match v {
+            0 => Some(AckStatus::Ok),
+            1 => Some(AckStatus::Fenced),
+            2 => Some(AckStatus::IoError),
+            _ => None,
+        }
+    }
+}
+
+/// First frame each side sends after the connection is established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub role: Role,
+    pub data_state: DataState,
+    pub record: EpochRecord,
+    pub region_size: u32,
+    pub region_count: u64,
+    pub data_bytes: u64,
+}
+
+/// A decoded stream frame. Data-carrying frames borrow from the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    Hello(Hello),
+    /// The primary's committed record; sent before any Write of that epoch.
+    Config(EpochRecord),
+    Write { offset: u64, data: &'a [u8] },
+    WriteAck { status: AckStatus },
+    /// A run of the sender's dirty-region bitmap.
+    Bitmap { first_region: u64, bit_count: u32, bits: &'a [u8] },
+    BitmapDone,
+    ResyncData { offset: u64, data: &'a [u8] },
+    ResyncAck { offset: u64, len: u32, status: AckStatus },
+    ResyncDone,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub sender: NodeId,
+    pub epoch: u64,
+    pub seq: u64,
+    pub body: Body<'a>,
+}
+
+fn header_crc(h: &[u8]) -> u32 {
+    let mut d = CRC32C.digest();
+    d.update(h.get(..12).unwrap_or(&[]));
+    d.update(&[0u8; 4]);
+    d.update(h.get(16..HEADER_LEN).unwrap_or(&[]));
+    d.finalize()
+}
+
+/// Checks a frame header and returns `(kind, sender, payload length)`.
+fn check_header(h: &[u8]) -> Result<(u8, NodeId, usize), Error> {
+    if h.len() < HEADER_LEN {
+        return Err(Error::Truncated);
+    }
+    let mut r = Reader::new(h);
+    if r.u32() != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let version = r.u8();
+    let kind = r.u8();
+    let sender = r.u8();
+    let _flags = r.u8();
+    let length = r.u32() as usize;
+    let crc = r.u32();
+    if crc != header_crc(h) {
+        return Err(Error::BadChecksum);
+    }
+    if version != VERSION {
+        return Err(Error::UnsupportedVersion(version as u16));
+    }
+    let sender = NodeId::from_u8(sender).filter(|n| n.is_data_node()).ok_or(Error::InvalidField("sender"))?;
+    if length > MAX_PAYLOAD {
+        return Err(Error::TooLarge { length: length as u64, max: MAX_PAYLOAD as u64 });
+    }
+    Ok((kind, sender, length))
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes one complete frame (header and payload) from untrusted bytes.
+    pub fn parse(bytes: &'a [u8]) -> Result<Frame<'a>, Error> {
+        let (kind, sender, length) = check_header(bytes)?;
+        let mut r = Reader::new(bytes);
+        r.skip(16);
+        let epoch = r.u64();
+        let seq = r.u64();
+        let payload = bytes.get(HEADER_LEN..HEADER_LEN + length).ok_or(Error::Truncated)?;
+        let need = |n: usize| if payload.len() < n { Err(Error::Truncated) } else { Ok(()) };
+        let mut r = Reader::new(payload);
+        let body = match kind {
+            kind::HELLO => {
+                need(8 + RECORD_LEN + 24)?;
+                let role = Role::from_u8(r.u8()).ok_or(Error::InvalidField("hello.role"))?;
+                let data_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("hello.data_state"))?;
+                r.skip(6);
+                let record = r.record()?;
+                let region_size = r.u32();
+                r.skip(4);
+                let region_count = r.u64();
+                let data_bytes = r.u64();
+                Body::Hello(Hello { role, data_state, record, region_size, region_count, data_bytes })
+            }
+            kind::CONFIG => {
+                need(RECORD_LEN)?;
+                Body::Config(r.record()?)
+            }
+            kind::WRITE | kind::RESYNC_DATA => {
+                need(8)?;
+                let offset = r.u64();
+                let data = r.rest();
+                if data.is_empty() {
+                    return Err(Error::InvalidField("data length"));
+                }
+                if kind == kind::WRITE {
+                    Body::Write { offset, data }
+                } else {
+                    Body::ResyncData { offset, data }
+                }
+            }
+            kind::WRITE_ACK => {
+                need(8)?;
+                let status = AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("write_ack.status"))?;
+                Body::WriteAck { status }
+            }
+            kind::BITMAP => {
+                need(16)?;
+                let first_region = r.u64();
+                let bit_count = r.u32();
+                r.skip(4);
+                let bits = r.rest();
+                if (bit_count as usize).div_ceil(8) != bits.len() {
+                    return Err(Error::InvalidField("bitmap.bit_count"));
+                }
+                Body::Bitmap { first_region, bit_count, bits }
+            }
+            kind::BITMAP_DONE => Body::BitmapDone,
+            kind::RESYNC_ACK => {
+                need(16)?;
+                let offset = r.u64();
+                let len = r.u32();
+                let status = AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("resync_ack.status"))?;
+                Body::ResyncAck { offset, len, status }
+            }
+            kind::RESYNC_DONE => Body::ResyncDone,
+            k => return Err(Error::UnknownKind(k)),
+        };
+        Ok(Frame { sender, epoch, seq, body })
+    }
+
+    /// Encodes the frame.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut payload = Vec::new();
+        let mut w = Writer(&mut payload);
+        let kind = match &self.body {
+            Body::Hello(h) => {
+                w.u8(h.role as u8)
+                    .u8(h.data_state as u8)
+                    .zeros(6)
+                    .record(&h.record)
+                    .u32(h.region_size)
+                    .zeros(4)
+                    .u64(h.region_count)
+                    .u64(h.data_bytes);
+                kind::HELLO
+            }
+            Body::Config(rec) => {
+                w.record(rec);
+                kind::CONFIG
+            }
+            Body::Write { offset, data } => {
+                w.u64(*offset).bytes(data);
+                kind::WRITE
+            }
+            Body::ResyncData { offset, data } => {
+                w.u64(*offset).bytes(data);
+                kind::RESYNC_DATA
+            }
+            Body::WriteAck { status } => {
+                w.u8(*status as u8).zeros(7);
+                kind::WRITE_ACK
+            }
+            Body::Bitmap { first_region, bit_count, bits } => {
+                w.u64(*first_region).u32(*bit_count).zeros(4).bytes(bits);
+                kind::BITMAP
+            }
+            Body::BitmapDone => kind::BITMAP_DONE,
+            Body::ResyncAck { offset, len, status } => {
+                w.u64(*offset).u32(*len).u8(*status as u8).zeros(3);
+                kind::RESYNC_ACK
+            }
+            Body::ResyncDone => kind::RESYNC_DONE,
+        };
+        let mut out = encode_header(kind, self.sender, self.epoch, self.seq, payload.len());
+        out.extend_from_slice(&payload);
+        out
+    }
+}
+
+fn encode_header(kind: u8, sender: NodeId, epoch: u64, seq: u64, payload_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 16);
+    Writer(&mut out)
+        .u32(MAGIC)
+        .u8(VERSION)
+        .u8(kind)
+        .u8(sender.to_u8())
+        .u8(0)
+        .u32(payload_len as u32)
+        .u32(0)
+        .u64(epoch)
+        .u64(seq);
+    let crc = header_crc(&out);
+    if let Some(slot) = out.get_mut(12..16) {
+        slot.copy_from_slice(&crc.to_be_bytes());
+    }
+    out
+}
+
+/// The header and offset of a Write frame whose `len` data bytes follow
+/// directly on the stream: lets the sender transmit host data without copying
+/// it into a frame buffer.
+pub fn write_frame_prefix(sender: NodeId, epoch: u64, seq: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut out = encode_header(kind::WRITE, sender, epoch, seq, 8 + len);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out
+}
+
+/// Cuts a byte stream into frames. Holds at most one frame's worth of bytes
+/// (bounded by [`MAX_PAYLOAD`]); a header error poisons the decoder, since
+/// the frame boundary is lost and the stream must be reset.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    start: usize,
+    poisoned: Option<Error>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.poisoned.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+    /// Bytes held and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+    /// Returns the next complete frame's bytes (`Ok(None)` when more bytes are
+    /// needed), or the error that broke the stream.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(e) = self.poisoned {
+            return Err(e);
+        }
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            self.compact();
+            return Ok(None);
+        }
+        let length = match check_header(avail) {
+            Ok((_, _, length)) => length,
+            Err(e) => {
+                self.poisoned = Some(e);
+                self.buf = Vec::new();
+                self.start = 0;
+                return Err(e);
+            }
+        };
+        let total = HEADER_LEN + length;
+        if avail.len() < total {
+            self.compact();
+            return Ok(None);
+        }
+        let frame = avail[..total].to_vec();
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(frame))
+    }
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Vec<u8>> {
+        let rec = EpochRecord { epoch: 5, primary: Some(NodeId::B), outdated: None };
+        let data = [7u8; 100];
+        let bodies = [
+            Body::Hello(Hello {
+                role: Role::Secondary,
+                data_state: DataState::Outdated,
+                record: rec,
+                region_size: 65536,
+                region_count: 1234,
+                data_bytes: 1234 * 65536,
+            }),
+            Body::Config(rec),
+            Body::Write { offset: 4096, data: &data },
+            Body::WriteAck { status: AckStatus::Fenced },
+            Body::Bitmap { first_region: 8, bit_count: 13, bits: &[0xff, 0x1f] },
+            Body::BitmapDone,
+            Body::ResyncData { offset: 1 << 20, data: &data[..10] },
+            Body::ResyncAck { offset: 1 << 20, len: 10, status: AckStatus::Ok },
+            Body::ResyncDone,
+        ];
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Frame { sender: NodeId::A, epoch: 3, seq: i as u64, body }.emit())
+            .collect()
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for bytes in samples() {
+            let f = Frame::parse(&bytes).unwrap();
+            assert_eq!(f.emit(), bytes);
+        }
+    }
+
+    #[test]
+    fn write_prefix_plus_data_is_a_write_frame() {
+        let mut bytes = write_frame_prefix(NodeId::B, 9, 77, 8192, 3);
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let f = Frame::parse(&bytes).unwrap();
+        assert_eq!(f.body, Body::Write { offset: 8192, data: &[1, 2, 3] });
+        assert_eq!((f.sender, f.epoch, f.seq), (NodeId::B, 9, 77));
+    }
+
+    #[test]
+    fn decoder_handles_any_split_and_coalescing() {
+        let all: Vec<u8> = samples().concat();
+        for chunk in [1usize, 2, 3, 7, 31, 32, 33, 100, 4096] {
+            let mut d = Decoder::new();
+            let mut out = Vec::new();
+            for piece in all.chunks(chunk) {
+                d.push(piece);
+                while let Some(f) = d.next_frame().unwrap() {
+                    out.push(f);
+                }
+            }
+            assert_eq!(out, samples(), "chunk {chunk}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn decoder_rejects_oversized_and_corrupt_headers_and_stays_broken() {
+        let mut h = encode_header(kind::WRITE, NodeId::A, 1, 1, MAX_PAYLOAD + 1);
+        let mut d = Decoder::new();
+        d.push(&h);
+        assert!(matches!(d.next_frame(), Err(Error::TooLarge { .. })));
+        assert!(d.next_frame().is_err());
+        h[20] ^= 1;
+        let mut d = Decoder::new();
+        d.push(&h);
+        assert_eq!(d.next_frame(), Err(Error::BadChecksum));
+    }
+
+    #[test]
+    fn truncated_and_invalid_payloads_are_rejected() {
+        for bytes in samples() {
+            for n in 0..bytes.len() {
+                assert!(Frame::parse(&bytes[..n]).is_err());
+            }
+        }
+        // Bitmap with a bit count that does not match its bytes.
+        let f = Frame { sender: NodeId::A, epoch: 1, seq: 0, body: Body::Bitmap { first_region: 0, bit_count: 20, bits: &[1] } };
+        assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("bitmap.bit_count")));
+        // The witness never speaks on the replication stream.
+        let f = Frame { sender: NodeId::Witness, epoch: 1, seq: 0, body: Body::ResyncDone };
+        assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("sender")));
+        // An empty write.
+        let f = Frame { sender: NodeId::A, epoch: 1, seq: 0, body: Body::Write { offset: 0, data: &[] } };
+        assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("data length")));
+    }
+}
