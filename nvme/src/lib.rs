@@ -1,2 +1,59 @@
-#![no_std]
+//! Sans-IO NVMe/TCP target.
+//!
+//! Layers, bottom up:
+//! - [`wire`]: NVMe/TCP PDUs ([`wire::Packet`]/[`wire::Repr`]), submission and
+//!   completion queue entries, status codes. Checked parsing; never panics on
+//!   untrusted bytes.
+//! - [`Target`]: configuration and the state shared by all connections
+//!   (controllers, ANA groups, events).
+//! - [`Connection`]: one TCP connection = one NVMe queue. Bytes in (split
+//!   anywhere), bytes out (drained by the caller), block requests out and
+//!   their completions in (any order), `poll(now)` for timers.
+//!
+//! Nothing here does I/O or reads a clock: the caller moves bytes between the
+//! connection and its TCP socket, executes block requests, and passes the
+//! current time ([`Instant`]).
+//!
+//! See `docs/nvme.md` for what is implemented and what is not.
+
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod admin;
+pub mod block;
+pub mod config;
+mod connection;
+pub mod digest;
+pub mod error;
+#[cfg(feature = "host")]
+pub mod host;
+mod io;
+mod target;
+pub mod wire;
+
+pub use block::{BlockError, BlockOp, BlockOutcome, BlockRequest, ByteRange, RequestId};
+pub use config::{AnaState, Limits, NamespaceConfig, Portal, PortalAddress, TargetConfig, DISCOVERY_NQN};
+pub use connection::{Connection, ConnectionInfo, ConnectionState, QueueStats};
+pub use digest::Crc32c;
+pub use error::{Error, FatalErrorStatus};
+pub use target::{
+    ControllerInfo, RemovalReason, SubsystemKind, Target, TargetEvent, TargetStats, AEN_ANA_CHANGE,
+};
+
+/// A point in time on the caller's monotonic clock, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(u64);
+
+impl Instant {
+    pub const fn from_millis(ms: u64) -> Self {
+        Instant(ms)
+    }
+    pub const fn millis(self) -> u64 {
+        self.0
+    }
+    pub const fn add_millis(self, ms: u64) -> Self {
+        Instant(self.0.saturating_add(ms))
+    }
+}
