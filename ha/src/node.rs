@@ -1,0 +1,2021 @@
+//! The data node state machine: roles and epochs, heartbeats on every link,
+//! leases, elections, synchronous replication, dirty-region resync, planned
+//! switchover and fencing, and the ANA state the NVMe layer must report.
+//!
+//! The kernel drives it with the `on_*`/`host_*`/command methods and `tick`,
+//! then executes [`DataNode::drain_actions`] **in order**. A
+//! [`Action::PersistMetadata`] is a barrier: it must be durable (written with
+//! FUA, or written then flushed) before any later action is performed.
+//!
+//! The role is per node: every namespace of the node follows it.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::bitmap::Bitmap;
+use crate::metadata::{emit_bitmap_block, load_bitmap_block, Layout, Superblock};
+use crate::time::{Duration, Instant};
+use crate::types::{AnaState, DataState, EpochRecord, LinkId, NodeId, Role, MAX_LINKS};
+use crate::voter::{OwnView, VoteAsk, Voter};
+use crate::wire::control::{flags, Datagram, ElectionReason, Heartbeat, Message, Refusal};
+use crate::wire::stream::{self, AckStatus, Body, Frame, Hello};
+use crate::Error;
+
+/// The timers of the protocol. All are measured on the local clock only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Heartbeats and lease renewals are sent this often on every link.
+    pub heartbeat_interval: Duration,
+    /// A member silent on every link for this long is considered failed.
+    pub failure_timeout: Duration,
+    /// A lease lasts this long from the moment its request was sent.
+    pub lease_duration: Duration,
+    /// Added by a granter before it helps anyone else take over.
+    pub lease_margin: Duration,
+    /// Worst relative clock-rate difference between two nodes.
+    pub clock_drift_ppm: u32,
+}
+
+impl Timing {
+    /// Defaults for a LAN: takeover about 0.5 s after the primary died.
+    pub const DEFAULT: Timing = Timing {
+        heartbeat_interval: Duration::from_millis(50),
+        failure_timeout: Duration::from_millis(500),
+        lease_duration: Duration::from_millis(400),
+        lease_margin: Duration::from_millis(100),
+        clock_drift_ppm: 1000,
+    };
+
+    /// How long a granter keeps its promise after a grant: the lease,
+    /// stretched by the clock drift, plus the safety margin.
+    pub fn promise_horizon(&self) -> Duration {
+        self.lease_duration.stretched_by_ppm(self.clock_drift_ppm) + self.lease_margin
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let i = self.heartbeat_interval.as_micros();
+        if i == 0 {
+            return Err(Error::InvalidConfig("heartbeat interval must be positive"));
+        }
+        if self.lease_duration.as_micros() < 2 * i {
+            return Err(Error::InvalidConfig("lease must cover at least two heartbeat intervals"));
+        }
+        if self.failure_timeout.as_micros() < 2 * i {
+            return Err(Error::InvalidConfig("failure timeout must cover at least two heartbeat intervals"));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of a data node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: NodeId,
+    /// Identifies the pair; stored in the metadata and checked on open.
+    pub pair_id: u64,
+    /// A value that differs on every boot (e.g. from the TSC).
+    pub incarnation: u64,
+    /// Number of links (1..=4); link 0 carries the replication stream.
+    pub links: u8,
+    pub timing: Timing,
+    /// Resync bandwidth limit, bytes per second.
+    pub resync_rate: u64,
+    /// Resync chunks sent and not yet acknowledged, at most.
+    pub resync_max_in_flight: u32,
+    /// How often clean regions are cleared from the persisted bitmap.
+    pub bitmap_flush_interval: Duration,
+    /// Role changes kept for `history`.
+    pub history_len: usize,
+}
+
+impl Config {
+    pub fn new(node: NodeId, pair_id: u64, incarnation: u64) -> Config {
+        Config {
+            node,
+            pair_id,
+            incarnation,
+            links: 2,
+            timing: Timing::DEFAULT,
+            resync_rate: 100 << 20,
+            resync_max_in_flight: 4,
+            bitmap_flush_interval: Duration::from_millis(1000),
+            history_len: 64,
+        }
+    }
+}
+
+/// Outcome of a host I/O, for the NVMe layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoResult {
+    Ok,
+    /// Fail with an ANA path status (Inaccessible or Transition): the host
+    /// retries on the other path. Nothing was acknowledged.
+    PathError,
+    /// The local disk failed.
+    MediaError,
+}
+
+/// Why host I/O is refused at submission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIoError {
+    /// This node does not serve I/O now; report the given ANA state.
+    NotServing(AnaState),
+    /// The range lies outside the data area.
+    OutOfRange,
+}
+
+/// Why a console command was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    NotPrimary,
+    AlreadyPrimary,
+    /// The peer is unreachable, not UpToDate, or not connected on the
+    /// replication stream: a switchover would lose availability.
+    PeerNotReady,
+    /// This node's data is not UpToDate: it can never become primary.
+    NotUpToDate,
+    AdminFenced,
+    Busy,
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommandError::NotPrimary => "this node is not primary",
+            CommandError::AlreadyPrimary => "this node is already primary",
+            CommandError::PeerNotReady => "peer not reachable, not UpToDate or not connected",
+            CommandError::NotUpToDate => "local data is not UpToDate",
+            CommandError::AdminFenced => "node is fenced by the operator (use unfence)",
+            CommandError::Busy => "a role change is already under way",
+        })
+    }
+}
+
+/// A role change, as printed on the console and kept in the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    pub at: Instant,
+    pub role: Role,
+    pub epoch: u64,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for RoleChange {
+    /// `tandem: role <role> epoch <N> reason <text>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tandem: role {} epoch {} reason {}", self.role, self.epoch, self.reason)
+    }
+}
+
+/// What the kernel must do. Executed in order; `PersistMetadata` is a barrier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a UDP datagram to `to` over `link`.
+    SendDatagram { to: NodeId, link: LinkId, bytes: Vec<u8> },
+    /// Append bytes to the replication stream.
+    SendStream { bytes: Vec<u8> },
+    /// Append `frame_prefix` then the data of host write `id` to the stream.
+    ReplicateWrite { id: u64, frame_prefix: Vec<u8> },
+    /// The stream is broken (protocol error): close it; reconnect later.
+    CloseStream,
+    /// Write these bytes at this disk offset, durably, before going on.
+    PersistMetadata { offset: u64, bytes: Vec<u8> },
+    /// Issue host write `id` to the local disk; report `on_local_write_done`.
+    SubmitLocalWrite { id: u64 },
+    /// Complete host write `id` to the host.
+    CompleteWrite { id: u64, result: IoResult },
+    /// Complete host read `id` (whose data the kernel read) to the host.
+    CompleteRead { id: u64, result: IoResult },
+    /// Secondary: write replicated data; report `on_replicated_write_done`.
+    ApplyReplicatedWrite { seq: u64, offset: u64, data: Vec<u8> },
+    /// Primary: read this range for resync; report `on_resync_read_done`.
+    ReadForResync { offset: u64, len: u32 },
+    /// Secondary: write resync data; report `on_resync_write_done`.
+    ApplyResync { offset: u64, data: Vec<u8> },
+    /// Report this ANA state from now on (and raise the ANA change AEN).
+    AnaChanged(AnaState),
+    /// Print the line on the console (`Display` of [`RoleChange`]).
+    RoleChanged(RoleChange),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Candidacy {
+    epoch: u64,
+    outdated: Option<NodeId>,
+    reason: ElectionReason,
+    started: Instant,
+    last_sent: Instant,
+    votes: u8,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Demote {
+    started: Instant,
+    handover_sent: bool,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    until: Option<Instant>,
+    rounds: VecDeque<(u64, Instant)>,
+    next_round: u64,
+    confirmed: u64,
+    last_grant: Option<Instant>,
+    want_round: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingWrite {
+    offset: u64,
+    len: u64,
+    at: Instant,
+    started: bool,
+    seq: Option<u64>,
+    local: Option<bool>,
+    peer_acked: bool,
+    needs_peer: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    ticket: u64,
+    local: Option<bool>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    connected: bool,
+    since: Instant,
+    decoder: stream::Decoder,
+    peer_hello: Option<Hello>,
+    peer_bitmap: Option<Bitmap>,
+}
+
+#[derive(Debug)]
+struct Resync {
+    pending: Bitmap,
+    total: u64,
+    cursor: u64,
+    reading: Option<u64>,
+    in_flight: BTreeSet<u64>,
+    tokens: u64,
+    refilled: Instant,
+    done_sent: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ApplyKind {
+    Write(u64),
+    Resync,
+}
+
+#[derive(Clone, Debug)]
+struct Apply {
+    kind: ApplyKind,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// Replication state for status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// No replication stream.
+    Disconnected,
+    /// Connected, peer in sync: writes are acknowledged by both.
+    Established,
+    /// Primary writing alone: the peer is recorded Outdated.
+    Degraded,
+    /// Resync to the peer under way.
+    SyncSource,
+    /// Receiving a resync.
+    SyncTarget,
+}
+
+impl ReplicationState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationState::Disconnected => "Disconnected",
+            ReplicationState::Established => "Established",
+            ReplicationState::Degraded => "Degraded",
+            ReplicationState::SyncSource => "SyncSource",
+            ReplicationState::SyncTarget => "SyncTarget",
+        }
+    }
+}
+
+/// Resync progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncProgress {
+    pub total_regions: u64,
+    pub remaining_regions: u64,
+}
+
+impl ResyncProgress {
+    /// Percent done, in tenths of a percent (0..=1000).
+    pub fn per_mille(&self) -> u64 {
+        if self.total_regions == 0 {
+            return 1000;
+        }
+        (self.total_regions - self.remaining_regions) * 1000 / self.total_regions
+    }
+}
+
+/// A snapshot for the console's `status`.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub node: NodeId,
+    pub role: Role,
+    pub epoch: u64,
+    pub promised_epoch: u64,
+    pub record: EpochRecord,
+    pub data_state: DataState,
+    pub peer_state: DataState,
+    pub admin_fenced: bool,
+    pub ana: AnaState,
+    pub serving: bool,
+    pub lease_remaining: Option<Duration>,
+    /// Time since the send of the newest lease request that was granted.
+    pub lease_age: Option<Duration>,
+    pub links: u8,
+    /// Time since the peer / witness was last heard, per link.
+    pub peer_heard: [Option<Duration>; MAX_LINKS],
+    pub witness_heard: [Option<Duration>; MAX_LINKS],
+    pub peer_reachable: bool,
+    pub witness_reachable: bool,
+    pub replication: ReplicationState,
+    pub in_flight_writes: usize,
+    /// Bytes sent to the peer and not yet acknowledged (replication lag).
+    pub unacked_bytes: u64,
+    pub out_of_sync_bytes: u64,
+    pub resync: Option<ResyncProgress>,
+    pub election: Option<(u64, ElectionReason)>,
+}
+
+fn fmt_age(f: &mut fmt::Formatter<'_>, d: Option<Duration>) -> fmt::Result {
+    match d {
+        Some(d) => write!(f, "{}ms", d.as_millis()),
+        None => f.write_str("never"),
+    }
+}
+
+impl fmt::Display for Status {
+    /// Several lines in the manner of `drbdadm status`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} role:{} epoch:{} disk:{} ana:{}{}",
+            self.node,
+            self.role,
+            self.epoch,
+            self.data_state,
+            self.ana.name(),
+            if self.admin_fenced { " fenced-by-operator" } else { "" }
+        )?;
+        write!(f, "  lease:")?;
+        match self.lease_remaining {
+            Some(r) => write!(f, "{}ms-left", r.as_millis())?,
+            None => f.write_str("none")?,
+        }
+        write!(f, " age:")?;
+        fmt_age(f, self.lease_age)?;
+        if let Some((e, r)) = self.election {
+            write!(f, " election:{}({})", e, r.name())?;
+        }
+        writeln!(f)?;
+        write!(f, "  {} role:{} disk:{} reachable:{}", self.node.peer(), if self.record.primary == Some(self.node.peer()) { "primary" } else { "secondary" }, self.peer_state, self.peer_reachable)?;
+        for l in 0..self.links as usize {
+            write!(f, " link{}:", l)?;
+            fmt_age(f, self.peer_heard[l])?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "    replication:{} in-flight:{} lag:{}B out-of-sync:{}B",
+            self.replication.name(),
+            self.in_flight_writes,
+            self.unacked_bytes,
+            self.out_of_sync_bytes
+        )?;
+        if let Some(p) = self.resync {
+            writeln!(f, "    resync:{}.{}% ({} of {} regions left)", p.per_mille() / 10, p.per_mille() % 10, p.remaining_regions, p.total_regions)?;
+        }
+        write!(f, "  witness reachable:{}", self.witness_reachable)?;
+        for l in 0..self.links as usize {
+            write!(f, " link{}:", l)?;
+            fmt_age(f, self.witness_heard[l])?;
+        }
+        writeln!(f)
+    }
+}
+
+/// Counters of refused input, for diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub bad_datagrams: u64,
+    pub stale_datagrams: u64,
+    pub stream_errors: u64,
+    pub fenced_writes_refused: u64,
+}
+
+/// How a fresh disk is formatted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialData {
+    /// Both disks start identical (e.g. freshly created, all zeros).
+    UpToDate,
+    /// This disk must be fully synchronised from the peer before use.
+    Inconsistent,
+}
+
+/// A data node (`a` or `b`).
+pub struct DataNode {
+    cfg: Config,
+    layout: Layout,
+    me: NodeId,
+    peer: NodeId,
+    voter: Voter,
+    data_state: DataState,
+    peer_state: DataState,
+    admin_fenced: bool,
+    sb_sequence: u64,
+    bitmap: Bitmap,
+    dirty_blocks: BTreeSet<u32>,
+    role: Role,
+    candidacy: Option<Candidacy>,
+    next_candidacy_at: Instant,
+    primary_seen: Instant,
+    handover_from_peer: bool,
+    handed_over_to: Option<NodeId>,
+    demote: Option<Demote>,
+    lease: Lease,
+    writes: BTreeMap<u64, PendingWrite>,
+    seq_to_id: BTreeMap<u64, u64>,
+    unacked: BTreeMap<u64, (u64, u64)>,
+    next_seq: u64,
+    deferred: VecDeque<u64>,
+    reads: BTreeMap<u64, PendingRead>,
+    stream: StreamState,
+    resync: Option<Resync>,
+    applying: Vec<(ApplyKind, u64, u64)>,
+    apply_queue: VecDeque<Apply>,
+    resynced_in_epoch: Option<u64>,
+    last_bitmap_flush: Instant,
+    next_heartbeat: Instant,
+    history: VecDeque<RoleChange>,
+    ana: AnaState,
+    actions: Vec<Action>,
+    counters: Counters,
+}
+
+fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
+    a_off < b_off.saturating_add(b_len) && b_off < a_off.saturating_add(a_len)
+}
+
+impl DataNode {
+    /// Formats a fresh disk of `disk_bytes`: emits the whole metadata area.
+    pub fn format(cfg: Config, disk_bytes: u64, initial: InitialData, now: Instant) -> Result<DataNode, Error> {
+        let layout = Layout::new(disk_bytes, 65536.min(Self::region_size_for(disk_bytes)))?;
+        Self::format_with_layout(cfg, layout, initial, now)
+    }
+
+    /// Formats with an explicit layout (region size).
+    pub fn format_with_layout(cfg: Config, layout: Layout, initial: InitialData, now: Instant) -> Result<DataNode, Error> {
+        let data_state = match initial {
+            InitialData::UpToDate => DataState::UpToDate,
+            InitialData::Inconsistent => DataState::Inconsistent,
+        };
+        let sb = Superblock {
+            sequence: 0,
+            pair_id: cfg.pair_id,
+            node: cfg.node,
+            data_state,
+            peer_state: DataState::UpToDate,
+            admin_fenced: false,
+            epoch: 0,
+            voted_for: None,
+            vote_outdated: None,
+            record: EpochRecord::INITIAL,
+            layout,
+        };
+        let mut n = Self::from_parts(cfg, sb, Bitmap::new(layout.region_count), now)?;
+        n.persist_superblock();
+        // Write the slot the first persist did not, so both copies are valid.
+        n.persist_superblock();
+        for b in 0..layout.bitmap_blocks {
+            n.dirty_blocks.insert(b);
+        }
+        n.persist_bitmap();
+        Ok(n)
+    }
+
+    fn region_size_for(_disk_bytes: u64) -> u32 {
+        65536
+    }
+
+    /// Opens from the metadata area read back from disk: both superblock
+    /// slots and the bitmap blocks (concatenated, `layout.bitmap_blocks`
+    /// blocks of 4 KiB).
+    pub fn open(cfg: Config, slot0: &[u8], slot1: &[u8], bitmap_blocks: &[u8], now: Instant) -> Result<DataNode, Error> {
+        let sb = Superblock::load(slot0, slot1)?;
+        if sb.node != cfg.node {
+            return Err(Error::MetadataMismatch("disk belongs to the other node"));
+        }
+        if sb.pair_id != cfg.pair_id {
+            return Err(Error::MetadataMismatch("disk belongs to another pair"));
+        }
+        let mut bitmap = Bitmap::new(sb.layout.region_count);
+        for i in 0..sb.layout.bitmap_blocks {
+            let start = i as usize * crate::metadata::BLOCK_SIZE;
+            let block = bitmap_blocks.get(start..start + crate::metadata::BLOCK_SIZE).unwrap_or(&[]);
+            load_bitmap_block(&mut bitmap, i, block);
+        }
+        Self::from_parts(cfg, sb, bitmap, now)
+    }
+
+    fn from_parts(cfg: Config, sb: Superblock, bitmap: Bitmap, now: Instant) -> Result<DataNode, Error> {
+        cfg.timing.validate()?;
+        if !cfg.node.is_data_node() {
+            return Err(Error::InvalidConfig("a data node must be a or b"));
+        }
+        if cfg.links == 0 || cfg.links as usize > MAX_LINKS {
+            return Err(Error::InvalidConfig("links must be 1..=4"));
+        }
+        let horizon = cfg.timing.promise_horizon();
+        let voter = Voter::new(cfg.node, sb.epoch, sb.voted_for, sb.vote_outdated, sb.record, now, horizon);
+        let role = if sb.admin_fenced { Role::Fenced } else { Role::Secondary };
+        let mut n = DataNode {
+            me: cfg.node,
+            peer: cfg.node.peer(),
+            layout: sb.layout,
+            voter,
+            data_state: sb.data_state,
+            peer_state: sb.peer_state,
+            admin_fenced: sb.admin_fenced,
+            sb_sequence: sb.sequence,
+            bitmap,
+            dirty_blocks: BTreeSet::new(),
+            role,
+            candidacy: None,
+            next_candidacy_at: now,
+            primary_seen: now,
+            handover_from_peer: false,
+            handed_over_to: None,
+            demote: None,
+            lease: Lease { next_round: 1, ..Lease::default() },
+            writes: BTreeMap::new(),
+            seq_to_id: BTreeMap::new(),
+            unacked: BTreeMap::new(),
+            next_seq: 1,
+            deferred: VecDeque::new(),
+            reads: BTreeMap::new(),
+            stream: StreamState { since: now, ..StreamState::default() },
+            resync: None,
+            applying: Vec::new(),
+            apply_queue: VecDeque::new(),
+            resynced_in_epoch: None,
+            last_bitmap_flush: now,
+            next_heartbeat: now,
+            history: VecDeque::new(),
+            ana: AnaState::Inaccessible,
+            actions: Vec::new(),
+            counters: Counters::default(),
+            cfg,
+        };
+        n.push_role_change(now, "boot");
+        n.actions.push(Action::AnaChanged(AnaState::Inaccessible));
+        Ok(n)
+    }
+
+    // ----- accessors -----
+
+    pub fn node(&self) -> NodeId {
+        self.me
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The epoch of the current record (the one printed with roles).
+    pub fn epoch(&self) -> u64 {
+        self.voter.record.epoch
+    }
+    /// The highest epoch seen or promised (the fencing token).
+    pub fn promised_epoch(&self) -> u64 {
+        self.voter.epoch
+    }
+    pub fn record(&self) -> EpochRecord {
+        self.voter.record
+    }
+    pub fn data_state(&self) -> DataState {
+        self.data_state
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    /// The namespace size in bytes (the disk minus the metadata area).
+    pub fn data_bytes(&self) -> u64 {
+        self.layout.data_bytes
+    }
+    pub fn ana_state(&self) -> AnaState {
+        self.ana
+    }
+    pub fn history(&self) -> impl Iterator<Item = &RoleChange> {
+        self.history.iter()
+    }
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+    pub fn dirty_regions(&self) -> u64 {
+        self.bitmap.count()
+    }
+    /// True when host I/O is accepted right now.
+    pub fn is_serving(&self, now: Instant) -> bool {
+        self.role == Role::Primary
+            && self.demote.is_none()
+            && self.data_state == DataState::UpToDate
+            && self.lease.until.is_some_and(|u| now < u)
+    }
+    /// The earliest time `tick` has something to do.
+    pub fn next_deadline(&self) -> Instant {
+        let mut t = self.next_heartbeat;
+        if let Some(u) = self.lease.until {
+            if self.role == Role::Primary && u < t {
+                t = u;
+            }
+        }
+        t
+    }
+    pub fn drain_actions(&mut self) -> alloc::vec::Drain<'_, Action> {
+        self.actions.drain(..)
+    }
+
+    fn timing(&self) -> Timing {
+        self.cfg.timing
+    }
+    fn horizon(&self) -> Duration {
+        self.cfg.timing.promise_horizon()
+    }
+
+    // ----- persistence -----
+
+    fn superblock(&self) -> Superblock {
+        Superblock {
+            sequence: self.sb_sequence,
+            pair_id: self.cfg.pair_id,
+            node: self.me,
+            data_state: self.data_state,
+            peer_state: self.peer_state,
+            admin_fenced: self.admin_fenced,
+            epoch: self.voter.epoch,
+            voted_for: self.voter.voted_for,
+            vote_outdated: self.voter.vote_outdated,
+            record: self.voter.record,
+            layout: self.layout,
+        }
+    }
+
+    fn persist_superblock(&mut self) {
+        self.sb_sequence += 1;
+        let sb = self.superblock();
+        let offset = self.layout.superblock_offset(sb.sequence);
+        self.actions.push(Action::PersistMetadata { offset, bytes: sb.emit() });
+    }
+
+    fn persist_bitmap(&mut self) {
+        let blocks: Vec<u32> = core::mem::take(&mut self.dirty_blocks).into_iter().collect();
+        for b in blocks {
+            let bytes = emit_bitmap_block(&self.bitmap, b);
+            self.actions.push(Action::PersistMetadata { offset: self.layout.bitmap_block_offset(b), bytes });
+        }
+    }
+
+    fn set_bit(&mut self, region: u64) {
+        if self.bitmap.set(region) {
+            self.dirty_blocks.insert(self.layout.block_of_region(region));
+        }
+    }
+    fn clear_bit(&mut self, region: u64) {
+        if self.bitmap.clear(region) {
+            self.dirty_blocks.insert(self.layout.block_of_region(region));
+        }
+    }
+
+    // ----- events and ANA -----
+
+    fn push_role_change(&mut self, now: Instant, reason: &'static str) {
+        let change = RoleChange { at: now, role: self.role, epoch: self.voter.record.epoch, reason };
+        if self.history.len() >= self.cfg.history_len.max(1) {
+            self.history.pop_front();
+        }
+        self.history.push_back(change);
+        self.actions.push(Action::RoleChanged(change));
+    }
+
+    fn set_role(&mut self, now: Instant, role: Role, reason: &'static str) {
+        self.role = role;
+        self.push_role_change(now, reason);
+    }
+
+    fn desired_ana(&self, now: Instant) -> AnaState {
+        if self.is_serving(now) {
+            AnaState::Optimized
+        } else if self.role == Role::Primary && self.demote.is_some() {
+            AnaState::Change
+        } else if self.candidacy.is_some() && self.role != Role::Primary {
+            AnaState::Change
+        } else {
+            AnaState::Inaccessible
+        }
+    }
+
+    fn update_ana(&mut self, now: Instant) {
+        let a = self.desired_ana(now);
+        if a != self.ana {
+            self.ana = a;
+            self.actions.push(Action::AnaChanged(a));
+        }
+    }
+
+    // ----- sending -----
+
+    fn send_all_links(&mut self, to: NodeId, message: Message) {
+        for l in 0..self.cfg.links {
+            let dg = Datagram { sender: self.me, link: LinkId(l), epoch: self.voter.epoch, message };
+            self.actions.push(Action::SendDatagram { to, link: LinkId(l), bytes: dg.emit() });
+        }
+    }
+
+    fn send_on(&mut self, to: NodeId, link: LinkId, message: Message) {
+        let dg = Datagram { sender: self.me, link, epoch: self.voter.epoch, message };
+        self.actions.push(Action::SendDatagram { to, link, bytes: dg.emit() });
+    }
+
+    fn send_frame(&mut self, epoch: u64, seq: u64, body: Body<'_>) {
+        if self.stream.connected {
+            let bytes = Frame { sender: self.me, epoch, seq, body }.emit();
+            self.actions.push(Action::SendStream { bytes });
+        }
+    }
+
+    fn heartbeat_for(&self, to: NodeId, now: Instant) -> Heartbeat {
+        let mut f = 0;
+        if self.admin_fenced {
+            f |= flags::ADMIN_FENCED;
+        }
+        if self.is_serving(now) {
+            f |= flags::SERVING;
+        }
+        Heartbeat {
+            role: self.role,
+            data_state: self.data_state,
+            peer_state: self.peer_state,
+            flags: f,
+            voted_for: self.voter.voted_for,
+            vote_outdated: self.voter.vote_outdated,
+            record: self.voter.record,
+            incarnation: self.cfg.incarnation,
+            echo: self.voter.knowledge[to.index()].heartbeat.map_or(0, |h| h.incarnation),
+        }
+    }
+
+    fn send_heartbeats(&mut self, now: Instant) {
+        for to in [self.peer, NodeId::Witness] {
+            let hb = self.heartbeat_for(to, now);
+            self.send_all_links(to, Message::Heartbeat(hb));
+        }
+    }
+
+    fn send_bitmap(&mut self) {
+        let epoch = self.voter.record.epoch;
+        let mut first = 0;
+        const RUN: u64 = 8192;
+        while let Some(j) = self.bitmap.next_set(first) {
+            let start = j / RUN * RUN;
+            let count = RUN.min(self.bitmap.len() - start);
+            let bits = self.bitmap.export(start, count);
+            self.send_frame(epoch, 0, Body::Bitmap { first_region: start, bit_count: count as u32, bits: &bits });
+            first = start + count;
+        }
+        self.send_frame(epoch, 0, Body::BitmapDone);
+    }
+
+    // ----- clock -----
+
+    /// Periodic work: heartbeats, lease renewal, elections, resync pacing,
+    /// bitmap flushing. Call at least at [`DataNode::next_deadline`].
+    pub fn tick(&mut self, now: Instant) {
+        self.check_lease(now);
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.timing().heartbeat_interval;
+            self.send_heartbeats(now);
+            if self.role == Role::Primary {
+                self.start_lease_round(now);
+            }
+            if let Some(c) = self.candidacy {
+                if now.saturating_since(c.started) >= self.timing().failure_timeout {
+                    self.abandon_candidacy(now);
+                } else {
+                    self.send_vote_requests(now);
+                }
+            }
+            if let Some(d) = self.demote {
+                if d.handover_sent {
+                    let rec = self.voter.record;
+                    self.send_all_links(self.peer, Message::Handover { record: rec });
+                }
+                if now.saturating_since(d.started) >= self.timing().failure_timeout + self.timing().failure_timeout {
+                    self.lose_primary(now, Role::Fenced, "switchover-failed");
+                }
+            }
+        }
+        if self.lease.want_round && self.role == Role::Primary {
+            self.start_lease_round(now);
+        }
+        self.maybe_stand(now);
+        if now.saturating_since(self.last_bitmap_flush) >= self.cfg.bitmap_flush_interval {
+            self.last_bitmap_flush = now;
+            self.lazy_clear_bitmap();
+        }
+        self.progress(now);
+    }
+
+    fn check_lease(&mut self, now: Instant) {
+        if self.role == Role::Primary && self.lease.until.is_none_or(|u| now >= u) {
+            self.lose_primary(now, Role::Fenced, "lease-expired");
+        }
+    }
+
+    /// Work that follows any event: completions, replication checks, resync.
+    fn progress(&mut self, now: Instant) {
+        self.check_lease(now);
+        self.try_complete_writes(now);
+        self.try_complete_reads(now);
+        self.demote_progress(now);
+        self.check_replication(now);
+        self.pump_resync(now);
+        self.persist_bitmap();
+        self.update_ana(now);
+    }
+
+    // ----- leases and reads -----
+
+    fn start_lease_round(&mut self, now: Instant) {
+        let round = self.lease.next_round;
+        self.lease.next_round += 1;
+        self.lease.want_round = false;
+        self.lease.rounds.push_back((round, now));
+        while self.lease.rounds.len() > 64 {
+            self.lease.rounds.pop_front();
+        }
+        let rec = self.voter.record;
+        for to in [self.peer, NodeId::Witness] {
+            self.send_all_links(to, Message::LeaseRequest { round, record: rec });
+        }
+    }
+
+    fn on_lease_reply(&mut self, now: Instant, dg: &Datagram, round: u64, granted: bool, refusal: Refusal) {
+        if self.role != Role::Primary {
+            return;
+        }
+        if !granted {
+            if matches!(refusal, Refusal::NotPrimary | Refusal::StaleRecord) {
+                // Someone knows a newer record: stop serving at once.
+                self.lose_primary(now, Role::Fenced, "deposed");
+            }
+            return;
+        }
+        if dg.epoch != self.voter.epoch {
+            return;
+        }
+        let Some(&(_, sent)) = self.lease.rounds.iter().find(|(r, _)| *r == round) else { return };
+        let until = sent + self.timing().lease_duration;
+        if self.lease.until.is_none_or(|u| until > u) {
+            self.lease.until = Some(until);
+        }
+        if self.lease.last_grant.is_none_or(|g| sent > g) {
+            self.lease.last_grant = Some(sent);
+        }
+        self.lease.confirmed = self.lease.confirmed.max(round);
+        if self.lease.want_round {
+            self.start_lease_round(now);
+        }
+    }
+
+    /// A host read of `[offset, offset+len)` arrived. On `Ok`, the kernel
+    /// reads the local disk at once and reports [`DataNode::on_local_read_done`];
+    /// the data goes to the host only on [`Action::CompleteRead`], which
+    /// waits for a lease round started after this call (pause safety).
+    pub fn host_read(&mut self, now: Instant, id: u64, offset: u64, len: u64) -> Result<(), HostIoError> {
+        self.check_lease(now);
+        self.check_host_io(now, offset, len)?;
+        // The ticket is the next round to be started: only a round started
+        // after the read arrived can confirm it.
+        let ticket = self.lease.next_round;
+        let recent_outstanding = self
+            .lease
+            .rounds
+            .back()
+            .is_some_and(|&(r, at)| r > self.lease.confirmed && now.saturating_since(at) < self.timing().heartbeat_interval);
+        if recent_outstanding {
+            self.lease.want_round = true;
+        } else {
+            self.start_lease_round(now);
+        }
+        self.reads.insert(id, PendingRead { ticket, local: None });
+        self.update_ana(now);
+        Ok(())
+    }
+
+    /// The local disk read of host read `id` finished.
+    pub fn on_local_read_done(&mut self, now: Instant, id: u64, ok: bool) {
+        if let Some(r) = self.reads.get_mut(&id) {
+            r.local = Some(ok);
+        }
+        self.progress(now);
+    }
+
+    fn try_complete_reads(&mut self, now: Instant) {
+        if !self.is_serving(now) && self.demote.is_none() {
+            return;
+        }
+        let confirmed = self.lease.confirmed;
+        let done: Vec<(u64, bool)> =
+            self.reads.iter().filter_map(|(id, r)| r.local.filter(|_| r.ticket <= confirmed).map(|ok| (*id, ok))).collect();
+        for (id, ok) in done {
+            self.reads.remove(&id);
+            let result = if ok { IoResult::Ok } else { IoResult::MediaError };
+            self.actions.push(Action::CompleteRead { id, result });
+        }
+    }
+
+    fn check_host_io(&self, now: Instant, offset: u64, len: u64) -> Result<(), HostIoError> {
+        if !self.is_serving(now) {
+            return Err(HostIoError::NotServing(if self.ana == AnaState::Optimized { AnaState::Change } else { self.ana }));
+        }
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.layout.data_bytes) {
+            return Err(HostIoError::OutOfRange);
+        }
+        Ok(())
+    }
+
+    // ----- writes (primary) -----
+
+    fn peer_degraded(&self) -> bool {
+        self.voter.record.outdated == Some(self.peer)
+    }
+
+    /// True while the primary is about to record its peer UpToDate again:
+    /// from then on every write needs the peer's acknowledgement.
+    fn recovering(&self) -> bool {
+        self.resync.as_ref().is_some_and(|r| r.done_sent)
+            || self.candidacy.is_some_and(|c| c.reason == ElectionReason::PeerRecovered)
+    }
+
+    fn stream_ready(&self) -> bool {
+        self.stream.connected && self.stream.peer_hello.is_some()
+    }
+
+    /// A host write of `[offset, offset+len)` arrived. On `Ok`, the kernel
+    /// keeps the data until [`Action::CompleteWrite`]; the crate asks for the
+    /// local write ([`Action::SubmitLocalWrite`]) and the replication
+    /// ([`Action::ReplicateWrite`]) once the region is marked in the bitmap.
+    pub fn host_write(&mut self, now: Instant, id: u64, offset: u64, len: u64) -> Result<(), HostIoError> {
+        self.check_lease(now);
+        self.check_host_io(now, offset, len)?;
+        let needs_peer = !self.peer_degraded() || self.recovering();
+        let w = PendingWrite { offset, len, at: now, started: false, seq: None, local: None, peer_acked: false, needs_peer };
+        let blocked = self.write_blocked(offset, len);
+        self.writes.insert(id, w);
+        if blocked {
+            self.deferred.push_back(id);
+        } else {
+            self.start_write(now, id);
+        }
+        self.progress(now);
+        Ok(())
+    }
+
+    fn write_blocked(&self, offset: u64, len: u64) -> bool {
+        let resync_reading = self.resync.as_ref().and_then(|r| r.reading).is_some_and(|reg| {
+            let rs = self.layout.region_size as u64;
+            overlaps(offset, len, reg * rs, rs)
+        });
+        resync_reading || self.writes.values().any(|w| w.started && overlaps(offset, len, w.offset, w.len))
+    }
+
+    fn start_write(&mut self, _now: Instant, id: u64) {
+        let Some(w) = self.writes.get(&id).copied() else { return };
+        for r in self.layout.regions(w.offset, w.len) {
+            self.set_bit(r);
+        }
+        // The bitmap must be durable before the data can differ between
+        // the two disks.
+        self.persist_bitmap();
+        self.actions.push(Action::SubmitLocalWrite { id });
+        let mut seq = None;
+        if self.stream_ready() {
+            let s = self.next_seq;
+            self.next_seq += 1;
+            seq = Some(s);
+            self.seq_to_id.insert(s, id);
+            self.unacked.insert(s, (w.offset, w.len));
+            let prefix = stream::write_frame_prefix(self.me, self.voter.record.epoch, s, w.offset, w.len as usize);
+            self.actions.push(Action::ReplicateWrite { id, frame_prefix: prefix });
+        }
+        if let Some(w) = self.writes.get_mut(&id) {
+            w.started = true;
+            w.seq = seq;
+        }
+    }
+
+    fn start_deferred(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.deferred.len() {
+            let id = self.deferred[i];
+            let Some(w) = self.writes.get(&id).copied() else {
+                self.deferred.remove(i);
+                continue;
+            };
+            let earlier_blocked = self.deferred.iter().take(i).any(|e| {
+                self.writes.get(e).is_some_and(|x| overlaps(w.offset, w.len, x.offset, x.len))
+            });
+            if !earlier_blocked && !self.write_blocked(w.offset, w.len) {
+                self.deferred.remove(i);
+                self.start_write(now, id);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The local disk write of host write `id` finished.
+    pub fn on_local_write_done(&mut self, now: Instant, id: u64, ok: bool) {
+        if let Some(w) = self.writes.get_mut(&id) {
+            w.local = Some(ok);
+        }
+        self.progress(now);
+    }
+
+    fn try_complete_writes(&mut self, now: Instant) {
+        if self.role != Role::Primary || !self.lease.until.is_some_and(|u| now < u) {
+            return;
+        }
+        let degraded_ok = self.peer_degraded() && !self.recovering();
+        let mut done = Vec::new();
+        for (id, w) in &self.writes {
+            match w.local {
+                Some(false) => done.push((*id, IoResult::MediaError)),
+                Some(true) if w.peer_acked || !w.needs_peer || degraded_ok => done.push((*id, IoResult::Ok)),
+                _ => {}
+            }
+        }
+        let any = !done.is_empty();
+        for (id, result) in done {
+            if let Some(w) = self.writes.remove(&id) {
+                if let Some(s) = w.seq {
+                    self.seq_to_id.remove(&s);
+                }
+            }
+            self.actions.push(Action::CompleteWrite { id, result });
+        }
+        if any {
+            self.start_deferred(now);
+        }
+    }
+
+    fn fail_all_io(&mut self) {
+        let ids: Vec<u64> = self.writes.keys().copied().collect();
+        for id in ids {
+            self.actions.push(Action::CompleteWrite { id, result: IoResult::PathError });
+        }
+        self.writes.clear();
+        self.seq_to_id.clear();
+        self.deferred.clear();
+        let ids: Vec<u64> = self.reads.keys().copied().collect();
+        for id in ids {
+            self.actions.push(Action::CompleteRead { id, result: IoResult::PathError });
+        }
+        self.reads.clear();
+    }
+
+    // ----- role changes -----
+
+    fn lose_primary(&mut self, now: Instant, role: Role, reason: &'static str) {
+        if self.role != Role::Primary {
+            return;
+        }
+        self.fail_all_io();
+        self.lease.until = None;
+        self.lease.want_round = false;
+        self.demote = None;
+        self.handed_over_to = None;
+        self.resync = None;
+        if self.candidacy.is_some() {
+            self.candidacy = None;
+        }
+        self.primary_seen = now;
+        self.next_candidacy_at = now + self.timing().failure_timeout;
+        self.set_role(now, role, reason);
+        self.update_ana(now);
+    }
+
+    /// Adopts a newer committed record learned from any member.
+    fn adopt_record(&mut self, now: Instant, rec: EpochRecord, from: NodeId) {
+        if rec.epoch <= self.voter.record.epoch {
+            return;
+        }
+        // A record names at most one primary, never a witness, and never
+        // records its own primary Outdated.
+        if rec.primary.is_some_and(|p| !p.is_data_node()) || (rec.primary.is_some() && rec.primary == rec.outdated) {
+            self.counters.bad_datagrams += 1;
+            return;
+        }
+        self.voter.observe_record(rec);
+        let mut reason = "new-epoch";
+        if rec.outdated == Some(self.me) {
+            if self.data_state == DataState::UpToDate {
+                self.data_state = DataState::Outdated;
+            }
+            self.resynced_in_epoch = None;
+            reason = "outdated";
+        } else if self.data_state != DataState::UpToDate && self.resynced_in_epoch.is_some() && rec.primary == Some(self.peer) {
+            self.data_state = DataState::UpToDate;
+            self.resynced_in_epoch = None;
+            reason = "resynced";
+        }
+        if rec.outdated == Some(self.peer) {
+            self.peer_state = DataState::Outdated;
+        } else if rec.primary == Some(self.peer) {
+            self.peer_state = DataState::UpToDate;
+        }
+        self.persist_superblock();
+        if self.candidacy.is_some_and(|c| c.epoch <= rec.epoch) {
+            self.candidacy = None;
+        }
+        self.handover_from_peer = false;
+        if rec.primary == Some(self.peer) {
+            self.primary_seen = now;
+        }
+        let _ = from;
+        if self.role == Role::Primary && rec.primary != Some(self.me) {
+            let why = if self.demote.is_some() { "switchover" } else { "deposed" };
+            self.lose_primary(now, Role::Secondary, why);
+        } else if self.role == Role::Fenced && !self.admin_fenced && rec.primary == Some(self.peer) {
+            self.set_role(now, Role::Secondary, "new-primary");
+        } else {
+            self.push_role_change(now, reason);
+        }
+        // A new primary of ours: offer our bitmap so it can resync us.
+        if rec.primary == Some(self.peer) && self.stream.connected {
+            self.send_bitmap();
+        }
+    }
+
+    fn observe_epoch(&mut self, epoch: u64) {
+        if self.voter.observe_epoch(epoch) {
+            self.persist_superblock();
+            if self.candidacy.is_some_and(|c| c.epoch < epoch) {
+                self.candidacy = None;
+            }
+        }
+    }
+
+    // ----- elections -----
+
+    fn stagger(&self) -> Duration {
+        Duration::from_micros(self.timing().heartbeat_interval.as_micros() * 4 * self.me.index() as u64)
+    }
+
+    fn maybe_stand(&mut self, now: Instant) {
+        if self.candidacy.is_some() || self.role == Role::Primary || self.admin_fenced {
+            return;
+        }
+        if self.data_state != DataState::UpToDate || self.voter.record.outdated == Some(self.me) {
+            return;
+        }
+        let handover = self.handover_from_peer;
+        if !handover {
+            if now < self.next_candidacy_at || now < self.primary_seen + self.timing().failure_timeout + self.stagger() {
+                return;
+            }
+            if self.voter.promise_outstanding(now, self.horizon(), self.me) {
+                return;
+            }
+        } else if now < self.voter.promise_floor {
+            return;
+        }
+        let t = self.timing();
+        let peer = self.voter.knowledge[self.peer.index()];
+        let peer_alive = peer.alive(now, t.failure_timeout);
+        if let Some(hb) = peer.heartbeat {
+            if hb.record.epoch > self.voter.record.epoch {
+                return;
+            }
+            if peer_alive && hb.flags & flags::SERVING != 0 && !handover {
+                return;
+            }
+        }
+        let peer_in_sync = peer_alive
+            && peer.heartbeat.is_some_and(|h| h.data_state == DataState::UpToDate && h.record == self.voter.record)
+            && self.voter.record.outdated.is_none()
+            && self.stream_ready();
+        let (reason, outdated) = if handover {
+            (ElectionReason::Switchover, None)
+        } else if self.voter.record.primary == Some(self.peer) {
+            (ElectionReason::Failover, if peer_in_sync { None } else { Some(self.peer) })
+        } else {
+            (ElectionReason::NoPrimary, if peer_in_sync { None } else { Some(self.peer) })
+        };
+        self.stand(now, reason, outdated);
+    }
+
+    fn stand(&mut self, now: Instant, reason: ElectionReason, outdated: Option<NodeId>) {
+        let epoch = self.voter.epoch + 1;
+        self.voter.epoch = epoch;
+        self.voter.voted_for = Some(self.me);
+        self.voter.vote_outdated = outdated;
+        self.persist_superblock();
+        self.candidacy = Some(Candidacy { epoch, outdated, reason, started: now, last_sent: now, votes: 0 });
+        self.send_vote_requests(now);
+        self.update_ana(now);
+    }
+
+    fn send_vote_requests(&mut self, now: Instant) {
+        let Some(c) = self.candidacy.as_mut() else { return };
+        c.last_sent = now;
+        let msg = Message::VoteRequest {
+            outdated: c.outdated,
+            data_state: self.data_state,
+            reason: c.reason,
+            record: self.voter.record,
+        };
+        for to in [self.peer, NodeId::Witness] {
+            self.send_all_links(to, msg);
+        }
+    }
+
+    fn abandon_candidacy(&mut self, now: Instant) {
+        if self.candidacy.take().is_some() {
+            self.next_candidacy_at = now + Duration::from_micros(self.timing().failure_timeout.as_micros() / 2) + self.stagger();
+            self.handover_from_peer = false;
+            self.update_ana(now);
+        }
+    }
+
+    fn on_vote_request(&mut self, now: Instant, dg: &Datagram, ask: VoteAsk) {
+        self.adopt_record(now, ask.record, dg.sender);
+        let own = OwnView {
+            data_state: self.data_state,
+            serving: self.is_serving(now) || (self.role == Role::Primary && self.handed_over_to != Some(dg.sender)),
+            resynced: self.resynced_in_epoch == Some(self.voter.record.epoch),
+            accepts_outdate: false,
+            handed_over_to: self.handed_over_to,
+        };
+        let decision = self.voter.decide_vote(now, self.horizon(), &ask, Some(own));
+        let granted = decision.is_ok();
+        if granted {
+            self.voter.grant_vote(now, &ask);
+            if self.candidacy.is_some() {
+                self.candidacy = None;
+            }
+            self.persist_superblock();
+        } else {
+            self.observe_epoch(dg.epoch);
+        }
+        let reply = Message::VoteReply { granted, refusal: decision.err().unwrap_or(Refusal::None), record: self.voter.record };
+        self.send_on(dg.sender, dg.link, reply);
+    }
+
+    fn on_vote_reply(&mut self, now: Instant, dg: &Datagram, granted: bool, record: EpochRecord) {
+        let Some(mut c) = self.candidacy else {
+            self.observe_epoch(dg.epoch);
+            return;
+        };
+        if granted && dg.epoch == c.epoch {
+            c.votes |= 1 << dg.sender.index();
+            self.candidacy = Some(c);
+            let enough = if c.reason == ElectionReason::PeerRecovered {
+                c.votes & (1 << self.peer.index()) != 0
+            } else {
+                c.votes != 0
+            };
+            if enough {
+                self.commit(now, c);
+            }
+            return;
+        }
+        if dg.epoch > self.voter.epoch {
+            self.observe_epoch(dg.epoch);
+            self.abandon_candidacy(now);
+        }
+        self.adopt_record(now, record, dg.sender);
+    }
+
+    fn commit(&mut self, now: Instant, c: Candidacy) {
+        self.candidacy = None;
+        if self.voter.epoch != c.epoch {
+            return;
+        }
+        let rec = EpochRecord { epoch: c.epoch, primary: Some(self.me), outdated: c.outdated };
+        self.voter.record = rec;
+        match c.outdated {
+            Some(p) if p == self.peer => self.peer_state = DataState::Outdated,
+            _ => {
+                if c.reason == ElectionReason::PeerRecovered || self.peer_state != DataState::Outdated {
+                    self.peer_state = DataState::UpToDate;
+                }
+            }
+        }
+        self.persist_superblock();
+        self.handover_from_peer = false;
+        if c.reason == ElectionReason::PeerRecovered {
+            self.resync = None;
+        }
+        if self.role != Role::Primary {
+            // The votes are grants: each voter promised at or after the
+            // first request was sent.
+            self.lease.until = Some(c.started + self.timing().lease_duration);
+            self.lease.confirmed = self.lease.next_round.saturating_sub(1);
+            self.set_role(now, Role::Primary, c.reason.name());
+        } else {
+            self.push_role_change(now, c.reason.name());
+        }
+        self.send_frame(rec.epoch, 0, Body::Config(rec));
+        if self.stream.connected {
+            let resend: Vec<u64> = self.writes.iter().filter(|(_, w)| w.started && !w.peer_acked).map(|(id, _)| *id).collect();
+            self.resend_writes(&resend);
+        }
+        self.start_lease_round(now);
+        self.send_heartbeats(now);
+        self.next_heartbeat = now + self.timing().heartbeat_interval;
+        self.update_ana(now);
+    }
+
+    fn resend_writes(&mut self, ids: &[u64]) {
+        for id in ids {
+            let Some(w) = self.writes.get(id).copied() else { continue };
+            if let Some(old) = w.seq {
+                self.seq_to_id.remove(&old);
+                self.unacked.remove(&old);
+            }
+            let s = self.next_seq;
+            self.next_seq += 1;
+            self.seq_to_id.insert(s, *id);
+            self.unacked.insert(s, (w.offset, w.len));
+            let prefix = stream::write_frame_prefix(self.me, self.voter.record.epoch, s, w.offset, w.len as usize);
+            self.actions.push(Action::ReplicateWrite { id: *id, frame_prefix: prefix });
+            if let Some(w) = self.writes.get_mut(id) {
+                w.seq = Some(s);
+            }
+        }
+    }
+
+    /// Primary: decide whether to record the peer Outdated (it cannot keep
+    /// up) or UpToDate again (resync finished).
+    fn check_replication(&mut self, now: Instant) {
+        if self.role != Role::Primary || self.candidacy.is_some() || self.demote.is_some() || !self.is_serving(now) {
+            return;
+        }
+        let t = self.timing();
+        if self.peer_degraded() {
+            let resync_done = self.resync.as_ref().is_some_and(|r| r.done_sent);
+            if resync_done && self.stream_ready() && self.unacked.is_empty() {
+                self.stand(now, ElectionReason::PeerRecovered, None);
+            }
+            return;
+        }
+        let peer_silent = !self.voter.knowledge[self.peer.index()].alive(now, t.failure_timeout);
+        let stream_down = !self.stream.connected && now.saturating_since(self.stream.since) >= t.failure_timeout;
+        let stuck = self.writes.values().any(|w| w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= t.failure_timeout);
+        if peer_silent || stream_down || stuck {
+            self.stand(now, ElectionReason::OutdatePeer, Some(self.peer));
+        }
+    }
+
+    // ----- switchover and fencing -----
+
+    /// Planned switchover, on the primary: stop taking new I/O, drain, then
+    /// hand over to the peer.
+    pub fn demote(&mut self, now: Instant) -> Result<(), CommandError> {
+        self.check_lease(now);
+        if self.role != Role::Primary {
+            return Err(CommandError::NotPrimary);
+        }
+        if self.demote.is_some() || self.candidacy.is_some() {
+            return Err(CommandError::Busy);
+        }
+        let peer = self.voter.knowledge[self.peer.index()];
+        let ready = !self.peer_degraded()
+            && peer.alive(now, self.timing().failure_timeout)
+            && peer.heartbeat.is_some_and(|h| h.data_state == DataState::UpToDate)
+            && self.stream_ready()
+            && self.resync.is_none();
+        if !ready {
+            return Err(CommandError::PeerNotReady);
+        }
+        self.demote = Some(Demote { started: now, handover_sent: false });
+        self.progress(now);
+        Ok(())
+    }
+
+    fn demote_progress(&mut self, now: Instant) {
+        let Some(d) = self.demote else { return };
+        if d.handover_sent || !self.writes.is_empty() || !self.reads.is_empty() || !self.unacked.is_empty() {
+            return;
+        }
+        self.demote = Some(Demote { handover_sent: true, ..d });
+        self.handed_over_to = Some(self.peer);
+        let rec = self.voter.record;
+        self.send_all_links(self.peer, Message::Handover { record: rec });
+        let _ = now;
+    }
+
+    /// Planned switchover, on the secondary: ask the primary to hand over;
+    /// without a primary, stand for election now.
+    pub fn promote(&mut self, now: Instant) -> Result<(), CommandError> {
+        self.check_lease(now);
+        if self.admin_fenced {
+            return Err(CommandError::AdminFenced);
+        }
+        if self.role == Role::Primary {
+            return Err(CommandError::AlreadyPrimary);
+        }
+        if self.data_state != DataState::UpToDate || self.voter.record.outdated == Some(self.me) {
+            return Err(CommandError::NotUpToDate);
+        }
+        if self.candidacy.is_some() {
+            return Err(CommandError::Busy);
+        }
+        let peer = self.voter.knowledge[self.peer.index()];
+        let peer_serving = peer.alive(now, self.timing().failure_timeout)
+            && peer.heartbeat.is_some_and(|h| h.flags & flags::SERVING != 0);
+        if peer_serving {
+            self.send_all_links(self.peer, Message::SwitchoverRequest);
+        } else {
+            self.next_candidacy_at = now;
+            self.primary_seen = Instant::ZERO;
+            self.maybe_stand(now);
+        }
+        self.progress(now);
+        Ok(())
+    }
+
+    /// Operator fence: serve nothing and stand for nothing until `unfence`.
+    pub fn fence(&mut self, now: Instant) {
+        self.admin_fenced = true;
+        self.persist_superblock();
+        self.candidacy = None;
+        if self.role == Role::Primary {
+            self.lose_primary(now, Role::Fenced, "operator-fence");
+        } else if self.role != Role::Fenced {
+            self.set_role(now, Role::Fenced, "operator-fence");
+        }
+        self.progress(now);
+    }
+
+    /// Lifts an operator fence: the node becomes a secondary.
+    pub fn unfence(&mut self, now: Instant) {
+        if !self.admin_fenced {
+            return;
+        }
+        self.admin_fenced = false;
+        self.persist_superblock();
+        self.next_candidacy_at = now + self.timing().failure_timeout;
+        self.set_role(now, Role::Secondary, "operator-unfence");
+        self.progress(now);
+    }
+
+    // ----- datagrams -----
+
+    /// A control datagram arrived on `link`.
+    pub fn on_datagram(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
+        self.check_lease(now);
+        let dg = match Datagram::parse(bytes) {
+            Ok(dg) if dg.sender != self.me && (link.0 as usize) < MAX_LINKS => dg,
+            _ => {
+                self.counters.bad_datagrams += 1;
+                return;
+            }
+        };
+        let k = &mut self.voter.knowledge[dg.sender.index()];
+        k.last_heard[link.0 as usize] = Some(now);
+        k.epoch = k.epoch.max(dg.epoch);
+        match dg.message {
+            Message::Heartbeat(hb) => {
+                self.voter.knowledge[dg.sender.index()].heartbeat = Some(hb);
+                if dg.epoch < self.voter.epoch {
+                    self.counters.stale_datagrams += 1;
+                    // Tell the laggard at once, on the link it used.
+                    if dg.sender == self.peer {
+                        let hb = self.heartbeat_for(dg.sender, now);
+                        self.send_on(dg.sender, link, Message::Heartbeat(hb));
+                    }
+                } else {
+                    self.observe_epoch(dg.epoch);
+                }
+                if hb.record.epoch >= self.voter.record.epoch {
+                    self.adopt_record(now, hb.record, dg.sender);
+                }
+                if dg.sender == self.peer {
+                    if hb.flags & flags::SERVING != 0 && hb.record == self.voter.record {
+                        self.primary_seen = now;
+                    }
+                    if hb.record == self.voter.record {
+                        self.peer_state = hb.data_state;
+                    }
+                }
+            }
+            Message::LeaseRequest { round, record } => {
+                if record.primary == Some(dg.sender) {
+                    self.adopt_record(now, record, dg.sender);
+                }
+                self.observe_epoch(dg.epoch);
+                let decision = if self.role == Role::Primary {
+                    Err(Refusal::ResponderIsPrimary)
+                } else {
+                    self.voter.decide_lease(dg.sender, dg.epoch, &record, false)
+                };
+                if decision.is_ok() {
+                    self.voter.promise = Some((dg.sender, now));
+                    self.primary_seen = now;
+                }
+                let reply = Message::LeaseReply { round, granted: decision.is_ok(), refusal: decision.err().unwrap_or(Refusal::None) };
+                self.send_on(dg.sender, link, reply);
+            }
+            Message::LeaseReply { round, granted, refusal } => {
+                self.on_lease_reply(now, &dg, round, granted, refusal);
+                if !granted {
+                    self.observe_epoch(dg.epoch);
+                }
+            }
+            Message::VoteRequest { outdated, data_state, reason, record } => {
+                let ask = VoteAsk { candidate: dg.sender, epoch: dg.epoch, outdated, data_state, reason, record };
+                if dg.sender == self.peer {
+                    self.on_vote_request(now, &dg, ask);
+                }
+            }
+            Message::VoteReply { granted, record, .. } => self.on_vote_reply(now, &dg, granted, record),
+            Message::Handover { record } => {
+                if dg.sender == self.peer && record == self.voter.record && record.primary == Some(self.peer) && self.role != Role::Primary {
+                    self.handover_from_peer = true;
+                    self.maybe_stand(now);
+                }
+            }
+            Message::SwitchoverRequest => {
+                if dg.sender == self.peer && self.role == Role::Primary && self.demote.is_none() {
+                    let _ = self.demote(now);
+                }
+            }
+        }
+        self.progress(now);
+    }
+
+    // ----- replication stream -----
+
+    /// The replication stream (re)connected.
+    pub fn on_stream_connected(&mut self, now: Instant) {
+        self.stream = StreamState { connected: true, since: now, ..StreamState::default() };
+        self.resync = None;
+        let hello = Hello {
+            role: self.role,
+            data_state: self.data_state,
+            record: self.voter.record,
+            region_size: self.layout.region_size,
+            region_count: self.layout.region_count,
+            data_bytes: self.layout.data_bytes,
+        };
+        self.send_frame(self.voter.record.epoch, 0, Body::Hello(hello));
+        if self.role == Role::Primary {
+            let rec = self.voter.record;
+            self.send_frame(rec.epoch, 0, Body::Config(rec));
+        }
+        self.send_bitmap();
+        // Writes sent on the old connection and completed since are covered
+        // by their bitmap bits; pending ones are sent again.
+        self.unacked.clear();
+        self.seq_to_id.clear();
+        let resend: Vec<u64> = self.writes.iter().filter(|(_, w)| w.started && !w.peer_acked).map(|(id, _)| *id).collect();
+        for id in &resend {
+            if let Some(w) = self.writes.get_mut(id) {
+                w.seq = None;
+            }
+        }
+        if self.role == Role::Primary {
+            self.resend_writes(&resend);
+        }
+        self.progress(now);
+    }
+
+    /// The replication stream closed (either side, or the link).
+    pub fn on_stream_closed(&mut self, now: Instant) {
+        if !self.stream.connected {
+            return;
+        }
+        self.stream = StreamState { connected: false, since: now, ..StreamState::default() };
+        self.resync = None;
+        self.unacked.clear();
+        self.progress(now);
+    }
+
+    fn stream_error(&mut self, now: Instant) {
+        self.counters.stream_errors += 1;
+        self.actions.push(Action::CloseStream);
+        self.on_stream_closed(now);
+    }
+
+    /// Bytes arrived on the replication stream.
+    pub fn on_stream_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        self.check_lease(now);
+        if !self.stream.connected {
+            return;
+        }
+        self.stream.decoder.push(bytes);
+        loop {
+            let frame = match self.stream.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => {
+                    self.stream_error(now);
+                    return;
+                }
+            };
+            let ok = match Frame::parse(&frame) {
+                Ok(f) if f.sender == self.peer => self.on_frame(now, f),
+                _ => false,
+            };
+            if !ok {
+                self.stream_error(now);
+                return;
+            }
+            if !self.stream.connected {
+                return;
+            }
+        }
+        self.progress(now);
+    }
+
+    fn on_frame(&mut self, now: Instant, f: Frame<'_>) -> bool {
+        match f.body {
+            Body::Hello(h) => {
+                if h.region_size != self.layout.region_size || h.region_count != self.layout.region_count {
+                    return false;
+                }
+                self.stream.peer_hello = Some(h);
+                self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
+                if h.record == self.voter.record {
+                    self.peer_state = h.data_state;
+                }
+                if h.record.primary == Some(self.peer) {
+                    self.adopt_record(now, h.record, self.peer);
+                }
+                if self.role == Role::Primary {
+                    // Writes submitted before the hello went unsent.
+                    let unsent: Vec<u64> = self.writes.iter().filter(|(_, w)| w.started && w.seq.is_none()).map(|(id, _)| *id).collect();
+                    self.resend_writes(&unsent);
+                }
+            }
+            Body::Config(rec) => {
+                if rec.primary == Some(self.peer) {
+                    self.adopt_record(now, rec, self.peer);
+                }
+            }
+            Body::Write { offset, data } => {
+                let accept = self.accepts_replication(f.epoch, offset, data.len() as u64);
+                if !accept {
+                    self.counters.fenced_writes_refused += 1;
+                    let epoch = self.voter.epoch;
+                    self.send_frame(epoch, f.seq, Body::WriteAck { status: AckStatus::Fenced });
+                } else {
+                    self.become_inconsistent_if_outdated();
+                    self.enqueue_apply(Apply { kind: ApplyKind::Write(f.seq), offset, data: data.to_vec() });
+                }
+            }
+            Body::WriteAck { status } => {
+                if let Some(id) = self.seq_to_id.get(&f.seq).copied() {
+                    if status == AckStatus::Ok {
+                        if let Some(w) = self.writes.get_mut(&id) {
+                            w.peer_acked = true;
+                        }
+                    }
+                }
+                if status == AckStatus::Ok {
+                    self.unacked.remove(&f.seq);
+                } else {
+                    self.observe_epoch(f.epoch);
+                }
+            }
+            Body::Bitmap { first_region, bit_count, bits } => {
+                if first_region.saturating_add(bit_count as u64) > self.layout.region_count {
+                    return false;
+                }
+                if let Some(b) = self.stream.peer_bitmap.as_mut() {
+                    b.import_or(first_region, bit_count as u64, bits);
+                }
+            }
+            Body::BitmapDone => {
+                if self.role == Role::Primary {
+                    self.start_resync(now);
+                }
+            }
+            Body::ResyncData { offset, data } => {
+                if !self.accepts_replication(f.epoch, offset, data.len() as u64) {
+                    let epoch = self.voter.epoch;
+                    self.send_frame(epoch, 0, Body::ResyncAck { offset, len: data.len() as u32, status: AckStatus::Fenced });
+                } else {
+                    self.become_inconsistent_if_outdated();
+                    self.enqueue_apply(Apply { kind: ApplyKind::Resync, offset, data: data.to_vec() });
+                }
+            }
+            Body::ResyncAck { offset, status, .. } => self.on_resync_ack(now, offset, status),
+            Body::ResyncDone => {
+                if self.voter.record.primary == Some(self.peer) && f.epoch == self.voter.record.epoch {
+                    self.resynced_in_epoch = Some(self.voter.record.epoch);
+                    // Our own dirty regions are now equal to the primary's.
+                    let regions: Vec<u64> = {
+                        let mut v = Vec::new();
+                        let mut i = 0;
+                        while let Some(j) = self.bitmap.next_set(i) {
+                            v.push(j);
+                            i = j + 1;
+                        }
+                        v
+                    };
+                    for r in regions {
+                        self.clear_bit(r);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// The fencing-token check of the secondary: replicate only from the
+    /// primary of our current record, in that record's epoch, and only if we
+    /// did not promise our vote to someone else since.
+    fn accepts_replication(&self, epoch: u64, offset: u64, len: u64) -> bool {
+        let rec = self.voter.record;
+        self.role != Role::Primary
+            && epoch == rec.epoch
+            && rec.primary == Some(self.peer)
+            && self.voter.voted_for.is_none_or(|v| v == self.peer)
+            && offset.checked_add(len).is_some_and(|e| e <= self.layout.data_bytes)
+    }
+
+    fn become_inconsistent_if_outdated(&mut self) {
+        if self.data_state == DataState::Outdated {
+            self.data_state = DataState::Inconsistent;
+            self.persist_superblock();
+        }
+    }
+
+    fn enqueue_apply(&mut self, a: Apply) {
+        self.apply_queue.push_back(a);
+        self.issue_applies();
+    }
+
+    /// Issues queued secondary writes, keeping overlapping ones in stream
+    /// order (the disk may reorder concurrent writes).
+    fn issue_applies(&mut self) {
+        let mut i = 0;
+        while i < self.apply_queue.len() {
+            let (off, len) = (self.apply_queue[i].offset, self.apply_queue[i].data.len() as u64);
+            let busy = self.applying.iter().any(|&(_, o, l)| overlaps(off, len, o, l))
+                || self.apply_queue.iter().take(i).any(|q| overlaps(off, len, q.offset, q.data.len() as u64));
+            if busy {
+                i += 1;
+                continue;
+            }
+            let Some(a) = self.apply_queue.remove(i) else { break };
+            self.applying.push((a.kind, a.offset, a.data.len() as u64));
+            self.actions.push(match a.kind {
+                ApplyKind::Write(seq) => Action::ApplyReplicatedWrite { seq, offset: a.offset, data: a.data },
+                ApplyKind::Resync => Action::ApplyResync { offset: a.offset, data: a.data },
+            });
+        }
+    }
+
+    fn finish_apply(&mut self, kind: ApplyKind, offset: u64) -> Option<u64> {
+        let pos = self.applying.iter().position(|&(k, o, _)| k == kind && o == offset)?;
+        let (_, _, len) = self.applying.remove(pos);
+        self.issue_applies();
+        Some(len)
+    }
+
+    /// Secondary: the replicated write `seq` reached the disk (or failed).
+    pub fn on_replicated_write_done(&mut self, now: Instant, seq: u64, offset: u64, ok: bool) {
+        if self.finish_apply(ApplyKind::Write(seq), offset).is_some() {
+            let status = if ok { AckStatus::Ok } else { AckStatus::IoError };
+            let epoch = self.voter.epoch;
+            self.send_frame(epoch, seq, Body::WriteAck { status });
+        }
+        self.progress(now);
+    }
+
+    /// Secondary: resync data at `offset` reached the disk (or failed).
+    pub fn on_resync_write_done(&mut self, now: Instant, offset: u64, ok: bool) {
+        if let Some(len) = self.finish_apply(ApplyKind::Resync, offset) {
+            let status = if ok { AckStatus::Ok } else { AckStatus::IoError };
+            let epoch = self.voter.epoch;
+            self.send_frame(epoch, 0, Body::ResyncAck { offset, len: len as u32, status });
+        }
+        self.progress(now);
+    }
+
+    // ----- resync (primary = sync source) -----
+
+    fn start_resync(&mut self, now: Instant) {
+        let Some(peer_bm) = self.stream.peer_bitmap.take() else { return };
+        self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
+        let mut i = 0;
+        while let Some(j) = peer_bm.next_set(i) {
+            self.set_bit(j);
+            i = j + 1;
+        }
+        let never_synced = self.stream.peer_hello.is_some_and(|h| h.data_state == DataState::Inconsistent && h.record.epoch == 0);
+        if never_synced {
+            for r in 0..self.layout.region_count {
+                self.set_bit(r);
+            }
+        }
+        self.persist_bitmap();
+        let pending = self.bitmap.clone();
+        let total = pending.count();
+        self.resync = Some(Resync {
+            pending,
+            total,
+            cursor: 0,
+            reading: None,
+            in_flight: BTreeSet::new(),
+            tokens: self.layout.region_size as u64,
+            refilled: now,
+            done_sent: false,
+        });
+    }
+
+    fn region_range(&self, r: u64) -> (u64, u32) {
+        let rs = self.layout.region_size as u64;
+        let off = r * rs;
+        (off, rs.min(self.layout.data_bytes.saturating_sub(off)) as u32)
+    }
+
+    fn pump_resync(&mut self, now: Instant) {
+        if self.role != Role::Primary || !self.stream_ready() {
+            return;
+        }
+        let rate = self.cfg.resync_rate;
+        let max_in_flight = self.cfg.resync_max_in_flight.max(1) as usize;
+        let rs = self.layout.region_size as u64;
+        let Some(rz) = self.resync.as_mut() else { return };
+        let elapsed = now.saturating_since(rz.refilled).as_micros();
+        rz.tokens = rz.tokens.saturating_add((rate as u128 * elapsed as u128 / 1_000_000).min(u64::MAX as u128) as u64);
+        rz.tokens = rz.tokens.min((rate / 10).max(rs * max_in_flight as u64));
+        rz.refilled = now;
+        if rz.reading.is_none() && rz.in_flight.len() < max_in_flight && rz.tokens >= rs {
+            // Next dirty region with no host write in flight over it.
+            let mut candidate = None;
+            let mut from = rz.cursor;
+            for _ in 0..2 {
+                let mut i = from;
+                while let Some(j) = rz.pending.next_set(i) {
+                    let busy = rz.in_flight.contains(&j)
+                        || self.writes.values().any(|w| w.started && overlaps(w.offset, w.len, j * rs, rs));
+                    if !busy {
+                        candidate = Some(j);
+                        break;
+                    }
+                    i = j + 1;
+                }
+                if candidate.is_some() {
+                    break;
+                }
+                from = 0;
+            }
+            if let Some(r) = candidate {
+                rz.reading = Some(r);
+                rz.cursor = r + 1;
+                rz.tokens -= rs;
+                let (offset, len) = self.region_range(r);
+                self.actions.push(Action::ReadForResync { offset, len });
+            }
+        }
+        let Some(rz) = self.resync.as_mut() else { return };
+        if rz.pending.count() == 0 && rz.in_flight.is_empty() && rz.reading.is_none() && !rz.done_sent {
+            rz.done_sent = true;
+            let epoch = self.voter.record.epoch;
+            self.send_frame(epoch, 0, Body::ResyncDone);
+        }
+    }
+
+    /// Primary: the resync read at `offset` finished; `data` is its content.
+    pub fn on_resync_read_done(&mut self, now: Instant, offset: u64, data: Option<&[u8]>) {
+        let rs = self.layout.region_size as u64;
+        let r = offset / rs;
+        let (_, len) = self.region_range(r);
+        let Some(rz) = self.resync.as_mut() else { return self.progress(now) };
+        if rz.reading != Some(r) {
+            return self.progress(now);
+        }
+        rz.reading = None;
+        match data {
+            Some(d) if d.len() == len as usize => {
+                rz.in_flight.insert(r);
+                let epoch = self.voter.record.epoch;
+                self.send_frame(epoch, 0, Body::ResyncData { offset, data: d });
+            }
+            _ => {}
+        }
+        self.start_deferred(now);
+        self.progress(now);
+    }
+
+    fn on_resync_ack(&mut self, _now: Instant, offset: u64, status: AckStatus) {
+        let rs = self.layout.region_size as u64;
+        let r = offset / rs;
+        let Some(rz) = self.resync.as_mut() else { return };
+        if !rz.in_flight.remove(&r) {
+            return;
+        }
+        if status != AckStatus::Ok {
+            return;
+        }
+        rz.pending.clear(r);
+        let busy = self.writes.values().any(|w| overlaps(w.offset, w.len, r * rs, rs))
+            || self.unacked.values().any(|&(o, l)| overlaps(o, l, r * rs, rs));
+        if !busy {
+            self.clear_bit(r);
+        }
+    }
+
+    /// Clears bits of regions now equal on both sides (in-sync mode only):
+    /// like DRBD's activity log, recently written regions stay marked for a
+    /// while so a crash leaves them to be compared.
+    fn lazy_clear_bitmap(&mut self) {
+        if self.role != Role::Primary || self.peer_degraded() || self.resync.is_some() || !self.stream_ready() {
+            return;
+        }
+        let rs = self.layout.region_size as u64;
+        let mut clear = Vec::new();
+        let mut i = 0;
+        while let Some(j) = self.bitmap.next_set(i) {
+            let busy = self.writes.values().any(|w| overlaps(w.offset, w.len, j * rs, rs))
+                || self.unacked.values().any(|&(o, l)| overlaps(o, l, j * rs, rs));
+            if !busy {
+                clear.push(j);
+            }
+            i = j + 1;
+        }
+        for r in clear {
+            self.clear_bit(r);
+        }
+    }
+
+    // ----- status -----
+
+    pub fn status(&self, now: Instant) -> Status {
+        let t = self.timing();
+        let ages = |k: &crate::voter::Knowledge| {
+            let mut a = [None; MAX_LINKS];
+            for (i, x) in k.last_heard.iter().enumerate() {
+                a[i] = x.map(|t| now.saturating_since(t));
+            }
+            a
+        };
+        let peer_k = &self.voter.knowledge[self.peer.index()];
+        let w_k = &self.voter.knowledge[NodeId::Witness.index()];
+        let replication = if let Some(rz) = &self.resync {
+            if rz.done_sent { ReplicationState::Established } else { ReplicationState::SyncSource }
+        } else if self.role == Role::Primary && self.peer_degraded() {
+            ReplicationState::Degraded
+        } else if !self.stream.connected {
+            ReplicationState::Disconnected
+        } else if self.role != Role::Primary && self.data_state != DataState::UpToDate {
+            ReplicationState::SyncTarget
+        } else {
+            ReplicationState::Established
+        };
+        Status {
+            node: self.me,
+            role: self.role,
+            epoch: self.voter.record.epoch,
+            promised_epoch: self.voter.epoch,
+            record: self.voter.record,
+            data_state: self.data_state,
+            peer_state: self.peer_state,
+            admin_fenced: self.admin_fenced,
+            ana: self.ana,
+            serving: self.is_serving(now),
+            lease_remaining: self.lease.until.filter(|_| self.role == Role::Primary).map(|u| u.saturating_since(now)),
+            lease_age: self.lease.last_grant.filter(|_| self.role == Role::Primary).map(|g| now.saturating_since(g)),
+            links: self.cfg.links,
+            peer_heard: ages(peer_k),
+            witness_heard: ages(w_k),
+            peer_reachable: peer_k.alive(now, t.failure_timeout),
+            witness_reachable: w_k.alive(now, t.failure_timeout),
+            replication,
+            in_flight_writes: self.writes.len(),
+            unacked_bytes: self.unacked.values().map(|&(_, l)| l).sum(),
+            out_of_sync_bytes: self.bitmap.count() * self.layout.region_size as u64,
+            resync: self.resync.as_ref().map(|r| ResyncProgress { total_regions: r.total, remaining_regions: r.pending.count() }),
+            election: self.candidacy.map(|c| (c.epoch, c.reason)),
+        }
+    }
+}

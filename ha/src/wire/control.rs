@@ -233,6 +233,11 @@ pub struct Heartbeat {
     pub vote_outdated: Option<NodeId>,
     /// The latest committed record the sender knows.
     pub record: EpochRecord,
+    /// A value the sender chose at boot (differs on every start).
+    pub incarnation: u64,
+    /// The receiver's incarnation as last heard by the sender (0 if none):
+    /// proves the heartbeat was sent after the receiver started.
+    pub echo: u64,
 }
 
 /// The message carried by a control datagram.
@@ -273,7 +278,7 @@ impl Datagram {
         let mut r = Reader::new(payload);
         let message = match p.kind() {
             kind::HEARTBEAT => {
-                need(8 + RECORD_LEN)?;
+                need(8 + RECORD_LEN + 16)?;
                 let role = Role::from_u8(r.u8()).ok_or(Error::InvalidField("heartbeat.role"))?;
                 let data_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("heartbeat.data_state"))?;
                 let peer_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("heartbeat.peer_state"))?;
@@ -283,7 +288,19 @@ impl Datagram {
                     opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("heartbeat.vote_outdated"))?;
                 r.skip(2);
                 let record = r.record()?;
-                Message::Heartbeat(Heartbeat { role, data_state, peer_state, flags, voted_for, vote_outdated, record })
+                let incarnation = r.u64();
+                let echo = r.u64();
+                Message::Heartbeat(Heartbeat {
+                    role,
+                    data_state,
+                    peer_state,
+                    flags,
+                    voted_for,
+                    vote_outdated,
+                    record,
+                    incarnation,
+                    echo,
+                })
             }
             kind::LEASE_REQUEST => {
                 need(8 + RECORD_LEN)?;
@@ -335,7 +352,9 @@ impl Datagram {
                     .u8(opt_node_to_u8(h.voted_for))
                     .u8(opt_node_to_u8(h.vote_outdated))
                     .zeros(2)
-                    .record(&h.record);
+                    .record(&h.record)
+                    .u64(h.incarnation)
+                    .u64(h.echo);
                 kind::HEARTBEAT
             }
             Message::LeaseRequest { round, record } => {
@@ -395,6 +414,8 @@ mod tests {
                 voted_for: Some(NodeId::A),
                 vote_outdated: None,
                 record: rec,
+                incarnation: 0xdead_beef,
+                echo: 42,
             }),
             Message::LeaseRequest { round: 99, record: rec },
             Message::LeaseReply { round: 99, granted: true, refusal: Refusal::None },
