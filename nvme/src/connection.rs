@@ -137,6 +137,8 @@ const UNBOUND_DEPTH: usize = 4;
 pub struct Connection {
     state: ConnectionState,
     created: Instant,
+    crc: Crc32c,
+    data_budget: u32,
     hdgst: bool,
     ddgst: bool,
     rx: Rx,
@@ -163,11 +165,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection, accepted at `now`.
-    pub fn new(now: Instant) -> Self {
+    /// A new connection to `target`, accepted at `now`.
+    pub fn new(target: &Target, now: Instant) -> Self {
         Connection {
             state: ConnectionState::AwaitingIcReq,
             created: now,
+            crc: target.crc,
+            data_budget: target.config.limits.data_budget,
             hdgst: false,
             ddgst: false,
             rx: Rx::Header,
@@ -269,7 +273,7 @@ impl Connection {
                     let n = remaining.min(data.len());
                     let chunk = &data[..n];
                     data = &data[n..];
-                    let crc = if self.ddgst { t.crc.update(crc, chunk) } else { crc };
+                    let crc = if self.ddgst { self.crc.update(crc, chunk) } else { crc };
                     match dest {
                         Dest::Capsule => self.capsule_data.extend_from_slice(chunk),
                         Dest::H2C { cid } => {
@@ -318,7 +322,7 @@ impl Connection {
     fn on_header(&mut self, t: &mut Target, now: Instant) {
         self.stats.pdus_in += 1;
         let header_len = self.hdr_need;
-        let parsed = Repr::parse(&self.hdr[..header_len], &t.crc);
+        let parsed = Repr::parse(&self.hdr[..header_len], &self.crc);
         let (repr, layout) = match parsed {
             Ok(x) => x,
             Err(e) => return self.fatal(t, e),
@@ -434,7 +438,7 @@ impl Connection {
             maxh2cdata: t.config.limits.max_h2c_data,
         };
         let mut buf = alloc::vec![0u8; 128];
-        Repr::IcResp(resp).emit(&mut buf, 0, false, false, &t.crc);
+        Repr::IcResp(resp).emit(&mut buf, 0, false, false, &self.crc);
         self.push(Chunk::Heap(buf), false, 0);
         self.state = ConnectionState::Open;
     }
@@ -503,27 +507,27 @@ impl Connection {
             }
         }
         if self.commands.contains_key(&cid) {
-            return self.respond(t, cid, Status::COMMAND_ID_CONFLICT, 0);
+            return self.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
         }
         if !digest_ok {
-            return self.respond(t, cid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
+            return self.respond(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
         }
         let Some(b) = self.binding else {
             if s.opcode() == OPCODE_FABRICS && s.fctype() == fctype::CONNECT {
                 return self.on_connect(t, now, &s, &data);
             }
-            return self.respond(t, cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
         };
         if s.opcode() == OPCODE_FABRICS {
             return self.on_fabrics(t, b, &s);
         }
         let enabled = t.controller(b.cntlid, b.instance).is_some_and(|c| c.enabled());
         if !enabled {
-            return self.respond(t, cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
         }
         if b.qid == 0 {
             if !data.is_empty() {
-                return self.respond(t, cid, Status::DATA_SGL_LENGTH_INVALID, 0);
+                return self.respond(cid, Status::DATA_SGL_LENGTH_INVALID, 0);
             }
             let reply = admin::admin_command(t, b.cntlid, b.instance, &s, self.aers.len());
             match reply {
@@ -531,7 +535,7 @@ impl Connection {
                     self.commands.insert(cid, Command { sqe, state: CmdState::Aer });
                     self.aers.push_back(cid);
                 }
-                Reply::Complete { status, result, data } => self.reply(t, cid, status, result, data),
+                Reply::Complete { status, result, data } => self.reply(cid, status, result, data),
             }
             // A Get Log Page may have unmasked events; an AER may be waiting for one.
             self.deliver_aens(t);
@@ -547,10 +551,10 @@ impl Connection {
                 self.binding = Some(b);
                 self.sq_head = 1 % b.depth;
                 if let Reply::Complete { status, result, data } = reply {
-                    self.reply(t, cid, status, result, data);
+                    self.reply(cid, status, result, data);
                 }
             }
-            Err(Reply::Complete { status, result, data }) => self.reply(t, cid, status, result, data),
+            Err(Reply::Complete { status, result, data }) => self.reply(cid, status, result, data),
             Err(Reply::HoldAer) => {}
         }
     }
@@ -573,7 +577,7 @@ impl Connection {
                     Reply::status(Status::INVALID_FIELD)
                 } else {
                     // Respond, then close once the response is out.
-                    self.reply(t, cid, Status::SUCCESS, 0, None);
+                    self.reply(cid, Status::SUCCESS, 0, None);
                     self.release(t);
                     self.state = ConnectionState::Closing;
                     self.drop_work();
@@ -583,7 +587,7 @@ impl Connection {
             _ => Reply::status(Status::INVALID_OPCODE),
         };
         if let Reply::Complete { status, result, data } = reply {
-            self.reply(t, cid, status, result, data);
+            self.reply(cid, status, result, data);
         }
     }
 
@@ -592,23 +596,23 @@ impl Connection {
         let cid = s.cid();
         let plan = match io::plan(t, &s, data.len()) {
             Ok(p) => p,
-            Err(status) => return self.respond(t, cid, status, 0),
+            Err(status) => return self.respond(cid, status, 0),
         };
         match plan {
             IoPlan::Read { .. } => {
                 self.commands.insert(cid, Command { sqe, state: CmdState::AwaitBudget(plan) });
                 self.waiting.push_back(cid);
-                self.start_waiting(t);
+                self.start_waiting();
             }
             IoPlan::DatasetManagement { deallocate: false, .. } => {
                 // Only attributes (hints) and no deallocation: nothing to do.
-                self.respond(t, cid, Status::SUCCESS, 0)
+                self.respond(cid, Status::SUCCESS, 0)
             }
             IoPlan::Write { .. } | IoPlan::DatasetManagement { .. } => {
                 if data.is_empty() {
                     self.commands.insert(cid, Command { sqe, state: CmdState::AwaitBudget(plan) });
                     self.waiting.push_back(cid);
-                    self.start_waiting(t);
+                    self.start_waiting();
                 } else {
                     self.execute_with_data(t, sqe, plan, data, 0);
                 }
@@ -624,11 +628,11 @@ impl Connection {
     }
 
     /// Starts commands waiting for data budget, in order.
-    fn start_waiting(&mut self, t: &Target) {
+    fn start_waiting(&mut self) {
         if !self.is_open() {
             return;
         }
-        let limit = t.config.limits.data_budget;
+        let limit = self.data_budget;
         while let Some(&cid) = self.waiting.front() {
             let Some(cmd) = self.commands.get(&cid) else {
                 self.waiting.pop_front();
@@ -668,7 +672,7 @@ impl Connection {
                     );
                     self.stats.r2ts += 1;
                     let r2t = Repr::R2T(R2t { cccid: cid, ttag: cid, offset: 0, length: need });
-                    self.push_header(t, &r2t, 0, false, 0);
+                    self.push_header(&r2t, 0, false, 0);
                 }
             }
         }
@@ -683,7 +687,7 @@ impl Connection {
         };
         if digest_error {
             self.release_budget(budget);
-            return self.respond(t, cid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
+            return self.respond(cid, Status::TRANSIENT_TRANSPORT_ERROR, 0);
         }
         self.execute_with_data(t, cmd.sqe, plan, buf, budget);
     }
@@ -703,14 +707,14 @@ impl Connection {
                 let parsed = io::dsm_ranges(&data, ranges, lba_shift, blocks);
                 self.release_budget(budget);
                 match parsed {
-                    Err(status) => self.respond(t, cid, status, 0),
-                    Ok(r) if r.is_empty() => self.respond(t, cid, Status::SUCCESS, 0),
+                    Err(status) => self.respond(cid, status, 0),
+                    Ok(r) if r.is_empty() => self.respond(cid, Status::SUCCESS, 0),
                     Ok(ranges) => self.issue(sqe, plan, nsid, BlockOp::Deallocate { ranges }, 0),
                 }
             }
             _ => {
                 self.release_budget(budget);
-                self.respond(t, cid, Status::INTERNAL_ERROR, 0)
+                self.respond(cid, Status::INTERNAL_ERROR, 0)
             }
         }
     }
@@ -756,7 +760,7 @@ impl Connection {
                 self.stats.bytes_read += len as u64;
                 t.stats.read_commands += 1;
                 t.stats.bytes_read += len as u64;
-                self.send_read_data(t, cid, data, budget);
+                self.send_read_data(cid, data, budget);
                 self.after_completion(t, now);
                 return Ok(());
             }
@@ -781,13 +785,13 @@ impl Connection {
             }
         };
         self.release_budget(budget);
-        self.respond(t, cid, status, 0);
+        self.respond(cid, status, 0);
         self.after_completion(t, now);
         Ok(())
     }
 
     fn after_completion(&mut self, t: &mut Target, now: Instant) {
-        self.start_waiting(t);
+        self.start_waiting();
         self.try_resume(t, now);
     }
 
@@ -801,13 +805,13 @@ impl Connection {
         self.out.push_back(OutItem { chunk, response, budget });
     }
 
-    fn push_header(&mut self, t: &Target, repr: &Repr, data_len: usize, response: bool, budget: u32) {
+    fn push_header(&mut self, repr: &Repr, data_len: usize, response: bool, budget: u32) {
         let mut buf = [0u8; INLINE_LEN];
-        let n = repr.emit(&mut buf, data_len, self.hdgst, self.ddgst, &t.crc);
+        let n = repr.emit(&mut buf, data_len, self.hdgst, self.ddgst, &self.crc);
         self.push(Chunk::Inline { buf, len: n as u8 }, response, budget);
     }
 
-    fn respond(&mut self, t: &Target, cid: u16, status: Status, result: u64) {
+    fn respond(&mut self, cid: u16, status: Status, result: u64) {
         if !status.is_success() {
             self.stats.errors += 1;
         }
@@ -819,38 +823,38 @@ impl Connection {
             status,
         };
         self.responses_queued += 1;
-        self.push_header(t, &Repr::CapsuleResp(cqe.to_bytes()), 0, true, 0);
+        self.push_header(&Repr::CapsuleResp(cqe.to_bytes()), 0, true, 0);
     }
 
-    fn reply(&mut self, t: &Target, cid: u16, status: Status, result: u64, data: Option<Vec<u8>>) {
+    fn reply(&mut self, cid: u16, status: Status, result: u64, data: Option<Vec<u8>>) {
         match data {
             Some(d) if status.is_success() && !d.is_empty() => {
-                self.send_data(t, cid, d, 0, false);
-                self.respond(t, cid, status, result);
+                self.send_data(cid, d, 0, false);
+                self.respond(cid, status, result);
             }
-            _ => self.respond(t, cid, status, result),
+            _ => self.respond(cid, status, result),
         }
     }
 
-    fn send_read_data(&mut self, t: &Target, cid: u16, data: Vec<u8>, budget: u32) {
+    fn send_read_data(&mut self, cid: u16, data: Vec<u8>, budget: u32) {
         // With SQ flow control disabled the host needs no SQHD: the last
         // C2HData can carry SUCCESS and the response capsule is skipped.
         let success = self.binding.is_some_and(|b| b.sqflow_disabled);
-        self.send_data(t, cid, data, budget, success);
+        self.send_data(cid, data, budget, success);
         if !success {
-            self.respond(t, cid, Status::SUCCESS, 0);
+            self.respond(cid, Status::SUCCESS, 0);
         }
     }
 
-    fn send_data(&mut self, t: &Target, cid: u16, data: Vec<u8>, budget: u32, success: bool) {
+    fn send_data(&mut self, cid: u16, data: Vec<u8>, budget: u32, success: bool) {
         let len = data.len();
         let dh = DataHeader { cccid: cid, ttag: 0, offset: 0, length: len as u32, last: true, success };
-        self.push_header(t, &Repr::C2HData(dh), len, false, 0);
+        self.push_header(&Repr::C2HData(dh), len, false, 0);
         if success {
             self.responses_queued += 1;
         }
         if self.ddgst {
-            let digest = t.crc.checksum(&data);
+            let digest = self.crc.checksum(&data);
             self.push(Chunk::Heap(data), false, budget);
             let mut buf = [0u8; INLINE_LEN];
             buf[..4].copy_from_slice(&digest.to_le_bytes());
@@ -889,7 +893,10 @@ impl Connection {
             if item.response {
                 self.responses_queued = self.responses_queued.saturating_sub(1);
             }
-            self.release_budget(item.budget);
+            if item.budget > 0 {
+                self.release_budget(item.budget);
+                self.start_waiting();
+            }
         }
     }
 
@@ -935,7 +942,7 @@ impl Connection {
                 }
             }
         }
-        self.start_waiting(t);
+        self.start_waiting();
         self.try_resume(t, now);
         self.deliver_aens(t);
     }
@@ -964,7 +971,7 @@ impl Connection {
             let Some(aen) = c.pending_aens.pop_front() else { return };
             let cid = self.aers.pop_front().expect("not empty");
             self.commands.remove(&cid);
-            self.respond(t, cid, Status::SUCCESS, aen as u64);
+            self.respond(cid, Status::SUCCESS, aen as u64);
         }
     }
 
@@ -1000,7 +1007,7 @@ impl Connection {
             let header = &self.hdr[..self.hdr_have.min(MAX_TERM_DATA_LEN)];
             let mut buf = alloc::vec![0u8; 24 + header.len()];
             let repr = Repr::C2HTermReq(TermReq { fes: fes as u16, fei });
-            let n = repr.emit(&mut buf, header.len(), false, false, &t.crc);
+            let n = repr.emit(&mut buf, header.len(), false, false, &self.crc);
             buf[n..].copy_from_slice(header);
             // Pending responses are dropped: the host resets the queue anyway.
             self.out.clear();

@@ -116,7 +116,7 @@ impl Harness {
 
     pub fn link(&mut self, hdgst: bool, ddgst: bool) -> Link {
         Link {
-            conn: Connection::new(self.now()),
+            conn: Connection::new(&self.target, self.now()),
             host: Initiator::new(hdgst, ddgst),
             events: Vec::new(),
             held: Vec::new(),
