@@ -619,3 +619,248 @@ pub fn encode(
         out.extend_from_slice(&crc.checksum(data).to_le_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn crc() -> Crc32c {
+        Crc32c::default()
+    }
+
+    fn all_reprs() -> Vec<(Repr, Vec<u8>)> {
+        let mut sqe = [0u8; 64];
+        sqe.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let mut cqe = [0u8; 16];
+        cqe.iter_mut().enumerate().for_each(|(i, b)| *b = 0xF0 | i as u8);
+        let data: Vec<u8> = (0..100u8).collect();
+        vec![
+            (Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 3, maxr2t: 7 }), vec![]),
+            (Repr::IcResp(IcResp { pfv: 0, cpda: 0, digest: 1, maxh2cdata: 131072 }), vec![]),
+            (Repr::H2CTermReq(TermReq { fes: 1, fei: 4 }), vec![1, 2, 3]),
+            (Repr::C2HTermReq(TermReq { fes: 3, fei: 0 }), vec![]),
+            (Repr::CapsuleCmd(sqe), vec![]),
+            (Repr::CapsuleCmd(sqe), data.clone()),
+            (Repr::CapsuleResp(cqe), vec![]),
+            (
+                Repr::H2CData(DataHeader { cccid: 5, ttag: 5, offset: 4096, length: 100, last: true, success: false }),
+                data.clone(),
+            ),
+            (
+                Repr::C2HData(DataHeader { cccid: 9, ttag: 0, offset: 0, length: 100, last: true, success: true }),
+                data.clone(),
+            ),
+            (
+                Repr::C2HData(DataHeader { cccid: 9, ttag: 0, offset: 8, length: 100, last: false, success: false }),
+                data,
+            ),
+            (Repr::R2T(R2t { cccid: 3, ttag: 3, offset: 0, length: 65536 }), vec![]),
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_pdu_type_with_and_without_digests() {
+        for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (repr, data) in all_reprs() {
+                let mut buf = Vec::new();
+                encode(&repr, &data, hd, dd, &crc(), &mut buf);
+                let pdu = decode(&buf, &crc()).unwrap();
+                assert_eq!(pdu.repr, repr);
+                assert_eq!(pdu.data, &data[..]);
+                assert_eq!(pdu.layout.total_len, buf.len());
+                let digests = repr.pdu_type().has_digests();
+                assert_eq!(pdu.layout.header_digest, hd && digests);
+                assert_eq!(pdu.layout.data_digest, dd && digests && !data.is_empty());
+                // Every strict prefix is merely truncated, never an error or a panic.
+                for n in 0..buf.len() {
+                    assert_eq!(decode(&buf[..n], &crc()), Err(Error::Truncated), "{repr:?} prefix {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packet_accessors() {
+        let mut buf = Vec::new();
+        encode(&Repr::R2T(R2t { cccid: 1, ttag: 2, offset: 3, length: 4 }), &[], true, false, &crc(), &mut buf);
+        let p = Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!((p.pdu_type(), p.flags(), p.hlen(), p.pdo(), p.plen()), (9, flags::HDGSTF, 24, 0, 28));
+        assert_eq!(p.header_len(), 28);
+        assert_eq!(p.header().len(), 24);
+        assert_eq!(Packet::new_checked(&buf[..27]).unwrap_err(), Error::Truncated);
+        assert_eq!(Packet::new_checked(&buf[..3]).unwrap_err(), Error::Truncated);
+        let mut bad = buf.clone();
+        bad[2] = 2;
+        bad[1] = 0;
+        assert_eq!(Packet::new_checked(&bad[..]).unwrap_err(), Error::InvalidHeaderField { offset: 2 });
+    }
+
+    fn capsule(data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(&Repr::CapsuleCmd([0; 64]), data, hd, dd, &crc(), &mut buf);
+        buf
+    }
+
+    #[test]
+    fn rejects_unknown_type() {
+        for t in [0x08u8, 0x0A, 0x0B, 0x7F, 0xFF] {
+            let mut b = capsule(&[], false, false);
+            b[0] = t;
+            assert_eq!(decode(&b, &crc()), Err(Error::UnexpectedPduType { pdu_type: t }));
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_hlen() {
+        let mut b = capsule(&[], false, false);
+        b[2] = 24;
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 2 }));
+    }
+
+    #[test]
+    fn rejects_undefined_flags() {
+        let mut b = capsule(&[], false, false);
+        b[1] = flags::DATA_LAST;
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 1 }));
+        let mut ic = Vec::new();
+        encode(&Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 }), &[], false, false, &crc(), &mut ic);
+        ic[1] = flags::HDGSTF;
+        assert_eq!(decode(&ic, &crc()), Err(Error::InvalidHeaderField { offset: 1 }));
+    }
+
+    #[test]
+    fn rejects_plen_below_header() {
+        let mut b = capsule(&[], true, false);
+        b[4..8].copy_from_slice(&72u32.to_le_bytes());
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+    }
+
+    #[test]
+    fn rejects_plen_on_dataless_types() {
+        let mut b = Vec::new();
+        encode(&Repr::CapsuleResp([0; 16]), &[], false, false, &crc(), &mut b);
+        b[4..8].copy_from_slice(&30u32.to_le_bytes());
+        b.extend_from_slice(&[0; 6]);
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        let mut ic = Vec::new();
+        encode(&Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 }), &[], false, false, &crc(), &mut ic);
+        ic[4..8].copy_from_slice(&200u32.to_le_bytes());
+        assert_eq!(Repr::parse(&ic, &crc()).unwrap_err(), Error::InvalidHeaderField { offset: 4 });
+    }
+
+    #[test]
+    fn rejects_pdo_outside_pdu() {
+        let mut b = capsule(&[1, 2, 3, 4], false, false);
+        b[3] = 10; // inside the header
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 3 }));
+        b[3] = 200; // past PLEN
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 3 }));
+    }
+
+    #[test]
+    fn rejects_data_digest_flag_without_data() {
+        let mut b = capsule(&[], false, false);
+        b[1] = flags::DDGSTF;
+        b[4..8].copy_from_slice(&76u32.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        // PDO 0 with bytes past the header: PDO is wrong.
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 3 }));
+        // PDO right, but PLEN leaves room for the digest only.
+        b[3] = 72;
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+    }
+
+    #[test]
+    fn rejects_header_digest_mismatch() {
+        let mut b = capsule(&[], true, false);
+        b[20] ^= 1;
+        assert!(matches!(decode(&b, &crc()), Err(Error::HeaderDigest { .. })));
+    }
+
+    #[test]
+    fn rejects_data_digest_mismatch() {
+        let mut b = capsule(&[9; 32], false, true);
+        let n = b.len();
+        b[n - 5] ^= 0x80;
+        assert!(matches!(decode(&b, &crc()), Err(Error::DataDigest { .. })));
+    }
+
+    #[test]
+    fn rejects_data_length_mismatch_and_zero() {
+        let d = DataHeader { cccid: 1, ttag: 1, offset: 0, length: 8, last: true, success: false };
+        let mut b = Vec::new();
+        encode(&Repr::H2CData(d), &[0; 8], false, false, &crc(), &mut b);
+        let mut bad = b.clone();
+        bad[16..20].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(decode(&bad, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        bad[16..20].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&bad, &crc()), Err(Error::InvalidHeaderField { offset: 16 }));
+        let mut r2t = Vec::new();
+        encode(&Repr::R2T(R2t { cccid: 1, ttag: 1, offset: 0, length: 1 }), &[], false, false, &crc(), &mut r2t);
+        r2t[16..20].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&r2t, &crc()), Err(Error::InvalidHeaderField { offset: 16 }));
+    }
+
+    #[test]
+    fn rejects_success_without_last() {
+        let d = DataHeader { cccid: 1, ttag: 0, offset: 0, length: 4, last: true, success: true };
+        let mut b = Vec::new();
+        encode(&Repr::C2HData(d), &[0; 4], false, false, &crc(), &mut b);
+        b[1] &= !flags::DATA_LAST;
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 1 }));
+    }
+
+    #[test]
+    fn rejects_oversized_termination_request() {
+        let mut b = Vec::new();
+        encode(&Repr::H2CTermReq(TermReq { fes: 1, fei: 0 }), &[0; 129], false, false, &crc(), &mut b);
+        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        let mut ok = Vec::new();
+        encode(&Repr::H2CTermReq(TermReq { fes: 1, fei: 0 }), &[0; 128], false, false, &crc(), &mut ok);
+        assert!(decode(&ok, &crc()).is_ok());
+    }
+
+    #[test]
+    fn check_common_reports_header_length() {
+        let b = capsule(&[], true, false);
+        assert_eq!(Repr::check_common(&b[..8]), Ok((PduType::CapsuleCmd, 76)));
+        assert_eq!(Repr::check_common(&b[..7]), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn fatal_error_status_mapping() {
+        use crate::error::FatalErrorStatus as F;
+        assert_eq!(Error::InvalidHeaderField { offset: 3 }.termination(), Some((F::InvalidHeaderField, 3)));
+        assert_eq!(Error::UnexpectedPduType { pdu_type: 8 }.termination(), Some((F::InvalidHeaderField, 0)));
+        assert_eq!(Error::PduSequence.termination(), Some((F::PduSequenceError, 0)));
+        assert_eq!(Error::HeaderDigest { received: 0, computed: 1 }.termination(), Some((F::HeaderDigestError, 0)));
+        assert_eq!(Error::DataOutOfRange.termination(), Some((F::DataTransferOutOfRange, 0)));
+        assert_eq!(Error::DataLimitExceeded { length: 1, limit: 0 }.termination(), Some((F::DataTransferLimitExceeded, 0)));
+        assert_eq!(Error::UnsupportedParameter { offset: 8 }.termination(), Some((F::UnsupportedParameter, 8)));
+        assert_eq!(Error::Truncated.termination(), None);
+        for v in 1..=6 {
+            assert_eq!(F::from_u16(v).unwrap() as u16, v);
+        }
+        assert_eq!(F::from_u16(7), None);
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // A small deterministic generator: the fuzz target covers this at scale.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 200) as usize;
+            let mut b: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+            if len > 3 {
+                b[0] = (x % 10) as u8;
+                b[2] = [24u8, 72, 128][(x % 3) as usize];
+            }
+            let _ = decode(&b, &crc());
+        }
+    }
+}
