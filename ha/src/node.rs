@@ -218,7 +218,7 @@ struct Demote {
 #[derive(Debug, Default)]
 struct Lease {
     until: Option<Instant>,
-    rounds: VecDeque<(u64, Instant)>,
+    rounds: VecDeque<(u64, Instant, u64)>,
     next_round: u64,
     confirmed: u64,
     last_grant: Option<Instant>,
@@ -720,7 +720,7 @@ impl DataNode {
             AnaState::Optimized
         } else if self.role == Role::Primary && self.demote.is_some() {
             AnaState::Change
-        } else if self.candidacy.is_some() && self.role != Role::Primary {
+        } else if self.candidacy.is_some_and(|c| c.reason == ElectionReason::Switchover) && self.role != Role::Primary {
             AnaState::Change
         } else {
             AnaState::Inaccessible
@@ -862,7 +862,7 @@ impl DataNode {
         let round = self.lease.next_round;
         self.lease.next_round += 1;
         self.lease.want_round = false;
-        self.lease.rounds.push_back((round, now));
+        self.lease.rounds.push_back((round, now, self.voter.record.epoch));
         while self.lease.rounds.len() > 64 {
             self.lease.rounds.pop_front();
         }
@@ -876,8 +876,11 @@ impl DataNode {
         if self.role != Role::Primary {
             return;
         }
+        let Some(&(_, sent, rec_epoch)) = self.lease.rounds.iter().find(|(r, _, _)| *r == round) else { return };
         if !granted {
-            if matches!(refusal, Refusal::NotPrimary | Refusal::StaleRecord) {
+            // A refusal of a round sent under an older record says nothing
+            // about the current one (datagrams are reordered).
+            if rec_epoch == self.voter.record.epoch && matches!(refusal, Refusal::NotPrimary | Refusal::StaleRecord) {
                 // Someone knows a newer record: stop serving at once.
                 self.lose_primary(now, Role::Fenced, "deposed");
             }
@@ -886,7 +889,6 @@ impl DataNode {
         if dg.epoch != self.voter.epoch {
             return;
         }
-        let Some(&(_, sent)) = self.lease.rounds.iter().find(|(r, _)| *r == round) else { return };
         let until = sent + self.timing().lease_duration;
         if self.lease.until.is_none_or(|u| until > u) {
             self.lease.until = Some(until);
@@ -914,7 +916,7 @@ impl DataNode {
             .lease
             .rounds
             .back()
-            .is_some_and(|&(r, at)| r > self.lease.confirmed && now.saturating_since(at) < self.timing().heartbeat_interval);
+            .is_some_and(|&(r, at, _)| r > self.lease.confirmed && now.saturating_since(at) < self.timing().heartbeat_interval);
         if recent_outstanding {
             self.lease.want_round = true;
         } else {
@@ -1148,7 +1150,9 @@ impl DataNode {
             self.peer_state = DataState::UpToDate;
         }
         self.persist_superblock();
-        if self.candidacy.is_some_and(|c| c.epoch <= rec.epoch) {
+        // A committed record with another primary, or one that outdates us,
+        // ends our candidacy whatever its epoch: it could only disrupt.
+        if self.candidacy.is_some_and(|c| c.epoch <= rec.epoch || rec.primary != Some(self.me) || rec.outdated == Some(self.me)) {
             self.candidacy = None;
         }
         self.handover_from_peer = false;
@@ -1408,7 +1412,7 @@ impl DataNode {
             && peer.alive(now, self.timing().failure_timeout)
             && peer.heartbeat.is_some_and(|h| h.data_state == DataState::UpToDate)
             && self.stream_ready()
-            && self.resync.is_none();
+            && self.resync.as_ref().is_none_or(|r| r.done_sent);
         if !ready {
             return Err(CommandError::PeerNotReady);
         }
@@ -1701,6 +1705,7 @@ impl DataNode {
                     self.unacked.remove(&f.seq);
                 } else {
                     self.observe_epoch(f.epoch);
+                    self.refused_by_outdated_peer(f.seq);
                 }
             }
             Body::Bitmap { first_region, bit_count, bits } => {
@@ -1748,6 +1753,31 @@ impl DataNode {
         true
     }
 
+    /// An Outdated peer refused a write (it was busy with a candidacy of its
+    /// own, or had not yet learned our record): the write completes on the
+    /// local disk alone, as the record allows, and its regions go back into
+    /// the resync instead of holding the recovery up.
+    fn refused_by_outdated_peer(&mut self, seq: u64) {
+        if !self.peer_degraded() || self.candidacy.is_some() {
+            return;
+        }
+        let Some((offset, len)) = self.unacked.remove(&seq) else { return };
+        if let Some(id) = self.seq_to_id.get(&seq).copied() {
+            if let Some(w) = self.writes.get_mut(&id) {
+                w.needs_peer = false;
+            }
+        }
+        let regions = self.layout.regions(offset, len);
+        if let Some(rz) = self.resync.as_mut() {
+            for r in regions {
+                if rz.pending.set(r) {
+                    rz.total += 1;
+                }
+            }
+            rz.done_sent = false;
+        }
+    }
+
     /// The fencing-token check of the secondary: replicate only from the
     /// primary of our current record, in that record's epoch, and only if we
     /// did not promise our vote to someone else since.
@@ -1756,7 +1786,7 @@ impl DataNode {
         self.role != Role::Primary
             && epoch == rec.epoch
             && rec.primary == Some(self.peer)
-            && self.voter.voted_for.is_none_or(|v| v == self.peer)
+            && self.voter.voted_for.is_none_or(|v| v == self.peer || (v == self.me && self.candidacy.is_none()))
             && offset.checked_add(len).is_some_and(|e| e <= self.layout.data_bytes)
     }
 

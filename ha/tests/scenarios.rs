@@ -1,0 +1,203 @@
+//! The failure scenarios, run in the deterministic simulator with a
+//! host that checks every acknowledged write and every read.
+
+mod sim;
+use sim::*;
+use tandem_ha::{AnaState, DataState, NodeId, Role};
+
+fn started(seed: u64) -> Sim {
+    let mut s = Sim::new(seed);
+    s.wait_primary(3_000 * MS);
+    assert!(s.run_until(3_000 * MS, |s| s.in_sync()), "pair never in sync\n{}", s.log_tail());
+    s.host.enabled = true;
+    s.run_for(300 * MS);
+    assert!(s.host.writes_acked > 20, "host made no progress: {}\n{}", s.host.writes_acked, s.log_tail());
+    s
+}
+
+#[test]
+fn fresh_pair_elects_one_primary_and_replicates() {
+    let mut s = started(1);
+    let p = s.primary().unwrap();
+    assert_eq!(s.data(p).role(), Role::Primary);
+    assert_eq!(s.data(p.peer()).role(), Role::Secondary);
+    assert_eq!(s.nodes[p.peer().index()].ana, AnaState::Inaccessible);
+    s.run_for(1_000 * MS);
+    assert!(s.host.reads_ok > 20);
+    s.final_verify();
+}
+
+#[test]
+fn planned_switchover_both_ways_without_io_error() {
+    let mut s = started(2);
+    for _ in 0..2 {
+        let p = s.primary().unwrap();
+        let q = p.peer();
+        s.host.stall_window_start = Some(s.now);
+        s.host.max_stall = 0;
+        s.with_data(p, |d, now| d.demote(now)).unwrap();
+        assert!(s.run_until(500 * MS, |s| s.primary() == Some(q)), "switchover did not complete\n{}", s.log_tail());
+        s.run_for(500 * MS);
+        s.host.stall_window_start = None;
+        assert!(s.host.max_stall < 100 * MS, "I/O stalled {}ms during switchover", s.host.max_stall / MS);
+        assert_eq!(s.data(p).role(), Role::Secondary);
+        assert_eq!(s.data(q).record().outdated, None, "a planned switchover outdates nobody");
+        let last = s.data(q).history().last().unwrap().to_string();
+        assert!(last.starts_with("tandem: role primary epoch ") && last.ends_with("reason switchover"), "{last}");
+    }
+    s.final_verify();
+}
+
+#[test]
+fn promote_on_secondary_requests_a_switchover() {
+    let mut s = started(3);
+    let p = s.primary().unwrap();
+    s.with_data(p.peer(), |d, now| d.promote(now)).unwrap();
+    assert!(s.run_until(500 * MS, |s| s.primary() == Some(p.peer())), "{}", s.log_tail());
+    s.final_verify();
+}
+
+#[test]
+fn primary_crash_then_restart_resyncs_only_dirty_regions() {
+    let mut s = started(4);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    s.kill(p);
+    let t0 = s.now;
+    assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(q)), "no takeover\n{}", s.log_tail());
+    let takeover = s.now - t0;
+    assert!(takeover < 1_000 * MS, "takeover took {}ms", takeover / MS);
+    assert_eq!(s.data(q).record().outdated, Some(p));
+    s.run_for(600 * MS);
+    s.restart(p);
+    let total = s.data(q).layout().region_count;
+    let mut seen_total = None;
+    assert!(
+        s.run_until(5_000 * MS, |s| {
+            if let Some(r) = s.data(q).status(tandem_ha::Instant::ZERO).resync {
+                seen_total.get_or_insert(r.total_regions);
+            }
+            s.in_sync()
+        }),
+        "no resync\n{}",
+        s.log_tail()
+    );
+    let resynced = seen_total.expect("a resync ran");
+    assert!(resynced > 0 && resynced < total, "resync copied {resynced} of {total} regions: not incremental");
+    assert_eq!(s.data(p).role(), Role::Secondary);
+    assert_eq!(s.data(p).data_state(), DataState::UpToDate);
+    s.final_verify();
+}
+
+#[test]
+fn replication_link_down_keeps_one_primary_then_catches_up() {
+    let mut s = started(5);
+    let p = s.primary().unwrap();
+    s.set_link(0, NodeId::A, NodeId::B, false);
+    let before = s.host.writes_acked;
+    for _ in 0..100 {
+        s.run_for(10 * MS);
+        assert!(s.serving().len() <= 1);
+    }
+    s.run_for(1_000 * MS);
+    assert_eq!(s.primary(), Some(p), "the front-end heartbeats keep the same primary\n{}", s.log_tail());
+    assert!(s.host.writes_acked > before + 50, "writes continue degraded");
+    assert_eq!(s.data(p).record().outdated, Some(p.peer()));
+    assert_ne!(s.data(p.peer()).data_state(), DataState::UpToDate);
+    s.set_link(0, NodeId::A, NodeId::B, true);
+    assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "no catch-up\n{}", s.log_tail());
+    s.final_verify();
+}
+
+#[test]
+fn isolated_primary_fences_itself_before_takeover() {
+    let mut s = started(6);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    s.isolate(p);
+    let mut p_stopped_at = None;
+    let mut q_started_at = None;
+    for _ in 0..2_000 {
+        s.run_for(MS);
+        if p_stopped_at.is_none() && s.nodes[p.index()].ana != AnaState::Optimized {
+            p_stopped_at = Some(s.now);
+        }
+        if q_started_at.is_none() && s.nodes[q.index()].ana == AnaState::Optimized {
+            q_started_at = Some(s.now);
+        }
+    }
+    let (ps, qs) = (p_stopped_at.expect("isolated primary kept serving"), q_started_at.expect("no takeover"));
+    assert!(ps < qs, "old primary inaccessible at {ps}, new optimized at {qs}");
+    assert_eq!(s.data(p).role(), Role::Fenced);
+    s.heal();
+    assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
+    assert_eq!(s.primary(), Some(q));
+    s.final_verify();
+}
+
+#[test]
+fn paused_primary_resumed_after_takeover_acknowledges_nothing_and_serves_no_stale_read() {
+    let mut s = started(7);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    s.pause(p);
+    assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(q)), "{}", s.log_tail());
+    // The new primary acknowledges writes the paused node never saw, while
+    // the host keeps sending some commands down the stale path.
+    let acked_before = s.host.writes_acked;
+    s.run_for(1_000 * MS);
+    assert!(s.host.writes_acked > acked_before + 50);
+    let queued = s.queued_host_commands(p);
+    assert!(queued > 0, "the host sent nothing to the paused node");
+    s.resume(p);
+    // Every queued command was checked on completion (stale reads and lost
+    // writes panic); the resumed node must have refused them all.
+    s.run_for(500 * MS);
+    assert_ne!(s.data(p).role(), Role::Primary, "{}", s.log_tail());
+    assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
+    assert_eq!(s.data(p).role(), Role::Secondary);
+    s.final_verify();
+}
+
+#[test]
+fn witness_down_pair_keeps_serving_then_secondary_down_primary_fences() {
+    let mut s = started(8);
+    let p = s.primary().unwrap();
+    s.kill(NodeId::Witness);
+    let before = s.host.writes_acked;
+    s.run_for(1_000 * MS);
+    assert_eq!(s.primary(), Some(p), "witness loss changes nothing");
+    assert!(s.host.writes_acked > before + 50);
+    s.kill(p.peer());
+    s.run_for(1_000 * MS);
+    // Documented behaviour: without a majority the primary cannot tell a
+    // dead peer from its own isolation, so it fences itself.
+    assert!(s.serving().is_empty());
+    assert_eq!(s.data(p).role(), Role::Fenced);
+    assert_eq!(s.nodes[p.index()].ana, AnaState::Inaccessible);
+    // The secondary comes back: majority again, service resumes.
+    s.restart(p.peer());
+    s.wait_primary(3_000 * MS);
+    s.final_verify();
+}
+
+#[test]
+fn witness_restart_forgets_nothing_that_matters() {
+    let mut s = started(9);
+    let p = s.primary().unwrap();
+    s.kill(p.peer());
+    s.run_for(1_000 * MS);
+    assert_eq!(s.data(p).record().outdated, Some(p.peer()), "primary continues alone with the witness");
+    // The witness restarts and forgets; then the primary dies. The stale
+    // secondary comes back: it must not become primary.
+    s.restart(NodeId::Witness);
+    s.run_for(100 * MS);
+    s.kill(p);
+    s.restart(p.peer());
+    s.run_for(3_000 * MS);
+    assert!(s.serving().is_empty(), "an outdated node became primary\n{}", s.log_tail());
+    s.restart(p);
+    s.wait_primary(3_000 * MS);
+    assert_eq!(s.primary(), Some(p));
+    s.final_verify();
+}

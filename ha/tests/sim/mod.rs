@@ -1,0 +1,980 @@
+//! A deterministic simulator of a tandem pair: nodes `a`, `b`, the witness,
+//! a fake network (per-link loss, delay, duplication, reordering, partitions),
+//! a TCP-like replication stream, disks with reordering completions, node
+//! kill/restart from persisted metadata, and pause (the node's clock stops
+//! and its inbox fills up). A model host writes and reads blocks, follows the
+//! ANA state, retries on path errors and checks every completion:
+//! - no acknowledged write is ever lost (checked after every event on every
+//!   node that could become primary, and at the end on both disks);
+//! - no read returns data older than a write acknowledged before it was issued;
+//! - never two nodes serving in the same epoch.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::cmp::Reverse;
+
+use tandem_ha::metadata::BLOCK_SIZE;
+use tandem_ha::node::{Action, Config, DataNode, HostIoError, InitialData, IoResult, ReplicationState, Timing};
+use tandem_ha::witness::{Witness, WitnessConfig};
+use tandem_ha::{AnaState, DataState, Duration, Instant, LinkId, NodeId, Role};
+
+/// xorshift64*: small, deterministic, good enough for schedules.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+}
+
+pub const US: u64 = 1;
+pub const MS: u64 = 1000;
+pub const BLOCK: u64 = 4096;
+pub const DISK_BYTES: u64 = 2 << 20;
+pub const HOST_BLOCKS: u64 = 192;
+pub const LINKS: u8 = 2;
+pub const PAIR_ID: u64 = 0x7a11_de00;
+
+fn idx(n: NodeId) -> usize {
+    n.index()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum HostOp {
+    Write { block: u64, version: u64 },
+    Read { block: u64, min_version: u64 },
+}
+
+#[derive(Clone, Debug)]
+enum DiskKind {
+    HostWrite { id: u64, data: Vec<u8> },
+    HostRead { id: u64 },
+    Replicated { seq: u64, offset: u64, data: Vec<u8> },
+    ResyncRead { offset: u64, len: u32 },
+    ResyncWrite { offset: u64, data: Vec<u8> },
+}
+
+#[derive(Clone, Debug)]
+enum Input {
+    Datagram { link: LinkId, bytes: Vec<u8> },
+    Stream { conn: u64, bytes: Vec<u8> },
+    StreamOpen { conn: u64 },
+    StreamClose { conn: u64 },
+    Host { id: u64, op: HostOp },
+    Disk { incarnation: u64, kind: DiskKind },
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Deliver { to: NodeId, input: Input },
+    Tick,
+    HostStep,
+}
+
+pub enum Member {
+    Data(DataNode),
+    Witness(Witness),
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub member: Option<Member>,
+    pub paused_since: Option<u64>,
+    paused_total: u64,
+    inbox: VecDeque<Input>,
+    pub disk: BTreeMap<u64, Vec<u8>>,
+    pub meta: BTreeMap<u64, Vec<u8>>,
+    incarnation: u64,
+    write_data: BTreeMap<u64, Vec<u8>>,
+    read_data: BTreeMap<u64, Vec<u8>>,
+    host_ops: BTreeMap<u64, HostOp>,
+    pub ana: AnaState,
+}
+
+impl SimNode {
+    pub fn data(&self) -> Option<&DataNode> {
+        match &self.member {
+            Some(Member::Data(d)) => Some(d),
+            _ => None,
+        }
+    }
+    fn local_now(&self, global: u64) -> Instant {
+        Instant::from_micros(global - self.paused_total)
+    }
+    pub fn alive(&self) -> bool {
+        self.member.is_some()
+    }
+}
+
+fn block_bytes(block: u64, version: u64) -> Vec<u8> {
+    let mut v = vec![0u8; BLOCK as usize];
+    v[..8].copy_from_slice(&version.to_be_bytes());
+    v[8..16].copy_from_slice(&block.to_be_bytes());
+    v
+}
+
+fn version_of(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes[..8].try_into().unwrap())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinkParams {
+    pub drop_per_mille: u64,
+    pub dup_per_mille: u64,
+    pub min_delay: u64,
+    pub max_delay: u64,
+}
+
+impl Default for LinkParams {
+    fn default() -> Self {
+        LinkParams { drop_per_mille: 0, dup_per_mille: 0, min_delay: 100 * US, max_delay: 400 * US }
+    }
+}
+
+#[derive(Default)]
+struct BlockState {
+    acked: u64,
+    issued_max: u64,
+    pending: Option<(u64, u64)>, // (version, retry_at)
+    in_flight: bool,
+}
+
+pub struct Host {
+    pub enabled: bool,
+    blocks: Vec<BlockState>,
+    next_version: u64,
+    next_id: u64,
+    in_flight: BTreeMap<u64, (NodeId, HostOp, u64)>,
+    pub writes_acked: u64,
+    pub reads_ok: u64,
+    pub path_errors: u64,
+    pub read_in_flight: usize,
+    pub max_stall: u64,
+    last_completion: u64,
+    pub stall_window_start: Option<u64>,
+}
+
+pub struct Sim {
+    pub now: u64,
+    pub rng: Rng,
+    pub nodes: Vec<SimNode>,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    next_event: usize,
+    seq: u64,
+    /// link_up[link][i][j]
+    link_up: [[[bool; 3]; 3]; LINKS as usize],
+    pub params: [LinkParams; LINKS as usize],
+    conn: Option<u64>,
+    next_conn: u64,
+    stream_last: [u64; 2],
+    pub host: Host,
+    pub log: Vec<String>,
+    pub timing: Timing,
+    pub resync_rate: u64,
+    pub disk_min: u64,
+    pub disk_max: u64,
+    pub checks: u64,
+}
+
+pub fn timing() -> Timing {
+    Timing {
+        heartbeat_interval: Duration::from_millis(20),
+        failure_timeout: Duration::from_millis(200),
+        lease_duration: Duration::from_millis(160),
+        lease_margin: Duration::from_millis(40),
+        clock_drift_ppm: 1000,
+    }
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Sim {
+        Self::with_timing(seed, timing())
+    }
+
+    pub fn with_timing(seed: u64, timing: Timing) -> Sim {
+        let mut sim = Sim {
+            now: 0,
+            rng: Rng::new(seed),
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            seq: 0,
+            link_up: [[[true; 3]; 3]; LINKS as usize],
+            params: [LinkParams::default(); LINKS as usize],
+            conn: None,
+            next_conn: 1,
+            stream_last: [0; 2],
+            host: Host {
+                enabled: false,
+                blocks: (0..HOST_BLOCKS).map(|_| BlockState::default()).collect(),
+                next_version: 1,
+                next_id: 1,
+                in_flight: BTreeMap::new(),
+                writes_acked: 0,
+                reads_ok: 0,
+                path_errors: 0,
+                read_in_flight: 0,
+                max_stall: 0,
+                last_completion: 0,
+                stall_window_start: None,
+            },
+            log: Vec::new(),
+            timing,
+            resync_rate: 50 << 20,
+            disk_min: 200 * US,
+            disk_max: 2 * MS,
+            checks: 0,
+        };
+        for id in NodeId::ALL {
+            sim.nodes.push(SimNode {
+                id,
+                member: None,
+                paused_since: None,
+                paused_total: 0,
+                inbox: VecDeque::new(),
+                disk: BTreeMap::new(),
+                meta: BTreeMap::new(),
+                incarnation: 0,
+                write_data: BTreeMap::new(),
+                read_data: BTreeMap::new(),
+                host_ops: BTreeMap::new(),
+                ana: AnaState::Inaccessible,
+            });
+        }
+        for id in NodeId::ALL {
+            sim.boot(id, true);
+        }
+        sim.schedule(1 * MS, Event::Tick);
+        sim.schedule(1 * MS, Event::HostStep);
+        sim
+    }
+
+    fn cfg(&mut self, id: NodeId) -> Config {
+        let n = &mut self.nodes[idx(id)];
+        n.incarnation += 1;
+        let mut c = Config::new(id, PAIR_ID, n.incarnation * 1000 + id.index() as u64 + 1);
+        c.links = LINKS;
+        c.timing = self.timing;
+        c.resync_rate = self.resync_rate;
+        c.bitmap_flush_interval = Duration::from_millis(300);
+        c
+    }
+
+    fn boot(&mut self, id: NodeId, fresh: bool) {
+        let now = self.now;
+        let local = self.nodes[idx(id)].local_now(now);
+        let member = if id == NodeId::Witness {
+            self.nodes[idx(id)].incarnation += 1;
+            let mut wc = WitnessConfig::new(self.nodes[idx(id)].incarnation * 1000 + 3);
+            wc.links = LINKS;
+            wc.timing = self.timing;
+            Member::Witness(Witness::new(wc, local).unwrap())
+        } else if fresh {
+            let cfg = self.cfg(id);
+            let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
+            Member::Data(DataNode::format_with_layout(cfg, layout, InitialData::UpToDate, local).unwrap())
+        } else {
+            let cfg = self.cfg(id);
+            let n = &self.nodes[idx(id)];
+            let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
+            let get = |off: u64| n.meta.get(&off).cloned().unwrap_or_else(|| vec![0; BLOCK_SIZE]);
+            let s0 = get(layout.superblock_offset(0));
+            let s1 = get(layout.superblock_offset(1));
+            let mut bm = Vec::new();
+            for b in 0..layout.bitmap_blocks {
+                bm.extend(get(layout.bitmap_block_offset(b)));
+            }
+            Member::Data(DataNode::open(cfg, &s0, &s1, &bm, local).unwrap())
+        };
+        let n = &mut self.nodes[idx(id)];
+        n.member = Some(member);
+        n.inbox.clear();
+        n.write_data.clear();
+        n.read_data.clear();
+        n.host_ops.clear();
+        self.run_actions(id);
+    }
+
+    // ----- event queue -----
+
+    fn schedule(&mut self, delay: u64, ev: Event) {
+        let at = self.now + delay;
+        let k = self.next_event;
+        self.next_event += 1;
+        self.seq += 1;
+        self.events.insert(k, ev);
+        self.queue.push(Reverse((at, self.seq, k)));
+    }
+
+    fn deliver(&mut self, delay: u64, to: NodeId, input: Input) {
+        self.schedule(delay, Event::Deliver { to, input });
+    }
+
+    pub fn run_for(&mut self, dur: u64) {
+        let end = self.now + dur;
+        while let Some(&Reverse((at, _, _))) = self.queue.peek() {
+            if at > end {
+                break;
+            }
+            let Reverse((at, _, k)) = self.queue.pop().unwrap();
+            self.now = at;
+            let ev = self.events.remove(&k).unwrap();
+            self.handle(ev);
+            self.check();
+        }
+        self.now = end;
+    }
+
+    pub fn run_until(&mut self, max: u64, mut pred: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + max;
+        while self.now < end {
+            if pred(self) {
+                return true;
+            }
+            self.run_for(MS);
+        }
+        pred(self)
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Tick => {
+                for id in NodeId::ALL {
+                    if self.nodes[idx(id)].paused_since.is_none() {
+                        let local = self.nodes[idx(id)].local_now(self.now);
+                        match &mut self.nodes[idx(id)].member {
+                            Some(Member::Data(d)) => d.tick(local),
+                            Some(Member::Witness(w)) => w.tick(local),
+                            None => {}
+                        }
+                        self.run_actions(id);
+                    }
+                }
+                self.maybe_connect();
+                self.schedule(2 * MS, Event::Tick);
+            }
+            Event::HostStep => {
+                if self.host.enabled {
+                    self.host_step();
+                }
+                let d = self.rng.range(300, 1500);
+                self.schedule(d, Event::HostStep);
+            }
+            Event::Deliver { to, input } => {
+                let n = &mut self.nodes[idx(to)];
+                if n.member.is_none() {
+                    if let Input::Host { id, .. } = input {
+                        self.host_complete(id, None);
+                    }
+                    return;
+                }
+                if n.paused_since.is_some() {
+                    n.inbox.push_back(input);
+                    return;
+                }
+                self.process(to, input);
+            }
+        }
+    }
+
+    fn process(&mut self, to: NodeId, input: Input) {
+        let local = self.nodes[idx(to)].local_now(self.now);
+        let n = &mut self.nodes[idx(to)];
+        let Some(member) = n.member.as_mut() else { return };
+        match (member, input) {
+            (Member::Witness(w), Input::Datagram { link, bytes }) => w.on_datagram(local, link, &bytes),
+            (Member::Witness(_), _) => {}
+            (Member::Data(d), input) => match input {
+                Input::Datagram { link, bytes } => d.on_datagram(local, link, &bytes),
+                Input::Stream { conn, bytes } => {
+                    if self.conn == Some(conn) {
+                        d.on_stream_bytes(local, &bytes)
+                    }
+                }
+                Input::StreamOpen { conn } => {
+                    if self.conn == Some(conn) {
+                        d.on_stream_connected(local)
+                    }
+                }
+                Input::StreamClose { .. } => d.on_stream_closed(local),
+                Input::Host { id, op } => {
+                    let r = match op {
+                        HostOp::Write { block, version } => {
+                            n.write_data.insert(id, block_bytes(block, version));
+                            d.host_write(local, id, block * BLOCK, BLOCK)
+                        }
+                        HostOp::Read { block, .. } => d.host_read(local, id, block * BLOCK, BLOCK),
+                    };
+                    match r {
+                        Ok(()) => {
+                            n.host_ops.insert(id, op);
+                            if let HostOp::Read { .. } = op {
+                                let inc = n.incarnation;
+                                let delay = self.rng.range(self.disk_min, self.disk_max);
+                                self.deliver(delay, to, Input::Disk { incarnation: inc, kind: DiskKind::HostRead { id } });
+                            }
+                        }
+                        Err(HostIoError::NotServing(_)) => {
+                            n.write_data.remove(&id);
+                            self.host_complete(id, None);
+                        }
+                        Err(HostIoError::OutOfRange) => panic!("host range refused"),
+                    }
+                }
+                Input::Disk { incarnation, kind } => {
+                    if incarnation != n.incarnation {
+                        return;
+                    }
+                    match kind {
+                        DiskKind::HostWrite { id, data } => {
+                            let off = n.host_ops.get(&id).map(|op| match op {
+                                HostOp::Write { block, .. } => block * BLOCK,
+                                _ => unreachable!(),
+                            });
+                            if let Some(off) = off {
+                                write_disk(&mut n.disk, off, &data);
+                            }
+                            d.on_local_write_done(local, id, true);
+                        }
+                        DiskKind::HostRead { id } => {
+                            if let Some(HostOp::Read { block, .. }) = n.host_ops.get(&id) {
+                                let data = read_disk(&n.disk, block * BLOCK, BLOCK as u32);
+                                n.read_data.insert(id, data);
+                            }
+                            d.on_local_read_done(local, id, true);
+                        }
+                        DiskKind::Replicated { seq, offset, data } => {
+                            write_disk(&mut n.disk, offset, &data);
+                            d.on_replicated_write_done(local, seq, offset, true);
+                        }
+                        DiskKind::ResyncRead { offset, len } => {
+                            let data = read_disk(&n.disk, offset, len);
+                            d.on_resync_read_done(local, offset, Some(&data));
+                        }
+                        DiskKind::ResyncWrite { offset, data } => {
+                            write_disk(&mut n.disk, offset, &data);
+                            d.on_resync_write_done(local, offset, true);
+                        }
+                    }
+                }
+            },
+        }
+        self.run_actions(to);
+    }
+
+    fn run_actions(&mut self, id: NodeId) {
+        let actions: Vec<Action> = match &mut self.nodes[idx(id)].member {
+            Some(Member::Data(d)) => d.drain_actions().collect(),
+            Some(Member::Witness(w)) => w.drain_actions().collect(),
+            None => return,
+        };
+        for a in actions {
+            self.execute(id, a);
+        }
+    }
+
+    fn execute(&mut self, id: NodeId, a: Action) {
+        let inc = self.nodes[idx(id)].incarnation;
+        match a {
+            Action::SendDatagram { to, link, bytes } => self.send_datagram(id, to, link, bytes),
+            Action::SendStream { bytes } => self.stream_send(id, bytes),
+            Action::ReplicateWrite { id: wid, frame_prefix } => {
+                let mut bytes = frame_prefix;
+                bytes.extend_from_slice(self.nodes[idx(id)].write_data.get(&wid).expect("write data held"));
+                self.stream_send(id, bytes);
+            }
+            Action::CloseStream => self.close_stream(),
+            Action::PersistMetadata { offset, bytes } => {
+                self.nodes[idx(id)].meta.insert(offset, bytes);
+            }
+            Action::SubmitLocalWrite { id: wid } => {
+                let data = self.nodes[idx(id)].write_data.get(&wid).cloned().expect("write data");
+                let delay = self.rng.range(self.disk_min, self.disk_max);
+                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::HostWrite { id: wid, data } });
+            }
+            Action::CompleteWrite { id: wid, result } => {
+                let n = &mut self.nodes[idx(id)];
+                n.write_data.remove(&wid);
+                n.host_ops.remove(&wid);
+                self.host_complete(wid, Some((result, None)));
+            }
+            Action::CompleteRead { id: rid, result } => {
+                let n = &mut self.nodes[idx(id)];
+                let data = n.read_data.remove(&rid);
+                n.host_ops.remove(&rid);
+                self.host_complete(rid, Some((result, data)));
+            }
+            Action::ApplyReplicatedWrite { seq, offset, data } => {
+                let delay = self.rng.range(self.disk_min, self.disk_max);
+                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::Replicated { seq, offset, data } });
+            }
+            Action::ReadForResync { offset, len } => {
+                let delay = self.rng.range(self.disk_min, self.disk_max);
+                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::ResyncRead { offset, len } });
+            }
+            Action::ApplyResync { offset, data } => {
+                let delay = self.rng.range(self.disk_min, self.disk_max);
+                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::ResyncWrite { offset, data } });
+            }
+            Action::AnaChanged(s) => self.nodes[idx(id)].ana = s,
+            Action::RoleChanged(c) => {
+                let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, c);
+                self.log.push(line);
+            }
+        }
+    }
+
+    // ----- network -----
+
+    fn send_datagram(&mut self, from: NodeId, to: NodeId, link: LinkId, bytes: Vec<u8>) {
+        let l = link.0 as usize;
+        if l >= LINKS as usize || !self.link_up[l][idx(from)][idx(to)] {
+            return;
+        }
+        let p = self.params[l];
+        if self.rng.chance(p.drop_per_mille) {
+            return;
+        }
+        let copies = if self.rng.chance(p.dup_per_mille) { 2 } else { 1 };
+        for _ in 0..copies {
+            let d = self.rng.range(p.min_delay, p.max_delay);
+            self.deliver(d, to, Input::Datagram { link, bytes: bytes.clone() });
+        }
+    }
+
+    fn stream_possible(&self) -> bool {
+        self.link_up[0][0][1] && self.nodes[0].alive() && self.nodes[1].alive()
+    }
+
+    fn maybe_connect(&mut self) {
+        if self.conn.is_none() && self.stream_possible() {
+            let c = self.next_conn;
+            self.next_conn += 1;
+            self.conn = Some(c);
+            self.stream_last = [self.now; 2];
+            for to in [NodeId::A, NodeId::B] {
+                let d = self.rng.range(100, 300);
+                self.stream_last[idx(to)] = self.stream_last[idx(to)].max(self.now + d);
+                self.deliver(self.stream_last[idx(to)] - self.now, to, Input::StreamOpen { conn: c });
+            }
+        }
+    }
+
+    fn close_stream(&mut self) {
+        if let Some(c) = self.conn.take() {
+            for to in [NodeId::A, NodeId::B] {
+                let at = self.stream_last[idx(to)].max(self.now) + 10;
+                self.deliver(at - self.now, to, Input::StreamClose { conn: c });
+            }
+        }
+    }
+
+    fn stream_send(&mut self, from: NodeId, bytes: Vec<u8>) {
+        let Some(c) = self.conn else { return };
+        let to = from.peer();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let n = (self.rng.range(1, 9000) as usize).min(rest.len());
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let d = self.rng.range(self.params[0].min_delay, self.params[0].max_delay);
+            let at = (self.now + d).max(self.stream_last[idx(to)]);
+            self.stream_last[idx(to)] = at;
+            self.deliver(at - self.now, to, Input::Stream { conn: c, bytes: chunk.to_vec() });
+        }
+    }
+
+    // ----- faults -----
+
+    pub fn set_link(&mut self, link: u8, a: NodeId, b: NodeId, up: bool) {
+        self.link_up[link as usize][idx(a)][idx(b)] = up;
+        self.link_up[link as usize][idx(b)][idx(a)] = up;
+        if link == 0 && !self.stream_possible() {
+            self.close_stream();
+        }
+        self.log.push(format!("{:>8.3}ms link{} {}-{} {}", self.now as f64 / 1000.0, link, a, b, if up { "up" } else { "down" }));
+    }
+
+    /// Cuts every link between `n` and the other members.
+    pub fn isolate(&mut self, n: NodeId) {
+        for l in 0..LINKS {
+            for o in NodeId::ALL {
+                if o != n {
+                    self.set_link(l, n, o, false);
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        for l in 0..LINKS {
+            for a in NodeId::ALL {
+                for b in NodeId::ALL {
+                    if a != b {
+                        self.link_up[l as usize][idx(a)][idx(b)] = true;
+                    }
+                }
+            }
+        }
+        self.log.push(format!("{:>8.3}ms heal", self.now as f64 / 1000.0));
+    }
+
+    pub fn kill(&mut self, n: NodeId) {
+        self.log.push(format!("{:>8.3}ms kill {}", self.now as f64 / 1000.0, n));
+        let node = &mut self.nodes[idx(n)];
+        node.member = None;
+        node.paused_since = None;
+        node.inbox.clear();
+        node.incarnation += 1;
+        if n.is_data_node() {
+            self.close_stream();
+        }
+        // The host's commands to it fail (connection reset).
+        let ids: Vec<u64> = self.host.in_flight.iter().filter(|(_, (t, _, _))| *t == n).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.host_complete(id, None);
+        }
+    }
+
+    pub fn restart(&mut self, n: NodeId) {
+        self.log.push(format!("{:>8.3}ms restart {}", self.now as f64 / 1000.0, n));
+        if self.nodes[idx(n)].member.is_some() {
+            self.kill(n);
+        }
+        self.boot(n, false);
+    }
+
+    pub fn pause(&mut self, n: NodeId) {
+        self.log.push(format!("{:>8.3}ms pause {}", self.now as f64 / 1000.0, n));
+        self.nodes[idx(n)].paused_since = Some(self.now);
+    }
+
+    /// Resumes a paused node: its clock continues from where it stopped,
+    /// and it processes its backlog first.
+    pub fn resume(&mut self, n: NodeId) {
+        self.log.push(format!("{:>8.3}ms resume {}", self.now as f64 / 1000.0, n));
+        let node = &mut self.nodes[idx(n)];
+        if let Some(since) = node.paused_since.take() {
+            node.paused_total += self.now - since;
+        }
+        while let Some(input) = self.nodes[idx(n)].inbox.pop_front() {
+            self.process(n, input);
+            self.check();
+        }
+    }
+
+    // ----- commands -----
+
+    /// Host commands waiting in a paused node's inbox.
+    pub fn queued_host_commands(&self, n: NodeId) -> usize {
+        self.nodes[idx(n)].inbox.iter().filter(|i| matches!(i, Input::Host { .. })).count()
+    }
+
+    pub fn data(&self, n: NodeId) -> &DataNode {
+        self.nodes[idx(n)].data().expect("data node alive")
+    }
+
+    pub fn with_data<R>(&mut self, n: NodeId, f: impl FnOnce(&mut DataNode, Instant) -> R) -> R {
+        let local = self.nodes[idx(n)].local_now(self.now);
+        let r = match &mut self.nodes[idx(n)].member {
+            Some(Member::Data(d)) => f(d, local),
+            _ => panic!("{n} not alive"),
+        };
+        self.run_actions(n);
+        r
+    }
+
+    /// The node serving I/O (with ANA optimized), if exactly one.
+    pub fn serving(&self) -> Vec<NodeId> {
+        [NodeId::A, NodeId::B]
+            .into_iter()
+            .filter(|&n| {
+                let node = &self.nodes[idx(n)];
+                node.paused_since.is_none()
+                    && node.data().is_some_and(|d| d.is_serving(node.local_now(self.now)))
+            })
+            .collect()
+    }
+
+    pub fn primary(&self) -> Option<NodeId> {
+        let s = self.serving();
+        if s.len() == 1 { Some(s[0]) } else { None }
+    }
+
+    pub fn wait_primary(&mut self, max: u64) -> NodeId {
+        assert!(self.run_until(max, |s| s.primary().is_some()), "no primary within {}ms\n{}", max / MS, self.log_tail());
+        self.primary().unwrap()
+    }
+
+    /// Both nodes alive, UpToDate, in the same record, peer not outdated,
+    /// and no resync left.
+    pub fn in_sync(&self) -> bool {
+        let (Some(a), Some(b)) = (self.nodes[0].data(), self.nodes[1].data()) else { return false };
+        let ok = |d: &DataNode| d.data_state() == DataState::UpToDate && d.record().outdated.is_none();
+        let Some(p) = [a, b].into_iter().find(|d| d.role() == Role::Primary) else { return false };
+        let st = p.status(Instant::ZERO);
+        ok(a) && ok(b)
+            && a.record() == b.record()
+            && self.conn.is_some()
+            && st.replication == ReplicationState::Established
+            && st.resync.is_none_or(|r| r.remaining_regions == 0)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let lines: Vec<&String> = self.log.iter().filter(|l| !l.contains("host ack")).collect();
+        let start = lines.len().saturating_sub(60);
+        let mut out = lines[start..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
+        for n in [NodeId::A, NodeId::B] {
+            if let Some(d) = self.nodes[idx(n)].data() {
+                out.push_str(&format!("\n{}  {:?} promised {}", d.status(self.nodes[idx(n)].local_now(self.now)), d.counters(), d.promised_epoch()));
+            }
+        }
+        out
+    }
+
+    // ----- host -----
+
+    fn pick_target(&mut self) -> NodeId {
+        let optimized: Vec<NodeId> =
+            [NodeId::A, NodeId::B].into_iter().filter(|&n| self.nodes[idx(n)].ana == AnaState::Optimized).collect();
+        if !optimized.is_empty() && !self.rng.chance(100) {
+            optimized[self.rng.below(optimized.len() as u64) as usize]
+        } else if self.rng.chance(500) {
+            NodeId::A
+        } else {
+            NodeId::B
+        }
+    }
+
+    fn host_step(&mut self) {
+        // Retry or issue a write, or issue a read.
+        let b = self.rng.below(HOST_BLOCKS);
+        let target = self.pick_target();
+        let id = self.host.next_id;
+        let bs = &mut self.host.blocks[b as usize];
+        if bs.in_flight {
+            return;
+        }
+        let op = if self.rng.chance(600) {
+            let version = match bs.pending {
+                Some((v, retry_at)) if retry_at <= self.now => v,
+                Some(_) => return,
+                None => {
+                    let v = self.host.next_version;
+                    self.host.next_version += 1;
+                    bs.pending = Some((v, 0));
+                    bs.issued_max = bs.issued_max.max(v);
+                    v
+                }
+            };
+            HostOp::Write { block: b, version }
+        } else {
+            if self.host.read_in_flight > 16 {
+                return;
+            }
+            self.host.read_in_flight += 1;
+            HostOp::Read { block: b, min_version: bs.acked }
+        };
+        bs.in_flight = true;
+        self.host.next_id += 1;
+        self.host.in_flight.insert(id, (target, op, self.now));
+        let d = self.rng.range(50, 200);
+        self.deliver(d, target, Input::Host { id, op });
+    }
+
+    fn host_complete(&mut self, id: u64, outcome: Option<(IoResult, Option<Vec<u8>>)>) {
+        let Some((target, op, _)) = self.host.in_flight.remove(&id) else { return };
+        let ok = matches!(outcome, Some((IoResult::Ok, _)));
+        if ok {
+            if let Some(start) = self.host.stall_window_start {
+                let gap = self.now.saturating_sub(self.host.last_completion.max(start));
+                self.host.max_stall = self.host.max_stall.max(gap);
+            }
+            self.host.last_completion = self.now;
+        } else {
+            self.host.path_errors += 1;
+        }
+        match op {
+            HostOp::Write { block, version } => {
+                let bs = &mut self.host.blocks[block as usize];
+                bs.in_flight = false;
+                if ok {
+                    assert!(version > bs.acked, "ack of an older version");
+                    bs.acked = version;
+                    bs.pending = None;
+                    self.host.writes_acked += 1;
+                    self.log.push(format!("{:>8.3}ms host ack w b{} v{} via {}", self.now as f64 / 1000.0, block, version, target));
+                } else {
+                    bs.pending = Some((version, self.now + 5 * MS));
+                }
+            }
+            HostOp::Read { block, min_version } => {
+                self.host.read_in_flight -= 1;
+                let bs = &mut self.host.blocks[block as usize];
+                bs.in_flight = false;
+                if ok {
+                    let data = outcome.unwrap().1.expect("read data");
+                    let v = version_of(&data);
+                    assert!(
+                        v >= min_version,
+                        "STALE READ of block {block} via {target}: got v{v}, acked before issue v{min_version}\n{}",
+                        self.log_tail()
+                    );
+                    assert!(v <= bs.issued_max, "read of a version never written");
+                    self.host.reads_ok += 1;
+                }
+            }
+        }
+    }
+
+    // ----- invariants -----
+
+    /// Checked after every event.
+    fn check(&mut self) {
+        self.checks += 1;
+        // The newest committed record any live node knows.
+        let mut latest: Option<tandem_ha::EpochRecord> = None;
+        for n in &self.nodes[..2] {
+            // A dead node's record is the one persisted on its disk.
+            let rec = match n.data() {
+                Some(d) => Some(d.record()),
+                None => persisted_record(n),
+            };
+            if let Some(r) = rec {
+                if latest.is_none_or(|l| r.epoch > l.epoch) {
+                    latest = Some(r);
+                }
+            }
+        }
+        // Never two nodes serving in the same epoch.
+        let serving: Vec<(NodeId, u64)> = [NodeId::A, NodeId::B]
+            .into_iter()
+            .filter_map(|n| {
+                let node = &self.nodes[idx(n)];
+                let d = node.data()?;
+                d.is_serving(node.local_now(self.now)).then(|| (n, d.epoch()))
+            })
+            .collect();
+        if serving.len() == 2 {
+            assert_ne!(serving[0].1, serving[1].1, "two primaries serving in epoch {}\n{}", serving[0].1, self.log_tail());
+        }
+        // Every node that could become primary holds every acknowledged write.
+        let Some(latest) = latest else { return };
+        for n in [NodeId::A, NodeId::B] {
+            let node = &self.nodes[idx(n)];
+            let Some(d) = node.data() else { continue };
+            if d.data_state() != DataState::UpToDate || latest.outdated == Some(n) || d.record().outdated == Some(n) {
+                continue;
+            }
+            if latest.epoch > d.record().epoch && latest.primary != Some(n) {
+                // It will learn the latest record before it can stand; the
+                // record itself is checked on the node that holds it.
+            }
+            for (b, bs) in self.host.blocks.iter().enumerate() {
+                if bs.acked == 0 {
+                    continue;
+                }
+                let v = node.disk.get(&(b as u64 * BLOCK)).map_or(0, |d| version_of(d));
+                assert!(
+                    v >= bs.acked,
+                    "LOST WRITE: block {b} acked v{} but {n} (could be primary, record {:?}, latest {:?}) has v{v}\n{}",
+                    bs.acked,
+                    d.record(),
+                    latest,
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
+    /// Heals everything, waits for a synchronised pair, then reads every
+    /// block back through the primary and compares both disks.
+    pub fn final_verify(&mut self) {
+        self.host.enabled = false;
+        for id in NodeId::ALL {
+            if self.nodes[idx(id)].paused_since.is_some() {
+                self.resume(id);
+            }
+            if !self.nodes[idx(id)].alive() {
+                self.restart(id);
+            }
+        }
+        self.heal();
+        let ok = self.run_until(20_000 * MS, |s| s.primary().is_some() && s.in_sync() && s.host.in_flight.is_empty());
+        self.run_for(500 * MS);
+        let ok = ok && self.in_sync();
+        assert!(ok, "pair did not resynchronise\n{}\nA: {}\nB: {}", self.log_tail(), self.data(NodeId::A).status(Instant::ZERO), self.data(NodeId::B).status(Instant::ZERO));
+        let p = self.primary().unwrap();
+        // Read every block through the protocol.
+        for b in 0..HOST_BLOCKS {
+            let bs = &self.host.blocks[b as usize];
+            let op = HostOp::Read { block: b, min_version: bs.acked };
+            let id = self.host.next_id;
+            self.host.next_id += 1;
+            self.host.read_in_flight += 1;
+            self.host.blocks[b as usize].in_flight = true;
+            self.host.in_flight.insert(id, (p, op, self.now));
+            self.deliver(10, p, Input::Host { id, op });
+        }
+        let ok = self.run_until(5_000 * MS, |s| s.host.in_flight.is_empty());
+        assert!(ok, "final reads did not complete");
+        // After a full resync both replicas must be identical block for block.
+        let a = &self.nodes[0].disk;
+        let b = &self.nodes[1].disk;
+        for blk in 0..HOST_BLOCKS {
+            let va = a.get(&(blk * BLOCK)).map_or(0, |d| version_of(d));
+            let vb = b.get(&(blk * BLOCK)).map_or(0, |d| version_of(d));
+            assert_eq!(va, vb, "replicas differ at block {blk}\n{}", self.log_tail());
+            assert!(va >= self.host.blocks[blk as usize].acked, "acknowledged write lost at block {blk}");
+        }
+    }
+}
+
+fn persisted_record(n: &SimNode) -> Option<tandem_ha::EpochRecord> {
+    let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
+    let s0 = n.meta.get(&layout.superblock_offset(0))?;
+    let s1 = n.meta.get(&layout.superblock_offset(1))?;
+    tandem_ha::metadata::Superblock::load(s0, s1).ok().map(|sb| sb.record)
+}
+
+fn write_disk(disk: &mut BTreeMap<u64, Vec<u8>>, offset: u64, data: &[u8]) {
+    assert_eq!(offset % BLOCK, 0);
+    for (i, chunk) in data.chunks(BLOCK as usize).enumerate() {
+        let mut b = chunk.to_vec();
+        b.resize(BLOCK as usize, 0);
+        disk.insert(offset + i as u64 * BLOCK, b);
+    }
+}
+
+fn read_disk(disk: &BTreeMap<u64, Vec<u8>>, offset: u64, len: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut o = offset;
+    while (out.len() as u32) < len {
+        match disk.get(&o) {
+            Some(b) => out.extend_from_slice(b),
+            None => out.extend(std::iter::repeat_n(0u8, BLOCK as usize)),
+        }
+        o += BLOCK;
+    }
+    out.truncate(len as usize);
+    out
+}
+
