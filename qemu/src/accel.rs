@@ -27,7 +27,9 @@ impl FromStr for AccelChoice {
             "auto" => Ok(AccelChoice::Auto),
             "kvm" => Ok(AccelChoice::Kvm),
             "tcg" => Ok(AccelChoice::Tcg),
-            other => Err(Error::Usage(format!("--accel: expected kvm, tcg or auto, got `{other}`"))),
+            other => Err(Error::Usage(format!(
+                "--accel: expected kvm, tcg or auto, got `{other}`"
+            ))),
         }
     }
 }
@@ -84,7 +86,9 @@ pub enum KvmVerdict {
 pub fn assess_kvm(host: &KvmHost) -> KvmVerdict {
     if !host.device_usable {
         return KvmVerdict::Unusable(
-            host.device_problem.clone().unwrap_or_else(|| "/dev/kvm is not usable".into()),
+            host.device_problem
+                .clone()
+                .unwrap_or_else(|| "/dev/kvm is not usable".into()),
         );
     }
     if host.kvm_modules.iter().any(|m| m == "kvm_pvm") {
@@ -97,11 +101,14 @@ pub fn assess_kvm(host: &KvmHost) -> KvmVerdict {
 
 /// Reads [`KvmHost`] from `/dev/kvm` and `/sys/module`.
 pub fn detect_kvm_host() -> KvmHost {
-    let (device_usable, device_problem) =
-        match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-            Ok(_) => (true, None),
-            Err(e) => (false, Some(format!("/dev/kvm: {e}"))),
-        };
+    let (device_usable, device_problem) = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => (true, None),
+        Err(e) => (false, Some(format!("/dev/kvm: {e}"))),
+    };
     let mut kvm_modules = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/sys/module") {
         for entry in entries.flatten() {
@@ -112,7 +119,11 @@ pub fn detect_kvm_host() -> KvmHost {
         }
     }
     kvm_modules.sort();
-    KvmHost { device_usable, device_problem, kvm_modules }
+    KvmHost {
+        device_usable,
+        device_problem,
+        kvm_modules,
+    }
 }
 
 /// How long the probe boot may take before KVM is declared unusable.
@@ -128,13 +139,18 @@ pub fn resolve(choice: AccelChoice, image: &Path) -> (Accel, String) {
         AccelChoice::Tcg => (Accel::Tcg, "TCG (asked for with --accel tcg)".into()),
         AccelChoice::Auto => match assess_kvm(&detect_kvm_host()) {
             KvmVerdict::Unusable(why) => (Accel::Tcg, format!("TCG: {why}")),
-            KvmVerdict::NeedsProbe => match crate::node::probe_boot(image, Accel::Kvm, PROBE_TIMEOUT) {
-                Ok(()) => (Accel::Kvm, "KVM (a probe boot reached ready)".into()),
-                Err(e) => (
-                    Accel::Tcg,
-                    format!("TCG: a probe boot under KVM failed: {}", first_line(&e.to_string())),
-                ),
-            },
+            KvmVerdict::NeedsProbe => {
+                match crate::node::probe_boot(image, Accel::Kvm, PROBE_TIMEOUT) {
+                    Ok(()) => (Accel::Kvm, "KVM (a probe boot reached ready)".into()),
+                    Err(e) => (
+                        Accel::Tcg,
+                        format!(
+                            "TCG: a probe boot under KVM failed: {}",
+                            first_line(&e.to_string())
+                        ),
+                    ),
+                }
+            }
         },
     }
 }
@@ -173,8 +189,14 @@ mod tests {
 
     #[test]
     fn hardware_kvm_is_still_probed() {
-        assert_eq!(assess_kvm(&host(true, &["kvm", "kvm_amd"])), KvmVerdict::NeedsProbe);
-        assert_eq!(assess_kvm(&host(true, &["kvm", "kvm_intel"])), KvmVerdict::NeedsProbe);
+        assert_eq!(
+            assess_kvm(&host(true, &["kvm", "kvm_amd"])),
+            KvmVerdict::NeedsProbe
+        );
+        assert_eq!(
+            assess_kvm(&host(true, &["kvm", "kvm_intel"])),
+            KvmVerdict::NeedsProbe
+        );
         assert_eq!(assess_kvm(&host(true, &[])), KvmVerdict::NeedsProbe);
     }
 
@@ -184,7 +206,10 @@ mod tests {
         assert_eq!("kvm".parse::<AccelChoice>().unwrap(), AccelChoice::Kvm);
         assert_eq!("tcg".parse::<AccelChoice>().unwrap(), AccelChoice::Tcg);
         assert!("hvf".parse::<AccelChoice>().is_err());
-        assert_eq!(Accel::Kvm.qemu_args(), ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]);
+        assert_eq!(
+            Accel::Kvm.qemu_args(),
+            ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
+        );
         assert_eq!(Accel::Tcg.qemu_args(), ["-accel", "tcg", "-cpu", "max"]);
     }
 

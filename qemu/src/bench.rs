@@ -45,14 +45,25 @@ fn bench_spec(dir: &Path, image: &Path, memory_mib: u32) -> Result<VmSpec> {
     }
     let mut spec = VmSpec::new("bench", dir, image, "", Accel::Tcg)
         .disk(&disk)
-        .nic(0, NetBackend::User { forwards: vec![], tftp: None });
+        .nic(
+            0,
+            NetBackend::User {
+                forwards: vec![],
+                tftp: None,
+            },
+        );
     spec.memory_mib = memory_mib;
     spec.no_reboot = true;
     Ok(spec)
 }
 
 /// One boot: wall milliseconds to ready and the image's own figure.
-fn boot_once(dir: &Path, image: &Path, memory_mib: u32, timeout: Duration) -> Result<(f64, u64, Node)> {
+fn boot_once(
+    dir: &Path,
+    image: &Path,
+    memory_mib: u32,
+    timeout: Duration,
+) -> Result<(f64, u64, Node)> {
     let mut node = Node::spawn(bench_spec(dir, image, memory_mib)?)?;
     let ready = node.wait_ready(timeout)?;
     let wall = node.started().elapsed().as_secs_f64() * 1000.0;
@@ -62,12 +73,19 @@ fn boot_once(dir: &Path, image: &Path, memory_mib: u32, timeout: Duration) -> Re
 /// Runs all boot measurements; progress goes to stderr.
 pub fn measure(image: &Path, runs: usize) -> Result<BootFigures> {
     let dir = crate::TempDir::new("bench")?;
-    let image_bytes = std::fs::metadata(image).map_err(|e| Error::io(image.display().to_string(), e))?.len();
+    let image_bytes = std::fs::metadata(image)
+        .map_err(|e| Error::io(image.display().to_string(), e))?
+        .len();
 
     let mut wall_ms = Vec::new();
     let mut guest_ms = Vec::new();
     for run in 1..=runs {
-        let (wall, guest, _node) = boot_once(dir.path(), image, crate::vm::DEFAULT_MEMORY_MIB, BOOT_TIMEOUT)?;
+        let (wall, guest, _node) = boot_once(
+            dir.path(),
+            image,
+            crate::vm::DEFAULT_MEMORY_MIB,
+            BOOT_TIMEOUT,
+        )?;
         eprintln!("boot {run}/{runs}: {wall:.0} ms to ready (image says {guest} ms)");
         wall_ms.push(wall);
         guest_ms.push(guest);
@@ -82,7 +100,10 @@ pub fn measure(image: &Path, runs: usize) -> Result<BootFigures> {
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             let ok = boots(mid);
-            eprintln!("-m {mid}M: {}", if ok { "ready" } else { "did not reach ready" });
+            eprintln!(
+                "-m {mid}M: {}",
+                if ok { "ready" } else { "did not reach ready" }
+            );
             if ok { hi = mid } else { lo = mid }
         }
         Some(hi)
@@ -90,7 +111,12 @@ pub fn measure(image: &Path, runs: usize) -> Result<BootFigures> {
         None
     };
 
-    let (_, _, node) = boot_once(dir.path(), image, crate::vm::DEFAULT_MEMORY_MIB, BOOT_TIMEOUT)?;
+    let (_, _, node) = boot_once(
+        dir.path(),
+        image,
+        crate::vm::DEFAULT_MEMORY_MIB,
+        BOOT_TIMEOUT,
+    )?;
     std::thread::sleep(IDLE_SETTLE);
     let before = cpu_ticks(node.pid())?;
     let t0 = Instant::now();
@@ -101,14 +127,21 @@ pub fn measure(image: &Path, runs: usize) -> Result<BootFigures> {
     let idle_cpu_percent = (after - before) as f64 / clock_ticks_per_second() / elapsed * 100.0;
     eprintln!("idle: {idle_cpu_percent:.2} % of a core over {elapsed:.1} s");
 
-    Ok(BootFigures { wall_ms, guest_ms, image_bytes, min_memory_mib, idle_cpu_percent })
+    Ok(BootFigures {
+        wall_ms,
+        guest_ms,
+        image_bytes,
+        min_memory_mib,
+        idle_cpu_percent,
+    })
 }
 
 /// utime + stime of a process, in clock ticks, from /proc/<pid>/stat.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).map_err(|e| Error::io(path.clone(), e))?;
-    parse_cpu_ticks(&stat).ok_or_else(|| Error::io(path, std::io::Error::other("unexpected format")))
+    parse_cpu_ticks(&stat)
+        .ok_or_else(|| Error::io(path, std::io::Error::other("unexpected format")))
 }
 
 /// Fields 14 and 15 of /proc/<pid>/stat; the command name (field 2) may
@@ -133,7 +166,11 @@ fn median<T: Copy + Into<f64>>(sorted: &[T]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { sorted[n / 2].into() } else { (sorted[n / 2 - 1].into() + sorted[n / 2].into()) / 2.0 }
+    if n % 2 == 1 {
+        sorted[n / 2].into()
+    } else {
+        (sorted[n / 2 - 1].into() + sorted[n / 2].into()) / 2.0
+    }
 }
 
 /// Facts about the machine, for the report.
@@ -156,15 +193,25 @@ impl Machine {
                     .map(|(_, v)| v.trim().to_string())
             })
             .unwrap_or_else(|| "unknown CPU".into());
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let qemu_version = crate::node::find_qemu()
             .ok()
             .and_then(|q| std::process::Command::new(q).arg("--version").output().ok())
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .and_then(|s| s.lines().next().map(str::to_string))
             .unwrap_or_else(|| "QEMU (version unknown)".into());
-        let days = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0);
-        Machine { cpu_model, cores, qemu_version, date: civil_date(days as i64) }
+        let days = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 86_400)
+            .unwrap_or(0);
+        Machine {
+            cpu_model,
+            cores,
+            qemu_version,
+            date: civil_date(days as i64),
+        }
     }
 }
 
@@ -205,7 +252,13 @@ pub fn render(figures: &BootFigures, machine: &Machine) -> String {
     let _ = writeln!(
         s,
         "| the same, as the image counts it (`ready <ms> ms`, median) | {:.0} ms | |",
-        median(&figures.guest_ms.iter().map(|&m| m as f64).collect::<Vec<_>>())
+        median(
+            &figures
+                .guest_ms
+                .iter()
+                .map(|&m| m as f64)
+                .collect::<Vec<_>>()
+        )
     );
     let _ = writeln!(
         s,
@@ -217,7 +270,10 @@ pub fn render(figures: &BootFigures, machine: &Machine) -> String {
         Some(m) => format!("{m} MiB"),
         None => "did not reach ready at 64 MiB".into(),
     };
-    let _ = writeln!(s, "| smallest `-m` that reaches ready (bisected) | {memory} | ≤ 64 MiB |");
+    let _ = writeln!(
+        s,
+        "| smallest `-m` that reaches ready (bisected) | {memory} | ≤ 64 MiB |"
+    );
     let _ = writeln!(
         s,
         "| host CPU of the idle VM's QEMU over {} s (`/proc/<pid>/stat` utime+stime) | {:.2} % of one core | ≤ 2 % |",
@@ -246,7 +302,10 @@ pub fn replace_section(document: &str, heading: &str, section: &str) -> String {
         out.push('\n');
         return out;
     };
-    let end = lines[start + 1..].iter().position(|l| l.starts_with("## ")).map_or(lines.len(), |i| start + 1 + i);
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with("## "))
+        .map_or(lines.len(), |i| start + 1 + i);
     let mut out = lines[..start].join("\n");
     if !out.is_empty() {
         out.push('\n');
@@ -267,7 +326,8 @@ mod tests {
 
     #[test]
     fn cpu_ticks_parse_after_the_command_name() {
-        let stat = "4242 (qemu-system-x86 (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 137 42 0 0 20 0 3 0";
+        let stat =
+            "4242 (qemu-system-x86 (x)) S 1 4242 4242 0 -1 4194560 1000 0 0 0 137 42 0 0 20 0 3 0";
         assert_eq!(parse_cpu_ticks(stat), Some(179));
         assert_eq!(parse_cpu_ticks("garbage"), None);
         let own = cpu_ticks(std::process::id()).unwrap();
@@ -292,10 +352,20 @@ mod tests {
     fn sections_are_replaced_in_place_or_appended() {
         let doc = "# Benchmarks\n\nintro\n\n## Boot\n\nold\n\n## NVMe\n\nkeep me\n";
         let out = replace_section(doc, "## Boot", "## Boot\n\nnew\n");
-        assert_eq!(out, "# Benchmarks\n\nintro\n\n## Boot\n\nnew\n\n## NVMe\n\nkeep me\n");
-        let out = replace_section("# Benchmarks\n\n## NVMe\n\nx\n", "## Boot", "## Boot\n\nnew\n");
+        assert_eq!(
+            out,
+            "# Benchmarks\n\nintro\n\n## Boot\n\nnew\n\n## NVMe\n\nkeep me\n"
+        );
+        let out = replace_section(
+            "# Benchmarks\n\n## NVMe\n\nx\n",
+            "## Boot",
+            "## Boot\n\nnew\n",
+        );
         assert_eq!(out, "# Benchmarks\n\n## NVMe\n\nx\n\n## Boot\n\nnew\n");
-        assert_eq!(replace_section("", "## Boot", "## Boot\n\nnew"), "# Benchmarks\n\n## Boot\n\nnew\n");
+        assert_eq!(
+            replace_section("", "## Boot", "## Boot\n\nnew"),
+            "# Benchmarks\n\n## Boot\n\nnew\n"
+        );
         let last = replace_section("# B\n\n## Boot\n\nold\n", "## Boot", "## Boot\n\nnew\n");
         assert_eq!(last, "# B\n\n## Boot\n\nnew\n");
     }
@@ -309,10 +379,23 @@ mod tests {
             min_memory_mib: Some(6),
             idle_cpu_percent: 0.5,
         };
-        let machine = Machine { cpu_model: "CPU".into(), cores: 2, qemu_version: "QEMU 7.2".into(), date: "2026-11-23".into() };
+        let machine = Machine {
+            cpu_model: "CPU".into(),
+            cores: 2,
+            qemu_version: "QEMU 7.2".into(),
+            date: "2026-11-23".into(),
+        };
         let text = render(&figures, &machine);
         assert!(text.starts_with("## Boot\n"));
-        for needle in ["260 ms (min 250, max 300)", "| 110 ms |", "300 KiB", "6 MiB", "0.50 % of one core", "2026-11-23", "2 cores"] {
+        for needle in [
+            "260 ms (min 250, max 300)",
+            "| 110 ms |",
+            "300 KiB",
+            "6 MiB",
+            "0.50 % of one core",
+            "2026-11-23",
+            "2 cores",
+        ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
     }

@@ -59,9 +59,15 @@ impl HostPorts {
     /// `base`, `base + 1`, `base + 2`.
     pub fn from_base(base: u16) -> Result<Self> {
         if base == 0 || base > u16::MAX - 2 {
-            return Err(Error::Usage(format!("--port-base: {base} leaves no room for 3 ports (1..=65533)")));
+            return Err(Error::Usage(format!(
+                "--port-base: {base} leaves no room for 3 ports (1..=65533)"
+            )));
         }
-        Ok(HostPorts { nvme: base, discovery: base + 1, status: base + 2 })
+        Ok(HostPorts {
+            nvme: base,
+            discovery: base + 1,
+            status: base + 2,
+        })
     }
 }
 
@@ -97,7 +103,11 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { runs: 10, output: None, write: true }
+        BenchOptions {
+            runs: 10,
+            output: None,
+            write: true,
+        }
     }
 }
 
@@ -121,7 +131,9 @@ impl<'a> Options<'a> {
     fn next(&mut self) -> Option<Result<(String, Option<String>)>> {
         let arg = self.args.next()?;
         let Some(name) = arg.strip_prefix("--") else {
-            return Some(Err(Error::Usage(format!("unexpected argument `{arg}`\n\n{USAGE}"))));
+            return Some(Err(Error::Usage(format!(
+                "unexpected argument `{arg}`\n\n{USAGE}"
+            ))));
         };
         Some(Ok(match name.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
@@ -132,13 +144,18 @@ impl<'a> Options<'a> {
     fn value(&mut self, name: &str, inline: Option<String>) -> Result<String> {
         match inline {
             Some(v) => Ok(v),
-            None => self.args.next().cloned().ok_or_else(|| Error::Usage(format!("--{name} needs a value"))),
+            None => self
+                .args
+                .next()
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("--{name} needs a value"))),
         }
     }
 }
 
 fn number<T: std::str::FromStr>(name: &str, text: &str, what: &str) -> Result<T> {
-    text.parse().map_err(|_| Error::Usage(format!("--{name}: expected {what}, got `{text}`")))
+    text.parse()
+        .map_err(|_| Error::Usage(format!("--{name}: expected {what}, got `{text}`")))
 }
 
 /// Parses the arguments after `tandem`.
@@ -150,7 +167,9 @@ pub fn parse(args: &[String]) -> Result<Command> {
     match command.as_str() {
         "image" => {
             if let Some(extra) = rest.first() {
-                return Err(Error::Usage(format!("image takes no arguments, got `{extra}`")));
+                return Err(Error::Usage(format!(
+                    "image takes no arguments, got `{extra}`"
+                )));
             }
             Ok(Command::Image)
         }
@@ -169,9 +188,15 @@ pub fn parse(args: &[String]) -> Result<Command> {
                             return Err(Error::Usage("--mem: must be at least 1".into()));
                         }
                     }
-                    "port-base" => run.ports = HostPorts::from_base(number(&name, &value, "a port number")?)?,
+                    "port-base" => {
+                        run.ports = HostPorts::from_base(number(&name, &value, "a port number")?)?
+                    }
                     "append" => run.append = value,
-                    _ => return Err(Error::Usage(format!("run: unknown option --{name}\n\n{USAGE}"))),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "run: unknown option --{name}\n\n{USAGE}"
+                        )));
+                    }
                 }
             }
             Ok(Command::Run(run))
@@ -179,10 +204,16 @@ pub fn parse(args: &[String]) -> Result<Command> {
         "bench" => {
             match rest.first().map(String::as_str) {
                 Some("boot") => {}
-                Some(other) => return Err(Error::Usage(format!("bench: unknown benchmark `{other}` (have: boot)"))),
+                Some(other) => {
+                    return Err(Error::Usage(format!(
+                        "bench: unknown benchmark `{other}` (have: boot)"
+                    )));
+                }
                 None => return Err(Error::Usage("bench: which benchmark? (have: boot)".into())),
             }
-            let mut options = Options { args: rest[1..].iter() };
+            let mut options = Options {
+                args: rest[1..].iter(),
+            };
             let mut bench = BenchOptions::default();
             while let Some(option) = options.next() {
                 let (name, inline) = option?;
@@ -203,7 +234,9 @@ pub fn parse(args: &[String]) -> Result<Command> {
         }
         "help" | "--help" | "-h" => Ok(Command::Help),
         "up" | "console" | "fault" | "down" => Ok(Command::Planned(command.clone())),
-        other => Err(Error::Usage(format!("unknown command `{other}`\n\n{USAGE}"))),
+        other => Err(Error::Usage(format!(
+            "unknown command `{other}`\n\n{USAGE}"
+        ))),
     }
 }
 
@@ -217,25 +250,45 @@ mod tests {
 
     #[test]
     fn run_defaults() {
-        assert_eq!(parse(&args("run")).unwrap(), Command::Run(RunOptions::default()));
+        assert_eq!(
+            parse(&args("run")).unwrap(),
+            Command::Run(RunOptions::default())
+        );
         let d = RunOptions::default();
         assert_eq!(d.accel, AccelChoice::Auto);
         assert_eq!(d.memory_mib, 64);
         assert_eq!(d.disk_size, 1 << 30);
-        assert_eq!(d.ports, HostPorts { nvme: 4420, discovery: 8009, status: 8100 });
+        assert_eq!(
+            d.ports,
+            HostPorts {
+                nvme: 4420,
+                discovery: 8009,
+                status: 8100
+            }
+        );
     }
 
     #[test]
     fn run_options_in_both_spellings() {
-        let mut a = args("run --accel tcg --disk /tmp/d.img --disk-size=2G --mem 32 --port-base=14420");
+        let mut a =
+            args("run --accel tcg --disk /tmp/d.img --disk-size=2G --mem 32 --port-base=14420");
         a.push("--append".into());
         a.push("net0=10.0.0.1/24,gw=10.0.0.254 log=debug".into());
-        let Command::Run(run) = parse(&a).unwrap() else { panic!() };
+        let Command::Run(run) = parse(&a).unwrap() else {
+            panic!()
+        };
         assert_eq!(run.accel, AccelChoice::Tcg);
         assert_eq!(run.disk, Some(PathBuf::from("/tmp/d.img")));
         assert_eq!(run.disk_size, 2 << 30);
         assert_eq!(run.memory_mib, 32);
-        assert_eq!(run.ports, HostPorts { nvme: 14420, discovery: 14421, status: 14422 });
+        assert_eq!(
+            run.ports,
+            HostPorts {
+                nvme: 14420,
+                discovery: 14421,
+                status: 14422
+            }
+        );
         assert_eq!(run.append, "net0=10.0.0.1/24,gw=10.0.0.254 log=debug");
     }
 
@@ -272,11 +325,19 @@ mod tests {
         assert_eq!(parse(&args("up")).unwrap(), Command::Planned("up".into()));
         assert_eq!(
             parse(&args("bench boot --runs 3 --no-write")).unwrap(),
-            Command::BenchBoot(BenchOptions { runs: 3, output: None, write: false })
+            Command::BenchBoot(BenchOptions {
+                runs: 3,
+                output: None,
+                write: false
+            })
         );
         assert_eq!(
             parse(&args("bench boot --output /tmp/b.md")).unwrap(),
-            Command::BenchBoot(BenchOptions { runs: 10, output: Some("/tmp/b.md".into()), write: true })
+            Command::BenchBoot(BenchOptions {
+                runs: 10,
+                output: Some("/tmp/b.md".into()),
+                write: true
+            })
         );
     }
 }

@@ -49,7 +49,10 @@ impl KernelCmdline {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.words.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+        self.words
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// The guest's status port as the image will read it: `None` when
@@ -90,8 +93,12 @@ mod tests {
     fn round_trips_and_replaces_keys() {
         let mut c = KernelCmdline::parse("  net0=dhcp   log=debug ");
         assert_eq!(c.to_string(), "net0=dhcp log=debug");
-        c.set("net0", "10.0.0.1/24,gw=10.0.0.254").set("net1", "dhcp");
-        assert_eq!(c.to_string(), "net0=10.0.0.1/24,gw=10.0.0.254 log=debug net1=dhcp");
+        c.set("net0", "10.0.0.1/24,gw=10.0.0.254")
+            .set("net1", "dhcp");
+        assert_eq!(
+            c.to_string(),
+            "net0=10.0.0.1/24,gw=10.0.0.254 log=debug net1=dhcp"
+        );
         assert_eq!(c.get("net0"), Some("10.0.0.1/24,gw=10.0.0.254"));
         assert_eq!(c.get("net2"), None);
     }
@@ -106,7 +113,10 @@ mod tests {
     #[test]
     fn status_port_follows_the_image_defaults() {
         assert_eq!(KernelCmdline::new().status_port(), Some(8100));
-        assert_eq!(KernelCmdline::parse("status_port=9000").status_port(), Some(9000));
+        assert_eq!(
+            KernelCmdline::parse("status_port=9000").status_port(),
+            Some(9000)
+        );
         assert_eq!(KernelCmdline::parse("status_port=0").status_port(), None);
         assert_eq!(KernelCmdline::parse("status_port=x").status_port(), None);
         assert!(KernelCmdline::parse("").is_empty());

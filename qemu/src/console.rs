@@ -42,18 +42,23 @@ impl Ready {
         if words.next()? != "ms" {
             return None;
         }
-        let mut nics = Vec::new();
-        for word in words {
-            let (key, addr) = word.split_once('=')?;
-            let index = key.strip_prefix("net")?.parse().ok()?;
-            nics.push((index, addr.to_string()));
-        }
+        // Words other than `netN=...` (such as `no-nics`) carry no address.
+        let nics = words
+            .filter_map(|word| {
+                let (key, addr) = word.split_once('=')?;
+                let index = key.strip_prefix("net")?.parse().ok()?;
+                Some((index, addr.to_string()))
+            })
+            .collect();
         Some(Ready { ms, nics })
     }
 
     /// Address of NIC `index` (`"a.b.c.d/p"`), if the line named it.
     pub fn address(&self, index: usize) -> Option<&str> {
-        self.nics.iter().find(|(i, _)| *i == index).map(|(_, a)| a.as_str())
+        self.nics
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, a)| a.as_str())
     }
 }
 
@@ -69,7 +74,11 @@ pub struct LogFollower {
 
 impl LogFollower {
     pub fn new(path: &Path) -> Self {
-        LogFollower { path: path.to_path_buf(), offset: 0, partial: Vec::new() }
+        LogFollower {
+            path: path.to_path_buf(),
+            offset: 0,
+            partial: Vec::new(),
+        }
     }
 
     /// Complete lines written since the last call (without `\r\n`).
@@ -127,24 +136,78 @@ pub(crate) fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream>
     }
 }
 
+/// Most console output kept unread; older bytes are dropped beyond it.
+const MAX_PENDING: usize = 1 << 20;
+
+/// Console bytes received and not yet consumed, filled by the reader thread.
+#[derive(Default)]
+struct Received {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+type Shared = std::sync::Arc<(std::sync::Mutex<Received>, std::sync::Condvar)>;
+
 /// A client of the console socket that runs CLI commands.
+///
+/// A thread drains the socket all the time: QEMU's serial port writes one
+/// byte per socket write, and a unix socket that is not read fills after a
+/// few hundred of them (each costs a whole buffer of the sender's quota).
+/// QEMU then stalls the guest's serial port, and with it the guest.
 ///
 /// QEMU accepts one client at a time; output sent while no client was
 /// connected is only in the log.
 pub struct ConsoleClient {
     stream: UnixStream,
-    pending: Vec<u8>,
+    shared: Shared,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ConsoleClient {
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Self> {
         let stream = connect_unix(socket, timeout)?;
-        Ok(ConsoleClient { stream, pending: Vec::new() })
+        let mut source = stream
+            .try_clone()
+            .map_err(|e| Error::io("console socket", e))?;
+        let shared: Shared = Default::default();
+        let sink = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("console-reader".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match source.read(&mut buf) {
+                        Ok(0) => 0,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => 0,
+                    };
+                    let (lock, ready) = &*sink;
+                    let mut received = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    if n == 0 {
+                        received.closed = true;
+                        ready.notify_all();
+                        return;
+                    }
+                    received.bytes.extend_from_slice(&buf[..n]);
+                    let excess = received.bytes.len().saturating_sub(MAX_PENDING);
+                    received.bytes.drain(..excess);
+                    ready.notify_all();
+                }
+            })
+            .map_err(|e| Error::io("starting the console reader", e))?;
+        Ok(ConsoleClient {
+            stream,
+            shared,
+            reader: Some(reader),
+        })
     }
 
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes).map_err(|e| Error::io("writing to the console", e))
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| Error::io("writing to the console", e))
     }
 
     /// Reads until `pattern` has arrived; returns everything up to and
@@ -152,47 +215,70 @@ impl ConsoleClient {
     pub fn read_until(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let needle = pattern.as_bytes();
+        let (lock, ready) = &*self.shared;
+        let mut received = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(pos) = find(&self.pending, needle) {
-                let taken: Vec<u8> = self.pending.drain(..pos + needle.len()).collect();
+            if let Some(pos) = find(&received.bytes, needle) {
+                let taken: Vec<u8> = received.bytes.drain(..pos + needle.len()).collect();
                 return Ok(String::from_utf8_lossy(&taken).into_owned());
+            }
+            if received.closed {
+                return Err(Error::Console(format!(
+                    "the console socket closed while waiting for `{}`",
+                    pattern.escape_debug()
+                )));
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout {
                     what: format!("`{}` on the console", pattern.escape_debug()),
                     waited: timeout,
-                    console_tail: String::from_utf8_lossy(&self.pending).into_owned(),
+                    console_tail: String::from_utf8_lossy(&received.bytes).into_owned(),
                 });
             }
-            self.stream
-                .set_read_timeout(Some(deadline - now))
-                .map_err(|e| Error::io("console socket", e))?;
-            let mut buf = [0u8; 4096];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(Error::Console("the console socket closed".into())),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("reading the console", e)),
-            }
+            received = ready
+                .wait_timeout(received, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
-    /// Runs one CLI command and returns its output lines: the echo of the
-    /// command and the closing prompt are removed, as are `\r`s.
-    pub fn command(&mut self, command: &str, timeout: Duration) -> Result<Vec<String>> {
-        self.send(format!("{command}\r").as_bytes())?;
-        let raw = self.read_until(PROMPT, timeout)?;
-        Ok(command_output(&raw, command))
+    /// Drops everything received so far.
+    pub fn discard(&mut self) {
+        let (lock, _) = &*self.shared;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).bytes.clear();
     }
 
-    /// Sends an empty line and waits for the prompt: the console is then in
-    /// a known state (anything older is dropped).
-    pub fn sync(&mut self, timeout: Duration) -> Result<()> {
-        self.pending.clear();
-        self.send(b"\r")?;
-        self.read_until(PROMPT, timeout).map(drop)
+    /// Runs one CLI command and returns its output lines (without the
+    /// echoed command, the closing prompt and `\r`s).
+    ///
+    /// Output that arrived before the echo of the command (an earlier
+    /// prompt, log lines) is dropped, so a stale prompt cannot end the
+    /// answer early.
+    pub fn command(&mut self, command: &str, timeout: Duration) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        self.send(format!("{command}\r").as_bytes())?;
+        self.read_until(command, timeout)?;
+        self.read_until("\n", deadline.saturating_duration_since(Instant::now()))?;
+        let raw = self.read_until(PROMPT, deadline.saturating_duration_since(Instant::now()))?;
+        Ok(command_output(&raw))
+    }
+
+    /// Sends a command that ends the running image (`reboot`, `poweroff`):
+    /// waits only for its echo, since no prompt follows.
+    pub fn command_no_prompt(&mut self, command: &str, timeout: Duration) -> Result<()> {
+        self.send(format!("{command}\r").as_bytes())?;
+        self.read_until(command, timeout).map(drop)
+    }
+}
+
+impl Drop for ConsoleClient {
+    fn drop(&mut self) {
+        // Ends the reader's blocking read.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
@@ -200,16 +286,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Splits what the console sent in answer to `command` (up to and including
-/// the prompt) into output lines, without the echoed command line.
-pub fn command_output(raw: &str, command: &str) -> Vec<String> {
+/// Splits the console's answer to a command (what followed the echoed
+/// command line, up to and including the prompt) into output lines.
+pub fn command_output(raw: &str) -> Vec<String> {
     let body = raw.strip_suffix(PROMPT).unwrap_or(raw);
     let mut lines: Vec<String> = body.split('\n').map(|l| clean_line(l.as_bytes())).collect();
-    // The echo: the first line that ends with the command (a prompt printed
-    // before the echo may precede it on the same line).
-    if let Some(pos) = lines.iter().take(2).position(|l| l.trim_end().ends_with(command.trim())) {
-        lines.drain(..=pos);
-    }
     while lines.last().is_some_and(|l| l.trim().is_empty()) {
         lines.pop();
     }
@@ -225,18 +306,30 @@ mod tests {
 
     #[test]
     fn ready_lines_parse() {
-        let r = Ready::parse("tandem: ready 183 ms net0=10.0.2.15/24 net1=192.168.77.2/24").unwrap();
+        let r =
+            Ready::parse("tandem: ready 183 ms net0=10.0.2.15/24 net1=192.168.77.2/24").unwrap();
         assert_eq!(r.ms, 183);
         assert_eq!(r.address(0), Some("10.0.2.15/24"));
         assert_eq!(r.address(1), Some("192.168.77.2/24"));
         assert_eq!(r.address(2), None);
-        assert_eq!(Ready::parse("tandem: ready 7 ms").unwrap(), Ready { ms: 7, nics: vec![] });
+        assert_eq!(
+            Ready::parse("tandem: ready 7 ms").unwrap(),
+            Ready {
+                ms: 7,
+                nics: vec![]
+            }
+        );
         assert_eq!(Ready::parse("tandem: ready 7 ms\r").unwrap().ms, 7);
+        assert_eq!(
+            Ready::parse("tandem: ready 9 ms no-nics").unwrap().nics,
+            vec![]
+        );
+        let r = Ready::parse("tandem: ready 9 ms net0=unconfigured").unwrap();
+        assert_eq!(r.address(0), Some("unconfigured"));
         for not_ready in [
             "[    0.1] INFO  tandem: ready soon",
             "tandem: ready x ms",
             "tandem: ready 5 s",
-            "tandem: ready 5 ms eth0=1.2.3.4/8",
             "tandem: config error: log: expected error|warn|info|debug|trace",
         ] {
             assert_eq!(Ready::parse(not_ready), None, "{not_ready}");
@@ -248,10 +341,16 @@ mod tests {
         let dir = crate::TempDir::new("follow-unit").unwrap();
         let path = dir.path().join("console.log");
         let mut f = LogFollower::new(&path);
-        assert!(f.new_lines().unwrap().is_empty(), "a missing log is just empty");
+        assert!(
+            f.new_lines().unwrap().is_empty(),
+            "a missing log is just empty"
+        );
         std::fs::write(&path, b"one\r\ntw").unwrap();
         assert_eq!(f.new_lines().unwrap(), ["one"]);
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(b"o\n\x1b[0mthree\ntandem> ").unwrap();
         assert_eq!(f.new_lines().unwrap(), ["two", "[0mthree"]);
         assert!(f.new_lines().unwrap().is_empty());
@@ -259,12 +358,42 @@ mod tests {
     }
 
     #[test]
-    fn command_output_drops_echo_and_prompt() {
-        let raw = "status\r\nuptime 1.2 s\r\nmemory used=1 free=2\r\n\r\ntandem> ";
-        assert_eq!(command_output(raw, "status"), ["uptime 1.2 s", "memory used=1 free=2"]);
-        let raw = "tandem> bogus\r\nerror: unknown command `bogus`\r\ntandem> ";
-        assert_eq!(command_output(raw, "bogus"), ["error: unknown command `bogus`"]);
-        // No echo at all.
-        assert_eq!(command_output("error: x\r\ntandem> ", "log loud"), ["error: x"]);
+    fn command_output_drops_the_prompt_and_blank_edges() {
+        let raw = "uptime 1.2 s\r\nmemory used=1 free=2\r\n\r\ntandem> ";
+        assert_eq!(
+            command_output(raw),
+            ["uptime 1.2 s", "memory used=1 free=2"]
+        );
+        assert_eq!(
+            command_output("error: unknown command `bogus`\r\ntandem> "),
+            ["error: unknown command `bogus`"]
+        );
+        assert!(command_output("tandem> ").is_empty());
+    }
+
+    /// A scripted console: a stale prompt before the echo must not end the answer.
+    #[test]
+    fn client_skips_output_before_the_echo() {
+        use std::os::unix::net::UnixListener;
+        let dir = crate::TempDir::new("console-unit").unwrap();
+        let path = dir.path().join("console.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while byte[0] != b'\r' {
+                stream.read_exact(&mut byte).unwrap();
+                line.push(byte[0]);
+            }
+            assert_eq!(line, b"status\r");
+            stream
+                .write_all(b"tandem> status\r\nuptime 3 s\r\nnet0 mac=x\r\ntandem> ")
+                .unwrap();
+        });
+        let mut console = ConsoleClient::connect(&path, Duration::from_secs(5)).unwrap();
+        let lines = console.command("status", Duration::from_secs(5)).unwrap();
+        assert_eq!(lines, ["uptime 3 s", "net0 mac=x"]);
+        server.join().unwrap();
     }
 }

@@ -13,9 +13,16 @@ pub const SECTOR_SIZE: usize = 512;
 /// Parses a size such as `4096`, `64K`, `512M`, `1G`, `2T` (binary units; an
 /// optional trailing `B` or `iB` is accepted).
 pub fn parse_size(text: &str) -> Result<u64> {
-    let bad = || Error::Usage(format!("size `{text}`: expected a number with an optional K, M, G or T suffix"));
+    let bad = || {
+        Error::Usage(format!(
+            "size `{text}`: expected a number with an optional K, M, G or T suffix"
+        ))
+    };
     let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (digits, shift) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -30,19 +37,25 @@ pub fn parse_size(text: &str) -> Result<u64> {
         _ => (t, 0),
     };
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1u64 << shift).filter(|&s| s > 0).ok_or_else(bad)
+    n.checked_mul(1u64 << shift)
+        .filter(|&s| s > 0)
+        .ok_or_else(bad)
 }
 
 /// Creates (or truncates) `path` as a sparse file of `size` bytes.
 pub fn create_sparse(path: &Path, size: u64) -> Result<()> {
-    let file = File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    file.set_len(size).map_err(|e| Error::io(format!("sizing {}", path.display()), e))
+    let file =
+        File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    file.set_len(size)
+        .map_err(|e| Error::io(format!("sizing {}", path.display()), e))
 }
 
 /// Checks that QEMU will be able to use `path` as a read-write disk.
 pub fn check_disk(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path)
-        .map_err(|source| Error::DiskUnreadable { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::DiskUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_dir() {
         return Err(Error::DiskUnreadable {
             path: path.to_path_buf(),
@@ -53,11 +66,17 @@ pub fn check_disk(path: &Path) -> Result<()> {
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|source| Error::DiskUnreadable { path: path.to_path_buf(), source })?;
+        .map_err(|source| Error::DiskUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut probe = [0u8; 1];
     if meta.len() > 0 {
         file.read_at(&mut probe, 0)
-            .map_err(|source| Error::DiskUnreadable { path: path.to_path_buf(), source })?;
+            .map_err(|source| Error::DiskUnreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -141,7 +160,11 @@ mod tests {
         let path = dir.path().join("d.img");
         create_sparse(&path, 1 << 20).unwrap();
         check_disk(&path).unwrap();
-        let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         assert_eq!(verify_pattern(&file, 10, 4, 99).unwrap(), Some(10));
         write_pattern(&file, 10, 4, 99).unwrap();
         assert_eq!(verify_pattern(&file, 10, 4, 99).unwrap(), None);
@@ -160,6 +183,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let dir = crate::TempDir::new("disk-unit-dir").unwrap();
-        assert!(matches!(check_disk(dir.path()), Err(Error::DiskUnreadable { .. })));
+        assert!(matches!(
+            check_disk(dir.path()),
+            Err(Error::DiskUnreadable { .. })
+        ));
     }
 }

@@ -23,9 +23,18 @@ pub enum Error {
     /// Any other I/O failure, with what we were doing.
     Io { context: String, source: io::Error },
     /// Something we waited for did not happen in time.
-    Timeout { what: String, waited: Duration, console_tail: String },
+    Timeout {
+        what: String,
+        waited: Duration,
+        console_tail: String,
+    },
     /// QEMU ended while we still expected something from it.
-    QemuExited { status: ExitStatus, waiting_for: String, qemu_log: String, console_tail: String },
+    QemuExited {
+        status: ExitStatus,
+        waiting_for: String,
+        qemu_log: String,
+        console_tail: String,
+    },
     /// QMP answered with an error or something we could not read.
     Qmp { command: String, message: String },
     /// The serial console did not behave as the image contract says.
@@ -34,7 +43,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -59,19 +71,36 @@ impl fmt::Display for Error {
                  pick other host ports with --port-base N"
             ),
             Error::DiskUnreadable { path, source } => {
-                write!(f, "cannot open disk file {} for reading and writing: {source}", path.display())
+                write!(
+                    f,
+                    "cannot open disk file {} for reading and writing: {source}",
+                    path.display()
+                )
             }
             Error::ImageBuild { status } => write!(f, "building the image failed ({status})"),
             Error::Usage(message) => write!(f, "{message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Timeout { what, waited, console_tail } => {
-                write!(f, "timed out after {:.1} s waiting for {what}", waited.as_secs_f64())?;
+            Error::Timeout {
+                what,
+                waited,
+                console_tail,
+            } => {
+                write!(
+                    f,
+                    "timed out after {:.1} s waiting for {what}",
+                    waited.as_secs_f64()
+                )?;
                 if !console_tail.is_empty() {
                     write!(f, "\nlast console lines:\n{console_tail}")?;
                 }
                 Ok(())
             }
-            Error::QemuExited { status, waiting_for, qemu_log, console_tail } => {
+            Error::QemuExited {
+                status,
+                waiting_for,
+                qemu_log,
+                console_tail,
+            } => {
                 write!(f, "QEMU exited ({status}) while waiting for {waiting_for}")?;
                 if !qemu_log.trim().is_empty() {
                     write!(f, "\nQEMU said:\n{}", qemu_log.trim_end())?;

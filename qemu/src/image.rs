@@ -39,12 +39,18 @@ pub fn image_target_dir(root: &Path) -> PathBuf {
 
 /// Path of the built image under `root`.
 pub fn image_path(root: &Path) -> PathBuf {
-    image_target_dir(root).join(IMAGE_TARGET).join("release").join("tandem-image")
+    image_target_dir(root)
+        .join(IMAGE_TARGET)
+        .join("release")
+        .join("tandem-image")
 }
 
 /// The `--config` value that sets the image's rustflags for its target only.
 pub fn rustflags_config() -> String {
-    let quoted: Vec<String> = IMAGE_RUSTFLAGS.iter().map(|flag| format!("\"{flag}\"")).collect();
+    let quoted: Vec<String> = IMAGE_RUSTFLAGS
+        .iter()
+        .map(|flag| format!("\"{flag}\""))
+        .collect();
     format!("target.{IMAGE_TARGET}.rustflags=[{}]", quoted.join(","))
 }
 

@@ -29,7 +29,9 @@ pub use error::{Error, Result};
 pub use image::build_image;
 pub use node::{Node, free_port};
 pub use qmp::Qmp;
-pub use vm::{Boot, ConsoleMode, ImageExit, Mac, NetBackend, NicSpec, PortForward, TftpBoot, VmSpec};
+pub use vm::{
+    Boot, ConsoleMode, ImageExit, Mac, NetBackend, NicSpec, PortForward, TftpBoot, VmSpec,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,8 +50,12 @@ impl TempDir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("tandem-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        Ok(TempDir { path, keep: std::env::var_os("TANDEM_KEEP_DIRS").is_some() })
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        Ok(TempDir {
+            path,
+            keep: std::env::var_os("TANDEM_KEEP_DIRS").is_some(),
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions};
 use tandem_qemu::{
-    Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PortForward, Result, TempDir, VmSpec,
-    accel, bench, disk, image, node,
+    Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PortForward, Result,
+    TempDir, VmSpec, accel, bench, disk, image, node,
 };
 
 fn main() -> ExitCode {
@@ -41,11 +41,20 @@ fn run(options: RunOptions) -> Result<ExitCode> {
     }
     let cmdline = KernelCmdline::parse(&options.append);
     let mut forwards = vec![
-        PortForward { host: options.ports.nvme, guest: tandem_qemu::vm::GUEST_NVME_PORT },
-        PortForward { host: options.ports.discovery, guest: tandem_qemu::vm::GUEST_DISCOVERY_PORT },
+        PortForward {
+            host: options.ports.nvme,
+            guest: tandem_qemu::vm::GUEST_NVME_PORT,
+        },
+        PortForward {
+            host: options.ports.discovery,
+            guest: tandem_qemu::vm::GUEST_DISCOVERY_PORT,
+        },
     ];
     if let Some(status) = cmdline.status_port() {
-        forwards.push(PortForward { host: options.ports.status, guest: status });
+        forwards.push(PortForward {
+            host: options.ports.status,
+            guest: status,
+        });
     }
     for forward in &forwards {
         node::check_port_free(forward.host)?;
@@ -66,7 +75,13 @@ fn run(options: RunOptions) -> Result<ExitCode> {
     };
     let mut spec = VmSpec::new("node", dir.path(), &image, &cmdline.to_string(), accel)
         .disk(&disk_path)
-        .nic(0, NetBackend::User { forwards: forwards.clone(), tftp: None });
+        .nic(
+            0,
+            NetBackend::User {
+                forwards: forwards.clone(),
+                tftp: None,
+            },
+        );
     spec.memory_mib = options.memory_mib;
     spec.console = ConsoleMode::Stdio;
 
@@ -82,7 +97,9 @@ fn run(options: RunOptions) -> Result<ExitCode> {
     let code = status.code();
     match ImageExit::from_code(code) {
         ImageExit::PoweredOff => eprintln!("tandem: powered off"),
-        ImageExit::ConfigError => eprintln!("tandem: the image rejected its command line (QEMU exit 3)"),
+        ImageExit::ConfigError => {
+            eprintln!("tandem: the image rejected its command line (QEMU exit 3)")
+        }
         ImageExit::Panic => eprintln!("tandem: the image panicked (QEMU exit 5)"),
         ImageExit::Other(_) => {
             eprintln!("tandem: QEMU exited ({status})");
@@ -97,7 +114,10 @@ fn run(options: RunOptions) -> Result<ExitCode> {
 fn describe(spec: &VmSpec, forwards: &[PortForward], fresh_disk: bool, accel: Accel) {
     let disk = &spec.disks[0].path;
     if fresh_disk {
-        eprintln!("tandem: disk {} (fresh, sparse; removed on exit — keep data with --disk FILE)", disk.display());
+        eprintln!(
+            "tandem: disk {} (fresh, sparse; removed on exit — keep data with --disk FILE)",
+            disk.display()
+        );
     } else {
         eprintln!("tandem: disk {}", disk.display());
     }
@@ -107,11 +127,17 @@ fn describe(spec: &VmSpec, forwards: &[PortForward], fresh_disk: bool, accel: Ac
             tandem_qemu::vm::GUEST_DISCOVERY_PORT => "discovery",
             _ => "status",
         };
-        eprintln!("tandem: {service:<9} 127.0.0.1:{} -> guest port {}", f.host, f.guest);
+        eprintln!(
+            "tandem: {service:<9} 127.0.0.1:{} -> guest port {}",
+            f.host, f.guest
+        );
     }
     eprintln!("tandem: QMP {}", spec.qmp_socket().display());
     eprintln!("tandem: console log {}", spec.console_log().display());
-    eprintln!("tandem: {accel}, {} MiB; console below (Ctrl-A x quits, Ctrl-A c: QEMU monitor)", spec.memory_mib);
+    eprintln!(
+        "tandem: {accel}, {} MiB; console below (Ctrl-A x quits, Ctrl-A c: QEMU monitor)",
+        spec.memory_mib
+    );
 }
 
 fn bench_boot(options: BenchOptions) -> Result<ExitCode> {
@@ -121,10 +147,13 @@ fn bench_boot(options: BenchOptions) -> Result<ExitCode> {
     let section = bench::render(&figures, &bench::Machine::detect());
     print!("{section}");
     if options.write {
-        let output = options.output.unwrap_or_else(|| image::workspace_root().join("docs").join("benchmarks.md"));
+        let output = options
+            .output
+            .unwrap_or_else(|| image::workspace_root().join("docs").join("benchmarks.md"));
         let old = std::fs::read_to_string(&output).unwrap_or_default();
         let new = bench::replace_section(&old, bench::SECTION_HEADING, &section);
-        std::fs::write(&output, new).map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+        std::fs::write(&output, new)
+            .map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
         eprintln!("tandem: wrote the Boot section of {}", output.display());
     }
     Ok(ExitCode::SUCCESS)

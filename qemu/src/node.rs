@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::accel::Accel;
 use crate::console::{
-    CONFIG_ERROR_PREFIX, ConsoleClient, LogFollower, PANIC_PREFIX, POLL_INTERVAL, READY_PREFIX, Ready, log_tail,
+    CONFIG_ERROR_PREFIX, ConsoleClient, LogFollower, PANIC_PREFIX, POLL_INTERVAL, READY_PREFIX,
+    Ready, log_tail,
 };
 use crate::error::{Error, Result};
 use crate::qmp::Qmp;
@@ -26,14 +27,18 @@ pub fn find_qemu() -> Result<PathBuf> {
         return if is_executable(&path) {
             Ok(path)
         } else {
-            Err(Error::QemuMissing { program: path.display().to_string() })
+            Err(Error::QemuMissing {
+                program: path.display().to_string(),
+            })
         };
     }
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_var)
         .map(|dir| dir.join(QEMU_PROGRAM))
         .find(|candidate| is_executable(candidate))
-        .ok_or_else(|| Error::QemuMissing { program: QEMU_PROGRAM.into() })
+        .ok_or_else(|| Error::QemuMissing {
+            program: QEMU_PROGRAM.into(),
+        })
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -43,14 +48,20 @@ fn is_executable(path: &Path) -> bool {
 
 /// Fails with [`Error::PortInUse`] if `port` cannot be bound on 127.0.0.1.
 pub fn check_port_free(port: u16) -> Result<()> {
-    TcpListener::bind(("127.0.0.1", port)).map(drop).map_err(|source| Error::PortInUse { port, source })
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|source| Error::PortInUse { port, source })
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for tests that run
 /// side by side and each need their own forwarded ports).
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| Error::io("finding a free port", e))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| Error::io("finding a free port", e))
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| Error::io("finding a free port", e))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io("finding a free port", e))
 }
 
 /// A QEMU process running one VM.
@@ -129,9 +140,18 @@ impl Node {
             });
         }
         let started = Instant::now();
-        let child = command.spawn().map_err(|e| Error::io(format!("starting {}", qemu.display()), e))?;
+        let child = command
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", qemu.display()), e))?;
         let follower = LogFollower::new(&spec.console_log());
-        Ok(Node { spec, child, exit: None, follower, started, detached: false })
+        Ok(Node {
+            spec,
+            child,
+            exit: None,
+            follower,
+            started,
+            detached: false,
+        })
     }
 
     pub fn spec(&self) -> &VmSpec {
@@ -158,7 +178,10 @@ impl Node {
     /// QEMU's exit status if it has exited.
     pub fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
         if self.exit.is_none() {
-            self.exit = self.child.try_wait().map_err(|e| Error::io("checking on QEMU", e))?;
+            self.exit = self
+                .child
+                .try_wait()
+                .map_err(|e| Error::io("checking on QEMU", e))?;
         }
         Ok(self.exit)
     }
@@ -185,7 +208,10 @@ impl Node {
             // Read the exit status before the log: after an exit, one more
             // read sees everything QEMU wrote.
             let exited = self.try_exit()?;
-            let lines = self.follower.new_lines().map_err(|e| Error::io("reading the console log", e))?;
+            let lines = self
+                .follower
+                .new_lines()
+                .map_err(|e| Error::io("reading the console log", e))?;
             if let Some(line) = lines.into_iter().find(|l| matches(l)) {
                 return Ok(line);
             }
@@ -205,16 +231,21 @@ impl Node {
 
     /// Waits for the next line containing `text`.
     pub fn wait_for_text(&mut self, text: &str, timeout: Duration) -> Result<String> {
-        self.wait_for_line(&format!("`{text}` on the console"), timeout, |l| l.contains(text))
+        self.wait_for_line(&format!("`{text}` on the console"), timeout, |l| {
+            l.contains(text)
+        })
     }
 
     /// Waits for the next `tandem: ready` line. Fails at once if the image
     /// reports a configuration error or a panic instead.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready> {
         let line = self.wait_for_line("`tandem: ready`", timeout, |l| {
-            l.starts_with(READY_PREFIX) || l.starts_with(CONFIG_ERROR_PREFIX) || l.starts_with(PANIC_PREFIX)
+            l.starts_with(READY_PREFIX)
+                || l.starts_with(CONFIG_ERROR_PREFIX)
+                || l.starts_with(PANIC_PREFIX)
         })?;
-        Ready::parse(&line).ok_or_else(|| Error::Console(format!("the image did not get ready: {line}")))
+        Ready::parse(&line)
+            .ok_or_else(|| Error::Console(format!("the image did not get ready: {line}")))
     }
 
     /// Waits for QEMU to exit by itself.
@@ -241,7 +272,10 @@ impl Node {
         if let Some(status) = self.exit {
             return Ok(status);
         }
-        let status = self.child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::io("waiting for QEMU", e))?;
         self.exit = Some(status);
         Ok(status)
     }
@@ -300,7 +334,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let err = check_port_free(port).unwrap_err();
         assert!(matches!(err, Error::PortInUse { port: p, .. } if p == port));
-        assert!(err.to_string().contains(&format!("127.0.0.1:{port} is already in use")));
+        assert!(
+            err.to_string()
+                .contains(&format!("127.0.0.1:{port} is already in use"))
+        );
         drop(listener);
         check_port_free(port).unwrap();
     }
@@ -313,7 +350,13 @@ mod tests {
 
     #[test]
     fn missing_qemu_says_how_to_install_it() {
-        let message = Error::QemuMissing { program: QEMU_PROGRAM.into() }.to_string();
-        assert!(message.contains("apt-get install -y --no-install-recommends qemu-system-x86"), "{message}");
+        let message = Error::QemuMissing {
+            program: QEMU_PROGRAM.into(),
+        }
+        .to_string();
+        assert!(
+            message.contains("apt-get install -y --no-install-recommends qemu-system-x86"),
+            "{message}"
+        );
     }
 }

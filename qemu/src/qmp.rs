@@ -24,10 +24,18 @@ impl Qmp {
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp> {
         let stream = crate::console::connect_unix(socket, timeout)?;
         let writer = stream.try_clone().map_err(|e| Error::io("QMP socket", e))?;
-        let mut qmp = Qmp { reader: BufReader::new(stream), writer, timeout, events: Vec::new() };
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+            timeout,
+            events: Vec::new(),
+        };
         let greeting = qmp.read_message("greeting")?;
         if greeting.get("QMP").is_none() {
-            return Err(Error::Qmp { command: "greeting".into(), message: format!("unexpected {greeting}") });
+            return Err(Error::Qmp {
+                command: "greeting".into(),
+                message: format!("unexpected {greeting}"),
+            });
         }
         qmp.execute("qmp_capabilities", None)?;
         Ok(qmp)
@@ -39,22 +47,37 @@ impl Qmp {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Qmp { command: command.into(), message: "no answer in time".into() });
+                return Err(Error::Qmp {
+                    command: command.into(),
+                    message: "no answer in time".into(),
+                });
             }
-            self.reader.get_ref().set_read_timeout(Some(left)).map_err(|e| Error::io("QMP socket", e))?;
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| Error::io("QMP socket", e))?;
             match self.reader.read_line(&mut line) {
                 Ok(0) => {
-                    return Err(Error::Qmp { command: command.into(), message: "QEMU closed the socket".into() });
+                    return Err(Error::Qmp {
+                        command: command.into(),
+                        message: "QEMU closed the socket".into(),
+                    });
                 }
                 Ok(_) if line.ends_with('\n') => break,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(format!("QMP {command}"), e)),
             }
         }
-        serde_json::from_str(&line)
-            .map_err(|e| Error::Qmp { command: command.into(), message: format!("bad JSON ({e}): {line}") })
+        serde_json::from_str(&line).map_err(|e| Error::Qmp {
+            command: command.into(),
+            message: format!("bad JSON ({e}): {line}"),
+        })
     }
 
     /// Runs a command and returns its `return` value.
@@ -73,7 +96,12 @@ impl Qmp {
             match parse_reply(message) {
                 Reply::Event(event) => self.events.push(event),
                 Reply::Return(value) => return Ok(value),
-                Reply::Error(message) => return Err(Error::Qmp { command: command.into(), message }),
+                Reply::Error(message) => {
+                    return Err(Error::Qmp {
+                        command: command.into(),
+                        message,
+                    });
+                }
             }
         }
     }
@@ -90,7 +118,8 @@ impl Qmp {
 
     /// Sets a NIC's link up or down; `name` is the netdev (`n0`) or device (`nic0`) id.
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<()> {
-        self.execute("set_link", Some(json!({ "name": name, "up": up }))).map(drop)
+        self.execute("set_link", Some(json!({ "name": name, "up": up })))
+            .map(drop)
     }
 
     /// The run state (`running`, `paused`, ...).
@@ -100,7 +129,10 @@ impl Qmp {
             .get("status")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| Error::Qmp { command: "query-status".into(), message: format!("unexpected {value}") })
+            .ok_or_else(|| Error::Qmp {
+                command: "query-status".into(),
+                message: format!("unexpected {value}"),
+            })
     }
 
     /// Hard reset, like pressing the reset button.
@@ -129,7 +161,10 @@ fn parse_reply(message: Value) -> Reply {
     }
     match message.get("error") {
         Some(error) => {
-            let class = error.get("class").and_then(Value::as_str).unwrap_or("Error");
+            let class = error
+                .get("class")
+                .and_then(Value::as_str)
+                .unwrap_or("Error");
             let desc = error.get("desc").and_then(Value::as_str).unwrap_or("");
             Reply::Error(format!("{class}: {desc}"))
         }
@@ -144,8 +179,14 @@ mod tests {
 
     #[test]
     fn replies_are_classified() {
-        assert!(matches!(parse_reply(json!({"return": {}})), Reply::Return(_)));
-        assert!(matches!(parse_reply(json!({"event": "STOP", "timestamp": {}})), Reply::Event(_)));
+        assert!(matches!(
+            parse_reply(json!({"return": {}})),
+            Reply::Return(_)
+        ));
+        assert!(matches!(
+            parse_reply(json!({"event": "STOP", "timestamp": {}})),
+            Reply::Event(_)
+        ));
         match parse_reply(json!({"error": {"class": "GenericError", "desc": "no such device"}})) {
             Reply::Error(m) => assert_eq!(m, "GenericError: no such device"),
             _ => panic!(),
@@ -162,14 +203,18 @@ mod tests {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut out = stream;
-            out.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n").unwrap();
+            out.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")
+                .unwrap();
             let mut expect = |want: Value, answer: &str| {
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
                 assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), want);
                 out.write_all(answer.as_bytes()).unwrap();
             };
-            expect(json!({"execute": "qmp_capabilities"}), "{\"return\": {}}\r\n");
+            expect(
+                json!({"execute": "qmp_capabilities"}),
+                "{\"return\": {}}\r\n",
+            );
             expect(
                 json!({"execute": "set_link", "arguments": {"name": "n1", "up": false}}),
                 "{\"event\": \"NIC_RX_FILTER_CHANGED\"}\r\n{\"return\": {}}\r\n",
@@ -188,7 +233,10 @@ mod tests {
         assert_eq!(qmp.events.len(), 1);
         assert_eq!(qmp.status().unwrap(), "paused");
         let err = qmp.set_link("zz", true).unwrap_err().to_string();
-        assert!(err.contains("DeviceNotFound: Device 'zz' not found"), "{err}");
+        assert!(
+            err.contains("DeviceNotFound: Device 'zz' not found"),
+            "{err}"
+        );
         server.join().unwrap();
     }
 }

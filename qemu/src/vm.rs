@@ -62,7 +62,11 @@ impl Mac {
 impl std::fmt::Display for Mac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -78,14 +82,23 @@ pub struct PortForward {
 pub enum NetBackend {
     /// QEMU user networking (guest 10.0.2.15/24, DHCP, host 10.0.2.2),
     /// with host-to-guest TCP forwards and optionally a TFTP server.
-    User { forwards: Vec<PortForward>, tftp: Option<TftpBoot> },
+    User {
+        forwards: Vec<PortForward>,
+        tftp: Option<TftpBoot>,
+    },
     /// An existing tap device (no up/down scripts).
     Tap { ifname: String },
     /// A multicast segment on the host: every VM joined to `group` shares one
     /// Ethernet (needs multicast on the loopback device).
-    Multicast { group: SocketAddrV4, local: Ipv4Addr },
+    Multicast {
+        group: SocketAddrV4,
+        local: Ipv4Addr,
+    },
     /// A point-to-point UDP link between two VMs.
-    Datagram { local: SocketAddrV4, remote: SocketAddrV4 },
+    Datagram {
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    },
 }
 
 /// QEMU's built-in TFTP server for PXE: `dir` served, `bootfile` offered by DHCP.
@@ -160,7 +173,10 @@ impl VmSpec {
             dir: dir.to_path_buf(),
             accel,
             memory_mib: DEFAULT_MEMORY_MIB,
-            boot: Boot::Kernel { image: image.to_path_buf(), cmdline: cmdline.to_string() },
+            boot: Boot::Kernel {
+                image: image.to_path_buf(),
+                cmdline: cmdline.to_string(),
+            },
             disks: Vec::new(),
             nics: Vec::new(),
             console: ConsoleMode::Socket,
@@ -187,14 +203,20 @@ impl VmSpec {
 
     /// Adds a disk; returns `self` for chaining.
     pub fn disk(mut self, path: &Path) -> Self {
-        self.disks.push(DiskSpec { path: path.to_path_buf() });
+        self.disks.push(DiskSpec {
+            path: path.to_path_buf(),
+        });
         self
     }
 
     /// Adds a NIC with a MAC derived from `node` and its index.
     pub fn nic(mut self, node: u8, backend: NetBackend) -> Self {
         let mac = Mac::for_nic(node, self.nics.len() as u8);
-        self.nics.push(NicSpec { backend, mac, pxe_rom: None });
+        self.nics.push(NicSpec {
+            backend,
+            mac,
+            pxe_rom: None,
+        });
         self
     }
 
@@ -213,7 +235,8 @@ impl VmSpec {
     /// The QEMU arguments (without the program name) for this VM.
     pub fn qemu_args(&self) -> Vec<OsString> {
         let mut a = Args::default();
-        a.push("-name").push(format!("tandem-{},process=tandem-{}", self.name, self.name));
+        a.push("-name")
+            .push(format!("tandem-{},process=tandem-{}", self.name, self.name));
         a.push("-M").push("q35");
         a.push("-nodefaults").push("-no-user-config");
         a.push("-display").push("none");
@@ -237,11 +260,15 @@ impl VmSpec {
             drive.push(qemu_escape_path(&disk.path));
             drive.push(format!(",if=none,id=d{i},format=raw,cache=writeback"));
             a.push("-drive").push(drive);
-            a.push("-device").push(format!("virtio-blk-pci,drive=d{i},id=disk{i}"));
+            a.push("-device")
+                .push(format!("virtio-blk-pci,drive=d{i},id=disk{i}"));
         }
         for (i, nic) in self.nics.iter().enumerate() {
             a.push("-netdev").push(netdev_arg(i, &nic.backend));
-            let mut device = OsString::from(format!("virtio-net-pci,netdev=n{i},id=nic{i},mac={}", nic.mac));
+            let mut device = OsString::from(format!(
+                "virtio-net-pci,netdev=n{i},id=nic{i},mac={}",
+                nic.mac
+            ));
             match &nic.pxe_rom {
                 Some(rom) => {
                     device.push(",disable-legacy=on,romfile=");
@@ -294,7 +321,9 @@ fn netdev_arg(i: usize, backend: &NetBackend) -> OsString {
             }
         }
         NetBackend::Tap { ifname } => {
-            s.push(format!("tap,id=n{i},ifname={ifname},script=no,downscript=no"));
+            s.push(format!(
+                "tap,id=n{i},ifname={ifname},script=no,downscript=no"
+            ));
         }
         NetBackend::Multicast { group, local } => {
             s.push(format!("socket,id=n{i},mcast={group},localaddr={local}"));
@@ -342,31 +371,52 @@ mod tests {
     use super::*;
 
     fn strings(spec: &VmSpec) -> Vec<String> {
-        spec.qemu_args().into_iter().map(|a| a.into_string().unwrap()).collect()
+        spec.qemu_args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
     }
 
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
     fn a_plain_node_gets_the_documented_machine() {
-        let spec = VmSpec::new("a", Path::new("/run/t"), Path::new("/img"), "log=info", Accel::Tcg)
-            .disk(Path::new("/d/0.img"))
-            .nic(
-                1,
-                NetBackend::User {
-                    forwards: vec![PortForward { host: 18100, guest: 8100 }],
-                    tftp: None,
-                },
-            );
+        let spec = VmSpec::new(
+            "a",
+            Path::new("/run/t"),
+            Path::new("/img"),
+            "log=info",
+            Accel::Tcg,
+        )
+        .disk(Path::new("/d/0.img"))
+        .nic(
+            1,
+            NetBackend::User {
+                forwards: vec![PortForward {
+                    host: 18100,
+                    guest: 8100,
+                }],
+                tftp: None,
+            },
+        );
         let args = strings(&spec);
         let line = args.join(" ");
         assert!(line.contains("-M q35 -nodefaults"), "{line}");
-        assert!(line.contains("-display none -m 64M -accel tcg -cpu max"), "{line}");
+        assert!(
+            line.contains("-display none -m 64M -accel tcg -cpu max"),
+            "{line}"
+        );
         assert_eq!(after(&args, "-kernel"), ["/img"]);
         assert_eq!(after(&args, "-append"), ["log=info"]);
-        assert_eq!(after(&args, "-drive"), ["file=/d/0.img,if=none,id=d0,format=raw,cache=writeback"]);
+        assert_eq!(
+            after(&args, "-drive"),
+            ["file=/d/0.img,if=none,id=d0,format=raw,cache=writeback"]
+        );
         assert_eq!(
             after(&args, "-device"),
             [
@@ -375,13 +425,21 @@ mod tests {
                 "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:7a:01:00,romfile="
             ]
         );
-        assert_eq!(after(&args, "-netdev"), ["user,id=n0,hostfwd=tcp:127.0.0.1:18100-:8100"]);
+        assert_eq!(
+            after(&args, "-netdev"),
+            ["user,id=n0,hostfwd=tcp:127.0.0.1:18100-:8100"]
+        );
         assert_eq!(
             after(&args, "-chardev"),
-            ["socket,id=ser0,path=/run/t/console.sock,server=on,wait=off,logfile=/run/t/console.log"]
+            [
+                "socket,id=ser0,path=/run/t/console.sock,server=on,wait=off,logfile=/run/t/console.log"
+            ]
         );
         assert_eq!(after(&args, "-serial"), ["chardev:ser0"]);
-        assert_eq!(after(&args, "-qmp"), ["unix:/run/t/qmp.sock,server=on,wait=off"]);
+        assert_eq!(
+            after(&args, "-qmp"),
+            ["unix:/run/t/qmp.sock,server=on,wait=off"]
+        );
         assert!(!args.contains(&"-no-reboot".to_string()));
         assert!(!args.contains(&"-mon".to_string()));
         assert_eq!(spec.host_ports(), [18100]);
@@ -392,7 +450,12 @@ mod tests {
         let mut spec = VmSpec::new("b", Path::new("/r"), Path::new("/img"), "", Accel::Kvm)
             .disk(Path::new("/d0"))
             .disk(Path::new("/d1"))
-            .nic(2, NetBackend::Tap { ifname: "tap0".into() })
+            .nic(
+                2,
+                NetBackend::Tap {
+                    ifname: "tap0".into(),
+                },
+            )
             .nic(
                 2,
                 NetBackend::Multicast {
@@ -410,7 +473,10 @@ mod tests {
         spec.no_reboot = true;
         spec.memory_mib = 32;
         let args = strings(&spec);
-        assert!(args.join(" ").contains("-m 32M -accel kvm -cpu host,-arch-capabilities"));
+        assert!(
+            args.join(" ")
+                .contains("-m 32M -accel kvm -cpu host,-arch-capabilities")
+        );
         assert!(args.contains(&"-no-reboot".to_string()));
         assert_eq!(
             after(&args, "-netdev"),
@@ -424,7 +490,10 @@ mod tests {
         let devices = after(&args, "-device");
         assert_eq!(devices[1], "virtio-blk-pci,drive=d0,id=disk0");
         assert_eq!(devices[2], "virtio-blk-pci,drive=d1,id=disk1");
-        assert_eq!(devices[5], "virtio-net-pci,netdev=n2,id=nic2,mac=52:54:00:7a:02:02,romfile=");
+        assert_eq!(
+            devices[5],
+            "virtio-net-pci,netdev=n2,id=nic2,mac=52:54:00:7a:02:02,romfile="
+        );
         assert!(spec.host_ports().is_empty());
     }
 
@@ -434,7 +503,10 @@ mod tests {
             0,
             NetBackend::User {
                 forwards: vec![],
-                tftp: Some(TftpBoot { dir: "/srv/tftp".into(), bootfile: "boot.ipxe".into() }),
+                tftp: Some(TftpBoot {
+                    dir: "/srv/tftp".into(),
+                    bootfile: "boot.ipxe".into(),
+                }),
             },
         );
         spec.boot = Boot::Network;
@@ -442,7 +514,10 @@ mod tests {
         let args = strings(&spec);
         assert!(!args.contains(&"-kernel".to_string()));
         assert_eq!(after(&args, "-boot"), ["n"]);
-        assert_eq!(after(&args, "-netdev"), ["user,id=n0,tftp=/srv/tftp,bootfile=boot.ipxe"]);
+        assert_eq!(
+            after(&args, "-netdev"),
+            ["user,id=n0,tftp=/srv/tftp,bootfile=boot.ipxe"]
+        );
         assert_eq!(
             after(&args, "-device")[1],
             "virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:7a:00:00,disable-legacy=on,\
@@ -455,7 +530,10 @@ mod tests {
         let mut spec = VmSpec::new("t", Path::new("/r"), Path::new("/img"), "", Accel::Tcg);
         spec.console = ConsoleMode::Stdio;
         let args = strings(&spec);
-        assert_eq!(after(&args, "-chardev"), ["stdio,id=ser0,mux=on,signal=on,logfile=/r/console.log"]);
+        assert_eq!(
+            after(&args, "-chardev"),
+            ["stdio,id=ser0,mux=on,signal=on,logfile=/r/console.log"]
+        );
         assert_eq!(after(&args, "-mon"), ["chardev=ser0,mode=readline"]);
     }
 
@@ -464,8 +542,14 @@ mod tests {
         let spec = VmSpec::new("c", Path::new("/r,x"), Path::new("/img"), "", Accel::Tcg)
             .disk(Path::new("/a,b.img"));
         let args = strings(&spec);
-        assert_eq!(after(&args, "-drive")[0], "file=/a,,b.img,if=none,id=d0,format=raw,cache=writeback");
-        assert_eq!(after(&args, "-qmp")[0], "unix:/r,,x/qmp.sock,server=on,wait=off");
+        assert_eq!(
+            after(&args, "-drive")[0],
+            "file=/a,,b.img,if=none,id=d0,format=raw,cache=writeback"
+        );
+        assert_eq!(
+            after(&args, "-qmp")[0],
+            "unix:/r,,x/qmp.sock,server=on,wait=off"
+        );
     }
 
     #[test]
