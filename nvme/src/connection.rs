@@ -53,6 +53,12 @@ pub struct QueueStats {
     pub errors: u64,
     pub r2ts: u64,
     pub pdus_in: u64,
+    /// Data bytes this crate copied from `receive` input into command
+    /// buffers (write data, in-capsule data): one copy, socket to block buffer.
+    pub bytes_copied_in: u64,
+    /// Bytes copied by [`Connection::write_output`] (zero when the caller
+    /// sends from [`Connection::output`] directly).
+    pub bytes_copied_out: u64,
 }
 
 /// What the console shows about a connection.
@@ -274,6 +280,7 @@ impl Connection {
                     let chunk = &data[..n];
                     data = &data[n..];
                     let crc = if self.ddgst { self.crc.update(crc, chunk) } else { crc };
+                    self.stats.bytes_copied_in += n as u64;
                     match dest {
                         Dest::Capsule => self.capsule_data.extend_from_slice(chunk),
                         Dest::H2C { cid } => {
@@ -911,6 +918,7 @@ impl Connection {
             let n = src.len().min(dst.len() - written);
             dst[written..written + n].copy_from_slice(&src[..n]);
             written += n;
+            self.stats.bytes_copied_out += n as u64;
             self.consume_output(n);
         }
         written

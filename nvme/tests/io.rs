@@ -22,6 +22,9 @@ fn write_in_capsule_then_read_back() {
     assert_eq!(got, data);
     let s = q.conn.info().stats;
     assert_eq!((s.reads, s.writes, s.bytes_read, s.bytes_written, s.r2ts), (1, 1, 8192, 8192, 0));
+    // One copy of each data byte inside the crate (input to its buffer):
+    // the Connect data (1 KiB) and the write (8 KiB); none for the read.
+    assert_eq!(s.bytes_copied_in, 1024 + 8192);
     assert_eq!(h.target.stats().write_commands, 1);
 }
 
