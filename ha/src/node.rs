@@ -268,6 +268,10 @@ struct Resync {
 enum ApplyKind {
     Write(u64),
     Resync,
+    /// A host write issued to the local disk before this node lost the
+    /// primary role: it will still land, so replicated and resync data for
+    /// the same range must wait for it.
+    Orphan(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -1053,6 +1057,9 @@ impl DataNode {
     pub fn on_local_write_done(&mut self, now: Instant, id: u64, ok: bool) {
         if let Some(w) = self.writes.get_mut(&id) {
             w.local = Some(ok);
+        } else if let Some(pos) = self.applying.iter().position(|&(k, _, _)| k == ApplyKind::Orphan(id)) {
+            self.applying.remove(pos);
+            self.issue_applies();
         }
         self.progress(now);
     }
@@ -1085,6 +1092,12 @@ impl DataNode {
     }
 
     fn fail_all_io(&mut self) {
+        for (id, w) in &self.writes {
+            if w.started && w.local.is_none() {
+                self.applying.push((ApplyKind::Orphan(*id), w.offset, w.len));
+            }
+        }
+        self.unacked.clear();
         let ids: Vec<u64> = self.writes.keys().copied().collect();
         for id in ids {
             self.actions.push(Action::CompleteWrite { id, result: IoResult::PathError });
@@ -1818,7 +1831,7 @@ impl DataNode {
             self.applying.push((a.kind, a.offset, a.data.len() as u64));
             self.actions.push(match a.kind {
                 ApplyKind::Write(seq) => Action::ApplyReplicatedWrite { seq, offset: a.offset, data: a.data },
-                ApplyKind::Resync => Action::ApplyResync { offset: a.offset, data: a.data },
+                ApplyKind::Resync | ApplyKind::Orphan(_) => Action::ApplyResync { offset: a.offset, data: a.data },
             });
         }
     }

@@ -145,13 +145,25 @@ fn paused_primary_resumed_after_takeover_acknowledges_nothing_and_serves_no_stal
     // The new primary acknowledges writes the paused node never saw, while
     // the host keeps sending some commands down the stale path.
     let acked_before = s.host.writes_acked;
+    let versions = s.acked_versions();
     s.run_for(1_000 * MS);
     assert!(s.host.writes_acked > acked_before + 50);
+    // Reads of blocks the new primary changed, and new writes, sent down
+    // the stale path: a stale read or an acknowledged write would be caught.
+    s.host.enabled = false;
+    s.run_for(50 * MS);
+    let changed = s.blocks_acked_since(&versions);
+    let reads = changed.iter().filter(|&&b| s.host_read_via(p, b)).count();
+    let writes = (0..HOST_BLOCKS).filter(|&b| s.host_write_via(p, b)).take(10).count();
+    assert!(reads >= 3 && writes >= 3, "reads {reads} writes {writes}");
+    s.run_for(MS);
     let queued = s.queued_host_commands(p);
-    assert!(queued > 0, "the host sent nothing to the paused node");
-    s.resume(p);
+    assert!(queued >= reads + writes, "the paused node did not queue the host's commands");
+    s.host.enabled = true;
+    s.resume_host_first(p, 20 * MS);
     // Every queued command was checked on completion (stale reads and lost
-    // writes panic); the resumed node must have refused them all.
+    // writes panic): the resumed node, whose clock says its lease is still
+    // valid, must not complete any of them.
     s.run_for(500 * MS);
     assert_ne!(s.data(p).role(), Role::Primary, "{}", s.log_tail());
     assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
@@ -191,7 +203,6 @@ fn witness_restart_forgets_nothing_that_matters() {
     // The witness restarts and forgets; then the primary dies. The stale
     // secondary comes back: it must not become primary.
     s.restart(NodeId::Witness);
-    s.run_for(100 * MS);
     s.kill(p);
     s.restart(p.peer());
     s.run_for(3_000 * MS);

@@ -85,6 +85,7 @@ enum Event {
     Deliver { to: NodeId, input: Input },
     Tick,
     HostStep,
+    Release { to: NodeId },
 }
 
 pub enum Member {
@@ -98,6 +99,9 @@ pub struct SimNode {
     pub paused_since: Option<u64>,
     paused_total: u64,
     inbox: VecDeque<Input>,
+    /// Network input held back (in order) until this time.
+    held_until: Option<u64>,
+    held: VecDeque<Input>,
     pub disk: BTreeMap<u64, Vec<u8>>,
     pub meta: BTreeMap<u64, Vec<u8>>,
     incarnation: u64,
@@ -250,6 +254,8 @@ impl Sim {
                 paused_since: None,
                 paused_total: 0,
                 inbox: VecDeque::new(),
+                held_until: None,
+                held: VecDeque::new(),
                 disk: BTreeMap::new(),
                 meta: BTreeMap::new(),
                 incarnation: 0,
@@ -390,7 +396,21 @@ impl Sim {
                     n.inbox.push_back(input);
                     return;
                 }
+                let network = matches!(input, Input::Datagram { .. } | Input::Stream { .. } | Input::StreamOpen { .. } | Input::StreamClose { .. });
+                if network && n.held_until.is_some() {
+                    n.held.push_back(input);
+                    return;
+                }
                 self.process(to, input);
+            }
+            Event::Release { to } => {
+                self.nodes[idx(to)].held_until = None;
+                while let Some(input) = self.nodes[idx(to)].held.pop_front() {
+                    if self.nodes[idx(to)].member.is_some() {
+                        self.process(to, input);
+                        self.check();
+                    }
+                }
             }
         }
     }
@@ -493,6 +513,23 @@ impl Sim {
 
     fn execute(&mut self, id: NodeId, a: Action) {
         let inc = self.nodes[idx(id)].incarnation;
+        if let Ok(b) = std::env::var("HA_SIM_TRACE_BLOCK") {
+            let b: u64 = b.parse().unwrap();
+            let hit = |off: u64, len: u64| b * BLOCK >= off && b * BLOCK < off + len;
+            let t = self.now as f64 / 1000.0;
+            match &a {
+                Action::ApplyReplicatedWrite { seq, offset, data } if hit(*offset, data.len() as u64) => eprintln!("{t:.3} {id} apply-repl seq {seq} v{}", version_of(&data[((b * BLOCK - offset) as usize)..])),
+                Action::ApplyResync { offset, data } if hit(*offset, data.len() as u64) => eprintln!("{t:.3} {id} apply-resync v{}", version_of(&data[((b * BLOCK - offset) as usize)..])),
+                Action::SubmitLocalWrite { id: w } | Action::ReplicateWrite { id: w, .. } => {
+                    if let Some(HostOp::Write { block, version }) = self.nodes[idx(id)].host_ops.get(w) {
+                        if *block == b { eprintln!("{t:.3} {id} {:?} v{version}", a); }
+                    } else if let Some(d) = self.nodes[idx(id)].write_data.get(w) {
+                        if u64::from_be_bytes(d[8..16].try_into().unwrap()) == b { eprintln!("{t:.3} {id} {} v{} (op unknown)", if matches!(a, Action::SubmitLocalWrite{..}) {"submit"} else {"replicate"}, version_of(d)); }
+                    }
+                }
+                _ => {}
+            }
+        }
         match a {
             Action::SendDatagram { to, link, bytes } => self.send_datagram(id, to, link, bytes),
             Action::SendStream { bytes } => self.stream_send(id, bytes),
@@ -643,6 +680,8 @@ impl Sim {
         node.member = None;
         node.paused_since = None;
         node.inbox.clear();
+        node.held.clear();
+        node.held_until = None;
         node.incarnation += 1;
         if n.is_data_node() {
             self.close_stream();
@@ -676,6 +715,26 @@ impl Sim {
             node.paused_total += self.now - since;
         }
         while let Some(input) = self.nodes[idx(n)].inbox.pop_front() {
+            self.process(n, input);
+            self.check();
+        }
+    }
+
+    /// Resumes a paused node the worst way round: the host commands that
+    /// queued up are handled first, while the network backlog (which would
+    /// tell it that it was deposed) is held back for `hold` more.
+    pub fn resume_host_first(&mut self, n: NodeId, hold: u64) {
+        self.log.push(format!("{:>8.3}ms resume {} (host first, network held {}us)", self.now as f64 / 1000.0, n, hold));
+        let node = &mut self.nodes[idx(n)];
+        if let Some(since) = node.paused_since.take() {
+            node.paused_total += self.now - since;
+        }
+        let backlog: Vec<Input> = self.nodes[idx(n)].inbox.drain(..).collect();
+        let (host, rest): (Vec<Input>, Vec<Input>) = backlog.into_iter().partition(|i| !matches!(i, Input::Datagram { .. } | Input::Stream { .. } | Input::StreamOpen { .. } | Input::StreamClose { .. }));
+        self.nodes[idx(n)].held_until = Some(self.now + hold);
+        self.nodes[idx(n)].held.extend(rest);
+        self.schedule(hold, Event::Release { to: n });
+        for input in host {
             self.process(n, input);
             self.check();
         }
@@ -798,6 +857,51 @@ impl Sim {
         self.host.in_flight.insert(id, (target, op, self.now));
         let d = self.rng.range(50, 200);
         self.deliver(d, target, Input::Host { id, op });
+    }
+
+    /// Sends a read of `block` to `target` now, whatever its ANA state (a
+    /// host with a stale path view). Returns false if the block is busy.
+    pub fn host_read_via(&mut self, target: NodeId, block: u64) -> bool {
+        let bs = &mut self.host.blocks[block as usize];
+        if bs.in_flight {
+            return false;
+        }
+        bs.in_flight = true;
+        let op = HostOp::Read { block, min_version: bs.acked };
+        self.host.read_in_flight += 1;
+        let id = self.host.next_id;
+        self.host.next_id += 1;
+        self.host.in_flight.insert(id, (target, op, self.now));
+        self.deliver(10, target, Input::Host { id, op });
+        true
+    }
+
+    /// Sends a new write of `block` to `target` now, whatever its ANA state.
+    pub fn host_write_via(&mut self, target: NodeId, block: u64) -> bool {
+        let bs = &mut self.host.blocks[block as usize];
+        if bs.in_flight || bs.pending.is_some() {
+            return false;
+        }
+        let version = self.host.next_version;
+        self.host.next_version += 1;
+        bs.pending = Some((version, 0));
+        bs.issued_max = bs.issued_max.max(version);
+        bs.in_flight = true;
+        let op = HostOp::Write { block, version };
+        let id = self.host.next_id;
+        self.host.next_id += 1;
+        self.host.in_flight.insert(id, (target, op, self.now));
+        self.deliver(10, target, Input::Host { id, op });
+        true
+    }
+
+    /// Blocks whose acknowledged version is above `versions[block]`.
+    pub fn blocks_acked_since(&self, versions: &[u64]) -> Vec<u64> {
+        (0..HOST_BLOCKS).filter(|&b| self.host.blocks[b as usize].acked > versions[b as usize]).collect()
+    }
+
+    pub fn acked_versions(&self) -> Vec<u64> {
+        self.host.blocks.iter().map(|b| b.acked).collect()
     }
 
     fn host_complete(&mut self, id: u64, outcome: Option<(IoResult, Option<Vec<u8>>)>) {
@@ -957,6 +1061,14 @@ fn persisted_record(n: &SimNode) -> Option<tandem_ha::EpochRecord> {
 
 fn write_disk(disk: &mut BTreeMap<u64, Vec<u8>>, offset: u64, data: &[u8]) {
     assert_eq!(offset % BLOCK, 0);
+    if let Ok(b) = std::env::var("HA_SIM_TRACE_BLOCK") {
+        let b: u64 = b.parse().unwrap();
+        let o = b * BLOCK;
+        if o >= offset && o < offset + data.len() as u64 {
+            let k = ((o - offset) / BLOCK) as usize * BLOCK as usize;
+            eprintln!("disk write {:p} block {b} v{} (len {})", disk, version_of(&data[k..k + 16]), data.len());
+        }
+    }
     for (i, chunk) in data.chunks(BLOCK as usize).enumerate() {
         let mut b = chunk.to_vec();
         b.resize(BLOCK as usize, 0);
