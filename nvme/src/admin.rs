@@ -480,7 +480,7 @@ fn get_log_page(t: &mut Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply 
     let numd = (((cdw11 & 0xFFFF) as u64) << 16 | (cdw10 >> 16) as u64) + 1;
     let len = numd * 4;
     let offset = (sqe.cdw(13) as u64) << 32 | sqe.cdw(12) as u64;
-    if len > t.config.limits.max_data_transfer as u64 || offset % 4 != 0 {
+    if len > t.config.limits.max_data_transfer as u64 || !offset.is_multiple_of(4) {
         return Reply::status(Status::INVALID_FIELD);
     }
     let discovery = c.kind == SubsystemKind::Discovery;
@@ -498,11 +498,10 @@ fn get_log_page(t: &mut Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply 
         (false, lid::COMMAND_EFFECTS) => effects_log(),
         (false, lid::ANA) => {
             let log = ana_log(t, lsp & 1 != 0);
-            if !rae {
-                if let Some(c) = t.controller_mut(cntlid, instance) {
+            if !rae
+                && let Some(c) = t.controller_mut(cntlid, instance) {
                     c.ana_aen_masked = false;
                 }
-            }
             log
         }
         _ => return Reply::status(Status::INVALID_LOG_PAGE),
@@ -712,9 +711,11 @@ fn get_features(t: &Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply {
                 };
                 g | g << 16
             }
-            fid::ASYNC_EVENT_CONFIG => if current { c.async_event_config as u64 } else { 0 },
-            fid::KEEP_ALIVE_TIMER => if current { c.kato_ms as u64 } else { 0 },
-            fid::VOLATILE_WRITE_CACHE => if current { c.write_cache_enabled as u64 } else { 1 },
+            fid::ASYNC_EVENT_CONFIG if current => c.async_event_config as u64,
+            fid::KEEP_ALIVE_TIMER if current => c.kato_ms as u64,
+            fid::VOLATILE_WRITE_CACHE if current => c.write_cache_enabled as u64,
+            // Defaults: no events, no keep-alive, write cache on.
+            fid::VOLATILE_WRITE_CACHE => 1,
             _ => 0,
         },
         // Supported capabilities: changeable, not saveable, not per namespace.

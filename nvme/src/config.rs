@@ -200,10 +200,10 @@ impl TargetConfig {
         if !l.max_data_transfer.is_power_of_two() || l.max_data_transfer < 4096 || l.max_data_transfer > 1 << 24 {
             return Err(Error::InvalidConfig("max_data_transfer must be a power of two in 4 KiB..=16 MiB"));
         }
-        if l.in_capsule_data % 16 != 0 || l.in_capsule_data > 1 << 20 {
+        if !l.in_capsule_data.is_multiple_of(16) || l.in_capsule_data > 1 << 20 {
             return Err(Error::InvalidConfig("in_capsule_data must be a multiple of 16, <= 1 MiB"));
         }
-        if l.max_h2c_data < 4096 || l.max_h2c_data % 4 != 0 {
+        if l.max_h2c_data < 4096 || !l.max_h2c_data.is_multiple_of(4) {
             return Err(Error::InvalidConfig("max_h2c_data must be >= 4096 and a multiple of 4"));
         }
         if l.data_budget < l.max_data_transfer {

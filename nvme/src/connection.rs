@@ -484,12 +484,11 @@ impl Connection {
     }
 
     fn try_resume(&mut self, t: &mut Target, now: Instant) {
-        if let Rx::Stalled { sqe, data_len } = self.rx {
-            if self.outstanding() < self.depth() {
+        if let Rx::Stalled { sqe, data_len } = self.rx
+            && self.outstanding() < self.depth() {
                 self.rx = Rx::Header;
                 self.start_capsule(t, now, sqe, data_len);
             }
-        }
     }
 
     fn outstanding(&self) -> usize {
@@ -984,11 +983,10 @@ impl Connection {
     }
 
     fn check_controller(&mut self, t: &Target) {
-        if let Some(b) = self.binding {
-            if t.controller(b.cntlid, b.instance).is_none() {
+        if let Some(b) = self.binding
+            && t.controller(b.cntlid, b.instance).is_none() {
                 self.controller_gone();
             }
-        }
     }
 
     // ---------------------------------------------------------- closing
