@@ -76,9 +76,10 @@ fn chaos(seed: u64, steps: usize) {
                 }
             }
             _ => {
-                if let Some(n) = fenced.take() {
+                if let Some(n) = fenced {
                     if s.nodes[n.index()].alive() && s.nodes[n.index()].paused_since.is_none() {
                         s.with_data(n, |d, now| d.unfence(now));
+                        fenced = None;
                     }
                 } else {
                     let n = [NodeId::A, NodeId::B][r.below(2) as usize];
