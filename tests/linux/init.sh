@@ -60,7 +60,7 @@ for mod in $(cat /lib/modules/load-order); do
   # shellcheck disable=SC2046
   insmod "/lib/modules/$mod.ko" $(module_args "$mod") || halt "insmod $mod failed"
 done
-mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+grep -q " /sys/kernel/config " /proc/mounts || mount -t configfs configfs /sys/kernel/config
 
 ip link set lo up
 i=0

@@ -1,0 +1,277 @@
+//! fio from the stock Linux NVMe/TCP host against a target, under TCG.
+//!
+//!   linux-bench nvmet [--write-docs] [OPTIONS]
+//!       boots Linux's nvmet-tcp (the reference) and the initiator on a fresh
+//!       segment, runs the jobs, prints the table; --write-docs replaces the
+//!       nvmet-tcp section of docs/benchmarks.md.
+//!   linux-bench external --address A --port P --subnqn NQN --netns NS [OPTIONS]
+//!       runs the same jobs against a target already on the multicast segment
+//!       230.0.0.1:5000 inside network namespace NS (e.g. a tandem image
+//!       started with `-netdev socket,mcast=230.0.0.1:5000,localaddr=127.0.0.1`
+//!       under `ip netns exec NS`). The initiator takes 10.0.0.20/24.
+//! OPTIONS: --runtime SECS (10) --vcpus N (1) --memory MIB (1024)
+//!          --disk-mib N (1024, nvmet only) --jobs name,name (all)
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tandem_linux_guest::fio::{self, BENCH_JOBS, FioJob, FioResult};
+use tandem_linux_guest::image::{guest_dir, repo_root};
+use tandem_linux_guest::scenario::{self, Endpoint, GuestShape, Rig, SEGMENT};
+use tandem_linux_guest::{Error, GuestConfig, GuestImage};
+
+const DOC_HEADING: &str = "## Linux nvmet-tcp reference (fio from the Linux host)";
+
+struct Options {
+    mode: String,
+    write_docs: bool,
+    runtime: Duration,
+    shape: GuestShape,
+    disk_mib: u64,
+    jobs: Vec<FioJob>,
+    address: Option<Ipv4Addr>,
+    port: u16,
+    subnqn: Option<String>,
+    netns: Option<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        mode: args.first().cloned().ok_or("usage: linux-bench nvmet|external [OPTIONS]")?,
+        write_docs: false,
+        runtime: Duration::from_secs(10),
+        shape: GuestShape::default(),
+        disk_mib: 1024,
+        jobs: BENCH_JOBS.to_vec(),
+        address: None,
+        port: 4420,
+        subnqn: None,
+        netns: None,
+    };
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        let num = |s: String, name: &str| s.parse::<u64>().map_err(|_| format!("{name}: not a number: {s}"));
+        match a.as_str() {
+            "--write-docs" => o.write_docs = true,
+            "--runtime" => o.runtime = Duration::from_secs(num(value(a)?, a)?),
+            "--vcpus" => o.shape.vcpus = num(value(a)?, a)? as u32,
+            "--memory" => o.shape.memory_mib = num(value(a)?, a)? as u32,
+            "--disk-mib" => o.disk_mib = num(value(a)?, a)?,
+            "--port" => o.port = num(value(a)?, a)? as u16,
+            "--address" => o.address = Some(value(a)?.parse().map_err(|_| "--address: not an IPv4 address")?),
+            "--subnqn" => o.subnqn = Some(value(a)?),
+            "--netns" => o.netns = Some(value(a)?),
+            "--jobs" => {
+                let names = value(a)?;
+                o.jobs = names
+                    .split(',')
+                    .map(|n| BENCH_JOBS.iter().find(|j| j.name == n).copied().ok_or(format!("unknown job {n}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    match o.mode.as_str() {
+        "nvmet" => {}
+        "external" => {
+            if o.address.is_none() || o.subnqn.is_none() || o.netns.is_none() {
+                return Err("external needs --address, --subnqn and --netns".into());
+            }
+        }
+        m => return Err(format!("unknown mode {m} (nvmet or external)")),
+    }
+    Ok(o)
+}
+
+fn run_nvmet(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
+    let mut rig = Rig::new("bench")?;
+    let disk = guest_dir().join("runs/bench-disk.raw");
+    scenario::create_disk(&disk, o.disk_mib << 20)?;
+    let mut target = rig.start_nvmet(image, &disk, o.port, o.shape, Duration::from_secs(1800))?;
+    // Start the initiator once the target listens, so its boot does not
+    // compete for the CPUs with nothing to measure yet.
+    target.wait_ready(Duration::from_secs(180))?;
+    let config = rig.bench_initiator(&target.endpoint, &o.jobs, o.runtime, o.shape);
+    let outcome = tandem_linux_guest::run(image, &config);
+    let target_outcome = target.stop();
+    let _ = std::fs::remove_file(&disk);
+    let outcome = outcome?;
+    outcome.check()?;
+    target_outcome?.check()?;
+    eprint!("{}", outcome.output);
+    scenario::collect_fio(&outcome, &o.jobs)
+}
+
+fn run_external(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
+    let endpoint = Endpoint {
+        address: o.address.expect("checked"),
+        port: o.port,
+        subnqn: o.subnqn.clone().expect("checked"),
+    };
+    let mut config = GuestConfig::new("bench-external", scenario::FIO_BENCH_SCRIPT)
+        .vcpus(o.shape.vcpus)
+        .memory_mib(o.shape.memory_mib)
+        .nic(SEGMENT, "10.0.0.20/24")
+        .env("TARGET_ADDR", endpoint.address)
+        .env("TARGET_PORT", endpoint.port)
+        .env("SUBNQN", &endpoint.subnqn)
+        .env("FIO_JOBS", fio::jobs_env(&o.jobs))
+        .env("FIO_RUNTIME", o.runtime.as_secs())
+        .timeout(Duration::from_secs(90 + 4 * (o.runtime.as_secs() + 2) * o.jobs.len() as u64));
+    config.netns = o.netns.clone();
+    let outcome = tandem_linux_guest::run(image, &config)?;
+    outcome.check()?;
+    eprint!("{}", outcome.output);
+    scenario::collect_fio(&outcome, &o.jobs)
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib as f64 / (1024.0 * 1024.0))
+        .unwrap_or(0.0);
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+fn render_section(o: &Options, image: &GuestImage, results: &[FioResult], wall: Duration) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{DOC_HEADING}\n");
+    let _ = writeln!(
+        s,
+        "Written by `tests/linux/bench.sh nvmet --write-docs` (`linux-bench`). Linux's own target \
+         (nvmet-tcp, configfs, namespace on a virtio-blk raw file) in one guest, the Linux host \
+         (nvme-tcp, fio) in another, both on one virtual Ethernet segment (QEMU `-netdev socket` \
+         multicast on the loopback of a private network namespace). These are the figures tandem \
+         is compared with; compare only figures from one run on one machine.\n"
+    );
+    let qemu = command_line("qemu-system-x86_64", &["--version"]);
+    let _ = writeln!(s, "- date: {}", command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let _ = writeln!(s, "- machine: {}", machine());
+    let _ = writeln!(
+        s,
+        "- accelerator: **TCG** (`-accel tcg,thread=multi -cpu max`), {}",
+        qemu.lines().next().unwrap_or("QEMU")
+    );
+    let _ = writeln!(
+        s,
+        "- each guest: {} vCPU, {} MiB, Debian kernel {}; target disk {} MiB raw, cache=writeback",
+        o.shape.vcpus, o.shape.memory_mib, image.kernel_version, o.disk_mib
+    );
+    let _ = writeln!(
+        s,
+        "- fio 3.33, io_uring, direct=1, time_based, {} s per job after 2 s ramp, jobs in the order listed; whole run {:.0} s wall\n",
+        o.runtime.as_secs(),
+        wall.as_secs_f64()
+    );
+    s.push_str(&fio::render_table(results));
+    s
+}
+
+/// Replaces the section starting at `heading` (up to the next `## `), or appends it.
+fn replace_section(document: &str, heading: &str, section: &str) -> String {
+    let lines: Vec<&str> = document.lines().collect();
+    let section = section.trim_end_matches('\n');
+    let Some(start) = lines.iter().position(|l| l.trim_end() == heading) else {
+        let mut out = document.trim_end_matches('\n').to_string();
+        if out.is_empty() {
+            out.push_str("# Benchmarks");
+        }
+        return format!("{out}\n\n{section}\n");
+    };
+    let end = lines[start + 1..].iter().position(|l| l.starts_with("## ")).map_or(lines.len(), |i| start + 1 + i);
+    let mut out = lines[..start].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(section);
+    out.push('\n');
+    if end < lines.len() {
+        out.push('\n');
+        out.push_str(&lines[end..].join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("linux-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let result = GuestImage::ensure().and_then(|image| {
+        let results = if o.mode == "nvmet" { run_nvmet(&o, &image)? } else { run_external(&o, &image)? };
+        Ok((image, results))
+    });
+    let (image, results) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("linux-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let section = render_section(&o, &image, &results, started.elapsed());
+    println!("{section}");
+    if o.write_docs && o.mode == "nvmet" {
+        let path = repo_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, replace_section(&doc, DOC_HEADING, &section)) {
+            eprintln!("linux-bench: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("linux-bench: updated {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_replaced_in_place_or_appended() {
+        let doc = "# Benchmarks\n\n## Boot\n\nboot text\n\n## Linux nvmet-tcp reference (fio from the Linux host)\n\nold\n\n## Later\n\nx\n";
+        let out = replace_section(doc, DOC_HEADING, &format!("{DOC_HEADING}\n\nnew\n"));
+        assert!(out.contains("boot text") && out.contains("\nnew\n") && !out.contains("old"));
+        assert!(out.contains("## Later\n\nx"));
+        let appended = replace_section("# Benchmarks\n\n## Boot\n", DOC_HEADING, "## Linux nvmet-tcp reference (fio from the Linux host)\n\nn");
+        assert!(appended.starts_with("# Benchmarks\n\n## Boot\n\n## Linux nvmet-tcp"));
+    }
+
+    #[test]
+    fn arguments() {
+        let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = parse_args(&a("nvmet --runtime 5 --jobs randread-4k-qd1,read-128k-qd32 --write-docs")).unwrap();
+        assert_eq!(o.runtime, Duration::from_secs(5));
+        assert_eq!(o.jobs.len(), 2);
+        assert!(o.write_docs);
+        assert!(parse_args(&a("external --address 10.0.0.2")).is_err());
+        assert!(parse_args(&a("nvmet --jobs nope")).is_err());
+        assert!(parse_args(&a("external --address 10.0.0.2 --subnqn n --netns x")).is_ok());
+    }
+}

@@ -1,0 +1,184 @@
+//! Ready-made guests: Linux's nvmet-tcp target, the smoke-test initiator and
+//! the fio benchmark, on one Ethernet segment in a fresh network namespace.
+
+use crate::error::{Error, Result};
+use crate::fio::{self, FioJob, FioResult};
+use crate::guest::{GuestConfig, GuestOutcome, NetBackend, RunningGuest, spawn};
+use crate::image::GuestImage;
+use crate::netns::Netns;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Guest script: nvmet-tcp on /dev/vda through configfs (env NVMET_*).
+pub const NVMET_TARGET_SCRIPT: &str = include_str!("../guest/nvmet-target.sh");
+/// Guest script: discover, connect, inspect, fio verify, disconnect.
+pub const INITIATOR_SMOKE_SCRIPT: &str = include_str!("../guest/initiator-smoke.sh");
+/// Guest script: the fio benchmark (env FIO_JOBS, FIO_RUNTIME, …).
+pub const FIO_BENCH_SCRIPT: &str = include_str!("../guest/fio-bench.sh");
+
+/// The segment every guest of a [`Rig`] is on: multicast on the loopback of
+/// the rig's own namespace.
+pub const SEGMENT: NetBackend = NetBackend::Mcast { group: Ipv4Addr::new(230, 0, 0, 1), port: 5000 };
+/// The segment's subnet is 10.0.0.0/24 (inside the namespace only).
+pub const PREFIX_LEN: u8 = 24;
+
+/// An NVMe/TCP subsystem reachable on the segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub subnqn: String,
+}
+
+impl Endpoint {
+    fn env(&self, config: GuestConfig) -> GuestConfig {
+        config
+            .env("TARGET_ADDR", self.address)
+            .env("TARGET_PORT", self.port)
+            .env("SUBNQN", &self.subnqn)
+    }
+}
+
+/// Shape of the guests (the same for target and initiator, so a comparison
+/// between targets is on identical virtual hardware).
+#[derive(Debug, Clone, Copy)]
+pub struct GuestShape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Default for GuestShape {
+    fn default() -> Self {
+        GuestShape { vcpus: 1, memory_mib: 1024 }
+    }
+}
+
+/// Creates (or truncates to) a sparse raw disk file of `bytes`.
+pub fn create_disk(path: &Path, bytes: u64) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let f = std::fs::File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.set_len(bytes).map_err(|e| Error::io(format!("sizing {}", path.display()), e))
+}
+
+/// A network namespace with one segment, on which guests are started.
+pub struct Rig {
+    pub netns: Netns,
+    label: String,
+    next_host: u8,
+}
+
+impl Rig {
+    /// A fresh namespace; guest names start with `label`.
+    pub fn new(label: &str) -> Result<Rig> {
+        Ok(Rig { netns: Netns::create()?, label: label.to_string(), next_host: 20 })
+    }
+
+    /// The next free address on the segment (10.0.0.20, .21, …).
+    fn next_address(&mut self) -> String {
+        let a = format!("10.0.0.{}/{PREFIX_LEN}", self.next_host);
+        self.next_host += 1;
+        a
+    }
+
+    /// A guest on the segment: name `<label>-<role>`, the next free address.
+    pub fn guest(&mut self, role: &str, script: &str, shape: GuestShape) -> GuestConfig {
+        let address = self.next_address();
+        GuestConfig::new(&format!("{}-{role}", self.label), script)
+            .vcpus(shape.vcpus)
+            .memory_mib(shape.memory_mib)
+            .nic(SEGMENT, &address)
+            .in_netns(&self.netns)
+    }
+
+    /// Starts Linux's nvmet-tcp on a disk at 10.0.0.10 (not awaited: see
+    /// [`NvmetTarget::wait_ready`]; initiators retry discovery meanwhile).
+    pub fn start_nvmet(
+        &mut self,
+        image: &GuestImage,
+        disk: &Path,
+        port: u16,
+        shape: GuestShape,
+        lifetime: Duration,
+    ) -> Result<NvmetTarget> {
+        let endpoint = Endpoint {
+            address: Ipv4Addr::new(10, 0, 0, 10),
+            port,
+            subnqn: "nqn.2026-11.io.tandem.test:nvmet-ref".into(),
+        };
+        let config = GuestConfig::new(&format!("{}-nvmet", self.label), NVMET_TARGET_SCRIPT)
+            .vcpus(shape.vcpus)
+            .memory_mib(shape.memory_mib)
+            .nic(SEGMENT, &format!("{}/{PREFIX_LEN}", endpoint.address))
+            .disk(disk)
+            .in_netns(&self.netns)
+            .env("NVMET_NQN", &endpoint.subnqn)
+            .env("NVMET_ADDR", endpoint.address)
+            .env("NVMET_PORT", port)
+            .env("NVMET_SERIAL", "nvmetref0001")
+            .env("NVMET_LIFETIME", lifetime.as_secs())
+            .timeout(lifetime + Duration::from_secs(60));
+        Ok(NvmetTarget { guest: spawn(image, &config)?, endpoint })
+    }
+
+    /// The smoke test initiator against `endpoint` (extra `nvme connect`
+    /// options such as `-i 2 --hdr-digest --data-digest` in `connect_opts`).
+    pub fn smoke_initiator(&mut self, endpoint: &Endpoint, connect_opts: &str, shape: GuestShape) -> GuestConfig {
+        let c = self.guest("initiator", INITIATOR_SMOKE_SCRIPT, shape).timeout(Duration::from_secs(240));
+        endpoint.env(c).env("CONNECT_OPTS", connect_opts)
+    }
+
+    /// The fio benchmark initiator against `endpoint`.
+    pub fn bench_initiator(
+        &mut self,
+        endpoint: &Endpoint,
+        jobs: &[FioJob],
+        runtime: Duration,
+        shape: GuestShape,
+    ) -> GuestConfig {
+        let per_job = runtime.as_secs() + 2;
+        // Guest time runs slow under TCG on a busy host: allow 4× wall.
+        let limit = Duration::from_secs(90 + 4 * per_job * jobs.len() as u64);
+        let c = self.guest("bench", FIO_BENCH_SCRIPT, shape).timeout(limit);
+        endpoint
+            .env(c)
+            .env("FIO_JOBS", fio::jobs_env(jobs))
+            .env("FIO_RUNTIME", runtime.as_secs())
+            .env("FIO_RAMP", 2)
+    }
+}
+
+/// A running nvmet-tcp guest.
+pub struct NvmetTarget {
+    pub guest: RunningGuest,
+    pub endpoint: Endpoint,
+}
+
+impl NvmetTarget {
+    /// Waits until the target is configured and listening.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.guest.wait_for_mark("ready", timeout)
+    }
+
+    /// Tells the target to power off and returns its outcome.
+    pub fn stop(self) -> Result<GuestOutcome> {
+        self.guest.signal("stop")?;
+        self.guest.wait()
+    }
+}
+
+/// Reads the fio results the bench script left in the share.
+pub fn collect_fio(outcome: &GuestOutcome, jobs: &[FioJob]) -> Result<Vec<FioResult>> {
+    jobs.iter()
+        .map(|job| {
+            let path: PathBuf = outcome.share.join(format!("fio-{}.json", job.name));
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Fio {
+                job: job.name.to_string(),
+                reason: format!("reading {}: {e}", path.display()),
+            })?;
+            fio::parse(job.name, &text)
+        })
+        .collect()
+}
