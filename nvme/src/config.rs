@@ -248,3 +248,57 @@ impl TargetConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(nsid: u32) -> NamespaceConfig {
+        NamespaceConfig { nsid, blocks: 8, lba_shift: 9, nguid: [1; 16], uuid: [2; 16], ana_group: 1 }
+    }
+
+    fn bad(f: impl FnOnce(&mut TargetConfig)) -> Error {
+        let mut c = TargetConfig::new("nqn.2026-11.dev.tandem:t");
+        c.namespaces = alloc::vec![ns(1)];
+        f(&mut c);
+        c.validate().unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_meet_the_linux_minimums() {
+        let c = TargetConfig::new("nqn.2026-11.dev.tandem:t");
+        c.validate().unwrap();
+        assert!(c.limits.max_queue_depth >= 128);
+        assert!(c.limits.max_data_transfer >= 128 * 1024);
+        assert!(c.limits.in_capsule_data >= 8192);
+        assert!(c.limits.max_h2c_data >= c.limits.max_data_transfer, "pre-5.17 hosts send one H2CData per R2T");
+    }
+
+    #[test]
+    fn every_invalid_value_is_refused() {
+        let cases: [fn(&mut TargetConfig); 17] = [
+            |c| c.subsystem_nqn = String::new(),
+            |c| c.subsystem_nqn = DISCOVERY_NQN.into(),
+            |c| c.serial = "x".repeat(21),
+            |c| c.cntlid_min = 0,
+            |c| c.cntlid_max = 0xFFF0,
+            |c| c.limits.max_io_queues = 0,
+            |c| c.limits.max_queue_depth = 1,
+            |c| c.limits.max_data_transfer = 3000,
+            |c| c.limits.in_capsule_data = 100,
+            |c| c.limits.max_h2c_data = 4098,
+            |c| c.limits.data_budget = 1,
+            |c| c.limits.max_aers = 0,
+            |c| c.ana_groups = alloc::vec![(1, AnaState::Optimized), (1, AnaState::Optimized)],
+            |c| c.namespaces.push(ns(1)),
+            |c| c.namespaces[0].lba_shift = 10,
+            |c| c.namespaces[0].ana_group = 7,
+            |c| c.namespaces[0].blocks = u64::MAX,
+        ];
+        for (i, f) in cases.into_iter().enumerate() {
+            assert!(matches!(bad(f), Error::InvalidConfig(_)), "case {i}");
+        }
+        assert!(matches!(bad(|c| c.allowed_hosts.push(String::new())), Error::InvalidConfig(_)));
+        assert!(matches!(bad(|c| c.namespaces[0].nsid = 0), Error::InvalidConfig(_)));
+    }
+}
