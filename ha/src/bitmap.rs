@@ -16,7 +16,11 @@ pub struct Bitmap {
 impl Bitmap {
     /// A bitmap of `len` clear bits.
     pub fn new(len: u64) -> Self {
-        Bitmap { words: vec![0; len.div_ceil(64) as usize], len, set: 0 }
+        Bitmap {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+            set: 0,
+        }
     }
     pub fn len(&self) -> u64 {
         self.len
@@ -29,14 +33,20 @@ impl Bitmap {
         self.set
     }
     pub fn get(&self, i: u64) -> bool {
-        i < self.len && self.words.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        i < self.len
+            && self
+                .words
+                .get((i / 64) as usize)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     /// Sets bit `i`; returns true if it was clear. Out-of-range is ignored.
     pub fn set(&mut self, i: u64) -> bool {
         if i >= self.len {
             return false;
         }
-        let Some(w) = self.words.get_mut((i / 64) as usize) else { return false };
+        let Some(w) = self.words.get_mut((i / 64) as usize) else {
+            return false;
+        };
         let m = 1 << (i % 64);
         let was_clear = *w & m == 0;
         *w |= m;
@@ -48,7 +58,9 @@ impl Bitmap {
         if i >= self.len {
             return false;
         }
-        let Some(w) = self.words.get_mut((i / 64) as usize) else { return false };
+        let Some(w) = self.words.get_mut((i / 64) as usize) else {
+            return false;
+        };
         let m = 1 << (i % 64);
         let was_set = *w & m != 0;
         *w &= !m;
@@ -90,10 +102,10 @@ impl Bitmap {
     pub fn export(&self, first: u64, count: u64) -> Vec<u8> {
         let mut out = vec![0u8; count.div_ceil(8) as usize];
         for k in 0..count {
-            if self.get(first + k) {
-                if let Some(b) = out.get_mut((k / 8) as usize) {
-                    *b |= 1 << (k % 8);
-                }
+            if self.get(first + k)
+                && let Some(b) = out.get_mut((k / 8) as usize)
+            {
+                *b |= 1 << (k % 8);
             }
         }
         out
@@ -101,7 +113,10 @@ impl Bitmap {
     /// Sets the bits of a run exported by [`Bitmap::export`] (ORs them in).
     pub fn import_or(&mut self, first: u64, count: u64, bytes: &[u8]) {
         for k in 0..count {
-            if bytes.get((k / 8) as usize).is_some_and(|b| b & (1 << (k % 8)) != 0) {
+            if bytes
+                .get((k / 8) as usize)
+                .is_some_and(|b| b & (1 << (k % 8)) != 0)
+            {
                 self.set(first.saturating_add(k));
             }
         }
@@ -140,7 +155,10 @@ mod tests {
         let bytes = a.export(5, 60);
         let mut c = Bitmap::new(70);
         c.import_or(5, 60, &bytes);
-        assert_eq!((c.get(9), c.get(63), c.get(64), c.get(0), c.get(69)), (true, true, true, false, false));
+        assert_eq!(
+            (c.get(9), c.get(63), c.get(64), c.get(0), c.get(69)),
+            (true, true, true, false, false)
+        );
         let mut d = Bitmap::new(70);
         d.set(1);
         d.union_with(&a);

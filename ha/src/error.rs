@@ -39,7 +39,9 @@ impl fmt::Display for Error {
             Error::UnknownKind(k) => write!(f, "unknown message kind {k}"),
             Error::InvalidField(name) => write!(f, "invalid value in field {name}"),
             Error::TooLarge { length, max } => write!(f, "length {length} exceeds limit {max}"),
-            Error::NoValidSuperblock => write!(f, "no valid superblock copy: disk not formatted for tandem"),
+            Error::NoValidSuperblock => {
+                write!(f, "no valid superblock copy: disk not formatted for tandem")
+            }
             Error::MetadataMismatch(what) => write!(f, "metadata does not match this node: {what}"),
             Error::InvalidConfig(what) => write!(f, "invalid HA configuration: {what}"),
         }

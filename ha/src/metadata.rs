@@ -16,10 +16,10 @@
 
 use alloc::vec::Vec;
 
-use crate::bitmap::Bitmap;
-use crate::types::{opt_node_from_u8, opt_node_to_u8, DataState, EpochRecord, NodeId};
-use crate::wire::{Reader, Writer, CRC32C};
 use crate::Error;
+use crate::bitmap::Bitmap;
+use crate::types::{DataState, EpochRecord, NodeId, opt_node_from_u8, opt_node_to_u8};
+use crate::wire::{CRC32C, Reader, Writer};
 
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TANDEMHA";
 pub const BITMAP_MAGIC: u32 = 0x5444_424d; // "TDBM"
@@ -46,7 +46,9 @@ impl Layout {
     /// Computes the layout. `region_size` must be a power of two ≥ 4096.
     pub fn new(disk_bytes: u64, region_size: u32) -> Result<Layout, Error> {
         if region_size < BLOCK_SIZE as u32 || !region_size.is_power_of_two() {
-            return Err(Error::InvalidConfig("region size must be a power of two of at least 4096"));
+            return Err(Error::InvalidConfig(
+                "region size must be a power of two of at least 4096",
+            ));
         }
         // Size the bitmap for the whole disk (a slight over-estimate), then
         // put the metadata at the end, aligned down to 4 KiB.
@@ -57,7 +59,8 @@ impl Layout {
             return Err(Error::InvalidConfig("disk too small for the HA metadata"));
         }
         let data_bytes = (disk_bytes - md_bytes) / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
-        let bitmap_blocks = u32::try_from(bitmap_blocks).map_err(|_| Error::InvalidConfig("disk too large"))?;
+        let bitmap_blocks =
+            u32::try_from(bitmap_blocks).map_err(|_| Error::InvalidConfig("disk too large"))?;
         Ok(Layout {
             disk_bytes,
             data_bytes,
@@ -88,7 +91,11 @@ impl Layout {
         if len == 0 {
             return 0..0;
         }
-        offset / rs..offset.saturating_add(len).div_ceil(rs).min(self.region_count)
+        offset / rs
+            ..offset
+                .saturating_add(len)
+                .div_ceil(rs)
+                .min(self.region_count)
     }
     /// The bitmap block holding region `region`.
     pub fn block_of_region(&self, region: u64) -> u32 {
@@ -137,7 +144,11 @@ impl Superblock {
             .u8(self.node.to_u8())
             .u8(self.data_state as u8)
             .u8(self.peer_state as u8)
-            .u8(if self.admin_fenced { FLAG_ADMIN_FENCED } else { 0 })
+            .u8(if self.admin_fenced {
+                FLAG_ADMIN_FENCED
+            } else {
+                0
+            })
             .u32(0)
             .u64(self.epoch)
             .u8(opt_node_to_u8(self.voted_for))
@@ -181,14 +192,20 @@ impl Superblock {
         }
         let sequence = r.u64();
         let pair_id = r.u64();
-        let node = NodeId::from_u8(r.u8()).filter(|n| n.is_data_node()).ok_or(Error::InvalidField("superblock.node"))?;
-        let data_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("superblock.data_state"))?;
-        let peer_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("superblock.peer_state"))?;
+        let node = NodeId::from_u8(r.u8())
+            .filter(|n| n.is_data_node())
+            .ok_or(Error::InvalidField("superblock.node"))?;
+        let data_state =
+            DataState::from_u8(r.u8()).ok_or(Error::InvalidField("superblock.data_state"))?;
+        let peer_state =
+            DataState::from_u8(r.u8()).ok_or(Error::InvalidField("superblock.peer_state"))?;
         let flags = r.u8();
         r.skip(4);
         let epoch = r.u64();
-        let voted_for = opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("superblock.voted_for"))?;
-        let vote_outdated = opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("superblock.vote_outdated"))?;
+        let voted_for =
+            opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("superblock.voted_for"))?;
+        let vote_outdated = opt_node_from_u8(r.u8())
+            .map_err(|_| Error::InvalidField("superblock.vote_outdated"))?;
         r.skip(6);
         let record = r.record()?;
         let data_bytes = r.u64();
@@ -196,7 +213,13 @@ impl Superblock {
         let bitmap_blocks = r.u32();
         let region_count = r.u64();
         let disk_bytes = r.u64();
-        let layout = Layout { disk_bytes, data_bytes, region_size, region_count, bitmap_blocks };
+        let layout = Layout {
+            disk_bytes,
+            data_bytes,
+            region_size,
+            region_count,
+            bitmap_blocks,
+        };
         if Layout::new(disk_bytes, region_size) != Ok(layout) {
             return Err(Error::InvalidField("superblock.layout"));
         }
@@ -234,7 +257,15 @@ pub fn emit_bitmap_block(bitmap: &Bitmap, index: u32) -> Vec<u8> {
     let count = BITS_PER_BLOCK.min(bitmap.len().saturating_sub(first));
     let bits = bitmap.export(first, count);
     let mut out = Vec::with_capacity(BLOCK_SIZE);
-    Writer(&mut out).u32(BITMAP_MAGIC).u16(FORMAT_VERSION).u16(0).u32(0).u32(index).u64(first).u32(count as u32).u32(0);
+    Writer(&mut out)
+        .u32(BITMAP_MAGIC)
+        .u16(FORMAT_VERSION)
+        .u16(0)
+        .u32(0)
+        .u32(index)
+        .u64(first)
+        .u32(count as u32)
+        .u32(0);
     out.extend_from_slice(&bits);
     out.resize(BLOCK_SIZE, 0);
     let crc = CRC32C.checksum(&out);
@@ -260,7 +291,10 @@ pub fn load_bitmap_block(bitmap: &mut Bitmap, index: u32, block: &[u8]) -> bool 
         let mut copy = [0u8; BLOCK_SIZE];
         copy.copy_from_slice(&block[..BLOCK_SIZE]);
         copy[8..12].fill(0);
-        CRC32C.checksum(&copy) == crc && r.u32() == index && r.u64() == first && r.u32() as u64 == count
+        CRC32C.checksum(&copy) == crc
+            && r.u32() == index
+            && r.u64() == first
+            && r.u32() as u64 == count
     })();
     if valid {
         bitmap.import_or(first, count, &block[BITMAP_HEADER_LEN..]);
@@ -287,7 +321,11 @@ mod tests {
             epoch: 12,
             voted_for: Some(NodeId::A),
             vote_outdated: Some(NodeId::B),
-            record: EpochRecord { epoch: 11, primary: Some(NodeId::A), outdated: Some(NodeId::B) },
+            record: EpochRecord {
+                epoch: 11,
+                primary: Some(NodeId::A),
+                outdated: Some(NodeId::B),
+            },
             layout: Layout::new(1 << 30, 65536).unwrap(),
         }
     }
@@ -336,7 +374,10 @@ mod tests {
         let mut torn2 = new.clone();
         torn2[100] ^= 1;
         assert_eq!(Superblock::load(&old, &torn2).unwrap().sequence, 6);
-        assert_eq!(Superblock::load(&[0; 4096], &[0; 4096]), Err(Error::NoValidSuperblock));
+        assert_eq!(
+            Superblock::load(&[0; 4096], &[0; 4096]),
+            Err(Error::NoValidSuperblock)
+        );
     }
 
     #[test]
@@ -344,10 +385,18 @@ mod tests {
         let l = Layout::new(3 * BITS_PER_BLOCK * 4096 + 65536, 4096).unwrap();
         assert!(l.bitmap_blocks >= 3);
         let mut bm = Bitmap::new(l.region_count);
-        for i in [0, 5, BITS_PER_BLOCK, 2 * BITS_PER_BLOCK + 7, l.region_count - 1] {
+        for i in [
+            0,
+            5,
+            BITS_PER_BLOCK,
+            2 * BITS_PER_BLOCK + 7,
+            l.region_count - 1,
+        ] {
             bm.set(i);
         }
-        let blocks: Vec<Vec<u8>> = (0..l.bitmap_blocks).map(|i| emit_bitmap_block(&bm, i)).collect();
+        let blocks: Vec<Vec<u8>> = (0..l.bitmap_blocks)
+            .map(|i| emit_bitmap_block(&bm, i))
+            .collect();
         let mut back = Bitmap::new(l.region_count);
         for (i, b) in blocks.iter().enumerate() {
             assert!(load_bitmap_block(&mut back, i as u32, b));
@@ -357,7 +406,10 @@ mod tests {
         torn[600] ^= 1;
         let mut back = Bitmap::new(l.region_count);
         assert!(!load_bitmap_block(&mut back, 1, &torn));
-        assert_eq!(back.count(), BITS_PER_BLOCK.min(l.region_count - BITS_PER_BLOCK));
+        assert_eq!(
+            back.count(),
+            BITS_PER_BLOCK.min(l.region_count - BITS_PER_BLOCK)
+        );
         // A block written for another index is refused too.
         let mut back = Bitmap::new(l.region_count);
         assert!(!load_bitmap_block(&mut back, 0, &blocks[1]));

@@ -13,14 +13,14 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::bitmap::Bitmap;
-use crate::metadata::{emit_bitmap_block, load_bitmap_block, Layout, Superblock};
-use crate::time::{Duration, Instant};
-use crate::types::{AnaState, DataState, EpochRecord, LinkId, NodeId, Role, MAX_LINKS};
-use crate::voter::{OwnView, VoteAsk, Voter};
-use crate::wire::control::{flags, Datagram, ElectionReason, Heartbeat, Message, Refusal};
-use crate::wire::stream::{self, AckStatus, Body, Frame, Hello};
 use crate::Error;
+use crate::bitmap::Bitmap;
+use crate::metadata::{Layout, Superblock, emit_bitmap_block, load_bitmap_block};
+use crate::time::{Duration, Instant};
+use crate::types::{AnaState, DataState, EpochRecord, LinkId, MAX_LINKS, NodeId, Role};
+use crate::voter::{OwnView, VoteAsk, Voter};
+use crate::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal, flags};
+use crate::wire::stream::{self, AckStatus, Body, Frame, Hello};
 
 /// The timers of the protocol. All are measured on the local clock only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +59,14 @@ impl Timing {
             return Err(Error::InvalidConfig("heartbeat interval must be positive"));
         }
         if self.lease_duration.as_micros() < 2 * i {
-            return Err(Error::InvalidConfig("lease must cover at least two heartbeat intervals"));
+            return Err(Error::InvalidConfig(
+                "lease must cover at least two heartbeat intervals",
+            ));
         }
         if self.failure_timeout.as_micros() < 2 * i {
-            return Err(Error::InvalidConfig("failure timeout must cover at least two heartbeat intervals"));
+            return Err(Error::InvalidConfig(
+                "failure timeout must cover at least two heartbeat intervals",
+            ));
         }
         Ok(())
     }
@@ -164,7 +168,11 @@ pub struct RoleChange {
 impl fmt::Display for RoleChange {
     /// `tandem: role <role> epoch <N> reason <text>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tandem: role {} epoch {} reason {}", self.role, self.epoch, self.reason)
+        write!(
+            f,
+            "tandem: role {} epoch {} reason {}",
+            self.role, self.epoch, self.reason
+        )
     }
 }
 
@@ -172,7 +180,11 @@ impl fmt::Display for RoleChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send a UDP datagram to `to` over `link`.
-    SendDatagram { to: NodeId, link: LinkId, bytes: Vec<u8> },
+    SendDatagram {
+        to: NodeId,
+        link: LinkId,
+        bytes: Vec<u8>,
+    },
     /// Append bytes to the replication stream.
     SendStream { bytes: Vec<u8> },
     /// Append `frame_prefix` then the data of host write `id` to the stream.
@@ -188,7 +200,11 @@ pub enum Action {
     /// Complete host read `id` (whose data the kernel read) to the host.
     CompleteRead { id: u64, result: IoResult },
     /// Secondary: write replicated data; report `on_replicated_write_done`.
-    ApplyReplicatedWrite { seq: u64, offset: u64, data: Vec<u8> },
+    ApplyReplicatedWrite {
+        seq: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// Primary: read this range for resync; report `on_resync_read_done`.
     ReadForResync { offset: u64, len: u32 },
     /// Secondary: write resync data; report `on_resync_write_done`.
@@ -374,7 +390,11 @@ impl fmt::Display for Status {
             self.epoch,
             self.data_state,
             self.ana.name(),
-            if self.admin_fenced { " fenced-by-operator" } else { "" }
+            if self.admin_fenced {
+                " fenced-by-operator"
+            } else {
+                ""
+            }
         )?;
         write!(f, "  lease:")?;
         match self.lease_remaining {
@@ -387,7 +407,18 @@ impl fmt::Display for Status {
             write!(f, " election:{}({})", e, r.name())?;
         }
         writeln!(f)?;
-        write!(f, "  {} role:{} disk:{} reachable:{}", self.node.peer(), if self.record.primary == Some(self.node.peer()) { "primary" } else { "secondary" }, self.peer_state, self.peer_reachable)?;
+        write!(
+            f,
+            "  {} role:{} disk:{} reachable:{}",
+            self.node.peer(),
+            if self.record.primary == Some(self.node.peer()) {
+                "primary"
+            } else {
+                "secondary"
+            },
+            self.peer_state,
+            self.peer_reachable
+        )?;
         for l in 0..self.links as usize {
             write!(f, " link{}:", l)?;
             fmt_age(f, self.peer_heard[l])?;
@@ -402,7 +433,14 @@ impl fmt::Display for Status {
             self.out_of_sync_bytes
         )?;
         if let Some(p) = self.resync {
-            writeln!(f, "    resync:{}.{}% ({} of {} regions left)", p.per_mille() / 10, p.per_mille() % 10, p.remaining_regions, p.total_regions)?;
+            writeln!(
+                f,
+                "    resync:{}.{}% ({} of {} regions left)",
+                p.per_mille() / 10,
+                p.per_mille() % 10,
+                p.remaining_regions,
+                p.total_regions
+            )?;
         }
         write!(f, "  witness reachable:{}", self.witness_reachable)?;
         for l in 0..self.links as usize {
@@ -421,6 +459,9 @@ pub struct Counters {
     pub stream_errors: u64,
     pub fenced_writes_refused: u64,
 }
+
+/// Region size of the dirty bitmap unless configured otherwise.
+pub const DEFAULT_REGION_SIZE: u32 = 65536;
 
 /// How a fresh disk is formatted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -471,19 +512,33 @@ pub struct DataNode {
     counters: Counters,
 }
 
+/// Replicated data held by a secondary while an overlapping write is on its
+/// disk; beyond this the peer is misbehaving and the stream is reset.
+const MAX_QUEUED_APPLY_BYTES: usize = 64 << 20;
+
 fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
     a_off < b_off.saturating_add(b_len) && b_off < a_off.saturating_add(a_len)
 }
 
 impl DataNode {
-    /// Formats a fresh disk of `disk_bytes`: emits the whole metadata area.
-    pub fn format(cfg: Config, disk_bytes: u64, initial: InitialData, now: Instant) -> Result<DataNode, Error> {
-        let layout = Layout::new(disk_bytes, 65536.min(Self::region_size_for(disk_bytes)))?;
+    /// Formats a fresh disk of `disk_bytes` with 64 KiB regions.
+    pub fn format(
+        cfg: Config,
+        disk_bytes: u64,
+        initial: InitialData,
+        now: Instant,
+    ) -> Result<DataNode, Error> {
+        let layout = Layout::new(disk_bytes, DEFAULT_REGION_SIZE)?;
         Self::format_with_layout(cfg, layout, initial, now)
     }
 
     /// Formats with an explicit layout (region size).
-    pub fn format_with_layout(cfg: Config, layout: Layout, initial: InitialData, now: Instant) -> Result<DataNode, Error> {
+    pub fn format_with_layout(
+        cfg: Config,
+        layout: Layout,
+        initial: InitialData,
+        now: Instant,
+    ) -> Result<DataNode, Error> {
         let data_state = match initial {
             InitialData::UpToDate => DataState::UpToDate,
             InitialData::Inconsistent => DataState::Inconsistent,
@@ -512,14 +567,16 @@ impl DataNode {
         Ok(n)
     }
 
-    fn region_size_for(_disk_bytes: u64) -> u32 {
-        65536
-    }
-
     /// Opens from the metadata area read back from disk: both superblock
     /// slots and the bitmap blocks (concatenated, `layout.bitmap_blocks`
     /// blocks of 4 KiB).
-    pub fn open(cfg: Config, slot0: &[u8], slot1: &[u8], bitmap_blocks: &[u8], now: Instant) -> Result<DataNode, Error> {
+    pub fn open(
+        cfg: Config,
+        slot0: &[u8],
+        slot1: &[u8],
+        bitmap_blocks: &[u8],
+        now: Instant,
+    ) -> Result<DataNode, Error> {
         let sb = Superblock::load(slot0, slot1)?;
         if sb.node != cfg.node {
             return Err(Error::MetadataMismatch("disk belongs to the other node"));
@@ -530,13 +587,20 @@ impl DataNode {
         let mut bitmap = Bitmap::new(sb.layout.region_count);
         for i in 0..sb.layout.bitmap_blocks {
             let start = i as usize * crate::metadata::BLOCK_SIZE;
-            let block = bitmap_blocks.get(start..start + crate::metadata::BLOCK_SIZE).unwrap_or(&[]);
+            let block = bitmap_blocks
+                .get(start..start + crate::metadata::BLOCK_SIZE)
+                .unwrap_or(&[]);
             load_bitmap_block(&mut bitmap, i, block);
         }
         Self::from_parts(cfg, sb, bitmap, now)
     }
 
-    fn from_parts(cfg: Config, sb: Superblock, bitmap: Bitmap, now: Instant) -> Result<DataNode, Error> {
+    fn from_parts(
+        cfg: Config,
+        sb: Superblock,
+        bitmap: Bitmap,
+        now: Instant,
+    ) -> Result<DataNode, Error> {
         cfg.timing.validate()?;
         if !cfg.node.is_data_node() {
             return Err(Error::InvalidConfig("a data node must be a or b"));
@@ -545,8 +609,20 @@ impl DataNode {
             return Err(Error::InvalidConfig("links must be 1..=4"));
         }
         let horizon = cfg.timing.promise_horizon();
-        let voter = Voter::new(cfg.node, sb.epoch, sb.voted_for, sb.vote_outdated, sb.record, now, horizon);
-        let role = if sb.admin_fenced { Role::Fenced } else { Role::Secondary };
+        let voter = Voter::new(
+            cfg.node,
+            sb.epoch,
+            sb.voted_for,
+            sb.vote_outdated,
+            sb.record,
+            now,
+            horizon,
+        );
+        let role = if sb.admin_fenced {
+            Role::Fenced
+        } else {
+            Role::Secondary
+        };
         let mut n = DataNode {
             me: cfg.node,
             peer: cfg.node.peer(),
@@ -565,14 +641,20 @@ impl DataNode {
             handover_from_peer: false,
             handed_over_to: None,
             demote: None,
-            lease: Lease { next_round: 1, ..Lease::default() },
+            lease: Lease {
+                next_round: 1,
+                ..Lease::default()
+            },
             writes: BTreeMap::new(),
             seq_to_id: BTreeMap::new(),
             unacked: BTreeMap::new(),
             next_seq: 1,
             deferred: VecDeque::new(),
             reads: BTreeMap::new(),
-            stream: StreamState { since: now, ..StreamState::default() },
+            stream: StreamState {
+                since: now,
+                ..StreamState::default()
+            },
             resync: None,
             applying: Vec::new(),
             apply_queue: VecDeque::new(),
@@ -641,10 +723,11 @@ impl DataNode {
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self) -> Instant {
         let mut t = self.next_heartbeat;
-        if let Some(u) = self.lease.until {
-            if self.role == Role::Primary && u < t {
-                t = u;
-            }
+        if let Some(u) = self.lease.until
+            && self.role == Role::Primary
+            && u < t
+        {
+            t = u;
         }
         t
     }
@@ -681,32 +764,47 @@ impl DataNode {
         self.sb_sequence += 1;
         let sb = self.superblock();
         let offset = self.layout.superblock_offset(sb.sequence);
-        self.actions.push(Action::PersistMetadata { offset, bytes: sb.emit() });
+        self.actions.push(Action::PersistMetadata {
+            offset,
+            bytes: sb.emit(),
+        });
     }
 
     fn persist_bitmap(&mut self) {
-        let blocks: Vec<u32> = core::mem::take(&mut self.dirty_blocks).into_iter().collect();
+        let blocks: Vec<u32> = core::mem::take(&mut self.dirty_blocks)
+            .into_iter()
+            .collect();
         for b in blocks {
             let bytes = emit_bitmap_block(&self.bitmap, b);
-            self.actions.push(Action::PersistMetadata { offset: self.layout.bitmap_block_offset(b), bytes });
+            self.actions.push(Action::PersistMetadata {
+                offset: self.layout.bitmap_block_offset(b),
+                bytes,
+            });
         }
     }
 
     fn set_bit(&mut self, region: u64) {
         if self.bitmap.set(region) {
-            self.dirty_blocks.insert(self.layout.block_of_region(region));
+            self.dirty_blocks
+                .insert(self.layout.block_of_region(region));
         }
     }
     fn clear_bit(&mut self, region: u64) {
         if self.bitmap.clear(region) {
-            self.dirty_blocks.insert(self.layout.block_of_region(region));
+            self.dirty_blocks
+                .insert(self.layout.block_of_region(region));
         }
     }
 
     // ----- events and ANA -----
 
     fn push_role_change(&mut self, now: Instant, reason: &'static str) {
-        let change = RoleChange { at: now, role: self.role, epoch: self.voter.record.epoch, reason };
+        let change = RoleChange {
+            at: now,
+            role: self.role,
+            epoch: self.voter.record.epoch,
+            reason,
+        };
         if self.history.len() >= self.cfg.history_len.max(1) {
             self.history.pop_front();
         }
@@ -722,9 +820,12 @@ impl DataNode {
     fn desired_ana(&self, now: Instant) -> AnaState {
         if self.is_serving(now) {
             AnaState::Optimized
-        } else if self.role == Role::Primary && self.demote.is_some() {
-            AnaState::Change
-        } else if self.candidacy.is_some_and(|c| c.reason == ElectionReason::Switchover) && self.role != Role::Primary {
+        } else if (self.role == Role::Primary && self.demote.is_some())
+            || (self.role != Role::Primary
+                && self
+                    .candidacy
+                    .is_some_and(|c| c.reason == ElectionReason::Switchover))
+        {
             AnaState::Change
         } else {
             AnaState::Inaccessible
@@ -743,19 +844,43 @@ impl DataNode {
 
     fn send_all_links(&mut self, to: NodeId, message: Message) {
         for l in 0..self.cfg.links {
-            let dg = Datagram { sender: self.me, link: LinkId(l), epoch: self.voter.epoch, message };
-            self.actions.push(Action::SendDatagram { to, link: LinkId(l), bytes: dg.emit() });
+            let dg = Datagram {
+                sender: self.me,
+                link: LinkId(l),
+                epoch: self.voter.epoch,
+                message,
+            };
+            self.actions.push(Action::SendDatagram {
+                to,
+                link: LinkId(l),
+                bytes: dg.emit(),
+            });
         }
     }
 
     fn send_on(&mut self, to: NodeId, link: LinkId, message: Message) {
-        let dg = Datagram { sender: self.me, link, epoch: self.voter.epoch, message };
-        self.actions.push(Action::SendDatagram { to, link, bytes: dg.emit() });
+        let dg = Datagram {
+            sender: self.me,
+            link,
+            epoch: self.voter.epoch,
+            message,
+        };
+        self.actions.push(Action::SendDatagram {
+            to,
+            link,
+            bytes: dg.emit(),
+        });
     }
 
     fn send_frame(&mut self, epoch: u64, seq: u64, body: Body<'_>) {
         if self.stream.connected {
-            let bytes = Frame { sender: self.me, epoch, seq, body }.emit();
+            let bytes = Frame {
+                sender: self.me,
+                epoch,
+                seq,
+                body,
+            }
+            .emit();
             self.actions.push(Action::SendStream { bytes });
         }
     }
@@ -777,7 +902,9 @@ impl DataNode {
             vote_outdated: self.voter.vote_outdated,
             record: self.voter.record,
             incarnation: self.cfg.incarnation,
-            echo: self.voter.knowledge[to.index()].heartbeat.map_or(0, |h| h.incarnation),
+            echo: self.voter.knowledge[to.index()]
+                .heartbeat
+                .map_or(0, |h| h.incarnation),
         }
     }
 
@@ -796,7 +923,15 @@ impl DataNode {
             let start = j / RUN * RUN;
             let count = RUN.min(self.bitmap.len() - start);
             let bits = self.bitmap.export(start, count);
-            self.send_frame(epoch, 0, Body::Bitmap { first_region: start, bit_count: count as u32, bits: &bits });
+            self.send_frame(
+                epoch,
+                0,
+                Body::Bitmap {
+                    first_region: start,
+                    bit_count: count as u32,
+                    bits: &bits,
+                },
+            );
             first = start + count;
         }
         self.send_frame(epoch, 0, Body::BitmapDone);
@@ -826,7 +961,9 @@ impl DataNode {
                     let rec = self.voter.record;
                     self.send_all_links(self.peer, Message::Handover { record: rec });
                 }
-                if now.saturating_since(d.started) >= self.timing().failure_timeout + self.timing().failure_timeout {
+                if now.saturating_since(d.started)
+                    >= self.timing().failure_timeout + self.timing().failure_timeout
+                {
                     self.lose_primary(now, Role::Fenced, "switchover-failed");
                 }
             }
@@ -866,7 +1003,9 @@ impl DataNode {
         let round = self.lease.next_round;
         self.lease.next_round += 1;
         self.lease.want_round = false;
-        self.lease.rounds.push_back((round, now, self.voter.record.epoch));
+        self.lease
+            .rounds
+            .push_back((round, now, self.voter.record.epoch));
         while self.lease.rounds.len() > 64 {
             self.lease.rounds.pop_front();
         }
@@ -876,15 +1015,27 @@ impl DataNode {
         }
     }
 
-    fn on_lease_reply(&mut self, now: Instant, dg: &Datagram, round: u64, granted: bool, refusal: Refusal) {
+    fn on_lease_reply(
+        &mut self,
+        now: Instant,
+        dg: &Datagram,
+        round: u64,
+        granted: bool,
+        refusal: Refusal,
+    ) {
         if self.role != Role::Primary {
             return;
         }
-        let Some(&(_, sent, rec_epoch)) = self.lease.rounds.iter().find(|(r, _, _)| *r == round) else { return };
+        let Some(&(_, sent, rec_epoch)) = self.lease.rounds.iter().find(|(r, _, _)| *r == round)
+        else {
+            return;
+        };
         if !granted {
             // A refusal of a round sent under an older record says nothing
             // about the current one (datagrams are reordered).
-            if rec_epoch == self.voter.record.epoch && matches!(refusal, Refusal::NotPrimary | Refusal::StaleRecord) {
+            if rec_epoch == self.voter.record.epoch
+                && matches!(refusal, Refusal::NotPrimary | Refusal::StaleRecord)
+            {
                 // Someone knows a newer record: stop serving at once.
                 self.lose_primary(now, Role::Fenced, "deposed");
             }
@@ -910,23 +1061,33 @@ impl DataNode {
     /// reads the local disk at once and reports [`DataNode::on_local_read_done`];
     /// the data goes to the host only on [`Action::CompleteRead`], which
     /// waits for a lease round started after this call (pause safety).
-    pub fn host_read(&mut self, now: Instant, id: u64, offset: u64, len: u64) -> Result<(), HostIoError> {
+    pub fn host_read(
+        &mut self,
+        now: Instant,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), HostIoError> {
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
         // The ticket is the next round to be started: only a round started
         // after the read arrived can confirm it.
         let ticket = self.lease.next_round;
-        let recent_outstanding = self
-            .lease
-            .rounds
-            .back()
-            .is_some_and(|&(r, at, _)| r > self.lease.confirmed && now.saturating_since(at) < self.timing().heartbeat_interval);
+        let recent_outstanding = self.lease.rounds.back().is_some_and(|&(r, at, _)| {
+            r > self.lease.confirmed && now.saturating_since(at) < self.timing().heartbeat_interval
+        });
         if recent_outstanding {
             self.lease.want_round = true;
         } else {
             self.start_lease_round(now);
         }
-        self.reads.insert(id, PendingRead { ticket, local: None });
+        self.reads.insert(
+            id,
+            PendingRead {
+                ticket,
+                local: None,
+            },
+        );
         self.update_ana(now);
         Ok(())
     }
@@ -944,20 +1105,41 @@ impl DataNode {
             return;
         }
         let confirmed = self.lease.confirmed;
-        let done: Vec<(u64, bool)> =
-            self.reads.iter().filter_map(|(id, r)| r.local.filter(|_| r.ticket <= confirmed).map(|ok| (*id, ok))).collect();
+        let done: Vec<(u64, bool)> = self
+            .reads
+            .iter()
+            .filter_map(|(id, r)| {
+                r.local
+                    .filter(|_| r.ticket <= confirmed)
+                    .map(|ok| (*id, ok))
+            })
+            .collect();
         for (id, ok) in done {
             self.reads.remove(&id);
-            let result = if ok { IoResult::Ok } else { IoResult::MediaError };
+            let result = if ok {
+                IoResult::Ok
+            } else {
+                IoResult::MediaError
+            };
             self.actions.push(Action::CompleteRead { id, result });
         }
     }
 
     fn check_host_io(&self, now: Instant, offset: u64, len: u64) -> Result<(), HostIoError> {
         if !self.is_serving(now) {
-            return Err(HostIoError::NotServing(if self.ana == AnaState::Optimized { AnaState::Change } else { self.ana }));
+            return Err(HostIoError::NotServing(
+                if self.ana == AnaState::Optimized {
+                    AnaState::Change
+                } else {
+                    self.ana
+                },
+            ));
         }
-        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.layout.data_bytes) {
+        if len == 0
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.layout.data_bytes)
+        {
             return Err(HostIoError::OutOfRange);
         }
         Ok(())
@@ -973,7 +1155,9 @@ impl DataNode {
     /// from then on every write needs the peer's acknowledgement.
     fn recovering(&self) -> bool {
         self.resync.as_ref().is_some_and(|r| r.done_sent)
-            || self.candidacy.is_some_and(|c| c.reason == ElectionReason::PeerRecovered)
+            || self
+                .candidacy
+                .is_some_and(|c| c.reason == ElectionReason::PeerRecovered)
     }
 
     fn stream_ready(&self) -> bool {
@@ -984,11 +1168,26 @@ impl DataNode {
     /// keeps the data until [`Action::CompleteWrite`]; the crate asks for the
     /// local write ([`Action::SubmitLocalWrite`]) and the replication
     /// ([`Action::ReplicateWrite`]) once the region is marked in the bitmap.
-    pub fn host_write(&mut self, now: Instant, id: u64, offset: u64, len: u64) -> Result<(), HostIoError> {
+    pub fn host_write(
+        &mut self,
+        now: Instant,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), HostIoError> {
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
         let needs_peer = !self.peer_degraded() || self.recovering();
-        let w = PendingWrite { offset, len, at: now, started: false, seq: None, local: None, peer_acked: false, needs_peer };
+        let w = PendingWrite {
+            offset,
+            len,
+            at: now,
+            started: false,
+            seq: None,
+            local: None,
+            peer_acked: false,
+            needs_peer,
+        };
         let blocked = self.write_blocked(offset, len);
         self.writes.insert(id, w);
         if blocked {
@@ -1001,15 +1200,25 @@ impl DataNode {
     }
 
     fn write_blocked(&self, offset: u64, len: u64) -> bool {
-        let resync_reading = self.resync.as_ref().and_then(|r| r.reading).is_some_and(|reg| {
-            let rs = self.layout.region_size as u64;
-            overlaps(offset, len, reg * rs, rs)
-        });
-        resync_reading || self.writes.values().any(|w| w.started && overlaps(offset, len, w.offset, w.len))
+        let resync_reading = self
+            .resync
+            .as_ref()
+            .and_then(|r| r.reading)
+            .is_some_and(|reg| {
+                let rs = self.layout.region_size as u64;
+                overlaps(offset, len, reg * rs, rs)
+            });
+        resync_reading
+            || self
+                .writes
+                .values()
+                .any(|w| w.started && overlaps(offset, len, w.offset, w.len))
     }
 
     fn start_write(&mut self, _now: Instant, id: u64) {
-        let Some(w) = self.writes.get(&id).copied() else { return };
+        let Some(w) = self.writes.get(&id).copied() else {
+            return;
+        };
         for r in self.layout.regions(w.offset, w.len) {
             self.set_bit(r);
         }
@@ -1024,8 +1233,17 @@ impl DataNode {
             seq = Some(s);
             self.seq_to_id.insert(s, id);
             self.unacked.insert(s, (w.offset, w.len));
-            let prefix = stream::write_frame_prefix(self.me, self.voter.record.epoch, s, w.offset, w.len as usize);
-            self.actions.push(Action::ReplicateWrite { id, frame_prefix: prefix });
+            let prefix = stream::write_frame_prefix(
+                self.me,
+                self.voter.record.epoch,
+                s,
+                w.offset,
+                w.len as usize,
+            );
+            self.actions.push(Action::ReplicateWrite {
+                id,
+                frame_prefix: prefix,
+            });
         }
         if let Some(w) = self.writes.get_mut(&id) {
             w.started = true;
@@ -1042,7 +1260,9 @@ impl DataNode {
                 continue;
             };
             let earlier_blocked = self.deferred.iter().take(i).any(|e| {
-                self.writes.get(e).is_some_and(|x| overlaps(w.offset, w.len, x.offset, x.len))
+                self.writes
+                    .get(e)
+                    .is_some_and(|x| overlaps(w.offset, w.len, x.offset, x.len))
             });
             if !earlier_blocked && !self.write_blocked(w.offset, w.len) {
                 self.deferred.remove(i);
@@ -1057,7 +1277,11 @@ impl DataNode {
     pub fn on_local_write_done(&mut self, now: Instant, id: u64, ok: bool) {
         if let Some(w) = self.writes.get_mut(&id) {
             w.local = Some(ok);
-        } else if let Some(pos) = self.applying.iter().position(|&(k, _, _)| k == ApplyKind::Orphan(id)) {
+        } else if let Some(pos) = self
+            .applying
+            .iter()
+            .position(|&(k, _, _)| k == ApplyKind::Orphan(id))
+        {
             self.applying.remove(pos);
             self.issue_applies();
         }
@@ -1065,7 +1289,7 @@ impl DataNode {
     }
 
     fn try_complete_writes(&mut self, now: Instant) {
-        if self.role != Role::Primary || !self.lease.until.is_some_and(|u| now < u) {
+        if self.role != Role::Primary || self.lease.until.is_none_or(|u| now >= u) {
             return;
         }
         let degraded_ok = self.peer_degraded() && !self.recovering();
@@ -1073,16 +1297,18 @@ impl DataNode {
         for (id, w) in &self.writes {
             match w.local {
                 Some(false) => done.push((*id, IoResult::MediaError)),
-                Some(true) if w.peer_acked || !w.needs_peer || degraded_ok => done.push((*id, IoResult::Ok)),
+                Some(true) if w.peer_acked || !w.needs_peer || degraded_ok => {
+                    done.push((*id, IoResult::Ok))
+                }
                 _ => {}
             }
         }
         let any = !done.is_empty();
         for (id, result) in done {
-            if let Some(w) = self.writes.remove(&id) {
-                if let Some(s) = w.seq {
-                    self.seq_to_id.remove(&s);
-                }
+            if let Some(w) = self.writes.remove(&id)
+                && let Some(s) = w.seq
+            {
+                self.seq_to_id.remove(&s);
             }
             self.actions.push(Action::CompleteWrite { id, result });
         }
@@ -1094,20 +1320,27 @@ impl DataNode {
     fn fail_all_io(&mut self) {
         for (id, w) in &self.writes {
             if w.started && w.local.is_none() {
-                self.applying.push((ApplyKind::Orphan(*id), w.offset, w.len));
+                self.applying
+                    .push((ApplyKind::Orphan(*id), w.offset, w.len));
             }
         }
         self.unacked.clear();
         let ids: Vec<u64> = self.writes.keys().copied().collect();
         for id in ids {
-            self.actions.push(Action::CompleteWrite { id, result: IoResult::PathError });
+            self.actions.push(Action::CompleteWrite {
+                id,
+                result: IoResult::PathError,
+            });
         }
         self.writes.clear();
         self.seq_to_id.clear();
         self.deferred.clear();
         let ids: Vec<u64> = self.reads.keys().copied().collect();
         for id in ids {
-            self.actions.push(Action::CompleteRead { id, result: IoResult::PathError });
+            self.actions.push(Action::CompleteRead {
+                id,
+                result: IoResult::PathError,
+            });
         }
         self.reads.clear();
     }
@@ -1140,7 +1373,9 @@ impl DataNode {
         }
         // A record names at most one primary, never a witness, and never
         // records its own primary Outdated.
-        if rec.primary.is_some_and(|p| !p.is_data_node()) || (rec.primary.is_some() && rec.primary == rec.outdated) {
+        if rec.primary.is_some_and(|p| !p.is_data_node())
+            || (rec.primary.is_some() && rec.primary == rec.outdated)
+        {
             self.counters.bad_datagrams += 1;
             return;
         }
@@ -1152,7 +1387,10 @@ impl DataNode {
             }
             self.resynced_in_epoch = None;
             reason = "outdated";
-        } else if self.data_state != DataState::UpToDate && self.resynced_in_epoch.is_some() && rec.primary == Some(self.peer) {
+        } else if self.data_state != DataState::UpToDate
+            && self.resynced_in_epoch.is_some()
+            && rec.primary == Some(self.peer)
+        {
             self.data_state = DataState::UpToDate;
             self.resynced_in_epoch = None;
             reason = "resynced";
@@ -1165,7 +1403,9 @@ impl DataNode {
         self.persist_superblock();
         // A committed record with another primary, or one that outdates us,
         // ends our candidacy whatever its epoch: it could only disrupt.
-        if self.candidacy.is_some_and(|c| c.epoch <= rec.epoch || rec.primary != Some(self.me) || rec.outdated == Some(self.me)) {
+        if self.candidacy.is_some_and(|c| {
+            c.epoch <= rec.epoch || rec.primary != Some(self.me) || rec.outdated == Some(self.me)
+        }) {
             self.candidacy = None;
         }
         self.handover_from_peer = false;
@@ -1174,9 +1414,14 @@ impl DataNode {
         }
         let _ = from;
         if self.role == Role::Primary && rec.primary != Some(self.me) {
-            let why = if self.demote.is_some() { "switchover" } else { "deposed" };
+            let why = if self.demote.is_some() {
+                "switchover"
+            } else {
+                "deposed"
+            };
             self.lose_primary(now, Role::Secondary, why);
-        } else if self.role == Role::Fenced && !self.admin_fenced && rec.primary == Some(self.peer) {
+        } else if self.role == Role::Fenced && !self.admin_fenced && rec.primary == Some(self.peer)
+        {
             self.set_role(now, Role::Secondary, "new-primary");
         } else {
             self.push_role_change(now, reason);
@@ -1199,7 +1444,9 @@ impl DataNode {
     // ----- elections -----
 
     fn stagger(&self) -> Duration {
-        Duration::from_micros(self.timing().heartbeat_interval.as_micros() * 4 * self.me.index() as u64)
+        Duration::from_micros(
+            self.timing().heartbeat_interval.as_micros() * 4 * self.me.index() as u64,
+        )
     }
 
     fn maybe_stand(&mut self, now: Instant) {
@@ -1211,7 +1458,9 @@ impl DataNode {
         }
         let handover = self.handover_from_peer;
         if !handover {
-            if now < self.next_candidacy_at || now < self.primary_seen + self.timing().failure_timeout + self.stagger() {
+            if now < self.next_candidacy_at
+                || now < self.primary_seen + self.timing().failure_timeout + self.stagger()
+            {
                 return;
             }
             if self.voter.promise_outstanding(now, self.horizon(), self.me) {
@@ -1232,15 +1481,23 @@ impl DataNode {
             }
         }
         let peer_in_sync = peer_alive
-            && peer.heartbeat.is_some_and(|h| h.data_state == DataState::UpToDate && h.record == self.voter.record)
+            && peer.heartbeat.is_some_and(|h| {
+                h.data_state == DataState::UpToDate && h.record == self.voter.record
+            })
             && self.voter.record.outdated.is_none()
             && self.stream_ready();
         let (reason, outdated) = if handover {
             (ElectionReason::Switchover, None)
         } else if self.voter.record.primary == Some(self.peer) {
-            (ElectionReason::Failover, if peer_in_sync { None } else { Some(self.peer) })
+            (
+                ElectionReason::Failover,
+                if peer_in_sync { None } else { Some(self.peer) },
+            )
         } else {
-            (ElectionReason::NoPrimary, if peer_in_sync { None } else { Some(self.peer) })
+            (
+                ElectionReason::NoPrimary,
+                if peer_in_sync { None } else { Some(self.peer) },
+            )
         };
         self.stand(now, reason, outdated);
     }
@@ -1251,13 +1508,22 @@ impl DataNode {
         self.voter.voted_for = Some(self.me);
         self.voter.vote_outdated = outdated;
         self.persist_superblock();
-        self.candidacy = Some(Candidacy { epoch, outdated, reason, started: now, last_sent: now, votes: 0 });
+        self.candidacy = Some(Candidacy {
+            epoch,
+            outdated,
+            reason,
+            started: now,
+            last_sent: now,
+            votes: 0,
+        });
         self.send_vote_requests(now);
         self.update_ana(now);
     }
 
     fn send_vote_requests(&mut self, now: Instant) {
-        let Some(c) = self.candidacy.as_mut() else { return };
+        let Some(c) = self.candidacy.as_mut() else {
+            return;
+        };
         c.last_sent = now;
         let msg = Message::VoteRequest {
             outdated: c.outdated,
@@ -1272,7 +1538,9 @@ impl DataNode {
 
     fn abandon_candidacy(&mut self, now: Instant) {
         if self.candidacy.take().is_some() {
-            self.next_candidacy_at = now + Duration::from_micros(self.timing().failure_timeout.as_micros() / 2) + self.stagger();
+            self.next_candidacy_at = now
+                + Duration::from_micros(self.timing().failure_timeout.as_micros() / 2)
+                + self.stagger();
             self.handover_from_peer = false;
             self.update_ana(now);
         }
@@ -1282,7 +1550,8 @@ impl DataNode {
         self.adopt_record(now, ask.record, dg.sender);
         let own = OwnView {
             data_state: self.data_state,
-            serving: self.is_serving(now) || (self.role == Role::Primary && self.handed_over_to != Some(dg.sender)),
+            serving: self.is_serving(now)
+                || (self.role == Role::Primary && self.handed_over_to != Some(dg.sender)),
             resynced: self.resynced_in_epoch == Some(self.voter.record.epoch),
             accepts_outdate: false,
             handed_over_to: self.handed_over_to,
@@ -1298,7 +1567,11 @@ impl DataNode {
         } else {
             self.observe_epoch(dg.epoch);
         }
-        let reply = Message::VoteReply { granted, refusal: decision.err().unwrap_or(Refusal::None), record: self.voter.record };
+        let reply = Message::VoteReply {
+            granted,
+            refusal: decision.err().unwrap_or(Refusal::None),
+            record: self.voter.record,
+        };
         self.send_on(dg.sender, dg.link, reply);
     }
 
@@ -1332,12 +1605,18 @@ impl DataNode {
         if self.voter.epoch != c.epoch {
             return;
         }
-        let rec = EpochRecord { epoch: c.epoch, primary: Some(self.me), outdated: c.outdated };
+        let rec = EpochRecord {
+            epoch: c.epoch,
+            primary: Some(self.me),
+            outdated: c.outdated,
+        };
         self.voter.record = rec;
         match c.outdated {
             Some(p) if p == self.peer => self.peer_state = DataState::Outdated,
             _ => {
-                if c.reason == ElectionReason::PeerRecovered || self.peer_state != DataState::Outdated {
+                if c.reason == ElectionReason::PeerRecovered
+                    || self.peer_state != DataState::Outdated
+                {
                     self.peer_state = DataState::UpToDate;
                 }
             }
@@ -1358,7 +1637,12 @@ impl DataNode {
         }
         self.send_frame(rec.epoch, 0, Body::Config(rec));
         if self.stream.connected {
-            let resend: Vec<u64> = self.writes.iter().filter(|(_, w)| w.started && !w.peer_acked).map(|(id, _)| *id).collect();
+            let resend: Vec<u64> = self
+                .writes
+                .iter()
+                .filter(|(_, w)| w.started && !w.peer_acked)
+                .map(|(id, _)| *id)
+                .collect();
             self.resend_writes(&resend);
         }
         self.start_lease_round(now);
@@ -1369,7 +1653,9 @@ impl DataNode {
 
     fn resend_writes(&mut self, ids: &[u64]) {
         for id in ids {
-            let Some(w) = self.writes.get(id).copied() else { continue };
+            let Some(w) = self.writes.get(id).copied() else {
+                continue;
+            };
             if let Some(old) = w.seq {
                 self.seq_to_id.remove(&old);
                 self.unacked.remove(&old);
@@ -1378,8 +1664,17 @@ impl DataNode {
             self.next_seq += 1;
             self.seq_to_id.insert(s, *id);
             self.unacked.insert(s, (w.offset, w.len));
-            let prefix = stream::write_frame_prefix(self.me, self.voter.record.epoch, s, w.offset, w.len as usize);
-            self.actions.push(Action::ReplicateWrite { id: *id, frame_prefix: prefix });
+            let prefix = stream::write_frame_prefix(
+                self.me,
+                self.voter.record.epoch,
+                s,
+                w.offset,
+                w.len as usize,
+            );
+            self.actions.push(Action::ReplicateWrite {
+                id: *id,
+                frame_prefix: prefix,
+            });
             if let Some(w) = self.writes.get_mut(id) {
                 w.seq = Some(s);
             }
@@ -1389,7 +1684,11 @@ impl DataNode {
     /// Primary: decide whether to record the peer Outdated (it cannot keep
     /// up) or UpToDate again (resync finished).
     fn check_replication(&mut self, now: Instant) {
-        if self.role != Role::Primary || self.candidacy.is_some() || self.demote.is_some() || !self.is_serving(now) {
+        if self.role != Role::Primary
+            || self.candidacy.is_some()
+            || self.demote.is_some()
+            || !self.is_serving(now)
+        {
             return;
         }
         let t = self.timing();
@@ -1401,8 +1700,11 @@ impl DataNode {
             return;
         }
         let peer_silent = !self.voter.knowledge[self.peer.index()].alive(now, t.failure_timeout);
-        let stream_down = !self.stream.connected && now.saturating_since(self.stream.since) >= t.failure_timeout;
-        let stuck = self.writes.values().any(|w| w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= t.failure_timeout);
+        let stream_down =
+            !self.stream.connected && now.saturating_since(self.stream.since) >= t.failure_timeout;
+        let stuck = self.writes.values().any(|w| {
+            w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= t.failure_timeout
+        });
         if peer_silent || stream_down || stuck {
             self.stand(now, ElectionReason::OutdatePeer, Some(self.peer));
         }
@@ -1423,23 +1725,35 @@ impl DataNode {
         let peer = self.voter.knowledge[self.peer.index()];
         let ready = !self.peer_degraded()
             && peer.alive(now, self.timing().failure_timeout)
-            && peer.heartbeat.is_some_and(|h| h.data_state == DataState::UpToDate)
+            && peer
+                .heartbeat
+                .is_some_and(|h| h.data_state == DataState::UpToDate)
             && self.stream_ready()
             && self.resync.as_ref().is_none_or(|r| r.done_sent);
         if !ready {
             return Err(CommandError::PeerNotReady);
         }
-        self.demote = Some(Demote { started: now, handover_sent: false });
+        self.demote = Some(Demote {
+            started: now,
+            handover_sent: false,
+        });
         self.progress(now);
         Ok(())
     }
 
     fn demote_progress(&mut self, now: Instant) {
         let Some(d) = self.demote else { return };
-        if d.handover_sent || !self.writes.is_empty() || !self.reads.is_empty() || !self.unacked.is_empty() {
+        if d.handover_sent
+            || !self.writes.is_empty()
+            || !self.reads.is_empty()
+            || !self.unacked.is_empty()
+        {
             return;
         }
-        self.demote = Some(Demote { handover_sent: true, ..d });
+        self.demote = Some(Demote {
+            handover_sent: true,
+            ..d
+        });
         self.handed_over_to = Some(self.peer);
         let rec = self.voter.record;
         self.send_all_links(self.peer, Message::Handover { record: rec });
@@ -1464,7 +1778,9 @@ impl DataNode {
         }
         let peer = self.voter.knowledge[self.peer.index()];
         let peer_serving = peer.alive(now, self.timing().failure_timeout)
-            && peer.heartbeat.is_some_and(|h| h.flags & flags::SERVING != 0);
+            && peer
+                .heartbeat
+                .is_some_and(|h| h.flags & flags::SERVING != 0);
         if peer_serving {
             self.send_all_links(self.peer, Message::SwitchoverRequest);
         } else {
@@ -1555,24 +1871,50 @@ impl DataNode {
                     self.voter.promise = Some((dg.sender, now));
                     self.primary_seen = now;
                 }
-                let reply = Message::LeaseReply { round, granted: decision.is_ok(), refusal: decision.err().unwrap_or(Refusal::None) };
+                let reply = Message::LeaseReply {
+                    round,
+                    granted: decision.is_ok(),
+                    refusal: decision.err().unwrap_or(Refusal::None),
+                };
                 self.send_on(dg.sender, link, reply);
             }
-            Message::LeaseReply { round, granted, refusal } => {
+            Message::LeaseReply {
+                round,
+                granted,
+                refusal,
+            } => {
                 self.on_lease_reply(now, &dg, round, granted, refusal);
                 if !granted {
                     self.observe_epoch(dg.epoch);
                 }
             }
-            Message::VoteRequest { outdated, data_state, reason, record } => {
-                let ask = VoteAsk { candidate: dg.sender, epoch: dg.epoch, outdated, data_state, reason, record };
+            Message::VoteRequest {
+                outdated,
+                data_state,
+                reason,
+                record,
+            } => {
+                let ask = VoteAsk {
+                    candidate: dg.sender,
+                    epoch: dg.epoch,
+                    outdated,
+                    data_state,
+                    reason,
+                    record,
+                };
                 if dg.sender == self.peer {
                     self.on_vote_request(now, &dg, ask);
                 }
             }
-            Message::VoteReply { granted, record, .. } => self.on_vote_reply(now, &dg, granted, record),
+            Message::VoteReply {
+                granted, record, ..
+            } => self.on_vote_reply(now, &dg, granted, record),
             Message::Handover { record } => {
-                if dg.sender == self.peer && record == self.voter.record && record.primary == Some(self.peer) && self.role != Role::Primary {
+                if dg.sender == self.peer
+                    && record == self.voter.record
+                    && record.primary == Some(self.peer)
+                    && self.role != Role::Primary
+                {
                     self.handover_from_peer = true;
                     self.maybe_stand(now);
                 }
@@ -1590,7 +1932,11 @@ impl DataNode {
 
     /// The replication stream (re)connected.
     pub fn on_stream_connected(&mut self, now: Instant) {
-        self.stream = StreamState { connected: true, since: now, ..StreamState::default() };
+        self.stream = StreamState {
+            connected: true,
+            since: now,
+            ..StreamState::default()
+        };
         self.resync = None;
         let hello = Hello {
             role: self.role,
@@ -1610,7 +1956,12 @@ impl DataNode {
         // by their bitmap bits; pending ones are sent again.
         self.unacked.clear();
         self.seq_to_id.clear();
-        let resend: Vec<u64> = self.writes.iter().filter(|(_, w)| w.started && !w.peer_acked).map(|(id, _)| *id).collect();
+        let resend: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.started && !w.peer_acked)
+            .map(|(id, _)| *id)
+            .collect();
         for id in &resend {
             if let Some(w) = self.writes.get_mut(id) {
                 w.seq = None;
@@ -1627,7 +1978,11 @@ impl DataNode {
         if !self.stream.connected {
             return;
         }
-        self.stream = StreamState { connected: false, since: now, ..StreamState::default() };
+        self.stream = StreamState {
+            connected: false,
+            since: now,
+            ..StreamState::default()
+        };
         self.resync = None;
         self.unacked.clear();
         self.progress(now);
@@ -1673,7 +2028,9 @@ impl DataNode {
     fn on_frame(&mut self, now: Instant, f: Frame<'_>) -> bool {
         match f.body {
             Body::Hello(h) => {
-                if h.region_size != self.layout.region_size || h.region_count != self.layout.region_count {
+                if h.region_size != self.layout.region_size
+                    || h.region_count != self.layout.region_count
+                {
                     return false;
                 }
                 self.stream.peer_hello = Some(h);
@@ -1686,7 +2043,12 @@ impl DataNode {
                 }
                 if self.role == Role::Primary {
                     // Writes submitted before the hello went unsent.
-                    let unsent: Vec<u64> = self.writes.iter().filter(|(_, w)| w.started && w.seq.is_none()).map(|(id, _)| *id).collect();
+                    let unsent: Vec<u64> = self
+                        .writes
+                        .iter()
+                        .filter(|(_, w)| w.started && w.seq.is_none())
+                        .map(|(id, _)| *id)
+                        .collect();
                     self.resend_writes(&unsent);
                 }
             }
@@ -1700,19 +2062,30 @@ impl DataNode {
                 if !accept {
                     self.counters.fenced_writes_refused += 1;
                     let epoch = self.voter.epoch;
-                    self.send_frame(epoch, f.seq, Body::WriteAck { status: AckStatus::Fenced });
+                    self.send_frame(
+                        epoch,
+                        f.seq,
+                        Body::WriteAck {
+                            status: AckStatus::Fenced,
+                        },
+                    );
                 } else {
                     self.become_inconsistent_if_outdated();
-                    self.enqueue_apply(Apply { kind: ApplyKind::Write(f.seq), offset, data: data.to_vec() });
+                    if !self.enqueue_apply(Apply {
+                        kind: ApplyKind::Write(f.seq),
+                        offset,
+                        data: data.to_vec(),
+                    }) {
+                        return false;
+                    }
                 }
             }
             Body::WriteAck { status } => {
-                if let Some(id) = self.seq_to_id.get(&f.seq).copied() {
-                    if status == AckStatus::Ok {
-                        if let Some(w) = self.writes.get_mut(&id) {
-                            w.peer_acked = true;
-                        }
-                    }
+                if let Some(id) = self.seq_to_id.get(&f.seq).copied()
+                    && status == AckStatus::Ok
+                    && let Some(w) = self.writes.get_mut(&id)
+                {
+                    w.peer_acked = true;
                 }
                 if status == AckStatus::Ok {
                     self.unacked.remove(&f.seq);
@@ -1721,7 +2094,11 @@ impl DataNode {
                     self.refused_by_outdated_peer(f.seq);
                 }
             }
-            Body::Bitmap { first_region, bit_count, bits } => {
+            Body::Bitmap {
+                first_region,
+                bit_count,
+                bits,
+            } => {
                 if first_region.saturating_add(bit_count as u64) > self.layout.region_count {
                     return false;
                 }
@@ -1737,15 +2114,31 @@ impl DataNode {
             Body::ResyncData { offset, data } => {
                 if !self.accepts_replication(f.epoch, offset, data.len() as u64) {
                     let epoch = self.voter.epoch;
-                    self.send_frame(epoch, 0, Body::ResyncAck { offset, len: data.len() as u32, status: AckStatus::Fenced });
+                    self.send_frame(
+                        epoch,
+                        0,
+                        Body::ResyncAck {
+                            offset,
+                            len: data.len() as u32,
+                            status: AckStatus::Fenced,
+                        },
+                    );
                 } else {
                     self.become_inconsistent_if_outdated();
-                    self.enqueue_apply(Apply { kind: ApplyKind::Resync, offset, data: data.to_vec() });
+                    if !self.enqueue_apply(Apply {
+                        kind: ApplyKind::Resync,
+                        offset,
+                        data: data.to_vec(),
+                    }) {
+                        return false;
+                    }
                 }
             }
             Body::ResyncAck { offset, status, .. } => self.on_resync_ack(now, offset, status),
             Body::ResyncDone => {
-                if self.voter.record.primary == Some(self.peer) && f.epoch == self.voter.record.epoch {
+                if self.voter.record.primary == Some(self.peer)
+                    && f.epoch == self.voter.record.epoch
+                {
                     self.resynced_in_epoch = Some(self.voter.record.epoch);
                     // Our own dirty regions are now equal to the primary's.
                     let regions: Vec<u64> = {
@@ -1774,11 +2167,13 @@ impl DataNode {
         if !self.peer_degraded() || self.candidacy.is_some() {
             return;
         }
-        let Some((offset, len)) = self.unacked.remove(&seq) else { return };
-        if let Some(id) = self.seq_to_id.get(&seq).copied() {
-            if let Some(w) = self.writes.get_mut(&id) {
-                w.needs_peer = false;
-            }
+        let Some((offset, len)) = self.unacked.remove(&seq) else {
+            return;
+        };
+        if let Some(id) = self.seq_to_id.get(&seq).copied()
+            && let Some(w) = self.writes.get_mut(&id)
+        {
+            w.needs_peer = false;
         }
         let regions = self.layout.regions(offset, len);
         if let Some(rz) = self.resync.as_mut() {
@@ -1799,8 +2194,13 @@ impl DataNode {
         self.role != Role::Primary
             && epoch == rec.epoch
             && rec.primary == Some(self.peer)
-            && self.voter.voted_for.is_none_or(|v| v == self.peer || (v == self.me && self.candidacy.is_none()))
-            && offset.checked_add(len).is_some_and(|e| e <= self.layout.data_bytes)
+            && self
+                .voter
+                .voted_for
+                .is_none_or(|v| v == self.peer || (v == self.me && self.candidacy.is_none()))
+            && offset
+                .checked_add(len)
+                .is_some_and(|e| e <= self.layout.data_bytes)
     }
 
     fn become_inconsistent_if_outdated(&mut self) {
@@ -1810,9 +2210,16 @@ impl DataNode {
         }
     }
 
-    fn enqueue_apply(&mut self, a: Apply) {
+    /// Returns false (the stream must be reset) if the peer has sent more
+    /// overlapping data than the queue may hold.
+    fn enqueue_apply(&mut self, a: Apply) -> bool {
+        let queued: usize = self.apply_queue.iter().map(|q| q.data.len()).sum();
+        if queued + a.data.len() > MAX_QUEUED_APPLY_BYTES {
+            return false;
+        }
         self.apply_queue.push_back(a);
         self.issue_applies();
+        true
     }
 
     /// Issues queued secondary writes, keeping overlapping ones in stream
@@ -1820,24 +2227,46 @@ impl DataNode {
     fn issue_applies(&mut self) {
         let mut i = 0;
         while i < self.apply_queue.len() {
-            let (off, len) = (self.apply_queue[i].offset, self.apply_queue[i].data.len() as u64);
-            let busy = self.applying.iter().any(|&(_, o, l)| overlaps(off, len, o, l))
-                || self.apply_queue.iter().take(i).any(|q| overlaps(off, len, q.offset, q.data.len() as u64));
+            let (off, len) = (
+                self.apply_queue[i].offset,
+                self.apply_queue[i].data.len() as u64,
+            );
+            let busy = self
+                .applying
+                .iter()
+                .any(|&(_, o, l)| overlaps(off, len, o, l))
+                || self
+                    .apply_queue
+                    .iter()
+                    .take(i)
+                    .any(|q| overlaps(off, len, q.offset, q.data.len() as u64));
             if busy {
                 i += 1;
                 continue;
             }
-            let Some(a) = self.apply_queue.remove(i) else { break };
+            let Some(a) = self.apply_queue.remove(i) else {
+                break;
+            };
             self.applying.push((a.kind, a.offset, a.data.len() as u64));
             self.actions.push(match a.kind {
-                ApplyKind::Write(seq) => Action::ApplyReplicatedWrite { seq, offset: a.offset, data: a.data },
-                ApplyKind::Resync | ApplyKind::Orphan(_) => Action::ApplyResync { offset: a.offset, data: a.data },
+                ApplyKind::Write(seq) => Action::ApplyReplicatedWrite {
+                    seq,
+                    offset: a.offset,
+                    data: a.data,
+                },
+                ApplyKind::Resync | ApplyKind::Orphan(_) => Action::ApplyResync {
+                    offset: a.offset,
+                    data: a.data,
+                },
             });
         }
     }
 
     fn finish_apply(&mut self, kind: ApplyKind, offset: u64) -> Option<u64> {
-        let pos = self.applying.iter().position(|&(k, o, _)| k == kind && o == offset)?;
+        let pos = self
+            .applying
+            .iter()
+            .position(|&(k, o, _)| k == kind && o == offset)?;
         let (_, _, len) = self.applying.remove(pos);
         self.issue_applies();
         Some(len)
@@ -1846,7 +2275,11 @@ impl DataNode {
     /// Secondary: the replicated write `seq` reached the disk (or failed).
     pub fn on_replicated_write_done(&mut self, now: Instant, seq: u64, offset: u64, ok: bool) {
         if self.finish_apply(ApplyKind::Write(seq), offset).is_some() {
-            let status = if ok { AckStatus::Ok } else { AckStatus::IoError };
+            let status = if ok {
+                AckStatus::Ok
+            } else {
+                AckStatus::IoError
+            };
             let epoch = self.voter.epoch;
             self.send_frame(epoch, seq, Body::WriteAck { status });
         }
@@ -1856,9 +2289,21 @@ impl DataNode {
     /// Secondary: resync data at `offset` reached the disk (or failed).
     pub fn on_resync_write_done(&mut self, now: Instant, offset: u64, ok: bool) {
         if let Some(len) = self.finish_apply(ApplyKind::Resync, offset) {
-            let status = if ok { AckStatus::Ok } else { AckStatus::IoError };
+            let status = if ok {
+                AckStatus::Ok
+            } else {
+                AckStatus::IoError
+            };
             let epoch = self.voter.epoch;
-            self.send_frame(epoch, 0, Body::ResyncAck { offset, len: len as u32, status });
+            self.send_frame(
+                epoch,
+                0,
+                Body::ResyncAck {
+                    offset,
+                    len: len as u32,
+                    status,
+                },
+            );
         }
         self.progress(now);
     }
@@ -1866,14 +2311,19 @@ impl DataNode {
     // ----- resync (primary = sync source) -----
 
     fn start_resync(&mut self, now: Instant) {
-        let Some(peer_bm) = self.stream.peer_bitmap.take() else { return };
+        let Some(peer_bm) = self.stream.peer_bitmap.take() else {
+            return;
+        };
         self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
         let mut i = 0;
         while let Some(j) = peer_bm.next_set(i) {
             self.set_bit(j);
             i = j + 1;
         }
-        let never_synced = self.stream.peer_hello.is_some_and(|h| h.data_state == DataState::Inconsistent && h.record.epoch == 0);
+        let never_synced = self
+            .stream
+            .peer_hello
+            .is_some_and(|h| h.data_state == DataState::Inconsistent && h.record.epoch == 0);
         if never_synced {
             for r in 0..self.layout.region_count {
                 self.set_bit(r);
@@ -1897,7 +2347,10 @@ impl DataNode {
     fn region_range(&self, r: u64) -> (u64, u32) {
         let rs = self.layout.region_size as u64;
         let off = r * rs;
-        (off, rs.min(self.layout.data_bytes.saturating_sub(off)) as u32)
+        (
+            off,
+            rs.min(self.layout.data_bytes.saturating_sub(off)) as u32,
+        )
     }
 
     fn pump_resync(&mut self, now: Instant) {
@@ -1907,9 +2360,13 @@ impl DataNode {
         let rate = self.cfg.resync_rate;
         let max_in_flight = self.cfg.resync_max_in_flight.max(1) as usize;
         let rs = self.layout.region_size as u64;
-        let Some(rz) = self.resync.as_mut() else { return };
+        let Some(rz) = self.resync.as_mut() else {
+            return;
+        };
         let elapsed = now.saturating_since(rz.refilled).as_micros();
-        rz.tokens = rz.tokens.saturating_add((rate as u128 * elapsed as u128 / 1_000_000).min(u64::MAX as u128) as u64);
+        rz.tokens = rz.tokens.saturating_add(
+            (rate as u128 * elapsed as u128 / 1_000_000).min(u64::MAX as u128) as u64,
+        );
         rz.tokens = rz.tokens.min((rate / 10).max(rs * max_in_flight as u64));
         rz.refilled = now;
         if rz.reading.is_none() && rz.in_flight.len() < max_in_flight && rz.tokens >= rs {
@@ -1920,7 +2377,10 @@ impl DataNode {
                 let mut i = from;
                 while let Some(j) = rz.pending.next_set(i) {
                     let busy = rz.in_flight.contains(&j)
-                        || self.writes.values().any(|w| w.started && overlaps(w.offset, w.len, j * rs, rs));
+                        || self
+                            .writes
+                            .values()
+                            .any(|w| w.started && overlaps(w.offset, w.len, j * rs, rs));
                     if !busy {
                         candidate = Some(j);
                         break;
@@ -1940,8 +2400,14 @@ impl DataNode {
                 self.actions.push(Action::ReadForResync { offset, len });
             }
         }
-        let Some(rz) = self.resync.as_mut() else { return };
-        if rz.pending.count() == 0 && rz.in_flight.is_empty() && rz.reading.is_none() && !rz.done_sent {
+        let Some(rz) = self.resync.as_mut() else {
+            return;
+        };
+        if rz.pending.count() == 0
+            && rz.in_flight.is_empty()
+            && rz.reading.is_none()
+            && !rz.done_sent
+        {
             rz.done_sent = true;
             let epoch = self.voter.record.epoch;
             self.send_frame(epoch, 0, Body::ResyncDone);
@@ -1953,7 +2419,9 @@ impl DataNode {
         let rs = self.layout.region_size as u64;
         let r = offset / rs;
         let (_, len) = self.region_range(r);
-        let Some(rz) = self.resync.as_mut() else { return self.progress(now) };
+        let Some(rz) = self.resync.as_mut() else {
+            return self.progress(now);
+        };
         if rz.reading != Some(r) {
             return self.progress(now);
         }
@@ -1973,7 +2441,9 @@ impl DataNode {
     fn on_resync_ack(&mut self, _now: Instant, offset: u64, status: AckStatus) {
         let rs = self.layout.region_size as u64;
         let r = offset / rs;
-        let Some(rz) = self.resync.as_mut() else { return };
+        let Some(rz) = self.resync.as_mut() else {
+            return;
+        };
         if !rz.in_flight.remove(&r) {
             return;
         }
@@ -1981,8 +2451,14 @@ impl DataNode {
             return;
         }
         rz.pending.clear(r);
-        let busy = self.writes.values().any(|w| overlaps(w.offset, w.len, r * rs, rs))
-            || self.unacked.values().any(|&(o, l)| overlaps(o, l, r * rs, rs));
+        let busy = self
+            .writes
+            .values()
+            .any(|w| overlaps(w.offset, w.len, r * rs, rs))
+            || self
+                .unacked
+                .values()
+                .any(|&(o, l)| overlaps(o, l, r * rs, rs));
         if !busy {
             self.clear_bit(r);
         }
@@ -1992,15 +2468,25 @@ impl DataNode {
     /// like DRBD's activity log, recently written regions stay marked for a
     /// while so a crash leaves them to be compared.
     fn lazy_clear_bitmap(&mut self) {
-        if self.role != Role::Primary || self.peer_degraded() || self.resync.is_some() || !self.stream_ready() {
+        if self.role != Role::Primary
+            || self.peer_degraded()
+            || self.resync.is_some()
+            || !self.stream_ready()
+        {
             return;
         }
         let rs = self.layout.region_size as u64;
         let mut clear = Vec::new();
         let mut i = 0;
         while let Some(j) = self.bitmap.next_set(i) {
-            let busy = self.writes.values().any(|w| overlaps(w.offset, w.len, j * rs, rs))
-                || self.unacked.values().any(|&(o, l)| overlaps(o, l, j * rs, rs));
+            let busy = self
+                .writes
+                .values()
+                .any(|w| overlaps(w.offset, w.len, j * rs, rs))
+                || self
+                    .unacked
+                    .values()
+                    .any(|&(o, l)| overlaps(o, l, j * rs, rs));
             if !busy {
                 clear.push(j);
             }
@@ -2025,7 +2511,11 @@ impl DataNode {
         let peer_k = &self.voter.knowledge[self.peer.index()];
         let w_k = &self.voter.knowledge[NodeId::Witness.index()];
         let replication = if let Some(rz) = &self.resync {
-            if rz.done_sent { ReplicationState::Established } else { ReplicationState::SyncSource }
+            if rz.done_sent {
+                ReplicationState::Established
+            } else {
+                ReplicationState::SyncSource
+            }
         } else if self.role == Role::Primary && self.peer_degraded() {
             ReplicationState::Degraded
         } else if !self.stream.connected {
@@ -2046,8 +2536,16 @@ impl DataNode {
             admin_fenced: self.admin_fenced,
             ana: self.ana,
             serving: self.is_serving(now),
-            lease_remaining: self.lease.until.filter(|_| self.role == Role::Primary).map(|u| u.saturating_since(now)),
-            lease_age: self.lease.last_grant.filter(|_| self.role == Role::Primary).map(|g| now.saturating_since(g)),
+            lease_remaining: self
+                .lease
+                .until
+                .filter(|_| self.role == Role::Primary)
+                .map(|u| u.saturating_since(now)),
+            lease_age: self
+                .lease
+                .last_grant
+                .filter(|_| self.role == Role::Primary)
+                .map(|g| now.saturating_since(g)),
             links: self.cfg.links,
             peer_heard: ages(peer_k),
             witness_heard: ages(w_k),
@@ -2057,7 +2555,10 @@ impl DataNode {
             in_flight_writes: self.writes.len(),
             unacked_bytes: self.unacked.values().map(|&(_, l)| l).sum(),
             out_of_sync_bytes: self.bitmap.count() * self.layout.region_size as u64,
-            resync: self.resync.as_ref().map(|r| ResyncProgress { total_regions: r.total, remaining_regions: r.pending.count() }),
+            resync: self.resync.as_ref().map(|r| ResyncProgress {
+                total_regions: r.total,
+                remaining_regions: r.pending.count(),
+            }),
             election: self.candidacy.map(|c| (c.epoch, c.reason)),
         }
     }

@@ -78,9 +78,22 @@ mod tests {
     use super::*;
     #[test]
     fn stretch_rounds_up_and_saturates() {
-        assert_eq!(Duration::from_micros(1_000_000).stretched_by_ppm(100).as_micros(), 1_000_100);
+        assert_eq!(
+            Duration::from_micros(1_000_000)
+                .stretched_by_ppm(100)
+                .as_micros(),
+            1_000_100
+        );
         assert_eq!(Duration::from_micros(1).stretched_by_ppm(1).as_micros(), 2);
-        assert_eq!(Duration::from_micros(u64::MAX).stretched_by_ppm(10).as_micros(), u64::MAX);
-        assert_eq!(Instant::from_millis(1) - Instant::from_millis(2), Duration::ZERO);
+        assert_eq!(
+            Duration::from_micros(u64::MAX)
+                .stretched_by_ppm(10)
+                .as_micros(),
+            u64::MAX
+        );
+        assert_eq!(
+            Instant::from_millis(1) - Instant::from_millis(2),
+            Duration::ZERO
+        );
     }
 }

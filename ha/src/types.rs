@@ -176,7 +176,11 @@ pub struct EpochRecord {
 
 impl EpochRecord {
     /// The record of a freshly formatted pair: epoch 0, no primary.
-    pub const INITIAL: EpochRecord = EpochRecord { epoch: 0, primary: None, outdated: None };
+    pub const INITIAL: EpochRecord = EpochRecord {
+        epoch: 0,
+        primary: None,
+        outdated: None,
+    };
 }
 
 /// The ANA state a node must report for its (single) ANA group.

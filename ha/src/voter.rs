@@ -7,7 +7,7 @@
 //! The safety argument is in `docs/ha-protocol.md` ("Why it is safe").
 
 use crate::time::{Duration, Instant};
-use crate::types::{DataState, EpochRecord, NodeId, MAX_LINKS};
+use crate::types::{DataState, EpochRecord, MAX_LINKS, NodeId};
 use crate::wire::control::{ElectionReason, Heartbeat, Refusal};
 
 /// What a member has learned about another member since it (re)started.
@@ -28,7 +28,8 @@ impl Knowledge {
     }
     /// True when heard on at least one link within `timeout` before `now`.
     pub fn alive(&self, now: Instant, timeout: Duration) -> bool {
-        self.last_heard_any().is_some_and(|t| now.saturating_since(t) < timeout)
+        self.last_heard_any()
+            .is_some_and(|t| now.saturating_since(t) < timeout)
     }
     pub fn heard_since_boot(&self) -> bool {
         self.heartbeat.is_some()
@@ -69,7 +70,15 @@ pub struct Voter {
 }
 
 impl Voter {
-    pub fn new(me: NodeId, epoch: u64, voted_for: Option<NodeId>, vote_outdated: Option<NodeId>, record: EpochRecord, boot: Instant, horizon: Duration) -> Voter {
+    pub fn new(
+        me: NodeId,
+        epoch: u64,
+        voted_for: Option<NodeId>,
+        vote_outdated: Option<NodeId>,
+        record: EpochRecord,
+        boot: Instant,
+        horizon: Duration,
+    ) -> Voter {
         Voter {
             me,
             epoch,
@@ -119,7 +128,13 @@ impl Voter {
     /// Decides a vote. `own_data` is `Some` for a data node voter (its data
     /// state and whether it finished a resync in the candidate's record epoch);
     /// `waive_promise_to` names a lease holder that handed over.
-    pub fn decide_vote(&self, now: Instant, horizon: Duration, ask: &VoteAsk, own: Option<OwnView>) -> Result<(), Refusal> {
+    pub fn decide_vote(
+        &self,
+        now: Instant,
+        horizon: Duration,
+        ask: &VoteAsk,
+        own: Option<OwnView>,
+    ) -> Result<(), Refusal> {
         let c = ask.candidate;
         if !c.is_data_node() || c == self.me {
             return Err(Refusal::NotEligible);
@@ -134,7 +149,10 @@ impl Voter {
                 _ => {}
             }
         }
-        if ask.data_state != DataState::UpToDate || ask.outdated == Some(c) || ask.record.outdated == Some(c) {
+        if ask.data_state != DataState::UpToDate
+            || ask.outdated == Some(c)
+            || ask.record.outdated == Some(c)
+        {
             return Err(Refusal::NotEligible);
         }
         if ask.record.epoch < self.record.epoch {
@@ -153,7 +171,10 @@ impl Voter {
                 if ask.outdated == Some(self.me) && !view.accepts_outdate {
                     return Err(Refusal::NotEligible);
                 }
-                if ask.outdated != Some(self.me) && view.data_state != DataState::UpToDate && !view.resynced {
+                if ask.outdated != Some(self.me)
+                    && view.data_state != DataState::UpToDate
+                    && !view.resynced
+                {
                     return Err(Refusal::NotEligible);
                 }
                 let waived = view.handed_over_to == Some(c);
@@ -165,14 +186,20 @@ impl Voter {
                 // The witness must know what the candidate's peer recorded
                 // before it can vote: after a restart it has forgotten.
                 let peer = &self.knowledge[c.peer().index()];
-                let Some(hb) = peer.heartbeat else { return Err(Refusal::PeerStateUnknown) };
-                if ask.epoch < peer.epoch || (ask.epoch == peer.epoch && hb.voted_for.is_some_and(|v| v != c)) {
+                let Some(hb) = peer.heartbeat else {
+                    return Err(Refusal::PeerStateUnknown);
+                };
+                if ask.epoch < peer.epoch
+                    || (ask.epoch == peer.epoch && hb.voted_for.is_some_and(|v| v != c))
+                {
                     return Err(Refusal::AlreadyVoted);
                 }
                 if hb.record.epoch > ask.record.epoch {
                     return Err(Refusal::StaleRecord);
                 }
-                let pending_outdates_c = hb.voted_for == Some(c.peer()) && hb.vote_outdated == Some(c) && peer.epoch > ask.record.epoch;
+                let pending_outdates_c = hb.voted_for == Some(c.peer())
+                    && hb.vote_outdated == Some(c)
+                    && peer.epoch > ask.record.epoch;
                 if pending_outdates_c {
                     return Err(Refusal::NotEligible);
                 }
@@ -203,7 +230,13 @@ impl Voter {
     /// Decides a lease request (or read confirmation) from `requester`, whose
     /// header epoch is `epoch` and latest record `record`. The caller has
     /// already applied `observe_epoch`/`observe_record` for the message.
-    pub fn decide_lease(&self, requester: NodeId, epoch: u64, record: &EpochRecord, witness: bool) -> Result<(), Refusal> {
+    pub fn decide_lease(
+        &self,
+        requester: NodeId,
+        epoch: u64,
+        record: &EpochRecord,
+        witness: bool,
+    ) -> Result<(), Refusal> {
         if epoch < self.epoch {
             return Err(Refusal::StaleEpoch);
         }

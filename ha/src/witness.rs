@@ -10,12 +10,12 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use crate::Error;
 use crate::node::{Action, RoleChange, Timing};
 use crate::time::{Duration, Instant};
-use crate::types::{AnaState, DataState, EpochRecord, LinkId, NodeId, Role, MAX_LINKS};
+use crate::types::{AnaState, DataState, EpochRecord, LinkId, MAX_LINKS, NodeId, Role};
 use crate::voter::{VoteAsk, Voter};
 use crate::wire::control::{Datagram, Heartbeat, Message, Refusal};
-use crate::Error;
 
 #[derive(Clone, Debug)]
 pub struct WitnessConfig {
@@ -28,7 +28,12 @@ pub struct WitnessConfig {
 
 impl WitnessConfig {
     pub fn new(incarnation: u64) -> Self {
-        WitnessConfig { incarnation, links: 2, timing: Timing::DEFAULT, history_len: 64 }
+        WitnessConfig {
+            incarnation,
+            links: 2,
+            timing: Timing::DEFAULT,
+            history_len: 64,
+        }
     }
 }
 
@@ -62,15 +67,35 @@ impl Witness {
             return Err(Error::InvalidConfig("links must be 1..=4"));
         }
         let horizon = cfg.timing.promise_horizon();
-        let voter = Voter::new(NodeId::Witness, 0, None, None, EpochRecord::INITIAL, now, horizon);
-        let mut w = Witness { cfg, voter, next_heartbeat: now, history: VecDeque::new(), actions: Vec::new(), bad_datagrams: 0 };
+        let voter = Voter::new(
+            NodeId::Witness,
+            0,
+            None,
+            None,
+            EpochRecord::INITIAL,
+            now,
+            horizon,
+        );
+        let mut w = Witness {
+            cfg,
+            voter,
+            next_heartbeat: now,
+            history: VecDeque::new(),
+            actions: Vec::new(),
+            bad_datagrams: 0,
+        };
         w.push_change(now, "boot");
         w.actions.push(Action::AnaChanged(AnaState::Inaccessible));
         Ok(w)
     }
 
     fn push_change(&mut self, now: Instant, reason: &'static str) {
-        let c = RoleChange { at: now, role: Role::Witness, epoch: self.voter.record.epoch, reason };
+        let c = RoleChange {
+            at: now,
+            role: Role::Witness,
+            epoch: self.voter.record.epoch,
+            reason,
+        };
         if self.history.len() >= self.cfg.history_len.max(1) {
             self.history.pop_front();
         }
@@ -98,8 +123,17 @@ impl Witness {
     }
 
     fn send(&mut self, to: NodeId, link: LinkId, message: Message) {
-        let dg = Datagram { sender: NodeId::Witness, link, epoch: self.voter.epoch, message };
-        self.actions.push(Action::SendDatagram { to, link, bytes: dg.emit() });
+        let dg = Datagram {
+            sender: NodeId::Witness,
+            link,
+            epoch: self.voter.epoch,
+            message,
+        };
+        self.actions.push(Action::SendDatagram {
+            to,
+            link,
+            bytes: dg.emit(),
+        });
     }
 
     pub fn tick(&mut self, now: Instant) {
@@ -117,7 +151,9 @@ impl Witness {
                 vote_outdated: self.voter.vote_outdated,
                 record: self.voter.record,
                 incarnation: self.cfg.incarnation,
-                echo: self.voter.knowledge[to.index()].heartbeat.map_or(0, |h| h.incarnation),
+                echo: self.voter.knowledge[to.index()]
+                    .heartbeat
+                    .map_or(0, |h| h.incarnation),
             };
             for l in 0..self.cfg.links {
                 self.send(to, LinkId(l), Message::Heartbeat(hb));
@@ -126,7 +162,8 @@ impl Witness {
     }
 
     fn observe_record(&mut self, now: Instant, rec: EpochRecord) {
-        let valid = rec.primary.is_none_or(|p| p.is_data_node()) && (rec.primary.is_none() || rec.primary != rec.outdated);
+        let valid = rec.primary.is_none_or(|p| p.is_data_node())
+            && (rec.primary.is_none() || rec.primary != rec.outdated);
         if valid && self.voter.observe_record(rec) {
             self.push_change(now, "new-epoch");
         }
@@ -162,13 +199,31 @@ impl Witness {
                 if decision.is_ok() {
                     self.voter.promise = Some((dg.sender, now));
                 }
-                let reply = Message::LeaseReply { round, granted: decision.is_ok(), refusal: decision.err().unwrap_or(Refusal::None) };
+                let reply = Message::LeaseReply {
+                    round,
+                    granted: decision.is_ok(),
+                    refusal: decision.err().unwrap_or(Refusal::None),
+                };
                 self.send(dg.sender, link, reply);
             }
-            Message::VoteRequest { outdated, data_state, reason, record } => {
-                let ask = VoteAsk { candidate: dg.sender, epoch: dg.epoch, outdated, data_state, reason, record };
+            Message::VoteRequest {
+                outdated,
+                data_state,
+                reason,
+                record,
+            } => {
+                let ask = VoteAsk {
+                    candidate: dg.sender,
+                    epoch: dg.epoch,
+                    outdated,
+                    data_state,
+                    reason,
+                    record,
+                };
                 self.observe_record(now, record);
-                let decision = self.voter.decide_vote(now, self.cfg.timing.promise_horizon(), &ask, None);
+                let decision =
+                    self.voter
+                        .decide_vote(now, self.cfg.timing.promise_horizon(), &ask, None);
                 if decision.is_ok() {
                     self.voter.grant_vote(now, &ask);
                 } else {
@@ -181,7 +236,10 @@ impl Witness {
                 };
                 self.send(dg.sender, link, reply);
             }
-            Message::LeaseReply { .. } | Message::VoteReply { .. } | Message::Handover { .. } | Message::SwitchoverRequest => {}
+            Message::LeaseReply { .. }
+            | Message::VoteReply { .. }
+            | Message::Handover { .. }
+            | Message::SwitchoverRequest => {}
         }
     }
 

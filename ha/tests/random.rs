@@ -4,7 +4,7 @@
 //! The simulator checks the invariants after every event; each schedule ends
 //! with everything healed, a full read-back and a replica comparison.
 //!
-//! `HA_SIM_SEEDS=<n>` runs more seeds (default 12); `HA_SIM_SEED=<s>` one.
+//! `HA_SIM_SEEDS=<n>` runs more seeds (default 8); `HA_SIM_SEED=<s>` one.
 
 mod sim;
 use sim::*;
@@ -14,7 +14,12 @@ fn chaos(seed: u64, steps: usize) {
     let mut s = Sim::new(seed);
     let mut r = Rng::new(seed ^ 0xc4a0_5eed);
     for l in 0..LINKS as usize {
-        s.params[l] = LinkParams { drop_per_mille: 30, dup_per_mille: 30, min_delay: 50 * US, max_delay: 3 * MS };
+        s.params[l] = LinkParams {
+            drop_per_mille: 30,
+            dup_per_mille: 30,
+            min_delay: 50 * US,
+            max_delay: 3 * MS,
+        };
     }
     s.wait_primary(5_000 * MS);
     s.host.enabled = true;
@@ -118,7 +123,10 @@ fn randomized_fault_schedules_with_fixed_seeds() {
         chaos(seed.parse().unwrap(), 40);
         return;
     }
-    let n: u64 = std::env::var("HA_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    let n: u64 = std::env::var("HA_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     for seed in 1..=n {
         chaos(seed, 40);
     }

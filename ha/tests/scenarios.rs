@@ -8,10 +8,19 @@ use tandem_ha::{AnaState, DataState, NodeId, Role};
 fn started(seed: u64) -> Sim {
     let mut s = Sim::new(seed);
     s.wait_primary(3_000 * MS);
-    assert!(s.run_until(3_000 * MS, |s| s.in_sync()), "pair never in sync\n{}", s.log_tail());
+    assert!(
+        s.run_until(3_000 * MS, |s| s.in_sync()),
+        "pair never in sync\n{}",
+        s.log_tail()
+    );
     s.host.enabled = true;
     s.run_for(300 * MS);
-    assert!(s.host.writes_acked > 20, "host made no progress: {}\n{}", s.host.writes_acked, s.log_tail());
+    assert!(
+        s.host.writes_acked > 20,
+        "host made no progress: {}\n{}",
+        s.host.writes_acked,
+        s.log_tail()
+    );
     s
 }
 
@@ -36,14 +45,29 @@ fn planned_switchover_both_ways_without_io_error() {
         s.host.stall_window_start = Some(s.now);
         s.host.max_stall = 0;
         s.with_data(p, |d, now| d.demote(now)).unwrap();
-        assert!(s.run_until(500 * MS, |s| s.primary() == Some(q)), "switchover did not complete\n{}", s.log_tail());
+        assert!(
+            s.run_until(500 * MS, |s| s.primary() == Some(q)),
+            "switchover did not complete\n{}",
+            s.log_tail()
+        );
         s.run_for(500 * MS);
         s.host.stall_window_start = None;
-        assert!(s.host.max_stall < 100 * MS, "I/O stalled {}ms during switchover", s.host.max_stall / MS);
+        assert!(
+            s.host.max_stall < 100 * MS,
+            "I/O stalled {}ms during switchover",
+            s.host.max_stall / MS
+        );
         assert_eq!(s.data(p).role(), Role::Secondary);
-        assert_eq!(s.data(q).record().outdated, None, "a planned switchover outdates nobody");
+        assert_eq!(
+            s.data(q).record().outdated,
+            None,
+            "a planned switchover outdates nobody"
+        );
         let last = s.data(q).history().last().unwrap().to_string();
-        assert!(last.starts_with("tandem: role primary epoch ") && last.ends_with("reason switchover"), "{last}");
+        assert!(
+            last.starts_with("tandem: role primary epoch ") && last.ends_with("reason switchover"),
+            "{last}"
+        );
     }
     s.final_verify();
 }
@@ -53,7 +77,11 @@ fn promote_on_secondary_requests_a_switchover() {
     let mut s = started(3);
     let p = s.primary().unwrap();
     s.with_data(p.peer(), |d, now| d.promote(now)).unwrap();
-    assert!(s.run_until(500 * MS, |s| s.primary() == Some(p.peer())), "{}", s.log_tail());
+    assert!(
+        s.run_until(500 * MS, |s| s.primary() == Some(p.peer())),
+        "{}",
+        s.log_tail()
+    );
     s.final_verify();
 }
 
@@ -64,7 +92,11 @@ fn primary_crash_then_restart_resyncs_only_dirty_regions() {
     let q = p.peer();
     s.kill(p);
     let t0 = s.now;
-    assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(q)), "no takeover\n{}", s.log_tail());
+    assert!(
+        s.run_until(2_000 * MS, |s| s.primary() == Some(q)),
+        "no takeover\n{}",
+        s.log_tail()
+    );
     let takeover = s.now - t0;
     assert!(takeover < 1_000 * MS, "takeover took {}ms", takeover / MS);
     assert_eq!(s.data(q).record().outdated, Some(p));
@@ -83,7 +115,10 @@ fn primary_crash_then_restart_resyncs_only_dirty_regions() {
         s.log_tail()
     );
     let resynced = seen_total.expect("a resync ran");
-    assert!(resynced > 0 && resynced < total, "resync copied {resynced} of {total} regions: not incremental");
+    assert!(
+        resynced > 0 && resynced < total,
+        "resync copied {resynced} of {total} regions: not incremental"
+    );
     assert_eq!(s.data(p).role(), Role::Secondary);
     assert_eq!(s.data(p).data_state(), DataState::UpToDate);
     s.final_verify();
@@ -100,12 +135,24 @@ fn replication_link_down_keeps_one_primary_then_catches_up() {
         assert!(s.serving().len() <= 1);
     }
     s.run_for(1_000 * MS);
-    assert_eq!(s.primary(), Some(p), "the front-end heartbeats keep the same primary\n{}", s.log_tail());
-    assert!(s.host.writes_acked > before + 50, "writes continue degraded");
+    assert_eq!(
+        s.primary(),
+        Some(p),
+        "the front-end heartbeats keep the same primary\n{}",
+        s.log_tail()
+    );
+    assert!(
+        s.host.writes_acked > before + 50,
+        "writes continue degraded"
+    );
     assert_eq!(s.data(p).record().outdated, Some(p.peer()));
     assert_ne!(s.data(p.peer()).data_state(), DataState::UpToDate);
     s.set_link(0, NodeId::A, NodeId::B, true);
-    assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "no catch-up\n{}", s.log_tail());
+    assert!(
+        s.run_until(5_000 * MS, |s| s.in_sync()),
+        "no catch-up\n{}",
+        s.log_tail()
+    );
     s.final_verify();
 }
 
@@ -126,8 +173,14 @@ fn isolated_primary_fences_itself_before_takeover() {
             q_started_at = Some(s.now);
         }
     }
-    let (ps, qs) = (p_stopped_at.expect("isolated primary kept serving"), q_started_at.expect("no takeover"));
-    assert!(ps < qs, "old primary inaccessible at {ps}, new optimized at {qs}");
+    let (ps, qs) = (
+        p_stopped_at.expect("isolated primary kept serving"),
+        q_started_at.expect("no takeover"),
+    );
+    assert!(
+        ps < qs,
+        "old primary inaccessible at {ps}, new optimized at {qs}"
+    );
     assert_eq!(s.data(p).role(), Role::Fenced);
     s.heal();
     assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
@@ -141,7 +194,11 @@ fn paused_primary_resumed_after_takeover_acknowledges_nothing_and_serves_no_stal
     let p = s.primary().unwrap();
     let q = p.peer();
     s.pause(p);
-    assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(q)), "{}", s.log_tail());
+    assert!(
+        s.run_until(2_000 * MS, |s| s.primary() == Some(q)),
+        "{}",
+        s.log_tail()
+    );
     // The new primary acknowledges writes the paused node never saw, while
     // the host keeps sending some commands down the stale path.
     let acked_before = s.host.writes_acked;
@@ -154,11 +211,17 @@ fn paused_primary_resumed_after_takeover_acknowledges_nothing_and_serves_no_stal
     s.run_for(50 * MS);
     let changed = s.blocks_acked_since(&versions);
     let reads = changed.iter().filter(|&&b| s.host_read_via(p, b)).count();
-    let writes = (0..HOST_BLOCKS).filter(|&b| s.host_write_via(p, b)).take(10).count();
+    let writes = (0..HOST_BLOCKS)
+        .filter(|&b| s.host_write_via(p, b))
+        .take(10)
+        .count();
     assert!(reads >= 3 && writes >= 3, "reads {reads} writes {writes}");
     s.run_for(MS);
     let queued = s.queued_host_commands(p);
-    assert!(queued >= reads + writes, "the paused node did not queue the host's commands");
+    assert!(
+        queued >= reads + writes,
+        "the paused node did not queue the host's commands"
+    );
     s.host.enabled = true;
     s.resume_host_first(p, 20 * MS);
     // Every queued command was checked on completion (stale reads and lost
@@ -199,14 +262,22 @@ fn witness_restart_forgets_nothing_that_matters() {
     let p = s.primary().unwrap();
     s.kill(p.peer());
     s.run_for(1_000 * MS);
-    assert_eq!(s.data(p).record().outdated, Some(p.peer()), "primary continues alone with the witness");
+    assert_eq!(
+        s.data(p).record().outdated,
+        Some(p.peer()),
+        "primary continues alone with the witness"
+    );
     // The witness restarts and forgets; then the primary dies. The stale
     // secondary comes back: it must not become primary.
     s.restart(NodeId::Witness);
     s.kill(p);
     s.restart(p.peer());
     s.run_for(3_000 * MS);
-    assert!(s.serving().is_empty(), "an outdated node became primary\n{}", s.log_tail());
+    assert!(
+        s.serving().is_empty(),
+        "an outdated node became primary\n{}",
+        s.log_tail()
+    );
     s.restart(p);
     s.wait_primary(3_000 * MS);
     assert_eq!(s.primary(), Some(p));

@@ -2,8 +2,10 @@
 //! refusal), the fencing token on replicated writes, metadata persistence and
 //! restart, commands, host I/O admission, events and ANA outputs.
 
-use tandem_ha::metadata::{Layout, Superblock, BLOCK_SIZE};
-use tandem_ha::node::{Action, CommandError, Config, DataNode, HostIoError, InitialData, IoResult, Timing};
+use tandem_ha::metadata::{BLOCK_SIZE, Layout, Superblock};
+use tandem_ha::node::{
+    Action, CommandError, Config, DataNode, HostIoError, InitialData, IoResult, Timing,
+};
 use tandem_ha::voter::{OwnView, VoteAsk, Voter};
 use tandem_ha::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal};
 use tandem_ha::wire::stream::{AckStatus, Body, Frame, Hello};
@@ -45,18 +47,34 @@ fn apply_metadata(meta: &mut std::collections::BTreeMap<u64, Vec<u8>>, actions: 
     }
 }
 
-fn reopen(n: NodeId, meta: &std::collections::BTreeMap<u64, Vec<u8>>, now: Instant) -> Result<DataNode, Error> {
+fn reopen(
+    n: NodeId,
+    meta: &std::collections::BTreeMap<u64, Vec<u8>>,
+    now: Instant,
+) -> Result<DataNode, Error> {
     let l = Layout::new(DISK, 65536).unwrap();
     let get = |o: u64| meta.get(&o).cloned().unwrap_or_else(|| vec![0; BLOCK_SIZE]);
     let mut bm = Vec::new();
     for b in 0..l.bitmap_blocks {
         bm.extend(get(l.bitmap_block_offset(b)));
     }
-    DataNode::open(cfg(n), &get(l.superblock_offset(0)), &get(l.superblock_offset(1)), &bm, now)
+    DataNode::open(
+        cfg(n),
+        &get(l.superblock_offset(0)),
+        &get(l.superblock_offset(1)),
+        &bm,
+        now,
+    )
 }
 
 fn datagram(sender: NodeId, epoch: u64, message: Message) -> Vec<u8> {
-    Datagram { sender, link: LinkId(0), epoch, message }.emit()
+    Datagram {
+        sender,
+        link: LinkId(0),
+        epoch,
+        message,
+    }
+    .emit()
 }
 
 fn sent(actions: &[Action]) -> Vec<(NodeId, Datagram)> {
@@ -96,7 +114,13 @@ impl Trio {
     fn new() -> Trio {
         let mut wc = WitnessConfig::new(999);
         wc.timing = cfg(NodeId::A).timing;
-        Trio { a: fresh(NodeId::A), b: fresh(NodeId::B), w: Witness::new(wc, ms(0)).unwrap(), now: 0, log: Vec::new() }
+        Trio {
+            a: fresh(NodeId::A),
+            b: fresh(NodeId::B),
+            w: Witness::new(wc, ms(0)).unwrap(),
+            now: 0,
+            log: Vec::new(),
+        }
     }
     fn step(&mut self, until: u64) {
         while self.now < until {
@@ -114,7 +138,9 @@ impl Trio {
                 ] {
                     for a in acts {
                         match a {
-                            Action::SendDatagram { to, link, bytes } => msgs.push((to, link, bytes)),
+                            Action::SendDatagram { to, link, bytes } => {
+                                msgs.push((to, link, bytes))
+                            }
                             Action::RoleChanged(c) => self.log.push(format!("{from}: {c}")),
                             _ => {}
                         }
@@ -138,34 +164,60 @@ impl Trio {
 #[test]
 fn format_then_reopen_restores_the_persistent_state() {
     let layout = Layout::new(DISK, 65536).unwrap();
-    let mut d = DataNode::format_with_layout(cfg(NodeId::A), layout, InitialData::UpToDate, ms(0)).unwrap();
+    let mut d =
+        DataNode::format_with_layout(cfg(NodeId::A), layout, InitialData::UpToDate, ms(0)).unwrap();
     let acts: Vec<Action> = d.drain_actions().collect();
-    let persists = acts.iter().filter(|a| matches!(a, Action::PersistMetadata { .. })).count();
-    assert_eq!(persists, 2 + layout.bitmap_blocks as usize, "both superblock slots and every bitmap block");
+    let persists = acts
+        .iter()
+        .filter(|a| matches!(a, Action::PersistMetadata { .. }))
+        .count();
+    assert_eq!(
+        persists,
+        2 + layout.bitmap_blocks as usize,
+        "both superblock slots and every bitmap block"
+    );
     assert_eq!(d.data_bytes(), layout.data_bytes);
     let mut meta = Default::default();
     apply_metadata(&mut meta, &acts);
     let r = reopen(NodeId::A, &meta, ms(5)).unwrap();
-    assert_eq!((r.epoch(), r.data_state(), r.role()), (0, DataState::UpToDate, Role::Secondary));
-    assert!(matches!(reopen(NodeId::B, &meta, ms(5)), Err(Error::MetadataMismatch(_))));
+    assert_eq!(
+        (r.epoch(), r.data_state(), r.role()),
+        (0, DataState::UpToDate, Role::Secondary)
+    );
+    assert!(matches!(
+        reopen(NodeId::B, &meta, ms(5)),
+        Err(Error::MetadataMismatch(_))
+    ));
     let mut other = cfg(NodeId::A);
     other.pair_id = 7;
     let l = Layout::new(DISK, 65536).unwrap();
     let s0 = meta[&l.superblock_offset(0)].clone();
     let s1 = meta[&l.superblock_offset(1)].clone();
-    assert!(matches!(DataNode::open(other, &s0, &s1, &[], ms(0)), Err(Error::MetadataMismatch(_))));
-    assert_eq!(DataNode::open(cfg(NodeId::A), &[0; 4096], &[0; 4096], &[], ms(0)).err(), Some(Error::NoValidSuperblock));
+    assert!(matches!(
+        DataNode::open(other, &s0, &s1, &[], ms(0)),
+        Err(Error::MetadataMismatch(_))
+    ));
+    assert_eq!(
+        DataNode::open(cfg(NodeId::A), &[0; 4096], &[0; 4096], &[], ms(0)).err(),
+        Some(Error::NoValidSuperblock)
+    );
 }
 
 #[test]
 fn inconsistent_format_can_never_stand() {
     let layout = Layout::new(DISK, 65536).unwrap();
-    let mut d = DataNode::format_with_layout(cfg(NodeId::A), layout, InitialData::Inconsistent, ms(0)).unwrap();
+    let mut d =
+        DataNode::format_with_layout(cfg(NodeId::A), layout, InitialData::Inconsistent, ms(0))
+            .unwrap();
     for t in 0..2000 {
         d.tick(ms(t));
     }
     let acts: Vec<Action> = d.drain_actions().collect();
-    assert!(sent(&acts).iter().all(|(_, dg)| !matches!(dg.message, Message::VoteRequest { .. })));
+    assert!(
+        sent(&acts)
+            .iter()
+            .all(|(_, dg)| !matches!(dg.message, Message::VoteRequest { .. }))
+    );
     assert_eq!(d.promote(ms(2000)), Err(CommandError::NotUpToDate));
 }
 
@@ -179,14 +231,30 @@ fn trio_elects_a_persists_before_replying_and_prints_role_lines() {
     assert_eq!(t.w.epoch(), 1);
     assert_eq!(t.a.ana_state(), AnaState::Optimized);
     assert_eq!(t.b.ana_state(), AnaState::Inaccessible);
-    assert!(t.log.iter().any(|l| l == "a: tandem: role primary epoch 1 reason no-primary"), "{:?}", t.log);
-    assert!(t.log.iter().any(|l| l == "witness: tandem: role witness epoch 0 reason boot"));
+    assert!(
+        t.log
+            .iter()
+            .any(|l| l == "a: tandem: role primary epoch 1 reason no-primary"),
+        "{:?}",
+        t.log
+    );
+    assert!(
+        t.log
+            .iter()
+            .any(|l| l == "witness: tandem: role witness epoch 0 reason boot")
+    );
     let h: Vec<String> = t.a.history().map(|c| c.to_string()).collect();
-    assert_eq!(h.first().unwrap(), "tandem: role secondary epoch 0 reason boot");
+    assert_eq!(
+        h.first().unwrap(),
+        "tandem: role secondary epoch 0 reason boot"
+    );
     let st = t.a.status(ms(t.now));
     assert!(st.serving && st.witness_reachable && st.peer_reachable);
     let text = st.to_string();
-    assert!(text.contains("a role:primary epoch:1 disk:UpToDate ana:optimized"), "{text}");
+    assert!(
+        text.contains("a role:primary epoch:1 disk:UpToDate ana:optimized"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -197,10 +265,19 @@ fn primary_that_loses_its_majority_fences_itself_and_fails_pending_io() {
     t.a.host_write(now, 1, 0, 4096).unwrap();
     t.a.host_read(now, 2, 8192, 4096).unwrap();
     let acts: Vec<Action> = t.a.drain_actions().collect();
-    assert!(acts.iter().any(|a| matches!(a, Action::SubmitLocalWrite { id: 1 })));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::SubmitLocalWrite { id: 1 }))
+    );
     // The bitmap bit is persisted before the local write is issued.
-    let p = acts.iter().position(|a| matches!(a, Action::PersistMetadata { .. })).unwrap();
-    let s = acts.iter().position(|a| matches!(a, Action::SubmitLocalWrite { .. })).unwrap();
+    let p = acts
+        .iter()
+        .position(|a| matches!(a, Action::PersistMetadata { .. }))
+        .unwrap();
+    let s = acts
+        .iter()
+        .position(|a| matches!(a, Action::SubmitLocalWrite { .. }))
+        .unwrap();
     assert!(p < s);
     // Nobody answers any more: the lease runs out on A's own clock.
     let mut fenced_at = None;
@@ -208,28 +285,49 @@ fn primary_that_loses_its_majority_fences_itself_and_fails_pending_io() {
         let now = ms(t.now + step);
         t.a.tick(now);
         let acts: Vec<Action> = t.a.drain_actions().collect();
-        if acts.iter().any(|a| matches!(a, Action::RoleChanged(c) if c.role == Role::Fenced)) {
+        if acts
+            .iter()
+            .any(|a| matches!(a, Action::RoleChanged(c) if c.role == Role::Fenced))
+        {
             fenced_at = Some(step);
-            assert!(acts.contains(&Action::CompleteWrite { id: 1, result: IoResult::PathError }));
-            assert!(acts.contains(&Action::CompleteRead { id: 2, result: IoResult::PathError }));
+            assert!(acts.contains(&Action::CompleteWrite {
+                id: 1,
+                result: IoResult::PathError
+            }));
+            assert!(acts.contains(&Action::CompleteRead {
+                id: 2,
+                result: IoResult::PathError
+            }));
             assert!(acts.contains(&Action::AnaChanged(AnaState::Inaccessible)));
             break;
         }
     }
     let f = fenced_at.expect("fenced");
     assert!(f <= 80, "fenced {f}ms after the last grant, lease is 80ms");
-    assert_eq!(t.a.host_write(ms(t.now + f), 3, 0, 4096), Err(HostIoError::NotServing(AnaState::Inaccessible)));
+    assert_eq!(
+        t.a.host_write(ms(t.now + f), 3, 0, 4096),
+        Err(HostIoError::NotServing(AnaState::Inaccessible))
+    );
 }
 
 #[test]
 fn host_io_is_refused_when_not_serving_or_out_of_range() {
     let mut t = Trio::new();
-    assert_eq!(t.b.host_read(ms(1), 1, 0, 4096), Err(HostIoError::NotServing(AnaState::Inaccessible)));
+    assert_eq!(
+        t.b.host_read(ms(1), 1, 0, 4096),
+        Err(HostIoError::NotServing(AnaState::Inaccessible))
+    );
     t.step(400);
     let n = ms(t.now);
     let size = t.a.data_bytes();
-    assert_eq!(t.a.host_write(n, 1, size - 4096, 8192), Err(HostIoError::OutOfRange));
-    assert_eq!(t.a.host_read(n, 1, u64::MAX - 10, 4096), Err(HostIoError::OutOfRange));
+    assert_eq!(
+        t.a.host_write(n, 1, size - 4096, 8192),
+        Err(HostIoError::OutOfRange)
+    );
+    assert_eq!(
+        t.a.host_read(n, 1, u64::MAX - 10, 4096),
+        Err(HostIoError::OutOfRange)
+    );
     assert_eq!(t.a.host_read(n, 1, 0, 0), Err(HostIoError::OutOfRange));
 }
 
@@ -249,15 +347,43 @@ fn reads_wait_for_a_lease_round_started_after_they_arrived() {
         .expect("a read starts a round");
     t.a.on_local_read_done(now, 9, true);
     let acts: Vec<Action> = t.a.drain_actions().collect();
-    assert!(!acts.iter().any(|a| matches!(a, Action::CompleteRead { .. })), "completed before confirmation");
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::CompleteRead { .. })),
+        "completed before confirmation"
+    );
     // A grant for an older round does not confirm it.
     let epoch = t.a.promised_epoch();
-    let old = datagram(NodeId::Witness, epoch, Message::LeaseReply { round: round - 1, granted: true, refusal: Refusal::None });
+    let old = datagram(
+        NodeId::Witness,
+        epoch,
+        Message::LeaseReply {
+            round: round - 1,
+            granted: true,
+            refusal: Refusal::None,
+        },
+    );
     t.a.on_datagram(now, LinkId(0), &old);
-    assert!(!t.a.drain_actions().any(|a| matches!(a, Action::CompleteRead { .. })));
-    let grant = datagram(NodeId::Witness, epoch, Message::LeaseReply { round, granted: true, refusal: Refusal::None });
+    assert!(
+        !t.a.drain_actions()
+            .any(|a| matches!(a, Action::CompleteRead { .. }))
+    );
+    let grant = datagram(
+        NodeId::Witness,
+        epoch,
+        Message::LeaseReply {
+            round,
+            granted: true,
+            refusal: Refusal::None,
+        },
+    );
     t.a.on_datagram(now, LinkId(1), &grant);
-    assert!(t.a.drain_actions().any(|a| a == Action::CompleteRead { id: 9, result: IoResult::Ok }));
+    assert!(t.a.drain_actions().any(|a| a
+        == Action::CompleteRead {
+            id: 9,
+            result: IoResult::Ok
+        }));
 }
 
 #[test]
@@ -283,36 +409,107 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
         }),
     };
     b.on_stream_bytes(now, &hello.emit());
-    let stale = Frame { sender: NodeId::A, epoch: rec.epoch - 1, seq: 5, body: Body::Write { offset: 0, data: &[1; 512] } };
+    let stale = Frame {
+        sender: NodeId::A,
+        epoch: rec.epoch - 1,
+        seq: 5,
+        body: Body::Write {
+            offset: 0,
+            data: &[1; 512],
+        },
+    };
     b.on_stream_bytes(now, &stale.emit());
     let acts: Vec<Action> = b.drain_actions().collect();
     let ack = acts.iter().find_map(|a| match a {
         Action::SendStream { bytes } => Frame::parse(bytes).ok().map(|f| (f.seq, f.body.clone())),
         _ => None,
     });
-    assert_eq!(ack, Some((5, Body::WriteAck { status: AckStatus::Fenced })));
-    assert!(!acts.iter().any(|a| matches!(a, Action::ApplyReplicatedWrite { .. })));
+    assert_eq!(
+        ack,
+        Some((
+            5,
+            Body::WriteAck {
+                status: AckStatus::Fenced
+            }
+        ))
+    );
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::ApplyReplicatedWrite { .. }))
+    );
     assert_eq!(b.counters().fenced_writes_refused, 1);
-    let good = Frame { sender: NodeId::A, epoch: rec.epoch, seq: 6, body: Body::Write { offset: 4096, data: &[2; 512] } };
+    let good = Frame {
+        sender: NodeId::A,
+        epoch: rec.epoch,
+        seq: 6,
+        body: Body::Write {
+            offset: 4096,
+            data: &[2; 512],
+        },
+    };
     b.on_stream_bytes(now, &good.emit());
     let acts: Vec<Action> = b.drain_actions().collect();
-    assert!(acts.contains(&Action::ApplyReplicatedWrite { seq: 6, offset: 4096, data: vec![2; 512] }));
-    assert!(!acts.iter().any(|a| matches!(a, Action::SendStream { .. })), "no ack before the disk write");
+    assert!(acts.contains(&Action::ApplyReplicatedWrite {
+        seq: 6,
+        offset: 4096,
+        data: vec![2; 512]
+    }));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::SendStream { .. })),
+        "no ack before the disk write"
+    );
     b.on_replicated_write_done(now, 6, 4096, true);
     let acts: Vec<Action> = b.drain_actions().collect();
     let ack = acts.iter().find_map(|a| match a {
         Action::SendStream { bytes } => Frame::parse(bytes).ok().map(|f| (f.seq, f.body.clone())),
         _ => None,
     });
-    assert_eq!(ack, Some((6, Body::WriteAck { status: AckStatus::Ok })));
+    assert_eq!(
+        ack,
+        Some((
+            6,
+            Body::WriteAck {
+                status: AckStatus::Ok
+            }
+        ))
+    );
     // An overlapping write waits for the one in flight (disk order = stream order).
-    let w1 = Frame { sender: NodeId::A, epoch: rec.epoch, seq: 7, body: Body::Write { offset: 0, data: &[3; 4096] } };
-    let w2 = Frame { sender: NodeId::A, epoch: rec.epoch, seq: 8, body: Body::Write { offset: 2048, data: &[4; 4096] } };
+    let w1 = Frame {
+        sender: NodeId::A,
+        epoch: rec.epoch,
+        seq: 7,
+        body: Body::Write {
+            offset: 0,
+            data: &[3; 4096],
+        },
+    };
+    let w2 = Frame {
+        sender: NodeId::A,
+        epoch: rec.epoch,
+        seq: 8,
+        body: Body::Write {
+            offset: 2048,
+            data: &[4; 4096],
+        },
+    };
     b.on_stream_bytes(now, &[w1.emit(), w2.emit()].concat());
-    let applied: Vec<u64> = b.drain_actions().filter_map(|a| match a { Action::ApplyReplicatedWrite { seq, .. } => Some(seq), _ => None }).collect();
+    let applied: Vec<u64> = b
+        .drain_actions()
+        .filter_map(|a| match a {
+            Action::ApplyReplicatedWrite { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
     assert_eq!(applied, vec![7]);
     b.on_replicated_write_done(now, 7, 0, true);
-    let applied: Vec<u64> = b.drain_actions().filter_map(|a| match a { Action::ApplyReplicatedWrite { seq, .. } => Some(seq), _ => None }).collect();
+    let applied: Vec<u64> = b
+        .drain_actions()
+        .filter_map(|a| match a {
+            Action::ApplyReplicatedWrite { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
     assert_eq!(applied, vec![8]);
 }
 
@@ -337,7 +534,11 @@ fn garbage_on_any_input_never_panics() {
     d.on_stream_bytes(ms(1), &[0xffu8; 64]);
     assert!(d.drain_actions().any(|a| a == Action::CloseStream));
     // A datagram claiming to be from ourselves is refused too.
-    d.on_datagram(ms(2), LinkId(0), &datagram(NodeId::A, 1, Message::SwitchoverRequest));
+    d.on_datagram(
+        ms(2),
+        LinkId(0),
+        &datagram(NodeId::A, 1, Message::SwitchoverRequest),
+    );
     assert_eq!(d.counters().bad_datagrams, 301);
 }
 
@@ -361,7 +562,10 @@ fn commands_refuse_what_would_lose_availability() {
     let l = Layout::new(DISK, 65536).unwrap();
     let newest = [0u64, 1]
         .iter()
-        .filter_map(|s| meta.get(&l.superblock_offset(*s)).and_then(|b| Superblock::parse(b).ok()))
+        .filter_map(|s| {
+            meta.get(&l.superblock_offset(*s))
+                .and_then(|b| Superblock::parse(b).ok())
+        })
         .max_by_key(|s| s.sequence)
         .unwrap();
     assert!(newest.admin_fenced);
@@ -381,49 +585,108 @@ fn ask(candidate: NodeId, epoch: u64, record: EpochRecord) -> VoteAsk {
 }
 
 fn own() -> OwnView {
-    OwnView { data_state: DataState::UpToDate, serving: false, resynced: false, accepts_outdate: false, handed_over_to: None }
+    OwnView {
+        data_state: DataState::UpToDate,
+        serving: false,
+        resynced: false,
+        accepts_outdate: false,
+        handed_over_to: None,
+    }
 }
 
 #[test]
 fn every_vote_refusal() {
     let h = Duration::from_millis(100);
-    let rec1 = EpochRecord { epoch: 1, primary: Some(NodeId::A), outdated: None };
+    let rec1 = EpochRecord {
+        epoch: 1,
+        primary: Some(NodeId::A),
+        outdated: None,
+    };
     let mut v = Voter::new(NodeId::B, 3, None, None, rec1, ms(0), h);
     let now = ms(200);
     // Granted: fresh epoch, eligible candidate, no promise outstanding.
-    assert_eq!(v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(own())), Ok(()));
-    assert_eq!(v.decide_vote(now, h, &ask(NodeId::A, 2, rec1), Some(own())), Err(Refusal::StaleEpoch));
+    assert_eq!(
+        v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(own())),
+        Ok(())
+    );
+    assert_eq!(
+        v.decide_vote(now, h, &ask(NodeId::A, 2, rec1), Some(own())),
+        Err(Refusal::StaleEpoch)
+    );
     let mut not_utd = ask(NodeId::A, 4, rec1);
     not_utd.data_state = DataState::Outdated;
-    assert_eq!(v.decide_vote(now, h, &not_utd, Some(own())), Err(Refusal::NotEligible));
-    let old = EpochRecord { epoch: 0, primary: None, outdated: None };
-    assert_eq!(v.decide_vote(now, h, &ask(NodeId::A, 4, old), Some(own())), Err(Refusal::StaleRecord));
+    assert_eq!(
+        v.decide_vote(now, h, &not_utd, Some(own())),
+        Err(Refusal::NotEligible)
+    );
+    let old = EpochRecord {
+        epoch: 0,
+        primary: None,
+        outdated: None,
+    };
+    assert_eq!(
+        v.decide_vote(now, h, &ask(NodeId::A, 4, old), Some(own())),
+        Err(Refusal::StaleRecord)
+    );
     let mut outdating_me = ask(NodeId::A, 4, rec1);
     outdating_me.outdated = Some(NodeId::B);
-    assert_eq!(v.decide_vote(now, h, &outdating_me, Some(own())), Err(Refusal::NotEligible));
-    let serving = OwnView { serving: true, ..own() };
-    assert_eq!(v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(serving)), Err(Refusal::ResponderIsPrimary));
+    assert_eq!(
+        v.decide_vote(now, h, &outdating_me, Some(own())),
+        Err(Refusal::NotEligible)
+    );
+    let serving = OwnView {
+        serving: true,
+        ..own()
+    };
+    assert_eq!(
+        v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(serving)),
+        Err(Refusal::ResponderIsPrimary)
+    );
     // Before the restart horizon, and while a granted lease may run.
-    assert_eq!(v.decide_vote(ms(50), h, &ask(NodeId::A, 4, rec1), Some(own())), Err(Refusal::LeaseOutstanding));
+    assert_eq!(
+        v.decide_vote(ms(50), h, &ask(NodeId::A, 4, rec1), Some(own())),
+        Err(Refusal::LeaseOutstanding)
+    );
     v.promise = Some((NodeId::Witness, ms(190)));
-    assert_eq!(v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(own())), Err(Refusal::LeaseOutstanding));
-    let handed = OwnView { handed_over_to: Some(NodeId::A), ..own() };
-    assert_eq!(v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(handed)), Ok(()));
+    assert_eq!(
+        v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(own())),
+        Err(Refusal::LeaseOutstanding)
+    );
+    let handed = OwnView {
+        handed_over_to: Some(NodeId::A),
+        ..own()
+    };
+    assert_eq!(
+        v.decide_vote(now, h, &ask(NodeId::A, 4, rec1), Some(handed)),
+        Ok(())
+    );
     v.promise = None;
     // One vote per epoch.
     v.grant_vote(now, &ask(NodeId::A, 4, rec1));
     assert_eq!((v.epoch, v.voted_for), (4, Some(NodeId::A)));
     let mut other_proposal = ask(NodeId::A, 4, rec1);
     other_proposal.outdated = Some(NodeId::Witness);
-    assert_eq!(v.decide_vote(now, h, &other_proposal, Some(own())), Err(Refusal::AlreadyVoted));
+    assert_eq!(
+        v.decide_vote(now, h, &other_proposal, Some(own())),
+        Err(Refusal::AlreadyVoted)
+    );
     // A peer that is not UpToDate only accepts a recovery it completed.
     let mut w = Voter::new(NodeId::B, 3, None, None, rec1, ms(0), h);
-    let behind = OwnView { data_state: DataState::Inconsistent, ..own() };
+    let behind = OwnView {
+        data_state: DataState::Inconsistent,
+        ..own()
+    };
     let mut recover = ask(NodeId::A, 4, rec1);
     recover.outdated = None;
     recover.reason = ElectionReason::PeerRecovered;
-    assert_eq!(w.decide_vote(now, h, &recover, Some(behind)), Err(Refusal::NotEligible));
-    let done = OwnView { resynced: true, ..behind };
+    assert_eq!(
+        w.decide_vote(now, h, &recover, Some(behind)),
+        Err(Refusal::NotEligible)
+    );
+    let done = OwnView {
+        resynced: true,
+        ..behind
+    };
     assert_eq!(w.decide_vote(now, h, &recover, Some(done)), Ok(()));
     w.grant_vote(now, &recover);
 }
@@ -431,10 +694,17 @@ fn every_vote_refusal() {
 #[test]
 fn witness_votes_only_knowing_the_candidates_peer() {
     let h = Duration::from_millis(100);
-    let rec1 = EpochRecord { epoch: 1, primary: Some(NodeId::A), outdated: None };
+    let rec1 = EpochRecord {
+        epoch: 1,
+        primary: Some(NodeId::A),
+        outdated: None,
+    };
     let mut w = Voter::new(NodeId::Witness, 1, None, None, rec1, ms(0), h);
     let now = ms(500);
-    assert_eq!(w.decide_vote(now, h, &ask(NodeId::B, 2, rec1), None), Err(Refusal::PeerStateUnknown));
+    assert_eq!(
+        w.decide_vote(now, h, &ask(NodeId::B, 2, rec1), None),
+        Err(Refusal::PeerStateUnknown)
+    );
     // A's heartbeat (sent after the witness started) shows a pending
     // proposal that outdates B: B is not eligible.
     let mut hb_a = hb(Role::Primary, rec1, 0);
@@ -442,42 +712,87 @@ fn witness_votes_only_knowing_the_candidates_peer() {
     hb_a.vote_outdated = Some(NodeId::B);
     w.knowledge[0].heartbeat = Some(hb_a);
     w.knowledge[0].epoch = 2;
-    assert_eq!(w.decide_vote(now, h, &ask(NodeId::B, 3, rec1), None), Err(Refusal::NotEligible));
+    assert_eq!(
+        w.decide_vote(now, h, &ask(NodeId::B, 3, rec1), None),
+        Err(Refusal::NotEligible)
+    );
     // A voted for itself in epoch 2: B cannot also win epoch 2.
     w.knowledge[0].heartbeat = Some(hb(Role::Primary, rec1, 0));
-    assert_eq!(w.decide_vote(now, h, &ask(NodeId::B, 0, rec1), None), Err(Refusal::StaleEpoch));
+    assert_eq!(
+        w.decide_vote(now, h, &ask(NodeId::B, 0, rec1), None),
+        Err(Refusal::StaleEpoch)
+    );
     w.knowledge[0].epoch = 3;
-    assert_eq!(w.decide_vote(now, h, &ask(NodeId::B, 2, rec1), None), Err(Refusal::AlreadyVoted));
+    assert_eq!(
+        w.decide_vote(now, h, &ask(NodeId::B, 2, rec1), None),
+        Err(Refusal::AlreadyVoted)
+    );
     // A committed a newer record that B never saw.
-    let rec2 = EpochRecord { epoch: 2, primary: Some(NodeId::A), outdated: None };
+    let rec2 = EpochRecord {
+        epoch: 2,
+        primary: Some(NodeId::A),
+        outdated: None,
+    };
     w.knowledge[0].heartbeat = Some(hb(Role::Primary, rec2, 0));
     w.knowledge[0].epoch = 2;
-    assert_eq!(w.decide_vote(now, h, &ask(NodeId::B, 4, rec1), None), Err(Refusal::StaleRecord));
+    assert_eq!(
+        w.decide_vote(now, h, &ask(NodeId::B, 4, rec1), None),
+        Err(Refusal::StaleRecord)
+    );
     w.knowledge[0].heartbeat = Some(hb(Role::Primary, rec1, 0));
     w.knowledge[0].epoch = 1;
-    assert_eq!(w.decide_vote(now, h, &ask(NodeId::B, 2, rec1), None), Ok(()));
+    assert_eq!(
+        w.decide_vote(now, h, &ask(NodeId::B, 2, rec1), None),
+        Ok(())
+    );
     // Only the peer itself vouches for a recovery.
     let mut recover = ask(NodeId::A, 2, rec1);
     recover.outdated = None;
     recover.reason = ElectionReason::PeerRecovered;
     w.knowledge[1].heartbeat = Some(hb(Role::Secondary, rec1, 0));
-    assert_eq!(w.decide_vote(now, h, &recover, None), Err(Refusal::NotEligible));
+    assert_eq!(
+        w.decide_vote(now, h, &recover, None),
+        Err(Refusal::NotEligible)
+    );
 }
 
 #[test]
 fn every_lease_refusal() {
     let h = Duration::from_millis(100);
-    let rec2 = EpochRecord { epoch: 2, primary: Some(NodeId::A), outdated: None };
+    let rec2 = EpochRecord {
+        epoch: 2,
+        primary: Some(NodeId::A),
+        outdated: None,
+    };
     let mut v = Voter::new(NodeId::Witness, 3, None, None, rec2, ms(0), h);
-    assert_eq!(v.decide_lease(NodeId::A, 3, &rec2, true), Err(Refusal::PeerStateUnknown));
+    assert_eq!(
+        v.decide_lease(NodeId::A, 3, &rec2, true),
+        Err(Refusal::PeerStateUnknown)
+    );
     v.knowledge[1].heartbeat = Some(hb(Role::Secondary, rec2, 0));
     assert_eq!(v.decide_lease(NodeId::A, 3, &rec2, true), Ok(()));
-    assert_eq!(v.decide_lease(NodeId::A, 2, &rec2, true), Err(Refusal::StaleEpoch));
-    let rec1 = EpochRecord { epoch: 1, primary: Some(NodeId::A), outdated: None };
-    assert_eq!(v.decide_lease(NodeId::A, 3, &rec1, true), Err(Refusal::StaleRecord));
-    assert_eq!(v.decide_lease(NodeId::B, 3, &rec2, true), Err(Refusal::NotPrimary));
+    assert_eq!(
+        v.decide_lease(NodeId::A, 2, &rec2, true),
+        Err(Refusal::StaleEpoch)
+    );
+    let rec1 = EpochRecord {
+        epoch: 1,
+        primary: Some(NodeId::A),
+        outdated: None,
+    };
+    assert_eq!(
+        v.decide_lease(NodeId::A, 3, &rec1, true),
+        Err(Refusal::StaleRecord)
+    );
+    assert_eq!(
+        v.decide_lease(NodeId::B, 3, &rec2, true),
+        Err(Refusal::NotPrimary)
+    );
     v.voted_for = Some(NodeId::B);
-    assert_eq!(v.decide_lease(NodeId::A, 3, &rec2, true), Err(Refusal::AlreadyVoted));
+    assert_eq!(
+        v.decide_lease(NodeId::A, 3, &rec2, true),
+        Err(Refusal::AlreadyVoted)
+    );
 }
 
 #[test]
@@ -485,28 +800,74 @@ fn witness_ignores_heartbeats_sent_before_it_started() {
     let mut wc = WitnessConfig::new(555);
     wc.timing = cfg(NodeId::A).timing;
     let mut w = Witness::new(wc, ms(0)).unwrap();
-    let rec = EpochRecord { epoch: 1, primary: Some(NodeId::A), outdated: None };
+    let rec = EpochRecord {
+        epoch: 1,
+        primary: Some(NodeId::A),
+        outdated: None,
+    };
     let mut old = hb(Role::Primary, rec, 0);
     old.echo = 554;
-    w.on_datagram(ms(1), LinkId(0), &datagram(NodeId::A, 1, Message::Heartbeat(old)));
-    w.on_datagram(ms(1), LinkId(0), &datagram(NodeId::B, 1, Message::Heartbeat(hb(Role::Secondary, rec, 0))));
+    w.on_datagram(
+        ms(1),
+        LinkId(0),
+        &datagram(NodeId::A, 1, Message::Heartbeat(old)),
+    );
+    w.on_datagram(
+        ms(1),
+        LinkId(0),
+        &datagram(
+            NodeId::B,
+            1,
+            Message::Heartbeat(hb(Role::Secondary, rec, 0)),
+        ),
+    );
     assert!(!w.status(ms(500)).settled);
     let mut fresh = hb(Role::Primary, rec, 0);
     fresh.echo = 555;
     let mut fresh_b = hb(Role::Secondary, rec, 0);
     fresh_b.echo = 555;
-    w.on_datagram(ms(2), LinkId(1), &datagram(NodeId::A, 1, Message::Heartbeat(fresh)));
-    w.on_datagram(ms(2), LinkId(1), &datagram(NodeId::B, 1, Message::Heartbeat(fresh_b)));
+    w.on_datagram(
+        ms(2),
+        LinkId(1),
+        &datagram(NodeId::A, 1, Message::Heartbeat(fresh)),
+    );
+    w.on_datagram(
+        ms(2),
+        LinkId(1),
+        &datagram(NodeId::B, 1, Message::Heartbeat(fresh_b)),
+    );
     assert!(w.status(ms(500)).settled);
     assert_eq!(w.epoch(), 1);
     // Lease granted to the primary of the record, on the link it asked.
     w.drain_actions().for_each(drop);
-    w.on_datagram(ms(3), LinkId(1), &datagram(NodeId::A, 1, Message::LeaseRequest { round: 4, record: rec }));
+    w.on_datagram(
+        ms(3),
+        LinkId(1),
+        &datagram(
+            NodeId::A,
+            1,
+            Message::LeaseRequest {
+                round: 4,
+                record: rec,
+            },
+        ),
+    );
     let acts: Vec<Action> = w.drain_actions().collect();
     assert_eq!(acts.len(), 1);
     match &acts[0] {
-        Action::SendDatagram { to: NodeId::A, link: LinkId(1), bytes } => {
-            assert_eq!(Datagram::parse(bytes).unwrap().message, Message::LeaseReply { round: 4, granted: true, refusal: Refusal::None });
+        Action::SendDatagram {
+            to: NodeId::A,
+            link: LinkId(1),
+            bytes,
+        } => {
+            assert_eq!(
+                Datagram::parse(bytes).unwrap().message,
+                Message::LeaseReply {
+                    round: 4,
+                    granted: true,
+                    refusal: Refusal::None
+                }
+            );
         }
         other => panic!("{other:?}"),
     }

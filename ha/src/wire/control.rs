@@ -17,9 +17,11 @@
 
 use alloc::vec::Vec;
 
-use super::{Reader, Writer, CRC32C, RECORD_LEN};
-use crate::types::{opt_node_from_u8, opt_node_to_u8, DataState, EpochRecord, LinkId, NodeId, Role};
+use super::{CRC32C, RECORD_LEN, Reader, Writer};
 use crate::Error;
+use crate::types::{
+    DataState, EpochRecord, LinkId, NodeId, Role, opt_node_from_u8, opt_node_to_u8,
+};
 
 pub const MAGIC: u32 = 0x5444_4841;
 pub const VERSION: u8 = 1;
@@ -67,7 +69,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let len = self.payload_len() as usize;
         if len > MAX_PAYLOAD {
-            return Err(Error::TooLarge { length: len as u64, max: MAX_PAYLOAD as u64 });
+            return Err(Error::TooLarge {
+                length: len as u64,
+                max: MAX_PAYLOAD as u64,
+            });
         }
         if b.len() < HEADER_LEN + len {
             return Err(Error::Truncated);
@@ -246,14 +251,32 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// A primary asks for (renewal of) its lease; `round` numbers the request
     /// so that a reply confirms a point in time after the request was sent.
-    LeaseRequest { round: u64, record: EpochRecord },
-    LeaseReply { round: u64, granted: bool, refusal: Refusal },
+    LeaseRequest {
+        round: u64,
+        record: EpochRecord,
+    },
+    LeaseReply {
+        round: u64,
+        granted: bool,
+        refusal: Refusal,
+    },
     /// The sender asks to become primary of epoch `header.epoch`, recording
     /// `outdated` as Outdated. `record` is the candidate's latest record.
-    VoteRequest { outdated: Option<NodeId>, data_state: DataState, reason: ElectionReason, record: EpochRecord },
-    VoteReply { granted: bool, refusal: Refusal, record: EpochRecord },
+    VoteRequest {
+        outdated: Option<NodeId>,
+        data_state: DataState,
+        reason: ElectionReason,
+        record: EpochRecord,
+    },
+    VoteReply {
+        granted: bool,
+        refusal: Refusal,
+        record: EpochRecord,
+    },
     /// The primary has drained its I/O and asks its peer to take over.
-    Handover { record: EpochRecord },
+    Handover {
+        record: EpochRecord,
+    },
     /// A secondary asks the primary for a planned switchover (console `promote`).
     SwitchoverRequest,
 }
@@ -274,18 +297,27 @@ impl Datagram {
         let sender = NodeId::from_u8(p.sender()).ok_or(Error::InvalidField("sender"))?;
         let link = LinkId(p.link());
         let payload = p.payload();
-        let need = |n: usize| if payload.len() < n { Err(Error::Truncated) } else { Ok(()) };
+        let need = |n: usize| {
+            if payload.len() < n {
+                Err(Error::Truncated)
+            } else {
+                Ok(())
+            }
+        };
         let mut r = Reader::new(payload);
         let message = match p.kind() {
             kind::HEARTBEAT => {
                 need(8 + RECORD_LEN + 16)?;
                 let role = Role::from_u8(r.u8()).ok_or(Error::InvalidField("heartbeat.role"))?;
-                let data_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("heartbeat.data_state"))?;
-                let peer_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("heartbeat.peer_state"))?;
+                let data_state = DataState::from_u8(r.u8())
+                    .ok_or(Error::InvalidField("heartbeat.data_state"))?;
+                let peer_state = DataState::from_u8(r.u8())
+                    .ok_or(Error::InvalidField("heartbeat.peer_state"))?;
                 let flags = r.u8();
-                let voted_for = opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("heartbeat.voted_for"))?;
-                let vote_outdated =
-                    opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("heartbeat.vote_outdated"))?;
+                let voted_for = opt_node_from_u8(r.u8())
+                    .map_err(|_| Error::InvalidField("heartbeat.voted_for"))?;
+                let vote_outdated = opt_node_from_u8(r.u8())
+                    .map_err(|_| Error::InvalidField("heartbeat.vote_outdated"))?;
                 r.skip(2);
                 let record = r.record()?;
                 let incarnation = r.u64();
@@ -305,38 +337,66 @@ impl Datagram {
             kind::LEASE_REQUEST => {
                 need(8 + RECORD_LEN)?;
                 let round = r.u64();
-                Message::LeaseRequest { round, record: r.record()? }
+                Message::LeaseRequest {
+                    round,
+                    record: r.record()?,
+                }
             }
             kind::LEASE_REPLY => {
                 need(16)?;
                 let round = r.u64();
                 let granted = r.u8() != 0;
-                let refusal = Refusal::from_u8(r.u8()).ok_or(Error::InvalidField("lease_reply.refusal"))?;
-                Message::LeaseReply { round, granted, refusal }
+                let refusal =
+                    Refusal::from_u8(r.u8()).ok_or(Error::InvalidField("lease_reply.refusal"))?;
+                Message::LeaseReply {
+                    round,
+                    granted,
+                    refusal,
+                }
             }
             kind::VOTE_REQUEST => {
                 need(8 + RECORD_LEN)?;
-                let outdated = opt_node_from_u8(r.u8()).map_err(|_| Error::InvalidField("vote_request.outdated"))?;
-                let data_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("vote_request.data_state"))?;
-                let reason = ElectionReason::from_u8(r.u8()).ok_or(Error::InvalidField("vote_request.reason"))?;
+                let outdated = opt_node_from_u8(r.u8())
+                    .map_err(|_| Error::InvalidField("vote_request.outdated"))?;
+                let data_state = DataState::from_u8(r.u8())
+                    .ok_or(Error::InvalidField("vote_request.data_state"))?;
+                let reason = ElectionReason::from_u8(r.u8())
+                    .ok_or(Error::InvalidField("vote_request.reason"))?;
                 r.skip(5);
-                Message::VoteRequest { outdated, data_state, reason, record: r.record()? }
+                Message::VoteRequest {
+                    outdated,
+                    data_state,
+                    reason,
+                    record: r.record()?,
+                }
             }
             kind::VOTE_REPLY => {
                 need(8 + RECORD_LEN)?;
                 let granted = r.u8() != 0;
-                let refusal = Refusal::from_u8(r.u8()).ok_or(Error::InvalidField("vote_reply.refusal"))?;
+                let refusal =
+                    Refusal::from_u8(r.u8()).ok_or(Error::InvalidField("vote_reply.refusal"))?;
                 r.skip(6);
-                Message::VoteReply { granted, refusal, record: r.record()? }
+                Message::VoteReply {
+                    granted,
+                    refusal,
+                    record: r.record()?,
+                }
             }
             kind::HANDOVER => {
                 need(RECORD_LEN)?;
-                Message::Handover { record: r.record()? }
+                Message::Handover {
+                    record: r.record()?,
+                }
             }
             kind::SWITCHOVER_REQUEST => Message::SwitchoverRequest,
             k => return Err(Error::UnknownKind(k)),
         };
-        Ok(Datagram { sender, link, epoch: p.epoch(), message })
+        Ok(Datagram {
+            sender,
+            link,
+            epoch: p.epoch(),
+            message,
+        })
     }
 
     /// Encodes the datagram, checksum included.
@@ -361,16 +421,36 @@ impl Datagram {
                 w.u64(*round).record(record);
                 kind::LEASE_REQUEST
             }
-            Message::LeaseReply { round, granted, refusal } => {
+            Message::LeaseReply {
+                round,
+                granted,
+                refusal,
+            } => {
                 w.u64(*round).u8(*granted as u8).u8(*refusal as u8).zeros(6);
                 kind::LEASE_REPLY
             }
-            Message::VoteRequest { outdated, data_state, reason, record } => {
-                w.u8(opt_node_to_u8(*outdated)).u8(*data_state as u8).u8(*reason as u8).zeros(5).record(record);
+            Message::VoteRequest {
+                outdated,
+                data_state,
+                reason,
+                record,
+            } => {
+                w.u8(opt_node_to_u8(*outdated))
+                    .u8(*data_state as u8)
+                    .u8(*reason as u8)
+                    .zeros(5)
+                    .record(record);
                 kind::VOTE_REQUEST
             }
-            Message::VoteReply { granted, refusal, record } => {
-                w.u8(*granted as u8).u8(*refusal as u8).zeros(6).record(record);
+            Message::VoteReply {
+                granted,
+                refusal,
+                record,
+            } => {
+                w.u8(*granted as u8)
+                    .u8(*refusal as u8)
+                    .zeros(6)
+                    .record(record);
                 kind::VOTE_REPLY
             }
             Message::Handover { record } => {
@@ -404,7 +484,11 @@ mod tests {
     use super::*;
 
     fn samples() -> Vec<Datagram> {
-        let rec = EpochRecord { epoch: 7, primary: Some(NodeId::A), outdated: Some(NodeId::B) };
+        let rec = EpochRecord {
+            epoch: 7,
+            primary: Some(NodeId::A),
+            outdated: Some(NodeId::B),
+        };
         let msgs = [
             Message::Heartbeat(Heartbeat {
                 role: Role::Primary,
@@ -417,16 +501,31 @@ mod tests {
                 incarnation: 0xdead_beef,
                 echo: 42,
             }),
-            Message::LeaseRequest { round: 99, record: rec },
-            Message::LeaseReply { round: 99, granted: true, refusal: Refusal::None },
-            Message::LeaseReply { round: 3, granted: false, refusal: Refusal::NotPrimary },
+            Message::LeaseRequest {
+                round: 99,
+                record: rec,
+            },
+            Message::LeaseReply {
+                round: 99,
+                granted: true,
+                refusal: Refusal::None,
+            },
+            Message::LeaseReply {
+                round: 3,
+                granted: false,
+                refusal: Refusal::NotPrimary,
+            },
             Message::VoteRequest {
                 outdated: Some(NodeId::B),
                 data_state: DataState::UpToDate,
                 reason: ElectionReason::OutdatePeer,
                 record: rec,
             },
-            Message::VoteReply { granted: false, refusal: Refusal::LeaseOutstanding, record: EpochRecord::INITIAL },
+            Message::VoteReply {
+                granted: false,
+                refusal: Refusal::LeaseOutstanding,
+                record: EpochRecord::INITIAL,
+            },
             Message::Handover { record: rec },
             Message::SwitchoverRequest,
         ];
@@ -490,7 +589,13 @@ mod tests {
         // Oversized declared payload.
         let mut b = d.emit();
         b[16..18].copy_from_slice(&1000u16.to_be_bytes());
-        assert_eq!(Datagram::parse(&b), Err(Error::TooLarge { length: 1000, max: MAX_PAYLOAD as u64 }));
+        assert_eq!(
+            Datagram::parse(&b),
+            Err(Error::TooLarge {
+                length: 1000,
+                max: MAX_PAYLOAD as u64
+            })
+        );
     }
 
     #[test]

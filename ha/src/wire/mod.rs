@@ -14,8 +14,8 @@
 pub mod control;
 pub mod stream;
 
-use crate::types::{opt_node_from_u8, opt_node_to_u8, EpochRecord};
 use crate::Error;
+use crate::types::{EpochRecord, opt_node_from_u8, opt_node_to_u8};
 
 /// CRC-32C (Castagnoli, as iSCSI and NVMe/TCP use it).
 pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -70,10 +70,16 @@ impl<'a> Reader<'a> {
     /// An epoch record: epoch u64, primary u8, outdated u8, 6 reserved bytes.
     pub(crate) fn record(&mut self) -> Result<EpochRecord, Error> {
         let epoch = self.u64();
-        let primary = opt_node_from_u8(self.u8()).map_err(|_| Error::InvalidField("record.primary"))?;
-        let outdated = opt_node_from_u8(self.u8()).map_err(|_| Error::InvalidField("record.outdated"))?;
+        let primary =
+            opt_node_from_u8(self.u8()).map_err(|_| Error::InvalidField("record.primary"))?;
+        let outdated =
+            opt_node_from_u8(self.u8()).map_err(|_| Error::InvalidField("record.outdated"))?;
         self.skip(6);
-        Ok(EpochRecord { epoch, primary, outdated })
+        Ok(EpochRecord {
+            epoch,
+            primary,
+            outdated,
+        })
     }
 }
 
@@ -106,7 +112,10 @@ impl Writer<'_> {
         self
     }
     pub(crate) fn record(&mut self, r: &EpochRecord) -> &mut Self {
-        self.u64(r.epoch).u8(opt_node_to_u8(r.primary)).u8(opt_node_to_u8(r.outdated)).zeros(6)
+        self.u64(r.epoch)
+            .u8(opt_node_to_u8(r.primary))
+            .u8(opt_node_to_u8(r.outdated))
+            .zeros(6)
     }
 }
 

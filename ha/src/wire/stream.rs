@@ -18,9 +18,9 @@
 
 use alloc::vec::Vec;
 
-use super::{Reader, Writer, CRC32C, RECORD_LEN};
-use crate::types::{DataState, EpochRecord, NodeId, Role};
+use super::{CRC32C, RECORD_LEN, Reader, Writer};
 use crate::Error;
+use crate::types::{DataState, EpochRecord, NodeId, Role};
 
 pub const MAGIC: u32 = 0x5444_5253;
 pub const VERSION: u8 = 1;
@@ -82,13 +82,29 @@ pub enum Body<'a> {
     Hello(Hello),
     /// The primary's committed record; sent before any Write of that epoch.
     Config(EpochRecord),
-    Write { offset: u64, data: &'a [u8] },
-    WriteAck { status: AckStatus },
+    Write {
+        offset: u64,
+        data: &'a [u8],
+    },
+    WriteAck {
+        status: AckStatus,
+    },
     /// A run of the sender's dirty-region bitmap.
-    Bitmap { first_region: u64, bit_count: u32, bits: &'a [u8] },
+    Bitmap {
+        first_region: u64,
+        bit_count: u32,
+        bits: &'a [u8],
+    },
     BitmapDone,
-    ResyncData { offset: u64, data: &'a [u8] },
-    ResyncAck { offset: u64, len: u32, status: AckStatus },
+    ResyncData {
+        offset: u64,
+        data: &'a [u8],
+    },
+    ResyncAck {
+        offset: u64,
+        len: u32,
+        status: AckStatus,
+    },
     ResyncDone,
 }
 
@@ -129,9 +145,14 @@ fn check_header(h: &[u8]) -> Result<(u8, NodeId, usize), Error> {
     if version != VERSION {
         return Err(Error::UnsupportedVersion(version as u16));
     }
-    let sender = NodeId::from_u8(sender).filter(|n| n.is_data_node()).ok_or(Error::InvalidField("sender"))?;
+    let sender = NodeId::from_u8(sender)
+        .filter(|n| n.is_data_node())
+        .ok_or(Error::InvalidField("sender"))?;
     if length > MAX_PAYLOAD {
-        return Err(Error::TooLarge { length: length as u64, max: MAX_PAYLOAD as u64 });
+        return Err(Error::TooLarge {
+            length: length as u64,
+            max: MAX_PAYLOAD as u64,
+        });
     }
     Ok((kind, sender, length))
 }
@@ -144,21 +165,37 @@ impl<'a> Frame<'a> {
         r.skip(16);
         let epoch = r.u64();
         let seq = r.u64();
-        let payload = bytes.get(HEADER_LEN..HEADER_LEN + length).ok_or(Error::Truncated)?;
-        let need = |n: usize| if payload.len() < n { Err(Error::Truncated) } else { Ok(()) };
+        let payload = bytes
+            .get(HEADER_LEN..HEADER_LEN + length)
+            .ok_or(Error::Truncated)?;
+        let need = |n: usize| {
+            if payload.len() < n {
+                Err(Error::Truncated)
+            } else {
+                Ok(())
+            }
+        };
         let mut r = Reader::new(payload);
         let body = match kind {
             kind::HELLO => {
                 need(8 + RECORD_LEN + 24)?;
                 let role = Role::from_u8(r.u8()).ok_or(Error::InvalidField("hello.role"))?;
-                let data_state = DataState::from_u8(r.u8()).ok_or(Error::InvalidField("hello.data_state"))?;
+                let data_state =
+                    DataState::from_u8(r.u8()).ok_or(Error::InvalidField("hello.data_state"))?;
                 r.skip(6);
                 let record = r.record()?;
                 let region_size = r.u32();
                 r.skip(4);
                 let region_count = r.u64();
                 let data_bytes = r.u64();
-                Body::Hello(Hello { role, data_state, record, region_size, region_count, data_bytes })
+                Body::Hello(Hello {
+                    role,
+                    data_state,
+                    record,
+                    region_size,
+                    region_count,
+                    data_bytes,
+                })
             }
             kind::CONFIG => {
                 need(RECORD_LEN)?;
@@ -179,7 +216,8 @@ impl<'a> Frame<'a> {
             }
             kind::WRITE_ACK => {
                 need(8)?;
-                let status = AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("write_ack.status"))?;
+                let status =
+                    AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("write_ack.status"))?;
                 Body::WriteAck { status }
             }
             kind::BITMAP => {
@@ -191,20 +229,34 @@ impl<'a> Frame<'a> {
                 if (bit_count as usize).div_ceil(8) != bits.len() {
                     return Err(Error::InvalidField("bitmap.bit_count"));
                 }
-                Body::Bitmap { first_region, bit_count, bits }
+                Body::Bitmap {
+                    first_region,
+                    bit_count,
+                    bits,
+                }
             }
             kind::BITMAP_DONE => Body::BitmapDone,
             kind::RESYNC_ACK => {
                 need(16)?;
                 let offset = r.u64();
                 let len = r.u32();
-                let status = AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("resync_ack.status"))?;
-                Body::ResyncAck { offset, len, status }
+                let status =
+                    AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("resync_ack.status"))?;
+                Body::ResyncAck {
+                    offset,
+                    len,
+                    status,
+                }
             }
             kind::RESYNC_DONE => Body::ResyncDone,
             k => return Err(Error::UnknownKind(k)),
         };
-        Ok(Frame { sender, epoch, seq, body })
+        Ok(Frame {
+            sender,
+            epoch,
+            seq,
+            body,
+        })
     }
 
     /// Encodes the frame.
@@ -239,12 +291,20 @@ impl<'a> Frame<'a> {
                 w.u8(*status as u8).zeros(7);
                 kind::WRITE_ACK
             }
-            Body::Bitmap { first_region, bit_count, bits } => {
+            Body::Bitmap {
+                first_region,
+                bit_count,
+                bits,
+            } => {
                 w.u64(*first_region).u32(*bit_count).zeros(4).bytes(bits);
                 kind::BITMAP
             }
             Body::BitmapDone => kind::BITMAP_DONE,
-            Body::ResyncAck { offset, len, status } => {
+            Body::ResyncAck {
+                offset,
+                len,
+                status,
+            } => {
                 w.u64(*offset).u32(*len).u8(*status as u8).zeros(3);
                 kind::RESYNC_ACK
             }
@@ -278,7 +338,13 @@ fn encode_header(kind: u8, sender: NodeId, epoch: u64, seq: u64, payload_len: us
 /// The header and offset of a Write frame whose `len` data bytes follow
 /// directly on the stream: lets the sender transmit host data without copying
 /// it into a frame buffer.
-pub fn write_frame_prefix(sender: NodeId, epoch: u64, seq: u64, offset: u64, len: usize) -> Vec<u8> {
+pub fn write_frame_prefix(
+    sender: NodeId,
+    epoch: u64,
+    seq: u64,
+    offset: u64,
+    len: usize,
+) -> Vec<u8> {
     let mut out = encode_header(kind::WRITE, sender, epoch, seq, 8 + len);
     out.extend_from_slice(&offset.to_be_bytes());
     out
@@ -354,7 +420,11 @@ mod tests {
     use super::*;
 
     fn samples() -> Vec<Vec<u8>> {
-        let rec = EpochRecord { epoch: 5, primary: Some(NodeId::B), outdated: None };
+        let rec = EpochRecord {
+            epoch: 5,
+            primary: Some(NodeId::B),
+            outdated: None,
+        };
         let data = [7u8; 100];
         let bodies = [
             Body::Hello(Hello {
@@ -366,18 +436,42 @@ mod tests {
                 data_bytes: 1234 * 65536,
             }),
             Body::Config(rec),
-            Body::Write { offset: 4096, data: &data },
-            Body::WriteAck { status: AckStatus::Fenced },
-            Body::Bitmap { first_region: 8, bit_count: 13, bits: &[0xff, 0x1f] },
+            Body::Write {
+                offset: 4096,
+                data: &data,
+            },
+            Body::WriteAck {
+                status: AckStatus::Fenced,
+            },
+            Body::Bitmap {
+                first_region: 8,
+                bit_count: 13,
+                bits: &[0xff, 0x1f],
+            },
             Body::BitmapDone,
-            Body::ResyncData { offset: 1 << 20, data: &data[..10] },
-            Body::ResyncAck { offset: 1 << 20, len: 10, status: AckStatus::Ok },
+            Body::ResyncData {
+                offset: 1 << 20,
+                data: &data[..10],
+            },
+            Body::ResyncAck {
+                offset: 1 << 20,
+                len: 10,
+                status: AckStatus::Ok,
+            },
             Body::ResyncDone,
         ];
         bodies
             .into_iter()
             .enumerate()
-            .map(|(i, body)| Frame { sender: NodeId::A, epoch: 3, seq: i as u64, body }.emit())
+            .map(|(i, body)| {
+                Frame {
+                    sender: NodeId::A,
+                    epoch: 3,
+                    seq: i as u64,
+                    body,
+                }
+                .emit()
+            })
             .collect()
     }
 
@@ -394,7 +488,13 @@ mod tests {
         let mut bytes = write_frame_prefix(NodeId::B, 9, 77, 8192, 3);
         bytes.extend_from_slice(&[1, 2, 3]);
         let f = Frame::parse(&bytes).unwrap();
-        assert_eq!(f.body, Body::Write { offset: 8192, data: &[1, 2, 3] });
+        assert_eq!(
+            f.body,
+            Body::Write {
+                offset: 8192,
+                data: &[1, 2, 3]
+            }
+        );
         assert_eq!((f.sender, f.epoch, f.seq), (NodeId::B, 9, 77));
     }
 
@@ -436,13 +536,41 @@ mod tests {
             }
         }
         // Bitmap with a bit count that does not match its bytes.
-        let f = Frame { sender: NodeId::A, epoch: 1, seq: 0, body: Body::Bitmap { first_region: 0, bit_count: 20, bits: &[1] } };
-        assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("bitmap.bit_count")));
+        let f = Frame {
+            sender: NodeId::A,
+            epoch: 1,
+            seq: 0,
+            body: Body::Bitmap {
+                first_region: 0,
+                bit_count: 20,
+                bits: &[1],
+            },
+        };
+        assert_eq!(
+            Frame::parse(&f.emit()),
+            Err(Error::InvalidField("bitmap.bit_count"))
+        );
         // The witness never speaks on the replication stream.
-        let f = Frame { sender: NodeId::Witness, epoch: 1, seq: 0, body: Body::ResyncDone };
+        let f = Frame {
+            sender: NodeId::Witness,
+            epoch: 1,
+            seq: 0,
+            body: Body::ResyncDone,
+        };
         assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("sender")));
         // An empty write.
-        let f = Frame { sender: NodeId::A, epoch: 1, seq: 0, body: Body::Write { offset: 0, data: &[] } };
-        assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("data length")));
+        let f = Frame {
+            sender: NodeId::A,
+            epoch: 1,
+            seq: 0,
+            body: Body::Write {
+                offset: 0,
+                data: &[],
+            },
+        };
+        assert_eq!(
+            Frame::parse(&f.emit()),
+            Err(Error::InvalidField("data length"))
+        );
     }
 }

@@ -10,11 +10,13 @@
 //! - never two nodes serving in the same epoch.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use tandem_ha::metadata::BLOCK_SIZE;
-use tandem_ha::node::{Action, Config, DataNode, HostIoError, InitialData, IoResult, ReplicationState, Timing};
+use tandem_ha::node::{
+    Action, Config, DataNode, HostIoError, InitialData, IoResult, ReplicationState, Timing,
+};
 use tandem_ha::witness::{Witness, WitnessConfig};
 use tandem_ha::{AnaState, DataState, Duration, Instant, LinkId, NodeId, Role};
 
@@ -63,11 +65,26 @@ enum HostOp {
 
 #[derive(Clone, Debug)]
 enum DiskKind {
-    HostWrite { id: u64, data: Vec<u8> },
-    HostRead { id: u64 },
-    Replicated { seq: u64, offset: u64, data: Vec<u8> },
-    ResyncRead { offset: u64, len: u32 },
-    ResyncWrite { offset: u64, data: Vec<u8> },
+    HostWrite {
+        id: u64,
+        data: Vec<u8>,
+    },
+    HostRead {
+        id: u64,
+    },
+    Replicated {
+        seq: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    ResyncRead {
+        offset: u64,
+        len: u32,
+    },
+    ResyncWrite {
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +105,7 @@ enum Event {
     Release { to: NodeId },
 }
 
+#[allow(clippy::large_enum_variant)]
 pub enum Member {
     Data(DataNode),
     Witness(Witness),
@@ -147,7 +165,12 @@ pub struct LinkParams {
 
 impl Default for LinkParams {
     fn default() -> Self {
-        LinkParams { drop_per_mille: 0, dup_per_mille: 0, min_delay: 100 * US, max_delay: 400 * US }
+        LinkParams {
+            drop_per_mille: 0,
+            dup_per_mille: 0,
+            min_delay: 100 * US,
+            max_delay: 400 * US,
+        }
     }
 }
 
@@ -268,8 +291,8 @@ impl Sim {
         for id in NodeId::ALL {
             sim.boot(id, true);
         }
-        sim.schedule(1 * MS, Event::Tick);
-        sim.schedule(1 * MS, Event::HostStep);
+        sim.schedule(MS, Event::Tick);
+        sim.schedule(MS, Event::HostStep);
         sim
     }
 
@@ -296,12 +319,19 @@ impl Sim {
         } else if fresh {
             let cfg = self.cfg(id);
             let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
-            Member::Data(DataNode::format_with_layout(cfg, layout, InitialData::UpToDate, local).unwrap())
+            Member::Data(
+                DataNode::format_with_layout(cfg, layout, InitialData::UpToDate, local).unwrap(),
+            )
         } else {
             let cfg = self.cfg(id);
             let n = &self.nodes[idx(id)];
             let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
-            let get = |off: u64| n.meta.get(&off).cloned().unwrap_or_else(|| vec![0; BLOCK_SIZE]);
+            let get = |off: u64| {
+                n.meta
+                    .get(&off)
+                    .cloned()
+                    .unwrap_or_else(|| vec![0; BLOCK_SIZE])
+            };
             let s0 = get(layout.superblock_offset(0));
             let s1 = get(layout.superblock_offset(1));
             let mut bm = Vec::new();
@@ -396,7 +426,13 @@ impl Sim {
                     n.inbox.push_back(input);
                     return;
                 }
-                let network = matches!(input, Input::Datagram { .. } | Input::Stream { .. } | Input::StreamOpen { .. } | Input::StreamClose { .. });
+                let network = matches!(
+                    input,
+                    Input::Datagram { .. }
+                        | Input::Stream { .. }
+                        | Input::StreamOpen { .. }
+                        | Input::StreamClose { .. }
+                );
                 if network && n.held_until.is_some() {
                     n.held.push_back(input);
                     return;
@@ -418,9 +454,13 @@ impl Sim {
     fn process(&mut self, to: NodeId, input: Input) {
         let local = self.nodes[idx(to)].local_now(self.now);
         let n = &mut self.nodes[idx(to)];
-        let Some(member) = n.member.as_mut() else { return };
+        let Some(member) = n.member.as_mut() else {
+            return;
+        };
         match (member, input) {
-            (Member::Witness(w), Input::Datagram { link, bytes }) => w.on_datagram(local, link, &bytes),
+            (Member::Witness(w), Input::Datagram { link, bytes }) => {
+                w.on_datagram(local, link, &bytes)
+            }
             (Member::Witness(_), _) => {}
             (Member::Data(d), input) => match input {
                 Input::Datagram { link, bytes } => d.on_datagram(local, link, &bytes),
@@ -449,7 +489,14 @@ impl Sim {
                             if let HostOp::Read { .. } = op {
                                 let inc = n.incarnation;
                                 let delay = self.rng.range(self.disk_min, self.disk_max);
-                                self.deliver(delay, to, Input::Disk { incarnation: inc, kind: DiskKind::HostRead { id } });
+                                self.deliver(
+                                    delay,
+                                    to,
+                                    Input::Disk {
+                                        incarnation: inc,
+                                        kind: DiskKind::HostRead { id },
+                                    },
+                                );
                             }
                         }
                         Err(HostIoError::NotServing(_)) => {
@@ -518,13 +565,39 @@ impl Sim {
             let hit = |off: u64, len: u64| b * BLOCK >= off && b * BLOCK < off + len;
             let t = self.now as f64 / 1000.0;
             match &a {
-                Action::ApplyReplicatedWrite { seq, offset, data } if hit(*offset, data.len() as u64) => eprintln!("{t:.3} {id} apply-repl seq {seq} v{}", version_of(&data[((b * BLOCK - offset) as usize)..])),
-                Action::ApplyResync { offset, data } if hit(*offset, data.len() as u64) => eprintln!("{t:.3} {id} apply-resync v{}", version_of(&data[((b * BLOCK - offset) as usize)..])),
+                Action::ApplyReplicatedWrite { seq, offset, data }
+                    if hit(*offset, data.len() as u64) =>
+                {
+                    eprintln!(
+                        "{t:.3} {id} apply-repl seq {seq} v{}",
+                        version_of(&data[((b * BLOCK - offset) as usize)..])
+                    )
+                }
+                Action::ApplyResync { offset, data } if hit(*offset, data.len() as u64) => {
+                    eprintln!(
+                        "{t:.3} {id} apply-resync v{}",
+                        version_of(&data[((b * BLOCK - offset) as usize)..])
+                    )
+                }
                 Action::SubmitLocalWrite { id: w } | Action::ReplicateWrite { id: w, .. } => {
-                    if let Some(HostOp::Write { block, version }) = self.nodes[idx(id)].host_ops.get(w) {
-                        if *block == b { eprintln!("{t:.3} {id} {:?} v{version}", a); }
-                    } else if let Some(d) = self.nodes[idx(id)].write_data.get(w) {
-                        if u64::from_be_bytes(d[8..16].try_into().unwrap()) == b { eprintln!("{t:.3} {id} {} v{} (op unknown)", if matches!(a, Action::SubmitLocalWrite{..}) {"submit"} else {"replicate"}, version_of(d)); }
+                    if let Some(HostOp::Write { block, version }) =
+                        self.nodes[idx(id)].host_ops.get(w)
+                    {
+                        if *block == b {
+                            eprintln!("{t:.3} {id} {:?} v{version}", a);
+                        }
+                    } else if let Some(d) = self.nodes[idx(id)].write_data.get(w)
+                        && u64::from_be_bytes(d[8..16].try_into().unwrap()) == b
+                    {
+                        eprintln!(
+                            "{t:.3} {id} {} v{} (op unknown)",
+                            if matches!(a, Action::SubmitLocalWrite { .. }) {
+                                "submit"
+                            } else {
+                                "replicate"
+                            },
+                            version_of(d)
+                        );
                     }
                 }
                 _ => {}
@@ -533,9 +606,17 @@ impl Sim {
         match a {
             Action::SendDatagram { to, link, bytes } => self.send_datagram(id, to, link, bytes),
             Action::SendStream { bytes } => self.stream_send(id, bytes),
-            Action::ReplicateWrite { id: wid, frame_prefix } => {
+            Action::ReplicateWrite {
+                id: wid,
+                frame_prefix,
+            } => {
                 let mut bytes = frame_prefix;
-                bytes.extend_from_slice(self.nodes[idx(id)].write_data.get(&wid).expect("write data held"));
+                bytes.extend_from_slice(
+                    self.nodes[idx(id)]
+                        .write_data
+                        .get(&wid)
+                        .expect("write data held"),
+                );
                 self.stream_send(id, bytes);
             }
             Action::CloseStream => self.close_stream(),
@@ -543,9 +624,20 @@ impl Sim {
                 self.nodes[idx(id)].meta.insert(offset, bytes);
             }
             Action::SubmitLocalWrite { id: wid } => {
-                let data = self.nodes[idx(id)].write_data.get(&wid).cloned().expect("write data");
+                let data = self.nodes[idx(id)]
+                    .write_data
+                    .get(&wid)
+                    .cloned()
+                    .expect("write data");
                 let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::HostWrite { id: wid, data } });
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::HostWrite { id: wid, data },
+                    },
+                );
             }
             Action::CompleteWrite { id: wid, result } => {
                 let n = &mut self.nodes[idx(id)];
@@ -561,15 +653,36 @@ impl Sim {
             }
             Action::ApplyReplicatedWrite { seq, offset, data } => {
                 let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::Replicated { seq, offset, data } });
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::Replicated { seq, offset, data },
+                    },
+                );
             }
             Action::ReadForResync { offset, len } => {
                 let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::ResyncRead { offset, len } });
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::ResyncRead { offset, len },
+                    },
+                );
             }
             Action::ApplyResync { offset, data } => {
                 let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(delay, id, Input::Disk { incarnation: inc, kind: DiskKind::ResyncWrite { offset, data } });
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::ResyncWrite { offset, data },
+                    },
+                );
             }
             Action::AnaChanged(s) => self.nodes[idx(id)].ana = s,
             Action::RoleChanged(c) => {
@@ -590,10 +703,21 @@ impl Sim {
         if self.rng.chance(p.drop_per_mille) {
             return;
         }
-        let copies = if self.rng.chance(p.dup_per_mille) { 2 } else { 1 };
+        let copies = if self.rng.chance(p.dup_per_mille) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let d = self.rng.range(p.min_delay, p.max_delay);
-            self.deliver(d, to, Input::Datagram { link, bytes: bytes.clone() });
+            self.deliver(
+                d,
+                to,
+                Input::Datagram {
+                    link,
+                    bytes: bytes.clone(),
+                },
+            );
         }
     }
 
@@ -610,7 +734,11 @@ impl Sim {
             for to in [NodeId::A, NodeId::B] {
                 let d = self.rng.range(100, 300);
                 self.stream_last[idx(to)] = self.stream_last[idx(to)].max(self.now + d);
-                self.deliver(self.stream_last[idx(to)] - self.now, to, Input::StreamOpen { conn: c });
+                self.deliver(
+                    self.stream_last[idx(to)] - self.now,
+                    to,
+                    Input::StreamOpen { conn: c },
+                );
             }
         }
     }
@@ -632,10 +760,19 @@ impl Sim {
             let n = (self.rng.range(1, 9000) as usize).min(rest.len());
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let d = self.rng.range(self.params[0].min_delay, self.params[0].max_delay);
+            let d = self
+                .rng
+                .range(self.params[0].min_delay, self.params[0].max_delay);
             let at = (self.now + d).max(self.stream_last[idx(to)]);
             self.stream_last[idx(to)] = at;
-            self.deliver(at - self.now, to, Input::Stream { conn: c, bytes: chunk.to_vec() });
+            self.deliver(
+                at - self.now,
+                to,
+                Input::Stream {
+                    conn: c,
+                    bytes: chunk.to_vec(),
+                },
+            );
         }
     }
 
@@ -647,7 +784,14 @@ impl Sim {
         if link == 0 && !self.stream_possible() {
             self.close_stream();
         }
-        self.log.push(format!("{:>8.3}ms link{} {}-{} {}", self.now as f64 / 1000.0, link, a, b, if up { "up" } else { "down" }));
+        self.log.push(format!(
+            "{:>8.3}ms link{} {}-{} {}",
+            self.now as f64 / 1000.0,
+            link,
+            a,
+            b,
+            if up { "up" } else { "down" }
+        ));
     }
 
     /// Cuts every link between `n` and the other members.
@@ -671,11 +815,13 @@ impl Sim {
                 }
             }
         }
-        self.log.push(format!("{:>8.3}ms heal", self.now as f64 / 1000.0));
+        self.log
+            .push(format!("{:>8.3}ms heal", self.now as f64 / 1000.0));
     }
 
     pub fn kill(&mut self, n: NodeId) {
-        self.log.push(format!("{:>8.3}ms kill {}", self.now as f64 / 1000.0, n));
+        self.log
+            .push(format!("{:>8.3}ms kill {}", self.now as f64 / 1000.0, n));
         let node = &mut self.nodes[idx(n)];
         node.member = None;
         node.paused_since = None;
@@ -687,14 +833,21 @@ impl Sim {
             self.close_stream();
         }
         // The host's commands to it fail (connection reset).
-        let ids: Vec<u64> = self.host.in_flight.iter().filter(|(_, (t, _, _))| *t == n).map(|(id, _)| *id).collect();
+        let ids: Vec<u64> = self
+            .host
+            .in_flight
+            .iter()
+            .filter(|(_, (t, _, _))| *t == n)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.host_complete(id, None);
         }
     }
 
     pub fn restart(&mut self, n: NodeId) {
-        self.log.push(format!("{:>8.3}ms restart {}", self.now as f64 / 1000.0, n));
+        self.log
+            .push(format!("{:>8.3}ms restart {}", self.now as f64 / 1000.0, n));
         if self.nodes[idx(n)].member.is_some() {
             self.kill(n);
         }
@@ -702,14 +855,16 @@ impl Sim {
     }
 
     pub fn pause(&mut self, n: NodeId) {
-        self.log.push(format!("{:>8.3}ms pause {}", self.now as f64 / 1000.0, n));
+        self.log
+            .push(format!("{:>8.3}ms pause {}", self.now as f64 / 1000.0, n));
         self.nodes[idx(n)].paused_since = Some(self.now);
     }
 
     /// Resumes a paused node: its clock continues from where it stopped,
     /// and it processes its backlog first.
     pub fn resume(&mut self, n: NodeId) {
-        self.log.push(format!("{:>8.3}ms resume {}", self.now as f64 / 1000.0, n));
+        self.log
+            .push(format!("{:>8.3}ms resume {}", self.now as f64 / 1000.0, n));
         let node = &mut self.nodes[idx(n)];
         if let Some(since) = node.paused_since.take() {
             node.paused_total += self.now - since;
@@ -724,13 +879,26 @@ impl Sim {
     /// queued up are handled first, while the network backlog (which would
     /// tell it that it was deposed) is held back for `hold` more.
     pub fn resume_host_first(&mut self, n: NodeId, hold: u64) {
-        self.log.push(format!("{:>8.3}ms resume {} (host first, network held {}us)", self.now as f64 / 1000.0, n, hold));
+        self.log.push(format!(
+            "{:>8.3}ms resume {} (host first, network held {}us)",
+            self.now as f64 / 1000.0,
+            n,
+            hold
+        ));
         let node = &mut self.nodes[idx(n)];
         if let Some(since) = node.paused_since.take() {
             node.paused_total += self.now - since;
         }
         let backlog: Vec<Input> = self.nodes[idx(n)].inbox.drain(..).collect();
-        let (host, rest): (Vec<Input>, Vec<Input>) = backlog.into_iter().partition(|i| !matches!(i, Input::Datagram { .. } | Input::Stream { .. } | Input::StreamOpen { .. } | Input::StreamClose { .. }));
+        let (host, rest): (Vec<Input>, Vec<Input>) = backlog.into_iter().partition(|i| {
+            !matches!(
+                i,
+                Input::Datagram { .. }
+                    | Input::Stream { .. }
+                    | Input::StreamOpen { .. }
+                    | Input::StreamClose { .. }
+            )
+        });
         self.nodes[idx(n)].held_until = Some(self.now + hold);
         self.nodes[idx(n)].held.extend(rest);
         self.schedule(hold, Event::Release { to: n });
@@ -744,7 +912,11 @@ impl Sim {
 
     /// Host commands waiting in a paused node's inbox.
     pub fn queued_host_commands(&self, n: NodeId) -> usize {
-        self.nodes[idx(n)].inbox.iter().filter(|i| matches!(i, Input::Host { .. })).count()
+        self.nodes[idx(n)]
+            .inbox
+            .iter()
+            .filter(|i| matches!(i, Input::Host { .. }))
+            .count()
     }
 
     pub fn data(&self, n: NodeId) -> &DataNode {
@@ -768,7 +940,9 @@ impl Sim {
             .filter(|&n| {
                 let node = &self.nodes[idx(n)];
                 node.paused_since.is_none()
-                    && node.data().is_some_and(|d| d.is_serving(node.local_now(self.now)))
+                    && node
+                        .data()
+                        .is_some_and(|d| d.is_serving(node.local_now(self.now)))
             })
             .collect()
     }
@@ -779,18 +953,29 @@ impl Sim {
     }
 
     pub fn wait_primary(&mut self, max: u64) -> NodeId {
-        assert!(self.run_until(max, |s| s.primary().is_some()), "no primary within {}ms\n{}", max / MS, self.log_tail());
+        assert!(
+            self.run_until(max, |s| s.primary().is_some()),
+            "no primary within {}ms\n{}",
+            max / MS,
+            self.log_tail()
+        );
         self.primary().unwrap()
     }
 
     /// Both nodes alive, UpToDate, in the same record, peer not outdated,
     /// and no resync left.
     pub fn in_sync(&self) -> bool {
-        let (Some(a), Some(b)) = (self.nodes[0].data(), self.nodes[1].data()) else { return false };
-        let ok = |d: &DataNode| d.data_state() == DataState::UpToDate && d.record().outdated.is_none();
-        let Some(p) = [a, b].into_iter().find(|d| d.role() == Role::Primary) else { return false };
+        let (Some(a), Some(b)) = (self.nodes[0].data(), self.nodes[1].data()) else {
+            return false;
+        };
+        let ok =
+            |d: &DataNode| d.data_state() == DataState::UpToDate && d.record().outdated.is_none();
+        let Some(p) = [a, b].into_iter().find(|d| d.role() == Role::Primary) else {
+            return false;
+        };
         let st = p.status(Instant::ZERO);
-        ok(a) && ok(b)
+        ok(a)
+            && ok(b)
             && a.record() == b.record()
             && self.conn.is_some()
             && st.replication == ReplicationState::Established
@@ -798,12 +983,25 @@ impl Sim {
     }
 
     pub fn log_tail(&self) -> String {
-        let lines: Vec<&String> = self.log.iter().filter(|l| !l.contains("host ack")).collect();
+        let lines: Vec<&String> = self
+            .log
+            .iter()
+            .filter(|l| !l.contains("host ack"))
+            .collect();
         let start = lines.len().saturating_sub(60);
-        let mut out = lines[start..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
+        let mut out = lines[start..]
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         for n in [NodeId::A, NodeId::B] {
             if let Some(d) = self.nodes[idx(n)].data() {
-                out.push_str(&format!("\n{}  {:?} promised {}", d.status(self.nodes[idx(n)].local_now(self.now)), d.counters(), d.promised_epoch()));
+                out.push_str(&format!(
+                    "\n{}  {:?} promised {}",
+                    d.status(self.nodes[idx(n)].local_now(self.now)),
+                    d.counters(),
+                    d.promised_epoch()
+                ));
             }
         }
         out
@@ -812,8 +1010,10 @@ impl Sim {
     // ----- host -----
 
     fn pick_target(&mut self) -> NodeId {
-        let optimized: Vec<NodeId> =
-            [NodeId::A, NodeId::B].into_iter().filter(|&n| self.nodes[idx(n)].ana == AnaState::Optimized).collect();
+        let optimized: Vec<NodeId> = [NodeId::A, NodeId::B]
+            .into_iter()
+            .filter(|&n| self.nodes[idx(n)].ana == AnaState::Optimized)
+            .collect();
         if !optimized.is_empty() && !self.rng.chance(100) {
             optimized[self.rng.below(optimized.len() as u64) as usize]
         } else if self.rng.chance(500) {
@@ -850,7 +1050,10 @@ impl Sim {
                 return;
             }
             self.host.read_in_flight += 1;
-            HostOp::Read { block: b, min_version: bs.acked }
+            HostOp::Read {
+                block: b,
+                min_version: bs.acked,
+            }
         };
         bs.in_flight = true;
         self.host.next_id += 1;
@@ -867,7 +1070,10 @@ impl Sim {
             return false;
         }
         bs.in_flight = true;
-        let op = HostOp::Read { block, min_version: bs.acked };
+        let op = HostOp::Read {
+            block,
+            min_version: bs.acked,
+        };
         self.host.read_in_flight += 1;
         let id = self.host.next_id;
         self.host.next_id += 1;
@@ -897,7 +1103,9 @@ impl Sim {
 
     /// Blocks whose acknowledged version is above `versions[block]`.
     pub fn blocks_acked_since(&self, versions: &[u64]) -> Vec<u64> {
-        (0..HOST_BLOCKS).filter(|&b| self.host.blocks[b as usize].acked > versions[b as usize]).collect()
+        (0..HOST_BLOCKS)
+            .filter(|&b| self.host.blocks[b as usize].acked > versions[b as usize])
+            .collect()
     }
 
     pub fn acked_versions(&self) -> Vec<u64> {
@@ -905,11 +1113,15 @@ impl Sim {
     }
 
     fn host_complete(&mut self, id: u64, outcome: Option<(IoResult, Option<Vec<u8>>)>) {
-        let Some((target, op, _)) = self.host.in_flight.remove(&id) else { return };
+        let Some((target, op, _)) = self.host.in_flight.remove(&id) else {
+            return;
+        };
         let ok = matches!(outcome, Some((IoResult::Ok, _)));
         if ok {
             if let Some(start) = self.host.stall_window_start {
-                let gap = self.now.saturating_sub(self.host.last_completion.max(start));
+                let gap = self
+                    .now
+                    .saturating_sub(self.host.last_completion.max(start));
                 self.host.max_stall = self.host.max_stall.max(gap);
             }
             self.host.last_completion = self.now;
@@ -925,7 +1137,13 @@ impl Sim {
                     bs.acked = version;
                     bs.pending = None;
                     self.host.writes_acked += 1;
-                    self.log.push(format!("{:>8.3}ms host ack w b{} v{} via {}", self.now as f64 / 1000.0, block, version, target));
+                    self.log.push(format!(
+                        "{:>8.3}ms host ack w b{} v{} via {}",
+                        self.now as f64 / 1000.0,
+                        block,
+                        version,
+                        target
+                    ));
                 } else {
                     bs.pending = Some((version, self.now + 5 * MS));
                 }
@@ -962,10 +1180,10 @@ impl Sim {
                 Some(d) => Some(d.record()),
                 None => persisted_record(n),
             };
-            if let Some(r) = rec {
-                if latest.is_none_or(|l| r.epoch > l.epoch) {
-                    latest = Some(r);
-                }
+            if let Some(r) = rec
+                && latest.is_none_or(|l| r.epoch > l.epoch)
+            {
+                latest = Some(r);
             }
         }
         // Never two nodes serving in the same epoch.
@@ -974,18 +1192,28 @@ impl Sim {
             .filter_map(|n| {
                 let node = &self.nodes[idx(n)];
                 let d = node.data()?;
-                d.is_serving(node.local_now(self.now)).then(|| (n, d.epoch()))
+                d.is_serving(node.local_now(self.now))
+                    .then(|| (n, d.epoch()))
             })
             .collect();
         if serving.len() == 2 {
-            assert_ne!(serving[0].1, serving[1].1, "two primaries serving in epoch {}\n{}", serving[0].1, self.log_tail());
+            assert_ne!(
+                serving[0].1,
+                serving[1].1,
+                "two primaries serving in epoch {}\n{}",
+                serving[0].1,
+                self.log_tail()
+            );
         }
         // Every node that could become primary holds every acknowledged write.
         let Some(latest) = latest else { return };
         for n in [NodeId::A, NodeId::B] {
             let node = &self.nodes[idx(n)];
             let Some(d) = node.data() else { continue };
-            if d.data_state() != DataState::UpToDate || latest.outdated == Some(n) || d.record().outdated == Some(n) {
+            if d.data_state() != DataState::UpToDate
+                || latest.outdated == Some(n)
+                || d.record().outdated == Some(n)
+            {
                 continue;
             }
             if latest.epoch > d.record().epoch && latest.primary != Some(n) {
@@ -996,7 +1224,10 @@ impl Sim {
                 if bs.acked == 0 {
                     continue;
                 }
-                let v = node.disk.get(&(b as u64 * BLOCK)).map_or(0, |d| version_of(d));
+                let v = node
+                    .disk
+                    .get(&(b as u64 * BLOCK))
+                    .map_or(0, |d| version_of(d));
                 assert!(
                     v >= bs.acked,
                     "LOST WRITE: block {b} acked v{} but {n} (could be primary, record {:?}, latest {:?}) has v{v}\n{}",
@@ -1022,15 +1253,26 @@ impl Sim {
             }
         }
         self.heal();
-        let ok = self.run_until(20_000 * MS, |s| s.primary().is_some() && s.in_sync() && s.host.in_flight.is_empty());
+        let ok = self.run_until(20_000 * MS, |s| {
+            s.primary().is_some() && s.in_sync() && s.host.in_flight.is_empty()
+        });
         self.run_for(500 * MS);
         let ok = ok && self.in_sync();
-        assert!(ok, "pair did not resynchronise\n{}\nA: {}\nB: {}", self.log_tail(), self.data(NodeId::A).status(Instant::ZERO), self.data(NodeId::B).status(Instant::ZERO));
+        assert!(
+            ok,
+            "pair did not resynchronise\n{}\nA: {}\nB: {}",
+            self.log_tail(),
+            self.data(NodeId::A).status(Instant::ZERO),
+            self.data(NodeId::B).status(Instant::ZERO)
+        );
         let p = self.primary().unwrap();
         // Read every block through the protocol.
         for b in 0..HOST_BLOCKS {
             let bs = &self.host.blocks[b as usize];
-            let op = HostOp::Read { block: b, min_version: bs.acked };
+            let op = HostOp::Read {
+                block: b,
+                min_version: bs.acked,
+            };
             let id = self.host.next_id;
             self.host.next_id += 1;
             self.host.read_in_flight += 1;
@@ -1046,8 +1288,16 @@ impl Sim {
         for blk in 0..HOST_BLOCKS {
             let va = a.get(&(blk * BLOCK)).map_or(0, |d| version_of(d));
             let vb = b.get(&(blk * BLOCK)).map_or(0, |d| version_of(d));
-            assert_eq!(va, vb, "replicas differ at block {blk}\n{}", self.log_tail());
-            assert!(va >= self.host.blocks[blk as usize].acked, "acknowledged write lost at block {blk}");
+            assert_eq!(
+                va,
+                vb,
+                "replicas differ at block {blk}\n{}",
+                self.log_tail()
+            );
+            assert!(
+                va >= self.host.blocks[blk as usize].acked,
+                "acknowledged write lost at block {blk}"
+            );
         }
     }
 }
@@ -1056,7 +1306,9 @@ fn persisted_record(n: &SimNode) -> Option<tandem_ha::EpochRecord> {
     let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
     let s0 = n.meta.get(&layout.superblock_offset(0))?;
     let s1 = n.meta.get(&layout.superblock_offset(1))?;
-    tandem_ha::metadata::Superblock::load(s0, s1).ok().map(|sb| sb.record)
+    tandem_ha::metadata::Superblock::load(s0, s1)
+        .ok()
+        .map(|sb| sb.record)
 }
 
 fn write_disk(disk: &mut BTreeMap<u64, Vec<u8>>, offset: u64, data: &[u8]) {
@@ -1066,7 +1318,12 @@ fn write_disk(disk: &mut BTreeMap<u64, Vec<u8>>, offset: u64, data: &[u8]) {
         let o = b * BLOCK;
         if o >= offset && o < offset + data.len() as u64 {
             let k = ((o - offset) / BLOCK) as usize * BLOCK as usize;
-            eprintln!("disk write {:p} block {b} v{} (len {})", disk, version_of(&data[k..k + 16]), data.len());
+            eprintln!(
+                "disk write {:p} block {b} v{} (len {})",
+                disk,
+                version_of(&data[k..k + 16]),
+                data.len()
+            );
         }
     }
     for (i, chunk) in data.chunks(BLOCK as usize).enumerate() {
@@ -1089,4 +1346,3 @@ fn read_disk(disk: &BTreeMap<u64, Vec<u8>>, offset: u64, len: u32) -> Vec<u8> {
     out.truncate(len as usize);
     out
 }
-
