@@ -283,3 +283,34 @@ fn witness_restart_forgets_nothing_that_matters() {
     assert_eq!(s.primary(), Some(p));
     s.final_verify();
 }
+
+#[test]
+fn whole_pair_power_loss_restarts_from_metadata() {
+    let mut s = started(10);
+    s.run_for(500 * MS);
+    for n in NodeId::ALL {
+        s.kill(n);
+    }
+    s.run_for(100 * MS);
+    for n in NodeId::ALL {
+        s.restart(n);
+    }
+    let p = s.wait_primary(3_000 * MS);
+    assert!(s.data(p).epoch() >= 2, "a new epoch after the restart");
+    s.run_for(1_000 * MS);
+    s.final_verify();
+}
+
+#[test]
+fn lossy_duplicating_reordering_links_still_serve() {
+    let mut s = Sim::new(11);
+    for l in 0..LINKS as usize {
+        s.params[l] = LinkParams { drop_per_mille: 200, dup_per_mille: 200, min_delay: 50 * US, max_delay: 5 * MS };
+    }
+    s.wait_primary(5_000 * MS);
+    s.host.enabled = true;
+    s.run_for(3_000 * MS);
+    assert_eq!(s.serving().len(), 1, "{}", s.log_tail());
+    assert!(s.host.writes_acked > 300, "{}", s.host.writes_acked);
+    s.final_verify();
+}
