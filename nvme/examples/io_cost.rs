@@ -20,12 +20,19 @@ fn target_receive(conn: &mut Connection, t: &mut Target, now: Instant, bytes: &[
 }
 
 #[inline(never)]
-fn target_complete(conn: &mut Connection, t: &mut Target, now: Instant, req: BlockRequest, disk: &[u8]) {
+fn target_complete(
+    conn: &mut Connection,
+    t: &mut Target,
+    now: Instant,
+    req: BlockRequest,
+    disk: &[u8],
+) {
     let outcome = match req.op {
         BlockOp::Read { .. } => BlockOutcome::ReadData(disk.to_vec()),
         _ => BlockOutcome::Done,
     };
-    conn.complete_block(t, now, req.id, outcome).expect("known request");
+    conn.complete_block(t, now, req.id, outcome)
+        .expect("known request");
 }
 
 #[inline(never)]
@@ -48,7 +55,14 @@ fn main() {
     let digests = args.next().is_some_and(|s| s == "digests");
 
     let mut cfg = TargetConfig::new("nqn.2026-11.dev.tandem:bench");
-    cfg.namespaces = vec![NamespaceConfig { nsid: 1, blocks: 1 << 16, lba_shift: 12, nguid: [1; 16], uuid: [2; 16], ana_group: 1 }];
+    cfg.namespaces = vec![NamespaceConfig {
+        nsid: 1,
+        blocks: 1 << 16,
+        lba_shift: 12,
+        nguid: [1; 16],
+        uuid: [2; 16],
+        ana_group: 1,
+    }];
     let mut t = Target::new(cfg).expect("valid configuration");
     let now = Instant::from_millis(0);
     let disk = vec![0x5Au8; 4096];
@@ -70,7 +84,16 @@ fn main() {
 
     let mut admin = Connection::new(&t, now);
     let mut ha = Initiator::new(digests, digests);
-    ha.connect(0, 31, 0, [1; 16], 0xFFFF, "nqn.2026-11.dev.tandem:bench", "nqn.host", false);
+    ha.connect(
+        0,
+        31,
+        0,
+        [1; 16],
+        0xFFFF,
+        "nqn.2026-11.dev.tandem:bench",
+        "nqn.host",
+        false,
+    );
     let evs = run(&mut admin, &mut ha, &mut t);
     let cntlid = evs
         .iter()
@@ -83,7 +106,16 @@ fn main() {
     run(&mut admin, &mut ha, &mut t);
     let mut q = Connection::new(&t, now);
     let mut hq = Initiator::new(digests, digests);
-    hq.connect(1, 127, 0, [1; 16], cntlid, "nqn.2026-11.dev.tandem:bench", "nqn.host", false);
+    hq.connect(
+        1,
+        127,
+        0,
+        [1; 16],
+        cntlid,
+        "nqn.2026-11.dev.tandem:bench",
+        "nqn.host",
+        false,
+    );
     run(&mut q, &mut hq, &mut t);
     let before = q.info().stats;
 
@@ -96,7 +128,10 @@ fn main() {
             hq.read(1, lba, 1, 4096);
         }
         let evs = run(&mut q, &mut hq, &mut t);
-        assert!(evs.iter().any(|e| matches!(e, HostEvent::Completion { .. })));
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e, HostEvent::Completion { .. }))
+        );
     }
     let s = q.info().stats;
     println!(

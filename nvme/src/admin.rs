@@ -7,30 +7,46 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::config::{PortalAddress, DISCOVERY_NQN};
-use crate::target::{Controller, SubsystemKind, Target, AEC_ANA_CHANGE};
-use crate::wire::sqe::sgl;
-use crate::wire::{get_str, le16, put16, put32, put64, put_str, Sqe, Status};
 use crate::Instant;
+use crate::config::{DISCOVERY_NQN, PortalAddress};
+use crate::target::{AEC_ANA_CHANGE, Controller, SubsystemKind, Target};
+use crate::wire::sqe::sgl;
+use crate::wire::{Sqe, Status, get_str, le16, put_str, put16, put32, put64};
 
 /// The result of a synchronous command.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Reply {
     /// Complete now, with controller-to-host data if any.
-    Complete { status: Status, result: u64, data: Option<Vec<u8>> },
+    Complete {
+        status: Status,
+        result: u64,
+        data: Option<Vec<u8>>,
+    },
     /// An Asynchronous Event Request: keep it outstanding.
     HoldAer,
 }
 
 impl Reply {
     pub fn status(status: Status) -> Reply {
-        Reply::Complete { status, result: 0, data: None }
+        Reply::Complete {
+            status,
+            result: 0,
+            data: None,
+        }
     }
     fn ok(result: u64) -> Reply {
-        Reply::Complete { status: Status::SUCCESS, result, data: None }
+        Reply::Complete {
+            status: Status::SUCCESS,
+            result,
+            data: None,
+        }
     }
     fn with_result(status: Status, result: u64) -> Reply {
-        Reply::Complete { status, result, data: None }
+        Reply::Complete {
+            status,
+            result,
+            data: None,
+        }
     }
 }
 
@@ -43,7 +59,11 @@ fn data_reply(sqe: &Sqe, data: Vec<u8>) -> Reply {
     if sqe.sgl_length() as usize != data.len() {
         return Reply::status(Status::DATA_SGL_LENGTH_INVALID);
     }
-    Reply::Complete { status: Status::SUCCESS, result: 0, data: Some(data) }
+    Reply::Complete {
+        status: Status::SUCCESS,
+        result: 0,
+        data: Some(data),
+    }
 }
 
 // Opcodes.
@@ -145,7 +165,12 @@ pub(crate) fn connect(
     let subnqn = get_str(&data[connect::SUBNQN..connect::SUBNQN + 256]);
     let hostnqn = get_str(&data[connect::HOSTNQN..connect::HOSTNQN + 256]);
 
-    let invalid = |in_data, off| Err(Reply::with_result(Status::CONNECT_INVALID_PARAMETERS, ipo(in_data, off)));
+    let invalid = |in_data, off| {
+        Err(Reply::with_result(
+            Status::CONNECT_INVALID_PARAMETERS,
+            ipo(in_data, off),
+        ))
+    };
     let kind = if subnqn == t.config.subsystem_nqn.as_bytes() {
         SubsystemKind::Nvm
     } else if subnqn == DISCOVERY_NQN.as_bytes() {
@@ -161,7 +186,10 @@ pub(crate) fn connect(
     }
     if kind == SubsystemKind::Nvm && !t.host_allowed(hostnqn) {
         log::warn!("nvme: host {hostnqn} is not allowed");
-        return Err(Reply::with_result(Status::CONNECT_INVALID_HOST, ipo(true, connect::HOSTNQN)));
+        return Err(Reply::with_result(
+            Status::CONNECT_INVALID_HOST,
+            ipo(true, connect::HOSTNQN),
+        ));
     }
     let max_depth = t.config.limits.max_queue_depth;
     if sqsize == 0 || sqsize >= max_depth {
@@ -175,11 +203,19 @@ pub(crate) fn connect(
         if req_cntlid != 0xFFFF {
             return invalid(true, connect::CNTLID);
         }
-        let Some((cntlid, instance)) = t.create_controller(kind, String::from(hostnqn), host_id, kato, now)
+        let Some((cntlid, instance)) =
+            t.create_controller(kind, String::from(hostnqn), host_id, kato, now)
         else {
             return Err(Reply::status(Status::CONNECT_CONTROLLER_BUSY));
         };
-        let b = QueueBinding { cntlid, instance, qid, depth, sqflow_disabled, kind };
+        let b = QueueBinding {
+            cntlid,
+            instance,
+            qid,
+            depth,
+            sqflow_disabled,
+            kind,
+        };
         return Ok((b, Reply::ok(cntlid as u64)));
     }
 
@@ -202,7 +238,14 @@ pub(crate) fn connect(
     }
     c.io_queues.push(qid);
     c.last_activity = now;
-    let b = QueueBinding { cntlid: c.cntlid, instance: c.instance, qid, depth, sqflow_disabled, kind };
+    let b = QueueBinding {
+        cntlid: c.cntlid,
+        instance: c.instance,
+        qid,
+        depth,
+        sqflow_disabled,
+        kind,
+    };
     Ok((b, Reply::ok(c.cntlid as u64)))
 }
 
@@ -258,7 +301,13 @@ pub(crate) fn property_set(c: &mut Controller, sqe: &Sqe) -> Reply {
 
 /// Handles an admin command for an enabled controller. `aers` is the number
 /// of AERs already outstanding on this admin queue.
-pub(crate) fn admin_command(t: &mut Target, cntlid: u16, instance: u64, sqe: &Sqe, aers: usize) -> Reply {
+pub(crate) fn admin_command(
+    t: &mut Target,
+    cntlid: u16,
+    instance: u64,
+    sqe: &Sqe,
+    aers: usize,
+) -> Reply {
     let opcode = sqe.opcode();
     let Some(c) = t.controller(cntlid, instance) else {
         return Reply::status(Status::INTERNAL_ERROR);
@@ -337,7 +386,13 @@ fn identify(t: &Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply {
             if nsid >= 0xFFFF_FFFE {
                 return Reply::status(Status::INVALID_NAMESPACE);
             }
-            let mut ids: Vec<u32> = t.config.namespaces.iter().map(|n| n.nsid).filter(|&n| n > nsid).collect();
+            let mut ids: Vec<u32> = t
+                .config
+                .namespaces
+                .iter()
+                .map(|n| n.nsid)
+                .filter(|&n| n > nsid)
+                .collect();
             ids.sort_unstable();
             let mut d = vec![0u8; IDENTIFY_LEN];
             for (i, id) in ids.iter().take(IDENTIFY_LEN / 4).enumerate() {
@@ -351,7 +406,11 @@ fn identify(t: &Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply {
             };
             let mut d = vec![0u8; IDENTIFY_LEN];
             let mut at = 0;
-            for (nidt, id) in [(2u8, &ns.nguid[..]), (3u8, &ns.uuid[..]), (4u8, &[CSI_NVM][..])] {
+            for (nidt, id) in [
+                (2u8, &ns.nguid[..]),
+                (3u8, &ns.uuid[..]),
+                (4u8, &[CSI_NVM][..]),
+            ] {
                 d[at] = nidt;
                 d[at + 1] = id.len() as u8;
                 d[at + 4..at + 4 + id.len()].copy_from_slice(id);
@@ -422,7 +481,11 @@ pub(crate) fn identify_controller(t: &Target, c: &Controller) -> Vec<u8> {
     }
     // SGLS: SGLs supported (no alignment), offset addressing for in-capsule data.
     put32(&mut d, 536, 1 | (1 << 20));
-    let subnqn = if discovery { DISCOVERY_NQN } else { cfg.subsystem_nqn.as_str() };
+    let subnqn = if discovery {
+        DISCOVERY_NQN
+    } else {
+        cfg.subsystem_nqn.as_str()
+    };
     put_str(&mut d[768..1024], subnqn.as_bytes(), 0);
     put32(&mut d, 1792, (64 + l.in_capsule_data) / 16); // IOCCSZ
     put32(&mut d, 1796, 1); // IORCSZ
@@ -498,10 +561,9 @@ fn get_log_page(t: &mut Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply 
         (false, lid::COMMAND_EFFECTS) => effects_log(),
         (false, lid::ANA) => {
             let log = ana_log(t, lsp & 1 != 0);
-            if !rae
-                && let Some(c) = t.controller_mut(cntlid, instance) {
-                    c.ana_aen_masked = false;
-                }
+            if !rae && let Some(c) = t.controller_mut(cntlid, instance) {
+                c.ana_aen_masked = false;
+            }
             log
         }
         _ => return Reply::status(Status::INVALID_LOG_PAGE),
@@ -537,7 +599,13 @@ fn effects_log() -> Vec<u8> {
     for op in [0x02u8, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18] {
         put32(&mut d, op as usize * 4, CSUPP);
     }
-    for (op, e) in [(0x00u8, CSUPP), (0x01, CSUPP | LBCC), (0x02, CSUPP), (0x08, CSUPP | LBCC), (0x09, CSUPP | LBCC)] {
+    for (op, e) in [
+        (0x00u8, CSUPP),
+        (0x01, CSUPP | LBCC),
+        (0x02, CSUPP),
+        (0x08, CSUPP | LBCC),
+        (0x09, CSUPP | LBCC),
+    ] {
         put32(&mut d, 1024 + op as usize * 4, e);
     }
     d
@@ -554,7 +622,12 @@ pub(crate) fn ana_log(t: &Target, groups_only: bool) -> Vec<u8> {
         let mut nsids: Vec<u32> = if groups_only {
             Vec::new()
         } else {
-            t.config.namespaces.iter().filter(|n| n.ana_group == g.id).map(|n| n.nsid).collect()
+            t.config
+                .namespaces
+                .iter()
+                .filter(|n| n.ana_group == g.id)
+                .map(|n| n.nsid)
+                .collect()
         };
         nsids.sort_unstable();
         d.extend_from_slice(&g.id.to_le_bytes());
@@ -614,7 +687,10 @@ fn format_address(a: PortalAddress) -> String {
                 if i > 0 {
                     s.push(':');
                 }
-                s.push_str(&format!("{:x}", u16::from_be_bytes([b[2 * i], b[2 * i + 1]])));
+                s.push_str(&format!(
+                    "{:x}",
+                    u16::from_be_bytes([b[2 * i], b[2 * i + 1]])
+                ));
             }
             s
         }
@@ -727,12 +803,24 @@ fn get_features(t: &Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply {
 
 /// Builds Connect command data (used by the host side).
 #[cfg(any(test, feature = "host"))]
-pub(crate) fn connect_data(host_id: &[u8; 16], cntlid: u16, subnqn: &str, hostnqn: &str) -> Vec<u8> {
+pub(crate) fn connect_data(
+    host_id: &[u8; 16],
+    cntlid: u16,
+    subnqn: &str,
+    hostnqn: &str,
+) -> Vec<u8> {
     let mut d = vec![0u8; connect::DATA_LEN];
     d[..16].copy_from_slice(host_id);
     put16(&mut d, connect::CNTLID, cntlid);
-    put_str(&mut d[connect::SUBNQN..connect::SUBNQN + 256], subnqn.as_bytes(), 0);
-    put_str(&mut d[connect::HOSTNQN..connect::HOSTNQN + 256], hostnqn.as_bytes(), 0);
+    put_str(
+        &mut d[connect::SUBNQN..connect::SUBNQN + 256],
+        subnqn.as_bytes(),
+        0,
+    );
+    put_str(
+        &mut d[connect::HOSTNQN..connect::HOSTNQN + 256],
+        hostnqn.as_bytes(),
+        0,
+    );
     d
 }
-

@@ -25,12 +25,20 @@ pub enum BlockOp {
     Read { offset: u64, len: u32 },
     /// Write `data`. With `force_unit_access` the data must be durable (on
     /// stable media, not only in a volatile cache) before completing.
-    Write { offset: u64, data: Vec<u8>, force_unit_access: bool },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        force_unit_access: bool,
+    },
     /// Make every completed write durable.
     Flush,
     /// Zero a range. `deallocate` says the host allows deallocating it instead,
     /// as long as it then reads as zeroes.
-    WriteZeroes { offset: u64, len: u64, deallocate: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        deallocate: bool,
+    },
     /// Deallocate (discard) ranges; their content afterwards is unspecified.
     Deallocate { ranges: Vec<ByteRange> },
 }

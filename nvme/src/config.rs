@@ -183,13 +183,19 @@ impl TargetConfig {
         let l = &self.limits;
         let nqn_ok = |s: &str| !s.is_empty() && s.len() < 256;
         if !nqn_ok(&self.subsystem_nqn) || self.subsystem_nqn == DISCOVERY_NQN {
-            return Err(Error::InvalidConfig("subsystem NQN must be 1..=255 bytes and not the discovery NQN"));
+            return Err(Error::InvalidConfig(
+                "subsystem NQN must be 1..=255 bytes and not the discovery NQN",
+            ));
         }
         if self.serial.len() > 20 || self.model.len() > 40 || self.firmware_revision.len() > 8 {
-            return Err(Error::InvalidConfig("serial <= 20, model <= 40, firmware revision <= 8 bytes"));
+            return Err(Error::InvalidConfig(
+                "serial <= 20, model <= 40, firmware revision <= 8 bytes",
+            ));
         }
         if self.cntlid_min == 0 || self.cntlid_min > self.cntlid_max || self.cntlid_max > 0xFFEF {
-            return Err(Error::InvalidConfig("CNTLID range must lie within 1..=0xFFEF"));
+            return Err(Error::InvalidConfig(
+                "CNTLID range must lie within 1..=0xFFEF",
+            ));
         }
         if l.max_io_queues == 0 || l.max_io_queues > 0xFFFE {
             return Err(Error::InvalidConfig("max_io_queues must be 1..=65534"));
@@ -197,17 +203,28 @@ impl TargetConfig {
         if l.max_queue_depth < 2 {
             return Err(Error::InvalidConfig("max_queue_depth must be >= 2"));
         }
-        if !l.max_data_transfer.is_power_of_two() || l.max_data_transfer < 4096 || l.max_data_transfer > 1 << 24 {
-            return Err(Error::InvalidConfig("max_data_transfer must be a power of two in 4 KiB..=16 MiB"));
+        if !l.max_data_transfer.is_power_of_two()
+            || l.max_data_transfer < 4096
+            || l.max_data_transfer > 1 << 24
+        {
+            return Err(Error::InvalidConfig(
+                "max_data_transfer must be a power of two in 4 KiB..=16 MiB",
+            ));
         }
         if !l.in_capsule_data.is_multiple_of(16) || l.in_capsule_data > 1 << 20 {
-            return Err(Error::InvalidConfig("in_capsule_data must be a multiple of 16, <= 1 MiB"));
+            return Err(Error::InvalidConfig(
+                "in_capsule_data must be a multiple of 16, <= 1 MiB",
+            ));
         }
         if l.max_h2c_data < 4096 || !l.max_h2c_data.is_multiple_of(4) {
-            return Err(Error::InvalidConfig("max_h2c_data must be >= 4096 and a multiple of 4"));
+            return Err(Error::InvalidConfig(
+                "max_h2c_data must be >= 4096 and a multiple of 4",
+            ));
         }
         if l.data_budget < l.max_data_transfer {
-            return Err(Error::InvalidConfig("data_budget must be >= max_data_transfer"));
+            return Err(Error::InvalidConfig(
+                "data_budget must be >= max_data_transfer",
+            ));
         }
         if l.max_namespaces == 0 || l.max_namespaces > 4096 {
             return Err(Error::InvalidConfig("max_namespaces must be 1..=4096"));
@@ -220,29 +237,46 @@ impl TargetConfig {
         }
         for (i, (g, _)) in self.ana_groups.iter().enumerate() {
             if *g == 0 || *g > 128 || self.ana_groups[..i].iter().any(|(h, _)| h == g) {
-                return Err(Error::InvalidConfig("ANA group IDs must be unique, 1..=128"));
+                return Err(Error::InvalidConfig(
+                    "ANA group IDs must be unique, 1..=128",
+                ));
             }
         }
         for (i, ns) in self.namespaces.iter().enumerate() {
             if ns.nsid == 0 || ns.nsid > l.max_namespaces {
-                return Err(Error::InvalidConfig("namespace ID must be 1..=max_namespaces"));
+                return Err(Error::InvalidConfig(
+                    "namespace ID must be 1..=max_namespaces",
+                ));
             }
             if self.namespaces[..i].iter().any(|o| o.nsid == ns.nsid) {
                 return Err(Error::InvalidConfig("namespace IDs must be unique"));
             }
             if ns.lba_shift != 9 && ns.lba_shift != 12 {
-                return Err(Error::InvalidConfig("LBA size must be 512 (shift 9) or 4096 (shift 12)"));
+                return Err(Error::InvalidConfig(
+                    "LBA size must be 512 (shift 9) or 4096 (shift 12)",
+                ));
             }
-            if ns.blocks == 0 || ns.blocks.checked_shl(ns.lba_shift as u32).is_none_or(|b| b >> ns.lba_shift != ns.blocks) {
-                return Err(Error::InvalidConfig("namespace size must be non-zero and fit in 64 bits of bytes"));
+            if ns.blocks == 0
+                || ns
+                    .blocks
+                    .checked_shl(ns.lba_shift as u32)
+                    .is_none_or(|b| b >> ns.lba_shift != ns.blocks)
+            {
+                return Err(Error::InvalidConfig(
+                    "namespace size must be non-zero and fit in 64 bits of bytes",
+                ));
             }
             if !self.ana_groups.iter().any(|(g, _)| *g == ns.ana_group) {
-                return Err(Error::InvalidConfig("a namespace names an ANA group that is not configured"));
+                return Err(Error::InvalidConfig(
+                    "a namespace names an ANA group that is not configured",
+                ));
             }
         }
         for h in &self.allowed_hosts {
             if !nqn_ok(h) {
-                return Err(Error::InvalidConfig("allowed host NQNs must be 1..=255 bytes"));
+                return Err(Error::InvalidConfig(
+                    "allowed host NQNs must be 1..=255 bytes",
+                ));
             }
         }
         Ok(())
@@ -254,7 +288,14 @@ mod tests {
     use super::*;
 
     fn ns(nsid: u32) -> NamespaceConfig {
-        NamespaceConfig { nsid, blocks: 8, lba_shift: 9, nguid: [1; 16], uuid: [2; 16], ana_group: 1 }
+        NamespaceConfig {
+            nsid,
+            blocks: 8,
+            lba_shift: 9,
+            nguid: [1; 16],
+            uuid: [2; 16],
+            ana_group: 1,
+        }
     }
 
     fn bad(f: impl FnOnce(&mut TargetConfig)) -> Error {
@@ -271,7 +312,10 @@ mod tests {
         assert!(c.limits.max_queue_depth >= 128);
         assert!(c.limits.max_data_transfer >= 128 * 1024);
         assert!(c.limits.in_capsule_data >= 8192);
-        assert!(c.limits.max_h2c_data >= c.limits.max_data_transfer, "pre-5.17 hosts send one H2CData per R2T");
+        assert!(
+            c.limits.max_h2c_data >= c.limits.max_data_transfer,
+            "pre-5.17 hosts send one H2CData per R2T"
+        );
     }
 
     #[test]
@@ -298,7 +342,13 @@ mod tests {
         for (i, f) in cases.into_iter().enumerate() {
             assert!(matches!(bad(f), Error::InvalidConfig(_)), "case {i}");
         }
-        assert!(matches!(bad(|c| c.allowed_hosts.push(String::new())), Error::InvalidConfig(_)));
-        assert!(matches!(bad(|c| c.namespaces[0].nsid = 0), Error::InvalidConfig(_)));
+        assert!(matches!(
+            bad(|c| c.allowed_hosts.push(String::new())),
+            Error::InvalidConfig(_)
+        ));
+        assert!(matches!(
+            bad(|c| c.namespaces[0].nsid = 0),
+            Error::InvalidConfig(_)
+        ));
     }
 }

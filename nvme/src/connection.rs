@@ -16,16 +16,18 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use crate::admin::{self, fctype, QueueBinding, Reply};
+use crate::Instant;
+use crate::admin::{self, QueueBinding, Reply, fctype};
 use crate::block::{BlockError, BlockOp, BlockOutcome, BlockRequest, RequestId};
 use crate::digest::Crc32c;
 use crate::error::Error;
 use crate::io::{self, IoPlan};
 use crate::target::{RemovalReason, SubsystemKind, Target};
-use crate::wire::pdu::{offsets, DIGEST_HEADER, DIGEST_DATA, MAX_HEADER_LEN, MAX_TERM_DATA_LEN, PFV_1_0};
+use crate::wire::pdu::{
+    DIGEST_DATA, DIGEST_HEADER, MAX_HEADER_LEN, MAX_TERM_DATA_LEN, PFV_1_0, offsets,
+};
 use crate::wire::sqe::OPCODE_FABRICS;
 use crate::wire::{Completion, DataHeader, IcReq, IcResp, R2t, Repr, Sqe, Status, TermReq};
-use crate::Instant;
 
 /// Lifecycle of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +89,17 @@ enum Rx {
     Header,
     /// A command capsule header is complete but the queue is full: wait.
     Stalled { sqe: [u8; 64], data_len: usize },
-    Data { remaining: usize, dest: Dest, crc: u32 },
-    DataDigest { dest: Dest, crc: u32, have: u8, buf: [u8; 4] },
+    Data {
+        remaining: usize,
+        dest: Dest,
+        crc: u32,
+    },
+    DataDigest {
+        dest: Dest,
+        crc: u32,
+        have: u8,
+        buf: [u8; 4],
+    },
 }
 
 #[derive(Debug)]
@@ -96,7 +107,13 @@ enum CmdState {
     /// Waiting for room in the data budget (reads; writes before their R2T).
     AwaitBudget(IoPlan),
     /// R2T sent; H2CData being received into `buf`.
-    AwaitData { plan: IoPlan, buf: Vec<u8>, expected: u32, budget: u32, digest_error: bool },
+    AwaitData {
+        plan: IoPlan,
+        buf: Vec<u8>,
+        expected: u32,
+        budget: u32,
+        digest_error: bool,
+    },
     /// Handed to the block layer.
     Block { id: u64, plan: IoPlan, budget: u32 },
     /// An Asynchronous Event Request held until an event happens.
@@ -275,17 +292,27 @@ impl Connection {
                     }
                     self.on_header(t, now);
                 }
-                Rx::Data { remaining, dest, crc } => {
+                Rx::Data {
+                    remaining,
+                    dest,
+                    crc,
+                } => {
                     let n = remaining.min(data.len());
                     let chunk = &data[..n];
                     data = &data[n..];
-                    let crc = if self.ddgst { self.crc.update(crc, chunk) } else { crc };
+                    let crc = if self.ddgst {
+                        self.crc.update(crc, chunk)
+                    } else {
+                        crc
+                    };
                     self.stats.bytes_copied_in += n as u64;
                     match dest {
                         Dest::Capsule => self.capsule_data.extend_from_slice(chunk),
                         Dest::H2C { cid } => {
-                            if let Some(Command { state: CmdState::AwaitData { buf, .. }, .. }) =
-                                self.commands.get_mut(&cid)
+                            if let Some(Command {
+                                state: CmdState::AwaitData { buf, .. },
+                                ..
+                            }) = self.commands.get_mut(&cid)
                             {
                                 buf.extend_from_slice(chunk);
                             }
@@ -293,21 +320,40 @@ impl Connection {
                     }
                     let remaining = remaining - n;
                     if remaining > 0 {
-                        self.rx = Rx::Data { remaining, dest, crc };
+                        self.rx = Rx::Data {
+                            remaining,
+                            dest,
+                            crc,
+                        };
                     } else if self.ddgst {
-                        self.rx = Rx::DataDigest { dest, crc, have: 0, buf: [0; 4] };
+                        self.rx = Rx::DataDigest {
+                            dest,
+                            crc,
+                            have: 0,
+                            buf: [0; 4],
+                        };
                     } else {
                         self.rx = Rx::Header;
                         self.finish_data(t, now, dest, true);
                     }
                 }
-                Rx::DataDigest { dest, crc, mut have, mut buf } => {
+                Rx::DataDigest {
+                    dest,
+                    crc,
+                    mut have,
+                    mut buf,
+                } => {
                     let n = (4 - have as usize).min(data.len());
                     buf[have as usize..have as usize + n].copy_from_slice(&data[..n]);
                     have += n as u8;
                     data = &data[n..];
                     if have < 4 {
-                        self.rx = Rx::DataDigest { dest, crc, have, buf };
+                        self.rx = Rx::DataDigest {
+                            dest,
+                            crc,
+                            have,
+                            buf,
+                        };
                     } else {
                         self.rx = Rx::Header;
                         let ok = u32::from_le_bytes(buf) == Crc32c::finish(crc);
@@ -319,11 +365,18 @@ impl Connection {
                 }
             }
         }
-        if self.is_open() { total - data.len() } else { total }
+        if self.is_open() {
+            total - data.len()
+        } else {
+            total
+        }
     }
 
     fn is_open(&self) -> bool {
-        matches!(self.state, ConnectionState::AwaitingIcReq | ConnectionState::Open)
+        matches!(
+            self.state,
+            ConnectionState::AwaitingIcReq | ConnectionState::Open
+        )
     }
 
     fn on_header(&mut self, t: &mut Target, now: Instant) {
@@ -335,7 +388,11 @@ impl Connection {
             Err(e) => return self.fatal(t, e),
         };
         if let Repr::H2CTermReq(tr) = repr {
-            log::warn!("nvme: host terminated the connection: FES {:#x} FEI {:#x}", tr.fes, tr.fei);
+            log::warn!(
+                "nvme: host terminated the connection: FES {:#x} FEI {:#x}",
+                tr.fes,
+                tr.fei
+            );
             self.error = Some(Error::PeerTerminated { fes: tr.fes });
             self.shut(t, ConnectionState::Closed);
             return;
@@ -353,15 +410,32 @@ impl Connection {
             Repr::IcReq(_) => return self.fatal(t, Error::PduSequence),
             Repr::CapsuleCmd(_) | Repr::H2CData(_) => {}
             other => {
-                return self.fatal(t, Error::UnexpectedPduType { pdu_type: other.pdu_type() as u8 });
+                return self.fatal(
+                    t,
+                    Error::UnexpectedPduType {
+                        pdu_type: other.pdu_type() as u8,
+                    },
+                );
             }
         }
-        if layout.header_digest != self.hdgst || layout.data_digest != (self.ddgst && layout.data_len > 0) {
-            return self.fatal(t, Error::InvalidHeaderField { offset: offsets::FLAGS });
+        if layout.header_digest != self.hdgst
+            || layout.data_digest != (self.ddgst && layout.data_len > 0)
+        {
+            return self.fatal(
+                t,
+                Error::InvalidHeaderField {
+                    offset: offsets::FLAGS,
+                },
+            );
         }
         if layout.data_len > 0 && layout.data_offset != layout.header_len {
             // CPDA is 0: data follows the header with no padding.
-            return self.fatal(t, Error::InvalidHeaderField { offset: offsets::PDO });
+            return self.fatal(
+                t,
+                Error::InvalidHeaderField {
+                    offset: offsets::PDO,
+                },
+            );
         }
         match repr {
             Repr::CapsuleCmd(sqe) => {
@@ -369,12 +443,18 @@ impl Connection {
                 if layout.data_len > limit {
                     return self.fatal(
                         t,
-                        Error::DataLimitExceeded { length: layout.data_len as u32, limit: limit as u32 },
+                        Error::DataLimitExceeded {
+                            length: layout.data_len as u32,
+                            limit: limit as u32,
+                        },
                     );
                 }
                 self.reset_header();
                 if self.outstanding() >= self.depth() {
-                    self.rx = Rx::Stalled { sqe, data_len: layout.data_len };
+                    self.rx = Rx::Stalled {
+                        sqe,
+                        data_len: layout.data_len,
+                    };
                 } else {
                     self.start_capsule(t, now, sqe, layout.data_len);
                 }
@@ -384,7 +464,11 @@ impl Connection {
                     return self.fatal(t, e);
                 }
                 self.reset_header();
-                self.rx = Rx::Data { remaining: d.length as usize, dest: Dest::H2C { cid: d.cccid }, crc: Crc32c::INIT };
+                self.rx = Rx::Data {
+                    remaining: d.length as usize,
+                    dest: Dest::H2C { cid: d.cccid },
+                    crc: Crc32c::INIT,
+                };
             }
             _ => {}
         }
@@ -405,36 +489,64 @@ impl Connection {
     }
 
     fn check_h2c(&self, t: &Target, d: &DataHeader) -> Result<(), Error> {
-        let Some(Command { state: CmdState::AwaitData { buf, expected, .. }, .. }) = self.commands.get(&d.ttag) else {
-            return Err(Error::InvalidHeaderField { offset: offsets::TTAG });
+        let Some(Command {
+            state: CmdState::AwaitData { buf, expected, .. },
+            ..
+        }) = self.commands.get(&d.ttag)
+        else {
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::TTAG,
+            });
         };
         if d.cccid != d.ttag {
-            return Err(Error::InvalidHeaderField { offset: offsets::CCCID });
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::CCCID,
+            });
         }
         let limit = t.config.limits.max_h2c_data;
         if d.length > limit {
-            return Err(Error::DataLimitExceeded { length: d.length, limit });
+            return Err(Error::DataLimitExceeded {
+                length: d.length,
+                limit,
+            });
         }
         let end = d.offset as u64 + d.length as u64;
         if d.offset as usize != buf.len() || end > *expected as u64 {
             return Err(Error::DataOutOfRange);
         }
         if d.last && end != *expected as u64 {
-            return Err(Error::InvalidHeaderField { offset: offsets::FLAGS });
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::FLAGS,
+            });
         }
         Ok(())
     }
 
     fn on_icreq(&mut self, t: &mut Target, ic: IcReq) {
         if ic.pfv != PFV_1_0 {
-            return self.fatal(t, Error::UnsupportedParameter { offset: offsets::PFV });
+            return self.fatal(
+                t,
+                Error::UnsupportedParameter {
+                    offset: offsets::PFV,
+                },
+            );
         }
         // Data is always placed right after the header: only HPDA 0 (no alignment).
         if ic.hpda != 0 {
-            return self.fatal(t, Error::UnsupportedParameter { offset: offsets::HPDA });
+            return self.fatal(
+                t,
+                Error::UnsupportedParameter {
+                    offset: offsets::HPDA,
+                },
+            );
         }
         if ic.digest & !(DIGEST_HEADER | DIGEST_DATA) != 0 {
-            return self.fatal(t, Error::UnsupportedParameter { offset: offsets::DGST });
+            return self.fatal(
+                t,
+                Error::UnsupportedParameter {
+                    offset: offsets::DGST,
+                },
+            );
         }
         self.hdgst = ic.digest & DIGEST_HEADER != 0 && t.config.allow_header_digest;
         self.ddgst = ic.digest & DIGEST_DATA != 0 && t.config.allow_data_digest;
@@ -454,7 +566,11 @@ impl Connection {
         if data_len > 0 {
             self.capsule_sqe = sqe;
             self.capsule_data = Vec::with_capacity(data_len);
-            self.rx = Rx::Data { remaining: data_len, dest: Dest::Capsule, crc: Crc32c::INIT };
+            self.rx = Rx::Data {
+                remaining: data_len,
+                dest: Dest::Capsule,
+                crc: Crc32c::INIT,
+            };
         } else {
             self.rx = Rx::Header;
             self.on_command(t, now, sqe, Vec::new(), true);
@@ -470,7 +586,16 @@ impl Connection {
             }
             Dest::H2C { cid } => {
                 let done = match self.commands.get_mut(&cid) {
-                    Some(Command { state: CmdState::AwaitData { buf, expected, digest_error, .. }, .. }) => {
+                    Some(Command {
+                        state:
+                            CmdState::AwaitData {
+                                buf,
+                                expected,
+                                digest_error,
+                                ..
+                            },
+                        ..
+                    }) => {
                         *digest_error |= !digest_ok;
                         buf.len() == *expected as usize
                     }
@@ -485,10 +610,11 @@ impl Connection {
 
     fn try_resume(&mut self, t: &mut Target, now: Instant) {
         if let Rx::Stalled { sqe, data_len } = self.rx
-            && self.outstanding() < self.depth() {
-                self.rx = Rx::Header;
-                self.start_capsule(t, now, sqe, data_len);
-            }
+            && self.outstanding() < self.depth()
+        {
+            self.rx = Rx::Header;
+            self.start_capsule(t, now, sqe, data_len);
+        }
     }
 
     fn outstanding(&self) -> usize {
@@ -496,12 +622,21 @@ impl Connection {
     }
 
     fn depth(&self) -> usize {
-        self.binding.map(|b| b.depth as usize).unwrap_or(UNBOUND_DEPTH)
+        self.binding
+            .map(|b| b.depth as usize)
+            .unwrap_or(UNBOUND_DEPTH)
     }
 
     // --------------------------------------------------------- commands
 
-    fn on_command(&mut self, t: &mut Target, now: Instant, sqe: [u8; 64], data: Vec<u8>, digest_ok: bool) {
+    fn on_command(
+        &mut self,
+        t: &mut Target,
+        now: Instant,
+        sqe: [u8; 64],
+        data: Vec<u8>,
+        digest_ok: bool,
+    ) {
         let s = Sqe(&sqe);
         let cid = s.cid();
         self.stats.commands += 1;
@@ -527,7 +662,9 @@ impl Connection {
         if s.opcode() == OPCODE_FABRICS {
             return self.on_fabrics(t, b, &s);
         }
-        let enabled = t.controller(b.cntlid, b.instance).is_some_and(|c| c.enabled());
+        let enabled = t
+            .controller(b.cntlid, b.instance)
+            .is_some_and(|c| c.enabled());
         if !enabled {
             return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
         }
@@ -538,10 +675,20 @@ impl Connection {
             let reply = admin::admin_command(t, b.cntlid, b.instance, &s, self.aers.len());
             match reply {
                 Reply::HoldAer => {
-                    self.commands.insert(cid, Command { sqe, state: CmdState::Aer });
+                    self.commands.insert(
+                        cid,
+                        Command {
+                            sqe,
+                            state: CmdState::Aer,
+                        },
+                    );
                     self.aers.push_back(cid);
                 }
-                Reply::Complete { status, result, data } => self.reply(cid, status, result, data),
+                Reply::Complete {
+                    status,
+                    result,
+                    data,
+                } => self.reply(cid, status, result, data),
             }
             // A Get Log Page may have unmasked events; an AER may be waiting for one.
             self.deliver_aens(t);
@@ -556,11 +703,20 @@ impl Connection {
             Ok((b, reply)) => {
                 self.binding = Some(b);
                 self.sq_head = 1 % b.depth;
-                if let Reply::Complete { status, result, data } = reply {
+                if let Reply::Complete {
+                    status,
+                    result,
+                    data,
+                } = reply
+                {
                     self.reply(cid, status, result, data);
                 }
             }
-            Err(Reply::Complete { status, result, data }) => self.reply(cid, status, result, data),
+            Err(Reply::Complete {
+                status,
+                result,
+                data,
+            }) => self.reply(cid, status, result, data),
             Err(Reply::HoldAer) => {}
         }
     }
@@ -569,7 +725,9 @@ impl Connection {
         let cid = s.cid();
         let reply = match s.fctype() {
             fctype::CONNECT => Reply::status(Status::COMMAND_SEQUENCE_ERROR),
-            fctype::PROPERTY_GET | fctype::PROPERTY_SET if b.qid != 0 => Reply::status(Status::INVALID_FIELD),
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET if b.qid != 0 => {
+                Reply::status(Status::INVALID_FIELD)
+            }
             fctype::PROPERTY_GET => match t.controller(b.cntlid, b.instance) {
                 Some(c) => admin::property_get(t, c, s),
                 None => return self.controller_gone(),
@@ -592,7 +750,12 @@ impl Connection {
             }
             _ => Reply::status(Status::INVALID_OPCODE),
         };
-        if let Reply::Complete { status, result, data } = reply {
+        if let Reply::Complete {
+            status,
+            result,
+            data,
+        } = reply
+        {
             self.reply(cid, status, result, data);
         }
     }
@@ -606,17 +769,31 @@ impl Connection {
         };
         match plan {
             IoPlan::Read { .. } => {
-                self.commands.insert(cid, Command { sqe, state: CmdState::AwaitBudget(plan) });
+                self.commands.insert(
+                    cid,
+                    Command {
+                        sqe,
+                        state: CmdState::AwaitBudget(plan),
+                    },
+                );
                 self.waiting.push_back(cid);
                 self.start_waiting();
             }
-            IoPlan::DatasetManagement { deallocate: false, .. } => {
+            IoPlan::DatasetManagement {
+                deallocate: false, ..
+            } => {
                 // Only attributes (hints) and no deallocation: nothing to do.
                 self.respond(cid, Status::SUCCESS, 0)
             }
             IoPlan::Write { .. } | IoPlan::DatasetManagement { .. } => {
                 if data.is_empty() {
-                    self.commands.insert(cid, Command { sqe, state: CmdState::AwaitBudget(plan) });
+                    self.commands.insert(
+                        cid,
+                        Command {
+                            sqe,
+                            state: CmdState::AwaitBudget(plan),
+                        },
+                    );
                     self.waiting.push_back(cid);
                     self.start_waiting();
                 } else {
@@ -627,9 +804,22 @@ impl Connection {
                 self.stats.flushes += 1;
                 self.issue(sqe, plan, nsid, BlockOp::Flush, 0)
             }
-            IoPlan::WriteZeroes { nsid, offset, len, deallocate } => {
-                self.issue(sqe, plan, nsid, BlockOp::WriteZeroes { offset, len, deallocate }, 0)
-            }
+            IoPlan::WriteZeroes {
+                nsid,
+                offset,
+                len,
+                deallocate,
+            } => self.issue(
+                sqe,
+                plan,
+                nsid,
+                BlockOp::WriteZeroes {
+                    offset,
+                    len,
+                    deallocate,
+                },
+                0,
+            ),
         }
     }
 
@@ -677,7 +867,12 @@ impl Connection {
                         },
                     );
                     self.stats.r2ts += 1;
-                    let r2t = Repr::R2T(R2t { cccid: cid, ttag: cid, offset: 0, length: need });
+                    let r2t = Repr::R2T(R2t {
+                        cccid: cid,
+                        ttag: cid,
+                        offset: 0,
+                        length: need,
+                    });
                     self.push_header(&r2t, 0, false, 0);
                 }
             }
@@ -686,8 +881,17 @@ impl Connection {
 
     /// All H2CData of a command arrived.
     fn data_complete(&mut self, t: &mut Target, cid: u16) {
-        let Some(cmd) = self.commands.remove(&cid) else { return };
-        let CmdState::AwaitData { plan, buf, budget, digest_error, .. } = cmd.state else {
+        let Some(cmd) = self.commands.remove(&cid) else {
+            return;
+        };
+        let CmdState::AwaitData {
+            plan,
+            buf,
+            budget,
+            digest_error,
+            ..
+        } = cmd.state
+        else {
             self.commands.insert(cid, cmd);
             return;
         };
@@ -698,18 +902,43 @@ impl Connection {
         self.execute_with_data(t, cmd.sqe, plan, buf, budget);
     }
 
-    fn execute_with_data(&mut self, t: &mut Target, sqe: [u8; 64], plan: IoPlan, data: Vec<u8>, budget: u32) {
+    fn execute_with_data(
+        &mut self,
+        t: &mut Target,
+        sqe: [u8; 64],
+        plan: IoPlan,
+        data: Vec<u8>,
+        budget: u32,
+    ) {
         let cid = Sqe(&sqe).cid();
         match plan {
-            IoPlan::Write { nsid, offset, fua, .. } => {
+            IoPlan::Write {
+                nsid, offset, fua, ..
+            } => {
                 let cache_on = self
                     .binding
                     .and_then(|b| t.controller(b.cntlid, b.instance))
                     .is_some_and(|c| c.write_cache_enabled);
                 let force_unit_access = fua || (t.config.volatile_write_cache && !cache_on);
-                self.issue(sqe, plan, nsid, BlockOp::Write { offset, data, force_unit_access }, budget);
+                self.issue(
+                    sqe,
+                    plan,
+                    nsid,
+                    BlockOp::Write {
+                        offset,
+                        data,
+                        force_unit_access,
+                    },
+                    budget,
+                );
             }
-            IoPlan::DatasetManagement { nsid, ranges, lba_shift, blocks, .. } => {
+            IoPlan::DatasetManagement {
+                nsid,
+                ranges,
+                lba_shift,
+                blocks,
+                ..
+            } => {
                 let parsed = io::dsm_ranges(&data, ranges, lba_shift, blocks);
                 self.release_budget(budget);
                 match parsed {
@@ -730,8 +959,18 @@ impl Connection {
         let id = self.next_request;
         self.next_request += 1;
         self.inflight.insert(id, cid);
-        self.commands.insert(cid, Command { sqe, state: CmdState::Block { id, plan, budget } });
-        self.block_queue.push_back(BlockRequest { id: RequestId(id), nsid, op });
+        self.commands.insert(
+            cid,
+            Command {
+                sqe,
+                state: CmdState::Block { id, plan, budget },
+            },
+        );
+        self.block_queue.push_back(BlockRequest {
+            id: RequestId(id),
+            nsid,
+            op,
+        });
     }
 
     /// The next block request to execute, if any.
@@ -747,12 +986,23 @@ impl Connection {
         id: RequestId,
         outcome: BlockOutcome,
     ) -> Result<(), Error> {
-        let cid = self.inflight.remove(&id.0).ok_or(Error::UnknownBlockRequest(id.0))?;
+        let cid = self
+            .inflight
+            .remove(&id.0)
+            .ok_or(Error::UnknownBlockRequest(id.0))?;
         if !self.is_open() {
             return Ok(());
         }
         let (sqe, plan, budget) = match self.commands.remove(&cid) {
-            Some(Command { sqe, state: CmdState::Block { id: i, plan, budget } }) if i == id.0 => (sqe, plan, budget),
+            Some(Command {
+                sqe,
+                state:
+                    CmdState::Block {
+                        id: i,
+                        plan,
+                        budget,
+                    },
+            }) if i == id.0 => (sqe, plan, budget),
             Some(other) => {
                 self.commands.insert(cid, other);
                 return Err(Error::UnknownBlockRequest(id.0));
@@ -761,7 +1011,9 @@ impl Connection {
         };
         let _ = sqe;
         let status = match (plan, outcome) {
-            (IoPlan::Read { len, .. }, BlockOutcome::ReadData(data)) if data.len() == len as usize => {
+            (IoPlan::Read { len, .. }, BlockOutcome::ReadData(data))
+                if data.len() == len as usize =>
+            {
                 self.stats.reads += 1;
                 self.stats.bytes_read += len as u64;
                 t.stats.read_commands += 1;
@@ -808,7 +1060,11 @@ impl Connection {
     // ----------------------------------------------------------- output
 
     fn push(&mut self, chunk: Chunk, response: bool, budget: u32) {
-        self.out.push_back(OutItem { chunk, response, budget });
+        self.out.push_back(OutItem {
+            chunk,
+            response,
+            budget,
+        });
     }
 
     fn push_header(&mut self, repr: &Repr, data_len: usize, response: bool, budget: u32) {
@@ -854,7 +1110,14 @@ impl Connection {
 
     fn send_data(&mut self, cid: u16, data: Vec<u8>, budget: u32, success: bool) {
         let len = data.len();
-        let dh = DataHeader { cccid: cid, ttag: 0, offset: 0, length: len as u32, last: true, success };
+        let dh = DataHeader {
+            cccid: cid,
+            ttag: 0,
+            offset: 0,
+            length: len as u32,
+            last: true,
+            success,
+        };
         self.push_header(&Repr::C2HData(dh), len, false, 0);
         if success {
             self.responses_queued += 1;
@@ -936,12 +1199,18 @@ impl Connection {
         match self.binding {
             Some(b) => {
                 if t.expire_if_silent(b.cntlid, b.instance, now) {
-                    log::info!("nvme: queue {} of controller {} closed: controller gone", b.qid, b.cntlid);
+                    log::info!(
+                        "nvme: queue {} of controller {} closed: controller gone",
+                        b.qid,
+                        b.cntlid
+                    );
                     return self.controller_gone();
                 }
             }
             None => {
-                let deadline = self.created.add_millis(t.config.limits.handshake_timeout_ms);
+                let deadline = self
+                    .created
+                    .add_millis(t.config.limits.handshake_timeout_ms);
                 if now >= deadline {
                     log::info!("nvme: connection closed: no Connect within the handshake timeout");
                     self.error = Some(Error::ConnectionClosed);
@@ -964,7 +1233,10 @@ impl Connection {
                 .controller(b.cntlid, b.instance)
                 .filter(|c| c.kato_ms != 0)
                 .map(|c| c.last_activity.add_millis(c.kato_ms as u64 + 1)),
-            None => Some(self.created.add_millis(t.config.limits.handshake_timeout_ms)),
+            None => Some(
+                self.created
+                    .add_millis(t.config.limits.handshake_timeout_ms),
+            ),
         }
     }
 
@@ -974,8 +1246,12 @@ impl Connection {
             return;
         }
         while !self.aers.is_empty() {
-            let Some(c) = t.controller_mut(b.cntlid, b.instance) else { return };
-            let Some(aen) = c.pending_aens.pop_front() else { return };
+            let Some(c) = t.controller_mut(b.cntlid, b.instance) else {
+                return;
+            };
+            let Some(aen) = c.pending_aens.pop_front() else {
+                return;
+            };
             let cid = self.aers.pop_front().expect("not empty");
             self.commands.remove(&cid);
             self.respond(cid, Status::SUCCESS, aen as u64);
@@ -984,9 +1260,10 @@ impl Connection {
 
     fn check_controller(&mut self, t: &Target) {
         if let Some(b) = self.binding
-            && t.controller(b.cntlid, b.instance).is_none() {
-                self.controller_gone();
-            }
+            && t.controller(b.cntlid, b.instance).is_none()
+        {
+            self.controller_gone();
+        }
     }
 
     // ---------------------------------------------------------- closing
@@ -1012,7 +1289,10 @@ impl Connection {
         if let Some((fes, fei)) = e.termination() {
             let header = &self.hdr[..self.hdr_have.min(MAX_TERM_DATA_LEN)];
             let mut buf = alloc::vec![0u8; 24 + header.len()];
-            let repr = Repr::C2HTermReq(TermReq { fes: fes as u16, fei });
+            let repr = Repr::C2HTermReq(TermReq {
+                fes: fes as u16,
+                fei,
+            });
             let n = repr.emit(&mut buf, header.len(), false, false, &self.crc);
             buf[n..].copy_from_slice(header);
             // Pending responses are dropped: the host resets the queue anyway.

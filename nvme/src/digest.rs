@@ -36,7 +36,9 @@ impl core::fmt::Debug for Crc32c {
 
 impl Default for Crc32c {
     fn default() -> Self {
-        Crc32c { update: software_update }
+        Crc32c {
+            update: software_update,
+        }
     }
 }
 
@@ -89,7 +91,11 @@ mod tests {
         for &b in data {
             reg ^= b as u32;
             for _ in 0..8 {
-                reg = if reg & 1 != 0 { (reg >> 1) ^ 0x82F6_3B78 } else { reg >> 1 };
+                reg = if reg & 1 != 0 {
+                    (reg >> 1) ^ 0x82F6_3B78
+                } else {
+                    reg >> 1
+                };
             }
         }
         reg
@@ -99,6 +105,9 @@ mod tests {
     fn pluggable_update_is_used() {
         let c = Crc32c::with_update(bitwise);
         assert_eq!(c.checksum(b"123456789"), 0xE306_9283);
-        assert_eq!(software_update(0x1234_5678, b"abc"), bitwise(0x1234_5678, b"abc"));
+        assert_eq!(
+            software_update(0x1234_5678, b"abc"),
+            bitwise(0x1234_5678, b"abc")
+        );
     }
 }

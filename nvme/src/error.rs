@@ -41,23 +41,40 @@ pub enum Error {
     /// More bytes are needed before the PDU can be decoded (not fatal).
     Truncated,
     /// A PDU header field is invalid; `offset` is the field's byte offset in the header.
-    InvalidHeaderField { offset: u32 },
+    InvalidHeaderField {
+        offset: u32,
+    },
     /// The PDU type is not one this side may receive (or not defined at all).
-    UnexpectedPduType { pdu_type: u8 },
+    UnexpectedPduType {
+        pdu_type: u8,
+    },
     /// A PDU arrived out of sequence (e.g. a command before ICReq, a second ICReq).
     PduSequence,
     /// Header digest mismatch.
-    HeaderDigest { received: u32, computed: u32 },
+    HeaderDigest {
+        received: u32,
+        computed: u32,
+    },
     /// Data digest mismatch.
-    DataDigest { received: u32, computed: u32 },
+    DataDigest {
+        received: u32,
+        computed: u32,
+    },
     /// H2CData outside the range solicited by the R2T.
     DataOutOfRange,
     /// A PDU carries more data than the negotiated limit.
-    DataLimitExceeded { length: u32, limit: u32 },
+    DataLimitExceeded {
+        length: u32,
+        limit: u32,
+    },
     /// An ICReq parameter this target does not support; `offset` is its byte offset.
-    UnsupportedParameter { offset: u32 },
+    UnsupportedParameter {
+        offset: u32,
+    },
     /// The peer sent a termination request.
-    PeerTerminated { fes: u16 },
+    PeerTerminated {
+        fes: u16,
+    },
     /// The target configuration is invalid; the text says which value and why.
     InvalidConfig(&'static str),
     /// A block completion names a request this connection does not know
@@ -81,7 +98,9 @@ impl Error {
             Error::HeaderDigest { .. } => (FatalErrorStatus::HeaderDigestError, 0),
             Error::DataOutOfRange => (FatalErrorStatus::DataTransferOutOfRange, 0),
             Error::DataLimitExceeded { .. } => (FatalErrorStatus::DataTransferLimitExceeded, 0),
-            Error::UnsupportedParameter { offset } => (FatalErrorStatus::UnsupportedParameter, offset),
+            Error::UnsupportedParameter { offset } => {
+                (FatalErrorStatus::UnsupportedParameter, offset)
+            }
             _ => return None,
         })
     }

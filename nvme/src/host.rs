@@ -23,7 +23,11 @@ use crate::wire::{Completion, DataHeader, IcReq, Repr, Status};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostEvent {
     /// ICResp: the connection is initialized.
-    Initialized { maxh2cdata: u32, header_digest: bool, data_digest: bool },
+    Initialized {
+        maxh2cdata: u32,
+        header_digest: bool,
+        data_digest: bool,
+    },
     /// A command completed; `data` holds what C2HData carried for it.
     Completion { cqe: Completion, data: Vec<u8> },
     /// The target sent a C2HTermReq.
@@ -59,9 +63,17 @@ pub mod fctype {
 impl Initiator {
     /// Starts a connection: queues the ICReq.
     pub fn new(header_digest: bool, data_digest: bool) -> Self {
-        let mut i = Initiator { next_cid: 1, ..Default::default() };
+        let mut i = Initiator {
+            next_cid: 1,
+            ..Default::default()
+        };
         let digest = (header_digest as u8 * DIGEST_HEADER) | (data_digest as u8 * DIGEST_DATA);
-        let ic = Repr::IcReq(IcReq { pfv: PFV_1_0, hpda: 0, digest, maxr2t: 0 });
+        let ic = Repr::IcReq(IcReq {
+            pfv: PFV_1_0,
+            hpda: 0,
+            digest,
+            maxr2t: 0,
+        });
         pdu::encode(&ic, &[], false, false, &i.crc, &mut i.out);
         i
     }
@@ -138,7 +150,11 @@ impl Initiator {
                     self.hdgst = r.digest & DIGEST_HEADER != 0;
                     self.ddgst = r.digest & DIGEST_DATA != 0;
                     self.maxh2cdata = r.maxh2cdata;
-                    HostEvent::Initialized { maxh2cdata: r.maxh2cdata, header_digest: self.hdgst, data_digest: self.ddgst }
+                    HostEvent::Initialized {
+                        maxh2cdata: r.maxh2cdata,
+                        header_digest: self.hdgst,
+                        data_digest: self.ddgst,
+                    }
                 }
                 Repr::CapsuleResp(cqe) => {
                     let cqe = Completion::from_bytes(&cqe);
@@ -156,13 +172,23 @@ impl Initiator {
                         continue;
                     }
                     let data = self.reads.remove(&d.cccid).unwrap_or_default();
-                    let cqe = Completion { result: 0, sq_head: 0, sq_id: 0, cid: d.cccid, status: Status::SUCCESS };
+                    let cqe = Completion {
+                        result: 0,
+                        sq_head: 0,
+                        sq_id: 0,
+                        cid: d.cccid,
+                        status: Status::SUCCESS,
+                    };
                     HostEvent::Completion { cqe, data }
                 }
                 Repr::R2T(r) => {
                     let Some(buf) = self.pending_writes.get(&r.cccid) else {
                         // No data kept for it (a test sending H2CData itself).
-                        return Ok(Some(HostEvent::R2T { cid: r.cccid, offset: r.offset, length: r.length }));
+                        return Ok(Some(HostEvent::R2T {
+                            cid: r.cccid,
+                            offset: r.offset,
+                            length: r.length,
+                        }));
                     };
                     let end = r.offset as usize + r.length as usize;
                     if end > buf.len() {
@@ -185,10 +211,22 @@ impl Initiator {
                         off += n;
                     }
                     self.out = out;
-                    HostEvent::R2T { cid: r.cccid, offset: r.offset, length: r.length }
+                    HostEvent::R2T {
+                        cid: r.cccid,
+                        offset: r.offset,
+                        length: r.length,
+                    }
                 }
-                Repr::C2HTermReq(tr) => HostEvent::Terminated { fes: tr.fes, fei: tr.fei, data },
-                other => return Err(Error::UnexpectedPduType { pdu_type: other.pdu_type() as u8 }),
+                Repr::C2HTermReq(tr) => HostEvent::Terminated {
+                    fes: tr.fes,
+                    fei: tr.fei,
+                    data,
+                },
+                other => {
+                    return Err(Error::UnexpectedPduType {
+                        pdu_type: other.pdu_type() as u8,
+                    });
+                }
             };
             return Ok(Some(ev));
         }
@@ -224,14 +262,20 @@ impl Initiator {
 
     pub fn property_get(&mut self, offset: u32, eight_bytes: bool) -> u16 {
         let cid = self.next_cid();
-        let sqe = SqeBuilder::fabrics(fctype::PROPERTY_GET, cid).u8_at(40, eight_bytes as u8).u32_at(44, offset).build();
+        let sqe = SqeBuilder::fabrics(fctype::PROPERTY_GET, cid)
+            .u8_at(40, eight_bytes as u8)
+            .u32_at(44, offset)
+            .build();
         self.submit(sqe, None, false);
         cid
     }
 
     pub fn property_set(&mut self, offset: u32, value: u32) -> u16 {
         let cid = self.next_cid();
-        let sqe = SqeBuilder::fabrics(fctype::PROPERTY_SET, cid).u32_at(44, offset).u64_at(48, value as u64).build();
+        let sqe = SqeBuilder::fabrics(fctype::PROPERTY_SET, cid)
+            .u32_at(44, offset)
+            .u64_at(48, value as u64)
+            .build();
         self.submit(sqe, None, false);
         cid
     }
@@ -259,7 +303,10 @@ impl Initiator {
         let numd = len / 4 - 1;
         let sqe = SqeBuilder::new(0x02, cid)
             .nsid(nsid)
-            .cdw(10, lid as u32 | ((lsp as u32) << 8) | ((numd & 0xFFFF) << 16))
+            .cdw(
+                10,
+                lid as u32 | ((lsp as u32) << 8) | ((numd & 0xFFFF) << 16),
+            )
             .cdw(11, numd >> 16)
             .cdw(12, offset as u32)
             .cdw(13, (offset >> 32) as u32)
@@ -271,14 +318,19 @@ impl Initiator {
 
     pub fn set_features(&mut self, fid: u8, value: u32) -> u16 {
         let cid = self.next_cid();
-        let sqe = SqeBuilder::new(0x09, cid).cdw(10, fid as u32).cdw(11, value).build();
+        let sqe = SqeBuilder::new(0x09, cid)
+            .cdw(10, fid as u32)
+            .cdw(11, value)
+            .build();
         self.submit(sqe, None, false);
         cid
     }
 
     pub fn get_features(&mut self, fid: u8, sel: u8) -> u16 {
         let cid = self.next_cid();
-        let sqe = SqeBuilder::new(0x0A, cid).cdw(10, fid as u32 | ((sel as u32) << 8)).build();
+        let sqe = SqeBuilder::new(0x0A, cid)
+            .cdw(10, fid as u32 | ((sel as u32) << 8))
+            .build();
         self.submit(sqe, None, false);
         cid
     }
@@ -304,7 +356,14 @@ impl Initiator {
     }
 
     /// Write; the data goes in the capsule if `in_capsule`, otherwise by R2T.
-    pub fn write(&mut self, nsid: u32, slba: u64, data: Vec<u8>, block_size: u32, in_capsule: bool) -> u16 {
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        data: Vec<u8>,
+        block_size: u32,
+        in_capsule: bool,
+    ) -> u16 {
         let cid = self.next_cid();
         let blocks = data.len() as u32 / block_size;
         let sqe = SqeBuilder::new(0x01, cid)
@@ -359,6 +418,15 @@ pub fn discovery_entry_fields(entry: &[u8]) -> Option<(u8, String, String, Strin
     if entry.len() < 1024 {
         return None;
     }
-    let s = |b: &[u8]| String::from_utf8_lossy(crate::wire::get_str(b)).trim_end().into();
-    Some((entry[2], s(&entry[32..64]), s(&entry[256..512]), s(&entry[512..768])))
+    let s = |b: &[u8]| {
+        String::from_utf8_lossy(crate::wire::get_str(b))
+            .trim_end()
+            .into()
+    };
+    Some((
+        entry[2],
+        s(&entry[32..64]),
+        s(&entry[256..512]),
+        s(&entry[512..768]),
+    ))
 }

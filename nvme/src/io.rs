@@ -6,7 +6,7 @@ use crate::block::ByteRange;
 use crate::config::AnaState;
 use crate::target::Target;
 use crate::wire::sqe::sgl;
-use crate::wire::{le32, le64, Sqe, Status};
+use crate::wire::{Sqe, Status, le32, le64};
 
 pub(crate) mod opcode {
     pub const FLUSH: u8 = 0x00;
@@ -19,14 +19,36 @@ pub(crate) mod opcode {
 /// A validated I/O command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IoPlan {
-    Read { nsid: u32, offset: u64, len: u32 },
+    Read {
+        nsid: u32,
+        offset: u64,
+        len: u32,
+    },
     /// Write data of `len` bytes is to be received (in the capsule or by R2T).
-    Write { nsid: u32, offset: u64, len: u32, fua: bool },
-    Flush { nsid: u32 },
-    WriteZeroes { nsid: u32, offset: u64, len: u64, deallocate: bool },
+    Write {
+        nsid: u32,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
+    Flush {
+        nsid: u32,
+    },
+    WriteZeroes {
+        nsid: u32,
+        offset: u64,
+        len: u64,
+        deallocate: bool,
+    },
     /// Dataset Management: `ranges` range descriptors (16 bytes each) are to
     /// be received; `deallocate` tells whether anything is to be done.
-    DatasetManagement { nsid: u32, ranges: u32, deallocate: bool, lba_shift: u8, blocks: u64 },
+    DatasetManagement {
+        nsid: u32,
+        ranges: u32,
+        deallocate: bool,
+        lba_shift: u8,
+        blocks: u64,
+    },
 }
 
 impl IoPlan {
@@ -55,7 +77,11 @@ pub(crate) fn plan(t: &Target, sqe: &Sqe, capsule_data: usize) -> Result<IoPlan,
     let op = sqe.opcode();
     if !matches!(
         op,
-        opcode::FLUSH | opcode::WRITE | opcode::READ | opcode::WRITE_ZEROES | opcode::DATASET_MANAGEMENT
+        opcode::FLUSH
+            | opcode::WRITE
+            | opcode::READ
+            | opcode::WRITE_ZEROES
+            | opcode::DATASET_MANAGEMENT
     ) {
         return Err(Status::INVALID_OPCODE);
     }
@@ -94,17 +120,31 @@ pub(crate) fn plan(t: &Target, sqe: &Sqe, capsule_data: usize) -> Result<IoPlan,
                 if sgl_type != sgl::TRANSPORT || capsule_data != 0 {
                     return Err(Status::SGL_TYPE_INVALID);
                 }
-                IoPlan::Read { nsid, offset, len: len as u32 }
+                IoPlan::Read {
+                    nsid,
+                    offset,
+                    len: len as u32,
+                }
             } else {
                 let fua = sqe.cdw(12) & (1 << 30) != 0;
-                IoPlan::Write { nsid, offset, len: len as u32, fua }
+                IoPlan::Write {
+                    nsid,
+                    offset,
+                    len: len as u32,
+                    fua,
+                }
             }
         }
         opcode::FLUSH => IoPlan::Flush { nsid },
         opcode::WRITE_ZEROES => {
             range(slba, nlb)?;
             let deallocate = sqe.cdw(12) & (1 << 25) != 0;
-            IoPlan::WriteZeroes { nsid, offset: slba << shift, len: nlb << shift, deallocate }
+            IoPlan::WriteZeroes {
+                nsid,
+                offset: slba << shift,
+                len: nlb << shift,
+                deallocate,
+            }
         }
         _ => {
             let ranges = (sqe.cdw(10) & 0xFF) + 1;
@@ -112,7 +152,13 @@ pub(crate) fn plan(t: &Target, sqe: &Sqe, capsule_data: usize) -> Result<IoPlan,
             if sgl_len < ranges as u64 * 16 || sgl_len > 4096 {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
             }
-            IoPlan::DatasetManagement { nsid, ranges, deallocate, lba_shift: shift, blocks: ns.blocks }
+            IoPlan::DatasetManagement {
+                nsid,
+                ranges,
+                deallocate,
+                lba_shift: shift,
+                blocks: ns.blocks,
+            }
         }
     };
     // Host-to-controller data comes in the capsule (all of it) or by R2T (none
@@ -141,7 +187,12 @@ pub(crate) fn plan(t: &Target, sqe: &Sqe, capsule_data: usize) -> Result<IoPlan,
 }
 
 /// Parses the Dataset Management ranges into byte ranges, checking each.
-pub(crate) fn dsm_ranges(data: &[u8], ranges: u32, lba_shift: u8, blocks: u64) -> Result<Vec<ByteRange>, Status> {
+pub(crate) fn dsm_ranges(
+    data: &[u8],
+    ranges: u32,
+    lba_shift: u8,
+    blocks: u64,
+) -> Result<Vec<ByteRange>, Status> {
     let mut out = Vec::with_capacity(ranges as usize);
     for i in 0..ranges as usize {
         let at = i * 16;
@@ -157,7 +208,10 @@ pub(crate) fn dsm_ranges(data: &[u8], ranges: u32, lba_shift: u8, blocks: u64) -
             Some(end) if end <= blocks => {}
             _ => return Err(Status::LBA_OUT_OF_RANGE),
         }
-        out.push(ByteRange { offset: slba << lba_shift, len: nlb << lba_shift });
+        out.push(ByteRange {
+            offset: slba << lba_shift,
+            len: nlb << lba_shift,
+        });
     }
     Ok(out)
 }

@@ -34,12 +34,14 @@ mod target;
 pub mod wire;
 
 pub use block::{BlockError, BlockOp, BlockOutcome, BlockRequest, ByteRange, RequestId};
-pub use config::{AnaState, Limits, NamespaceConfig, Portal, PortalAddress, TargetConfig, DISCOVERY_NQN};
+pub use config::{
+    AnaState, DISCOVERY_NQN, Limits, NamespaceConfig, Portal, PortalAddress, TargetConfig,
+};
 pub use connection::{Connection, ConnectionInfo, ConnectionState, QueueStats};
 pub use digest::Crc32c;
 pub use error::{Error, FatalErrorStatus};
 pub use target::{
-    ControllerInfo, RemovalReason, SubsystemKind, Target, TargetEvent, TargetStats, AEN_ANA_CHANGE,
+    AEN_ANA_CHANGE, ControllerInfo, RemovalReason, SubsystemKind, Target, TargetEvent, TargetStats,
 };
 
 /// A point in time on the caller's monotonic clock, in milliseconds.

@@ -10,10 +10,10 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::Instant;
 use crate::config::{AnaState, NamespaceConfig, Portal, TargetConfig};
 use crate::digest::Crc32c;
 use crate::error::Error;
-use crate::Instant;
 
 /// Which subsystem a controller belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +36,19 @@ pub enum RemovalReason {
 /// Things the console (or a log) may want to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetEvent {
-    ControllerCreated { cntlid: u16, subsystem: SubsystemKind, host_nqn: String },
-    ControllerRemoved { cntlid: u16, reason: RemovalReason },
-    AnaStateChanged { group: u32, state: AnaState },
+    ControllerCreated {
+        cntlid: u16,
+        subsystem: SubsystemKind,
+        host_nqn: String,
+    },
+    ControllerRemoved {
+        cntlid: u16,
+        reason: RemovalReason,
+    },
+    AnaStateChanged {
+        group: u32,
+        state: AnaState,
+    },
 }
 
 /// Async event (AEN) completion dword 0 for an ANA change notice:
@@ -130,7 +140,11 @@ impl Target {
         let ana_groups = config
             .ana_groups
             .iter()
-            .map(|&(id, state)| AnaGroup { id, state, change_count: 1 })
+            .map(|&(id, state)| AnaGroup {
+                id,
+                state,
+                change_count: 1,
+            })
             .collect();
         let next_cntlid = config.cntlid_min;
         Ok(Target {
@@ -171,11 +185,15 @@ impl Target {
     }
 
     pub fn ana_state(&self, group: u32) -> Option<AnaState> {
-        self.ana_groups.iter().find(|g| g.id == group).map(|g| g.state)
+        self.ana_groups
+            .iter()
+            .find(|g| g.id == group)
+            .map(|g| g.state)
     }
 
     pub(crate) fn namespace_ana_state(&self, ns: &NamespaceConfig) -> AnaState {
-        self.ana_state(ns.ana_group).unwrap_or(AnaState::Inaccessible)
+        self.ana_state(ns.ana_group)
+            .unwrap_or(AnaState::Inaccessible)
     }
 
     /// Sets the ANA state of a group as this node reports it. A change bumps
@@ -282,11 +300,15 @@ impl Target {
     }
 
     pub(crate) fn controller(&self, cntlid: u16, instance: u64) -> Option<&Controller> {
-        self.controllers.get(&cntlid).filter(|c| c.instance == instance)
+        self.controllers
+            .get(&cntlid)
+            .filter(|c| c.instance == instance)
     }
 
     pub(crate) fn controller_mut(&mut self, cntlid: u16, instance: u64) -> Option<&mut Controller> {
-        self.controllers.get_mut(&cntlid).filter(|c| c.instance == instance)
+        self.controllers
+            .get_mut(&cntlid)
+            .filter(|c| c.instance == instance)
     }
 
     pub(crate) fn expire_if_silent(&mut self, cntlid: u16, instance: u64, now: Instant) -> bool {
@@ -359,12 +381,17 @@ impl Target {
             },
         );
         log::info!("nvme: controller {cand} created for {host_nqn}");
-        self.push_event(TargetEvent::ControllerCreated { cntlid: cand, subsystem: kind, host_nqn });
+        self.push_event(TargetEvent::ControllerCreated {
+            cntlid: cand,
+            subsystem: kind,
+            host_nqn,
+        });
         Some((cand, instance))
     }
 
     pub(crate) fn host_allowed(&self, host_nqn: &str) -> bool {
-        self.config.allowed_hosts.is_empty() || self.config.allowed_hosts.iter().any(|h| h == host_nqn)
+        self.config.allowed_hosts.is_empty()
+            || self.config.allowed_hosts.iter().any(|h| h == host_nqn)
     }
 }
 

@@ -47,12 +47,23 @@ fn command_before_icreq_and_second_icreq_are_sequence_errors() {
     let mut h = Harness::default();
     let mut l = h.link(false, false);
     l.host.take_output();
-    l.host.send_raw(&raw(&Repr::CapsuleCmd([0; 64]), &[], false, false));
+    l.host
+        .send_raw(&raw(&Repr::CapsuleCmd([0; 64]), &[], false, false));
     assert_eq!(h.terminated(&mut l).0, SEQUENCE);
 
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    l.host.send_raw(&raw(&Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 }), &[], false, false));
+    l.host.send_raw(&raw(
+        &Repr::IcReq(IcReq {
+            pfv: 0,
+            hpda: 0,
+            digest: 0,
+            maxr2t: 0,
+        }),
+        &[],
+        false,
+        false,
+    ));
     assert_eq!(h.terminated(&mut l).0, SEQUENCE);
     others_unaffected(&mut h);
 }
@@ -60,9 +71,33 @@ fn command_before_icreq_and_second_icreq_are_sequence_errors() {
 #[test]
 fn unsupported_icreq_parameters() {
     for (ic, fei) in [
-        (IcReq { pfv: 1, hpda: 0, digest: 0, maxr2t: 0 }, 8),
-        (IcReq { pfv: 0, hpda: 3, digest: 0, maxr2t: 0 }, 10),
-        (IcReq { pfv: 0, hpda: 0, digest: 0x80, maxr2t: 0 }, 11),
+        (
+            IcReq {
+                pfv: 1,
+                hpda: 0,
+                digest: 0,
+                maxr2t: 0,
+            },
+            8,
+        ),
+        (
+            IcReq {
+                pfv: 0,
+                hpda: 3,
+                digest: 0,
+                maxr2t: 0,
+            },
+            10,
+        ),
+        (
+            IcReq {
+                pfv: 0,
+                hpda: 0,
+                digest: 0x80,
+                maxr2t: 0,
+            },
+            11,
+        ),
     ] {
         let mut h = Harness::default();
         let mut l = h.link(false, false);
@@ -74,13 +109,45 @@ fn unsupported_icreq_parameters() {
 
 #[test]
 fn pdus_only_a_controller_sends_are_rejected() {
-    let d = DataHeader { cccid: 1, ttag: 0, offset: 0, length: 4, last: true, success: false };
+    let d = DataHeader {
+        cccid: 1,
+        ttag: 0,
+        offset: 0,
+        length: 4,
+        last: true,
+        success: false,
+    };
     let cases = [
-        raw(&Repr::IcResp(IcResp { pfv: 0, cpda: 0, digest: 0, maxh2cdata: 4096 }), &[], false, false),
+        raw(
+            &Repr::IcResp(IcResp {
+                pfv: 0,
+                cpda: 0,
+                digest: 0,
+                maxh2cdata: 4096,
+            }),
+            &[],
+            false,
+            false,
+        ),
         raw(&Repr::CapsuleResp([0; 16]), &[], false, false),
         raw(&Repr::C2HData(d), &[0; 4], false, false),
-        raw(&Repr::R2T(R2t { cccid: 1, ttag: 1, offset: 0, length: 4 }), &[], false, false),
-        raw(&Repr::C2HTermReq(TermReq { fes: 1, fei: 0 }), &[], false, false),
+        raw(
+            &Repr::R2T(R2t {
+                cccid: 1,
+                ttag: 1,
+                offset: 0,
+                length: 4,
+            }),
+            &[],
+            false,
+            false,
+        ),
+        raw(
+            &Repr::C2HTermReq(TermReq { fes: 1, fei: 0 }),
+            &[],
+            false,
+            false,
+        ),
     ];
     for bytes in cases {
         let mut h = Harness::default();
@@ -116,12 +183,14 @@ fn digest_flags_must_match_negotiation() {
     let mut h = Harness::default();
     let mut l = h.link(true, false);
     h.initialize(&mut l);
-    l.host.send_raw(&raw(&Repr::CapsuleCmd([0; 64]), &[], false, false));
+    l.host
+        .send_raw(&raw(&Repr::CapsuleCmd([0; 64]), &[], false, false));
     assert_eq!(h.terminated(&mut l), (INVALID_HEADER_FIELD, 1));
     // Not negotiated, PDU with a data digest.
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    l.host.send_raw(&raw(&Repr::CapsuleCmd([0; 64]), &[1; 16], false, true));
+    l.host
+        .send_raw(&raw(&Repr::CapsuleCmd([0; 64]), &[1; 16], false, true));
     assert_eq!(h.terminated(&mut l), (INVALID_HEADER_FIELD, 1));
 }
 
@@ -134,21 +203,40 @@ fn data_digest_error_fails_the_command_not_the_connection() {
     h.io_queue(&mut q, cntlid, 1, false);
     // In-capsule write with a corrupted digest.
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 0).sgl(512, true).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 0)
+        .sgl(512, true)
+        .build();
     let mut bytes = Vec::new();
-    q.host.encode(&Repr::CapsuleCmd(sqe), &[0xEE; 512], &mut bytes);
+    q.host
+        .encode(&Repr::CapsuleCmd(sqe), &[0xEE; 512], &mut bytes);
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     q.host.send_raw(&bytes);
     let (cqe, _) = h.expect_status(&mut q, cid, Status::TRANSIENT_TRANSPORT_ERROR);
     assert!(!cqe.status.dnr);
-    assert!(h.backend.disks[&1][..512].iter().all(|&b| b == 0), "nothing written");
+    assert!(
+        h.backend.disks[&1][..512].iter().all(|&b| b == 0),
+        "nothing written"
+    );
     // R2T write whose H2CData digest is corrupted.
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 7).sgl(4096, false).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 7)
+        .sgl(4096, false)
+        .build();
     q.host.submit(sqe, None, false);
     h.pump(&mut q);
-    let d = DataHeader { cccid: cid, ttag: cid, offset: 0, length: 4096, last: true, success: false };
+    let d = DataHeader {
+        cccid: cid,
+        ttag: cid,
+        offset: 0,
+        length: 4096,
+        last: true,
+        success: false,
+    };
     let mut bytes = Vec::new();
     q.host.encode(&Repr::H2CData(d), &[0xEE; 4096], &mut bytes);
     let n = bytes.len();
@@ -167,9 +255,14 @@ fn oversized_in_capsule_data() {
     let mut h = Harness::default();
     let (_a, mut q, _) = h.setup();
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 16).sgl(8704, true).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 16)
+        .sgl(8704, true)
+        .build();
     let mut bytes = Vec::new();
-    q.host.encode(&Repr::CapsuleCmd(sqe), &[0; 8704], &mut bytes);
+    q.host
+        .encode(&Repr::CapsuleCmd(sqe), &[0; 8704], &mut bytes);
     q.host.send_raw(&bytes);
     assert_eq!(h.terminated(&mut q).0, LIMIT_EXCEEDED);
     // The limit is checked from the header: nothing of the data was buffered.
@@ -191,7 +284,11 @@ fn bad_pdo() {
 fn r2t_link(h: &mut Harness) -> (Link, Link, u16) {
     let (a, mut q, c) = h.setup();
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 15).sgl(8192, false).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 15)
+        .sgl(8192, false)
+        .build();
     q.host.submit(sqe, None, false);
     h.pump(&mut q);
     assert!(matches!(q.events.last(), Some(HostEvent::R2T { .. })));
@@ -200,7 +297,14 @@ fn r2t_link(h: &mut Harness) -> (Link, Link, u16) {
 }
 
 fn h2c(cid: u16, ttag: u16, offset: u32, len: usize, last: bool) -> Vec<u8> {
-    let d = DataHeader { cccid: cid, ttag, offset, length: len as u32, last, success: false };
+    let d = DataHeader {
+        cccid: cid,
+        ttag,
+        offset,
+        length: len as u32,
+        last,
+        success: false,
+    };
     raw(&Repr::H2CData(d), &vec![0x5A; len], false, false)
 }
 
@@ -248,7 +352,12 @@ fn h2cdata_larger_than_maxh2cdata() {
 fn host_termination_request_closes_at_once() {
     let mut h = Harness::default();
     let (_a, mut q, _) = h.setup();
-    q.host.send_raw(&raw(&Repr::H2CTermReq(TermReq { fes: 2, fei: 0 }), &[1, 2, 3], false, false));
+    q.host.send_raw(&raw(
+        &Repr::H2CTermReq(TermReq { fes: 2, fei: 0 }),
+        &[1, 2, 3],
+        false,
+        false,
+    ));
     h.pump(&mut q);
     assert_eq!(q.conn.state(), ConnectionState::Closed);
     assert_eq!(q.conn.error(), Some(&Error::PeerTerminated { fes: 2 }));
@@ -266,7 +375,9 @@ fn garbage_trickled_byte_by_byte() {
     l.host.send_raw(&[0x04, 0, 72, 0, 10, 0, 0, 0]);
     assert_eq!(h.terminated(&mut l), (INVALID_HEADER_FIELD, 4));
     // Input after the termination is swallowed, not processed.
-    let n = l.conn.receive(&mut h.target, Instant::from_millis(h.now), &[0xFF; 100]);
+    let n = l
+        .conn
+        .receive(&mut h.target, Instant::from_millis(h.now), &[0xFF; 100]);
     assert_eq!(n, 100);
 }
 
@@ -285,9 +396,23 @@ fn input_after_fatal_error_is_ignored_and_only_the_term_req_is_sent() {
     assert_eq!(q.held.len(), 1, "nothing after the garbage was issued");
     let req = q.held.pop().unwrap();
     // Completing it after the termination is harmless.
-    q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), req.id, BlockOutcome::ReadData(vec![0; 512])).unwrap();
-    assert!(q.events.iter().all(|e| !matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid)));
-    assert!(matches!(q.events.last(), Some(HostEvent::Terminated { fes: 1, .. })));
+    q.conn
+        .complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            req.id,
+            BlockOutcome::ReadData(vec![0; 512]),
+        )
+        .unwrap();
+    assert!(
+        q.events
+            .iter()
+            .all(|e| !matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid))
+    );
+    assert!(matches!(
+        q.events.last(),
+        Some(HostEvent::Terminated { fes: 1, .. })
+    ));
 }
 
 #[test]
@@ -300,18 +425,37 @@ fn admin_queue_fatal_error_frees_the_controller() {
     let cid = q.host.read(1, 0, 1, 512);
     h.pump(&mut q);
     assert_eq!(q.conn.state(), ConnectionState::Closed);
-    assert!(q.events.iter().all(|e| !matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid)));
+    assert!(
+        q.events
+            .iter()
+            .all(|e| !matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid))
+    );
 }
 
 #[test]
 fn hundreds_of_idle_and_half_open_connections_are_reaped() {
     let mut h = Harness::default();
-    let mut conns: Vec<Connection> = (0..300).map(|_| Connection::new(&h.target, Instant::from_millis(h.now))).collect();
+    let mut conns: Vec<Connection> = (0..300)
+        .map(|_| Connection::new(&h.target, Instant::from_millis(h.now)))
+        .collect();
     // Some send half a header, some half an ICReq, some nothing.
-    let ic = raw(&Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 }), &[], false, false);
+    let ic = raw(
+        &Repr::IcReq(IcReq {
+            pfv: 0,
+            hpda: 0,
+            digest: 0,
+            maxr2t: 0,
+        }),
+        &[],
+        false,
+        false,
+    );
     for (i, c) in conns.iter_mut().enumerate() {
         let n = [0usize, 5, 64, 127][i % 4];
-        assert_eq!(c.receive(&mut h.target, Instant::from_millis(h.now), &ic[..n]), n);
+        assert_eq!(
+            c.receive(&mut h.target, Instant::from_millis(h.now), &ic[..n]),
+            n
+        );
     }
     // A well-behaved host meanwhile works.
     let (_a, mut q, _) = h.setup();
@@ -329,7 +473,11 @@ fn abandoned_mid_pdu_is_reaped_by_keep_alive() {
     let mut h = Harness::default();
     let (mut a, mut q, _) = h.setup();
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 255).sgl(131072, false).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 255)
+        .sgl(131072, false)
+        .build();
     q.host.submit(sqe, None, false);
     h.pump(&mut q);
     // Half of the data, then silence.

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use tandem_nvme::host::HostEvent;
-use tandem_nvme::wire::sqe::SqeBuilder;
 use tandem_nvme::wire::Status;
+use tandem_nvme::wire::sqe::SqeBuilder;
 use tandem_nvme::*;
 
 fn le16(b: &[u8], o: usize) -> u16 {
@@ -25,7 +25,11 @@ fn icresp_parameters_suit_linux() {
     let mut l = h.link(true, true);
     h.pump(&mut l);
     match &l.events[0] {
-        HostEvent::Initialized { maxh2cdata, header_digest, data_digest } => {
+        HostEvent::Initialized {
+            maxh2cdata,
+            header_digest,
+            data_digest,
+        } => {
             assert!(*maxh2cdata >= 4096 && maxh2cdata % 4 == 0);
             assert!(*header_digest && *data_digest);
         }
@@ -51,7 +55,14 @@ fn digests_not_offered_when_disabled() {
     let mut h = Harness::new(c);
     let mut l = h.link(true, true);
     h.pump(&mut l);
-    assert!(matches!(l.events[0], HostEvent::Initialized { header_digest: false, data_digest: false, .. }));
+    assert!(matches!(
+        l.events[0],
+        HostEvent::Initialized {
+            header_digest: false,
+            data_digest: false,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -59,7 +70,9 @@ fn connect_allocates_cntlid_from_range_and_properties_work() {
     let mut h = Harness::default();
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     let (cqe, _) = h.ok(&mut l, cid);
     let cntlid = cqe.result as u16;
     assert!((0x10..=0x1F).contains(&cntlid));
@@ -90,7 +103,9 @@ fn connect_allocates_cntlid_from_range_and_properties_work() {
     let cid = l.host.property_set(0x1C, 1);
     h.expect_status(&mut l, cid, Status::INVALID_FIELD);
     // Shutdown: SHST complete.
-    let cid = l.host.property_set(0x14, (6 << 16) | (4 << 20) | 1 | (1 << 14));
+    let cid = l
+        .host
+        .property_set(0x14, (6 << 16) | (4 << 20) | 1 | (1 << 14));
     h.ok(&mut l, cid);
     let cid = l.host.property_get(0x1C, false);
     assert_eq!((h.ok(&mut l, cid).0.result >> 2) & 3, 2);
@@ -107,7 +122,9 @@ fn enable_with_bad_queue_entry_sizes_sets_cfs() {
     let mut h = Harness::default();
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     h.ok(&mut l, cid);
     let cid = l.host.property_set(0x14, (5 << 16) | (4 << 20) | 1);
     h.ok(&mut l, cid);
@@ -121,36 +138,55 @@ fn connect_errors() {
     // Unknown subsystem.
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, "nqn.bogus", HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, "nqn.bogus", HOSTNQN, false);
     let (cqe, _) = h.expect_status(&mut l, cid, Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(cqe.result, (1 << 16) | 256, "IATTR data, IPO subnqn");
     // Static controller ID on the admin queue.
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 5, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 5, SUBNQN, HOSTNQN, false);
     let (cqe, _) = h.expect_status(&mut l, cid, Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(cqe.result, (1 << 16) | 16);
     // SQSIZE 0 and beyond MQES.
-    let cid = l.host.connect(0, 0, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 0, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     let (cqe, _) = h.expect_status(&mut l, cid, Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(cqe.result, 44);
-    let cid = l.host.connect(0, 128, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 128, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     h.expect_status(&mut l, cid, Status::CONNECT_INVALID_PARAMETERS);
     // RECFMT != 0.
     let cid = l.host.next_cid();
-    let sqe = SqeBuilder::fabrics(0x01, cid).u16_at(40, 1).u16_at(44, 31).sgl(1024, true).build();
+    let sqe = SqeBuilder::fabrics(0x01, cid)
+        .u16_at(40, 1)
+        .u16_at(44, 31)
+        .sgl(1024, true)
+        .build();
     l.host.submit(sqe, Some(vec![0; 1024]), true);
     h.expect_status(&mut l, cid, Status::CONNECT_INCOMPATIBLE_FORMAT);
     // Connect data of the wrong size.
     let cid = l.host.next_cid();
-    let sqe = SqeBuilder::fabrics(0x01, cid).u16_at(44, 31).sgl(512, true).build();
+    let sqe = SqeBuilder::fabrics(0x01, cid)
+        .u16_at(44, 31)
+        .sgl(512, true)
+        .build();
     l.host.submit(sqe, Some(vec![0; 512]), true);
     h.expect_status(&mut l, cid, Status::DATA_SGL_LENGTH_INVALID);
     // Any other command before Connect.
     let cid = l.host.simple(0x18, 0);
     h.expect_status(&mut l, cid, Status::COMMAND_SEQUENCE_ERROR);
     // A good Connect, then a second one on the same queue.
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     h.ok(&mut l, cid);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     h.expect_status(&mut l, cid, Status::COMMAND_SEQUENCE_ERROR);
     assert_eq!(l.conn.state(), ConnectionState::Open);
 }
@@ -162,7 +198,9 @@ fn refused_host_gets_connect_invalid_host() {
     let mut h = Harness::new(c);
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     let (cqe, _) = h.expect_status(&mut l, cid, Status::CONNECT_INVALID_HOST);
     assert!(cqe.status.dnr);
     assert_eq!(cqe.result, (1 << 16) | 512);
@@ -175,7 +213,12 @@ fn refused_host_gets_connect_invalid_host() {
     assert_eq!(le64(&log, 8), 0);
     // The allowed host gets in.
     let mut ok = h.link(false, false);
-    h.admin_for(&mut ok, 5000, SUBNQN, "nqn.2014-08.org.nvmexpress:uuid:only-this-one");
+    h.admin_for(
+        &mut ok,
+        5000,
+        SUBNQN,
+        "nqn.2014-08.org.nvmexpress:uuid:only-this-one",
+    );
 }
 
 #[test]
@@ -195,12 +238,16 @@ fn cntlid_range_exhaustion_is_controller_busy() {
     assert_eq!(ids, vec![0x100, 0x101]);
     let mut l = h.link(false, false);
     h.initialize(&mut l);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     h.expect_status(&mut l, cid, Status::CONNECT_CONTROLLER_BUSY);
     // Closing one frees its ID.
     let mut first = links.remove(0);
     first.conn.close(&mut h.target);
-    let cid = l.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     h.ok(&mut l, cid);
 }
 
@@ -310,7 +357,10 @@ fn identify_namespace_structures() {
     }
     // SGL describing the wrong length.
     let cid = l.host.next_cid();
-    let sqe = SqeBuilder::new(0x06, cid).cdw(10, 1).sgl(512, false).build();
+    let sqe = SqeBuilder::new(0x06, cid)
+        .cdw(10, 1)
+        .sgl(512, false)
+        .build();
     l.host.submit(sqe, None, false);
     h.expect_status(&mut l, cid, Status::DATA_SGL_LENGTH_INVALID);
 }
@@ -342,8 +392,14 @@ fn log_pages() {
     let chg = le64(&d, 0);
     assert!(chg > 0);
     assert_eq!(le16(&d, 8), 2);
-    assert_eq!((le32(&d, 16), le32(&d, 20), d[32], le32(&d, 48)), (1, 1, 1, 1));
-    assert_eq!((le32(&d, 52), le32(&d, 56), d[68], le32(&d, 84)), (2, 1, 1, 2));
+    assert_eq!(
+        (le32(&d, 16), le32(&d, 20), d[32], le32(&d, 48)),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(
+        (le32(&d, 52), le32(&d, 56), d[68], le32(&d, 84)),
+        (2, 1, 1, 2)
+    );
     // RGO: groups only.
     let cid = l.host.get_log_page(0x0C, 1, 4096, 0, 0);
     let (_, d) = h.ok(&mut l, cid);
@@ -371,7 +427,11 @@ fn discovery_controller_and_log() {
     let mut h = Harness::default();
     let mut l = h.link(false, false);
     let cntlid = h.admin_for(&mut l, 0, DISCOVERY_NQN, HOSTNQN);
-    assert!(h.target.controllers().any(|c| c.cntlid == cntlid && c.subsystem == SubsystemKind::Discovery && c.kato_ms > 0));
+    assert!(
+        h.target.controllers().any(|c| c.cntlid == cntlid
+            && c.subsystem == SubsystemKind::Discovery
+            && c.kato_ms > 0)
+    );
     let cid = l.host.identify(0x01, 0, 0);
     let (_, d) = h.ok(&mut l, cid);
     assert_eq!(d[111], 2, "CNTRLTYPE discovery");
@@ -404,7 +464,9 @@ fn discovery_controller_and_log() {
     // No I/O queues on the discovery subsystem.
     let mut q = h.link(false, false);
     h.initialize(&mut q);
-    let cid = q.host.connect(1, 31, 0, HOSTID, cntlid, DISCOVERY_NQN, HOSTNQN, false);
+    let cid = q
+        .host
+        .connect(1, 31, 0, HOSTID, cntlid, DISCOVERY_NQN, HOSTNQN, false);
     h.expect_status(&mut q, cid, Status::CONNECT_INVALID_PARAMETERS);
     // Peer portals can be replaced; the generation counter moves.
     h.target.set_peer_portals(vec![]);
@@ -457,7 +519,14 @@ fn features() {
     let cid = l.host.set_features(0x0F, 1000);
     h.ok(&mut l, cid);
     let cid = l.host.next_cid();
-    l.host.submit(SqeBuilder::new(0x09, cid).cdw(10, 0x0F | (1 << 31)).cdw(11, 1).build(), None, false);
+    l.host.submit(
+        SqeBuilder::new(0x09, cid)
+            .cdw(10, 0x0F | (1 << 31))
+            .cdw(11, 1)
+            .build(),
+        None,
+        false,
+    );
     h.expect_status(&mut l, cid, Status::FEATURE_NOT_SAVEABLE);
     for fid in [0x01, 0x02, 0x04, 0x08, 0x0C, 0x0E, 0x7F, 0x80] {
         let cid = l.host.set_features(fid, 0);
@@ -495,11 +564,13 @@ fn other_admin_commands() {
     }
     // Unknown fabrics command type.
     let cid = l.host.next_cid();
-    l.host.submit(SqeBuilder::fabrics(0x7E, cid).build(), None, false);
+    l.host
+        .submit(SqeBuilder::fabrics(0x7E, cid).build(), None, false);
     h.expect_status(&mut l, cid, Status::INVALID_OPCODE);
     // Disconnect is for I/O queues.
     let cid = l.host.next_cid();
-    l.host.submit(SqeBuilder::fabrics(0x08, cid).build(), None, false);
+    l.host
+        .submit(SqeBuilder::fabrics(0x08, cid).build(), None, false);
     h.expect_status(&mut l, cid, Status::INVALID_FIELD);
 }
 
@@ -513,25 +584,41 @@ fn io_queue_connect_rules() {
     // qid beyond the granted count.
     let mut q = h.link(false, false);
     h.initialize(&mut q);
-    let cid = q.host.connect(3, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+    let cid = q
+        .host
+        .connect(3, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
     let (cqe, _) = h.expect_status(&mut q, cid, Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(cqe.result, 42);
     // Unknown controller / another host's controller.
-    let cid = q.host.connect(1, 127, 0, HOSTID, 0x1F, SUBNQN, HOSTNQN, false);
+    let cid = q
+        .host
+        .connect(1, 127, 0, HOSTID, 0x1F, SUBNQN, HOSTNQN, false);
     let (cqe, _) = h.expect_status(&mut q, cid, Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(cqe.result, (1 << 16) | 16);
-    let cid = q.host.connect(1, 127, 0, HOSTID, cntlid, SUBNQN, "nqn.other-host", false);
+    let cid = q
+        .host
+        .connect(1, 127, 0, HOSTID, cntlid, SUBNQN, "nqn.other-host", false);
     h.expect_status(&mut q, cid, Status::CONNECT_INVALID_PARAMETERS);
-    let cid = q.host.connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+    let cid = q
+        .host
+        .connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
     h.ok(&mut q, cid);
     // The same qid twice.
     let mut q2 = h.link(false, false);
     h.initialize(&mut q2);
-    let cid = q2.host.connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+    let cid = q2
+        .host
+        .connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
     h.expect_status(&mut q2, cid, Status::COMMAND_SEQUENCE_ERROR);
-    let cid = q2.host.connect(2, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+    let cid = q2
+        .host
+        .connect(2, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
     h.ok(&mut q2, cid);
-    let info: Vec<_> = h.target.controllers().map(|c| c.io_queues.to_vec()).collect();
+    let info: Vec<_> = h
+        .target
+        .controllers()
+        .map(|c| c.io_queues.to_vec())
+        .collect();
     assert_eq!(info, vec![vec![1, 2]]);
     // Number of queues cannot change once I/O queues exist.
     let cid = a.host.set_features(0x07, 3 | (3 << 16));
@@ -540,11 +627,16 @@ fn io_queue_connect_rules() {
     let cid = q.host.property_get(0x1C, false);
     h.expect_status(&mut q, cid, Status::INVALID_FIELD);
     let cid = q2.host.next_cid();
-    q2.host.submit(SqeBuilder::fabrics(0x08, cid).build(), None, false);
+    q2.host
+        .submit(SqeBuilder::fabrics(0x08, cid).build(), None, false);
     h.ok(&mut q2, cid);
     assert!(q2.conn.wants_close());
     q2.conn.close(&mut h.target);
-    let info: Vec<_> = h.target.controllers().map(|c| c.io_queues.to_vec()).collect();
+    let info: Vec<_> = h
+        .target
+        .controllers()
+        .map(|c| c.io_queues.to_vec())
+        .collect();
     assert_eq!(info, vec![vec![1]]);
     // Closing the admin queue removes the controller; its I/O queue closes.
     a.conn.close(&mut h.target);
@@ -554,7 +646,13 @@ fn io_queue_connect_rules() {
     assert_eq!(q.conn.state(), ConnectionState::Closed);
     let mut removed = false;
     while let Some(e) = h.target.poll_event() {
-        removed |= matches!(e, TargetEvent::ControllerRemoved { reason: RemovalReason::AdminQueueClosed, .. });
+        removed |= matches!(
+            e,
+            TargetEvent::ControllerRemoved {
+                reason: RemovalReason::AdminQueueClosed,
+                ..
+            }
+        );
     }
     assert!(removed);
 }
@@ -564,10 +662,14 @@ fn io_queue_needs_enabled_controller() {
     let mut h = Harness::default();
     let mut a = h.link(false, false);
     h.initialize(&mut a);
-    let cid = a.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = a
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     let cntlid = h.ok(&mut a, cid).0.result as u16;
     let mut q = h.link(false, false);
     h.initialize(&mut q);
-    let cid = q.host.connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+    let cid = q
+        .host
+        .connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
     h.expect_status(&mut q, cid, Status::COMMAND_SEQUENCE_ERROR);
 }

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use tandem_nvme::host::HostEvent;
-use tandem_nvme::wire::sqe::SqeBuilder;
 use tandem_nvme::wire::Status;
+use tandem_nvme::wire::sqe::SqeBuilder;
 use tandem_nvme::*;
 
 #[test]
@@ -21,7 +21,10 @@ fn write_in_capsule_then_read_back() {
     let (_, got) = h.ok(&mut q, cid);
     assert_eq!(got, data);
     let s = q.conn.info().stats;
-    assert_eq!((s.reads, s.writes, s.bytes_read, s.bytes_written, s.r2ts), (1, 1, 8192, 8192, 0));
+    assert_eq!(
+        (s.reads, s.writes, s.bytes_read, s.bytes_written, s.r2ts),
+        (1, 1, 8192, 8192, 0)
+    );
     // One copy of each data byte inside the crate (input to its buffer):
     // the Connect data (1 KiB) and the write (8 KiB); none for the read.
     assert_eq!(s.bytes_copied_in, 1024 + 8192);
@@ -37,8 +40,18 @@ fn large_write_by_r2t_and_h2cdata_then_read() {
     let data = pattern(128 * 1024, 2);
     let cid = q.host.write(1, 100, data.clone(), 512, false);
     h.ok(&mut q, cid);
-    assert!(q.events.iter().any(|e| matches!(e, HostEvent::R2T { length: 131072, offset: 0, .. })));
-    assert_eq!(&h.backend.disks[&1][100 * 512..100 * 512 + data.len()], &data[..]);
+    assert!(q.events.iter().any(|e| matches!(
+        e,
+        HostEvent::R2T {
+            length: 131072,
+            offset: 0,
+            ..
+        }
+    )));
+    assert_eq!(
+        &h.backend.disks[&1][100 * 512..100 * 512 + data.len()],
+        &data[..]
+    );
     let cid = q.host.read(1, 100, 256, 512);
     assert_eq!(h.ok(&mut q, cid).1, data);
     assert_eq!(q.conn.info().stats.r2ts, 1);
@@ -75,14 +88,28 @@ fn flush_write_zeroes_deallocate() {
     h.ok(&mut q, cid);
     assert_eq!(
         h.backend.deallocated,
-        vec![ByteRange { offset: 2048, len: 1024 }, ByteRange { offset: 3584, len: 512 }]
+        vec![
+            ByteRange {
+                offset: 2048,
+                len: 1024
+            },
+            ByteRange {
+                offset: 3584,
+                len: 512
+            }
+        ]
     );
     // A range past the end.
     let cid = q.host.deallocate(1, &[(NS1_BLOCKS - 1, 2)]);
     h.expect_status(&mut q, cid, Status::LBA_OUT_OF_RANGE);
     // DSM without the deallocate attribute does nothing.
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x09, cid).nsid(1).cdw(10, 0).cdw(11, 1).sgl(16, true).build();
+    let sqe = SqeBuilder::new(0x09, cid)
+        .nsid(1)
+        .cdw(10, 0)
+        .cdw(11, 1)
+        .sgl(16, true)
+        .build();
     q.host.submit(sqe, Some(vec![0; 16]), true);
     h.ok(&mut q, cid);
     // Write zeroes out of range; flush to all namespaces is not supported.
@@ -111,17 +138,30 @@ fn io_errors() {
     }
     // SGL length not matching NLB.
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x02, cid).nsid(1).cdw(12, 7).sgl(512, false).build();
+    let sqe = SqeBuilder::new(0x02, cid)
+        .nsid(1)
+        .cdw(12, 7)
+        .sgl(512, false)
+        .build();
     q.host.submit(sqe, None, false);
     h.expect_status(&mut q, cid, Status::DATA_SGL_LENGTH_INVALID);
     // In-capsule SGL with a different amount of data.
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 1).sgl(1024, true).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 1)
+        .sgl(1024, true)
+        .build();
     q.host.submit(sqe, Some(vec![0; 512]), true);
     h.expect_status(&mut q, cid, Status::DATA_SGL_LENGTH_INVALID);
     // Unknown SGL descriptor type.
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 0).sgl(512, false).u8_at(39, 0x00).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 0)
+        .sgl(512, false)
+        .u8_at(39, 0x00)
+        .build();
     q.host.submit(sqe, None, false);
     h.expect_status(&mut q, cid, Status::SGL_TYPE_INVALID);
     // Duplicate command ID while the first is outstanding.
@@ -137,28 +177,61 @@ fn io_errors() {
     let cid = q.host.read(1, 0, 1, 512);
     h.pump(&mut q);
     let req = q.held.pop().unwrap();
-    q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), req.id, BlockOutcome::Failed(BlockError::Media)).unwrap();
+    q.conn
+        .complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            req.id,
+            BlockOutcome::Failed(BlockError::Media),
+        )
+        .unwrap();
     h.expect_status(&mut q, cid, Status::UNRECOVERED_READ_ERROR);
     let cid = q.host.write(1, 0, vec![1; 512], 512, true);
     h.pump(&mut q);
     let req = q.held.pop().unwrap();
-    q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), req.id, BlockOutcome::Failed(BlockError::Media)).unwrap();
+    q.conn
+        .complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            req.id,
+            BlockOutcome::Failed(BlockError::Media),
+        )
+        .unwrap();
     h.expect_status(&mut q, cid, Status::WRITE_FAULT);
     let cid = q.host.write(1, 0, vec![1; 512], 512, true);
     h.pump(&mut q);
     let req = q.held.pop().unwrap();
-    q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), req.id, BlockOutcome::Failed(BlockError::AnaInaccessible)).unwrap();
+    q.conn
+        .complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            req.id,
+            BlockOutcome::Failed(BlockError::AnaInaccessible),
+        )
+        .unwrap();
     let (cqe, _) = h.expect_status(&mut q, cid, Status::ANA_INACCESSIBLE);
     assert!(!cqe.status.dnr);
     // A read completed with the wrong amount of data.
     let cid = q.host.read(1, 0, 2, 512);
     h.pump(&mut q);
     let req = q.held.pop().unwrap();
-    q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), req.id, BlockOutcome::ReadData(vec![0; 3])).unwrap();
+    q.conn
+        .complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            req.id,
+            BlockOutcome::ReadData(vec![0; 3]),
+        )
+        .unwrap();
     h.expect_status(&mut q, cid, Status::INTERNAL_ERROR);
     // Completing an unknown request is an error for the caller, not the host.
     assert_eq!(
-        q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), RequestId(999), BlockOutcome::Done),
+        q.conn.complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            RequestId(999),
+            BlockOutcome::Done
+        ),
         Err(Error::UnknownBlockRequest(999))
     );
     // Namespace not ready.
@@ -167,7 +240,10 @@ fn io_errors() {
     let (cqe, _) = h.expect_status(&mut q, cid, Status::NAMESPACE_NOT_READY);
     assert!(!cqe.status.dnr);
     h.target.set_namespace_ready(1, true).unwrap();
-    assert_eq!(h.target.set_namespace_ready(5, true), Err(Error::NoSuchNamespace(5)));
+    assert_eq!(
+        h.target.set_namespace_ready(5, true),
+        Err(Error::NoSuchNamespace(5))
+    );
 }
 
 #[test]
@@ -175,7 +251,11 @@ fn fua_and_disabled_write_cache() {
     let mut h = Harness::default();
     let (mut a, mut q, _) = h.setup();
     let cid = q.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 1 << 30).sgl(512, true).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 1 << 30)
+        .sgl(512, true)
+        .build();
     q.host.submit(sqe, Some(vec![5; 512]), true);
     h.ok(&mut q, cid);
     assert_eq!(h.backend.fua_writes, 1);
@@ -231,9 +311,18 @@ fn several_r2ts_outstanding_within_budget() {
     let mut h = Harness::new(c);
     let (_a, mut q, _) = h.setup();
     q.auto_complete = false;
-    let cids: Vec<u16> = (0..4u64).map(|i| q.host.write(1, i * 256, pattern(128 * 1024, i as u8), 512, false)).collect();
+    let cids: Vec<u16> = (0..4u64)
+        .map(|i| {
+            q.host
+                .write(1, i * 256, pattern(128 * 1024, i as u8), 512, false)
+        })
+        .collect();
     h.pump(&mut q);
-    let r2ts = q.events.iter().filter(|e| matches!(e, HostEvent::R2T { .. })).count();
+    let r2ts = q
+        .events
+        .iter()
+        .filter(|e| matches!(e, HostEvent::R2T { .. }))
+        .count();
     assert_eq!(r2ts, 2, "R2Ts only as the budget allows");
     assert_eq!(q.held.len(), 2);
     h.complete_held(&mut q, &[1, 0]);
@@ -243,7 +332,10 @@ fn several_r2ts_outstanding_within_budget() {
     for (i, cid) in cids.iter().enumerate() {
         h.ok(&mut q, *cid);
         let off = i * 256 * 512;
-        assert_eq!(&h.backend.disks[&1][off..off + 128 * 1024], &pattern(128 * 1024, i as u8)[..]);
+        assert_eq!(
+            &h.backend.disks[&1][off..off + 128 * 1024],
+            &pattern(128 * 1024, i as u8)[..]
+        );
     }
 }
 
@@ -257,7 +349,11 @@ fn reads_wait_for_budget() {
     let c1 = q.host.read(1, 0, 256, 512);
     let c2 = q.host.read(1, 0, 256, 512);
     h.pump(&mut q);
-    assert_eq!(q.held.len(), 1, "second read waits for the first's data to drain");
+    assert_eq!(
+        q.held.len(),
+        1,
+        "second read waits for the first's data to drain"
+    );
     h.complete_held(&mut q, &[0]);
     h.pump(&mut q);
     assert_eq!(q.held.len(), 1);
@@ -288,13 +384,16 @@ fn byte_at_a_time_and_coalesced_input_and_output() {
             let mut cids = Vec::new();
             for i in 0..20u64 {
                 cids.push(if phase == 0 {
-                    q.host.write(1, 100 + i, vec![i as u8; 512], 512, i % 2 == 0)
+                    q.host
+                        .write(1, 100 + i, vec![i as u8; 512], 512, i % 2 == 0)
                 } else {
                     q.host.read(1, 100 + i, 1, 512)
                 });
             }
             let bytes = q.host.take_output();
-            let n = q.conn.receive(&mut h.target, Instant::from_millis(h.now), &bytes);
+            let n = q
+                .conn
+                .receive(&mut h.target, Instant::from_millis(h.now), &bytes);
             assert_eq!(n, bytes.len());
             q.chunk = Some(7);
             for (j, cid) in cids.iter().enumerate() {
@@ -353,7 +452,10 @@ fn success_flag_when_sq_flow_control_disabled() {
     let cid = q.host.read(1, 0, 8, 512);
     let (cqe, data) = h.ok(&mut q, cid);
     assert_eq!(data, pattern(4096, 6));
-    assert_eq!(cqe.sq_head, 0, "synthesized from the SUCCESS flag: no response capsule");
+    assert_eq!(
+        cqe.sq_head, 0,
+        "synthesized from the SUCCESS flag: no response capsule"
+    );
     assert_eq!(q.conn.info().stats.reads, 1);
     // Without the flag, a response capsule follows the data (SQHD reported).
     let mut q2 = h.link(false, true);
@@ -403,7 +505,10 @@ fn ana_states_gate_io() {
     }
     // No R2T was sent for the writes refused by ANA.
     assert_eq!(q.conn.info().stats.r2ts, 2);
-    assert_eq!(h.target.set_ana_state(9, AnaState::Optimized), Err(Error::NoSuchAnaGroup(9)));
+    assert_eq!(
+        h.target.set_ana_state(9, AnaState::Optimized),
+        Err(Error::NoSuchAnaGroup(9))
+    );
 }
 
 fn ana_change_count(h: &mut Harness, a: &mut Link) -> (u64, u64, u8) {
@@ -470,7 +575,11 @@ fn aen_needs_async_event_config_and_aer_limit() {
     h.ok(&mut a, cid);
     h.target.set_ana_state(1, AnaState::Optimized).unwrap();
     h.pump(&mut a);
-    let done = a.events.iter().filter(|e| matches!(e, HostEvent::Completion { cqe, .. } if aers.contains(&cqe.cid))).count();
+    let done = a
+        .events
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Completion { cqe, .. } if aers.contains(&cqe.cid)))
+        .count();
     assert_eq!(done, 1, "one event completes one AER");
 }
 
@@ -481,7 +590,10 @@ fn keep_alive_expiry_tears_down_controller_and_queues() {
     let cntlid = h.admin(&mut a, 2000);
     let mut q = h.link(false, false);
     h.io_queue(&mut q, cntlid, 1, false);
-    assert_eq!(a.conn.next_deadline(&h.target), Some(Instant::from_millis(h.now + 2001)));
+    assert_eq!(
+        a.conn.next_deadline(&h.target),
+        Some(Instant::from_millis(h.now + 2001))
+    );
     // Keep-alives within KATO keep it alive.
     for _ in 0..5 {
         h.now += 1500;
@@ -509,17 +621,30 @@ fn keep_alive_expiry_tears_down_controller_and_queues() {
     assert!(!q.conn.has_output());
     // A late block completion is accepted and dropped.
     let req = q.held.pop().unwrap();
-    q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), req.id, BlockOutcome::ReadData(vec![0; 512])).unwrap();
+    q.conn
+        .complete_block(
+            &mut h.target,
+            Instant::from_millis(h.now),
+            req.id,
+            BlockOutcome::ReadData(vec![0; 512]),
+        )
+        .unwrap();
     let _ = pending;
     let mut expired = false;
     while let Some(e) = h.target.poll_event() {
-        expired |= e == TargetEvent::ControllerRemoved { cntlid, reason: RemovalReason::KeepAliveExpired };
+        expired |= e
+            == TargetEvent::ControllerRemoved {
+                cntlid,
+                reason: RemovalReason::KeepAliveExpired,
+            };
     }
     assert!(expired);
     // Its CNTLID cannot be joined any more.
     let mut q2 = h.link(false, false);
     h.initialize(&mut q2);
-    let cid = q2.host.connect(2, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+    let cid = q2
+        .host
+        .connect(2, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
     h.expect_status(&mut q2, cid, Status::CONNECT_INVALID_PARAMETERS);
 }
 
@@ -554,12 +679,16 @@ fn queue_full_applies_backpressure_instead_of_buffering() {
     let cntlid = h.admin(&mut a, 5000);
     let mut q = h.link(false, false);
     h.initialize(&mut q);
-    let cid = q.host.connect(1, 3, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false); // depth 4
+    let cid = q
+        .host
+        .connect(1, 3, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false); // depth 4
     h.ok(&mut q, cid);
     q.auto_complete = false;
     let cids: Vec<u16> = (0..10).map(|i| q.host.read(1, i, 1, 512)).collect();
     let bytes = q.host.take_output();
-    let n = q.conn.receive(&mut h.target, Instant::from_millis(h.now), &bytes);
+    let n = q
+        .conn
+        .receive(&mut h.target, Instant::from_millis(h.now), &bytes);
     assert!(n < bytes.len(), "stops reading once the queue is full");
     let mut reqs = Vec::new();
     while let Some(r) = q.conn.next_block_request() {
@@ -571,18 +700,24 @@ fn queue_full_applies_backpressure_instead_of_buffering() {
     for r in reqs {
         let id = r.id;
         let out = h.backend.execute(r);
-        q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), id, out).unwrap();
+        q.conn
+            .complete_block(&mut h.target, Instant::from_millis(h.now), id, out)
+            .unwrap();
     }
     let mut sink = vec![0u8; 1 << 16];
     let drained = q.conn.write_output(&mut sink);
     q.host.feed(&sink[..drained]);
     while !rest.is_empty() {
-        let n = q.conn.receive(&mut h.target, Instant::from_millis(h.now), &rest);
+        let n = q
+            .conn
+            .receive(&mut h.target, Instant::from_millis(h.now), &rest);
         rest.drain(..n);
         while let Some(r) = q.conn.next_block_request() {
             let id = r.id;
             let out = h.backend.execute(r);
-            q.conn.complete_block(&mut h.target, Instant::from_millis(h.now), id, out).unwrap();
+            q.conn
+                .complete_block(&mut h.target, Instant::from_millis(h.now), id, out)
+                .unwrap();
         }
         let drained = q.conn.write_output(&mut sink);
         q.host.feed(&sink[..drained]);

@@ -7,8 +7,8 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -51,7 +51,12 @@ impl Server {
                 if let Ok((s, _)) = listener.accept() {
                     s.set_nonblocking(true).unwrap();
                     s.set_nodelay(true).unwrap();
-                    peers.push(Peer { stream: s, conn: Connection::new(&target, now), pending: Vec::new(), deferred: Vec::new() });
+                    peers.push(Peer {
+                        stream: s,
+                        conn: Connection::new(&target, now),
+                        pending: Vec::new(),
+                        deferred: Vec::new(),
+                    });
                     busy = true;
                 }
                 target.poll(now);
@@ -80,7 +85,9 @@ impl Server {
                     }
                     // Complete in reverse order of issue: out-of-order completion.
                     while let Some((id, outcome)) = p.deferred.pop() {
-                        p.conn.complete_block(&mut target, now, id, outcome).unwrap();
+                        p.conn
+                            .complete_block(&mut target, now, id, outcome)
+                            .unwrap();
                     }
                     p.conn.poll(&mut target, now);
                     loop {
@@ -112,7 +119,11 @@ impl Server {
             }
             (target, backend)
         });
-        Server { addr, stop, handle: Some(handle) }
+        Server {
+            addr,
+            stop,
+            handle: Some(handle),
+        }
     }
 
     fn stop(mut self) -> (Target, MemBackend) {
@@ -131,9 +142,15 @@ struct Client {
 impl Client {
     fn connect(addr: SocketAddr, hdgst: bool, ddgst: bool) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        let mut c = Client { stream, host: Initiator::new(hdgst, ddgst), events: Vec::new() };
+        let mut c = Client {
+            stream,
+            host: Initiator::new(hdgst, ddgst),
+            events: Vec::new(),
+        };
         c.flush();
         let ev = c.next_event();
         assert!(matches!(ev, HostEvent::Initialized { .. }), "{ev:?}");
@@ -148,12 +165,19 @@ impl Client {
     fn next_event(&mut self) -> HostEvent {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            if let Some(ev) = self.host.poll_event().expect("well-formed PDUs from the target") {
+            if let Some(ev) = self
+                .host
+                .poll_event()
+                .expect("well-formed PDUs from the target")
+            {
                 // R2T: the initiator queued H2CData; send it.
                 self.flush();
                 return ev;
             }
-            let n = self.stream.read(&mut buf).expect("target answers within the timeout");
+            let n = self
+                .stream
+                .read(&mut buf)
+                .expect("target answers within the timeout");
             assert!(n > 0, "target closed the connection");
             self.host.feed(&buf[..n]);
         }
@@ -162,8 +186,14 @@ impl Client {
     fn wait(&mut self, cid: u16) -> (Completion, Vec<u8>) {
         self.flush();
         loop {
-            if let Some(pos) = self.events.iter().position(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid)) {
-                let HostEvent::Completion { cqe, data } = self.events.remove(pos) else { unreachable!() };
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid))
+            {
+                let HostEvent::Completion { cqe, data } = self.events.remove(pos) else {
+                    unreachable!()
+                };
                 return (cqe, data);
             }
             let ev = self.next_event();
@@ -180,7 +210,9 @@ impl Client {
 
 fn admin(addr: SocketAddr, digests: bool) -> (Client, u16) {
     let mut a = Client::connect(addr, digests, digests);
-    let cid = a.host.connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let cid = a
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
     let cntlid = a.ok(cid).0.result as u16;
     let cid = a.host.enable();
     a.ok(cid);
@@ -198,20 +230,33 @@ fn tcp_end_to_end_multi_queue_with_and_without_digests() {
         let cid = a.host.set_features(0x07, 1 | (1 << 16));
         a.ok(cid);
         let mut q1 = Client::connect(server.addr, digests, digests);
-        let cid = q1.host.connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
+        let cid = q1
+            .host
+            .connect(1, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, false);
         q1.ok(cid);
         let mut q2 = Client::connect(server.addr, digests, digests);
-        let cid = q2.host.connect(2, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, true);
+        let cid = q2
+            .host
+            .connect(2, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, true);
         q2.ok(cid);
 
         // 32 writes of 4 KiB (in-capsule) and 8 of 128 KiB (R2T) outstanding at once.
         let seed = digests as u8 * 100;
         let mut cids = Vec::new();
         for i in 0..32u64 {
-            cids.push(q1.host.write(1, i * 8, pattern(4096, seed + i as u8), 512, true));
+            cids.push(
+                q1.host
+                    .write(1, i * 8, pattern(4096, seed + i as u8), 512, true),
+            );
         }
         for i in 0..8u64 {
-            cids.push(q1.host.write(2, 64 + i * 32, pattern(131072, seed + 50 + i as u8), 4096, false));
+            cids.push(q1.host.write(
+                2,
+                64 + i * 32,
+                pattern(131072, seed + 50 + i as u8),
+                4096,
+                false,
+            ));
         }
         for cid in cids {
             q1.ok(cid);
@@ -219,10 +264,16 @@ fn tcp_end_to_end_multi_queue_with_and_without_digests() {
         // Read everything back on the other queue (SUCCESS-flag reads).
         let mut reads = Vec::new();
         for i in 0..32u64 {
-            reads.push((q2.host.read(1, i * 8, 8, 512), pattern(4096, seed + i as u8)));
+            reads.push((
+                q2.host.read(1, i * 8, 8, 512),
+                pattern(4096, seed + i as u8),
+            ));
         }
         for i in 0..8u64 {
-            reads.push((q2.host.read(2, 64 + i * 32, 32, 4096), pattern(131072, seed + 50 + i as u8)));
+            reads.push((
+                q2.host.read(2, 64 + i * 32, 32, 4096),
+                pattern(131072, seed + 50 + i as u8),
+            ));
         }
         for (cid, expect) in reads {
             assert_eq!(q2.ok(cid).1, expect);
@@ -238,7 +289,9 @@ fn tcp_end_to_end_multi_queue_with_and_without_digests() {
 
     // Discovery on its own connection.
     let mut d = Client::connect(server.addr, false, false);
-    let cid = d.host.connect(0, 31, 0, HOSTID, 0xFFFF, DISCOVERY_NQN, HOSTNQN, false);
+    let cid = d
+        .host
+        .connect(0, 31, 0, HOSTID, 0xFFFF, DISCOVERY_NQN, HOSTNQN, false);
     d.ok(cid);
     let cid = d.host.enable();
     d.ok(cid);

@@ -71,11 +71,19 @@ fuzz_target!(|data: &[u8]| {
         sqe.copy_from_slice(&chunk[2..66]);
         let on_io = chunk[0] & 1 != 0;
         let data_len = (chunk[1] as usize) * 16;
-        let (conn, host) = if on_io { (&mut io, &mut hi) } else { (&mut admin, &mut ha) };
+        let (conn, host) = if on_io {
+            (&mut io, &mut hi)
+        } else {
+            (&mut admin, &mut ha)
+        };
         if conn.state() != ConnectionState::Open {
             break;
         }
-        let write = if data_len > 0 { Some(vec![0xA5; data_len]) } else { None };
+        let write = if data_len > 0 {
+            Some(vec![0xA5; data_len])
+        } else {
+            None
+        };
         host.submit(sqe, write, true);
         for ev in pump(conn, host, &mut t) {
             if let HostEvent::Terminated { .. } = ev {

@@ -4,8 +4,22 @@ use tandem_nvme::*;
 pub fn target() -> Target {
     let mut c = TargetConfig::new("nqn.2026-11.dev.tandem:fuzz");
     c.namespaces = vec![
-        NamespaceConfig { nsid: 1, blocks: 256, lba_shift: 9, nguid: [1; 16], uuid: [2; 16], ana_group: 1 },
-        NamespaceConfig { nsid: 2, blocks: 64, lba_shift: 12, nguid: [3; 16], uuid: [4; 16], ana_group: 1 },
+        NamespaceConfig {
+            nsid: 1,
+            blocks: 256,
+            lba_shift: 9,
+            nguid: [1; 16],
+            uuid: [2; 16],
+            ana_group: 1,
+        },
+        NamespaceConfig {
+            nsid: 2,
+            blocks: 64,
+            lba_shift: 12,
+            nguid: [3; 16],
+            uuid: [4; 16],
+            ana_group: 1,
+        },
     ];
     c.limits.data_budget = 256 * 1024;
     Target::new(c).expect("valid")
@@ -21,7 +35,8 @@ pub fn service(conn: &mut Connection, t: &mut Target, now: Instant) {
             BlockOp::Read { len, .. } => BlockOutcome::ReadData(vec![0; len as usize]),
             _ => BlockOutcome::Done,
         };
-        conn.complete_block(t, now, req.id, outcome).expect("known request");
+        conn.complete_block(t, now, req.id, outcome)
+            .expect("known request");
         guard += 1;
         assert!(guard < 100_000);
     }

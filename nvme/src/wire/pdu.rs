@@ -71,7 +71,10 @@ impl PduType {
 
     /// Whether digests apply to this type (never to IC and termination PDUs).
     pub const fn has_digests(self) -> bool {
-        !matches!(self, Self::IcReq | Self::IcResp | Self::H2CTermReq | Self::C2HTermReq)
+        !matches!(
+            self,
+            Self::IcReq | Self::IcResp | Self::H2CTermReq | Self::C2HTermReq
+        )
     }
 
     /// The flag bits defined for this type.
@@ -81,9 +84,7 @@ impl PduType {
             Self::CapsuleCmd => flags::HDGSTF | flags::DDGSTF,
             Self::CapsuleResp | Self::R2T => flags::HDGSTF,
             Self::H2CData => flags::HDGSTF | flags::DDGSTF | flags::DATA_LAST,
-            Self::C2HData => {
-                flags::HDGSTF | flags::DDGSTF | flags::DATA_LAST | flags::DATA_SUCCESS
-            }
+            Self::C2HData => flags::HDGSTF | flags::DDGSTF | flags::DATA_LAST | flags::DATA_SUCCESS,
         }
     }
 }
@@ -178,9 +179,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if b.len() < COMMON_HEADER_LEN {
             return Err(Error::Truncated);
         }
-        let need = self.hlen() as usize + if self.flags() & flags::HDGSTF != 0 { DIGEST_LEN } else { 0 };
+        let need = self.hlen() as usize
+            + if self.flags() & flags::HDGSTF != 0 {
+                DIGEST_LEN
+            } else {
+                0
+            };
         if need < COMMON_HEADER_LEN {
-            return Err(Error::InvalidHeaderField { offset: offsets::HLEN });
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::HLEN,
+            });
         }
         if b.len() < need {
             return Err(Error::Truncated);
@@ -213,7 +221,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
     /// Header length including the header digest, if any.
     pub fn header_len(&self) -> usize {
-        self.hlen() as usize + if self.flags() & flags::HDGSTF != 0 { DIGEST_LEN } else { 0 }
+        self.hlen() as usize
+            + if self.flags() & flags::HDGSTF != 0 {
+                DIGEST_LEN
+            } else {
+                0
+            }
     }
     fn u8_at(&self, off: usize) -> u8 {
         self.b()[off]
@@ -345,18 +358,25 @@ impl Repr {
             return Err(Error::Truncated);
         }
         let p = Packet::new_unchecked(common);
-        let t = PduType::from_u8(p.pdu_type())
-            .ok_or(Error::UnexpectedPduType { pdu_type: p.pdu_type() })?;
+        let t = PduType::from_u8(p.pdu_type()).ok_or(Error::UnexpectedPduType {
+            pdu_type: p.pdu_type(),
+        })?;
         if p.hlen() as usize != t.header_len() {
-            return Err(Error::InvalidHeaderField { offset: offsets::HLEN });
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::HLEN,
+            });
         }
         if p.flags() & !t.allowed_flags() != 0 {
-            return Err(Error::InvalidHeaderField { offset: offsets::FLAGS });
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::FLAGS,
+            });
         }
         let header_len = p.header_len();
         let plen = p.plen() as usize;
         if plen < header_len {
-            return Err(Error::InvalidHeaderField { offset: offsets::PLEN });
+            return Err(Error::InvalidHeaderField {
+                offset: offsets::PLEN,
+            });
         }
         Ok((t, header_len))
     }
@@ -388,10 +408,14 @@ impl Repr {
             // Termination requests have no PDO: their data follows the header.
             let data_offset = if t.has_digests() { pdo } else { header_len };
             if t.has_digests() && (pdo < header_len || pdo > plen) {
-                return Err(Error::InvalidHeaderField { offset: offsets::PDO });
+                return Err(Error::InvalidHeaderField {
+                    offset: offsets::PDO,
+                });
             }
             if plen < data_offset + ddgst_len + 1 {
-                return Err(Error::InvalidHeaderField { offset: offsets::PLEN });
+                return Err(Error::InvalidHeaderField {
+                    offset: offsets::PLEN,
+                });
             }
             Layout {
                 header_len,
@@ -403,10 +427,14 @@ impl Repr {
             }
         } else {
             if plen != header_len {
-                return Err(Error::InvalidHeaderField { offset: offsets::PLEN });
+                return Err(Error::InvalidHeaderField {
+                    offset: offsets::PLEN,
+                });
             }
             if data_digest {
-                return Err(Error::InvalidHeaderField { offset: offsets::FLAGS });
+                return Err(Error::InvalidHeaderField {
+                    offset: offsets::FLAGS,
+                });
             }
             Layout {
                 header_len,
@@ -433,10 +461,19 @@ impl Repr {
             }),
             PduType::H2CTermReq | PduType::C2HTermReq => {
                 if layout.data_len > MAX_TERM_DATA_LEN {
-                    return Err(Error::InvalidHeaderField { offset: offsets::PLEN });
+                    return Err(Error::InvalidHeaderField {
+                        offset: offsets::PLEN,
+                    });
                 }
-                let tr = TermReq { fes: p.u16_at(field::FES), fei: p.u32_at(field::FEI) };
-                if t == PduType::H2CTermReq { Repr::H2CTermReq(tr) } else { Repr::C2HTermReq(tr) }
+                let tr = TermReq {
+                    fes: p.u16_at(field::FES),
+                    fei: p.u32_at(field::FEI),
+                };
+                if t == PduType::H2CTermReq {
+                    Repr::H2CTermReq(tr)
+                } else {
+                    Repr::C2HTermReq(tr)
+                }
             }
             PduType::CapsuleCmd => {
                 let mut sqe = [0u8; 64];
@@ -451,22 +488,36 @@ impl Repr {
             PduType::H2CData | PduType::C2HData => {
                 let d = DataHeader {
                     cccid: p.u16_at(field::CCCID),
-                    ttag: if t == PduType::H2CData { p.u16_at(field::TTAG) } else { 0 },
+                    ttag: if t == PduType::H2CData {
+                        p.u16_at(field::TTAG)
+                    } else {
+                        0
+                    },
                     offset: p.u32_at(field::OFFSET),
                     length: p.u32_at(field::LENGTH),
                     last: fl & flags::DATA_LAST != 0,
                     success: fl & flags::DATA_SUCCESS != 0,
                 };
                 if d.length == 0 {
-                    return Err(Error::InvalidHeaderField { offset: offsets::DATAL });
+                    return Err(Error::InvalidHeaderField {
+                        offset: offsets::DATAL,
+                    });
                 }
                 if d.length as usize != layout.data_len {
-                    return Err(Error::InvalidHeaderField { offset: offsets::PLEN });
+                    return Err(Error::InvalidHeaderField {
+                        offset: offsets::PLEN,
+                    });
                 }
                 if d.success && !d.last {
-                    return Err(Error::InvalidHeaderField { offset: offsets::FLAGS });
+                    return Err(Error::InvalidHeaderField {
+                        offset: offsets::FLAGS,
+                    });
                 }
-                if t == PduType::H2CData { Repr::H2CData(d) } else { Repr::C2HData(d) }
+                if t == PduType::H2CData {
+                    Repr::H2CData(d)
+                } else {
+                    Repr::C2HData(d)
+                }
             }
             PduType::R2T => {
                 let r = R2t {
@@ -476,7 +527,9 @@ impl Repr {
                     length: p.u32_at(field::LENGTH),
                 };
                 if r.length == 0 {
-                    return Err(Error::InvalidHeaderField { offset: offsets::DATAL });
+                    return Err(Error::InvalidHeaderField {
+                        offset: offsets::DATAL,
+                    });
                 }
                 Repr::R2T(r)
             }
@@ -487,7 +540,12 @@ impl Repr {
     /// Length of the emitted header including the header digest.
     pub fn header_len(&self, header_digest: bool) -> usize {
         let t = self.pdu_type();
-        t.header_len() + if header_digest && t.has_digests() { DIGEST_LEN } else { 0 }
+        t.header_len()
+            + if header_digest && t.has_digests() {
+                DIGEST_LEN
+            } else {
+                0
+            }
     }
 
     /// Writes the header (and header digest) of a PDU carrying `data_len` bytes
@@ -528,7 +586,11 @@ impl Repr {
             }
             _ => {}
         }
-        let pdo = if data_len > 0 && t.has_digests() { header_len as u8 } else { 0 };
+        let pdo = if data_len > 0 && t.has_digests() {
+            header_len as u8
+        } else {
+            0
+        };
         let plen = header_len + data_len + if dd { DIGEST_LEN } else { 0 };
         let mut p = Packet::new_unchecked(&mut *buf);
         p.set_common(t, fl, hlen as u8, pdo, plen as u32);
@@ -634,29 +696,76 @@ mod tests {
         let mut sqe = [0u8; 64];
         sqe.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
         let mut cqe = [0u8; 16];
-        cqe.iter_mut().enumerate().for_each(|(i, b)| *b = 0xF0 | i as u8);
+        cqe.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = 0xF0 | i as u8);
         let data: Vec<u8> = (0..100u8).collect();
         vec![
-            (Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 3, maxr2t: 7 }), vec![]),
-            (Repr::IcResp(IcResp { pfv: 0, cpda: 0, digest: 1, maxh2cdata: 131072 }), vec![]),
+            (
+                Repr::IcReq(IcReq {
+                    pfv: 0,
+                    hpda: 0,
+                    digest: 3,
+                    maxr2t: 7,
+                }),
+                vec![],
+            ),
+            (
+                Repr::IcResp(IcResp {
+                    pfv: 0,
+                    cpda: 0,
+                    digest: 1,
+                    maxh2cdata: 131072,
+                }),
+                vec![],
+            ),
             (Repr::H2CTermReq(TermReq { fes: 1, fei: 4 }), vec![1, 2, 3]),
             (Repr::C2HTermReq(TermReq { fes: 3, fei: 0 }), vec![]),
             (Repr::CapsuleCmd(sqe), vec![]),
             (Repr::CapsuleCmd(sqe), data.clone()),
             (Repr::CapsuleResp(cqe), vec![]),
             (
-                Repr::H2CData(DataHeader { cccid: 5, ttag: 5, offset: 4096, length: 100, last: true, success: false }),
+                Repr::H2CData(DataHeader {
+                    cccid: 5,
+                    ttag: 5,
+                    offset: 4096,
+                    length: 100,
+                    last: true,
+                    success: false,
+                }),
                 data.clone(),
             ),
             (
-                Repr::C2HData(DataHeader { cccid: 9, ttag: 0, offset: 0, length: 100, last: true, success: true }),
+                Repr::C2HData(DataHeader {
+                    cccid: 9,
+                    ttag: 0,
+                    offset: 0,
+                    length: 100,
+                    last: true,
+                    success: true,
+                }),
                 data.clone(),
             ),
             (
-                Repr::C2HData(DataHeader { cccid: 9, ttag: 0, offset: 8, length: 100, last: false, success: false }),
+                Repr::C2HData(DataHeader {
+                    cccid: 9,
+                    ttag: 0,
+                    offset: 8,
+                    length: 100,
+                    last: false,
+                    success: false,
+                }),
                 data,
             ),
-            (Repr::R2T(R2t { cccid: 3, ttag: 3, offset: 0, length: 65536 }), vec![]),
+            (
+                Repr::R2T(R2t {
+                    cccid: 3,
+                    ttag: 3,
+                    offset: 0,
+                    length: 65536,
+                }),
+                vec![],
+            ),
         ]
     }
 
@@ -675,7 +784,11 @@ mod tests {
                 assert_eq!(pdu.layout.data_digest, dd && digests && !data.is_empty());
                 // Every strict prefix is merely truncated, never an error or a panic.
                 for n in 0..buf.len() {
-                    assert_eq!(decode(&buf[..n], &crc()), Err(Error::Truncated), "{repr:?} prefix {n}");
+                    assert_eq!(
+                        decode(&buf[..n], &crc()),
+                        Err(Error::Truncated),
+                        "{repr:?} prefix {n}"
+                    );
                 }
             }
         }
@@ -684,17 +797,41 @@ mod tests {
     #[test]
     fn packet_accessors() {
         let mut buf = Vec::new();
-        encode(&Repr::R2T(R2t { cccid: 1, ttag: 2, offset: 3, length: 4 }), &[], true, false, &crc(), &mut buf);
+        encode(
+            &Repr::R2T(R2t {
+                cccid: 1,
+                ttag: 2,
+                offset: 3,
+                length: 4,
+            }),
+            &[],
+            true,
+            false,
+            &crc(),
+            &mut buf,
+        );
         let p = Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!((p.pdu_type(), p.flags(), p.hlen(), p.pdo(), p.plen()), (9, flags::HDGSTF, 24, 0, 28));
+        assert_eq!(
+            (p.pdu_type(), p.flags(), p.hlen(), p.pdo(), p.plen()),
+            (9, flags::HDGSTF, 24, 0, 28)
+        );
         assert_eq!(p.header_len(), 28);
         assert_eq!(p.header().len(), 24);
-        assert_eq!(Packet::new_checked(&buf[..27]).unwrap_err(), Error::Truncated);
-        assert_eq!(Packet::new_checked(&buf[..3]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Packet::new_checked(&buf[..27]).unwrap_err(),
+            Error::Truncated
+        );
+        assert_eq!(
+            Packet::new_checked(&buf[..3]).unwrap_err(),
+            Error::Truncated
+        );
         let mut bad = buf.clone();
         bad[2] = 2;
         bad[1] = 0;
-        assert_eq!(Packet::new_checked(&bad[..]).unwrap_err(), Error::InvalidHeaderField { offset: 2 });
+        assert_eq!(
+            Packet::new_checked(&bad[..]).unwrap_err(),
+            Error::InvalidHeaderField { offset: 2 }
+        );
     }
 
     fn capsule(data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
@@ -708,7 +845,10 @@ mod tests {
         for t in [0x08u8, 0x0A, 0x0B, 0x7F, 0xFF] {
             let mut b = capsule(&[], false, false);
             b[0] = t;
-            assert_eq!(decode(&b, &crc()), Err(Error::UnexpectedPduType { pdu_type: t }));
+            assert_eq!(
+                decode(&b, &crc()),
+                Err(Error::UnexpectedPduType { pdu_type: t })
+            );
         }
     }
 
@@ -716,47 +856,102 @@ mod tests {
     fn rejects_wrong_hlen() {
         let mut b = capsule(&[], false, false);
         b[2] = 24;
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 2 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 2 })
+        );
     }
 
     #[test]
     fn rejects_undefined_flags() {
         let mut b = capsule(&[], false, false);
         b[1] = flags::DATA_LAST;
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 1 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 1 })
+        );
         let mut ic = Vec::new();
-        encode(&Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 }), &[], false, false, &crc(), &mut ic);
+        encode(
+            &Repr::IcReq(IcReq {
+                pfv: 0,
+                hpda: 0,
+                digest: 0,
+                maxr2t: 0,
+            }),
+            &[],
+            false,
+            false,
+            &crc(),
+            &mut ic,
+        );
         ic[1] = flags::HDGSTF;
-        assert_eq!(decode(&ic, &crc()), Err(Error::InvalidHeaderField { offset: 1 }));
+        assert_eq!(
+            decode(&ic, &crc()),
+            Err(Error::InvalidHeaderField { offset: 1 })
+        );
     }
 
     #[test]
     fn rejects_plen_below_header() {
         let mut b = capsule(&[], true, false);
         b[4..8].copy_from_slice(&72u32.to_le_bytes());
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 4 })
+        );
     }
 
     #[test]
     fn rejects_plen_on_dataless_types() {
         let mut b = Vec::new();
-        encode(&Repr::CapsuleResp([0; 16]), &[], false, false, &crc(), &mut b);
+        encode(
+            &Repr::CapsuleResp([0; 16]),
+            &[],
+            false,
+            false,
+            &crc(),
+            &mut b,
+        );
         b[4..8].copy_from_slice(&30u32.to_le_bytes());
         b.extend_from_slice(&[0; 6]);
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 4 })
+        );
         let mut ic = Vec::new();
-        encode(&Repr::IcReq(IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 }), &[], false, false, &crc(), &mut ic);
+        encode(
+            &Repr::IcReq(IcReq {
+                pfv: 0,
+                hpda: 0,
+                digest: 0,
+                maxr2t: 0,
+            }),
+            &[],
+            false,
+            false,
+            &crc(),
+            &mut ic,
+        );
         ic[4..8].copy_from_slice(&200u32.to_le_bytes());
-        assert_eq!(Repr::parse(&ic, &crc()).unwrap_err(), Error::InvalidHeaderField { offset: 4 });
+        assert_eq!(
+            Repr::parse(&ic, &crc()).unwrap_err(),
+            Error::InvalidHeaderField { offset: 4 }
+        );
     }
 
     #[test]
     fn rejects_pdo_outside_pdu() {
         let mut b = capsule(&[1, 2, 3, 4], false, false);
         b[3] = 10; // inside the header
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 3 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 3 })
+        );
         b[3] = 200; // past PLEN
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 3 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 3 })
+        );
     }
 
     #[test]
@@ -766,17 +961,26 @@ mod tests {
         b[4..8].copy_from_slice(&76u32.to_le_bytes());
         b.extend_from_slice(&[0; 4]);
         // PDO 0 with bytes past the header: PDO is wrong.
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 3 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 3 })
+        );
         // PDO right, but PLEN leaves room for the digest only.
         b[3] = 72;
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 4 })
+        );
     }
 
     #[test]
     fn rejects_header_digest_mismatch() {
         let mut b = capsule(&[], true, false);
         b[20] ^= 1;
-        assert!(matches!(decode(&b, &crc()), Err(Error::HeaderDigest { .. })));
+        assert!(matches!(
+            decode(&b, &crc()),
+            Err(Error::HeaderDigest { .. })
+        ));
     }
 
     #[test]
@@ -789,36 +993,91 @@ mod tests {
 
     #[test]
     fn rejects_data_length_mismatch_and_zero() {
-        let d = DataHeader { cccid: 1, ttag: 1, offset: 0, length: 8, last: true, success: false };
+        let d = DataHeader {
+            cccid: 1,
+            ttag: 1,
+            offset: 0,
+            length: 8,
+            last: true,
+            success: false,
+        };
         let mut b = Vec::new();
         encode(&Repr::H2CData(d), &[0; 8], false, false, &crc(), &mut b);
         let mut bad = b.clone();
         bad[16..20].copy_from_slice(&9u32.to_le_bytes());
-        assert_eq!(decode(&bad, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        assert_eq!(
+            decode(&bad, &crc()),
+            Err(Error::InvalidHeaderField { offset: 4 })
+        );
         bad[16..20].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(decode(&bad, &crc()), Err(Error::InvalidHeaderField { offset: 16 }));
+        assert_eq!(
+            decode(&bad, &crc()),
+            Err(Error::InvalidHeaderField { offset: 16 })
+        );
         let mut r2t = Vec::new();
-        encode(&Repr::R2T(R2t { cccid: 1, ttag: 1, offset: 0, length: 1 }), &[], false, false, &crc(), &mut r2t);
+        encode(
+            &Repr::R2T(R2t {
+                cccid: 1,
+                ttag: 1,
+                offset: 0,
+                length: 1,
+            }),
+            &[],
+            false,
+            false,
+            &crc(),
+            &mut r2t,
+        );
         r2t[16..20].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(decode(&r2t, &crc()), Err(Error::InvalidHeaderField { offset: 16 }));
+        assert_eq!(
+            decode(&r2t, &crc()),
+            Err(Error::InvalidHeaderField { offset: 16 })
+        );
     }
 
     #[test]
     fn rejects_success_without_last() {
-        let d = DataHeader { cccid: 1, ttag: 0, offset: 0, length: 4, last: true, success: true };
+        let d = DataHeader {
+            cccid: 1,
+            ttag: 0,
+            offset: 0,
+            length: 4,
+            last: true,
+            success: true,
+        };
         let mut b = Vec::new();
         encode(&Repr::C2HData(d), &[0; 4], false, false, &crc(), &mut b);
         b[1] &= !flags::DATA_LAST;
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 1 }));
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 1 })
+        );
     }
 
     #[test]
     fn rejects_oversized_termination_request() {
         let mut b = Vec::new();
-        encode(&Repr::H2CTermReq(TermReq { fes: 1, fei: 0 }), &[0; 129], false, false, &crc(), &mut b);
-        assert_eq!(decode(&b, &crc()), Err(Error::InvalidHeaderField { offset: 4 }));
+        encode(
+            &Repr::H2CTermReq(TermReq { fes: 1, fei: 0 }),
+            &[0; 129],
+            false,
+            false,
+            &crc(),
+            &mut b,
+        );
+        assert_eq!(
+            decode(&b, &crc()),
+            Err(Error::InvalidHeaderField { offset: 4 })
+        );
         let mut ok = Vec::new();
-        encode(&Repr::H2CTermReq(TermReq { fes: 1, fei: 0 }), &[0; 128], false, false, &crc(), &mut ok);
+        encode(
+            &Repr::H2CTermReq(TermReq { fes: 1, fei: 0 }),
+            &[0; 128],
+            false,
+            false,
+            &crc(),
+            &mut ok,
+        );
         assert!(decode(&ok, &crc()).is_ok());
     }
 
@@ -832,13 +1091,42 @@ mod tests {
     #[test]
     fn fatal_error_status_mapping() {
         use crate::error::FatalErrorStatus as F;
-        assert_eq!(Error::InvalidHeaderField { offset: 3 }.termination(), Some((F::InvalidHeaderField, 3)));
-        assert_eq!(Error::UnexpectedPduType { pdu_type: 8 }.termination(), Some((F::InvalidHeaderField, 0)));
-        assert_eq!(Error::PduSequence.termination(), Some((F::PduSequenceError, 0)));
-        assert_eq!(Error::HeaderDigest { received: 0, computed: 1 }.termination(), Some((F::HeaderDigestError, 0)));
-        assert_eq!(Error::DataOutOfRange.termination(), Some((F::DataTransferOutOfRange, 0)));
-        assert_eq!(Error::DataLimitExceeded { length: 1, limit: 0 }.termination(), Some((F::DataTransferLimitExceeded, 0)));
-        assert_eq!(Error::UnsupportedParameter { offset: 8 }.termination(), Some((F::UnsupportedParameter, 8)));
+        assert_eq!(
+            Error::InvalidHeaderField { offset: 3 }.termination(),
+            Some((F::InvalidHeaderField, 3))
+        );
+        assert_eq!(
+            Error::UnexpectedPduType { pdu_type: 8 }.termination(),
+            Some((F::InvalidHeaderField, 0))
+        );
+        assert_eq!(
+            Error::PduSequence.termination(),
+            Some((F::PduSequenceError, 0))
+        );
+        assert_eq!(
+            Error::HeaderDigest {
+                received: 0,
+                computed: 1
+            }
+            .termination(),
+            Some((F::HeaderDigestError, 0))
+        );
+        assert_eq!(
+            Error::DataOutOfRange.termination(),
+            Some((F::DataTransferOutOfRange, 0))
+        );
+        assert_eq!(
+            Error::DataLimitExceeded {
+                length: 1,
+                limit: 0
+            }
+            .termination(),
+            Some((F::DataTransferLimitExceeded, 0))
+        );
+        assert_eq!(
+            Error::UnsupportedParameter { offset: 8 }.termination(),
+            Some((F::UnsupportedParameter, 8))
+        );
         assert_eq!(Error::Truncated.termination(), None);
         for v in 1..=6 {
             assert_eq!(F::from_u16(v).unwrap() as u16, v);

@@ -1,6 +1,6 @@
 //! NVMe submission queue entries (64 bytes) and completion queue entries (16 bytes).
 
-use super::{le16, le32, le64, put16, put32, put64, Status};
+use super::{Status, le16, le32, le64, put16, put32, put64};
 
 /// Read access to the fields of a 64-byte submission queue entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,11 @@ impl SqeBuilder {
     pub fn sgl(mut self, len: u32, in_capsule: bool) -> Self {
         put64(&mut self.0, 24, 0);
         put32(&mut self.0, 32, len);
-        self.0[39] = if in_capsule { sgl::IN_CAPSULE } else { sgl::TRANSPORT };
+        self.0[39] = if in_capsule {
+            sgl::IN_CAPSULE
+        } else {
+            sgl::TRANSPORT
+        };
         self
     }
     pub fn build(self) -> [u8; 64] {
@@ -155,21 +159,46 @@ mod tests {
 
     #[test]
     fn completion_round_trip_and_status_field() {
-        for status in [Status::SUCCESS, Status::INVALID_FIELD, Status::ANA_TRANSITION, Status::CONNECT_INVALID_HOST] {
-            let c = Completion { result: 0x1122_3344_5566_7788, sq_head: 5, sq_id: 2, cid: 0xBEEF, status };
+        for status in [
+            Status::SUCCESS,
+            Status::INVALID_FIELD,
+            Status::ANA_TRANSITION,
+            Status::CONNECT_INVALID_HOST,
+        ] {
+            let c = Completion {
+                result: 0x1122_3344_5566_7788,
+                sq_head: 5,
+                sq_id: 2,
+                cid: 0xBEEF,
+                status,
+            };
             assert_eq!(Completion::from_bytes(&c.to_bytes()), c);
         }
         assert_eq!(Status::INVALID_FIELD.to_field(), 0x8000 | (0x02 << 1));
         assert_eq!(Status::ANA_INACCESSIBLE.to_field(), (3 << 9) | (0x02 << 1));
-        assert_eq!(Status::CONNECT_INVALID_HOST.to_field(), 0x8000 | (1 << 9) | (0x84 << 1));
+        assert_eq!(
+            Status::CONNECT_INVALID_HOST.to_field(),
+            0x8000 | (1 << 9) | (0x84 << 1)
+        );
     }
 
     #[test]
     fn sqe_fields() {
-        let b = SqeBuilder::new(0x02, 0x1234).nsid(7).cdw(10, 1).cdw(15, 9).sgl(4096, false).build();
+        let b = SqeBuilder::new(0x02, 0x1234)
+            .nsid(7)
+            .cdw(10, 1)
+            .cdw(15, 9)
+            .sgl(4096, false)
+            .build();
         let s = Sqe(&b);
-        assert_eq!((s.opcode(), s.cid(), s.nsid(), s.cdw(10), s.cdw(15)), (2, 0x1234, 7, 1, 9));
-        assert_eq!((s.sgl_length(), s.sgl_type(), s.sgl_addr()), (4096, sgl::TRANSPORT, 0));
+        assert_eq!(
+            (s.opcode(), s.cid(), s.nsid(), s.cdw(10), s.cdw(15)),
+            (2, 0x1234, 7, 1, 9)
+        );
+        assert_eq!(
+            (s.sgl_length(), s.sgl_type(), s.sgl_addr()),
+            (4096, sgl::TRANSPORT, 0)
+        );
         let f = SqeBuilder::fabrics(0x01, 1).build();
         assert_eq!((Sqe(&f).opcode(), Sqe(&f).fctype()), (OPCODE_FABRICS, 1));
     }

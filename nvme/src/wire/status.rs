@@ -64,6 +64,10 @@ impl Status {
     }
 
     pub fn from_field(v: u16) -> Status {
-        Status { sct: ((v >> 9) & 0x7) as u8, sc: ((v >> 1) & 0xFF) as u8, dnr: v & 0x8000 != 0 }
+        Status {
+            sct: ((v >> 9) & 0x7) as u8,
+            sc: ((v >> 1) & 0xFF) as u8,
+            dnr: v & 0x8000 != 0,
+        }
     }
 }

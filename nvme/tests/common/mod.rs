@@ -22,11 +22,33 @@ pub fn config() -> TargetConfig {
     c.cntlid_max = 0x1F;
     c.ana_groups = vec![(1, AnaState::Optimized), (2, AnaState::Optimized)];
     c.namespaces = vec![
-        NamespaceConfig { nsid: 1, blocks: NS1_BLOCKS, lba_shift: 9, nguid: [0x11; 16], uuid: [0x21; 16], ana_group: 1 },
-        NamespaceConfig { nsid: 2, blocks: NS2_BLOCKS, lba_shift: 12, nguid: [0x12; 16], uuid: [0x22; 16], ana_group: 2 },
+        NamespaceConfig {
+            nsid: 1,
+            blocks: NS1_BLOCKS,
+            lba_shift: 9,
+            nguid: [0x11; 16],
+            uuid: [0x21; 16],
+            ana_group: 1,
+        },
+        NamespaceConfig {
+            nsid: 2,
+            blocks: NS2_BLOCKS,
+            lba_shift: 12,
+            nguid: [0x12; 16],
+            uuid: [0x22; 16],
+            ana_group: 2,
+        },
     ];
-    c.portals = vec![Portal { port_id: 1, address: PortalAddress::V4([10, 0, 0, 1]), port: 4420 }];
-    c.peer_portals = vec![Portal { port_id: 2, address: PortalAddress::V4([10, 0, 0, 2]), port: 4420 }];
+    c.portals = vec![Portal {
+        port_id: 1,
+        address: PortalAddress::V4([10, 0, 0, 1]),
+        port: 4420,
+    }];
+    c.peer_portals = vec![Portal {
+        port_id: 2,
+        address: PortalAddress::V4([10, 0, 0, 2]),
+        port: 4420,
+    }];
     c
 }
 
@@ -43,7 +65,8 @@ impl MemBackend {
     pub fn for_target(t: &Target) -> Self {
         let mut b = MemBackend::default();
         for ns in &t.config().namespaces {
-            b.disks.insert(ns.nsid, vec![0u8; (ns.blocks << ns.lba_shift) as usize]);
+            b.disks
+                .insert(ns.nsid, vec![0u8; (ns.blocks << ns.lba_shift) as usize]);
         }
         b
     }
@@ -51,10 +74,14 @@ impl MemBackend {
     pub fn execute(&mut self, req: BlockRequest) -> BlockOutcome {
         let disk = self.disks.get_mut(&req.nsid).expect("namespace exists");
         match req.op {
-            BlockOp::Read { offset, len } => {
-                BlockOutcome::ReadData(disk[offset as usize..offset as usize + len as usize].to_vec())
-            }
-            BlockOp::Write { offset, data, force_unit_access } => {
+            BlockOp::Read { offset, len } => BlockOutcome::ReadData(
+                disk[offset as usize..offset as usize + len as usize].to_vec(),
+            ),
+            BlockOp::Write {
+                offset,
+                data,
+                force_unit_access,
+            } => {
                 if force_unit_access {
                     self.fua_writes += 1;
                 }
@@ -103,7 +130,11 @@ impl Harness {
     pub fn new(config: TargetConfig) -> Self {
         let target = Target::new(config).expect("valid config");
         let backend = MemBackend::for_target(&target);
-        Harness { target, backend, now: 1000 }
+        Harness {
+            target,
+            backend,
+            now: 1000,
+        }
     }
 
     pub fn default() -> Self {
@@ -132,7 +163,13 @@ impl Harness {
             let mut moved = false;
             let out = l.host.take_output();
             if !out.is_empty() {
-                let n = feed_all(&mut l.conn, &mut self.target, Instant::from_millis(self.now), &out, l.chunk);
+                let n = feed_all(
+                    &mut l.conn,
+                    &mut self.target,
+                    Instant::from_millis(self.now),
+                    &out,
+                    l.chunk,
+                );
                 moved |= n > 0;
                 if n < out.len() {
                     // Not all consumed: give the rest back to the host side.
@@ -146,12 +183,20 @@ impl Harness {
                 if l.auto_complete {
                     let id = req.id;
                     let outcome = self.backend.execute(req);
-                    l.conn.complete_block(&mut self.target, Instant::from_millis(self.now), id, outcome).expect("known request");
+                    l.conn
+                        .complete_block(
+                            &mut self.target,
+                            Instant::from_millis(self.now),
+                            id,
+                            outcome,
+                        )
+                        .expect("known request");
                 } else {
                     l.held.push(req);
                 }
             }
-            l.conn.poll(&mut self.target, Instant::from_millis(self.now));
+            l.conn
+                .poll(&mut self.target, Instant::from_millis(self.now));
             let mut buf = vec![0u8; l.chunk.unwrap_or(1 << 20)];
             loop {
                 let n = l.conn.write_output(&mut buf);
@@ -189,7 +234,14 @@ impl Harness {
             let req = slots[i].take().expect("each once");
             let id = req.id;
             let outcome = self.backend.execute(req);
-            l.conn.complete_block(&mut self.target, Instant::from_millis(self.now), id, outcome).expect("known");
+            l.conn
+                .complete_block(
+                    &mut self.target,
+                    Instant::from_millis(self.now),
+                    id,
+                    outcome,
+                )
+                .expect("known");
         }
         l.held = slots.into_iter().flatten().collect();
     }
@@ -201,14 +253,26 @@ impl Harness {
             .events
             .iter()
             .position(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid))
-            .unwrap_or_else(|| panic!("no completion for cid {cid}; events {:?}; state {:?} {:?}", l.events, l.conn.state(), l.conn.error()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no completion for cid {cid}; events {:?}; state {:?} {:?}",
+                    l.events,
+                    l.conn.state(),
+                    l.conn.error()
+                )
+            });
         match l.events.remove(pos) {
             HostEvent::Completion { cqe, data } => (cqe, data),
             _ => unreachable!(),
         }
     }
 
-    pub fn expect_status(&mut self, l: &mut Link, cid: u16, status: Status) -> (Completion, Vec<u8>) {
+    pub fn expect_status(
+        &mut self,
+        l: &mut Link,
+        cid: u16,
+        status: Status,
+    ) -> (Completion, Vec<u8>) {
         let (cqe, data) = self.wait(l, cid);
         assert_eq!(cqe.status, status, "cid {cid}");
         (cqe, data)
@@ -237,7 +301,9 @@ impl Harness {
 
     pub fn admin_for(&mut self, l: &mut Link, kato_ms: u32, subnqn: &str, hostnqn: &str) -> u16 {
         self.initialize(l);
-        let cid = l.host.connect(0, 31, kato_ms, HOSTID, 0xFFFF, subnqn, hostnqn, false);
+        let cid = l
+            .host
+            .connect(0, 31, kato_ms, HOSTID, 0xFFFF, subnqn, hostnqn, false);
         let (cqe, _) = self.ok(l, cid);
         let cntlid = cqe.result as u16;
         let cid = l.host.enable();
@@ -248,7 +314,16 @@ impl Harness {
     /// An I/O queue of controller `cntlid`.
     pub fn io_queue(&mut self, l: &mut Link, cntlid: u16, qid: u16, sqflow_disabled: bool) {
         self.initialize(l);
-        let cid = l.host.connect(qid, 127, 0, HOSTID, cntlid, SUBNQN, HOSTNQN, sqflow_disabled);
+        let cid = l.host.connect(
+            qid,
+            127,
+            0,
+            HOSTID,
+            cntlid,
+            SUBNQN,
+            HOSTNQN,
+            sqflow_disabled,
+        );
         self.ok(l, cid);
     }
 
@@ -269,7 +344,13 @@ impl Harness {
             HostEvent::Terminated { fes, fei, .. } => Some((*fes, *fei)),
             _ => None,
         });
-        let t = t.unwrap_or_else(|| panic!("no termination; events {:?} state {:?}", l.events, l.conn.state()));
+        let t = t.unwrap_or_else(|| {
+            panic!(
+                "no termination; events {:?} state {:?}",
+                l.events,
+                l.conn.state()
+            )
+        });
         assert!(l.conn.wants_close(), "connection must ask to be closed");
         t
     }
@@ -277,7 +358,13 @@ impl Harness {
 
 /// Feeds bytes to the connection (in chunks of `chunk` if given), the way a
 /// socket loop would. Returns how many were consumed.
-pub fn feed_all(conn: &mut Connection, t: &mut Target, now: Instant, data: &[u8], chunk: Option<usize>) -> usize {
+pub fn feed_all(
+    conn: &mut Connection,
+    t: &mut Target,
+    now: Instant,
+    data: &[u8],
+    chunk: Option<usize>,
+) -> usize {
     let step = chunk.unwrap_or(data.len()).max(1);
     let mut off = 0;
     while off < data.len() {
@@ -293,5 +380,7 @@ pub fn feed_all(conn: &mut Connection, t: &mut Target, now: Instant, data: &[u8]
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32 * 7) as u8 ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32 * 7) as u8 ^ seed)
+        .collect()
 }
