@@ -51,6 +51,29 @@ pub struct WitnessStatus {
     pub settled: bool,
 }
 
+impl core::fmt::Display for WitnessStatus {
+    /// Lines in the manner of `drbdadm status`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let primary = self.record.primary.map_or("none", |p| p.name());
+        writeln!(
+            f,
+            "witness role:witness epoch:{} primary:{} settled:{}",
+            self.epoch, primary, self.settled
+        )?;
+        for n in [NodeId::A, NodeId::B] {
+            write!(f, "  {} reachable:{}", n, self.reachable[n.index()])?;
+            for l in 0..self.links as usize {
+                match self.heard[n.index()][l] {
+                    Some(d) => write!(f, " link{}:{}ms", l, d.as_millis())?,
+                    None => write!(f, " link{l}:never")?,
+                }
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Witness {
     cfg: WitnessConfig,
     voter: Voter,

@@ -305,12 +305,117 @@ fn whole_pair_power_loss_restarts_from_metadata() {
 fn lossy_duplicating_reordering_links_still_serve() {
     let mut s = Sim::new(11);
     for l in 0..LINKS as usize {
-        s.params[l] = LinkParams { drop_per_mille: 200, dup_per_mille: 200, min_delay: 50 * US, max_delay: 5 * MS };
+        s.params[l] = LinkParams {
+            drop_per_mille: 200,
+            dup_per_mille: 200,
+            min_delay: 50 * US,
+            max_delay: 5 * MS,
+        };
     }
     s.wait_primary(5_000 * MS);
     s.host.enabled = true;
     s.run_for(3_000 * MS);
     assert_eq!(s.serving().len(), 1, "{}", s.log_tail());
     assert!(s.host.writes_acked > 300, "{}", s.host.writes_acked);
+    s.final_verify();
+}
+
+#[test]
+fn default_timing_meets_the_failover_and_switchover_goals() {
+    let mut s = Sim::with_timing(12, tandem_ha::node::Timing::DEFAULT);
+    s.wait_primary(5_000 * MS);
+    assert!(s.run_until(5_000 * MS, |s| s.in_sync()));
+    s.host.enabled = true;
+    s.run_for(500 * MS);
+    // Planned switchover: the host's longest gap between completions.
+    let p = s.primary().unwrap();
+    s.host.stall_window_start = Some(s.now);
+    s.host.max_stall = 0;
+    s.with_data(p, |d, now| d.demote(now)).unwrap();
+    assert!(s.run_until(1_000 * MS, |s| s.primary() == Some(p.peer())));
+    s.run_for(500 * MS);
+    let switchover_stall = s.host.max_stall;
+    assert!(
+        switchover_stall <= 100 * MS,
+        "switchover stall {}ms",
+        switchover_stall / MS
+    );
+    // Crash of the primary: time until the other node serves.
+    let p = s.primary().unwrap();
+    s.kill(p);
+    let t0 = s.now;
+    assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(p.peer())));
+    let takeover = s.now - t0;
+    assert!(takeover <= 1_000 * MS, "takeover {}ms", takeover / MS);
+    eprintln!(
+        "default timing: switchover stall {}ms, crash takeover {}ms",
+        switchover_stall / MS,
+        takeover / MS
+    );
+    s.final_verify();
+}
+
+#[test]
+fn losing_one_link_is_not_a_dead_peer() {
+    let mut s = started(13);
+    let p = s.primary().unwrap();
+    let epoch = s.data(p).epoch();
+    // The front-end network between the data nodes fails; the witness's
+    // replication-link path fails too. Every member still hears every
+    // other on some link.
+    s.set_link(1, NodeId::A, NodeId::B, false);
+    s.set_link(0, p, NodeId::Witness, false);
+    s.run_for(2_000 * MS);
+    assert_eq!(s.primary(), Some(p));
+    assert_eq!(s.data(p).epoch(), epoch, "no election, no outdating");
+    let st = s.data(p).status(tandem_ha::Instant::from_micros(s.now));
+    assert!(st.peer_reachable && st.witness_reachable);
+    assert!(st.peer_heard[0].unwrap().as_millis() < 100);
+    assert!(st.peer_heard[1].unwrap().as_millis() >= 1_900, "{st}");
+    assert!(st.witness_heard[0].unwrap().as_millis() >= 1_900);
+    s.final_verify();
+}
+
+#[test]
+fn resync_is_rate_limited_and_reports_progress() {
+    let mut s = Sim::new(14);
+    s.resync_rate = 256 << 10;
+    for n in NodeId::ALL {
+        s.restart(n);
+    }
+    s.wait_primary(3_000 * MS);
+    assert!(s.run_until(3_000 * MS, |s| s.in_sync()));
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    s.kill(q);
+    s.host.enabled = true;
+    s.run_for(1_500 * MS);
+    s.host.enabled = false;
+    s.run_for(200 * MS);
+    let dirty = s.data(p).dirty_regions();
+    assert!(dirty >= 4, "{dirty}");
+    s.restart(q);
+    let t0 = s.now;
+    let mut progress = Vec::new();
+    assert!(s.run_until(20_000 * MS, |s| {
+        if let Some(r) = s.data(p).status(tandem_ha::Instant::ZERO).resync {
+            if progress.last() != Some(&r.per_mille()) {
+                progress.push(r.per_mille());
+            }
+        }
+        s.in_sync()
+    }));
+    let took = s.now - t0;
+    let bytes = dirty * 65536;
+    let min = bytes * 1_000_000 / (256 << 10) / 2;
+    assert!(
+        took >= min,
+        "resync of {bytes} bytes took {}ms at 256 KiB/s",
+        took / MS
+    );
+    assert!(
+        progress.len() >= 3 && progress.windows(2).all(|w| w[0] < w[1]),
+        "{progress:?}"
+    );
     s.final_verify();
 }

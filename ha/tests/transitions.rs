@@ -838,6 +838,15 @@ fn witness_ignores_heartbeats_sent_before_it_started() {
     );
     assert!(w.status(ms(500)).settled);
     assert_eq!(w.epoch(), 1);
+    let text = w.status(ms(500)).to_string();
+    assert!(
+        text.starts_with("witness role:witness epoch:1 primary:a settled:true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  a reachable:false link0:499ms link1:498ms"),
+        "{text}"
+    );
     // Lease granted to the primary of the record, on the link it asked.
     w.drain_actions().for_each(drop);
     w.on_datagram(
