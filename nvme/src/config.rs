@@ -96,6 +96,9 @@ pub struct Limits {
     /// Bytes of write data being received by R2T plus read data waiting to be
     /// sent, per connection. Commands wait for room; at least `max_data_transfer`.
     pub data_budget: u32,
+    /// The same, summed over every connection of the target: bounds the
+    /// memory all hosts together can make the target hold for data.
+    pub total_data_budget: u64,
     /// NN and MNAN: highest namespace ID.
     pub max_namespaces: u32,
     /// ANATT, seconds.
@@ -117,6 +120,7 @@ impl Default for Limits {
             in_capsule_data: 8192,
             max_h2c_data: 128 * 1024,
             data_budget: 4 * 1024 * 1024,
+            total_data_budget: 64 * 1024 * 1024,
             max_namespaces: 1024,
             ana_transition_time: 10,
             discovery_kato_ms: 120_000,
@@ -226,6 +230,11 @@ impl TargetConfig {
                 "data_budget must be >= max_data_transfer",
             ));
         }
+        if l.total_data_budget < l.data_budget as u64 {
+            return Err(Error::InvalidConfig(
+                "total_data_budget must be >= data_budget",
+            ));
+        }
         if l.max_namespaces == 0 || l.max_namespaces > 4096 {
             return Err(Error::InvalidConfig("max_namespaces must be 1..=4096"));
         }
@@ -320,7 +329,7 @@ mod tests {
 
     #[test]
     fn every_invalid_value_is_refused() {
-        let cases: [fn(&mut TargetConfig); 17] = [
+        let cases: [fn(&mut TargetConfig); 18] = [
             |c| c.subsystem_nqn = String::new(),
             |c| c.subsystem_nqn = DISCOVERY_NQN.into(),
             |c| c.serial = "x".repeat(21),
@@ -332,6 +341,7 @@ mod tests {
             |c| c.limits.in_capsule_data = 100,
             |c| c.limits.max_h2c_data = 4098,
             |c| c.limits.data_budget = 1,
+            |c| c.limits.total_data_budget = 1,
             |c| c.limits.max_aers = 0,
             |c| c.ana_groups = alloc::vec![(1, AnaState::Optimized), (1, AnaState::Optimized)],
             |c| c.namespaces.push(ns(1)),

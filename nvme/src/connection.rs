@@ -14,7 +14,9 @@
 //! queue has entries is not read from until responses drain.
 
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Instant;
 use crate::admin::{self, QueueBinding, Reply, fctype};
@@ -162,6 +164,8 @@ pub struct Connection {
     created: Instant,
     crc: Crc32c,
     data_budget: u32,
+    total_data_budget: u64,
+    data_in_use: Arc<AtomicU64>,
     hdgst: bool,
     ddgst: bool,
     rx: Rx,
@@ -195,6 +199,8 @@ impl Connection {
             created: now,
             crc: target.crc,
             data_budget: target.config.limits.data_budget,
+            total_data_budget: target.config.limits.total_data_budget,
+            data_in_use: target.data_in_use.clone(),
             hdgst: false,
             ddgst: false,
             rx: Rx::Header,
@@ -842,11 +848,13 @@ impl Connection {
                 IoPlan::Read { len, .. } => len,
                 other => other.data_out_len(),
             };
-            if self.budget_used + need > limit {
+            let total = self.data_in_use.load(Ordering::Relaxed);
+            if self.budget_used + need > limit || total + need as u64 > self.total_data_budget {
                 break;
             }
             self.waiting.pop_front();
             self.budget_used += need;
+            self.data_in_use.fetch_add(need as u64, Ordering::Relaxed);
             let sqe = cmd.sqe;
             match plan {
                 IoPlan::Read { nsid, offset, len } => {
@@ -1054,7 +1062,9 @@ impl Connection {
     }
 
     fn release_budget(&mut self, budget: u32) {
-        self.budget_used = self.budget_used.saturating_sub(budget);
+        let budget = budget.min(self.budget_used);
+        self.budget_used -= budget;
+        self.data_in_use.fetch_sub(budget as u64, Ordering::Relaxed);
     }
 
     // ----------------------------------------------------------- output
@@ -1320,6 +1330,8 @@ impl Connection {
         self.waiting.clear();
         self.block_queue.clear();
         self.capsule_data = Vec::new();
+        self.data_in_use
+            .fetch_sub(self.budget_used as u64, Ordering::Relaxed);
         self.budget_used = 0;
         self.responses_queued = 0;
     }
@@ -1337,5 +1349,14 @@ impl Connection {
         } else if let Some(c) = t.controller_mut(b.cntlid, b.instance) {
             c.io_queues.retain(|&q| q != b.qid);
         }
+    }
+}
+
+impl Drop for Connection {
+    /// A connection dropped without [`Connection::close`] still gives its
+    /// share of the target-wide data budget back.
+    fn drop(&mut self) {
+        self.data_in_use
+            .fetch_sub(self.budget_used as u64, Ordering::Relaxed);
     }
 }

@@ -8,7 +8,9 @@
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Instant;
 use crate::config::{AnaState, NamespaceConfig, Portal, TargetConfig};
@@ -129,6 +131,10 @@ pub struct Target {
     not_ready: Vec<u32>,
     pub(crate) stats: TargetStats,
     pub(crate) discovery_generation: u64,
+    /// Data bytes held by all connections (see `Limits::total_data_budget`).
+    /// Shared with each connection so that draining output, which needs no
+    /// `&mut Target`, can release it.
+    pub(crate) data_in_use: Arc<AtomicU64>,
 }
 
 const MAX_EVENTS: usize = 256;
@@ -159,6 +165,7 @@ impl Target {
             not_ready: Vec::new(),
             stats: TargetStats::default(),
             discovery_generation: 1,
+            data_in_use: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -173,6 +180,12 @@ impl Target {
 
     pub fn stats(&self) -> TargetStats {
         self.stats
+    }
+
+    /// Bytes of data buffers all connections hold right now (write data being
+    /// received, read data being sent).
+    pub fn data_in_use(&self) -> u64 {
+        self.data_in_use.load(Ordering::Relaxed)
     }
 
     pub(crate) fn namespace(&self, nsid: u32) -> Option<&NamespaceConfig> {

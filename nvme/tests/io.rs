@@ -728,3 +728,47 @@ fn queue_full_applies_backpressure_instead_of_buffering() {
         h.ok(&mut q, cid);
     }
 }
+
+#[test]
+fn target_wide_budget_is_shared_and_returned() {
+    let mut c = config();
+    c.limits.data_budget = 128 * 1024;
+    c.limits.total_data_budget = 128 * 1024;
+    let mut h = Harness::new(c);
+    let (_a, mut q1, cntlid) = h.setup();
+    let mut q2 = h.link(false, false);
+    h.io_queue(&mut q2, cntlid, 2, false);
+    q1.auto_complete = false;
+    q2.auto_complete = false;
+    let c1 = q1.host.read(1, 0, 256, 512);
+    h.pump(&mut q1);
+    let c2 = q2.host.write(1, 256, pattern(131072, 1), 512, false);
+    h.pump(&mut q2);
+    assert_eq!(q1.held.len(), 1);
+    assert!(
+        q2.events
+            .iter()
+            .all(|e| !matches!(e, HostEvent::R2T { .. })),
+        "no room for the R2T yet"
+    );
+    assert_eq!(h.target.data_in_use(), 131072);
+    h.complete_held(&mut q1, &[0]);
+    h.ok(&mut q1, c1);
+    assert_eq!(h.target.data_in_use(), 0);
+    // The other connection gets the room at its next poll.
+    h.pump(&mut q2);
+    assert!(q2.events.iter().any(|e| matches!(e, HostEvent::R2T { .. })));
+    assert_eq!(q2.held.len(), 1);
+    assert_eq!(h.target.data_in_use(), 131072);
+    // Closing with the write in flight returns its share.
+    q2.conn.close(&mut h.target);
+    assert_eq!(h.target.data_in_use(), 0);
+    let _ = c2;
+    // So does dropping a connection that holds some.
+    let c3 = q1.host.read(1, 0, 256, 512);
+    h.pump(&mut q1);
+    assert_eq!(h.target.data_in_use(), 131072);
+    drop(q1);
+    assert_eq!(h.target.data_in_use(), 0);
+    let _ = c3;
+}
