@@ -59,3 +59,15 @@ impl Instant {
         Instant(self.0.saturating_add(ms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn state_can_live_behind_a_lock_in_a_static() {
+        assert_send::<crate::Target>();
+        assert_send::<crate::Connection>();
+        assert_send::<crate::BlockRequest>();
+    }
+}
