@@ -1865,7 +1865,13 @@ impl DataNode {
                 let decision = if self.role == Role::Primary {
                     Err(Refusal::ResponderIsPrimary)
                 } else {
-                    self.voter.decide_lease(dg.sender, dg.epoch, &record, false)
+                    self.voter.decide_lease(
+                        dg.sender,
+                        dg.epoch,
+                        &record,
+                        false,
+                        self.candidacy.is_some(),
+                    )
                 };
                 if decision.is_ok() {
                     self.voter.promise = Some((dg.sender, now));

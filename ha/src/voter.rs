@@ -230,12 +230,15 @@ impl Voter {
     /// Decides a lease request (or read confirmation) from `requester`, whose
     /// header epoch is `epoch` and latest record `record`. The caller has
     /// already applied `observe_epoch`/`observe_record` for the message.
+    /// `own_candidacy_active` tells whether this member's own vote for
+    /// itself (if any) still belongs to a running candidacy.
     pub fn decide_lease(
         &self,
         requester: NodeId,
         epoch: u64,
         record: &EpochRecord,
         witness: bool,
+        own_candidacy_active: bool,
     ) -> Result<(), Refusal> {
         if epoch < self.epoch {
             return Err(Refusal::StaleEpoch);
@@ -246,7 +249,9 @@ impl Voter {
         if record.primary != Some(requester) || self.record.primary != Some(requester) {
             return Err(Refusal::NotPrimary);
         }
-        if self.voted_for.is_some_and(|v| v != requester) {
+        // An abandoned candidacy of our own promised nothing to anyone.
+        let abandoned_self_vote = self.voted_for == Some(self.me) && !own_candidacy_active;
+        if self.voted_for.is_some_and(|v| v != requester) && !abandoned_self_vote {
             return Err(Refusal::AlreadyVoted);
         }
         if witness {

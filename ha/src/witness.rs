@@ -218,7 +218,9 @@ impl Witness {
                     self.observe_record(now, record);
                 }
                 self.voter.observe_epoch(dg.epoch);
-                let decision = self.voter.decide_lease(dg.sender, dg.epoch, &record, true);
+                let decision = self
+                    .voter
+                    .decide_lease(dg.sender, dg.epoch, &record, true, false);
                 if decision.is_ok() {
                     self.voter.promise = Some((dg.sender, now));
                 }

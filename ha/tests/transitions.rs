@@ -766,13 +766,13 @@ fn every_lease_refusal() {
     };
     let mut v = Voter::new(NodeId::Witness, 3, None, None, rec2, ms(0), h);
     assert_eq!(
-        v.decide_lease(NodeId::A, 3, &rec2, true),
+        v.decide_lease(NodeId::A, 3, &rec2, true, false),
         Err(Refusal::PeerStateUnknown)
     );
     v.knowledge[1].heartbeat = Some(hb(Role::Secondary, rec2, 0));
-    assert_eq!(v.decide_lease(NodeId::A, 3, &rec2, true), Ok(()));
+    assert_eq!(v.decide_lease(NodeId::A, 3, &rec2, true, false), Ok(()));
     assert_eq!(
-        v.decide_lease(NodeId::A, 2, &rec2, true),
+        v.decide_lease(NodeId::A, 2, &rec2, true, false),
         Err(Refusal::StaleEpoch)
     );
     let rec1 = EpochRecord {
@@ -781,16 +781,24 @@ fn every_lease_refusal() {
         outdated: None,
     };
     assert_eq!(
-        v.decide_lease(NodeId::A, 3, &rec1, true),
+        v.decide_lease(NodeId::A, 3, &rec1, true, false),
         Err(Refusal::StaleRecord)
     );
     assert_eq!(
-        v.decide_lease(NodeId::B, 3, &rec2, true),
+        v.decide_lease(NodeId::B, 3, &rec2, true, false),
         Err(Refusal::NotPrimary)
     );
     v.voted_for = Some(NodeId::B);
     assert_eq!(
-        v.decide_lease(NodeId::A, 3, &rec2, true),
+        v.decide_lease(NodeId::A, 3, &rec2, true, false),
+        Err(Refusal::AlreadyVoted)
+    );
+    // A data node's own abandoned candidacy does not block the primary; a
+    // running one does.
+    let b = Voter::new(NodeId::B, 3, Some(NodeId::B), None, rec2, ms(0), h);
+    assert_eq!(b.decide_lease(NodeId::A, 3, &rec2, false, false), Ok(()));
+    assert_eq!(
+        b.decide_lease(NodeId::A, 3, &rec2, false, true),
         Err(Refusal::AlreadyVoted)
     );
 }
