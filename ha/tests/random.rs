@@ -23,6 +23,7 @@ fn chaos(seed: u64, steps: usize) {
     }
     s.wait_primary(5_000 * MS);
     s.host.enabled = true;
+    s.torn_crash_per_mille = 30;
     let mut fenced: Option<NodeId> = None;
     for _ in 0..steps {
         let d = r.range(20, 400) * MS;
@@ -65,7 +66,13 @@ fn chaos(seed: u64, steps: usize) {
             8 => {
                 for n in NodeId::ALL {
                     if s.nodes[n.index()].paused_since.is_some() {
-                        s.resume(n);
+                        if r.chance(500) {
+                            s.resume(n);
+                        } else {
+                            // The worst order: queued host commands first.
+                            let hold = r.range(0, 30) * MS;
+                            s.resume_host_first(n, hold);
+                        }
                     }
                 }
             }
@@ -109,11 +116,12 @@ fn chaos(seed: u64, steps: usize) {
         }
     }
     let acked = s.host.writes_acked;
+    s.torn_crash_per_mille = 0;
     s.final_verify();
     assert!(acked > 0, "seed {seed}: no write was ever acknowledged");
     eprintln!(
-        "seed {seed}: {} writes and {} reads acknowledged, {} path errors, {} invariant checks",
-        s.host.writes_acked, s.host.reads_ok, s.host.path_errors, s.checks
+        "seed {seed}: {} writes and {} reads acknowledged, {} path errors, {} torn-write crashes, {} invariant checks",
+        s.host.writes_acked, s.host.reads_ok, s.host.path_errors, s.torn_crashes, s.checks
     );
 }
 

@@ -218,6 +218,11 @@ pub struct Sim {
     pub disk_min: u64,
     pub disk_max: u64,
     pub checks: u64,
+    /// Chance (per mille) that a node crashes in the middle of a metadata
+    /// write: the write is torn at a 512-byte sector boundary and nothing
+    /// after it is executed.
+    pub torn_crash_per_mille: u64,
+    pub torn_crashes: u64,
 }
 
 pub fn timing() -> Timing {
@@ -269,6 +274,8 @@ impl Sim {
             disk_min: 200 * US,
             disk_max: 2 * MS,
             checks: 0,
+            torn_crash_per_mille: 0,
+            torn_crashes: 0,
         };
         for id in NodeId::ALL {
             sim.nodes.push(SimNode {
@@ -554,6 +561,28 @@ impl Sim {
             None => return,
         };
         for a in actions {
+            if let Action::PersistMetadata { offset, bytes } = &a {
+                if self.torn_crash_per_mille > 0 && self.rng.chance(self.torn_crash_per_mille) {
+                    let sectors = self.rng.below(bytes.len() as u64 / 512 + 1) as usize;
+                    let old = self.nodes[idx(id)]
+                        .meta
+                        .get(offset)
+                        .cloned()
+                        .unwrap_or_else(|| vec![0; bytes.len()]);
+                    let mut torn = old;
+                    torn[..sectors * 512].copy_from_slice(&bytes[..sectors * 512]);
+                    self.nodes[idx(id)].meta.insert(*offset, torn);
+                    self.torn_crashes += 1;
+                    self.log.push(format!(
+                        "{:>8.3}ms {} crashes during a metadata write ({} sectors written)",
+                        self.now as f64 / 1000.0,
+                        id,
+                        sectors
+                    ));
+                    self.kill(id);
+                    return;
+                }
+            }
             self.execute(id, a);
         }
     }
