@@ -45,7 +45,7 @@ BINARIES=(usr/bin/fio usr/sbin/nvme sbin/mke2fs)
 die() { echo "build-guest: error: $*" >&2; exit 1; }
 log() { echo "build-guest: $*" >&2; }
 
-for tool in apt-get apt-cache dpkg dpkg-deb objcopy gzip xz zstd ldd sha256sum timeout; do
+for tool in apt-get apt-cache dpkg dpkg-deb objcopy gzip xz zstd ldd sha256sum timeout flock; do
   command -v "$tool" >/dev/null || die "'$tool' not found on this host (run tests/linux/setup-host.sh)"
 done
 
@@ -70,6 +70,11 @@ KERNEL_PACKAGE="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-ima
 [[ -n "$KERNEL_PACKAGE" ]] || die "cannot tell which kernel package linux-image-amd64 depends on"
 [[ "$KERNEL_PACKAGE" == linux-image-6.1.* ]] || die "linux-image-amd64 depends on $KERNEL_PACKAGE, expected a 6.1 kernel"
 want_stamp="$(stamp_of_inputs) $KERNEL_PACKAGE"
+
+# One build at a time (tests in several processes may ask at once).
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock -w 1800 9 || die "another build-guest.sh holds $OUT/.lock for more than 30 min"
 
 if [[ $force == 0 && -s "$OUT/vmlinuz" && -s "$OUT/initramfs.img" && -s "$OUT/guest.env" \
       && "$(cat "$OUT/stamp" 2>/dev/null)" == "$want_stamp" ]]; then

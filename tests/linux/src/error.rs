@@ -20,20 +20,42 @@ pub enum Error {
     /// The configuration cannot be turned into a guest.
     InvalidConfig(String),
     /// The guest ran past its time limit and QEMU was killed.
-    GuestTimedOut { guest: String, after: Duration, console_tail: String },
+    GuestTimedOut {
+        guest: String,
+        after: Duration,
+        console_tail: String,
+    },
     /// The guest stopped before it reached the awaited mark.
-    GuestEnded { guest: String, waiting_for: String, output_tail: String, console_tail: String },
+    GuestEnded {
+        guest: String,
+        waiting_for: String,
+        output_tail: String,
+        console_tail: String,
+    },
     /// The guest did not reach a mark in time.
-    MarkTimedOut { guest: String, mark: String, after: Duration, console_tail: String },
+    MarkTimedOut {
+        guest: String,
+        mark: String,
+        after: Duration,
+        console_tail: String,
+    },
     /// The guest's script exited non-zero (or never reported a status).
-    ScriptFailed { guest: String, status: Option<i32>, output_tail: String, console_tail: String },
+    ScriptFailed {
+        guest: String,
+        status: Option<i32>,
+        output_tail: String,
+        console_tail: String,
+    },
     /// A fio result file is missing or malformed.
     Fio { job: String, reason: String },
 }
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -42,7 +64,11 @@ impl fmt::Display for Error {
         match self {
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::BuildFailed { script, tail } => {
-                write!(f, "building the Linux guest with {} failed:\n{tail}", script.display())
+                write!(
+                    f,
+                    "building the Linux guest with {} failed:\n{tail}",
+                    script.display()
+                )
             }
             Error::Command { command, stderr } => write!(f, "`{command}` failed: {stderr}"),
             Error::NotLoopback { address } => write!(
@@ -50,24 +76,46 @@ impl fmt::Display for Error {
                 "network backend address {address} is not on loopback: guests may only talk over 127.0.0.0/8 or namespaces this harness creates"
             ),
             Error::InvalidConfig(why) => write!(f, "invalid guest configuration: {why}"),
-            Error::GuestTimedOut { guest, after, console_tail } => write!(
+            Error::GuestTimedOut {
+                guest,
+                after,
+                console_tail,
+            } => write!(
                 f,
                 "guest {guest} still running after {after:?}; QEMU killed. Console tail:\n{console_tail}"
             ),
-            Error::GuestEnded { guest, waiting_for, output_tail, console_tail } => write!(
+            Error::GuestEnded {
+                guest,
+                waiting_for,
+                output_tail,
+                console_tail,
+            } => write!(
                 f,
                 "guest {guest} stopped before mark '{waiting_for}'. Script output tail:\n{output_tail}\nConsole tail:\n{console_tail}"
             ),
-            Error::MarkTimedOut { guest, mark, after, console_tail } => write!(
+            Error::MarkTimedOut {
+                guest,
+                mark,
+                after,
+                console_tail,
+            } => write!(
                 f,
                 "guest {guest} did not reach mark '{mark}' within {after:?}. Console tail:\n{console_tail}"
             ),
-            Error::ScriptFailed { guest, status, output_tail, console_tail } => {
+            Error::ScriptFailed {
+                guest,
+                status,
+                output_tail,
+                console_tail,
+            } => {
                 match status {
                     Some(s) => write!(f, "script in guest {guest} exited with status {s}.")?,
                     None => write!(f, "guest {guest} ended without reporting a script status.")?,
                 }
-                write!(f, " Script output tail:\n{output_tail}\nConsole tail:\n{console_tail}")
+                write!(
+                    f,
+                    " Script output tail:\n{output_tail}\nConsole tail:\n{console_tail}"
+                )
             }
             Error::Fio { job, reason } => write!(f, "fio job {job}: {reason}"),
         }

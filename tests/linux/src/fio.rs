@@ -17,7 +17,10 @@ pub struct FioJob {
 impl FioJob {
     /// `name:rw:bs:iodepth`, as the guest script reads it.
     pub fn spec(&self) -> String {
-        format!("{}:{}:{}:{}", self.name, self.rw, self.block_size, self.iodepth)
+        format!(
+            "{}:{}:{}:{}",
+            self.name, self.rw, self.block_size, self.iodepth
+        )
     }
     /// Is this job measured in IOPS (small blocks) rather than MiB/s?
     pub fn is_small_block(&self) -> bool {
@@ -27,11 +30,36 @@ impl FioJob {
 
 /// The benchmark of issue 3: writes first, so the reads hit written blocks.
 pub const BENCH_JOBS: [FioJob; 5] = [
-    FioJob { name: "randwrite-4k-qd32", rw: "randwrite", block_size: "4k", iodepth: 32 },
-    FioJob { name: "write-128k-qd32", rw: "write", block_size: "128k", iodepth: 32 },
-    FioJob { name: "randread-4k-qd32", rw: "randread", block_size: "4k", iodepth: 32 },
-    FioJob { name: "randread-4k-qd1", rw: "randread", block_size: "4k", iodepth: 1 },
-    FioJob { name: "read-128k-qd32", rw: "read", block_size: "128k", iodepth: 32 },
+    FioJob {
+        name: "randwrite-4k-qd32",
+        rw: "randwrite",
+        block_size: "4k",
+        iodepth: 32,
+    },
+    FioJob {
+        name: "write-128k-qd32",
+        rw: "write",
+        block_size: "128k",
+        iodepth: 32,
+    },
+    FioJob {
+        name: "randread-4k-qd32",
+        rw: "randread",
+        block_size: "4k",
+        iodepth: 32,
+    },
+    FioJob {
+        name: "randread-4k-qd1",
+        rw: "randread",
+        block_size: "4k",
+        iodepth: 1,
+    },
+    FioJob {
+        name: "read-128k-qd32",
+        rw: "read",
+        block_size: "128k",
+        iodepth: 32,
+    },
 ];
 
 /// `FIO_JOBS` for the guest script.
@@ -53,9 +81,14 @@ pub struct FioResult {
 
 /// Parses fio's `--output-format=json` output for job `job`.
 pub fn parse(job: &str, json: &str) -> Result<FioResult> {
-    let err = |reason: String| Error::Fio { job: job.to_string(), reason };
+    let err = |reason: String| Error::Fio {
+        job: job.to_string(),
+        reason,
+    };
     // fio may print notes before the JSON object.
-    let start = json.find('{').ok_or_else(|| err("no JSON object in the output".into()))?;
+    let start = json
+        .find('{')
+        .ok_or_else(|| err("no JSON object in the output".into()))?;
     let v: serde_json::Value =
         serde_json::from_str(&json[start..]).map_err(|e| err(format!("invalid JSON: {e}")))?;
     let j = v
@@ -72,7 +105,12 @@ pub fn parse(job: &str, json: &str) -> Result<FioResult> {
         .ok_or_else(|| err("neither read nor write moved any bytes".into()))?;
     let num = |v: Option<&serde_json::Value>| v.and_then(|x| x.as_f64()).unwrap_or(0.0);
     let clat = side.get("clat_ns");
-    let pct = |p: &str| num(clat.and_then(|c| c.get("percentile")).and_then(|p2| p2.get(p))) / 1000.0;
+    let pct = |p: &str| {
+        num(clat
+            .and_then(|c| c.get("percentile"))
+            .and_then(|p2| p2.get(p)))
+            / 1000.0
+    };
     Ok(FioResult {
         job: job.to_string(),
         iops: num(side.get("iops")),
@@ -102,7 +140,11 @@ pub fn render_table(results: &[FioResult]) -> String {
 /// Markdown comparison of a candidate (tandem) with the reference (nvmet-tcp)
 /// from the same run: the ratio is IOPS (4 KiB), MiB/s (128 KiB) or, for the
 /// QD1 job, p50 latency candidate/reference (lower is better).
-pub fn render_comparison(reference: &[FioResult], candidate: &[FioResult], jobs: &[FioJob]) -> String {
+pub fn render_comparison(
+    reference: &[FioResult],
+    candidate: &[FioResult],
+    jobs: &[FioJob],
+) -> String {
     let mut s = String::from(
         "| fio job | nvmet-tcp | tandem | tandem / nvmet-tcp |\n|---|---:|---:|---:|\n",
     );
@@ -120,8 +162,16 @@ pub fn render_comparison(reference: &[FioResult], candidate: &[FioResult], jobs:
         } else {
             (r.mib_per_s, c.mib_per_s, "MiB/s")
         };
-        let ratio = if rv > 0.0 { format!("{:.2}×", cv / rv) } else { "–".into() };
-        let _ = writeln!(s, "| {} | {rv:.0} {unit} | {cv:.0} {unit} | {ratio} |", job.name);
+        let ratio = if rv > 0.0 {
+            format!("{:.2}×", cv / rv)
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {rv:.0} {unit} | {cv:.0} {unit} | {ratio} |",
+            job.name
+        );
     }
     s
 }
@@ -162,13 +212,22 @@ mod tests {
         assert!(parse("x", "no json here").is_err());
         assert!(parse("x", "{\"jobs\":[]}").is_err());
         assert!(parse("x", "{\"jobs\":[{\"error\":5,\"read\":{\"io_bytes\":1}}]}").is_err());
-        assert!(parse("x", "{\"jobs\":[{\"read\":{\"io_bytes\":0},\"write\":{\"io_bytes\":0}}]}").is_err());
+        assert!(
+            parse(
+                "x",
+                "{\"jobs\":[{\"read\":{\"io_bytes\":0},\"write\":{\"io_bytes\":0}}]}"
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn job_specs_and_comparison() {
         assert_eq!(BENCH_JOBS[0].spec(), "randwrite-4k-qd32:randwrite:4k:32");
-        assert_eq!(jobs_env(&BENCH_JOBS[..2]), "randwrite-4k-qd32:randwrite:4k:32 write-128k-qd32:write:128k:32");
+        assert_eq!(
+            jobs_env(&BENCH_JOBS[..2]),
+            "randwrite-4k-qd32:randwrite:4k:32 write-128k-qd32:write:128k:32"
+        );
         let mk = |job: &str, iops: f64, mib: f64, p50: f64| FioResult {
             job: job.into(),
             iops,
@@ -177,11 +236,26 @@ mod tests {
             clat_p99_us: 0.0,
             clat_mean_us: 0.0,
         };
-        let r = [mk("randread-4k-qd32", 1000.0, 4.0, 0.0), mk("randread-4k-qd1", 0.0, 0.0, 800.0)];
-        let c = [mk("randread-4k-qd32", 1500.0, 6.0, 0.0), mk("randread-4k-qd1", 0.0, 0.0, 400.0)];
+        let r = [
+            mk("randread-4k-qd32", 1000.0, 4.0, 0.0),
+            mk("randread-4k-qd1", 0.0, 0.0, 800.0),
+        ];
+        let c = [
+            mk("randread-4k-qd32", 1500.0, 6.0, 0.0),
+            mk("randread-4k-qd1", 0.0, 0.0, 400.0),
+        ];
         let t = render_comparison(&r, &c, &BENCH_JOBS);
-        assert!(t.contains("| randread-4k-qd32 | 1000 IOPS | 1500 IOPS | 1.50× |"), "{t}");
-        assert!(t.contains("| randread-4k-qd1 | 800 µs p50 | 400 µs p50 | 0.50× |"), "{t}");
-        assert!(render_table(&r).contains("| randread-4k-qd32 | 1000 | 3.9 |") || render_table(&r).contains("| randread-4k-qd32 | 1000 | 4.0 |"));
+        assert!(
+            t.contains("| randread-4k-qd32 | 1000 IOPS | 1500 IOPS | 1.50× |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| randread-4k-qd1 | 800 µs p50 | 400 µs p50 | 0.50× |"),
+            "{t}"
+        );
+        assert!(
+            render_table(&r).contains("| randread-4k-qd32 | 1000 | 3.9 |")
+                || render_table(&r).contains("| randread-4k-qd32 | 1000 | 4.0 |")
+        );
     }
 }

@@ -21,7 +21,10 @@ const HARNESS_GRACE: Duration = Duration::from_secs(10);
 pub enum NetBackend {
     /// Point-to-point Ethernet over UDP: frames go to `remote`, arrive on
     /// `local`. Both must be loopback addresses. Two guests use mirrored pairs.
-    Dgram { local: SocketAddrV4, remote: SocketAddrV4 },
+    Dgram {
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    },
     /// A shared segment (a hub): UDP multicast to `group:port` on 127.0.0.1.
     /// Needs `lo` with multicast on, so use it in a [`Netns`]
     /// (see [`GuestConfig::in_netns`]).
@@ -42,7 +45,11 @@ pub struct Nic {
 
 impl Nic {
     pub fn new(backend: NetBackend, address: &str) -> Nic {
-        Nic { backend, address: Some(address.to_string()), mac: None }
+        Nic {
+            backend,
+            address: Some(address.to_string()),
+            mac: None,
+        }
     }
 }
 
@@ -101,7 +108,10 @@ impl GuestConfig {
         self
     }
     pub fn disk(mut self, path: &Path) -> Self {
-        self.disks.push(Disk { path: path.to_path_buf(), read_only: false });
+        self.disks.push(Disk {
+            path: path.to_path_buf(),
+            read_only: false,
+        });
         self
     }
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
@@ -142,12 +152,21 @@ impl GuestConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| Err(Error::InvalidConfig(why));
         if self.name.is_empty()
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return bad(format!("guest name {:?} must be non-empty [A-Za-z0-9_-]", self.name));
+            return bad(format!(
+                "guest name {:?} must be non-empty [A-Za-z0-9_-]",
+                self.name
+            ));
         }
         if self.nics.len() > 8 {
-            return bad(format!("{} NICs: /init configures at most 8", self.nics.len()));
+            return bad(format!(
+                "{} NICs: /init configures at most 8",
+                self.nics.len()
+            ));
         }
         if self.vcpus == 0 || self.memory_mib < 512 {
             return bad("need at least 1 vCPU and 512 MiB (the initramfs unpacks ~95 MB)".into());
@@ -157,7 +176,9 @@ impl GuestConfig {
                 NetBackend::Dgram { local, remote } => {
                     for a in [local, remote] {
                         if !a.ip().is_loopback() {
-                            return Err(Error::NotLoopback { address: a.to_string() });
+                            return Err(Error::NotLoopback {
+                                address: a.to_string(),
+                            });
                         }
                     }
                 }
@@ -168,7 +189,9 @@ impl GuestConfig {
                 }
                 NetBackend::Tap { ifname } => {
                     if self.netns.is_none() {
-                        return bad(format!("tap {ifname} outside a network namespace this harness created"));
+                        return bad(format!(
+                            "tap {ifname} outside a network namespace this harness created"
+                        ));
                     }
                 }
             }
@@ -201,7 +224,11 @@ impl GuestConfig {
 
     /// The kernel command line.
     pub fn kernel_cmdline(&self) -> String {
-        let mut words = vec!["console=ttyS0".to_string(), "panic=-1".into(), "quiet".into()];
+        let mut words = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".into(),
+            "quiet".into(),
+        ];
         for (i, nic) in self.nics.iter().enumerate() {
             if let Some(a) = &nic.address {
                 words.push(format!("tg.ip{i}={a}"));
@@ -214,8 +241,17 @@ impl GuestConfig {
     /// QEMU's arguments (without the program), given the image and run dir.
     pub fn qemu_args(&self, image: &GuestImage, run_dir: &Path) -> Vec<String> {
         let mut a: Vec<String> = [
-            "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", "tcg,thread=multi",
-            "-cpu", "max", "-display", "none", "-no-reboot",
+            "-nodefaults",
+            "-no-user-config",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-display",
+            "none",
+            "-no-reboot",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -226,7 +262,10 @@ impl GuestConfig {
         };
         push("-smp", self.vcpus.to_string());
         push("-m", self.memory_mib.to_string());
-        push("-serial", format!("file:{}", run_dir.join("console.log").display()));
+        push(
+            "-serial",
+            format!("file:{}", run_dir.join("console.log").display()),
+        );
         push("-kernel", image.kernel.display().to_string());
         push("-initrd", image.initramfs.display().to_string());
         push("-append", self.kernel_cmdline());
@@ -275,7 +314,13 @@ impl GuestConfig {
             push("-device", format!("virtio-blk-pci,drive=d{i},id=blk{i}"));
         }
         if self.qmp {
-            push("-qmp", format!("unix:{},server=on,wait=off", run_dir.join("qmp.sock").display()));
+            push(
+                "-qmp",
+                format!(
+                    "unix:{},server=on,wait=off",
+                    run_dir.join("qmp.sock").display()
+                ),
+            );
         }
         a
     }
@@ -353,7 +398,8 @@ pub fn spawn(image: &GuestImage, config: &GuestConfig) -> Result<RunningGuest> {
         std::fs::remove_dir_all(&run_dir)
             .map_err(|e| Error::io(format!("clearing {}", run_dir.display()), e))?;
     }
-    std::fs::create_dir_all(&share).map_err(|e| Error::io(format!("creating {}", share.display()), e))?;
+    std::fs::create_dir_all(&share)
+        .map_err(|e| Error::io(format!("creating {}", share.display()), e))?;
     let write = |name: &str, text: &str| {
         let p = share.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(format!("writing {}", p.display()), e))
@@ -375,10 +421,17 @@ pub fn spawn(image: &GuestImage, config: &GuestConfig) -> Result<RunningGuest> {
     cmd.args(config.qemu_args(image, &run_dir));
     let log = std::fs::File::create(run_dir.join("qemu.log"))
         .map_err(|e| Error::io("creating qemu.log", e))?;
-    let log2 = log.try_clone().map_err(|e| Error::io("duplicating qemu.log", e))?;
-    cmd.stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("duplicating qemu.log", e))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0);
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| Error::io("starting timeout + qemu-system-x86_64", e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("starting timeout + qemu-system-x86_64", e))?;
     let pgid = child.id() as i32;
     let (tx, exit_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -431,7 +484,8 @@ impl RunningGuest {
                 return Ok(());
             }
             if self.has_exited() {
-                let output = std::fs::read_to_string(self.share_dir().join("output.log")).unwrap_or_default();
+                let output = std::fs::read_to_string(self.share_dir().join("output.log"))
+                    .unwrap_or_default();
                 return Err(Error::GuestEnded {
                     guest: self.name.clone(),
                     waiting_for: mark.to_string(),
@@ -466,7 +520,9 @@ impl RunningGuest {
         let path = self.run_dir.join("qmp.sock");
         let ctx = |what: &str| format!("QMP {what} on {}", path.display());
         let stream = UnixStream::connect(&path).map_err(|e| Error::io(ctx("connect"), e))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::io(ctx("timeout"), e))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| Error::io(ctx("timeout"), e))?;
         let mut writer = stream.try_clone().map_err(|e| Error::io(ctx("clone"), e))?;
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
@@ -474,10 +530,20 @@ impl RunningGuest {
             // Skip asynchronous events; the reply has "return" or "error".
             loop {
                 line.clear();
-                if reader.read_line(line).map_err(|e| Error::io(ctx("read"), e))? == 0 {
-                    return Err(Error::io(ctx("read"), std::io::ErrorKind::UnexpectedEof.into()));
+                if reader
+                    .read_line(line)
+                    .map_err(|e| Error::io(ctx("read"), e))?
+                    == 0
+                {
+                    return Err(Error::io(
+                        ctx("read"),
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
                 }
-                if line.contains("\"return\"") || line.contains("\"error\"") || line.contains("\"QMP\"") {
+                if line.contains("\"return\"")
+                    || line.contains("\"error\"")
+                    || line.contains("\"QMP\"")
+                {
                     return Ok(());
                 }
             }
@@ -487,7 +553,10 @@ impl RunningGuest {
             .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
             .map_err(|e| Error::io(ctx("write"), e))?;
         read_reply(&mut reader, &mut line)?;
-        writer.write_all(command.as_bytes()).and_then(|_| writer.write_all(b"\n")).map_err(|e| Error::io(ctx("write"), e))?;
+        writer
+            .write_all(command.as_bytes())
+            .and_then(|_| writer.write_all(b"\n"))
+            .map_err(|e| Error::io(ctx("write"), e))?;
         read_reply(&mut reader, &mut line)?;
         Ok(line.trim_end().to_string())
     }
@@ -560,14 +629,29 @@ mod tests {
     use super::*;
 
     fn image() -> GuestImage {
-        GuestImage { kernel: "/k".into(), initramfs: "/i".into(), kernel_version: "6.1".into() }
+        GuestImage {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            kernel_version: "6.1".into(),
+        }
     }
 
     #[test]
     fn command_line_carries_nic_addresses_and_extra_args() {
         let c = GuestConfig::new("a", "true")
-            .nic(NetBackend::Mcast { group: Ipv4Addr::new(230, 0, 0, 1), port: 5000 }, "10.0.0.1/24")
-            .nic(NetBackend::Tap { ifname: "t1".into() }, "10.0.1.1/24")
+            .nic(
+                NetBackend::Mcast {
+                    group: Ipv4Addr::new(230, 0, 0, 1),
+                    port: 5000,
+                },
+                "10.0.0.1/24",
+            )
+            .nic(
+                NetBackend::Tap {
+                    ifname: "t1".into(),
+                },
+                "10.0.1.1/24",
+            )
             .kernel_arg("nvme_core.io_timeout=10");
         assert_eq!(
             c.kernel_cmdline(),
@@ -614,8 +698,16 @@ mod tests {
             "10.0.0.1/24",
         );
         assert!(matches!(c.validate(), Err(Error::NotLoopback { .. })));
-        let tap_outside_netns = GuestConfig::new("x", "true").nic(NetBackend::Tap { ifname: "t0".into() }, "10.0.0.1/24");
-        assert!(matches!(tap_outside_netns.validate(), Err(Error::InvalidConfig(_))));
+        let tap_outside_netns = GuestConfig::new("x", "true").nic(
+            NetBackend::Tap {
+                ifname: "t0".into(),
+            },
+            "10.0.0.1/24",
+        );
+        assert!(matches!(
+            tap_outside_netns.validate(),
+            Err(Error::InvalidConfig(_))
+        ));
         assert!(GuestConfig::new("bad name", "true").validate().is_err());
     }
 

@@ -16,9 +16,10 @@ pub struct GuestImage {
 
 /// The repository root (this crate lives in `tests/linux`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-    })
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 /// Where the guest and its downloads are cached:
@@ -42,7 +43,10 @@ impl GuestImage {
         BUILT
             .get_or_init(|| Self::build().map_err(|e| e.to_string()))
             .clone()
-            .map_err(|tail| Error::BuildFailed { script: build_script(), tail })
+            .map_err(|tail| Error::BuildFailed {
+                script: build_script(),
+                tail,
+            })
     }
 
     fn build() -> Result<GuestImage> {
@@ -55,11 +59,17 @@ impl GuestImage {
             .map_err(|e| Error::io(format!("running {}", script.display()), e))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::BuildFailed { script, tail: tail_lines(&text, 30) });
+            return Err(Error::BuildFailed {
+                script,
+                tail: tail_lines(&text, 30),
+            });
         }
         Self::existing().ok_or_else(|| Error::BuildFailed {
             script,
-            tail: format!("the script succeeded but {} has no vmlinuz/initramfs.img/guest.env", guest_dir().display()),
+            tail: format!(
+                "the script succeeded but {} has no vmlinuz/initramfs.img/guest.env",
+                guest_dir().display()
+            ),
         })
     }
 

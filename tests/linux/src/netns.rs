@@ -12,6 +12,8 @@ const PREFIX: &str = "tandem-lg-";
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Created here, so deleted on drop.
+    owned: bool,
 }
 
 fn run(args: &[&str]) -> Result<String> {
@@ -33,12 +35,26 @@ impl Netns {
     pub fn create() -> Result<Netns> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         remove_stale();
-        let name = format!("{PREFIX}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         run(&["ip", "netns", "add", &name])?;
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["link", "set", "lo", "multicast", "on"])?;
         Ok(ns)
+    }
+
+    /// A namespace made by someone else (e.g. where a tandem image runs):
+    /// used as it is, never deleted.
+    pub fn existing(name: &str) -> Result<Netns> {
+        run(&["ip", "netns", "exec", name, "true"])?;
+        Ok(Netns {
+            name: name.to_string(),
+            owned: false,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -86,17 +102,27 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
+        if self.owned {
+            let _ = run(&["ip", "netns", "del", &self.name]);
+        }
     }
 }
 
 /// Deletes `tandem-lg-<pid>-<n>` namespaces whose process is gone.
 fn remove_stale() {
-    let Ok(list) = run(&["ip", "netns", "list"]) else { return };
+    let Ok(list) = run(&["ip", "netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
-        let Some(name) = line.split_whitespace().next() else { continue };
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next() else { continue };
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next() else {
+            continue;
+        };
         if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = run(&["ip", "netns", "del", name]);
         }

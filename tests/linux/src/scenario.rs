@@ -17,9 +17,12 @@ pub const INITIATOR_SMOKE_SCRIPT: &str = include_str!("../guest/initiator-smoke.
 /// Guest script: the fio benchmark (env FIO_JOBS, FIO_RUNTIME, …).
 pub const FIO_BENCH_SCRIPT: &str = include_str!("../guest/fio-bench.sh");
 
-/// The segment every guest of a [`Rig`] is on: multicast on the loopback of
-/// the rig's own namespace.
-pub const SEGMENT: NetBackend = NetBackend::Mcast { group: Ipv4Addr::new(230, 0, 0, 1), port: 5000 };
+/// The multicast segment of a [`Segment::Mcast`] rig: on the loopback of the
+/// rig's own namespace.
+pub const SEGMENT: NetBackend = NetBackend::Mcast {
+    group: Ipv4Addr::new(230, 0, 0, 1),
+    port: 5000,
+};
 /// The segment's subnet is 10.0.0.0/24 (inside the namespace only).
 pub const PREFIX_LEN: u8 = 24;
 
@@ -50,30 +53,78 @@ pub struct GuestShape {
 
 impl Default for GuestShape {
     fn default() -> Self {
-        GuestShape { vcpus: 1, memory_mib: 1024 }
+        GuestShape {
+            vcpus: 1,
+            memory_mib: 1024,
+        }
     }
 }
 
 /// Creates (or truncates to) a sparse raw disk file of `bytes`.
 pub fn create_disk(path: &Path, bytes: u64) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
-    let f = std::fs::File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    f.set_len(bytes).map_err(|e| Error::io(format!("sizing {}", path.display()), e))
+    let f = std::fs::File::create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    f.set_len(bytes)
+        .map_err(|e| Error::io(format!("sizing {}", path.display()), e))
+}
+
+/// How the guests of a [`Rig`] share one Ethernet segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// QEMU `-netdev socket` multicast ([`SEGMENT`]): no devices, but every
+    /// frame is a UDP datagram and there is no TSO/GSO (MTU-sized frames).
+    Mcast,
+    /// One tap per guest on a bridge `br0`: QEMU passes offloads (vnet
+    /// headers), so a Linux guest sends 64 KiB TSO frames; `tgN` taps can be
+    /// set down with [`Netns::set_link`] to cut a guest's cable.
+    Bridge,
 }
 
 /// A network namespace with one segment, on which guests are started.
 pub struct Rig {
     pub netns: Netns,
+    pub segment: Segment,
     label: String,
     next_host: u8,
+    taps: u32,
 }
 
 impl Rig {
-    /// A fresh namespace; guest names start with `label`.
+    /// A fresh namespace with a multicast segment; guest names start with `label`.
     pub fn new(label: &str) -> Result<Rig> {
-        Ok(Rig { netns: Netns::create()?, label: label.to_string(), next_host: 20 })
+        Self::with_segment(label, Segment::Mcast)
+    }
+
+    pub fn with_segment(label: &str, segment: Segment) -> Result<Rig> {
+        let netns = Netns::create()?;
+        if segment == Segment::Bridge {
+            netns.add_bridge("br0")?;
+        }
+        Ok(Rig {
+            netns,
+            segment,
+            label: label.to_string(),
+            next_host: 20,
+            taps: 0,
+        })
+    }
+
+    /// A NIC backend on the segment: for a bridge, a new tap `tgN` (its name
+    /// is in the returned [`NetBackend::Tap`]).
+    pub fn backend(&mut self) -> Result<NetBackend> {
+        match self.segment {
+            Segment::Mcast => Ok(SEGMENT),
+            Segment::Bridge => {
+                let ifname = format!("tg{}", self.taps);
+                self.taps += 1;
+                self.netns.add_tap(&ifname, Some("br0"))?;
+                Ok(NetBackend::Tap { ifname })
+            }
+        }
     }
 
     /// The next free address on the segment (10.0.0.20, .21, …).
@@ -84,13 +135,14 @@ impl Rig {
     }
 
     /// A guest on the segment: name `<label>-<role>`, the next free address.
-    pub fn guest(&mut self, role: &str, script: &str, shape: GuestShape) -> GuestConfig {
+    pub fn guest(&mut self, role: &str, script: &str, shape: GuestShape) -> Result<GuestConfig> {
         let address = self.next_address();
-        GuestConfig::new(&format!("{}-{role}", self.label), script)
+        let backend = self.backend()?;
+        Ok(GuestConfig::new(&format!("{}-{role}", self.label), script)
             .vcpus(shape.vcpus)
             .memory_mib(shape.memory_mib)
-            .nic(SEGMENT, &address)
-            .in_netns(&self.netns)
+            .nic(backend, &address)
+            .in_netns(&self.netns))
     }
 
     /// Starts Linux's nvmet-tcp on a disk at 10.0.0.10 (not awaited: see
@@ -111,7 +163,10 @@ impl Rig {
         let config = GuestConfig::new(&format!("{}-nvmet", self.label), NVMET_TARGET_SCRIPT)
             .vcpus(shape.vcpus)
             .memory_mib(shape.memory_mib)
-            .nic(SEGMENT, &format!("{}/{PREFIX_LEN}", endpoint.address))
+            .nic(
+                self.backend()?,
+                &format!("{}/{PREFIX_LEN}", endpoint.address),
+            )
             .disk(disk)
             .in_netns(&self.netns)
             .env("NVMET_NQN", &endpoint.subnqn)
@@ -120,14 +175,24 @@ impl Rig {
             .env("NVMET_SERIAL", "nvmetref0001")
             .env("NVMET_LIFETIME", lifetime.as_secs())
             .timeout(lifetime + Duration::from_secs(60));
-        Ok(NvmetTarget { guest: spawn(image, &config)?, endpoint })
+        Ok(NvmetTarget {
+            guest: spawn(image, &config)?,
+            endpoint,
+        })
     }
 
     /// The smoke test initiator against `endpoint` (extra `nvme connect`
     /// options such as `-i 2 --hdr-digest --data-digest` in `connect_opts`).
-    pub fn smoke_initiator(&mut self, endpoint: &Endpoint, connect_opts: &str, shape: GuestShape) -> GuestConfig {
-        let c = self.guest("initiator", INITIATOR_SMOKE_SCRIPT, shape).timeout(Duration::from_secs(240));
-        endpoint.env(c).env("CONNECT_OPTS", connect_opts)
+    pub fn smoke_initiator(
+        &mut self,
+        endpoint: &Endpoint,
+        connect_opts: &str,
+        shape: GuestShape,
+    ) -> Result<GuestConfig> {
+        let c = self
+            .guest("initiator", INITIATOR_SMOKE_SCRIPT, shape)?
+            .timeout(Duration::from_secs(240));
+        Ok(endpoint.env(c).env("CONNECT_OPTS", connect_opts))
     }
 
     /// The fio benchmark initiator against `endpoint`.
@@ -137,16 +202,16 @@ impl Rig {
         jobs: &[FioJob],
         runtime: Duration,
         shape: GuestShape,
-    ) -> GuestConfig {
+    ) -> Result<GuestConfig> {
         let per_job = runtime.as_secs() + 2;
         // Guest time runs slow under TCG on a busy host: allow 4× wall.
         let limit = Duration::from_secs(90 + 4 * per_job * jobs.len() as u64);
-        let c = self.guest("bench", FIO_BENCH_SCRIPT, shape).timeout(limit);
-        endpoint
+        let c = self.guest("bench", FIO_BENCH_SCRIPT, shape)?.timeout(limit);
+        Ok(endpoint
             .env(c)
             .env("FIO_JOBS", fio::jobs_env(jobs))
             .env("FIO_RUNTIME", runtime.as_secs())
-            .env("FIO_RAMP", 2)
+            .env("FIO_RAMP", 2))
     }
 }
 

@@ -4,13 +4,17 @@
 //!       boots Linux's nvmet-tcp (the reference) and the initiator on a fresh
 //!       segment, runs the jobs, prints the table; --write-docs replaces the
 //!       nvmet-tcp section of docs/benchmarks.md.
-//!   linux-bench external --address A --port P --subnqn NQN --netns NS [OPTIONS]
-//!       runs the same jobs against a target already on the multicast segment
-//!       230.0.0.1:5000 inside network namespace NS (e.g. a tandem image
-//!       started with `-netdev socket,mcast=230.0.0.1:5000,localaddr=127.0.0.1`
-//!       under `ip netns exec NS`). The initiator takes 10.0.0.20/24.
+//!   linux-bench external --address A --port P --subnqn NQN --netns NS
+//!                        [--bridge BR] [--initiator-address CIDR] [OPTIONS]
+//!       runs the same jobs against a target already running in network
+//!       namespace NS (e.g. a tandem image under `ip netns exec NS`): with
+//!       --bridge, the initiator gets a tap `tgbench` on bridge BR there;
+//!       without, it joins the multicast segment 230.0.0.1:5000 on NS's
+//!       loopback (`-netdev socket,mcast=230.0.0.1:5000,localaddr=127.0.0.1`).
+//!       The initiator's address defaults to 10.0.0.20/24.
 //! OPTIONS: --runtime SECS (10) --vcpus N (1) --memory MIB (1024)
 //!          --disk-mib N (1024, nvmet only) --jobs name,name (all)
+//!          --segment bridge|mcast (bridge, nvmet only)
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -18,8 +22,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tandem_linux_guest::fio::{self, BENCH_JOBS, FioJob, FioResult};
 use tandem_linux_guest::image::{guest_dir, repo_root};
-use tandem_linux_guest::scenario::{self, Endpoint, GuestShape, Rig, SEGMENT};
-use tandem_linux_guest::{Error, GuestConfig, GuestImage};
+use tandem_linux_guest::scenario::{self, Endpoint, GuestShape, Rig, SEGMENT, Segment};
+use tandem_linux_guest::{Error, GuestConfig, GuestImage, NetBackend, Netns};
 
 const DOC_HEADING: &str = "## Linux nvmet-tcp reference (fio from the Linux host)";
 
@@ -34,11 +38,17 @@ struct Options {
     port: u16,
     subnqn: Option<String>,
     netns: Option<String>,
+    bridge: Option<String>,
+    initiator_address: String,
+    segment: Segment,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
-        mode: args.first().cloned().ok_or("usage: linux-bench nvmet|external [OPTIONS]")?,
+        mode: args
+            .first()
+            .cloned()
+            .ok_or("usage: linux-bench nvmet|external [OPTIONS]")?,
         write_docs: false,
         runtime: Duration::from_secs(10),
         shape: GuestShape::default(),
@@ -48,11 +58,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         port: 4420,
         subnqn: None,
         netns: None,
+        bridge: None,
+        initiator_address: "10.0.0.20/24".into(),
+        segment: Segment::Bridge,
     };
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        let num = |s: String, name: &str| s.parse::<u64>().map_err(|_| format!("{name}: not a number: {s}"));
+        let num = |s: String, name: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{name}: not a number: {s}"))
+        };
         match a.as_str() {
             "--write-docs" => o.write_docs = true,
             "--runtime" => o.runtime = Duration::from_secs(num(value(a)?, a)?),
@@ -60,14 +76,35 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--memory" => o.shape.memory_mib = num(value(a)?, a)? as u32,
             "--disk-mib" => o.disk_mib = num(value(a)?, a)?,
             "--port" => o.port = num(value(a)?, a)? as u16,
-            "--address" => o.address = Some(value(a)?.parse().map_err(|_| "--address: not an IPv4 address")?),
+            "--address" => {
+                o.address = Some(
+                    value(a)?
+                        .parse()
+                        .map_err(|_| "--address: not an IPv4 address")?,
+                )
+            }
             "--subnqn" => o.subnqn = Some(value(a)?),
             "--netns" => o.netns = Some(value(a)?),
+            "--bridge" => o.bridge = Some(value(a)?),
+            "--initiator-address" => o.initiator_address = value(a)?,
+            "--segment" => {
+                o.segment = match value(a)?.as_str() {
+                    "bridge" => Segment::Bridge,
+                    "mcast" => Segment::Mcast,
+                    other => return Err(format!("--segment: bridge or mcast, not {other}")),
+                }
+            }
             "--jobs" => {
                 let names = value(a)?;
                 o.jobs = names
                     .split(',')
-                    .map(|n| BENCH_JOBS.iter().find(|j| j.name == n).copied().ok_or(format!("unknown job {n}")))
+                    .map(|n| {
+                        BENCH_JOBS
+                            .iter()
+                            .find(|j| j.name == n)
+                            .copied()
+                            .ok_or(format!("unknown job {n}"))
+                    })
                     .collect::<Result<_, _>>()?;
             }
             other => return Err(format!("unknown option {other}")),
@@ -86,14 +123,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 }
 
 fn run_nvmet(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
-    let mut rig = Rig::new("bench")?;
+    let mut rig = Rig::with_segment("bench", o.segment)?;
     let disk = guest_dir().join("runs/bench-disk.raw");
     scenario::create_disk(&disk, o.disk_mib << 20)?;
     let mut target = rig.start_nvmet(image, &disk, o.port, o.shape, Duration::from_secs(1800))?;
     // Start the initiator once the target listens, so its boot does not
     // compete for the CPUs with nothing to measure yet.
     target.wait_ready(Duration::from_secs(180))?;
-    let config = rig.bench_initiator(&target.endpoint, &o.jobs, o.runtime, o.shape);
+    let config = rig.bench_initiator(&target.endpoint, &o.jobs, o.runtime, o.shape)?;
     let outcome = tandem_linux_guest::run(image, &config);
     let target_outcome = target.stop();
     let _ = std::fs::remove_file(&disk);
@@ -110,18 +147,36 @@ fn run_external(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error
         port: o.port,
         subnqn: o.subnqn.clone().expect("checked"),
     };
-    let mut config = GuestConfig::new("bench-external", scenario::FIO_BENCH_SCRIPT)
+    let netns = Netns::existing(o.netns.as_deref().expect("checked"))?;
+    // On a bridge: a tap of our own, removed afterwards.
+    let tap = "tgbench";
+    let backend = match &o.bridge {
+        Some(bridge) => {
+            netns.add_tap(tap, Some(bridge))?;
+            NetBackend::Tap {
+                ifname: tap.to_string(),
+            }
+        }
+        None => SEGMENT,
+    };
+    let config = GuestConfig::new("bench-external", scenario::FIO_BENCH_SCRIPT)
         .vcpus(o.shape.vcpus)
         .memory_mib(o.shape.memory_mib)
-        .nic(SEGMENT, "10.0.0.20/24")
+        .nic(backend, &o.initiator_address)
+        .in_netns(&netns)
         .env("TARGET_ADDR", endpoint.address)
         .env("TARGET_PORT", endpoint.port)
         .env("SUBNQN", &endpoint.subnqn)
         .env("FIO_JOBS", fio::jobs_env(&o.jobs))
         .env("FIO_RUNTIME", o.runtime.as_secs())
-        .timeout(Duration::from_secs(90 + 4 * (o.runtime.as_secs() + 2) * o.jobs.len() as u64));
-    config.netns = o.netns.clone();
-    let outcome = tandem_linux_guest::run(image, &config)?;
+        .timeout(Duration::from_secs(
+            90 + 4 * (o.runtime.as_secs() + 2) * o.jobs.len() as u64,
+        ));
+    let outcome = tandem_linux_guest::run(image, &config);
+    if o.bridge.is_some() {
+        let _ = netns.ip(&["link", "del", tap]);
+    }
+    let outcome = outcome?;
     outcome.check()?;
     eprint!("{}", outcome.output);
     scenario::collect_fio(&outcome, &o.jobs)
@@ -140,10 +195,15 @@ fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
         .map(str::trim)
         .unwrap_or("unknown CPU");
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
         .lines()
@@ -154,7 +214,12 @@ fn machine() -> String {
     format!("{model}, {cores} cores, {mem_gib:.0} GiB")
 }
 
-fn render_section(o: &Options, image: &GuestImage, results: &[FioResult], wall: Duration) -> String {
+fn render_section(
+    o: &Options,
+    image: &GuestImage,
+    results: &[FioResult],
+    wall: Duration,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{DOC_HEADING}\n");
     let _ = writeln!(
@@ -166,7 +231,11 @@ fn render_section(o: &Options, image: &GuestImage, results: &[FioResult], wall: 
          is compared with; compare only figures from one run on one machine.\n"
     );
     let qemu = command_line("qemu-system-x86_64", &["--version"]);
-    let _ = writeln!(s, "- date: {}", command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let _ = writeln!(
+        s,
+        "- date: {}",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
     let _ = writeln!(s, "- machine: {}", machine());
     let _ = writeln!(
         s,
@@ -199,7 +268,10 @@ fn replace_section(document: &str, heading: &str, section: &str) -> String {
         }
         return format!("{out}\n\n{section}\n");
     };
-    let end = lines[start + 1..].iter().position(|l| l.starts_with("## ")).map_or(lines.len(), |i| start + 1 + i);
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with("## "))
+        .map_or(lines.len(), |i| start + 1 + i);
     let mut out = lines[..start].join("\n");
     if !out.is_empty() {
         out.push('\n');
@@ -225,7 +297,11 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let result = GuestImage::ensure().and_then(|image| {
-        let results = if o.mode == "nvmet" { run_nvmet(&o, &image)? } else { run_external(&o, &image)? };
+        let results = if o.mode == "nvmet" {
+            run_nvmet(&o, &image)?
+        } else {
+            run_external(&o, &image)?
+        };
         Ok((image, results))
     });
     let (image, results) = match result {
@@ -259,14 +335,21 @@ mod tests {
         let out = replace_section(doc, DOC_HEADING, &format!("{DOC_HEADING}\n\nnew\n"));
         assert!(out.contains("boot text") && out.contains("\nnew\n") && !out.contains("old"));
         assert!(out.contains("## Later\n\nx"));
-        let appended = replace_section("# Benchmarks\n\n## Boot\n", DOC_HEADING, "## Linux nvmet-tcp reference (fio from the Linux host)\n\nn");
+        let appended = replace_section(
+            "# Benchmarks\n\n## Boot\n",
+            DOC_HEADING,
+            "## Linux nvmet-tcp reference (fio from the Linux host)\n\nn",
+        );
         assert!(appended.starts_with("# Benchmarks\n\n## Boot\n\n## Linux nvmet-tcp"));
     }
 
     #[test]
     fn arguments() {
         let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let o = parse_args(&a("nvmet --runtime 5 --jobs randread-4k-qd1,read-128k-qd32 --write-docs")).unwrap();
+        let o = parse_args(&a(
+            "nvmet --runtime 5 --jobs randread-4k-qd1,read-128k-qd32 --write-docs",
+        ))
+        .unwrap();
         assert_eq!(o.runtime, Duration::from_secs(5));
         assert_eq!(o.jobs.len(), 2);
         assert!(o.write_docs);
