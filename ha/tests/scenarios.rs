@@ -429,13 +429,20 @@ fn switchover_to_a_peer_that_dies_falls_back_to_the_old_primary() {
     s.with_data(p, |d, now| d.demote(now)).unwrap();
     s.kill(q);
     assert!(
-        s.run_until(3_000 * MS, |s| s.data(p).history().any(|c| c.reason == "switchover-failed")),
+        s.run_until(3_000 * MS, |s| s
+            .data(p)
+            .history()
+            .any(|c| c.reason == "switchover-failed")),
         "{}",
         s.log_tail()
     );
     // The old primary is UpToDate and has the witness: it stands again and
     // records the dead peer Outdated.
-    assert!(s.run_until(3_000 * MS, |s| s.primary() == Some(p)), "{}", s.log_tail());
+    assert!(
+        s.run_until(3_000 * MS, |s| s.primary() == Some(p)),
+        "{}",
+        s.log_tail()
+    );
     assert_eq!(s.data(p).record().outdated, Some(q));
     s.final_verify();
 }

@@ -116,6 +116,9 @@ pub struct SimNode {
     pub member: Option<Member>,
     pub paused_since: Option<u64>,
     paused_total: u64,
+    pub rate_ppm: i64,
+    /// When it was last resumed (its lease may look valid for a while).
+    last_resume: Option<u64>,
     inbox: VecDeque<Input>,
     /// Network input held back (in order) until this time.
     held_until: Option<u64>,
@@ -136,8 +139,11 @@ impl SimNode {
             _ => None,
         }
     }
+    /// The node's clock: stopped while paused, and running at its own rate
+    /// (`rate_ppm` off true time).
     fn local_now(&self, global: u64) -> Instant {
-        Instant::from_micros(global - self.paused_total)
+        let active = (global - self.paused_total) as i128;
+        Instant::from_micros((active + active * self.rate_ppm as i128 / 1_000_000) as u64)
     }
     pub fn alive(&self) -> bool {
         self.member.is_some()
@@ -283,6 +289,8 @@ impl Sim {
                 member: None,
                 paused_since: None,
                 paused_total: 0,
+                rate_ppm: [400, -400, 250][id.index()],
+                last_resume: None,
                 inbox: VecDeque::new(),
                 held_until: None,
                 held: VecDeque::new(),
@@ -897,6 +905,7 @@ impl Sim {
         let node = &mut self.nodes[idx(n)];
         if let Some(since) = node.paused_since.take() {
             node.paused_total += self.now - since;
+            node.last_resume = Some(self.now);
         }
         while let Some(input) = self.nodes[idx(n)].inbox.pop_front() {
             self.process(n, input);
@@ -917,6 +926,7 @@ impl Sim {
         let node = &mut self.nodes[idx(n)];
         if let Some(since) = node.paused_since.take() {
             node.paused_total += self.now - since;
+            node.last_resume = Some(self.now);
         }
         let backlog: Vec<Input> = self.nodes[idx(n)].inbox.drain(..).collect();
         let (host, rest): (Vec<Input>, Vec<Input>) = backlog.into_iter().partition(|i| {
@@ -1114,13 +1124,21 @@ impl Sim {
     /// Sends a new write of `block` to `target` now, whatever its ANA state.
     pub fn host_write_via(&mut self, target: NodeId, block: u64) -> bool {
         let bs = &mut self.host.blocks[block as usize];
-        if bs.in_flight || bs.pending.is_some() {
+        if bs.in_flight {
             return false;
         }
-        let version = self.host.next_version;
-        self.host.next_version += 1;
-        bs.pending = Some((version, 0));
-        bs.issued_max = bs.issued_max.max(version);
+        // A write the host still has to retry is sent again; otherwise a
+        // new version.
+        let version = match bs.pending {
+            Some((v, _)) => v,
+            None => {
+                let v = self.host.next_version;
+                self.host.next_version += 1;
+                bs.pending = Some((v, 0));
+                bs.issued_max = bs.issued_max.max(v);
+                v
+            }
+        };
         bs.in_flight = true;
         let op = HostOp::Write { block, version };
         let id = self.host.next_id;
@@ -1225,6 +1243,21 @@ impl Sim {
                     .then(|| (n, d.epoch()))
             })
             .collect();
+        // Unless a node was paused, the old primary has stopped serving before
+        // a new one starts (leases and the promise horizon).
+        let recently_paused = self.nodes.iter().any(|n| {
+            n.paused_since.is_some()
+                || n.last_resume
+                    .is_some_and(|r| self.now - r < self.timing.lease_duration.as_micros() * 2)
+        });
+        if serving.len() == 2 && !recently_paused {
+            panic!(
+                "two nodes serving at once (epochs {} and {})\n{}",
+                serving[0].1,
+                serving[1].1,
+                self.log_tail()
+            );
+        }
         if serving.len() == 2 {
             assert_ne!(
                 serving[0].1,
