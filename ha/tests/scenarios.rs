@@ -446,3 +446,35 @@ fn switchover_to_a_peer_that_dies_falls_back_to_the_old_primary() {
     assert_eq!(s.data(p).record().outdated, Some(q));
     s.final_verify();
 }
+
+#[test]
+fn takeover_waits_for_the_lease_even_with_a_short_failure_timeout() {
+    // Failure detection faster than the lease: only the granters' promises
+    // keep the new primary from starting while the old one still serves.
+    let timing = tandem_ha::node::Timing {
+        heartbeat_interval: tandem_ha::Duration::from_millis(20),
+        failure_timeout: tandem_ha::Duration::from_millis(60),
+        lease_duration: tandem_ha::Duration::from_millis(300),
+        lease_margin: tandem_ha::Duration::from_millis(40),
+        clock_drift_ppm: 1000,
+    };
+    let mut s = Sim::with_timing(16, timing);
+    let p = s.wait_primary(3_000 * MS);
+    assert!(s.run_until(3_000 * MS, |s| s.in_sync()));
+    s.host.enabled = true;
+    s.run_for(300 * MS);
+    s.isolate(p);
+    let t0 = s.now;
+    // The simulator fails the test if both serve at the same time.
+    assert!(
+        s.run_until(2_000 * MS, |s| s.primary() == Some(p.peer())),
+        "{}",
+        s.log_tail()
+    );
+    assert!(
+        s.now - t0 >= 300 * MS,
+        "took over after {}ms, before the lease could end",
+        (s.now - t0) / MS
+    );
+    s.final_verify();
+}
