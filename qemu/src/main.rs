@@ -93,10 +93,15 @@ fn run(options: RunOptions) -> Result<ExitCode> {
     let mut node = Node::spawn(spec)?;
     let status = node.wait()?;
     let qemu_log = std::fs::read_to_string(node.spec().qemu_log()).unwrap_or_default();
+    let console_log = node.console_log();
     drop(node);
     let code = status.code();
     match ImageExit::from_code(code) {
-        ImageExit::PoweredOff => eprintln!("tandem: powered off"),
+        // QEMU also exits 0 on `quit` and on SIGTERM.
+        ImageExit::PoweredOff if console_log.contains("tandem: powering off") => {
+            eprintln!("tandem: powered off")
+        }
+        ImageExit::PoweredOff => eprintln!("tandem: QEMU exited (status 0)"),
         ImageExit::ConfigError => {
             eprintln!("tandem: the image rejected its command line (QEMU exit 3)")
         }
