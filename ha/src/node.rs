@@ -1553,7 +1553,11 @@ impl DataNode {
             serving: self.is_serving(now)
                 || (self.role == Role::Primary && self.handed_over_to != Some(dg.sender)),
             resynced: self.resynced_in_epoch == Some(self.voter.record.epoch),
-            accepts_outdate: false,
+            // Agreeing to be recorded Outdated is always safe (we mark
+            // ourselves Outdated with the vote) and lets the primary go on
+            // when only we can vote, e.g. witness down and replication
+            // link down.
+            accepts_outdate: true,
             handed_over_to: self.handed_over_to,
         };
         let decision = self.voter.decide_vote(now, self.horizon(), &ask, Some(own));
@@ -1562,6 +1566,12 @@ impl DataNode {
             self.voter.grant_vote(now, &ask);
             if self.candidacy.is_some() {
                 self.candidacy = None;
+            }
+            if ask.outdated == Some(self.me) {
+                if self.data_state == DataState::UpToDate {
+                    self.data_state = DataState::Outdated;
+                }
+                self.resynced_in_epoch = None;
             }
             self.persist_superblock();
         } else {

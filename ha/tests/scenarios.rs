@@ -478,3 +478,23 @@ fn takeover_waits_for_the_lease_even_with_a_short_failure_timeout() {
     );
     s.final_verify();
 }
+
+#[test]
+fn witness_down_and_replication_link_down_the_peer_agrees_to_be_outdated() {
+    let mut s = started(17);
+    let p = s.primary().unwrap();
+    s.kill(NodeId::Witness);
+    s.run_for(300 * MS);
+    s.set_link(0, NodeId::A, NodeId::B, false);
+    s.run_for(1_000 * MS);
+    let before = s.host.writes_acked;
+    s.run_for(1_000 * MS);
+    assert_eq!(s.primary(), Some(p), "{}", s.log_tail());
+    assert!(
+        s.host.writes_acked > before + 100,
+        "writes continue without the witness"
+    );
+    assert_eq!(s.data(p).record().outdated, Some(p.peer()));
+    assert_eq!(s.data(p.peer()).data_state(), DataState::Outdated);
+    s.final_verify();
+}
