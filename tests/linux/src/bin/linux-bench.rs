@@ -222,13 +222,23 @@ fn render_section(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{DOC_HEADING}\n");
+    let network = match o.segment {
+        Segment::Bridge => {
+            "a tap per guest on a Linux bridge inside a private network namespace (QEMU `-netdev tap`, \
+             userspace virtio-net with offloads: the Linux guests use TSO)"
+        }
+        Segment::Mcast => {
+            "QEMU `-netdev socket` multicast on the loopback of a private network namespace \
+             (no offloads: MTU-sized frames)"
+        }
+    };
     let _ = writeln!(
         s,
         "Written by `tests/linux/bench.sh nvmet --write-docs` (`linux-bench`). Linux's own target \
-         (nvmet-tcp, configfs, namespace on a virtio-blk raw file) in one guest, the Linux host \
-         (nvme-tcp, fio) in another, both on one virtual Ethernet segment (QEMU `-netdev socket` \
-         multicast on the loopback of a private network namespace). These are the figures tandem \
-         is compared with; compare only figures from one run on one machine.\n"
+         (nvmet-tcp, configfs, namespace 1 on a virtio-blk raw file) in one guest, the stock Linux \
+         host (nvme-tcp, fio) in another, on one virtual Ethernet segment: {network}. These are the \
+         figures tandem is compared with. The machine is shared and TCG-bound (guest clocks run slow \
+         when both cores are busy): compare only figures from one run on one machine.\n"
     );
     let qemu = command_line("qemu-system-x86_64", &["--version"]);
     let _ = writeln!(
