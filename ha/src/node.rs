@@ -1503,7 +1503,10 @@ impl DataNode {
     }
 
     fn stand(&mut self, now: Instant, reason: ElectionReason, outdated: Option<NodeId>) {
-        let epoch = self.voter.epoch + 1;
+        // Epochs are 64-bit; only a misbehaving member could exhaust them.
+        let Some(epoch) = self.voter.epoch.checked_add(1) else {
+            return;
+        };
         self.voter.epoch = epoch;
         self.voter.voted_for = Some(self.me);
         self.voter.vote_outdated = outdated;

@@ -889,3 +889,182 @@ fn witness_ignores_heartbeats_sent_before_it_started() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Valid but adversarial messages with extreme field values, in every role:
+/// the state machines must never panic (overflow, out-of-range index).
+#[test]
+fn adversarial_valid_messages_never_panic() {
+    struct R(u64);
+    impl R {
+        fn n(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+            v[(self.n() % v.len() as u64) as usize]
+        }
+    }
+    let mut r = R(0x1234_5678);
+    let epochs = [0, 1, 2, 3, u64::MAX - 1, u64::MAX];
+    let nodes = [
+        None,
+        Some(NodeId::A),
+        Some(NodeId::B),
+        Some(NodeId::Witness),
+    ];
+    let states = [
+        DataState::UpToDate,
+        DataState::Outdated,
+        DataState::Inconsistent,
+    ];
+    let reasons = [
+        ElectionReason::NoPrimary,
+        ElectionReason::Failover,
+        ElectionReason::Switchover,
+        ElectionReason::OutdatePeer,
+        ElectionReason::PeerRecovered,
+    ];
+    for round in 0..40 {
+        let mut t = Trio::new();
+        t.step(if round % 2 == 0 { 400 } else { 5 });
+        for i in 0..300u64 {
+            let now = ms(t.now + i);
+            let rec = EpochRecord {
+                epoch: r.pick(&epochs),
+                primary: r.pick(&nodes),
+                outdated: r.pick(&nodes),
+            };
+            let sender = r.pick(&[NodeId::A, NodeId::B, NodeId::Witness]);
+            let message = match r.n() % 7 {
+                0 => Message::Heartbeat(Heartbeat {
+                    role: r.pick(&[Role::Primary, Role::Secondary, Role::Fenced, Role::Witness]),
+                    data_state: r.pick(&states),
+                    peer_state: r.pick(&states),
+                    flags: r.n() as u8,
+                    voted_for: r.pick(&nodes),
+                    vote_outdated: r.pick(&nodes),
+                    record: rec,
+                    incarnation: r.n(),
+                    echo: [0, 999, 12345][(r.n() % 3) as usize],
+                }),
+                1 => Message::LeaseRequest {
+                    round: r.pick(&epochs),
+                    record: rec,
+                },
+                2 => Message::LeaseReply {
+                    round: r.n() % 40,
+                    granted: r.n() % 2 == 0,
+                    refusal: Refusal::NotPrimary,
+                },
+                3 => Message::VoteRequest {
+                    outdated: r.pick(&nodes),
+                    data_state: r.pick(&states),
+                    reason: r.pick(&reasons),
+                    record: rec,
+                },
+                4 => Message::VoteReply {
+                    granted: r.n() % 2 == 0,
+                    refusal: Refusal::None,
+                    record: rec,
+                },
+                5 => Message::Handover { record: rec },
+                _ => Message::SwitchoverRequest,
+            };
+            let bytes = datagram(sender, r.pick(&epochs), message);
+            let link = LinkId((r.n() % 4) as u8);
+            t.a.on_datagram(now, link, &bytes);
+            t.b.on_datagram(now, link, &bytes);
+            t.w.on_datagram(now, link, &bytes);
+            if i % 7 == 0 {
+                t.a.tick(now);
+                t.b.tick(now);
+                t.w.tick(now);
+                let _ = t.a.host_write(now, i, (r.n() % 64) * 4096, 4096);
+                let _ = t.a.promote(now);
+                let _ = t.b.demote(now);
+            }
+            t.a.drain_actions().for_each(drop);
+            t.b.drain_actions().for_each(drop);
+            t.w.drain_actions().for_each(drop);
+        }
+        // Stream frames with extreme values into a connected secondary.
+        let now = ms(t.now + 400);
+        t.b.on_stream_connected(now);
+        for _ in 0..200 {
+            let epoch = r.pick(&epochs);
+            let off = r.pick(&[0, 4096, u64::MAX - 4095, u64::MAX, t.b.data_bytes() - 512]);
+            let data = [7u8; 512];
+            let body = match r.n() % 9 {
+                0 => Body::Config(EpochRecord {
+                    epoch,
+                    primary: Some(NodeId::A),
+                    outdated: r.pick(&nodes),
+                }),
+                1 => Body::Write {
+                    offset: off,
+                    data: &data,
+                },
+                2 => Body::WriteAck {
+                    status: AckStatus::Fenced,
+                },
+                3 => Body::Bitmap {
+                    first_region: r.pick(&epochs),
+                    bit_count: 8,
+                    bits: &[0xff],
+                },
+                4 => Body::BitmapDone,
+                5 => Body::ResyncData {
+                    offset: off,
+                    data: &data,
+                },
+                6 => Body::ResyncAck {
+                    offset: off,
+                    len: 512,
+                    status: AckStatus::Ok,
+                },
+                7 => Body::ResyncDone,
+                _ => Body::Hello(Hello {
+                    role: Role::Primary,
+                    data_state: r.pick(&states),
+                    record: EpochRecord {
+                        epoch,
+                        primary: Some(NodeId::A),
+                        outdated: None,
+                    },
+                    region_size: 65536,
+                    region_count: t.b.layout().region_count,
+                    data_bytes: t.b.data_bytes(),
+                }),
+            };
+            let f = Frame {
+                sender: NodeId::A,
+                epoch,
+                seq: r.n(),
+                body,
+            };
+            t.b.on_stream_bytes(now, &f.emit());
+            t.a.on_stream_connected(now);
+            t.a.on_stream_bytes(
+                now,
+                &Frame {
+                    sender: NodeId::B,
+                    epoch,
+                    seq: r.n(),
+                    body: f.body.clone(),
+                }
+                .emit(),
+            );
+            if r.n() % 5 == 0 {
+                t.b.on_stream_connected(now);
+            }
+            t.a.drain_actions().for_each(drop);
+            t.b.drain_actions().for_each(drop);
+        }
+        t.b.tick(ms(t.now + 10_000));
+        t.a.tick(ms(t.now + 10_000));
+        let _ = t.a.status(ms(t.now + 10_000)).to_string();
+        let _ = t.b.status(ms(t.now + 10_000)).to_string();
+    }
+}
