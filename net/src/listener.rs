@@ -15,13 +15,15 @@ pub struct Listener {
     buffer_bytes: usize,
     listening: Option<SocketHandle>,
     connections: Vec<SocketHandle>,
+    /// Connections past LISTEN but not yet established (not yet announced).
+    handshaking: Vec<SocketHandle>,
 }
 
 impl Listener {
     /// `max_connections` live connections at most, each with `buffer_bytes`
     /// of receive and of transmit buffer.
     pub fn new(port: u16, max_connections: usize, buffer_bytes: usize) -> Self {
-        Self { port, max_connections, buffer_bytes, listening: None, connections: Vec::new() }
+        Self { port, max_connections, buffer_bytes, listening: None, connections: Vec::new(), handshaking: Vec::new() }
     }
 
     pub fn port(&self) -> u16 {
@@ -33,15 +35,13 @@ impl Listener {
         &self.connections
     }
 
-    /// Accepts: returns sockets that left LISTEN since the last call, drops
-    /// sockets that have closed, and keeps one socket listening.
+    /// Accepts: returns sockets that became established since the last
+    /// call, drops sockets that have closed, and keeps one socket listening.
     pub fn poll(&mut self, sockets: &mut SocketSet<'static>) -> Vec<SocketHandle> {
-        let mut accepted = Vec::new();
         if let Some(handle) = self.listening {
             let socket = sockets.get::<tcp::Socket>(handle);
             if socket.is_active() {
-                accepted.push(handle);
-                self.connections.push(handle);
+                self.handshaking.push(handle);
                 self.listening = None;
             } else if !socket.is_open() {
                 // Listen failed or was reset: start over.
@@ -49,6 +49,19 @@ impl Listener {
                 self.listening = None;
             }
         }
+        let mut accepted = Vec::new();
+        self.handshaking.retain(|handle| match sockets.get::<tcp::Socket>(*handle).state() {
+            tcp::State::SynReceived => true,
+            tcp::State::Established | tcp::State::CloseWait => {
+                accepted.push(*handle);
+                false
+            }
+            // Reset or abandoned during the handshake.
+            _ => {
+                sockets.remove(*handle);
+                false
+            }
+        });
         self.connections.retain(|handle| {
             let open = sockets.get::<tcp::Socket>(*handle).state() != tcp::State::Closed;
             if !open {
@@ -56,7 +69,8 @@ impl Listener {
             }
             open
         });
-        if self.listening.is_none() && self.connections.len() < self.max_connections {
+        self.connections.extend_from_slice(&accepted);
+        if self.listening.is_none() && self.connections.len() + self.handshaking.len() < self.max_connections {
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
