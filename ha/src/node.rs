@@ -990,7 +990,7 @@ impl DataNode {
         self.check_lease(now);
         self.try_complete_writes(now);
         self.try_complete_reads(now);
-        self.demote_progress(now);
+        self.demote_progress();
         self.check_replication(now);
         self.pump_resync(now);
         self.persist_bitmap();
@@ -1193,7 +1193,7 @@ impl DataNode {
         if blocked {
             self.deferred.push_back(id);
         } else {
-            self.start_write(now, id);
+            self.start_write(id);
         }
         self.progress(now);
         Ok(())
@@ -1215,7 +1215,7 @@ impl DataNode {
                 .any(|w| w.started && overlaps(offset, len, w.offset, w.len))
     }
 
-    fn start_write(&mut self, _now: Instant, id: u64) {
+    fn start_write(&mut self, id: u64) {
         let Some(w) = self.writes.get(&id).copied() else {
             return;
         };
@@ -1251,7 +1251,7 @@ impl DataNode {
         }
     }
 
-    fn start_deferred(&mut self, now: Instant) {
+    fn start_deferred(&mut self) {
         let mut i = 0;
         while i < self.deferred.len() {
             let id = self.deferred[i];
@@ -1266,7 +1266,7 @@ impl DataNode {
             });
             if !earlier_blocked && !self.write_blocked(w.offset, w.len) {
                 self.deferred.remove(i);
-                self.start_write(now, id);
+                self.start_write(id);
             } else {
                 i += 1;
             }
@@ -1313,7 +1313,7 @@ impl DataNode {
             self.actions.push(Action::CompleteWrite { id, result });
         }
         if any {
-            self.start_deferred(now);
+            self.start_deferred();
         }
     }
 
@@ -1367,7 +1367,7 @@ impl DataNode {
     }
 
     /// Adopts a newer committed record learned from any member.
-    fn adopt_record(&mut self, now: Instant, rec: EpochRecord, from: NodeId) {
+    fn adopt_record(&mut self, now: Instant, rec: EpochRecord) {
         if rec.epoch <= self.voter.record.epoch {
             return;
         }
@@ -1412,7 +1412,6 @@ impl DataNode {
         if rec.primary == Some(self.peer) {
             self.primary_seen = now;
         }
-        let _ = from;
         if self.role == Role::Primary && rec.primary != Some(self.me) {
             let why = if self.demote.is_some() {
                 "switchover"
@@ -1550,7 +1549,7 @@ impl DataNode {
     }
 
     fn on_vote_request(&mut self, now: Instant, dg: &Datagram, ask: VoteAsk) {
-        self.adopt_record(now, ask.record, dg.sender);
+        self.adopt_record(now, ask.record);
         let own = OwnView {
             data_state: self.data_state,
             serving: self.is_serving(now)
@@ -1610,7 +1609,7 @@ impl DataNode {
             self.observe_epoch(dg.epoch);
             self.abandon_candidacy(now);
         }
-        self.adopt_record(now, record, dg.sender);
+        self.adopt_record(now, record);
     }
 
     fn commit(&mut self, now: Instant, c: Candidacy) {
@@ -1754,7 +1753,7 @@ impl DataNode {
         Ok(())
     }
 
-    fn demote_progress(&mut self, now: Instant) {
+    fn demote_progress(&mut self) {
         let Some(d) = self.demote else { return };
         if d.handover_sent
             || !self.writes.is_empty()
@@ -1770,7 +1769,6 @@ impl DataNode {
         self.handed_over_to = Some(self.peer);
         let rec = self.voter.record;
         self.send_all_links(self.peer, Message::Handover { record: rec });
-        let _ = now;
     }
 
     /// Planned switchover, on the secondary: ask the primary to hand over;
@@ -1859,7 +1857,7 @@ impl DataNode {
                     self.observe_epoch(dg.epoch);
                 }
                 if hb.record.epoch >= self.voter.record.epoch {
-                    self.adopt_record(now, hb.record, dg.sender);
+                    self.adopt_record(now, hb.record);
                 }
                 if dg.sender == self.peer {
                     if hb.flags & flags::SERVING != 0 && hb.record == self.voter.record {
@@ -1872,7 +1870,7 @@ impl DataNode {
             }
             Message::LeaseRequest { round, record } => {
                 if record.primary == Some(dg.sender) {
-                    self.adopt_record(now, record, dg.sender);
+                    self.adopt_record(now, record);
                 }
                 self.observe_epoch(dg.epoch);
                 let decision = if self.role == Role::Primary {
@@ -2058,7 +2056,7 @@ impl DataNode {
                     self.peer_state = h.data_state;
                 }
                 if h.record.primary == Some(self.peer) {
-                    self.adopt_record(now, h.record, self.peer);
+                    self.adopt_record(now, h.record);
                 }
                 if self.role == Role::Primary {
                     // Writes submitted before the hello went unsent.
@@ -2073,7 +2071,7 @@ impl DataNode {
             }
             Body::Config(rec) => {
                 if rec.primary == Some(self.peer) {
-                    self.adopt_record(now, rec, self.peer);
+                    self.adopt_record(now, rec);
                 }
             }
             Body::Write { offset, data } => {
@@ -2153,7 +2151,7 @@ impl DataNode {
                     }
                 }
             }
-            Body::ResyncAck { offset, status, .. } => self.on_resync_ack(now, offset, status),
+            Body::ResyncAck { offset, status, .. } => self.on_resync_ack(offset, status),
             Body::ResyncDone => {
                 if self.voter.record.primary == Some(self.peer)
                     && f.epoch == self.voter.record.epoch
@@ -2453,11 +2451,11 @@ impl DataNode {
             }
             _ => {}
         }
-        self.start_deferred(now);
+        self.start_deferred();
         self.progress(now);
     }
 
-    fn on_resync_ack(&mut self, _now: Instant, offset: u64, status: AckStatus) {
+    fn on_resync_ack(&mut self, offset: u64, status: AckStatus) {
         let rs = self.layout.region_size as u64;
         let r = offset / rs;
         let Some(rz) = self.resync.as_mut() else {
