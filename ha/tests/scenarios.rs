@@ -398,10 +398,10 @@ fn resync_is_rate_limited_and_reports_progress() {
     let t0 = s.now;
     let mut progress = Vec::new();
     assert!(s.run_until(20_000 * MS, |s| {
-        if let Some(r) = s.data(p).status(tandem_ha::Instant::ZERO).resync {
-            if progress.last() != Some(&r.per_mille()) {
-                progress.push(r.per_mille());
-            }
+        if let Some(r) = s.data(p).status(tandem_ha::Instant::ZERO).resync
+            && progress.last() != Some(&r.per_mille())
+        {
+            progress.push(r.per_mille());
         }
         s.in_sync()
     }));

@@ -926,9 +926,9 @@ fn adversarial_valid_messages_never_panic() {
         ElectionReason::OutdatePeer,
         ElectionReason::PeerRecovered,
     ];
-    for round in 0..40 {
+    for round in 0..40u32 {
         let mut t = Trio::new();
-        t.step(if round % 2 == 0 { 400 } else { 5 });
+        t.step(if round.is_multiple_of(2) { 400 } else { 5 });
         for i in 0..300u64 {
             let now = ms(t.now + i);
             let rec = EpochRecord {
@@ -955,7 +955,7 @@ fn adversarial_valid_messages_never_panic() {
                 },
                 2 => Message::LeaseReply {
                     round: r.n() % 40,
-                    granted: r.n() % 2 == 0,
+                    granted: r.n().is_multiple_of(2),
                     refusal: Refusal::NotPrimary,
                 },
                 3 => Message::VoteRequest {
@@ -965,7 +965,7 @@ fn adversarial_valid_messages_never_panic() {
                     record: rec,
                 },
                 4 => Message::VoteReply {
-                    granted: r.n() % 2 == 0,
+                    granted: r.n().is_multiple_of(2),
                     refusal: Refusal::None,
                     record: rec,
                 },
@@ -977,7 +977,7 @@ fn adversarial_valid_messages_never_panic() {
             t.a.on_datagram(now, link, &bytes);
             t.b.on_datagram(now, link, &bytes);
             t.w.on_datagram(now, link, &bytes);
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 t.a.tick(now);
                 t.b.tick(now);
                 t.w.tick(now);
@@ -1056,7 +1056,7 @@ fn adversarial_valid_messages_never_panic() {
                 }
                 .emit(),
             );
-            if r.n() % 5 == 0 {
+            if r.n().is_multiple_of(5) {
                 t.b.on_stream_connected(now);
             }
             t.a.drain_actions().for_each(drop);

@@ -569,27 +569,28 @@ impl Sim {
             None => return,
         };
         for a in actions {
-            if let Action::PersistMetadata { offset, bytes } = &a {
-                if self.torn_crash_per_mille > 0 && self.rng.chance(self.torn_crash_per_mille) {
-                    let sectors = self.rng.below(bytes.len() as u64 / 512 + 1) as usize;
-                    let old = self.nodes[idx(id)]
-                        .meta
-                        .get(offset)
-                        .cloned()
-                        .unwrap_or_else(|| vec![0; bytes.len()]);
-                    let mut torn = old;
-                    torn[..sectors * 512].copy_from_slice(&bytes[..sectors * 512]);
-                    self.nodes[idx(id)].meta.insert(*offset, torn);
-                    self.torn_crashes += 1;
-                    self.log.push(format!(
-                        "{:>8.3}ms {} crashes during a metadata write ({} sectors written)",
-                        self.now as f64 / 1000.0,
-                        id,
-                        sectors
-                    ));
-                    self.kill(id);
-                    return;
-                }
+            if let Action::PersistMetadata { offset, bytes } = &a
+                && self.torn_crash_per_mille > 0
+                && self.rng.chance(self.torn_crash_per_mille)
+            {
+                let sectors = self.rng.below(bytes.len() as u64 / 512 + 1) as usize;
+                let old = self.nodes[idx(id)]
+                    .meta
+                    .get(offset)
+                    .cloned()
+                    .unwrap_or_else(|| vec![0; bytes.len()]);
+                let mut torn = old;
+                torn[..sectors * 512].copy_from_slice(&bytes[..sectors * 512]);
+                self.nodes[idx(id)].meta.insert(*offset, torn);
+                self.torn_crashes += 1;
+                self.log.push(format!(
+                    "{:>8.3}ms {} crashes during a metadata write ({} sectors written)",
+                    self.now as f64 / 1000.0,
+                    id,
+                    sectors
+                ));
+                self.kill(id);
+                return;
             }
             self.execute(id, a);
         }
