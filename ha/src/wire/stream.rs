@@ -157,16 +157,66 @@ fn check_header(h: &[u8]) -> Result<(u8, NodeId, usize), Error> {
     Ok((kind, sender, length))
 }
 
+/// Zero-copy view of one frame (header and payload).
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps untrusted bytes: checks magic, version, header checksum, sender,
+    /// the length limit, and that the whole payload is present.
+    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+        let (_, _, length) = check_header(buffer.as_ref())?;
+        if buffer.as_ref().len() < HEADER_LEN + length {
+            return Err(Error::Truncated);
+        }
+        Ok(Packet { buffer })
+    }
+    fn field(&self) -> Reader<'_> {
+        Reader::new(self.buffer.as_ref())
+    }
+    pub fn kind(&self) -> u8 {
+        let mut r = self.field();
+        r.skip(5);
+        r.u8()
+    }
+    pub fn sender(&self) -> u8 {
+        let mut r = self.field();
+        r.skip(6);
+        r.u8()
+    }
+    pub fn length(&self) -> u32 {
+        let mut r = self.field();
+        r.skip(8);
+        r.u32()
+    }
+    pub fn epoch(&self) -> u64 {
+        let mut r = self.field();
+        r.skip(16);
+        r.u64()
+    }
+    pub fn seq(&self) -> u64 {
+        let mut r = self.field();
+        r.skip(24);
+        r.u64()
+    }
+    pub fn payload(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        b.get(HEADER_LEN..HEADER_LEN + self.length() as usize)
+            .unwrap_or(&[])
+    }
+}
+
 impl<'a> Frame<'a> {
     /// Decodes one complete frame (header and payload) from untrusted bytes.
     pub fn parse(bytes: &'a [u8]) -> Result<Frame<'a>, Error> {
-        let (kind, sender, length) = check_header(bytes)?;
-        let mut r = Reader::new(bytes);
-        r.skip(16);
-        let epoch = r.u64();
-        let seq = r.u64();
+        let p = Packet::new_checked(bytes)?;
+        let kind = p.kind();
+        let sender = NodeId::from_u8(p.sender()).ok_or(Error::InvalidField("sender"))?;
+        let epoch = p.epoch();
+        let seq = p.seq();
         let payload = bytes
-            .get(HEADER_LEN..HEADER_LEN + length)
+            .get(HEADER_LEN..HEADER_LEN + p.length() as usize)
             .ok_or(Error::Truncated)?;
         let need = |n: usize| {
             if payload.len() < n {
@@ -496,6 +546,16 @@ mod tests {
             }
         );
         assert_eq!((f.sender, f.epoch, f.seq), (NodeId::B, 9, 77));
+        let p = Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(
+            (p.kind(), p.sender(), p.length(), p.epoch(), p.seq()),
+            (kind::WRITE, 1, 11, 9, 77)
+        );
+        assert_eq!(&p.payload()[8..], &[1, 2, 3]);
+        assert!(matches!(
+            Packet::new_checked(&bytes[..bytes.len() - 1]),
+            Err(Error::Truncated)
+        ));
     }
 
     #[test]
