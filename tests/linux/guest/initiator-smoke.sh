@@ -1,7 +1,8 @@
 # The stock Linux NVMe/TCP host against a target: discover, connect, inspect,
-# fio verify (write then read back), disconnect. Fails loudly at the first
+# fio verify (write then read back), ext4 (mkfs, files, remount, check),
+# disconnect. Fails loudly at the first
 # step that goes wrong.
-# Env: TARGET_ADDR TARGET_PORT SUBNQN [CONNECT_OPTS] [VERIFY_SIZE=32M]
+# Env: TARGET_ADDR TARGET_PORT SUBNQN [CONNECT_OPTS] [VERIFY_SIZE=32M] [FS_CHECK=1]
 #      [DISCOVERY_PORT=TARGET_PORT] [FIO_ENGINE=io_uring]
 . /usr/lib/tg/lib.sh
 : "${TARGET_ADDR:?}" "${TARGET_PORT:?}" "${SUBNQN:?}"
@@ -45,6 +46,25 @@ fio --name=verify --filename="$dev" --ioengine="$FIO_ENGINE" --direct=1 --rw=ran
     --bs=4k --iodepth=32 --size="$VERIFY_SIZE" --verify=crc32c --verify_only \
     --verify_fatal=1 >/tmp/fio-read 2>&1 || { cat /tmp/fio-read; tg_fail "fio read-back verify"; }
 grep -E 'IOPS|err=|verify' /tmp/fio-read | head -n 5
+
+if [ "${FS_CHECK:-1}" = 1 ]; then
+  step "ext4: mkfs, mount, write, remount, check"
+  mkfs.ext4 -q -F "$dev" || tg_fail "mkfs.ext4"
+  mkdir -p /mnt/fs
+  mount -t ext4 "$dev" /mnt/fs || tg_fail "mount ext4"
+  i=0
+  while [ $i -lt 8 ]; do
+    dd if=/dev/urandom of=/mnt/fs/file$i bs=64k count=4 2>/dev/null || tg_fail "write file$i"
+    i=$((i + 1))
+  done
+  (cd /mnt/fs && md5sum file* >/tmp/sums)
+  umount /mnt/fs || tg_fail "umount"
+  echo 3 >/proc/sys/vm/drop_caches
+  mount -t ext4 "$dev" /mnt/fs || tg_fail "remount ext4"
+  (cd /mnt/fs && md5sum -c /tmp/sums) | tail -n 2 || tg_fail "files changed across remount"
+  umount /mnt/fs || tg_fail "umount"
+  echo "ext4 ok"
+fi
 
 step "disconnect"
 nvme disconnect -n "$SUBNQN" | tee /tmp/disconnect || tg_fail "nvme disconnect"

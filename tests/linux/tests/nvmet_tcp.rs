@@ -61,6 +61,7 @@ fn linux_host_against_nvmet(
         "state=live",
         "optimized",
         "err= 0",
+        "ext4 ok",
         "disconnected 1 controller",
         "=== PASS",
     ]
