@@ -27,11 +27,86 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// TCP port that serves the `status` text; 0 disables it.
     pub status_port: u16,
+    pub nvme: NvmeSettings,
+}
+
+/// The NVMe/TCP target's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvmeSettings {
+    /// `nqn=`: the subsystem NQN both nodes of a pair report.
+    pub subsystem_nqn: String,
+    /// `serial=` (up to 20 characters) and `model=` (up to 40).
+    pub serial: String,
+    pub model: String,
+    /// `nvme_port=`: NVMe/TCP I/O subsystem port.
+    pub port: u16,
+    /// `discovery_port=`: discovery subsystem port; 0 disables it.
+    pub discovery_port: u16,
+    /// `cntlid=MIN-MAX`: controller IDs this node hands out.
+    pub cntlid_min: u16,
+    pub cntlid_max: u16,
+    /// `hosts=NQN[,NQN…]`: allowed host NQNs; empty allows any host.
+    pub allowed_hosts: Vec<String>,
+    /// `ana=`: initial ANA state of the node's group.
+    pub ana_state: AnaSetting,
+    /// `ana_group=`: this node's ANA group ID.
+    pub ana_group: u32,
+    /// `nguid=` (32 hex digits) for namespace 1; namespace N uses it with
+    /// N-1 added to its last byte. Default: derived from the NQN, so that
+    /// two nodes with the same NQN report the same IDs.
+    pub nguid: Option<[u8; 16]>,
+    /// `peer=A.B.C.D[:PORT][,…]`: the peer's portals for the discovery log.
+    pub peer_portals: Vec<([u8; 4], u16)>,
+    /// `lba=512|4096`: the namespaces' LBA size.
+    pub lba_bytes: u32,
+    /// `io_queues=N`: most I/O queues per controller.
+    pub max_io_queues: u16,
+}
+
+impl Default for NvmeSettings {
+    fn default() -> Self {
+        Self {
+            subsystem_nqn: String::from(DEFAULT_NQN),
+            serial: String::from("tandem"),
+            model: String::from("tandem NVMe/TCP"),
+            port: 4420,
+            discovery_port: 8009,
+            cntlid_min: 1,
+            cntlid_max: 0xffef,
+            allowed_hosts: Vec::new(),
+            ana_state: AnaSetting::Optimized,
+            ana_group: 1,
+            nguid: None,
+            peer_portals: Vec::new(),
+            lba_bytes: 512,
+            max_io_queues: 8,
+        }
+    }
+}
+
+pub const DEFAULT_NQN: &str = "nqn.2026-11.io.tandem:storage";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnaSetting {
+    Optimized,
+    NonOptimized,
+    Inaccessible,
+}
+
+impl AnaSetting {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "optimized" => Self::Optimized,
+            "non-optimized" => Self::NonOptimized,
+            "inaccessible" => Self::Inaccessible,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT }
+        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT, nvme: NvmeSettings::default() }
     }
 }
 
@@ -76,10 +151,116 @@ impl Config {
             "status_port" => {
                 self.status_port = value.parse().map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
             }
+            "nqn" => {
+                let valid = value.len() < 224 && value.starts_with("nqn.") && value != "nqn.2014-08.org.nvmexpress.discovery";
+                if !valid {
+                    return Err(ConfigError::new(key, NQN_FORM, value));
+                }
+                self.nvme.subsystem_nqn = value.to_string();
+            }
+            "serial" => self.nvme.serial = ascii_field(key, value, 20)?,
+            "model" => self.nvme.model = ascii_field(key, value, 40)?,
+            "nvme_port" => {
+                self.nvme.port = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| ConfigError::new(key, "a TCP port 1-65535", value))?;
+            }
+            "discovery_port" => {
+                self.nvme.discovery_port = value.parse().map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
+            }
+            "cntlid" => {
+                let range = value.split_once('-').and_then(|(low, high)| Some((low.parse::<u16>().ok()?, high.parse::<u16>().ok()?)));
+                match range {
+                    Some((low, high)) if low >= 1 && low <= high && high <= 0xffef => {
+                        self.nvme.cntlid_min = low;
+                        self.nvme.cntlid_max = high;
+                    }
+                    _ => return Err(ConfigError::new(key, "MIN-MAX within 1-65519", value)),
+                }
+            }
+            "hosts" => {
+                let hosts: Vec<String> = value.split(',').map(|h| h.to_string()).collect();
+                if hosts.iter().any(|h| !h.starts_with("nqn.") || h.len() > 223) {
+                    return Err(ConfigError::new(key, "NQN[,NQN...] (each starting with nqn.)", value));
+                }
+                self.nvme.allowed_hosts = hosts;
+            }
+            "ana" => {
+                self.nvme.ana_state = AnaSetting::parse(value)
+                    .ok_or_else(|| ConfigError::new(key, "one of optimized, non-optimized, inaccessible", value))?;
+            }
+            "ana_group" => {
+                self.nvme.ana_group = value.parse().ok().filter(|g| (1..=128).contains(g)).ok_or_else(|| ConfigError::new(key, "a group ID 1-128", value))?;
+            }
+            "nguid" => {
+                self.nvme.nguid = Some(parse_hex16(value).ok_or_else(|| ConfigError::new(key, "32 hexadecimal digits", value))?);
+            }
+            "peer" => {
+                let portals: Option<Vec<_>> = value.split(',').map(parse_portal).collect();
+                self.nvme.peer_portals = portals.ok_or_else(|| ConfigError::new(key, "A.B.C.D[:PORT][,A.B.C.D[:PORT]...]", value))?;
+            }
+            "lba" => {
+                self.nvme.lba_bytes = match value {
+                    "512" => 512,
+                    "4096" => 4096,
+                    _ => return Err(ConfigError::new(key, "512 or 4096", value)),
+                };
+            }
+            "io_queues" => {
+                self.nvme.max_io_queues = value.parse().ok().filter(|q| (1..=64).contains(q)).ok_or_else(|| ConfigError::new(key, "a number 1-64", value))?;
+            }
             _ => return Err(ConfigError::unknown_key(key)),
         }
         Ok(())
     }
+}
+
+const NQN_FORM: &str = "an NQN starting with nqn. (at most 223 bytes)";
+
+fn ascii_field(key: &str, value: &str, max: usize) -> Result<String, ConfigError> {
+    if value.is_empty() || value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        let expected = if max == 20 { "1-20 printable ASCII characters" } else { "1-40 printable ASCII characters" };
+        return Err(ConfigError::new(key, expected, value));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_hex16(text: &str) -> Option<[u8; 16]> {
+    let digits: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if digits.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (index, pair) in digits.chunks_exact(2).enumerate() {
+        let high = (pair[0] as char).to_digit(16)?;
+        let low = (pair[1] as char).to_digit(16)?;
+        out[index] = (high * 16 + low) as u8;
+    }
+    if out == [0; 16] {
+        return None;
+    }
+    Some(out)
+}
+
+fn parse_portal(text: &str) -> Option<([u8; 4], u16)> {
+    let (address, port) = match text.split_once(':') {
+        Some((address, port)) => (address, port.parse().ok().filter(|p| *p != 0)?),
+        None => (text, 4420),
+    };
+    Some((parse_ipv4(address)?.octets(), port))
+}
+
+/// A stable 16-byte ID from the NQN and a namespace number (FNV-1a based):
+/// both nodes of a pair derive the same NGUID and UUID from the same NQN.
+pub fn derived_id(nqn: &str, nsid: u32, salt: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (half, chunk) in out.chunks_exact_mut(8).enumerate() {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ (half as u64) ^ ((salt as u64) << 8);
+        for byte in nqn.bytes().chain(nsid.to_le_bytes()) {
+            hash ^= byte as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        chunk.copy_from_slice(&hash.to_be_bytes());
+    }
+    out
 }
 
 /// Parses a log level name as the `log=` key and the `log` command take it.
@@ -164,7 +345,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.expected {
             Some(expected) => write!(f, "{}: expected {}, got \"{}\"", self.key, expected, self.got),
-            None => write!(f, "{}: unknown key (known keys: net0..net{}, log, status_port)", self.key, MAX_NICS - 1),
+            None => write!(f, "{}: unknown key (see the README for the keys)", self.key),
         }
     }
 }
@@ -237,7 +418,7 @@ mod tests {
         assert_eq!(Config::parse("net8=dhcp").unwrap_err().expected, None);
         assert_eq!(Config::parse("netx=dhcp").unwrap_err().expected, None);
         let error = Config::parse("colour=blue").unwrap_err();
-        assert_eq!(error.to_string(), "colour: unknown key (known keys: net0..net7, log, status_port)");
+        assert_eq!(error.to_string(), "colour: unknown key (see the README for the keys)");
         let error = Config::parse("quiet").unwrap_err();
         assert_eq!(error.to_string(), "quiet: expected key=value, got \"quiet\"");
     }
@@ -250,6 +431,58 @@ mod tests {
         assert_eq!(Config::parse("log=loud").unwrap_err().key, "log");
         assert_eq!(Config::parse("status_port=65536").unwrap_err().key, "status_port");
         assert_eq!(Config::parse("status_port=-1").unwrap_err().key, "status_port");
+    }
+
+    #[test]
+    fn nvme_keys() {
+        let config = Config::parse(
+            "nqn=nqn.2026-11.io.example:vol serial=ABC123 model=box nvme_port=4421 discovery_port=0 cntlid=100-199 \
+             hosts=nqn.a,nqn.b ana=inaccessible ana_group=2 nguid=00112233445566778899aabbccddeeff peer=10.0.0.2,10.0.0.3:4430 lba=4096 io_queues=4",
+        )
+        .unwrap();
+        let nvme = &config.nvme;
+        assert_eq!(nvme.subsystem_nqn, "nqn.2026-11.io.example:vol");
+        assert_eq!((nvme.serial.as_str(), nvme.model.as_str()), ("ABC123", "box"));
+        assert_eq!((nvme.port, nvme.discovery_port), (4421, 0));
+        assert_eq!((nvme.cntlid_min, nvme.cntlid_max), (100, 199));
+        assert_eq!(nvme.allowed_hosts, ["nqn.a", "nqn.b"]);
+        assert_eq!((nvme.ana_state, nvme.ana_group), (AnaSetting::Inaccessible, 2));
+        assert_eq!(nvme.nguid.unwrap()[15], 0xff);
+        assert_eq!(nvme.peer_portals, [([10, 0, 0, 2], 4420), ([10, 0, 0, 3], 4430)]);
+        assert_eq!((nvme.lba_bytes, nvme.max_io_queues), (4096, 4));
+    }
+
+    #[test]
+    fn bad_nvme_values_are_rejected_with_their_key() {
+        for (word, key) in [
+            ("nqn=iqn.foo", "nqn"),
+            ("nqn=nqn.2014-08.org.nvmexpress.discovery", "nqn"),
+            ("serial=012345678901234567890", "serial"),
+            ("nvme_port=0", "nvme_port"),
+            ("cntlid=10-5", "cntlid"),
+            ("cntlid=0-5", "cntlid"),
+            ("cntlid=1-65535", "cntlid"),
+            ("hosts=bob", "hosts"),
+            ("ana=fast", "ana"),
+            ("ana_group=0", "ana_group"),
+            ("nguid=1234", "nguid"),
+            ("nguid=00000000000000000000000000000000", "nguid"),
+            ("peer=10.0.0.2:0", "peer"),
+            ("peer=host:4420", "peer"),
+            ("lba=1024", "lba"),
+            ("io_queues=0", "io_queues"),
+        ] {
+            assert_eq!(Config::parse(word).unwrap_err().key, key, "{word}");
+        }
+    }
+
+    #[test]
+    fn derived_ids_depend_on_nqn_and_namespace_only() {
+        let a = derived_id("nqn.x", 1, 0);
+        assert_eq!(a, derived_id("nqn.x", 1, 0));
+        assert_ne!(a, derived_id("nqn.y", 1, 0));
+        assert_ne!(a, derived_id("nqn.x", 2, 0));
+        assert_ne!(a, derived_id("nqn.x", 1, 1));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use core::fmt;
 
 use log::LevelFilter;
 
-use crate::config::parse_level;
+use crate::config::{parse_level, AnaSetting};
 
 /// Longest line the console keeps; further bytes are dropped (and beeped).
 pub const MAX_LINE: usize = 256;
@@ -21,6 +21,8 @@ commands:
   log <off|error|warn|info|debug|trace> set the console log level
   disk fill <disk> <lba> <count> <seed> write the test pattern (destroys data)
   disk verify <disk> <lba> <count> <seed> check the test pattern
+  nvme                                  subsystem, namespaces, hosts, queues
+  nvme ana <group> <state>              set an ANA group's state (manual tests)
   poweroff                              stop the machine
   reboot                                restart the machine";
 
@@ -37,6 +39,8 @@ pub enum Command {
     DiskVerify(PatternRange),
     Poweroff,
     Reboot,
+    Nvme,
+    NvmeAna { group: u32, state: AnaSetting },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,12 +95,31 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
             Ok(Command::Log(level))
         }
         "disk" => parse_disk(&mut words),
+        "nvme" => parse_nvme(&mut words),
         other => {
             let mut word = String::new();
             // Echo at most a screenful of the unknown word, printable only.
             word.extend(other.chars().take(32).map(|c| if c.is_ascii_graphic() { c } else { '?' }));
             Err(CommandError::Unknown(word))
         }
+    }
+}
+
+const NVME_USAGE: &str = "nvme | nvme ana <group> <optimized|non-optimized|inaccessible>";
+
+fn parse_nvme(words: &mut core::str::SplitAsciiWhitespace<'_>) -> Result<Command, CommandError> {
+    let bad = || CommandError::BadArgument { command: "nvme", usage: NVME_USAGE };
+    match words.next() {
+        None => Ok(Command::Nvme),
+        Some("ana") => {
+            let group = words.next().and_then(|w| w.parse::<u32>().ok()).filter(|g| *g >= 1).ok_or_else(bad)?;
+            let state = words.next().and_then(AnaSetting::parse).ok_or_else(bad)?;
+            if words.next().is_some() {
+                return Err(bad());
+            }
+            Ok(Command::NvmeAna { group, state })
+        }
+        Some(_) => Err(bad()),
     }
 }
 
@@ -187,6 +210,12 @@ mod tests {
         assert_eq!(parse("log debug"), Ok(Command::Log(LevelFilter::Debug)));
         assert_eq!(parse("poweroff"), Ok(Command::Poweroff));
         assert_eq!(parse("reboot"), Ok(Command::Reboot));
+        assert_eq!(parse("nvme"), Ok(Command::Nvme));
+        assert_eq!(parse("nvme ana 1 inaccessible"), Ok(Command::NvmeAna { group: 1, state: AnaSetting::Inaccessible }));
+        assert!(parse("nvme ana 0 optimized").is_err());
+        assert!(parse("nvme ana 1 change").is_err());
+        assert!(parse("nvme ana 1").is_err());
+        assert!(parse("nvme list").is_err());
         assert_eq!(
             parse("disk fill 0 8 16 42"),
             Ok(Command::DiskFill(PatternRange { disk: 0, lba: 8, count: 16, seed: 42 }))

@@ -12,6 +12,9 @@ use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::time::Instant;
 use tandem_net::{Listener, Nic, NicAddressing, NicEvent, VirtioNic};
 use virtio_drivers::device::blk::VirtIOBlk;
+
+use crate::hw::disk::Disk;
+use crate::storage::NvmeService;
 use virtio_drivers::transport::DeviceType;
 
 use crate::hw::dma::KernelHal;
@@ -28,16 +31,10 @@ const STATUS_BUFFER_BYTES: usize = 4096;
 /// Sectors per virtio-blk request for the pattern commands (64 KiB).
 const PATTERN_CHUNK_SECTORS: u64 = 128;
 
-struct NetPort {
-    nic: Nic<NetDevice>,
+pub struct NetPort {
+    pub nic: Nic<NetDevice>,
     transport: SharedTransport,
     status: Option<Listener>,
-}
-
-struct Disk {
-    blk: VirtIOBlk<KernelHal, SharedTransport>,
-    sectors: u64,
-    read_only: bool,
 }
 
 pub struct Machine {
@@ -46,6 +43,8 @@ pub struct Machine {
     editor: LineEditor,
     ready: bool,
     started_micros: u64,
+    config: Config,
+    nvme: Option<NvmeService>,
 }
 
 fn instant(micros: u64) -> Instant {
@@ -89,10 +88,14 @@ impl Machine {
                     let index = disks.len();
                     match VirtIOBlk::<KernelHal, _>::new(device.transport) {
                         Ok(blk) => {
-                            let sectors = blk.capacity();
-                            let read_only = blk.readonly();
-                            log::info!("disk{index}: virtio-blk at {} {} MiB{}", device.location, sectors >> 11, if read_only { " read-only" } else { "" });
-                            disks.push(Disk { blk, sectors, read_only });
+                            let disk = Disk::new(blk);
+                            log::info!(
+                                "disk{index}: virtio-blk at {} {} MiB{}",
+                                device.location,
+                                disk.sectors() >> 11,
+                                if disk.read_only() { " read-only" } else { "" }
+                            );
+                            disks.push(disk);
                         }
                         Err(error) => println!("tandem: error: disk{index}: virtio-blk at {} failed: {error:?}", device.location),
                     }
@@ -107,7 +110,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros }
+        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None }
     }
 
     pub fn run(mut self) -> ! {
@@ -118,10 +121,17 @@ impl Machine {
                 port.nic.device_mut().ack_interrupt();
             }
             for disk in &mut self.disks {
-                disk.blk.ack_interrupt();
+                disk.ack_interrupt();
             }
             let mut busy = self.poll_console();
             busy |= self.poll_network(now);
+            if let Some(nvme) = self.nvme.as_mut() {
+                busy |= nvme.poll(&mut self.nets, &mut self.disks, now / 1000);
+                // Bytes the NVMe service queued go out in this round.
+                for port in &mut self.nets {
+                    busy |= port.nic.poll(instant(now)).0;
+                }
+            }
             self.check_ready(now);
             if !busy && !self.nets.iter().any(|port| port.nic.device().has_rx()) {
                 cpu::wait_for_interrupt();
@@ -188,6 +198,11 @@ impl Machine {
             return;
         }
         self.ready = true;
+        let (used, free) = memory::heap_usage();
+        match NvmeService::new(&self.config.nvme, &self.nets, &self.disks, used + free) {
+            Ok(service) => self.nvme = Some(service),
+            Err(error) => println!("tandem: error: the NVMe/TCP target cannot start: {error}"),
+        }
         let mut line = format!("tandem: ready {} ms", now / 1000);
         for port in &self.nets {
             match port.nic.address() {
@@ -212,6 +227,17 @@ impl Machine {
             Ok(Command::Empty) => {}
             Ok(Command::Help) => println!("{}", console::HELP),
             Ok(Command::Status) => print!("{}", self.status_text()),
+            Ok(Command::Nvme) => match self.nvme.as_ref() {
+                Some(nvme) => print!("{}", nvme.describe()),
+                None => println!("error: nvme: the target is not running"),
+            },
+            Ok(Command::NvmeAna { group, state }) => match self.nvme.as_mut() {
+                Some(nvme) => match nvme.target_mut().set_ana_state(group, crate::storage::ana_state(state)) {
+                    Ok(()) => println!("nvme: ANA group {group} is now {}", crate::storage::ana_state(state).name()),
+                    Err(error) => println!("error: nvme ana: {error}"),
+                },
+                None => println!("error: nvme: the target is not running"),
+            },
             Ok(Command::Log(level)) => {
                 crate::logger::set_level(level);
                 println!("log level {level}");
@@ -266,9 +292,9 @@ impl Machine {
             let _ = writeln!(
                 text,
                 "disk{index} size={} bytes sectors={}{}",
-                disk.sectors * 512,
-                disk.sectors,
-                if disk.read_only { " read-only" } else { "" }
+                disk.sectors() * 512,
+                disk.sectors(),
+                if disk.read_only() { " read-only" } else { "" }
             );
         }
         text
@@ -279,11 +305,11 @@ impl Machine {
             println!("error: disk: no disk {} (the machine has {})", range.disk, self.disks.len());
             return;
         };
-        let Some(end) = range.lba.checked_add(range.count).filter(|end| *end <= disk.sectors) else {
-            println!("error: disk: sectors {}..{} are beyond disk {} ({} sectors)", range.lba, range.lba.saturating_add(range.count), range.disk, disk.sectors);
+        let Some(end) = range.lba.checked_add(range.count).filter(|end| *end <= disk.sectors()) else {
+            println!("error: disk: sectors {}..{} are beyond disk {} ({} sectors)", range.lba, range.lba.saturating_add(range.count), range.disk, disk.sectors());
             return;
         };
-        if write && disk.read_only {
+        if write && disk.read_only() {
             println!("error: disk: disk {} is read-only", range.disk);
             return;
         }
@@ -296,12 +322,12 @@ impl Machine {
                 for (offset, sector) in bytes.chunks_exact_mut(pattern::SECTOR_BYTES).enumerate() {
                     pattern::fill_sector(sector, range.seed, lba + offset as u64);
                 }
-                if let Err(error) = disk.blk.write_blocks(lba as usize, bytes) {
+                if let Err(error) = disk.write_now(lba, bytes) {
                     println!("error: disk {}: write at lba {lba} failed: {error:?}", range.disk);
                     return;
                 }
             } else {
-                if let Err(error) = disk.blk.read_blocks(lba as usize, bytes) {
+                if let Err(error) = disk.read_now(lba, bytes) {
                     println!("error: disk {}: read at lba {lba} failed: {error:?}", range.disk);
                     return;
                 }
@@ -315,7 +341,7 @@ impl Machine {
             lba += sectors;
         }
         if write {
-            if let Err(error) = disk.blk.flush() {
+            if let Err(error) = disk.flush_now() {
                 println!("error: disk {}: flush failed: {error:?}", range.disk);
                 return;
             }

@@ -8,6 +8,7 @@ extern crate alloc;
 mod hw;
 mod logger;
 mod machine;
+mod storage;
 
 use core::fmt::Write;
 

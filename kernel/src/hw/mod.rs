@@ -1,6 +1,8 @@
 //! The hardware layer: the only part of the kernel with `unsafe`.
 pub mod clock;
+pub mod crc;
 pub mod cpu;
+pub mod disk;
 pub mod dma;
 pub mod memory;
 pub mod pci;

@@ -1,0 +1,299 @@
+//! The NVMe/TCP service: accepts TCP connections on every NIC, pumps bytes
+//! between smoltcp sockets and `tandem_nvme` connections, and carries their
+//! block requests to the disks and the completions back.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use tandem_kernel::config::{derived_id, AnaSetting, NvmeSettings};
+use tandem_net::smoltcp::iface::SocketHandle;
+use tandem_net::smoltcp::socket::tcp;
+use tandem_net::Listener;
+use tandem_nvme::{
+    AnaState, BlockError, BlockOp, BlockOutcome, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal,
+    PortalAddress, RequestId, Target, TargetConfig,
+};
+
+use crate::hw::disk::{Disk, DiskOp, DiskResult, Tag};
+use crate::machine::NetPort;
+
+const SECTOR: u64 = 512;
+/// Live connections per port and NIC.
+const MAX_CONNECTIONS: usize = 32;
+/// TCP buffer per direction per connection.
+const SOCKET_BUFFER_BYTES: usize = 128 * 1024;
+
+struct NvmeConnection {
+    id: u64,
+    nic: usize,
+    handle: SocketHandle,
+    connection: Connection,
+}
+
+struct PortListeners {
+    io: Listener,
+    discovery: Option<Listener>,
+}
+
+pub struct NvmeService {
+    target: Target,
+    listeners: Vec<PortListeners>,
+    connections: Vec<NvmeConnection>,
+    /// Disk request tag → (connection id, its request).
+    pending: BTreeMap<Tag, (u64, RequestId)>,
+    next_tag: Tag,
+    next_connection: u64,
+}
+
+pub fn ana_state(setting: AnaSetting) -> AnaState {
+    match setting {
+        AnaSetting::Optimized => AnaState::Optimized,
+        AnaSetting::NonOptimized => AnaState::NonOptimized,
+        AnaSetting::Inaccessible => AnaState::Inaccessible,
+    }
+}
+
+impl NvmeService {
+    /// Builds the target over `disks`, with a portal per addressed NIC.
+    pub fn new(settings: &NvmeSettings, nets: &[NetPort], disks: &[Disk], heap_bytes: usize) -> Result<Self, String> {
+        let mut config = TargetConfig::new(&settings.subsystem_nqn);
+        config.serial = settings.serial.clone();
+        config.model = settings.model.clone();
+        config.cntlid_min = settings.cntlid_min;
+        config.cntlid_max = settings.cntlid_max;
+        config.allowed_hosts = settings.allowed_hosts.clone();
+        config.ana_groups = alloc::vec![(settings.ana_group, ana_state(settings.ana_state))];
+        config.limits.max_io_queues = settings.max_io_queues;
+        // Keep command data well inside the heap: a quarter of it at most.
+        config.limits.total_data_budget = (heap_bytes as u64 / 4).min(config.limits.total_data_budget);
+        config.limits.data_budget = (config.limits.data_budget as u64).min(config.limits.total_data_budget / 2) as u32;
+        let lba_shift = if settings.lba_bytes == 4096 { 12 } else { 9 };
+        for (index, disk) in disks.iter().enumerate() {
+            let nsid = index as u32 + 1;
+            let nguid = match settings.nguid {
+                Some(mut nguid) => {
+                    nguid[15] = nguid[15].wrapping_add(index as u8);
+                    nguid
+                }
+                None => derived_id(&settings.subsystem_nqn, nsid, 0),
+            };
+            let mut uuid = derived_id(&settings.subsystem_nqn, nsid, 1);
+            uuid[6] = (uuid[6] & 0x0f) | 0x80; // RFC 9562 version 8 (custom)
+            uuid[8] = (uuid[8] & 0x3f) | 0x80;
+            config.namespaces.push(NamespaceConfig {
+                nsid,
+                blocks: disk.sectors() * SECTOR >> lba_shift,
+                lba_shift,
+                nguid,
+                uuid,
+                ana_group: settings.ana_group,
+            });
+        }
+        for (index, port) in nets.iter().enumerate() {
+            if let Some(address) = port.nic.address() {
+                config.portals.push(Portal {
+                    port_id: index as u16 + 1,
+                    address: PortalAddress::V4(address.address().octets()),
+                    port: settings.port,
+                });
+            }
+        }
+        config.peer_portals = settings
+            .peer_portals
+            .iter()
+            .enumerate()
+            .map(|(index, (address, port))| Portal { port_id: 0x100 + index as u16, address: PortalAddress::V4(*address), port: *port })
+            .collect();
+        let mut target = Target::new(config).map_err(|error| alloc::format!("{error}"))?;
+        if crate::hw::crc::has_sse42() {
+            target.set_crc32c(Crc32c::with_update(crate::hw::crc::update));
+        }
+        let listeners = nets
+            .iter()
+            .map(|_| PortListeners {
+                io: Listener::new(settings.port, MAX_CONNECTIONS, SOCKET_BUFFER_BYTES),
+                discovery: (settings.discovery_port != 0)
+                    .then(|| Listener::new(settings.discovery_port, MAX_CONNECTIONS / 4, 16 * 1024)),
+            })
+            .collect();
+        Ok(Self { target, listeners, connections: Vec::new(), pending: BTreeMap::new(), next_tag: 1, next_connection: 1 })
+    }
+
+    pub fn target_mut(&mut self) -> &mut Target {
+        &mut self.target
+    }
+
+    /// One round: completions from the disks, new connections, bytes in and
+    /// out, block requests to the disks. Returns whether anything happened.
+    pub fn poll(&mut self, nets: &mut [NetPort], disks: &mut [Disk], now_ms: u64) -> bool {
+        let now = Instant::from_millis(now_ms);
+        let mut busy = false;
+        self.target.poll(now);
+
+        busy |= self.complete_disk_requests(disks, now);
+
+        for (nic, listeners) in self.listeners.iter_mut().enumerate() {
+            let sockets = nets[nic].nic.sockets_mut();
+            let mut accepted = listeners.io.poll(sockets);
+            if let Some(discovery) = listeners.discovery.as_mut() {
+                accepted.extend(discovery.poll(sockets));
+            }
+            for handle in accepted {
+                busy = true;
+                let socket = sockets.get_mut::<tcp::Socket>(handle);
+                socket.set_nagle_enabled(false);
+                socket.set_ack_delay(None);
+                let id = self.next_connection;
+                self.next_connection += 1;
+                log::debug!("nvme: connection {id} from {:?} on net{nic}", socket.remote_endpoint());
+                self.connections.push(NvmeConnection { id, nic, handle, connection: Connection::new(&self.target, now) });
+            }
+        }
+
+        for entry in &mut self.connections {
+            let socket = nets[entry.nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle);
+            busy |= pump(&mut self.target, entry, socket, now);
+            while let Some(request) = entry.connection.next_block_request() {
+                busy = true;
+                let disk_index = request.nsid as usize - 1;
+                let op = match request.op {
+                    BlockOp::Read { offset, len } => DiskOp::Read { sector: offset / SECTOR, bytes: len as usize },
+                    BlockOp::Write { offset, data, force_unit_access } => {
+                        DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access }
+                    }
+                    BlockOp::Flush => DiskOp::Flush,
+                    BlockOp::WriteZeroes { offset, len, .. } => DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR },
+                    // Deallocated blocks have unspecified content: nothing to do.
+                    BlockOp::Deallocate { .. } => {
+                        let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Done);
+                        continue;
+                    }
+                };
+                let Some(disk) = disks.get_mut(disk_index) else {
+                    let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Failed(BlockError::NotReady));
+                    continue;
+                };
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                self.pending.insert(tag, (entry.id, request.id));
+                disk.submit(tag, op);
+            }
+            // Completions produced above may be ready to go out now.
+            let socket = nets[entry.nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle);
+            busy |= pump(&mut self.target, entry, socket, now);
+        }
+        // Start what was just submitted without waiting for the next round.
+        busy |= self.complete_disk_requests(disks, now);
+        self.connections.retain(|entry| entry.connection.state() != ConnectionState::Closed);
+        while let Some(event) = self.target.poll_event() {
+            log::info!("nvme: {event:?}");
+        }
+        busy
+    }
+
+    fn complete_disk_requests(&mut self, disks: &mut [Disk], now: Instant) -> bool {
+        let mut busy = false;
+        for (disk_index, disk) in disks.iter_mut().enumerate() {
+            for (tag, result) in disk.poll() {
+                busy = true;
+                let Some((connection_id, request)) = self.pending.remove(&tag) else { continue };
+                // The connection may have closed while the disk worked.
+                let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection_id) else { continue };
+                let outcome = match result {
+                    DiskResult::Done => BlockOutcome::Done,
+                    DiskResult::ReadData(data) => BlockOutcome::ReadData(data),
+                    DiskResult::Failed(error) => {
+                        log::warn!("disk{disk_index}: request failed: {error:?}");
+                        BlockOutcome::Failed(BlockError::Media)
+                    }
+                };
+                if let Err(error) = entry.connection.complete_block(&mut self.target, now, request, outcome) {
+                    log::debug!("completion for a closed command: {error}");
+                }
+            }
+        }
+        busy
+    }
+
+    /// The `nvme` console command's text.
+    pub fn describe(&self) -> String {
+        let config = self.target.config();
+        let mut text = alloc::format!("subsystem {} serial {} model {}\n", config.subsystem_nqn, config.serial, config.model);
+        for namespace in &config.namespaces {
+            let state = self.target.ana_state(namespace.ana_group).map(|s| s.name()).unwrap_or("?");
+            let _ = writeln!(
+                text,
+                "  namespace {} blocks={} lba={} ana_group={} ana={}",
+                namespace.nsid,
+                namespace.blocks,
+                1u32 << namespace.lba_shift,
+                namespace.ana_group,
+                state
+            );
+        }
+        for controller in self.target.controllers() {
+            let _ = writeln!(
+                text,
+                "  controller {} {:?} host {} kato={} ms io_queues={:?}",
+                controller.cntlid, controller.subsystem, controller.host_nqn, controller.kato_ms, controller.io_queues
+            );
+        }
+        for entry in &self.connections {
+            let info = entry.connection.info();
+            let _ = writeln!(
+                text,
+                "  connection {} net{} cntlid={:?} qid={:?} depth={} outstanding={} hdgst={} ddgst={} {:?}",
+                entry.id, entry.nic, info.cntlid, info.qid, info.depth, info.outstanding, info.header_digest, info.data_digest, info.stats
+            );
+        }
+        let stats = self.target.stats();
+        let _ = writeln!(
+            text,
+            "  reads={} writes={} bytes_read={} bytes_written={}",
+            stats.read_commands, stats.write_commands, stats.bytes_read, stats.bytes_written
+        );
+        text
+    }
+}
+
+/// Moves bytes between a socket and its connection. Returns whether any moved.
+fn pump(target: &mut Target, entry: &mut NvmeConnection, socket: &mut tcp::Socket, now: Instant) -> bool {
+    let mut moved = false;
+    let connection = &mut entry.connection;
+    while socket.can_recv() {
+        let taken = socket.recv(|bytes| {
+            let used = connection.receive(target, now, bytes);
+            (used, used)
+        });
+        match taken {
+            Ok(0) | Err(_) => break,
+            Ok(_) => moved = true,
+        }
+    }
+    connection.poll(target, now);
+    while connection.has_output() && socket.can_send() {
+        let sent = socket.send(|buffer| {
+            let written = connection.write_output(buffer);
+            (written, written)
+        });
+        match sent {
+            Ok(0) | Err(_) => break,
+            Ok(_) => moved = true,
+        }
+    }
+    if connection.wants_close() && !connection.has_output() {
+        socket.close();
+        connection.close(target);
+    } else if !socket.is_open() || (!socket.may_recv() && socket.recv_queue() == 0) {
+        // The host closed or reset the connection.
+        if connection.state() != ConnectionState::Closed {
+            connection.close(target);
+        }
+        if socket.is_open() {
+            socket.close();
+        }
+    }
+    moved
+}
