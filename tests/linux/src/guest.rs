@@ -33,6 +33,30 @@ pub enum NetBackend {
     Tap { ifname: String },
 }
 
+impl NetBackend {
+    /// QEMU's `-netdev` value for this backend with netdev id `id`: also for
+    /// another QEMU (e.g. the tandem image) joining a [`crate::scenario::Rig`]'s
+    /// segment; that QEMU must run inside the rig's namespace
+    /// (`ip netns exec NAME …`).
+    pub fn netdev_arg(&self, id: &str) -> String {
+        match self {
+            NetBackend::Dgram { local, remote } => format!(
+                "dgram,id={id},local.type=inet,local.host={},local.port={},remote.type=inet,remote.host={},remote.port={}",
+                local.ip(),
+                local.port(),
+                remote.ip(),
+                remote.port()
+            ),
+            NetBackend::Mcast { group, port } => {
+                format!("socket,id={id},mcast={group}:{port},localaddr=127.0.0.1")
+            }
+            NetBackend::Tap { ifname } => {
+                format!("tap,id={id},ifname={ifname},script=no,downscript=no")
+            }
+        }
+    }
+}
+
 /// A virtio-net NIC: ethN in the guest, in the order given.
 #[derive(Debug, Clone)]
 pub struct Nic {
@@ -195,10 +219,10 @@ impl GuestConfig {
                     }
                 }
             }
-            if let Some(a) = &nic.address {
-                if a.split_whitespace().count() != 1 || !a.contains('/') {
-                    return bad(format!("NIC address {a:?} must be ADDR/PREFIX"));
-                }
+            if let Some(a) = &nic.address
+                && (a.split_whitespace().count() != 1 || !a.contains('/'))
+            {
+                return bad(format!("NIC address {a:?} must be ADDR/PREFIX"));
             }
         }
         for (k, _) in &self.env {
@@ -277,21 +301,7 @@ impl GuestConfig {
             ),
         );
         for (i, nic) in self.nics.iter().enumerate() {
-            let netdev = match &nic.backend {
-                NetBackend::Dgram { local, remote } => format!(
-                    "dgram,id=n{i},local.type=inet,local.host={},local.port={},remote.type=inet,remote.host={},remote.port={}",
-                    local.ip(),
-                    local.port(),
-                    remote.ip(),
-                    remote.port()
-                ),
-                NetBackend::Mcast { group, port } => {
-                    format!("socket,id=n{i},mcast={group}:{port},localaddr=127.0.0.1")
-                }
-                NetBackend::Tap { ifname } => {
-                    format!("tap,id=n{i},ifname={ifname},script=no,downscript=no")
-                }
-            };
+            let netdev = nic.backend.netdev_arg(&format!("n{i}"));
             push("-netdev", netdev);
             let m = self.mac(i);
             push(
@@ -466,10 +476,10 @@ impl RunningGuest {
 
     /// True once QEMU has exited.
     pub fn has_exited(&mut self) -> bool {
-        if self.exited.is_none() {
-            if let Ok(status) = self.exit_rx.try_recv() {
-                self.exited = Some(status.unwrap_or_else(|_| ExitStatus::default()));
-            }
+        if self.exited.is_none()
+            && let Ok(status) = self.exit_rx.try_recv()
+        {
+            self.exited = Some(status.unwrap_or_else(|_| ExitStatus::default()));
         }
         self.exited.is_some()
     }
