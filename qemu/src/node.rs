@@ -95,7 +95,12 @@ impl Node {
                 )));
             }
         }
-        for stale in [spec.console_socket(), spec.qmp_socket(), spec.console_log()] {
+        for stale in [
+            spec.console_socket(),
+            spec.qmp_socket(),
+            spec.console_log(),
+            spec.pid_file(),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let qemu_log = File::create(spec.qemu_log())

@@ -145,7 +145,8 @@ pub enum Boot {
 pub struct VmSpec {
     /// Short name (used in messages and the QEMU process name).
     pub name: String,
-    /// Runtime directory: console.sock, console.log, qmp.sock, qemu.log.
+    /// Runtime directory: `<name>.console.sock`, `.console.log`, `.qmp.sock`,
+    /// `.qemu.log`, `.pid`.
     pub dir: PathBuf,
     pub accel: Accel,
     pub memory_mib: u32,
@@ -187,18 +188,30 @@ impl VmSpec {
         }
     }
 
+    // Runtime files are named after the VM, so that the nodes of a setup
+    // (pair and witness) can share one directory.
+    fn runtime_file(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}.{suffix}", self.name))
+    }
+    /// `DIR/<name>.console.sock`: the serial console (socket mode).
     pub fn console_socket(&self) -> PathBuf {
-        self.dir.join("console.sock")
+        self.runtime_file("console.sock")
     }
+    /// `DIR/<name>.console.log`: everything the guest wrote to its console.
     pub fn console_log(&self) -> PathBuf {
-        self.dir.join("console.log")
+        self.runtime_file("console.log")
     }
+    /// `DIR/<name>.qmp.sock`.
     pub fn qmp_socket(&self) -> PathBuf {
-        self.dir.join("qmp.sock")
+        self.runtime_file("qmp.sock")
     }
-    /// QEMU's own stderr.
+    /// `DIR/<name>.qemu.log`: QEMU's own stderr.
     pub fn qemu_log(&self) -> PathBuf {
-        self.dir.join("qemu.log")
+        self.runtime_file("qemu.log")
+    }
+    /// `DIR/<name>.pid`: QEMU's pid while it runs (QEMU removes it on exit).
+    pub fn pid_file(&self) -> PathBuf {
+        self.runtime_file("pid")
     }
 
     /// Adds a disk; returns `self` for chaining.
@@ -295,6 +308,7 @@ impl VmSpec {
         if self.console == ConsoleMode::Stdio {
             a.push("-mon").push("chardev=ser0,mode=readline");
         }
+        a.push("-pidfile").push(self.pid_file().as_os_str());
         let mut qmp = OsString::from("unix:");
         qmp.push(qemu_escape_path(&self.qmp_socket()));
         qmp.push(",server=on,wait=off");
@@ -432,14 +446,15 @@ mod tests {
         assert_eq!(
             after(&args, "-chardev"),
             [
-                "socket,id=ser0,path=/run/t/console.sock,server=on,wait=off,logfile=/run/t/console.log"
+                "socket,id=ser0,path=/run/t/a.console.sock,server=on,wait=off,logfile=/run/t/a.console.log"
             ]
         );
         assert_eq!(after(&args, "-serial"), ["chardev:ser0"]);
         assert_eq!(
             after(&args, "-qmp"),
-            ["unix:/run/t/qmp.sock,server=on,wait=off"]
+            ["unix:/run/t/a.qmp.sock,server=on,wait=off"]
         );
+        assert_eq!(after(&args, "-pidfile"), ["/run/t/a.pid"]);
         assert!(!args.contains(&"-no-reboot".to_string()));
         assert!(!args.contains(&"-mon".to_string()));
         assert_eq!(spec.host_ports(), [18100]);
@@ -532,7 +547,7 @@ mod tests {
         let args = strings(&spec);
         assert_eq!(
             after(&args, "-chardev"),
-            ["stdio,id=ser0,mux=on,signal=on,logfile=/r/console.log"]
+            ["stdio,id=ser0,mux=on,signal=on,logfile=/r/t.console.log"]
         );
         assert_eq!(after(&args, "-mon"), ["chardev=ser0,mode=readline"]);
     }
@@ -548,7 +563,7 @@ mod tests {
         );
         assert_eq!(
             after(&args, "-qmp")[0],
-            "unix:/r,,x/qmp.sock,server=on,wait=off"
+            "unix:/r,,x/c.qmp.sock,server=on,wait=off"
         );
     }
 
