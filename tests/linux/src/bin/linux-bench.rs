@@ -221,6 +221,32 @@ fn render_section(
     wall: Duration,
 ) -> String {
     let mut s = String::new();
+    if o.mode == "external" {
+        let _ = writeln!(
+            s,
+            "## fio from the Linux host against {}:{} ({})\n",
+            o.address.map(|a| a.to_string()).unwrap_or_default(),
+            o.port,
+            o.subnqn.as_deref().unwrap_or("")
+        );
+        let _ = writeln!(
+            s,
+            "- date: {}",
+            command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        );
+        let _ = writeln!(s, "- machine: {}, accelerator TCG", machine());
+        let _ = writeln!(
+            s,
+            "- initiator: {} vCPU, {} MiB, Debian kernel {}; fio 3.33, io_uring, direct=1, {} s per job after 2 s ramp; whole run {:.0} s wall\n",
+            o.shape.vcpus,
+            o.shape.memory_mib,
+            image.kernel_version,
+            o.runtime.as_secs(),
+            wall.as_secs_f64()
+        );
+        s.push_str(&fio::render_table(results));
+        return s;
+    }
     let _ = writeln!(s, "{DOC_HEADING}\n");
     let network = match o.segment {
         Segment::Bridge => {
