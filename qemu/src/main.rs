@@ -1,6 +1,7 @@
 //! `cargo tandem <command>`: build and run the tandem image under QEMU.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions};
 use tandem_qemu::{
@@ -86,12 +87,8 @@ fn run(options: RunOptions) -> Result<ExitCode> {
     spec.console = ConsoleMode::Stdio;
 
     describe(&spec, &forwards, options.disk.is_none(), accel);
-    // QEMU owns the terminal and handles Ctrl-C itself; the launcher stays
-    // to clean up after it.
-    // SAFETY: setting a signal disposition has no memory-safety preconditions.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let mut node = Node::spawn(spec)?;
-    let status = node.wait()?;
+    let status = wait_forwarding_signals(&mut node)?;
     let qemu_log = std::fs::read_to_string(node.spec().qemu_log()).unwrap_or_default();
     let console_log = node.console_log();
     drop(node);
@@ -114,6 +111,38 @@ fn run(options: RunOptions) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(code.unwrap_or(1).clamp(0, 255) as u8))
+}
+
+/// Set by SIGINT, SIGTERM or SIGHUP while QEMU runs.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Waits for QEMU to exit. A SIGINT, SIGTERM or SIGHUP sent to the launcher
+/// is passed on to QEMU as SIGTERM (QEMU then shuts down cleanly), so the
+/// launcher is still there to clean up after it. (Ctrl-C in the terminal
+/// reaches QEMU directly as well: it is in the same process group.)
+fn wait_forwarding_signals(node: &mut Node) -> Result<std::process::ExitStatus> {
+    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(signal, handler) };
+    }
+    let mut forwarded = false;
+    loop {
+        if let Some(status) = node.try_exit()? {
+            return Ok(status);
+        }
+        if STOP_REQUESTED.load(Ordering::SeqCst) && !forwarded {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our
+            // live, unreaped child.
+            unsafe { libc::kill(node.pid() as libc::pid_t, libc::SIGTERM) };
+            forwarded = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn describe(spec: &VmSpec, forwards: &[PortForward], fresh_disk: bool, accel: Accel) {

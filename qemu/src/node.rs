@@ -132,9 +132,12 @@ impl Node {
         // between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // The launcher may ignore SIGINT while QEMU owns the terminal;
-                // QEMU must get the default back.
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                // The launcher may catch or ignore these while QEMU runs;
+                // QEMU starts from the defaults (an ignored signal would stay
+                // ignored across exec).
+                for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
                 if die_with_parent {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
                     if libc::getppid() != parent {
