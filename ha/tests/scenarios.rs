@@ -194,11 +194,17 @@ fn paused_primary_resumed_after_takeover_acknowledges_nothing_and_serves_no_stal
     let p = s.primary().unwrap();
     let q = p.peer();
     s.pause(p);
+    // The host's multipath gives up on the stalled path (its commands
+    // there time out); the commands it already sent stay queued. It sends
+    // nothing until a path is optimized again.
+    s.host.enabled = false;
+    s.nodes[p.index()].ana = AnaState::Inaccessible;
     assert!(
         s.run_until(2_000 * MS, |s| s.primary() == Some(q)),
         "{}",
         s.log_tail()
     );
+    s.host.enabled = true;
     // The new primary acknowledges writes the paused node never saw, while
     // the host keeps sending some commands down the stale path.
     let acked_before = s.host.writes_acked;
@@ -210,12 +216,17 @@ fn paused_primary_resumed_after_takeover_acknowledges_nothing_and_serves_no_stal
     s.host.enabled = false;
     s.run_for(50 * MS);
     let changed = s.blocks_acked_since(&versions);
-    let reads = changed.iter().filter(|&&b| s.host_read_via(p, b)).count();
     let writes = (0..HOST_BLOCKS)
         .filter(|&b| s.host_write_via(p, b))
-        .take(10)
+        .take(5)
         .count();
-    assert!(reads >= 3 && writes >= 3, "reads {reads} writes {writes}");
+    let reads = changed.iter().filter(|&&b| s.host_read_via(p, b)).count();
+    assert!(
+        reads >= 3 && writes >= 3,
+        "reads {reads} writes {writes} changed {} busy {}",
+        changed.len(),
+        s.busy_blocks()
+    );
     s.run_for(MS);
     let queued = s.queued_host_commands(p);
     assert!(

@@ -1163,6 +1163,10 @@ impl Sim {
             .collect()
     }
 
+    pub fn busy_blocks(&self) -> usize {
+        self.host.blocks.iter().filter(|b| b.in_flight).count()
+    }
+
     pub fn acked_versions(&self) -> Vec<u64> {
         self.host.blocks.iter().map(|b| b.acked).collect()
     }
