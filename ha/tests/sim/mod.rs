@@ -117,6 +117,8 @@ pub struct SimNode {
     pub paused_since: Option<u64>,
     paused_total: u64,
     pub rate_ppm: i64,
+    /// The replication connection this node is on (as the kernel knows it).
+    stream_conn: Option<u64>,
     /// When it was last resumed (its lease may look valid for a while).
     last_resume: Option<u64>,
     inbox: VecDeque<Input>,
@@ -297,6 +299,7 @@ impl Sim {
                 paused_since: None,
                 paused_total: 0,
                 rate_ppm: [400, -400, 250][id.index()],
+                stream_conn: None,
                 last_resume: None,
                 inbox: VecDeque::new(),
                 held_until: None,
@@ -364,6 +367,7 @@ impl Sim {
         };
         let n = &mut self.nodes[idx(id)];
         n.member = Some(member);
+        n.stream_conn = None;
         n.inbox.clear();
         n.write_data.clear();
         n.read_data.clear();
@@ -493,10 +497,17 @@ impl Sim {
                 }
                 Input::StreamOpen { conn } => {
                     if self.conn == Some(conn) {
+                        n.stream_conn = Some(conn);
                         d.on_stream_connected(local)
                     }
                 }
-                Input::StreamClose { .. } => d.on_stream_closed(local),
+                Input::StreamClose { conn } => {
+                    // A late close of an older connection is not ours.
+                    if n.stream_conn == Some(conn) {
+                        n.stream_conn = None;
+                        d.on_stream_closed(local)
+                    }
+                }
                 Input::Host { id, op } => {
                     let r = match op {
                         HostOp::Write { block, version } => {
