@@ -560,7 +560,12 @@ fn get_log_page(t: &mut Target, cntlid: u16, instance: u64, sqe: &Sqe) -> Reply 
         (false, lid::CHANGED_NS_LIST) => vec![0u8; 4096],
         (false, lid::COMMAND_EFFECTS) => effects_log(),
         (false, lid::ANA) => {
-            let log = ana_log(t, lsp & 1 != 0);
+            let mut log = ana_log(t, lsp & 1 != 0);
+            // Hosts size the ANA log from Identify (header + NANAGRPID
+            // descriptors + MNAN namespace IDs) and may read it in pieces
+            // at offsets (nvme-cli reads 4 KiB at a time): everything past
+            // the present content up to that size reads as zeros.
+            log.resize(log.len().max(ana_log_max_len(t)), 0);
             if !rae && let Some(c) = t.controller_mut(cntlid, instance) {
                 c.ana_aen_masked = false;
             }
@@ -609,6 +614,12 @@ fn effects_log() -> Vec<u8> {
         put32(&mut d, 1024 + op as usize * 4, e);
     }
     d
+}
+
+/// The largest ANA log a host may expect, from what Identify Controller
+/// reports: the header, NANAGRPID group descriptors and MNAN namespace IDs.
+fn ana_log_max_len(t: &Target) -> usize {
+    16 + t.ana_group_max() as usize * 32 + t.config.limits.max_namespaces as usize * 4
 }
 
 /// The ANA log: header, then one descriptor per group with its namespaces
