@@ -28,6 +28,70 @@ pub struct Config {
     /// TCP port that serves the `status` text; 0 disables it.
     pub status_port: u16,
     pub nvme: NvmeSettings,
+    pub ha: HaSettings,
+}
+
+/// What this machine is in an HA pair (`role=`, `node=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaRole {
+    /// No pair: a single NVMe/TCP target.
+    Standalone,
+    /// Data node `a` or `b` of a pair.
+    Data(PairNode),
+    /// The witness: no disk, no NVMe; breaks ties.
+    Witness,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairNode {
+    A,
+    B,
+}
+
+/// The HA pair's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaSettings {
+    pub role: HaRole,
+    /// `peer_repl=`: the peer's address on the replication link (net1).
+    pub peer_replication: Option<[u8; 4]>,
+    /// `witness=`: the witness's front-end address; `witness_repl=` its
+    /// address on the replication link, if it has one.
+    pub witness: Option<[u8; 4]>,
+    pub witness_replication: Option<[u8; 4]>,
+    /// Front-end addresses of the data nodes, for the witness
+    /// (`node_a=`, `node_b=`), and on the replication link (`node_a_repl=`, `node_b_repl=`).
+    pub node_addresses: [Option<[u8; 4]>; 2],
+    pub node_replication_addresses: [Option<[u8; 4]>; 2],
+    /// `pair_id=`: stored in the disk metadata; default derived from the NQN.
+    pub pair_id: Option<u64>,
+    /// `hb_interval=` and `hb_timeout=` (milliseconds), `lease=` (milliseconds).
+    pub heartbeat_interval_ms: u64,
+    pub failure_timeout_ms: u64,
+    pub lease_ms: u64,
+    /// `resync_rate=`: MiB/s.
+    pub resync_mib_per_second: u64,
+    /// `ha_port=`: UDP port for control datagrams; the replication stream
+    /// uses TCP `ha_port - 1`.
+    pub control_port: u16,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        Self {
+            role: HaRole::Standalone,
+            peer_replication: None,
+            witness: None,
+            witness_replication: None,
+            node_addresses: [None; 2],
+            node_replication_addresses: [None; 2],
+            pair_id: None,
+            heartbeat_interval_ms: 50,
+            failure_timeout_ms: 500,
+            lease_ms: 400,
+            resync_mib_per_second: 100,
+            control_port: 7790,
+        }
+    }
 }
 
 /// The NVMe/TCP target's keys.
@@ -106,7 +170,7 @@ impl AnaSetting {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT, nvme: NvmeSettings::default() }
+        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT, nvme: NvmeSettings::default(), ha: HaSettings::default() }
     }
 }
 
@@ -207,10 +271,75 @@ impl Config {
             "io_queues" => {
                 self.nvme.max_io_queues = value.parse().ok().filter(|q| (1..=64).contains(q)).ok_or_else(|| ConfigError::new(key, "a number 1-64", value))?;
             }
+            "role" => match value {
+                "witness" => self.ha.role = HaRole::Witness,
+                "data" => {}
+                _ => return Err(ConfigError::new(key, "data or witness", value)),
+            },
+            "node" => {
+                self.ha.role = match value {
+                    "a" => HaRole::Data(PairNode::A),
+                    "b" => HaRole::Data(PairNode::B),
+                    _ => return Err(ConfigError::new(key, "a or b", value)),
+                }
+            }
+            "peer_repl" => self.ha.peer_replication = Some(address_of(key, value)?),
+            "witness" => self.ha.witness = Some(address_of(key, value)?),
+            "witness_repl" => self.ha.witness_replication = Some(address_of(key, value)?),
+            "node_a" => self.ha.node_addresses[0] = Some(address_of(key, value)?),
+            "node_b" => self.ha.node_addresses[1] = Some(address_of(key, value)?),
+            "node_a_repl" => self.ha.node_replication_addresses[0] = Some(address_of(key, value)?),
+            "node_b_repl" => self.ha.node_replication_addresses[1] = Some(address_of(key, value)?),
+            "pair_id" => {
+                self.ha.pair_id = Some(value.parse().ok().filter(|id| *id != 0).ok_or_else(|| ConfigError::new(key, "a number 1-18446744073709551615", value))?);
+            }
+            "hb_interval" => self.ha.heartbeat_interval_ms = milliseconds(key, value, 5, 10_000)?,
+            "hb_timeout" => self.ha.failure_timeout_ms = milliseconds(key, value, 20, 60_000)?,
+            "lease" => self.ha.lease_ms = milliseconds(key, value, 10, 60_000)?,
+            "resync_rate" => {
+                self.ha.resync_mib_per_second = value.parse().ok().filter(|r| (1..=10_000).contains(r)).ok_or_else(|| ConfigError::new(key, "MiB/s, 1-10000", value))?;
+            }
+            "ha_port" => {
+                self.ha.control_port = value.parse().ok().filter(|p| *p > 1).ok_or_else(|| ConfigError::new(key, "a UDP port 2-65535", value))?;
+            }
             _ => return Err(ConfigError::unknown_key(key)),
         }
         Ok(())
     }
+
+    /// Checks that keys that only make sense together were given together.
+    pub fn check_consistency(&self) -> Result<(), ConfigError> {
+        let ha = &self.ha;
+        match ha.role {
+            HaRole::Data(_) => {
+                if self.nvme.peer_portals.is_empty() {
+                    return Err(ConfigError::new("peer", "the peer's front-end address (required with node=)", ""));
+                }
+                if ha.lease_ms < 2 * ha.heartbeat_interval_ms || ha.failure_timeout_ms < 2 * ha.heartbeat_interval_ms {
+                    return Err(ConfigError::new("lease", "lease and hb_timeout of at least two hb_interval", ""));
+                }
+            }
+            HaRole::Witness => {
+                if ha.node_addresses.iter().any(Option::is_none) {
+                    return Err(ConfigError::new("node_a", "node_a= and node_b= (the data nodes' front-end addresses) with role=witness", ""));
+                }
+            }
+            HaRole::Standalone => {}
+        }
+        Ok(())
+    }
+}
+
+fn address_of(key: &str, value: &str) -> Result<[u8; 4], ConfigError> {
+    parse_ipv4(value).map(|a| a.octets()).ok_or_else(|| ConfigError::new(key, "an IPv4 address A.B.C.D", value))
+}
+
+fn milliseconds(key: &str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    value
+        .parse()
+        .ok()
+        .filter(|ms| (min..=max).contains(ms))
+        .ok_or_else(|| ConfigError::new(key, if min < 10 { "milliseconds, 5-10000" } else if max == 60_000 && min == 20 { "milliseconds, 20-60000" } else { "milliseconds, 10-60000" }, value))
 }
 
 const NQN_FORM: &str = "an NQN starting with nqn. (at most 223 bytes)";
@@ -472,6 +601,29 @@ mod tests {
             ("lba=1024", "lba"),
             ("io_queues=0", "io_queues"),
         ] {
+            assert_eq!(Config::parse(word).unwrap_err().key, key, "{word}");
+        }
+    }
+
+    #[test]
+    fn ha_keys() {
+        let config = Config::parse(
+            "node=b peer=10.77.0.1 peer_repl=10.78.0.1 witness=10.77.0.3 hb_interval=20 hb_timeout=300 lease=200 pair_id=7 resync_rate=50",
+        )
+        .unwrap();
+        config.check_consistency().unwrap();
+        assert_eq!(config.ha.role, HaRole::Data(PairNode::B));
+        assert_eq!(config.ha.peer_replication, Some([10, 78, 0, 1]));
+        assert_eq!(config.ha.witness, Some([10, 77, 0, 3]));
+        assert_eq!((config.ha.heartbeat_interval_ms, config.ha.failure_timeout_ms, config.ha.lease_ms), (20, 300, 200));
+        assert_eq!((config.ha.pair_id, config.ha.resync_mib_per_second), (Some(7), 50));
+        let witness = Config::parse("role=witness node_a=10.77.0.1 node_b=10.77.0.2").unwrap();
+        witness.check_consistency().unwrap();
+        assert_eq!(witness.ha.role, HaRole::Witness);
+        assert_eq!(Config::parse("role=witness").unwrap().check_consistency().unwrap_err().key, "node_a");
+        assert_eq!(Config::parse("node=a").unwrap().check_consistency().unwrap_err().key, "peer");
+        assert_eq!(Config::parse("node=a peer=10.0.0.2 hb_interval=300").unwrap().check_consistency().unwrap_err().key, "lease");
+        for (word, key) in [("node=c", "node"), ("role=boss", "role"), ("witness=x", "witness"), ("hb_interval=1", "hb_interval"), ("pair_id=0", "pair_id")] {
             assert_eq!(Config::parse(word).unwrap_err().key, key, "{word}");
         }
     }

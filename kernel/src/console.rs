@@ -23,6 +23,9 @@ commands:
   disk verify <disk> <lba> <count> <seed> check the test pattern
   nvme                                  subsystem, namespaces, hosts, queues
   nvme ana <group> <state>              set an ANA group's state (manual tests)
+  promote / demote                      planned switchover (pair data nodes)
+  fence / unfence                       stop serving and never become primary / undo
+  history                               role changes with reasons and times
   poweroff                              stop the machine
   reboot                                restart the machine";
 
@@ -41,6 +44,11 @@ pub enum Command {
     Reboot,
     Nvme,
     NvmeAna { group: u32, state: AnaSetting },
+    Promote,
+    Demote,
+    Fence,
+    Unfence,
+    History,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +94,11 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "status" => no_arguments(Command::Status, "status", &mut words),
         "poweroff" => no_arguments(Command::Poweroff, "poweroff", &mut words),
         "reboot" => no_arguments(Command::Reboot, "reboot", &mut words),
+        "promote" => no_arguments(Command::Promote, "promote", &mut words),
+        "demote" => no_arguments(Command::Demote, "demote", &mut words),
+        "fence" => no_arguments(Command::Fence, "fence", &mut words),
+        "unfence" => no_arguments(Command::Unfence, "unfence", &mut words),
+        "history" => no_arguments(Command::History, "history", &mut words),
         "log" => {
             let bad = CommandError::BadArgument { command: "log", usage: LOG_USAGE };
             let level = words.next().and_then(parse_level).ok_or(bad.clone())?;
@@ -211,6 +224,12 @@ mod tests {
         assert_eq!(parse("poweroff"), Ok(Command::Poweroff));
         assert_eq!(parse("reboot"), Ok(Command::Reboot));
         assert_eq!(parse("nvme"), Ok(Command::Nvme));
+        assert_eq!(parse("promote"), Ok(Command::Promote));
+        assert_eq!(parse("demote"), Ok(Command::Demote));
+        assert_eq!(parse("fence"), Ok(Command::Fence));
+        assert_eq!(parse("unfence"), Ok(Command::Unfence));
+        assert_eq!(parse("history"), Ok(Command::History));
+        assert!(parse("promote now").is_err());
         assert_eq!(parse("nvme ana 1 inaccessible"), Ok(Command::NvmeAna { group: 1, state: AnaSetting::Inaccessible }));
         assert!(parse("nvme ana 0 optimized").is_err());
         assert!(parse("nvme ana 1 change").is_err());

@@ -14,7 +14,9 @@ use tandem_net::{Listener, Nic, NicAddressing, NicEvent, VirtioNic};
 use virtio_drivers::device::blk::VirtIOBlk;
 
 use crate::hw::disk::Disk;
+use crate::pair::{DataPair, Pair, WitnessMember};
 use crate::storage::NvmeService;
+use tandem_kernel::config::{AnaSetting, HaRole, PairNode};
 use virtio_drivers::transport::DeviceType;
 
 use crate::hw::dma::KernelHal;
@@ -35,6 +37,8 @@ pub struct NetPort {
     pub nic: Nic<NetDevice>,
     transport: SharedTransport,
     status: Option<Listener>,
+    /// Status connections being answered (ours to remove once closed).
+    status_connections: Vec<tandem_net::smoltcp::iface::SocketHandle>,
 }
 
 pub struct Machine {
@@ -45,6 +49,7 @@ pub struct Machine {
     started_micros: u64,
     config: Config,
     nvme: Option<NvmeService>,
+    pair: Option<Pair>,
 }
 
 fn instant(micros: u64) -> Instant {
@@ -79,7 +84,7 @@ impl Machine {
                             let nic = Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
                             let status = (config.status_port != 0)
                                 .then(|| Listener::new(config.status_port, STATUS_CONNECTIONS, STATUS_BUFFER_BYTES));
-                            nets.push(NetPort { nic, transport: device.transport, status });
+                            nets.push(NetPort { nic, transport: device.transport, status, status_connections: Vec::new() });
                         }
                         Err(error) => println!("tandem: error: {name}: virtio-net at {} failed: {error:?}", device.location),
                     }
@@ -110,7 +115,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None }
+        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None }
     }
 
     pub fn run(mut self) -> ! {
@@ -127,10 +132,22 @@ impl Machine {
             busy |= self.poll_network(now);
             if let Some(nvme) = self.nvme.as_mut() {
                 busy |= nvme.poll(&mut self.nets, &mut self.disks, now / 1000);
+                if let (Some(Pair::Data(pair)), Some(disk)) = (self.pair.as_mut(), self.disks.first_mut()) {
+                    for (connection, request) in nvme.take_requests() {
+                        let id = request.id;
+                        if let Some(outcome) = pair.submit(connection, request, disk, now) {
+                            nvme.complete(connection, id, outcome, now / 1000);
+                        }
+                    }
+                    busy |= pair.poll(&mut self.nets, disk, nvme, now);
+                }
                 // Bytes the NVMe service queued go out in this round.
                 for port in &mut self.nets {
                     busy |= port.nic.poll(instant(now)).0;
                 }
+            }
+            if let Some(Pair::Witness(witness)) = self.pair.as_mut() {
+                busy |= witness.poll(&mut self.nets, now);
             }
             self.check_ready(now);
             if !busy && !self.nets.iter().any(|port| port.nic.device().has_rx()) {
@@ -176,7 +193,15 @@ impl Machine {
         let port = &mut self.nets[index];
         let Some(listener) = port.status.as_mut() else { return false };
         let sockets = port.nic.sockets_mut();
-        let accepted = listener.poll(sockets);
+        port.status_connections.retain(|handle| {
+            let closed = matches!(sockets.get::<tcp::Socket>(*handle).state(), tcp::State::Closed | tcp::State::TimeWait);
+            if closed {
+                sockets.remove(*handle);
+            }
+            !closed
+        });
+        let accepted = listener.poll(sockets, port.status_connections.len());
+        port.status_connections.extend_from_slice(&accepted);
         for handle in accepted {
             let socket = sockets.get_mut::<tcp::Socket>(handle);
             let bytes = text.as_bytes();
@@ -198,11 +223,7 @@ impl Machine {
             return;
         }
         self.ready = true;
-        let (used, free) = memory::heap_usage();
-        match NvmeService::new(&self.config.nvme, &self.nets, &self.disks, used + free) {
-            Ok(service) => self.nvme = Some(service),
-            Err(error) => println!("tandem: error: the NVMe/TCP target cannot start: {error}"),
-        }
+        self.start_services(now);
         let mut line = format!("tandem: ready {} ms", now / 1000);
         for port in &self.nets {
             match port.nic.address() {
@@ -221,6 +242,71 @@ impl Machine {
         print!("{}", console::PROMPT);
     }
 
+    /// The pair (if configured) and the NVMe/TCP target, once the NICs have
+    /// their addresses.
+    fn start_services(&mut self, now: u64) {
+        let (used, free) = memory::heap_usage();
+        let mut nvme_settings = self.config.nvme.clone();
+        let mut pair_data_bytes = None;
+        match self.config.ha.role {
+            HaRole::Standalone => {}
+            HaRole::Witness => {
+                match WitnessMember::start(&self.config, &mut self.nets, now) {
+                    Ok(witness) => self.pair = Some(Pair::Witness(witness)),
+                    Err(error) => println!("tandem: error: the witness cannot start: {error}"),
+                }
+                return;
+            }
+            HaRole::Data(node) => {
+                let Some(disk) = self.disks.first_mut() else {
+                    println!("tandem: error: node={} needs a disk (disk0) for the pair's data", if node == PairNode::A { "a" } else { "b" });
+                    return;
+                };
+                match DataPair::start(&self.config, node, &mut self.nets, disk, now) {
+                    Ok(pair) => {
+                        pair_data_bytes = Some(pair.data_bytes());
+                        self.pair = Some(Pair::Data(pair));
+                        // The pair decides when this node serves.
+                        nvme_settings.ana_state = AnaSetting::Inaccessible;
+                    }
+                    Err(error) => {
+                        println!("tandem: error: the pair cannot start: {error}");
+                        return;
+                    }
+                }
+            }
+        }
+        match NvmeService::new(&nvme_settings, &self.nets, &self.disks, used + free, pair_data_bytes) {
+            Ok(service) => self.nvme = Some(service),
+            Err(error) => println!("tandem: error: the NVMe/TCP target cannot start: {error}"),
+        }
+    }
+
+    fn pair_command(&mut self, command: Command) {
+        let now = clock::now_micros();
+        let Some(Pair::Data(pair)) = self.pair.as_mut() else {
+            println!("error: this machine is not a data node of a pair (node=a|b)");
+            return;
+        };
+        let result = match command {
+            Command::Promote => pair.promote(now),
+            Command::Demote => pair.demote(now),
+            Command::Fence => {
+                pair.fence(now);
+                Ok(())
+            }
+            Command::Unfence => {
+                pair.unfence(now);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => println!("ok"),
+            Err(error) => println!("error: {error}"),
+        }
+    }
+
     fn execute(&mut self, line: &str) {
         match console::parse(line) {
             Err(error) => println!("error: {error}"),
@@ -237,6 +323,11 @@ impl Machine {
                     Err(error) => println!("error: nvme ana: {error}"),
                 },
                 None => println!("error: nvme: the target is not running"),
+            },
+            Ok(command @ (Command::Promote | Command::Demote | Command::Fence | Command::Unfence)) => self.pair_command(command),
+            Ok(Command::History) => match self.pair.as_ref() {
+                Some(Pair::Data(pair)) => print!("{}", pair.history()),
+                _ => println!("error: history: this machine is not a data node of a pair"),
             },
             Ok(Command::Log(level)) => {
                 crate::logger::set_level(level);
@@ -287,6 +378,14 @@ impl Machine {
                 counters.rx_errors.get(),
                 counters.tx_errors.get(),
             );
+        }
+        match self.pair.as_ref() {
+            Some(Pair::Data(pair)) => text.push_str(&pair.status(now)),
+            Some(Pair::Witness(witness)) => text.push_str(&witness.status(now)),
+            None => {}
+        }
+        if !text.ends_with('\n') {
+            text.push('\n');
         }
         for (index, disk) in self.disks.iter().enumerate() {
             let _ = writeln!(

@@ -8,6 +8,7 @@ extern crate alloc;
 mod hw;
 mod logger;
 mod machine;
+mod pair;
 mod storage;
 
 use core::fmt::Write;
@@ -49,7 +50,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     // and its stack; the loader's structures were copied out already.
     unsafe { hw::memory::init_heap(heap) };
 
-    let config = match tandem_kernel::config::Config::parse(boot.cmdline()) {
+    let config = match tandem_kernel::config::Config::parse(boot.cmdline()).and_then(|c| c.check_consistency().map(|()| c)) {
         Ok(config) => config,
         Err(error) => {
             println!("tandem: config error: {error}");

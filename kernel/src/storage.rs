@@ -45,6 +45,9 @@ pub struct NvmeService {
     pending: BTreeMap<Tag, (u64, RequestId)>,
     next_tag: Tag,
     next_connection: u64,
+    /// With an HA pair, block requests go to the pair instead of the disks.
+    divert: bool,
+    diverted: Vec<(u64, tandem_nvme::BlockRequest)>,
 }
 
 pub fn ana_state(setting: AnaSetting) -> AnaState {
@@ -57,7 +60,16 @@ pub fn ana_state(setting: AnaSetting) -> AnaState {
 
 impl NvmeService {
     /// Builds the target over `disks`, with a portal per addressed NIC.
-    pub fn new(settings: &NvmeSettings, nets: &[NetPort], disks: &[Disk], heap_bytes: usize) -> Result<Self, String> {
+    /// `pair_data_bytes`: with an HA pair, only disk0 is served, with this
+    /// size (the rest holds the pair's metadata), and block requests are
+    /// handed out by [`NvmeService::take_requests`].
+    pub fn new(
+        settings: &NvmeSettings,
+        nets: &[NetPort],
+        disks: &[Disk],
+        heap_bytes: usize,
+        pair_data_bytes: Option<u64>,
+    ) -> Result<Self, String> {
         let mut config = TargetConfig::new(&settings.subsystem_nqn);
         config.serial = settings.serial.clone();
         config.model = settings.model.clone();
@@ -70,7 +82,8 @@ impl NvmeService {
         config.limits.total_data_budget = (heap_bytes as u64 / 4).min(config.limits.total_data_budget);
         config.limits.data_budget = (config.limits.data_budget as u64).min(config.limits.total_data_budget / 2) as u32;
         let lba_shift = if settings.lba_bytes == 4096 { 12 } else { 9 };
-        for (index, disk) in disks.iter().enumerate() {
+        let served = if pair_data_bytes.is_some() { &disks[..disks.len().min(1)] } else { disks };
+        for (index, disk) in served.iter().enumerate() {
             let nsid = index as u32 + 1;
             let nguid = match settings.nguid {
                 Some(mut nguid) => {
@@ -84,7 +97,7 @@ impl NvmeService {
             uuid[8] = (uuid[8] & 0x3f) | 0x80;
             config.namespaces.push(NamespaceConfig {
                 nsid,
-                blocks: disk.sectors() * SECTOR >> lba_shift,
+                blocks: pair_data_bytes.unwrap_or(disk.sectors() * SECTOR) >> lba_shift,
                 lba_shift,
                 nguid,
                 uuid,
@@ -118,7 +131,16 @@ impl NvmeService {
                     .then(|| Listener::new(settings.discovery_port, MAX_CONNECTIONS / 4, 16 * 1024)),
             })
             .collect();
-        Ok(Self { target, listeners, connections: Vec::new(), pending: BTreeMap::new(), next_tag: 1, next_connection: 1 })
+        Ok(Self {
+            target,
+            listeners,
+            connections: Vec::new(),
+            pending: BTreeMap::new(),
+            next_tag: 1,
+            next_connection: 1,
+            divert: pair_data_bytes.is_some(),
+            diverted: Vec::new(),
+        })
     }
 
     pub fn target_mut(&mut self) -> &mut Target {
@@ -136,9 +158,10 @@ impl NvmeService {
 
         for (nic, listeners) in self.listeners.iter_mut().enumerate() {
             let sockets = nets[nic].nic.sockets_mut();
-            let mut accepted = listeners.io.poll(sockets);
+            let live = self.connections.iter().filter(|c| c.nic == nic).count();
+            let mut accepted = listeners.io.poll(sockets, live);
             if let Some(discovery) = listeners.discovery.as_mut() {
-                accepted.extend(discovery.poll(sockets));
+                accepted.extend(discovery.poll(sockets, live));
             }
             for handle in accepted {
                 busy = true;
@@ -157,6 +180,10 @@ impl NvmeService {
             busy |= pump(&mut self.target, entry, socket, now);
             while let Some(request) = entry.connection.next_block_request() {
                 busy = true;
+                if self.divert {
+                    self.diverted.push((entry.id, request));
+                    continue;
+                }
                 let disk_index = request.nsid as usize - 1;
                 let op = match request.op {
                     BlockOp::Read { offset, len } => DiskOp::Read { sector: offset / SECTOR, bytes: len as usize },
@@ -186,11 +213,35 @@ impl NvmeService {
         }
         // Start what was just submitted without waiting for the next round.
         busy |= self.complete_disk_requests(disks, now);
-        self.connections.retain(|entry| entry.connection.state() != ConnectionState::Closed);
+        self.connections.retain(|entry| {
+            let sockets = nets[entry.nic].nic.sockets_mut();
+            let finished = entry.connection.state() == ConnectionState::Closed
+                && matches!(sockets.get::<tcp::Socket>(entry.handle).state(), tcp::State::Closed | tcp::State::TimeWait);
+            if finished {
+                // Our socket: the listener handed it over.
+                sockets.remove(entry.handle);
+            }
+            !finished
+        });
         while let Some(event) = self.target.poll_event() {
             log::info!("nvme: {event:?}");
         }
         busy
+    }
+
+    /// Block requests for the HA pair: (connection, request).
+    pub fn take_requests(&mut self) -> Vec<(u64, tandem_nvme::BlockRequest)> {
+        core::mem::take(&mut self.diverted)
+    }
+
+    /// Completes a request handed out by [`NvmeService::take_requests`].
+    pub fn complete(&mut self, connection: u64, request: RequestId, outcome: BlockOutcome, now_ms: u64) {
+        let now = Instant::from_millis(now_ms);
+        if let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection) {
+            if let Err(error) = entry.connection.complete_block(&mut self.target, now, request, outcome) {
+                log::debug!("completion for a closed command: {error}");
+            }
+        }
     }
 
     fn complete_disk_requests(&mut self, disks: &mut [Disk], now: Instant) -> bool {

@@ -2,6 +2,10 @@
 //! accept(), so the listener keeps one socket in LISTEN, hands established
 //! ones to the caller, and opens a fresh listening socket each time — up to a
 //! bound on live connections, so a flood of connections costs bounded memory.
+//!
+//! An accepted socket belongs to the caller from then on: the caller removes
+//! it from the socket set when done, and tells [`Listener::poll`] how many it
+//! still holds.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -14,7 +18,6 @@ pub struct Listener {
     max_connections: usize,
     buffer_bytes: usize,
     listening: Option<SocketHandle>,
-    connections: Vec<SocketHandle>,
     /// Connections past LISTEN but not yet established (not yet announced).
     handshaking: Vec<SocketHandle>,
 }
@@ -23,21 +26,17 @@ impl Listener {
     /// `max_connections` live connections at most, each with `buffer_bytes`
     /// of receive and of transmit buffer.
     pub fn new(port: u16, max_connections: usize, buffer_bytes: usize) -> Self {
-        Self { port, max_connections, buffer_bytes, listening: None, connections: Vec::new(), handshaking: Vec::new() }
+        Self { port, max_connections, buffer_bytes, listening: None, handshaking: Vec::new() }
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Connections handed out and not yet closed.
-    pub fn connections(&self) -> &[SocketHandle] {
-        &self.connections
-    }
-
-    /// Accepts: returns sockets that became established since the last
-    /// call, drops sockets that have closed, and keeps one socket listening.
-    pub fn poll(&mut self, sockets: &mut SocketSet<'static>) -> Vec<SocketHandle> {
+    /// Accepts: returns sockets that became established since the last call
+    /// (now the caller's), and keeps one socket listening while the caller
+    /// holds fewer than the bound (`live`).
+    pub fn poll(&mut self, sockets: &mut SocketSet<'static>, live: usize) -> Vec<SocketHandle> {
         if let Some(handle) = self.listening {
             let socket = sockets.get::<tcp::Socket>(handle);
             if socket.is_active() {
@@ -62,15 +61,7 @@ impl Listener {
                 false
             }
         });
-        self.connections.retain(|handle| {
-            let open = sockets.get::<tcp::Socket>(*handle).state() != tcp::State::Closed;
-            if !open {
-                sockets.remove(*handle);
-            }
-            open
-        });
-        self.connections.extend_from_slice(&accepted);
-        if self.listening.is_none() && self.connections.len() + self.handshaking.len() < self.max_connections {
+        if self.listening.is_none() && live + accepted.len() + self.handshaking.len() < self.max_connections {
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
@@ -80,13 +71,5 @@ impl Listener {
             }
         }
         accepted
-    }
-
-    /// Forgets a connection and frees its socket at once (after an abort).
-    pub fn remove(&mut self, sockets: &mut SocketSet<'static>, handle: SocketHandle) {
-        if let Some(position) = self.connections.iter().position(|h| *h == handle) {
-            self.connections.swap_remove(position);
-            sockets.remove(handle);
-        }
     }
 }

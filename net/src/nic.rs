@@ -105,6 +105,17 @@ impl<D: Device> Nic<D> {
         &mut self.sockets
     }
 
+    /// Starts an outgoing TCP connection from this interface.
+    pub fn connect(
+        &mut self,
+        mut socket: smoltcp::socket::tcp::Socket<'static>,
+        remote: smoltcp::wire::IpEndpoint,
+        local: smoltcp::wire::IpEndpoint,
+    ) -> Result<SocketHandle, smoltcp::socket::tcp::ConnectError> {
+        socket.connect(self.iface.context(), remote, local)?;
+        Ok(self.sockets.add(socket))
+    }
+
     fn set_address(&mut self, address: Ipv4Cidr, gateway: Option<Ipv4Address>) {
         self.iface.update_ip_addrs(|addrs| {
             addrs.clear();

@@ -68,3 +68,8 @@ pub fn now_micros() -> u64 {
 pub fn tsc_mhz() -> u64 {
     TSC_PER_MICROSECOND_X1024.load(Ordering::Relaxed) / 1024
 }
+
+/// A value that differs on every boot (the TSC at kernel entry).
+pub fn boot_stamp() -> u64 {
+    BOOT_TSC.load(Ordering::Relaxed)
+}

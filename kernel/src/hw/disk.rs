@@ -73,6 +73,8 @@ pub struct Disk {
 }
 
 const ZERO_TAG_BIT: Tag = 1 << 63;
+/// Tag of the one synchronous durable write ([`Disk::write_durable_now`]).
+const BARRIER_TAG: Tag = 1 << 62;
 
 impl Disk {
     pub fn new(blk: VirtIOBlk<KernelHal, SharedTransport>) -> Self {
@@ -256,6 +258,25 @@ impl Disk {
             let tag = zeroing.tag;
             self.zeroing = None;
             self.completed.push((tag, result));
+        }
+    }
+
+    /// Writes and flushes `data` at `sector` before returning, while other
+    /// requests go on (their completions are kept for the next `poll`): the
+    /// HA metadata barrier.
+    pub fn write_durable_now(&mut self, sector: u64, data: Vec<u8>) -> Result<(), virtio_drivers::Error> {
+        self.waiting.push_front((BARRIER_TAG, DiskOp::Write { sector, data, flush_after: true }));
+        loop {
+            self.collect_finished();
+            self.start_waiting();
+            if let Some(position) = self.completed.iter().position(|(tag, _)| *tag == BARRIER_TAG) {
+                let (_, result) = self.completed.remove(position);
+                return match result {
+                    DiskResult::Failed(error) => Err(error),
+                    _ => Ok(()),
+                };
+            }
+            core::hint::spin_loop();
         }
     }
 

@@ -1,0 +1,660 @@
+//! The HA pair in the image: carries `tandem_ha`'s datagrams over UDP on
+//! every link, its replication stream over TCP on the replication link, its
+//! metadata and replicated writes to disk0, and host I/O between the NVMe
+//! service and the pair. All decisions are the crate's; this only executes
+//! its actions in order.
+//!
+//! Links: link 0 is the replication link (net1), link 1 the front-end (net0).
+//! UDP `ha_port` (default 7790) carries control datagrams on both; the
+//! replication stream is TCP `ha_port - 1` on link 0, opened by node `a`.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use tandem_ha::metadata::{Layout, BLOCK_SIZE};
+use tandem_ha::node::{Action, Config as NodeConfig, DataNode, HostIoError, InitialData, IoResult, Timing, DEFAULT_REGION_SIZE};
+use tandem_ha::witness::{Witness, WitnessConfig};
+use tandem_ha::{AnaState as HaAna, Duration, Instant, LinkId, NodeId};
+use tandem_kernel::config::{derived_id, Config, HaSettings, PairNode};
+use tandem_net::smoltcp::iface::SocketHandle;
+use tandem_net::smoltcp::socket::{tcp, udp};
+use tandem_net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
+use tandem_net::Listener;
+use tandem_nvme::{AnaState, BlockError, BlockOp, BlockOutcome, BlockRequest, RequestId};
+
+use crate::hw::disk::{Disk, DiskOp, DiskResult, Tag};
+use crate::machine::NetPort;
+use crate::println;
+use crate::storage::NvmeService;
+
+const SECTOR: u64 = 512;
+const UDP_PACKETS: usize = 32;
+const UDP_BYTES: usize = 32 * 1024;
+const STREAM_BUFFER_BYTES: usize = 256 * 1024;
+const RECONNECT_MILLIS: u64 = 100;
+/// Write Zeroes goes to the pair as zero writes of at most this size.
+const ZERO_CHUNK_BYTES: u64 = 128 * 1024;
+/// Disk tags of the pair start here, clear of the NVMe service's.
+const TAG_BASE: Tag = 1 << 40;
+
+fn ha_now(micros: u64) -> Instant {
+    Instant::from_micros(micros)
+}
+
+fn timing(settings: &HaSettings) -> Timing {
+    Timing {
+        heartbeat_interval: Duration::from_millis(settings.heartbeat_interval_ms),
+        failure_timeout: Duration::from_millis(settings.failure_timeout_ms),
+        lease_duration: Duration::from_millis(settings.lease_ms),
+        lease_margin: Duration::from_millis((settings.lease_ms / 4).max(20)),
+        clock_drift_ppm: 1000,
+    }
+}
+
+fn pair_id(config: &Config) -> u64 {
+    config.ha.pair_id.unwrap_or_else(|| {
+        let id = derived_id(&config.nvme.subsystem_nqn, 0, 0xa5);
+        u64::from_be_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]]).max(1)
+    })
+}
+
+/// One UDP socket per link.
+struct Links {
+    /// (NIC index, socket) for link 0 and link 1.
+    sockets: [Option<(usize, SocketHandle)>; 2],
+    port: u16,
+    /// Address of (member, link): a, b, witness × link 0, link 1.
+    addresses: [[Option<[u8; 4]>; 2]; 3],
+}
+
+impl Links {
+    fn open(nets: &mut [NetPort], port: u16, addresses: [[Option<[u8; 4]>; 2]; 3]) -> Self {
+        let mut sockets = [None, None];
+        let nics = [if nets.len() > 1 { 1 } else { 0 }, 0];
+        for (link, nic) in nics.into_iter().enumerate() {
+            if nic >= nets.len() || (link == 0 && nets.len() < 2) {
+                continue;
+            }
+            let mut socket = udp::Socket::new(
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
+                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
+            );
+            if socket.bind(port).is_ok() {
+                sockets[link] = Some((nic, nets[nic].nic.sockets_mut().add(socket)));
+            }
+        }
+        Self { sockets, port, addresses }
+    }
+
+    fn send(&self, nets: &mut [NetPort], to: NodeId, link: LinkId, bytes: &[u8]) {
+        let link_index = link.0 as usize;
+        let Some(Some((nic, handle))) = self.sockets.get(link_index) else { return };
+        let Some(Some(address)) = self.addresses.get(to.index()).and_then(|a| a.get(link_index)) else { return };
+        let endpoint = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(*address)), self.port);
+        let socket = nets[*nic].nic.sockets_mut().get_mut::<udp::Socket>(*handle);
+        if let Err(error) = socket.send_slice(bytes, endpoint) {
+            log::debug!("ha: datagram to {} on link {} dropped: {error}", to.name(), link.0);
+        }
+    }
+
+    /// Received datagrams: (link, bytes).
+    fn receive(&self, nets: &mut [NetPort]) -> Vec<(LinkId, Vec<u8>)> {
+        let mut received = Vec::new();
+        for (link, entry) in self.sockets.iter().enumerate() {
+            let Some((nic, handle)) = entry else { continue };
+            let socket = nets[*nic].nic.sockets_mut().get_mut::<udp::Socket>(*handle);
+            while let Ok((bytes, _)) = socket.recv() {
+                received.push((LinkId(link as u8), bytes.to_vec()));
+            }
+        }
+        received
+    }
+}
+
+/// The replication stream's TCP connection.
+struct Stream {
+    nic: usize,
+    peer: Option<[u8; 4]>,
+    port: u16,
+    listener: Option<Listener>,
+    socket: Option<SocketHandle>,
+    connected: bool,
+    outbox: VecDeque<u8>,
+    retry_at_ms: u64,
+    next_local_port: u16,
+}
+
+enum Origin {
+    Host { connection: u64, request: RequestId },
+    /// A chunk of a Write Zeroes command.
+    Zeroing { parent: u64 },
+}
+
+struct HostWrite {
+    origin: Origin,
+    offset: u64,
+    data: Vec<u8>,
+    force_unit_access: bool,
+}
+
+struct HostRead {
+    connection: u64,
+    request: RequestId,
+    data: Option<Vec<u8>>,
+}
+
+struct ZeroCommand {
+    connection: u64,
+    request: RequestId,
+    next_offset: u64,
+    end: u64,
+    failed: bool,
+}
+
+enum DiskPurpose {
+    HostRead(u64),
+    HostWrite(u64),
+    HostFlush { connection: u64, request: RequestId },
+    Replicated { seq: u64, offset: u64 },
+    ResyncRead { offset: u64 },
+    ResyncWrite { offset: u64 },
+}
+
+pub struct DataPair {
+    node: DataNode,
+    links: Links,
+    stream: Stream,
+    writes: BTreeMap<u64, HostWrite>,
+    reads: BTreeMap<u64, HostRead>,
+    zeroing: BTreeMap<u64, ZeroCommand>,
+    disk_tags: BTreeMap<Tag, DiskPurpose>,
+    next_id: u64,
+    next_tag: Tag,
+    ana_group: u32,
+    ana: HaAna,
+}
+
+pub struct WitnessMember {
+    witness: Witness,
+    links: Links,
+}
+
+/// The machine's part in a pair.
+pub enum Pair {
+    Data(DataPair),
+    Witness(WitnessMember),
+}
+
+fn read_blocks(disk: &mut Disk, offset: u64, bytes: usize) -> Result<Vec<u8>, String> {
+    let mut buffer = vec![0u8; bytes];
+    disk.read_now(offset / SECTOR, &mut buffer).map_err(|error| alloc::format!("{error:?}"))?;
+    Ok(buffer)
+}
+
+impl DataPair {
+    /// Opens disk0's metadata (formatting a blank disk) and joins the pair.
+    pub fn start(config: &Config, node: PairNode, nets: &mut [NetPort], disk: &mut Disk, now_micros: u64) -> Result<Self, String> {
+        let me = match node {
+            PairNode::A => NodeId::A,
+            PairNode::B => NodeId::B,
+        };
+        let mut node_config = NodeConfig::new(me, pair_id(config), crate::hw::clock::boot_stamp() ^ now_micros);
+        node_config.timing = timing(&config.ha);
+        node_config.resync_rate = config.ha.resync_mib_per_second << 20;
+        let disk_bytes = disk.sectors() * SECTOR;
+        let layout = Layout::new(disk_bytes, DEFAULT_REGION_SIZE).map_err(|error| alloc::format!("disk0 of {disk_bytes} bytes: {error}"))?;
+        let slot0 = read_blocks(disk, layout.superblock_offset(0), BLOCK_SIZE)?;
+        let slot1 = read_blocks(disk, layout.superblock_offset(1), BLOCK_SIZE)?;
+        let now = ha_now(now_micros);
+        let node = if slot0.iter().chain(slot1.iter()).all(|b| *b == 0) {
+            // A blank disk: a new pair whose two disks start identical.
+            log::info!("ha: disk0 has no pair metadata; formatting it for pair {:#x} as node {}", node_config.pair_id, me.name());
+            DataNode::format_with_layout(node_config, layout, InitialData::UpToDate, now)
+        } else {
+            let bitmap = read_blocks(disk, layout.bitmap_block_offset(0), layout.bitmap_blocks as usize * BLOCK_SIZE)?;
+            DataNode::open(node_config, &slot0, &slot1, &bitmap, now)
+        }
+        .map_err(|error| alloc::format!("disk0 metadata: {error}"))?;
+
+        let peer = config.nvme.peer_portals.first().map(|(address, _)| *address);
+        let me_index = me.index();
+        let peer_index = me.peer().index();
+        let mut addresses = [[None; 2]; 3];
+        addresses[peer_index] = [config.ha.peer_replication.or(peer), peer];
+        addresses[NodeId::Witness.index()] = [config.ha.witness_replication, config.ha.witness];
+        let _ = me_index;
+        let links = Links::open(nets, config.ha.control_port, addresses);
+        let stream_nic = if nets.len() > 1 { 1 } else { 0 };
+        let stream_port = config.ha.control_port - 1;
+        let connects = me == NodeId::A;
+        let stream = Stream {
+            nic: stream_nic,
+            peer: addresses[peer_index][0],
+            port: stream_port,
+            listener: (!connects).then(|| Listener::new(stream_port, 2, STREAM_BUFFER_BYTES)),
+            socket: None,
+            connected: false,
+            outbox: VecDeque::new(),
+            retry_at_ms: 0,
+            next_local_port: 49152,
+        };
+        log::info!(
+            "ha: node {} data {} bytes, metadata at {} ({} regions of {} KiB)",
+            me.name(),
+            layout.data_bytes,
+            layout.metadata_offset(),
+            layout.region_count,
+            layout.region_size / 1024
+        );
+        Ok(Self {
+            node,
+            links,
+            stream,
+            writes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            zeroing: BTreeMap::new(),
+            disk_tags: BTreeMap::new(),
+            next_id: 1,
+            next_tag: TAG_BASE,
+            ana_group: config.nvme.ana_group,
+            ana: HaAna::Inaccessible,
+        })
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.node.data_bytes()
+    }
+
+    fn path_error(&self) -> BlockError {
+        match self.ana {
+            HaAna::Change => BlockError::AnaTransition,
+            _ => BlockError::AnaInaccessible,
+        }
+    }
+
+    fn tag(&mut self, purpose: DiskPurpose) -> Tag {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.disk_tags.insert(tag, purpose);
+        tag
+    }
+
+    /// Takes a host block request. Requests refused at once come back as
+    /// completions.
+    pub fn submit(&mut self, connection: u64, request: BlockRequest, disk: &mut Disk, now_micros: u64) -> Option<BlockOutcome> {
+        let now = ha_now(now_micros);
+        let refused = |error: HostIoError| match error {
+            HostIoError::NotServing(HaAna::Change) => BlockOutcome::Failed(BlockError::AnaTransition),
+            HostIoError::NotServing(_) => BlockOutcome::Failed(BlockError::AnaInaccessible),
+            HostIoError::OutOfRange => BlockOutcome::Failed(BlockError::Internal),
+        };
+        match request.op {
+            BlockOp::Read { offset, len } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                if let Err(error) = self.node.host_read(now, id, offset, len as u64) {
+                    return Some(refused(error));
+                }
+                self.reads.insert(id, HostRead { connection, request: request.id, data: None });
+                let tag = self.tag(DiskPurpose::HostRead(id));
+                disk.submit(tag, DiskOp::Read { sector: offset / SECTOR, bytes: len as usize });
+                None
+            }
+            BlockOp::Write { offset, data, force_unit_access } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                if let Err(error) = self.node.host_write(now, id, offset, data.len() as u64) {
+                    return Some(refused(error));
+                }
+                self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, data, force_unit_access });
+                None
+            }
+            BlockOp::Flush => {
+                if !self.node.is_serving(now) {
+                    return Some(BlockOutcome::Failed(self.path_error()));
+                }
+                let tag = self.tag(DiskPurpose::HostFlush { connection, request: request.id });
+                disk.submit(tag, DiskOp::Flush);
+                None
+            }
+            BlockOp::WriteZeroes { offset, len, .. } => {
+                let parent = self.next_id;
+                self.next_id += 1;
+                self.zeroing.insert(parent, ZeroCommand { connection, request: request.id, next_offset: offset, end: offset + len, failed: false });
+                self.next_zero_chunk(parent, now)
+            }
+            // Deallocated blocks have unspecified content: nothing to carry.
+            BlockOp::Deallocate { .. } if self.node.is_serving(now) => Some(BlockOutcome::Done),
+            BlockOp::Deallocate { .. } => Some(BlockOutcome::Failed(self.path_error())),
+        }
+    }
+
+    /// Starts the next chunk of a Write Zeroes; its completion if it ended.
+    fn next_zero_chunk(&mut self, parent: u64, now: Instant) -> Option<BlockOutcome> {
+        let command = self.zeroing.get_mut(&parent)?;
+        if command.failed || command.next_offset >= command.end {
+            let failed = command.failed;
+            self.zeroing.remove(&parent);
+            return Some(if failed { BlockOutcome::Failed(self.path_error()) } else { BlockOutcome::Done });
+        }
+        let len = (command.end - command.next_offset).min(ZERO_CHUNK_BYTES);
+        let offset = command.next_offset;
+        command.next_offset += len;
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.node.host_write(now, id, offset, len) {
+            Ok(()) => {
+                self.writes.insert(id, HostWrite { origin: Origin::Zeroing { parent }, offset, data: vec![0; len as usize], force_unit_access: false });
+                None
+            }
+            Err(_) => {
+                self.zeroing.remove(&parent);
+                Some(BlockOutcome::Failed(self.path_error()))
+            }
+        }
+    }
+
+    /// One round: timers, datagrams, the stream, disk completions, actions.
+    pub fn poll(&mut self, nets: &mut [NetPort], disk: &mut Disk, nvme: &mut NvmeService, now_micros: u64) -> bool {
+        let now = ha_now(now_micros);
+        let mut busy = false;
+        self.node.tick(now);
+        for (link, bytes) in self.links.receive(nets) {
+            busy = true;
+            self.node.on_datagram(now, link, &bytes);
+        }
+        busy |= self.pump_stream(nets, now_micros);
+        for (tag, result) in disk.poll() {
+            busy = true;
+            let Some(purpose) = self.disk_tags.remove(&tag) else { continue };
+            let ok = !matches!(result, DiskResult::Failed(_));
+            match purpose {
+                DiskPurpose::HostRead(id) => {
+                    if let (Some(read), DiskResult::ReadData(data)) = (self.reads.get_mut(&id), result) {
+                        read.data = Some(data);
+                    }
+                    self.node.on_local_read_done(now, id, ok);
+                }
+                DiskPurpose::HostWrite(id) => self.node.on_local_write_done(now, id, ok),
+                DiskPurpose::HostFlush { connection, request } => {
+                    let outcome = if ok { BlockOutcome::Done } else { BlockOutcome::Failed(BlockError::Media) };
+                    nvme.complete(connection, request, outcome, now_micros / 1000);
+                }
+                DiskPurpose::Replicated { seq, offset } => self.node.on_replicated_write_done(now, seq, offset, ok),
+                DiskPurpose::ResyncRead { offset } => match result {
+                    DiskResult::ReadData(data) => self.node.on_resync_read_done(now, offset, Some(&data)),
+                    _ => self.node.on_resync_read_done(now, offset, None),
+                },
+                DiskPurpose::ResyncWrite { offset } => self.node.on_resync_write_done(now, offset, ok),
+            }
+        }
+        busy |= self.run_actions(nets, disk, nvme, now_micros);
+        busy |= self.pump_stream(nets, now_micros);
+        busy
+    }
+
+    fn run_actions(&mut self, nets: &mut [NetPort], disk: &mut Disk, nvme: &mut NvmeService, now_micros: u64) -> bool {
+        let now = ha_now(now_micros);
+        let mut any = false;
+        loop {
+            let actions: Vec<Action> = self.node.drain_actions().collect();
+            if actions.is_empty() {
+                return any;
+            }
+            any = true;
+            for action in actions {
+                match action {
+                    Action::SendDatagram { to, link, bytes } => self.links.send(nets, to, link, &bytes),
+                    Action::SendStream { bytes } => self.stream.outbox.extend(bytes),
+                    Action::ReplicateWrite { id, frame_prefix } => {
+                        self.stream.outbox.extend(frame_prefix);
+                        if let Some(write) = self.writes.get(&id) {
+                            self.stream.outbox.extend(write.data.iter().copied());
+                        }
+                    }
+                    Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
+                    Action::PersistMetadata { offset, bytes } => {
+                        if let Err(error) = disk.write_durable_now(offset / SECTOR, bytes) {
+                            // The crate waits for nothing more than this write;
+                            // without it the node must not go on as if persisted.
+                            panic!("ha: metadata write at {offset} failed: {error:?}");
+                        }
+                    }
+                    Action::SubmitLocalWrite { id } => {
+                        if let Some(write) = self.writes.get(&id) {
+                            // The data stays here too: the replication stream
+                            // may still need it.
+                            let op = DiskOp::Write { sector: write.offset / SECTOR, data: write.data.clone(), flush_after: write.force_unit_access };
+                            let tag = self.tag(DiskPurpose::HostWrite(id));
+                            disk.submit(tag, op);
+                        }
+                    }
+                    Action::CompleteWrite { id, result } => {
+                        let Some(write) = self.writes.remove(&id) else { continue };
+                        let outcome = self.outcome(result, None);
+                        match write.origin {
+                            Origin::Host { connection, request } => nvme.complete(connection, request, outcome, now_micros / 1000),
+                            Origin::Zeroing { parent } => {
+                                if !matches!(outcome, BlockOutcome::Done) {
+                                    if let Some(command) = self.zeroing.get_mut(&parent) {
+                                        command.failed = true;
+                                    }
+                                }
+                                let target = self.zeroing.get(&parent).map(|c| (c.connection, c.request));
+                                if let (Some(done), Some((connection, request))) = (self.next_zero_chunk(parent, now), target) {
+                                    nvme.complete(connection, request, done, now_micros / 1000);
+                                }
+                            }
+                        }
+                    }
+                    Action::CompleteRead { id, result } => {
+                        let Some(read) = self.reads.remove(&id) else { continue };
+                        let outcome = self.outcome(result, read.data);
+                        nvme.complete(read.connection, read.request, outcome, now_micros / 1000);
+                    }
+                    Action::ApplyReplicatedWrite { seq, offset, data } => {
+                        let tag = self.tag(DiskPurpose::Replicated { seq, offset });
+                        // Durable before acknowledged: the primary acknowledges
+                        // the host on the strength of this.
+                        disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: true });
+                    }
+                    Action::ReadForResync { offset, len } => {
+                        let tag = self.tag(DiskPurpose::ResyncRead { offset });
+                        disk.submit(tag, DiskOp::Read { sector: offset / SECTOR, bytes: len as usize });
+                    }
+                    Action::ApplyResync { offset, data } => {
+                        let tag = self.tag(DiskPurpose::ResyncWrite { offset });
+                        disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: true });
+                    }
+                    Action::AnaChanged(state) => {
+                        self.ana = state;
+                        let nvme_state = match state {
+                            HaAna::Optimized => AnaState::Optimized,
+                            HaAna::Inaccessible => AnaState::Inaccessible,
+                            HaAna::Change => AnaState::Change,
+                        };
+                        if let Err(error) = nvme.target_mut().set_ana_state(self.ana_group, nvme_state) {
+                            log::error!("ha: cannot set ANA state: {error}");
+                        }
+                    }
+                    Action::RoleChanged(change) => println!("{change}"),
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, result: IoResult, data: Option<Vec<u8>>) -> BlockOutcome {
+        match result {
+            IoResult::Ok => match data {
+                Some(data) => BlockOutcome::ReadData(data),
+                None => BlockOutcome::Done,
+            },
+            IoResult::PathError => BlockOutcome::Failed(self.path_error()),
+            IoResult::MediaError => BlockOutcome::Failed(BlockError::Media),
+        }
+    }
+
+    fn close_stream(&mut self, nets: &mut [NetPort], now_micros: u64, why: &str) {
+        if let Some(handle) = self.stream.socket.take() {
+            let sockets = nets[self.stream.nic].nic.sockets_mut();
+            sockets.get_mut::<tcp::Socket>(handle).abort();
+            sockets.remove(handle);
+        }
+        self.stream.outbox.clear();
+        if self.stream.connected {
+            self.stream.connected = false;
+            log::info!("ha: replication stream closed ({why})");
+            self.node.on_stream_closed(ha_now(now_micros));
+        }
+        self.stream.retry_at_ms = now_micros / 1000 + RECONNECT_MILLIS;
+    }
+
+    fn pump_stream(&mut self, nets: &mut [NetPort], now_micros: u64) -> bool {
+        let now_ms = now_micros / 1000;
+        let now = ha_now(now_micros);
+        let mut busy = false;
+        let nic = self.stream.nic;
+        if nic >= nets.len() {
+            return false;
+        }
+        // Accept (b) or connect (a).
+        if let Some(listener) = self.stream.listener.as_mut() {
+            let accepted = listener.poll(nets[nic].nic.sockets_mut(), self.stream.socket.is_some() as usize);
+            if let Some(handle) = accepted.into_iter().last() {
+                if self.stream.socket.is_some() {
+                    self.close_stream(nets, now_micros, "replaced by a new connection");
+                }
+                self.stream.socket = Some(handle);
+            }
+        } else if self.stream.socket.is_none() && now_ms >= self.stream.retry_at_ms {
+            if let (Some(peer), Some(local)) = (self.stream.peer, nets[nic].nic.address()) {
+                let mut socket = tcp::Socket::new(
+                    tcp::SocketBuffer::new(vec![0; STREAM_BUFFER_BYTES]),
+                    tcp::SocketBuffer::new(vec![0; STREAM_BUFFER_BYTES]),
+                );
+                let local_port = self.stream.next_local_port;
+                self.stream.next_local_port = if local_port >= 65000 { 49152 } else { local_port + 1 };
+                let remote = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(peer)), self.stream.port);
+                let local = IpEndpoint::new(IpAddress::Ipv4(local.address()), local_port);
+                socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(2000)));
+                match nets[nic].nic.connect(socket, remote, local) {
+                    Ok(handle) => self.stream.socket = Some(handle),
+                    Err(error) => log::debug!("ha: cannot connect the replication stream: {error}"),
+                }
+            }
+            self.stream.retry_at_ms = now_ms + RECONNECT_MILLIS;
+        }
+        let Some(handle) = self.stream.socket else { return busy };
+        let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
+        if !self.stream.connected && socket.may_send() {
+            self.stream.connected = true;
+            socket.set_nagle_enabled(false);
+            socket.set_ack_delay(None);
+            log::info!("ha: replication stream connected");
+            self.node.on_stream_connected(now);
+            busy = true;
+        }
+        if self.stream.connected {
+            let mut received = Vec::new();
+            while socket.can_recv() {
+                match socket.recv(|bytes| (bytes.len(), bytes.to_vec())) {
+                    Ok(bytes) if !bytes.is_empty() => received.extend(bytes),
+                    _ => break,
+                }
+            }
+            while !self.stream.outbox.is_empty() && socket.can_send() {
+                let (front, _) = self.stream.outbox.as_slices();
+                match socket.send_slice(front) {
+                    Ok(0) | Err(_) => break,
+                    Ok(sent) => {
+                        self.stream.outbox.drain(..sent);
+                        busy = true;
+                    }
+                }
+            }
+            if !received.is_empty() {
+                busy = true;
+                self.node.on_stream_bytes(now, &received);
+            }
+        }
+        let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
+        let closed = !socket.is_open() || (!socket.may_recv() && socket.recv_queue() == 0 && self.stream.connected);
+        let gave_up = !self.stream.connected && !socket.is_active() && socket.state() != tcp::State::Listen;
+        if closed || gave_up {
+            self.close_stream(nets, now_micros, "connection lost");
+            busy = true;
+        }
+        busy
+    }
+
+    pub fn status(&self, now_micros: u64) -> String {
+        alloc::format!("{}", self.node.status(ha_now(now_micros)))
+    }
+
+    pub fn history(&self) -> String {
+        let mut text = String::new();
+        for change in self.node.history() {
+            let at = change.at.as_micros();
+            let _ = writeln!(text, "[{:5}.{:03}] {} {} epoch {} reason {}", at / 1_000_000, at / 1000 % 1000, change.role, "", change.epoch, change.reason);
+        }
+        text
+    }
+
+    pub fn promote(&mut self, now_micros: u64) -> Result<(), String> {
+        self.node.promote(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+    }
+
+    pub fn demote(&mut self, now_micros: u64) -> Result<(), String> {
+        self.node.demote(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+    }
+
+    pub fn fence(&mut self, now_micros: u64) {
+        self.node.fence(ha_now(now_micros))
+    }
+
+    pub fn unfence(&mut self, now_micros: u64) {
+        self.node.unfence(ha_now(now_micros))
+    }
+}
+
+impl WitnessMember {
+    pub fn start(config: &Config, nets: &mut [NetPort], now_micros: u64) -> Result<Self, String> {
+        let mut witness_config = WitnessConfig::new(crate::hw::clock::boot_stamp() ^ now_micros);
+        witness_config.timing = timing(&config.ha);
+        let witness = Witness::new(witness_config, ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))?;
+        let mut addresses = [[None; 2]; 3];
+        for (index, address) in config.ha.node_addresses.iter().enumerate() {
+            addresses[index] = [config.ha.node_replication_addresses[index], *address];
+        }
+        let links = Links::open(nets, config.ha.control_port, addresses);
+        println!("tandem: role witness epoch {} reason boot", witness.epoch());
+        Ok(Self { witness, links })
+    }
+
+    pub fn poll(&mut self, nets: &mut [NetPort], now_micros: u64) -> bool {
+        let now = ha_now(now_micros);
+        let mut busy = false;
+        self.witness.tick(now);
+        for (link, bytes) in self.links.receive(nets) {
+            busy = true;
+            self.witness.on_datagram(now, link, &bytes);
+        }
+        let actions: Vec<Action> = self.witness.drain_actions().collect();
+        for action in actions {
+            busy = true;
+            match action {
+                Action::SendDatagram { to, link, bytes } => self.links.send(nets, to, link, &bytes),
+                Action::RoleChanged(change) => println!("{change}"),
+                _ => {}
+            }
+        }
+        busy
+    }
+
+    pub fn status(&self, now_micros: u64) -> String {
+        alloc::format!("{}", self.witness.status(ha_now(now_micros)))
+    }
+}
