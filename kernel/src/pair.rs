@@ -35,6 +35,7 @@ const UDP_PACKETS: usize = 32;
 const UDP_BYTES: usize = 32 * 1024;
 const STREAM_BUFFER_BYTES: usize = 256 * 1024;
 const RECONNECT_MILLIS: u64 = 100;
+const STREAM_KEEPALIVE_MILLIS: u64 = 500;
 /// Write Zeroes goes to the pair as zero writes of at most this size.
 const ZERO_CHUNK_BYTES: u64 = 128 * 1024;
 /// Disk tags of the pair start here, clear of the NVMe service's.
@@ -531,7 +532,7 @@ impl DataPair {
             }
         } else if self.stream.socket.is_none() && now_ms >= self.stream.retry_at_ms {
             if let (Some(peer), Some(local)) = (self.stream.peer, nets[nic].nic.address()) {
-                let mut socket = tcp::Socket::new(
+                let socket = tcp::Socket::new(
                     tcp::SocketBuffer::new(vec![0; STREAM_BUFFER_BYTES]),
                     tcp::SocketBuffer::new(vec![0; STREAM_BUFFER_BYTES]),
                 );
@@ -539,7 +540,6 @@ impl DataPair {
                 self.stream.next_local_port = if local_port >= 65000 { 49152 } else { local_port + 1 };
                 let remote = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(peer)), self.stream.port);
                 let local = IpEndpoint::new(IpAddress::Ipv4(local.address()), local_port);
-                socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(2000)));
                 match nets[nic].nic.connect(socket, remote, local) {
                     Ok(handle) => self.stream.socket = Some(handle),
                     Err(error) => log::debug!("ha: cannot connect the replication stream: {error}"),
@@ -553,6 +553,11 @@ impl DataPair {
             self.stream.connected = true;
             socket.set_nagle_enabled(false);
             socket.set_ack_delay(None);
+            // Keep-alives keep an idle stream alive; the timeout drops a
+            // stream whose peer went away without a FIN (the heartbeats
+            // decide about the peer itself).
+            socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_millis(STREAM_KEEPALIVE_MILLIS)));
+            socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(4 * STREAM_KEEPALIVE_MILLIS)));
             log::info!("ha: replication stream connected");
             self.node.on_stream_connected(now);
             busy = true;
@@ -630,7 +635,6 @@ impl WitnessMember {
             addresses[index] = [config.ha.node_replication_addresses[index], *address];
         }
         let links = Links::open(nets, config.ha.control_port, addresses);
-        println!("tandem: role witness epoch {} reason boot", witness.epoch());
         Ok(Self { witness, links })
     }
 
