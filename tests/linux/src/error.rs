@@ -48,6 +48,9 @@ pub enum Error {
     },
     /// A fio result file is missing or malformed.
     Fio { job: String, reason: String },
+    /// The tandem image (built and run by `tandem-qemu`) failed: building,
+    /// booting, its console, or it stopped.
+    Tandem(String),
 }
 
 impl Error {
@@ -118,7 +121,14 @@ impl fmt::Display for Error {
                 )
             }
             Error::Fio { job, reason } => write!(f, "fio job {job}: {reason}"),
+            Error::Tandem(why) => write!(f, "tandem image: {why}"),
         }
+    }
+}
+
+impl From<tandem_qemu::Error> for Error {
+    fn from(e: tandem_qemu::Error) -> Self {
+        Error::Tandem(e.to_string())
     }
 }
 

@@ -22,6 +22,7 @@ pub mod guest;
 pub mod image;
 pub mod netns;
 pub mod scenario;
+pub mod tandem;
 
 pub use error::{Error, Result};
 pub use guest::{Disk, GuestConfig, GuestOutcome, NetBackend, Nic, RunningGuest, run, spawn};

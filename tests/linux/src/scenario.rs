@@ -6,6 +6,7 @@ use crate::fio::{self, FioJob, FioResult};
 use crate::guest::{GuestConfig, GuestOutcome, NetBackend, RunningGuest, spawn};
 use crate::image::GuestImage;
 use crate::netns::Netns;
+use crate::tandem::TandemTarget;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +15,9 @@ use std::time::Duration;
 pub const NVMET_TARGET_SCRIPT: &str = include_str!("../guest/nvmet-target.sh");
 /// Guest script: discover, connect, inspect, fio verify, disconnect.
 pub const INITIATOR_SMOKE_SCRIPT: &str = include_str!("../guest/initiator-smoke.sh");
+/// Guest script: the whole Linux-host check against an appliance the host
+/// reboots halfway (marks and signals in its header).
+pub const INITIATOR_APPLIANCE_SCRIPT: &str = include_str!("../guest/initiator-appliance.sh");
 /// Guest script: the fio benchmark (env FIO_JOBS, FIO_RUNTIME, …).
 pub const FIO_BENCH_SCRIPT: &str = include_str!("../guest/fio-bench.sh");
 
@@ -179,6 +183,25 @@ impl Rig {
             guest: spawn(image, &config)?,
             endpoint,
         })
+    }
+
+    /// Boots the tandem image at 10.0.0.10 on the segment with `disk` as
+    /// namespace 1 (not awaited: see [`TandemTarget::wait_ready`]).
+    pub fn start_tandem(
+        &mut self,
+        disk: &Path,
+        shape: GuestShape,
+        extra_cmdline: &str,
+    ) -> Result<TandemTarget> {
+        let backend = self.backend()?;
+        TandemTarget::spawn(
+            &format!("{}-tandem", self.label),
+            self.netns.name(),
+            backend,
+            disk,
+            shape,
+            extra_cmdline,
+        )
     }
 
     /// The smoke test initiator against `endpoint` (extra `nvme connect`
