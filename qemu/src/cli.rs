@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use crate::accel::AccelChoice;
 use crate::disk::parse_size;
 use crate::error::{Error, Result};
+use crate::layout::{DEFAULT_FRONT_END, DEFAULT_PAIR_NQN, DEFAULT_REPLICATION, NodeName, Subnet};
+use crate::pair::Fault;
 use crate::vm::{DEFAULT_MEMORY_MIB, GUEST_DISCOVERY_PORT, GUEST_NVME_PORT};
 
 pub const USAGE: &str = "\
@@ -17,6 +19,17 @@ commands:
   bench boot [options]  measure boot time, image size, smallest memory and
                         idle CPU under TCG; writes the Boot section of
                         docs/benchmarks.md
+  up [options]          start nodes a, b and the witness in the background
+                        (whichever is not running), wait until all are ready,
+                        print the front-end portals
+  console NODE          this terminal on NODE's console (a, b, witness);
+                        Ctrl-] quits; piped input runs one command per line
+  fault F NODE [NIC]    F: kill (SIGKILL of QEMU), pause, resume (QMP
+                        stop/cont), link-down, link-up (QMP set_link on NIC
+                        net0/net1, default every NIC of the node)
+  status                which nodes run (running/paused) and the network
+  down                  stop every node and remove the network `up` made;
+                        disks and logs stay in DIR
   help                  this text
 
 run options:
@@ -35,7 +48,31 @@ bench boot options:
   --output FILE         markdown file to update (default docs/benchmarks.md)
   --no-write            print the section without writing it
 
-planned: up, console, fault, down";
+up, console, fault, status, down options:
+  --dir DIR             the setup's directory: pid files, sockets, console
+                        logs DIR/<node>.console.log, disks DIR/<node>.disk.img
+                        (default target/tandem-up)
+
+up options:
+  --accel kvm|tcg|auto  as for run
+  --disk-size SIZE      size of a fresh disk of a and b (default 1G); existing
+                        disks in DIR are kept
+  --mem MB              memory of a and b (default 64; the witness has 16)
+  --front-end-net CIDR  front-end segment, net0 (default 10.77.0.0/24): a .1,
+                        b .2, witness .3, this machine the last address
+  --replication-net CIDR  replication segment, net1 of a and b (default
+                        10.78.0.0/24): a .1, b .2
+  --bridge BR           also attach the front-end segment to the existing
+                        bridge BR (for other VMs, e.g. a Linux host)
+  --no-host-link        do not give this machine an address on the front-end
+  --nqn NQN             subsystem NQN of the pair (default
+                        nqn.2026-11.io.tandem:storage)
+  --no-ha               leave out the HA keys (role=, node=, peer_repl=,
+                        witness=, node_a=, node_b=); also TANDEM_UP_HA=0
+  --append-a, --append-b, --append-witness CMDLINE
+                        extra kernel command-line words for that node (they
+                        replace keys of the same name)
+  --timeout SECS        how long the nodes may take to get ready (default 60)";
 
 /// Host ports forwarded to the node's front-end services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,14 +148,164 @@ impl Default for BenchOptions {
     }
 }
 
+/// `up` as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpArgs {
+    pub dir: Option<PathBuf>,
+    pub accel: AccelChoice,
+    pub disk_size: u64,
+    pub memory_mib: u32,
+    pub front_end: Subnet,
+    pub replication: Subnet,
+    pub bridge: Option<String>,
+    pub host_link: bool,
+    pub nqn: String,
+    pub ha_keys: bool,
+    /// Extra words for a, b and the witness.
+    pub append: [String; 3],
+    pub ready_timeout_secs: u64,
+}
+
+impl Default for UpArgs {
+    fn default() -> Self {
+        UpArgs {
+            dir: None,
+            accel: AccelChoice::Auto,
+            disk_size: 1 << 30,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            front_end: DEFAULT_FRONT_END,
+            replication: DEFAULT_REPLICATION,
+            bridge: None,
+            host_link: true,
+            nqn: DEFAULT_PAIR_NQN.into(),
+            ha_keys: true,
+            append: Default::default(),
+            ready_timeout_secs: 60,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Image,
     Run(RunOptions),
     BenchBoot(BenchOptions),
     Help,
-    /// A command a later stage adds (`up`, `console`, `fault`, `down`).
-    Planned(String),
+    Up(UpArgs),
+    Down {
+        dir: Option<PathBuf>,
+    },
+    Status {
+        dir: Option<PathBuf>,
+    },
+    Console {
+        dir: Option<PathBuf>,
+        node: NodeName,
+    },
+    Fault {
+        dir: Option<PathBuf>,
+        fault: Fault,
+        node: NodeName,
+        nic: Option<usize>,
+    },
+}
+
+/// Splits arguments into positional words and `--name [value]` options;
+/// names in `flags` take no value.
+/// Positional words, and `(name, value)` options in order.
+type SplitArgs = (Vec<String>, Vec<(String, String)>);
+
+fn split_args(args: &[String], flags: &[&str]) -> Result<SplitArgs> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let Some(name) = arg.strip_prefix("--") else {
+            positional.push(arg.clone());
+            continue;
+        };
+        if let Some((n, v)) = name.split_once('=') {
+            options.push((n.to_string(), v.to_string()));
+        } else if flags.contains(&name) {
+            options.push((name.to_string(), String::new()));
+        } else {
+            let value = iter
+                .next()
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("--{name} needs a value")))?;
+            options.push((name.to_string(), value));
+        }
+    }
+    Ok((positional, options))
+}
+
+/// Parses commands that take only `--dir` besides positional words.
+fn dir_only(command: &str, rest: &[String]) -> Result<(Vec<String>, Option<PathBuf>)> {
+    let (positional, options) = split_args(rest, &[])?;
+    let mut dir = None;
+    for (name, value) in options {
+        match name.as_str() {
+            "dir" => dir = Some(PathBuf::from(value)),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "{command}: unknown option --{name}\n\n{USAGE}"
+                )));
+            }
+        }
+    }
+    Ok((positional, dir))
+}
+
+fn parse_up(rest: &[String]) -> Result<UpArgs> {
+    let (positional, options) = split_args(rest, &["no-ha", "no-host-link"])?;
+    if let Some(extra) = positional.first() {
+        return Err(Error::Usage(format!("up: unexpected argument `{extra}`")));
+    }
+    let mut up = UpArgs::default();
+    if std::env::var("TANDEM_UP_HA").is_ok_and(|v| v == "0") {
+        up.ha_keys = false;
+    }
+    for (name, value) in options {
+        match name.as_str() {
+            "dir" => up.dir = Some(PathBuf::from(value)),
+            "accel" => up.accel = value.parse()?,
+            "disk-size" => up.disk_size = parse_size(&value)?,
+            "mem" => {
+                up.memory_mib = number(&name, &value, "MiB (a whole number)")?;
+                if up.memory_mib == 0 {
+                    return Err(Error::Usage("--mem: must be at least 1".into()));
+                }
+            }
+            "front-end-net" => up.front_end = value.parse()?,
+            "replication-net" => up.replication = value.parse()?,
+            "bridge" => {
+                if value.is_empty() || value.len() > 15 || value.contains('/') {
+                    return Err(Error::Usage(format!(
+                        "--bridge: `{value}` is not an interface name"
+                    )));
+                }
+                up.bridge = Some(value)
+            }
+            "no-host-link" => up.host_link = false,
+            "nqn" => up.nqn = value,
+            "no-ha" => up.ha_keys = false,
+            "append-a" => up.append[0] = value,
+            "append-b" => up.append[1] = value,
+            "append-witness" => up.append[2] = value,
+            "timeout" => {
+                up.ready_timeout_secs = number(&name, &value, "seconds")?;
+                if up.ready_timeout_secs == 0 {
+                    return Err(Error::Usage("--timeout: must be at least 1".into()));
+                }
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "up: unknown option --{name}\n\n{USAGE}"
+                )));
+            }
+        }
+    }
+    Ok(up)
 }
 
 /// Splits `--key value` and `--key=value` options.
@@ -233,7 +420,60 @@ pub fn parse(args: &[String]) -> Result<Command> {
             Ok(Command::BenchBoot(bench))
         }
         "help" | "--help" | "-h" => Ok(Command::Help),
-        "up" | "console" | "fault" | "down" => Ok(Command::Planned(command.clone())),
+        "up" => Ok(Command::Up(parse_up(rest)?)),
+        "down" | "status" => {
+            let (positional, dir) = dir_only(command, rest)?;
+            if let Some(extra) = positional.first() {
+                return Err(Error::Usage(format!(
+                    "{command}: unexpected argument `{extra}`"
+                )));
+            }
+            Ok(if command == "down" {
+                Command::Down { dir }
+            } else {
+                Command::Status { dir }
+            })
+        }
+        "console" => {
+            let (positional, dir) = dir_only(command, rest)?;
+            match positional.as_slice() {
+                [node] => Ok(Command::Console {
+                    dir,
+                    node: node.parse()?,
+                }),
+                _ => Err(Error::Usage(
+                    "usage: cargo tandem console NODE [--dir DIR] (NODE: a, b, witness)".into(),
+                )),
+            }
+        }
+        "fault" => {
+            let (positional, dir) = dir_only(command, rest)?;
+            match positional.as_slice() {
+                [fault, node, nic @ ..] if nic.len() <= 1 => {
+                    let fault: Fault = fault.parse()?;
+                    let node: NodeName = node.parse()?;
+                    let nic = match nic.first() {
+                        None => None,
+                        Some(_) if !matches!(fault, Fault::LinkDown | Fault::LinkUp) => {
+                            return Err(Error::Usage(
+                                "fault: a NIC goes only with link-down and link-up".into(),
+                            ));
+                        }
+                        Some(text) => Some(crate::layout::parse_nic(node, text)?),
+                    };
+                    Ok(Command::Fault {
+                        dir,
+                        fault,
+                        node,
+                        nic,
+                    })
+                }
+                _ => Err(Error::Usage(
+                    "usage: cargo tandem fault kill|pause|resume|link-down|link-up NODE [NIC] [--dir DIR]"
+                        .into(),
+                )),
+            }
+        }
         other => Err(Error::Usage(format!(
             "unknown command `{other}`\n\n{USAGE}"
         ))),
@@ -322,7 +562,7 @@ mod tests {
         assert_eq!(parse(&args("image")).unwrap(), Command::Image);
         assert_eq!(parse(&[]).unwrap(), Command::Help);
         assert_eq!(parse(&args("help")).unwrap(), Command::Help);
-        assert_eq!(parse(&args("up")).unwrap(), Command::Planned("up".into()));
+        assert_eq!(parse(&args("up")).unwrap(), Command::Up(UpArgs::default()));
         assert_eq!(
             parse(&args("bench boot --runs 3 --no-write")).unwrap(),
             Command::BenchBoot(BenchOptions {
@@ -339,5 +579,100 @@ mod tests {
                 write: true
             })
         );
+    }
+
+    #[test]
+    fn up_options() {
+        let mut a = args(
+            "up --dir /tmp/p --accel tcg --disk-size 256M --mem 32 --front-end-net 10.1.0.0/24 \
+             --replication-net=10.2.0.0/24 --bridge br0 --no-host-link --no-ha --nqn nqn.x:y \
+             --timeout 90",
+        );
+        a.extend([
+            "--append-b".to_string(),
+            "log=debug hb_interval=20".to_string(),
+        ]);
+        let Command::Up(up) = parse(&a).unwrap() else {
+            panic!()
+        };
+        assert_eq!(up.dir, Some(PathBuf::from("/tmp/p")));
+        assert_eq!(up.accel, AccelChoice::Tcg);
+        assert_eq!(up.disk_size, 256 << 20);
+        assert_eq!(up.memory_mib, 32);
+        assert_eq!(up.front_end.to_string(), "10.1.0.0/24");
+        assert_eq!(up.replication.to_string(), "10.2.0.0/24");
+        assert_eq!(up.bridge.as_deref(), Some("br0"));
+        assert!(!up.host_link && !up.ha_keys);
+        assert_eq!(up.nqn, "nqn.x:y");
+        assert_eq!(
+            up.append,
+            ["".to_string(), "log=debug hb_interval=20".into(), "".into()]
+        );
+        assert_eq!(up.ready_timeout_secs, 90);
+        let d = UpArgs::default();
+        assert!(d.host_link && d.ha_keys && d.bridge.is_none());
+    }
+
+    #[test]
+    fn setup_commands() {
+        assert_eq!(parse(&args("down")).unwrap(), Command::Down { dir: None });
+        assert_eq!(
+            parse(&args("status --dir /x")).unwrap(),
+            Command::Status {
+                dir: Some("/x".into())
+            }
+        );
+        assert_eq!(
+            parse(&args("console witness --dir=/x")).unwrap(),
+            Command::Console {
+                dir: Some("/x".into()),
+                node: NodeName::Witness
+            }
+        );
+        assert_eq!(
+            parse(&args("fault link-down a net1")).unwrap(),
+            Command::Fault {
+                dir: None,
+                fault: Fault::LinkDown,
+                node: NodeName::A,
+                nic: Some(1)
+            }
+        );
+        assert_eq!(
+            parse(&args("fault --dir /x kill b")).unwrap(),
+            Command::Fault {
+                dir: Some("/x".into()),
+                fault: Fault::Kill,
+                node: NodeName::B,
+                nic: None
+            }
+        );
+    }
+
+    #[test]
+    fn bad_setup_commands_are_usage_errors() {
+        for bad in [
+            "up extra",
+            "up --front-end-net 10.0.0.1/24",
+            "up --bridge",
+            "up --timeout 0",
+            "up --frob",
+            "down now",
+            "status --verbose x",
+            "console",
+            "console c",
+            "console a b",
+            "fault",
+            "fault kill",
+            "fault explode a",
+            "fault kill a net0",
+            "fault link-down witness net1",
+            "fault link-up a net0 extra",
+        ] {
+            match parse(&args(bad)) {
+                Err(Error::Usage(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

@@ -48,6 +48,17 @@ impl KernelCmdline {
         self
     }
 
+    /// Sets a bare word (no `=`), replacing an earlier value of `key`.
+    pub fn set_bare(&mut self, key: &str) -> &mut Self {
+        self.push(key, None);
+        self
+    }
+
+    /// The words in order: `(key, Some(value))`, or `(word, None)` for a bare word.
+    pub fn words(&self) -> impl Iterator<Item = (&str, Option<&String>)> {
+        self.words.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.words
             .iter()

@@ -243,6 +243,31 @@ impl ConsoleClient {
         }
     }
 
+    /// Waits up to `timeout` for console output and takes all of it:
+    /// `Some(bytes)` (empty after a quiet `timeout`), `None` once the socket
+    /// closed and everything before was taken.
+    pub fn receive(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+        let (lock, ready) = &*self.shared;
+        let mut received = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if received.bytes.is_empty() && !received.closed {
+            received = ready
+                .wait_timeout(received, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if received.bytes.is_empty() && received.closed {
+            return Ok(None);
+        }
+        Ok(Some(std::mem::take(&mut received.bytes)))
+    }
+
+    /// A second handle for writing to the console (e.g. from another thread).
+    pub fn writer(&self) -> Result<UnixStream> {
+        self.stream
+            .try_clone()
+            .map_err(|e| Error::io("console socket", e))
+    }
+
     /// Drops everything received so far.
     pub fn discard(&mut self) {
         let (lock, _) = &*self.shared;

@@ -39,6 +39,12 @@ pub enum Error {
     Qmp { command: String, message: String },
     /// The serial console did not behave as the image contract says.
     Console(String),
+    /// A host command (`ip ...`) failed.
+    Command { command: String, stderr: String },
+    /// Something went wrong with one node of the pair setup.
+    Node { node: String, source: Box<Error> },
+    /// The pair setup is not in a state the command can work with.
+    Setup(String),
 }
 
 impl Error {
@@ -112,6 +118,15 @@ impl fmt::Display for Error {
             }
             Error::Qmp { command, message } => write!(f, "QMP {command}: {message}"),
             Error::Console(message) => write!(f, "console: {message}"),
+            Error::Command { command, stderr } => {
+                write!(f, "`{command}` failed")?;
+                if !stderr.is_empty() {
+                    write!(f, ": {stderr}")?;
+                }
+                Ok(())
+            }
+            Error::Node { node, source } => write!(f, "node {node}: {source}"),
+            Error::Setup(message) => write!(f, "{message}"),
         }
     }
 }
@@ -122,6 +137,7 @@ impl std::error::Error for Error {
             Error::PortInUse { source, .. }
             | Error::DiskUnreadable { source, .. }
             | Error::Io { source, .. } => Some(source),
+            Error::Node { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -8,7 +8,9 @@
 //!   the launcher's own arguments;
 //! - [`node`]: a running QEMU ([`Node`]): waits for console lines, talks to
 //!   the console ([`ConsoleClient`]) and QMP ([`Qmp`]), kills QEMU on drop;
-//! - [`accel`]: KVM or TCG; [`image`]: building the image.
+//! - [`accel`]: KVM or TCG; [`image`]: building the image;
+//! - [`layout`] (pure), [`pairnet`] and [`pair`]: the HA pair and its
+//!   witness in the background (`up`, `down`, `status`, `fault`, `console`).
 
 pub mod accel;
 pub mod bench;
@@ -18,7 +20,10 @@ pub mod console;
 pub mod disk;
 pub mod error;
 pub mod image;
+pub mod layout;
 pub mod node;
+pub mod pair;
+pub mod pairnet;
 pub mod qmp;
 pub mod vm;
 
@@ -27,6 +32,7 @@ pub use cmdline::KernelCmdline;
 pub use console::{ConsoleClient, Ready};
 pub use error::{Error, Result};
 pub use image::build_image;
+pub use layout::{NodeName, PairLayout, Subnet};
 pub use node::{Node, free_port};
 pub use qmp::Qmp;
 pub use vm::{

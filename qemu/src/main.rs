@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions};
+use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions, UpArgs};
 use tandem_qemu::{
-    Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PortForward, Result,
-    TempDir, VmSpec, accel, bench, disk, image, node,
+    Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PairLayout, PortForward,
+    Result, TempDir, VmSpec, accel, bench, disk, image, node, pair, pairnet,
 };
 
 fn main() -> ExitCode {
@@ -23,7 +23,41 @@ fn main() -> ExitCode {
             println!("{}", cli::USAGE);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Planned(name) => Err(Error::Usage(format!("`{name}` is not implemented yet"))),
+        Command::Up(args) => up(args),
+        Command::Down { dir } => {
+            let dir = dir.unwrap_or_else(pair::default_dir);
+            let report = pair::down(&dir)?;
+            for (node, pid) in &report.stopped {
+                eprintln!("tandem: stopped {node} (QEMU pid {pid})");
+            }
+            if report.network_removed {
+                eprintln!("tandem: removed the network");
+            }
+            if report.stopped.is_empty() && !report.network_removed {
+                eprintln!("tandem: nothing was running in {}", dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { dir } => {
+            let dir = dir.unwrap_or_else(pair::default_dir);
+            let states = pair::status(&dir);
+            print!("{}", pair::render_status(&dir, &states));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Console { dir, node } => {
+            pair::console(&dir.unwrap_or_else(pair::default_dir), node)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fault {
+            dir,
+            fault,
+            node,
+            nic,
+        } => {
+            let done = pair::fault(&dir.unwrap_or_else(pair::default_dir), fault, node, nic)?;
+            eprintln!("tandem: {done}");
+            Ok(ExitCode::SUCCESS)
+        }
     });
     match result {
         Ok(code) => code,
@@ -172,6 +206,38 @@ fn describe(spec: &VmSpec, forwards: &[PortForward], fresh_disk: bool, accel: Ac
         "tandem: {accel}, {} MiB; console below (Ctrl-A x quits, Ctrl-A c: QEMU monitor)",
         spec.memory_mib
     );
+}
+
+fn up(args: UpArgs) -> Result<ExitCode> {
+    node::find_qemu()?;
+    let layout = PairLayout {
+        front_end: args.front_end,
+        replication: args.replication,
+        nqn: args.nqn,
+        ha_keys: args.ha_keys,
+    };
+    layout.validate()?;
+    let image = image::build_image()?;
+    let (accel, why) = accel::resolve(args.accel, &image);
+    eprintln!("tandem: accelerator: {why}");
+    let options = pair::UpOptions {
+        dir: args.dir.unwrap_or_else(pair::default_dir),
+        layout,
+        uplinks: pairnet::Uplinks {
+            host_link: args.host_link,
+            user_bridge: args.bridge,
+        },
+        accel,
+        disk_size: args.disk_size,
+        memory_mib: args.memory_mib,
+        append: args.append,
+        ready_timeout: std::time::Duration::from_secs(args.ready_timeout_secs),
+    };
+    let report = pair::up(&image, &options)?;
+    let (out, err) = pair::render_up(&report);
+    eprint!("{err}");
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_boot(options: BenchOptions) -> Result<ExitCode> {

@@ -120,15 +120,20 @@ impl Node {
                 command.stdin(Stdio::null()).stdout(Stdio::null());
                 // Its own process group: a Ctrl-C meant for the caller's
                 // terminal does not reach it (it dies with its parent instead).
-                command.process_group(0);
+                // A background node gets its own session instead (in
+                // `pre_exec`): it outlives the launcher and its terminal.
+                if spec.die_with_parent {
+                    command.process_group(0);
+                }
             }
             ConsoleMode::Stdio => {
                 command.stdin(Stdio::inherit()).stdout(Stdio::inherit());
             }
         }
         let die_with_parent = spec.die_with_parent;
+        let detach_session = !die_with_parent && spec.console == ConsoleMode::Socket;
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, signal, getppid, _exit)
+        // SAFETY: only async-signal-safe calls (prctl, signal, getppid, setsid, _exit)
         // between fork and exec.
         unsafe {
             command.pre_exec(move || {
@@ -143,6 +148,8 @@ impl Node {
                     if libc::getppid() != parent {
                         libc::_exit(1);
                     }
+                } else if detach_session {
+                    libc::setsid();
                 }
                 Ok(())
             });
