@@ -246,6 +246,10 @@ impl NvmeService {
 
     fn complete_disk_requests(&mut self, disks: &mut [Disk], now: Instant) -> bool {
         let mut busy = false;
+        if self.divert {
+            // The pair owns the disk and its completions.
+            return false;
+        }
         for (disk_index, disk) in disks.iter_mut().enumerate() {
             for (tag, result) in disk.poll() {
                 busy = true;
