@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fio from the stock Linux NVMe/TCP host (see src/bin/linux-bench.rs):
 #   tests/linux/bench.sh nvmet [--write-docs] [--runtime SECS] ...
+#   tests/linux/bench.sh compare [--write-docs] [--runtime SECS] ...   (tandem vs nvmet-tcp)
 #   tests/linux/bench.sh external --address A --port P --subnqn NQN --netns NS ...
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

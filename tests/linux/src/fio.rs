@@ -139,14 +139,15 @@ pub fn render_table(results: &[FioResult]) -> String {
 
 /// Markdown comparison of a candidate (tandem) with the reference (nvmet-tcp)
 /// from the same run: the ratio is IOPS (4 KiB), MiB/s (128 KiB) or, for the
-/// QD1 job, p50 latency candidate/reference (lower is better).
+/// QD1 job, p50 and p99 latency candidate/reference (lower is better), each
+/// with issue 3's goal for it.
 pub fn render_comparison(
     reference: &[FioResult],
     candidate: &[FioResult],
     jobs: &[FioJob],
 ) -> String {
     let mut s = String::from(
-        "| fio job | nvmet-tcp | tandem | tandem / nvmet-tcp |\n|---|---:|---:|---:|\n",
+        "| fio job | nvmet-tcp | tandem | tandem / nvmet-tcp | goal | met |\n|---|---:|---:|---:|---:|:---:|\n",
     );
     for job in jobs {
         let (Some(r), Some(c)) = (
@@ -155,25 +156,83 @@ pub fn render_comparison(
         ) else {
             continue;
         };
-        let (rv, cv, unit) = if job.iodepth == 1 {
-            (r.clat_p50_us, c.clat_p50_us, "µs p50")
+        // (label, reference, candidate, unit, goal on the ratio: at least / at most)
+        let rows: Vec<(String, f64, f64, &str, Goal)> = if job.iodepth == 1 {
+            vec![
+                (
+                    format!("{} p50", job.name),
+                    r.clat_p50_us,
+                    c.clat_p50_us,
+                    "µs",
+                    Goal::AtMost(0.8),
+                ),
+                (
+                    format!("{} p99", job.name),
+                    r.clat_p99_us,
+                    c.clat_p99_us,
+                    "µs",
+                    Goal::AtMost(0.8),
+                ),
+            ]
         } else if job.is_small_block() {
-            (r.iops, c.iops, "IOPS")
+            vec![(
+                job.name.to_string(),
+                r.iops,
+                c.iops,
+                "IOPS",
+                Goal::AtLeast(1.5),
+            )]
         } else {
-            (r.mib_per_s, c.mib_per_s, "MiB/s")
+            vec![(
+                job.name.to_string(),
+                r.mib_per_s,
+                c.mib_per_s,
+                "MiB/s",
+                Goal::AtLeast(1.0),
+            )]
         };
-        let ratio = if rv > 0.0 {
-            format!("{:.2}×", cv / rv)
-        } else {
-            "–".into()
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {rv:.0} {unit} | {cv:.0} {unit} | {ratio} |",
-            job.name
-        );
+        for (label, rv, cv, unit, goal) in rows {
+            let (ratio, met) = if rv > 0.0 {
+                let ratio = cv / rv;
+                (
+                    format!("{ratio:.2}×"),
+                    if goal.met(ratio) { "yes" } else { "no" },
+                )
+            } else {
+                ("–".into(), "–")
+            };
+            let _ = writeln!(
+                s,
+                "| {label} | {rv:.0} {unit} | {cv:.0} {unit} | {ratio} | {goal} | {met} |"
+            );
+        }
     }
     s
+}
+
+/// The goal of issue 3 for a tandem / nvmet-tcp ratio.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Goal {
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Goal::AtLeast(g) => ratio >= g,
+            Goal::AtMost(g) => ratio <= g,
+        }
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goal::AtLeast(g) => write!(f, "≥ {g:.1}×"),
+            Goal::AtMost(g) => write!(f, "≤ {g:.1}×"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,11 +305,11 @@ mod tests {
         ];
         let t = render_comparison(&r, &c, &BENCH_JOBS);
         assert!(
-            t.contains("| randread-4k-qd32 | 1000 IOPS | 1500 IOPS | 1.50× |"),
+            t.contains("| randread-4k-qd32 | 1000 IOPS | 1500 IOPS | 1.50× | ≥ 1.5× | yes |"),
             "{t}"
         );
         assert!(
-            t.contains("| randread-4k-qd1 | 800 µs p50 | 400 µs p50 | 0.50× |"),
+            t.contains("| randread-4k-qd1 p50 | 800 µs | 400 µs | 0.50× | ≤ 0.8× | yes |"),
             "{t}"
         );
         assert!(

@@ -12,9 +12,15 @@
 //!       without, it joins the multicast segment 230.0.0.1:5000 on NS's
 //!       loopback (`-netdev socket,mcast=230.0.0.1:5000,localaddr=127.0.0.1`).
 //!       The initiator's address defaults to 10.0.0.20/24.
+//!   linux-bench compare [--write-docs] [OPTIONS]
+//!       the same jobs in one run against Linux's nvmet-tcp and then against
+//!       the tandem image, each the only target on a fresh disk of the same
+//!       size, with the same vCPUs and RAM, on one segment; prints the
+//!       comparison (ratios and issue 3's goals); --write-docs replaces the
+//!       tandem section of docs/benchmarks.md.
 //! OPTIONS: --runtime SECS (10) --vcpus N (1) --memory MIB (1024)
-//!          --disk-mib N (1024, nvmet only) --jobs name,name (all)
-//!          --segment bridge|mcast (bridge, nvmet only)
+//!          --disk-mib N (1024, nvmet and compare) --jobs name,name (all)
+//!          --segment bridge|mcast (bridge, nvmet and compare)
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -26,6 +32,8 @@ use tandem_linux_guest::scenario::{self, Endpoint, GuestShape, Rig, SEGMENT, Seg
 use tandem_linux_guest::{Error, GuestConfig, GuestImage, NetBackend, Netns};
 
 const DOC_HEADING: &str = "## Linux nvmet-tcp reference (fio from the Linux host)";
+const COMPARE_HEADING: &str =
+    "## tandem against Linux nvmet-tcp (fio from the Linux host, same run)";
 
 struct Options {
     mode: String,
@@ -48,7 +56,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         mode: args
             .first()
             .cloned()
-            .ok_or("usage: linux-bench nvmet|external [OPTIONS]")?,
+            .ok_or("usage: linux-bench nvmet|compare|external [OPTIONS]")?,
         write_docs: false,
         runtime: Duration::from_secs(10),
         shape: GuestShape::default(),
@@ -111,13 +119,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
     }
     match o.mode.as_str() {
-        "nvmet" => {}
+        "nvmet" | "compare" => {}
         "external" => {
             if o.address.is_none() || o.subnqn.is_none() || o.netns.is_none() {
                 return Err("external needs --address, --subnqn and --netns".into());
             }
         }
-        m => return Err(format!("unknown mode {m} (nvmet or external)")),
+        m => return Err(format!("unknown mode {m} (nvmet, compare or external)")),
     }
     Ok(o)
 }
@@ -139,6 +147,44 @@ fn run_nvmet(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
     target_outcome?.check()?;
     eprint!("{}", outcome.output);
     scenario::collect_fio(&outcome, &o.jobs)
+}
+
+/// Runs the jobs against nvmet-tcp, then against tandem, on one segment and
+/// one disk file (recreated empty for each); returns (nvmet, tandem).
+fn run_compare(o: &Options, image: &GuestImage) -> Result<(Vec<FioResult>, Vec<FioResult>), Error> {
+    let mut rig = Rig::with_segment("cmp", o.segment)?;
+    let disk = guest_dir().join("runs/cmp-disk.raw");
+
+    scenario::create_disk(&disk, o.disk_mib << 20)?;
+    let mut target = rig.start_nvmet(image, &disk, o.port, o.shape, Duration::from_secs(1800))?;
+    target.wait_ready(Duration::from_secs(180))?;
+    let config = rig.bench_initiator(&target.endpoint, &o.jobs, o.runtime, o.shape)?;
+    let outcome = tandem_linux_guest::run(image, &config);
+    let target_outcome = target.stop();
+    let outcome = outcome?;
+    outcome.check()?;
+    target_outcome?.check()?;
+    eprint!("{}", outcome.output);
+    let nvmet = scenario::collect_fio(&outcome, &o.jobs)?;
+
+    scenario::create_disk(&disk, o.disk_mib << 20)?;
+    let mut tandem = rig.start_tandem(&disk, o.shape, "")?;
+    tandem.wait_ready(Duration::from_secs(60))?;
+    let config = rig.bench_initiator(&tandem.endpoint, &o.jobs, o.runtime, o.shape)?;
+    let outcome = tandem_linux_guest::run(image, &config);
+    let nvme = tandem.command("nvme").unwrap_or_default();
+    let tail = tandem.console_tail(40);
+    let stopped = tandem.stop(Duration::from_secs(30));
+    let _ = std::fs::remove_file(&disk);
+    let outcome = outcome.map_err(|e| Error::Tandem(format!("{e}\ntandem console:\n{tail}")))?;
+    if let Err(e) = outcome.check() {
+        return Err(Error::Tandem(format!("{e}\ntandem console:\n{tail}")));
+    }
+    stopped?;
+    eprint!("{}", outcome.output);
+    eprintln!("{}", nvme.join("\n"));
+    let tandem = scenario::collect_fio(&outcome, &o.jobs)?;
+    Ok((nvmet, tandem))
 }
 
 fn run_external(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
@@ -293,6 +339,65 @@ fn render_section(
     s
 }
 
+fn render_compare_section(
+    o: &Options,
+    image: &GuestImage,
+    nvmet: &[FioResult],
+    tandem: &[FioResult],
+    wall: Duration,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{COMPARE_HEADING}\n");
+    let _ = writeln!(
+        s,
+        "Written by `tests/linux/bench.sh compare --write-docs` (`linux-bench compare`). In one run, \
+         on one virtual Ethernet segment (a tap per VM on a Linux bridge in a private network \
+         namespace), the stock Linux host (nvme-tcp, fio) runs the same fio jobs first against \
+         Linux's own target (nvmet-tcp, configfs, namespace 1 on /dev/vda) and then against the \
+         tandem image (namespace 1 on its virtio-blk disk): each target alone, on the same empty \
+         raw disk file, with the same vCPUs and RAM, and a fresh initiator VM of the same shape. \
+         The machine is shared and TCG-bound: guest clocks run slow when both cores are busy, so \
+         only the ratios within one run mean anything. Goals (issue 3): tandem ≥ 1.5× nvmet-tcp \
+         IOPS at 4 KiB, ≥ 1.0× at 128 KiB, QD1 latency ≤ 0.8×.\n"
+    );
+    let qemu = command_line("qemu-system-x86_64", &["--version"]);
+    let _ = writeln!(
+        s,
+        "- date: {}",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(s, "- machine: {}", machine());
+    let _ = writeln!(
+        s,
+        "- accelerator: **TCG** for every VM (the Linux guests `-accel tcg,thread=multi -cpu max`, \
+         tandem `-accel tcg -cpu max`), {}",
+        qemu.lines().next().unwrap_or("QEMU")
+    );
+    let _ = writeln!(
+        s,
+        "- each target: {} vCPU, {} MiB, {} MiB raw disk file (virtio-blk, cache=writeback); nvmet-tcp \
+         on Debian kernel {}; tandem built from this tree (`tandem_qemu::build_image`), default \
+         command line plus `net0=`, `nqn=`, `serial=`",
+        o.shape.vcpus, o.shape.memory_mib, o.disk_mib, image.kernel_version
+    );
+    let _ = writeln!(
+        s,
+        "- initiator: {} vCPU, {} MiB, same kernel; `nvme connect` defaults (no digests, 1 I/O queue \
+         per vCPU); fio 3.33, io_uring, direct=1, time_based, {} s per job after 2 s ramp, jobs in \
+         the order listed (writes first, so reads hit written blocks); whole run {:.0} s wall\n",
+        o.shape.vcpus,
+        o.shape.memory_mib,
+        o.runtime.as_secs(),
+        wall.as_secs_f64()
+    );
+    s.push_str(&fio::render_comparison(nvmet, tandem, &o.jobs));
+    s.push_str("\nnvmet-tcp, all figures:\n\n");
+    s.push_str(&fio::render_table(nvmet));
+    s.push_str("\ntandem, all figures:\n\n");
+    s.push_str(&fio::render_table(tandem));
+    s
+}
+
 /// Replaces the section starting at `heading` (up to the next `## `), or appends it.
 fn replace_section(document: &str, heading: &str, section: &str) -> String {
     let lines: Vec<&str> = document.lines().collect();
@@ -332,6 +437,9 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
+    if o.mode == "compare" {
+        return main_compare(&o, started);
+    }
     let result = GuestImage::ensure().and_then(|image| {
         let results = if o.mode == "nvmet" {
             run_nvmet(&o, &image)?
@@ -353,6 +461,35 @@ fn main() -> ExitCode {
         let path = repo_root().join("docs/benchmarks.md");
         let doc = std::fs::read_to_string(&path).unwrap_or_default();
         if let Err(e) = std::fs::write(&path, replace_section(&doc, DOC_HEADING, &section)) {
+            eprintln!("linux-bench: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("linux-bench: updated {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn main_compare(o: &Options, started: Instant) -> ExitCode {
+    let result = GuestImage::ensure().and_then(|image| {
+        // Build the image before anything boots, so that the build does not
+        // compete with a measurement.
+        tandem_linux_guest::tandem::tandem_image()?;
+        let (nvmet, tandem) = run_compare(o, &image)?;
+        Ok((image, nvmet, tandem))
+    });
+    let (image, nvmet, tandem) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("linux-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let section = render_compare_section(o, &image, &nvmet, &tandem, started.elapsed());
+    println!("{section}");
+    if o.write_docs {
+        let path = repo_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, replace_section(&doc, COMPARE_HEADING, &section)) {
             eprintln!("linux-bench: writing {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
@@ -392,5 +529,9 @@ mod tests {
         assert!(parse_args(&a("external --address 10.0.0.2")).is_err());
         assert!(parse_args(&a("nvmet --jobs nope")).is_err());
         assert!(parse_args(&a("external --address 10.0.0.2 --subnqn n --netns x")).is_ok());
+        assert_eq!(
+            parse_args(&a("compare --write-docs")).unwrap().mode,
+            "compare"
+        );
     }
 }
