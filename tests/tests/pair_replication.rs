@@ -43,113 +43,201 @@ fn wait_for_role(node: &mut Node, role: &str, timeout: Duration) -> String {
         .unwrap_or_else(|e| panic!("no `role {role}` line: {e}\n{}", node.console_log()))
 }
 
+struct Pair {
+    ns: Netns,
+    dir: TempDir,
+    nodes: Vec<Node>,
+    witness: Node,
+    disks: Vec<std::path::PathBuf>,
+    ports: Vec<u16>,
+    segments: (u16, u16),
+}
+
+fn data_node_spec(pair_dir: &std::path::Path, ns: &Netns, index: usize, disk_path: &std::path::Path, port: u16, segments: (u16, u16)) -> tandem_qemu::VmSpec {
+    let name = ["a", "b"][index];
+    let me = index + 1;
+    let peer = 2 - index;
+    let cmdline = format!(
+        "net0=10.77.0.{me}/24 net1=10.78.0.{me}/24 node={name} peer=10.77.0.{peer} peer_repl=10.78.0.{peer} \
+         witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING}",
+        me * 1000,
+        me * 1000 + 999
+    );
+    let mut spec = tcg_vm(name, pair_dir, &cmdline)
+        .disk(disk_path)
+        .nic(me as u8, segment(segments.0))
+        .nic(me as u8, segment(segments.1))
+        .nic(me as u8, user_nic(&[(port, 4420)]));
+    spec.netns = Some(ns.name.clone());
+    spec
+}
+
+impl Pair {
+    fn start(label: &str) -> Pair {
+        let ns = Netns::new(label);
+        ns.exec("ip", &["link", "set", "lo", "multicast", "on"]);
+        let dir = TempDir::new(label).unwrap();
+        let segments = (free_port().unwrap(), free_port().unwrap());
+        let mut nodes = Vec::new();
+        let mut disks = Vec::new();
+        let mut ports = Vec::new();
+        for index in 0..2 {
+            let path = dir.path().join(format!("{}.img", ["a", "b"][index]));
+            disk::create_sparse(&path, 64 << 20).unwrap();
+            let port = free_port().unwrap();
+            nodes.push(Node::spawn(data_node_spec(dir.path(), &ns, index, &path, port, segments)).unwrap());
+            disks.push(path);
+            ports.push(port);
+        }
+        let mut spec = tcg_vm(
+            "witness",
+            dir.path(),
+            &format!("net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2 status_port=0 {TIMING}"),
+        )
+        .nic(3, segment(segments.0))
+        .nic(3, segment(segments.1));
+        spec.memory_mib = 16;
+        spec.netns = Some(ns.name.clone());
+        let mut witness = Node::spawn(spec).unwrap();
+        for node in nodes.iter_mut().chain(std::iter::once(&mut witness)) {
+            node.wait_ready(READY_TIMEOUT).unwrap();
+        }
+        Pair { ns, dir, nodes, witness, disks, ports, segments }
+    }
+
+    /// Index of the one primary, once exactly one data node has said so
+    /// `count` times in all.
+    fn primary(&self, count: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines: Vec<usize> = self.nodes.iter().map(|n| n.console_log().matches("tandem: role primary ").count()).collect();
+            if lines.iter().sum::<usize>() >= count {
+                let last = self.nodes.iter().enumerate().max_by_key(|(_, n)| last_role_is_primary(&n.console_log())).unwrap();
+                let primaries = self.nodes.iter().filter(|n| last_role_is_primary(&n.console_log())).count();
+                assert!(primaries <= 1, "two primaries:\n{}\n{}", self.nodes[0].console_log(), self.nodes[1].console_log());
+                if primaries == 1 {
+                    return last.0;
+                }
+            }
+            assert!(Instant::now() < deadline, "no primary:\n{}\n{}", self.nodes[0].console_log(), self.nodes[1].console_log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Whether a node's latest role line says primary.
+fn last_role_is_primary(log: &str) -> bool {
+    log.lines().filter(|l| l.starts_with("tandem: role ")).last().is_some_and(|l| l.starts_with("tandem: role primary "))
+}
+
+/// Writes `data` at `lba` through `port`, retrying ANA path errors (as the
+/// Linux host retries on another path) until `timeout`.
+fn write_retrying(ns: &Netns, port: u16, lba: u64, data: Vec<u8>, timeout: Duration) {
+    in_netns(ns, move || {
+        let (_admin, cntlid) = Queue::admin(port, NQN, HOST, 30_000);
+        let mut io = Queue::io(port, 1, cntlid, NQN, HOST, false);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let cid = io.host.write(1, lba, data.clone(), 512, false);
+            let status = io.status(cid);
+            if status == Status::SUCCESS {
+                return;
+            }
+            assert!(status == Status::ANA_TRANSITION || status == Status::ANA_INACCESSIBLE, "write failed with {status:?}");
+            assert!(Instant::now() < deadline, "no node accepted the write");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+}
+
+fn read(ns: &Netns, port: u16, lba: u64, blocks: u32) -> (Status, Vec<u8>) {
+    in_netns(ns, move || {
+        let (_admin, cntlid) = Queue::admin(port, NQN, HOST, 30_000);
+        let mut io = Queue::io(port, 1, cntlid, NQN, HOST, false);
+        let cid = io.host.read(1, lba, blocks, 512);
+        let (completion, data) = io.wait(cid);
+        (completion.status, data)
+    })
+}
+
 #[test]
 fn pair_replicates_acknowledged_writes_and_the_secondary_refuses_io() {
     if !is_root() {
         skip("pair_replication", "network namespaces need root");
         return;
     }
-    let ns = Netns::new("pair");
-    ns.exec("ip", &["link", "set", "lo", "multicast", "on"]);
-    let dir = TempDir::new("pair").unwrap();
-    let (front, repl) = (free_port().unwrap(), free_port().unwrap());
-    let mut nodes = Vec::new();
-    let mut disks = Vec::new();
-    let mut ports = Vec::new();
-    for (index, name) in ["a", "b"].into_iter().enumerate() {
-        let me = index + 1;
-        let peer = 2 - index;
-        let path = dir.path().join(format!("{name}.img"));
-        disk::create_sparse(&path, 64 << 20).unwrap();
-        let port = free_port().unwrap();
-        let cmdline = format!(
-            "net0=10.77.0.{me}/24 net1=10.78.0.{me}/24 node={name} peer=10.77.0.{peer} peer_repl=10.78.0.{peer} \
-             witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING}",
-            me * 1000,
-            me * 1000 + 999
-        );
-        let mut spec = tcg_vm(name, dir.path(), &cmdline)
-            .disk(&path)
-            .nic(me as u8, segment(front))
-            .nic(me as u8, segment(repl))
-            .nic(me as u8, user_nic(&[(port, 4420)]));
-        spec.netns = Some(ns.name.clone());
-        nodes.push(Node::spawn(spec).unwrap());
-        disks.push(path);
-        ports.push(port);
-    }
-    let mut spec = tcg_vm(
-        "witness",
-        dir.path(),
-        &format!("net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2 status_port=0 {TIMING}"),
-    )
-    .nic(3, segment(front))
-    .nic(3, segment(repl));
-    spec.memory_mib = 16;
-    spec.netns = Some(ns.name.clone());
-    let mut witness = Node::spawn(spec).unwrap();
-    for node in nodes.iter_mut().chain(std::iter::once(&mut witness)) {
-        node.wait_ready(READY_TIMEOUT).unwrap();
-    }
-
-    // Exactly one data node becomes primary.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let primary = loop {
-        let roles: Vec<bool> = nodes.iter().map(|n| n.console_log().contains("tandem: role primary ")).collect();
-        match roles.as_slice() {
-            [true, false] => break 0,
-            [false, true] => break 1,
-            [true, true] => panic!("two primaries:\n{}\n{}", nodes[0].console_log(), nodes[1].console_log()),
-            _ if Instant::now() > deadline => panic!("no primary:\n{}\n{}", nodes[0].console_log(), nodes[1].console_log()),
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
+    let mut pair = Pair::start("pair");
+    let primary = pair.primary(1);
     let secondary = 1 - primary;
-    wait_for_role(&mut nodes[secondary], "secondary", Duration::from_secs(30));
+    wait_for_role(&mut pair.nodes[secondary], "secondary", Duration::from_secs(30));
 
-    let (primary_port, secondary_port) = (ports[primary], ports[secondary]);
     let data = pattern(64 * 1024, 77);
-    let written = data.clone();
-    let (read_back, secondary_status) = in_netns(&ns, move || {
-        let (_admin, cntlid) = Queue::admin(primary_port, NQN, HOST, 30_000);
-        let mut io = Queue::io(primary_port, 1, cntlid, NQN, HOST, false);
-        // The first writes may meet the ANA change still settling: retry
-        // path errors for a while, as the Linux host would.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let cid = io.host.write(1, 2048, written.clone(), 512, false);
-            let status = io.status(cid);
-            if status == Status::SUCCESS {
-                break;
-            }
-            assert!(
-                status == Status::ANA_TRANSITION || status == Status::ANA_INACCESSIBLE,
-                "write failed with {status:?}"
-            );
-            assert!(Instant::now() < deadline, "the primary never accepted the write");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let cid = io.host.read(1, 2048, 128, 512);
-        let read_back = io.ok(cid).1;
-
-        let (_admin, cntlid) = Queue::admin(secondary_port, NQN, HOST, 30_000);
-        let mut io = Queue::io(secondary_port, 1, cntlid, NQN, HOST, false);
-        let cid = io.host.read(1, 2048, 8, 512);
-        (read_back, io.status(cid))
-    });
+    write_retrying(&pair.ns, pair.ports[primary], 2048, data.clone(), Duration::from_secs(30));
+    let (status, read_back) = read(&pair.ns, pair.ports[primary], 2048, 128);
+    assert_eq!(status, Status::SUCCESS);
     assert_eq!(read_back, data, "read back from the primary");
-    assert_eq!(secondary_status, Status::ANA_INACCESSIBLE, "the secondary refuses I/O with a path status");
+    let (status, _) = read(&pair.ns, pair.ports[secondary], 2048, 8);
+    assert_eq!(status, Status::ANA_INACCESSIBLE, "the secondary refuses I/O with a path status");
 
-    // The acknowledged write is on both disks (the secondary applied it
+    // The acknowledged write is in both disk files (the secondary applied it
     // durably before the primary acknowledged).
-    for path in &disks {
+    for path in &pair.disks {
         let mut file = vec![0u8; data.len()];
         File::open(path).unwrap().read_exact_at(&mut file, 2048 * 512).unwrap();
         assert_eq!(file, data, "acknowledged write in {}", path.display());
     }
-    for node in &nodes {
+    for node in &pair.nodes {
         let log = node.console_log();
         assert!(!log.contains("tandem: panic"), "{log}");
         assert_eq!(log.matches("tandem: role fenced").count(), 0, "no node fenced itself without a fault:\n{log}");
     }
+}
+
+#[test]
+fn primary_killed_the_secondary_takes_over_and_the_returning_node_resyncs() {
+    if !is_root() {
+        skip("pair_failover", "network namespaces need root");
+        return;
+    }
+    let mut pair = Pair::start("failover");
+    let first = pair.primary(1);
+    let second = 1 - first;
+    wait_for_role(&mut pair.nodes[second], "secondary", Duration::from_secs(30));
+    let before = pattern(32 * 1024, 1);
+    write_retrying(&pair.ns, pair.ports[first], 100, before.clone(), Duration::from_secs(30));
+
+    // kill -9 of the primary's QEMU.
+    pair.nodes[first].kill();
+    let takeover = Instant::now();
+    let line = wait_for_role(&mut pair.nodes[second], "primary", Duration::from_secs(60));
+    let took = takeover.elapsed();
+    eprintln!("takeover after {took:?}: {line}");
+
+    // The acknowledged write survived; new writes are accepted by the survivor.
+    let (status, data) = read(&pair.ns, pair.ports[second], 100, 64);
+    assert_eq!(status, Status::SUCCESS);
+    assert_eq!(data, before, "acknowledged before the kill, read from the new primary");
+    let during = pattern(32 * 1024, 2);
+    write_retrying(&pair.ns, pair.ports[second], 5000, during.clone(), Duration::from_secs(30));
+
+    // The killed node comes back on its disk, resyncs, and is secondary.
+    let port = pair.ports[first];
+    let spec = data_node_spec(pair.dir.path(), &pair.ns, first, &pair.disks[first], port, pair.segments);
+    let log_name = ["a", "b"][first];
+    let _ = std::fs::rename(pair.dir.path().join(format!("{log_name}.console.log")), pair.dir.path().join(format!("{log_name}.before-kill.log")));
+    pair.nodes[first] = Node::spawn(spec).unwrap();
+    pair.nodes[first].wait_ready(READY_TIMEOUT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut file = vec![0u8; during.len()];
+        File::open(&pair.disks[first]).unwrap().read_exact_at(&mut file, 5000 * 512).unwrap();
+        if file == during {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the returning node never received the write made while it was down:\n{}", pair.nodes[first].console_log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!last_role_is_primary(&pair.nodes[first].console_log()), "the returning node must not be primary:\n{}", pair.nodes[first].console_log());
+    assert!(last_role_is_primary(&pair.nodes[second].console_log()));
+    let _ = &pair.witness;
 }
