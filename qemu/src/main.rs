@@ -233,6 +233,14 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         append: args.append,
         ready_timeout: std::time::Duration::from_secs(args.ready_timeout_secs),
     };
+    extern "C" fn interrupt_up(_signal: libc::c_int) {
+        pair::STOP_REQUESTED.store(true, Ordering::SeqCst);
+    }
+    let handler = interrupt_up as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(signal, handler) };
+    }
     let report = pair::up(&image, &options)?;
     let (out, err) = pair::render_up(&report);
     eprint!("{err}");

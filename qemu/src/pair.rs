@@ -11,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -29,6 +30,12 @@ pub const WITNESS_MEMORY_MIB: u32 = 16;
 
 /// How long QMP and console connections and commands may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Set (by the launcher's signal handler) when the user interrupts `up`.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// How often `up` looks at [`STOP_REQUESTED`] while nodes boot.
+const WAIT_SLICE: Duration = Duration::from_millis(200);
 
 /// How long a QEMU process gets to end after a signal.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -343,14 +350,31 @@ fn start_missing(
     // deadline. Dropping `started` on an error kills them.
     let deadline = Instant::now() + options.ready_timeout;
     for (node, child) in started.iter_mut() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ready = child.wait_ready(left).map_err(|e| Error::Node {
+        let in_node = |e: Error| Error::Node {
             node: node.to_string(),
             source: Box::new(e),
-        });
-        let ready = match ready {
-            Ok(ready) => ready,
-            Err(e) => return Err(with_ha_hint(e, &options.layout)),
+        };
+        // Waits in slices, so that an interrupted `up` stops the nodes it
+        // started (they are detached from the terminal's signals).
+        let ready = loop {
+            if STOP_REQUESTED.load(Ordering::SeqCst) {
+                return Err(Error::Setup(
+                    "interrupted; stopped the nodes this `up` started".into(),
+                ));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match child.wait_ready(left.min(WAIT_SLICE)) {
+                Ok(ready) => break ready,
+                Err(Error::Timeout { .. }) if left > WAIT_SLICE => continue,
+                Err(Error::Timeout { console_tail, .. }) => {
+                    return Err(in_node(Error::Timeout {
+                        what: "`tandem: ready`".into(),
+                        waited: options.ready_timeout,
+                        console_tail,
+                    }));
+                }
+                Err(e) => return Err(with_ha_hint(in_node(e), &options.layout)),
+            }
         };
         let report = reports
             .iter_mut()
