@@ -19,7 +19,10 @@ use serde_json::{Value, json};
 use crate::accel::Accel;
 use crate::console::{ConsoleClient, PROMPT, Ready};
 use crate::error::{Error, Result};
-use crate::layout::{DISCOVERY_PORT, NVME_PORT, NetNames, NodeName, PairLayout, Subnet};
+use crate::layout::{
+    DISCOVERY_PORT, FRONT_END_BRIDGE, NVME_PORT, NetNames, NodeName, PairLayout,
+    REPLICATION_BRIDGE, Subnet,
+};
 use crate::node::Node;
 use crate::pairnet::{self, Uplinks};
 use crate::qmp::Qmp;
@@ -185,6 +188,27 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
 }
 
+impl UpOptions {
+    /// The defaults of `cargo tandem up`: the documented layout with the HA
+    /// keys, this machine on the front-end, 1 GiB disks, 64 MiB data nodes,
+    /// 60 s to get ready.
+    pub fn new(dir: &Path, accel: Accel) -> UpOptions {
+        UpOptions {
+            dir: dir.to_path_buf(),
+            layout: PairLayout::default(),
+            uplinks: Uplinks {
+                host_link: true,
+                user_bridge: None,
+            },
+            accel,
+            disk_size: 1 << 30,
+            memory_mib: crate::vm::DEFAULT_MEMORY_MIB,
+            append: Default::default(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// One node as `up` left it.
 #[derive(Clone, Debug)]
 pub struct NodeReport {
@@ -213,6 +237,14 @@ pub struct UpReport {
 /// made it and nothing else runs); the logs stay in DIR.
 pub fn up(image: &Path, options: &UpOptions) -> Result<UpReport> {
     options.layout.validate()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Setup(
+            "`up` needs root: it creates a network namespace with bridges, taps \
+             and veth pairs for the pair's segments"
+                .into(),
+        ));
+    }
     let setup = SetupDir::create(&options.dir)?;
     let running: Vec<(NodeName, u32)> = NodeName::ALL
         .iter()
@@ -591,7 +623,11 @@ pub fn render_status(dir: &Path, states: &[(NodeName, NodeState)]) -> String {
         }
     }
     if pairnet::netns_exists(&setup.names.netns) {
-        out.push_str(&format!("network  namespace {}\n", setup.names.netns));
+        out.push_str(&format!(
+            "network  namespace {} (bridges {FRONT_END_BRIDGE} = front-end, \
+             {REPLICATION_BRIDGE} = replication)\n",
+            setup.names.netns
+        ));
     } else {
         out.push_str("network  none\n");
     }
