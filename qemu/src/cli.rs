@@ -60,18 +60,20 @@ up options:
   --mem MB              memory of a and b (default 64; the witness has 16)
   --front-end-net CIDR  front-end segment, net0 (default 10.77.0.0/24): a .1,
                         b .2, witness .3, this machine the last address
-  --replication-net CIDR  replication segment, net1 of a and b (default
-                        10.78.0.0/24): a .1, b .2
+  --replication-net CIDR  replication segment, net1 (default
+                        10.78.0.0/24): a .1, b .2, witness .3
   --bridge BR           also attach the front-end segment to the existing
                         bridge BR (for other VMs, e.g. a Linux host)
   --no-host-link        do not give this machine an address on the front-end
   --nqn NQN             subsystem NQN of the pair (default
                         nqn.2026-11.io.tandem:storage)
-  --no-ha               leave out the HA keys (role=, node=, peer_repl=,
-                        witness=, node_a=, node_b=); also TANDEM_UP_HA=0
+  --no-ha               leave out the HA keys (node=, peer_repl=, witness=,
+                        witness_repl=, role=, node_a=, node_b=, node_a_repl=,
+                        node_b_repl=); also TANDEM_UP_HA=0
+  --append CMDLINE      extra kernel command-line words for every node
   --append-a, --append-b, --append-witness CMDLINE
-                        extra kernel command-line words for that node (they
-                        replace keys of the same name)
+                        extra words for that node (after --append); extra
+                        words replace keys of the same name
   --timeout SECS        how long the nodes may take to get ready (default 60)";
 
 /// Host ports forwarded to the node's front-end services.
@@ -161,7 +163,8 @@ pub struct UpArgs {
     pub host_link: bool,
     pub nqn: String,
     pub ha_keys: bool,
-    /// Extra words for a, b and the witness.
+    /// Extra words for every node, then for a, b and the witness.
+    pub append_all: String,
     pub append: [String; 3],
     pub ready_timeout_secs: u64,
 }
@@ -179,6 +182,7 @@ impl Default for UpArgs {
             host_link: true,
             nqn: DEFAULT_PAIR_NQN.into(),
             ha_keys: true,
+            append_all: String::new(),
             append: Default::default(),
             ready_timeout_secs: 60,
         }
@@ -289,6 +293,7 @@ fn parse_up(rest: &[String]) -> Result<UpArgs> {
             "no-host-link" => up.host_link = false,
             "nqn" => up.nqn = value,
             "no-ha" => up.ha_keys = false,
+            "append" => up.append_all = value,
             "append-a" => up.append[0] = value,
             "append-b" => up.append[1] = value,
             "append-witness" => up.append[2] = value,
@@ -591,6 +596,8 @@ mod tests {
         a.extend([
             "--append-b".to_string(),
             "log=debug hb_interval=20".to_string(),
+            "--append".to_string(),
+            "lease=900 hb_timeout=999".to_string(),
         ]);
         let Command::Up(up) = parse(&a).unwrap() else {
             panic!()
@@ -608,6 +615,7 @@ mod tests {
             up.append,
             ["".to_string(), "log=debug hb_interval=20".into(), "".into()]
         );
+        assert_eq!(up.append_all, "lease=900 hb_timeout=999");
         assert_eq!(up.ready_timeout_secs, 90);
         let d = UpArgs::default();
         assert!(d.host_link && d.ha_keys && d.bridge.is_none());
@@ -666,7 +674,7 @@ mod tests {
             "fault kill",
             "fault explode a",
             "fault kill a net0",
-            "fault link-down witness net1",
+            "fault link-down witness net2",
             "fault link-up a net0 extra",
         ] {
             match parse(&args(bad)) {

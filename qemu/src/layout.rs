@@ -7,10 +7,11 @@
 //! | segment | a | b | witness | this machine |
 //! |---|---|---|---|---|
 //! | front-end (net0), default 10.77.0.0/24 | .1 | .2 | .3 | last address (.254) |
-//! | replication (net1), default 10.78.0.0/24 | .1 | .2 | — | — |
+//! | replication (net1), default 10.78.0.0/24 | .1 | .2 | .3 | — |
 //!
-//! The witness has the front-end NIC only: it takes part in leases and
-//! heartbeats there, and a lost replication link must not cut it off.
+//! The witness is on both segments, like the data nodes: it hears each of
+//! them on two links, so one lost link or switch is not taken for a dead
+//! node by the witness either.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -49,12 +50,9 @@ impl NodeName {
         }
     }
 
-    /// NICs in PCI order: net0 front-end, net1 replication (not the witness).
+    /// NICs in PCI order: net0 front-end, net1 replication.
     pub fn nic_count(self) -> usize {
-        match self {
-            NodeName::Witness => 1,
-            _ => 2,
-        }
+        2
     }
 
     /// Data nodes have a disk; the witness has none.
@@ -224,8 +222,9 @@ pub struct PairLayout {
     pub front_end: Subnet,
     pub replication: Subnet,
     pub nqn: String,
-    /// Pass the HA keys (`node=`, `role=`, `peer=`, `peer_repl=`,
-    /// `witness=`, `node_a=`, `node_b=`). Without them each data node is a
+    /// Pass the HA keys (`node=`, `peer_repl=`, `witness=`,
+    /// `witness_repl=`; for the witness `role=`, `node_a=`, `node_b=`,
+    /// `node_a_repl=`, `node_b_repl=`). Without them each data node is a
     /// standalone target and the witness an idle image: for images that do
     /// not know the keys.
     pub ha_keys: bool,
@@ -258,9 +257,8 @@ impl PairLayout {
         self.front_end.host(node.number().into())
     }
 
-    pub fn replication_address(&self, node: NodeName) -> Option<Ipv4Addr> {
-        node.peer()
-            .map(|_| self.replication.host(node.number().into()))
+    pub fn replication_address(&self, node: NodeName) -> Ipv4Addr {
+        self.replication.host(node.number().into())
     }
 
     /// This machine's address on the front-end segment.
@@ -273,10 +271,12 @@ impl PairLayout {
     pub fn cmdline(&self, node: NodeName, extra: &str) -> KernelCmdline {
         let mut c = KernelCmdline::new();
         c.set("net0", self.front_end.cidr(self.front_end_address(node)));
-        if let Some(repl) = self.replication_address(node) {
-            c.set("net1", self.replication.cidr(repl));
-        }
+        c.set(
+            "net1",
+            self.replication.cidr(self.replication_address(node)),
+        );
         let front = |n: NodeName| self.front_end_address(n).to_string();
+        let repl = |n: NodeName| self.replication_address(n).to_string();
         match node.peer() {
             Some(peer) => {
                 c.set("nqn", self.nqn.as_str());
@@ -287,10 +287,9 @@ impl PairLayout {
                 c.set("peer", front(peer));
                 if self.ha_keys {
                     c.set("node", node.as_str());
-                    if let Some(repl) = self.replication_address(peer) {
-                        c.set("peer_repl", repl.to_string());
-                    }
+                    c.set("peer_repl", repl(peer));
                     c.set("witness", front(NodeName::Witness));
+                    c.set("witness_repl", repl(NodeName::Witness));
                 }
             }
             None => {
@@ -298,6 +297,8 @@ impl PairLayout {
                     c.set("role", "witness");
                     c.set("node_a", front(NodeName::A));
                     c.set("node_b", front(NodeName::B));
+                    c.set("node_a_repl", repl(NodeName::A));
+                    c.set("node_b_repl", repl(NodeName::B));
                 }
             }
         }
@@ -417,7 +418,7 @@ mod tests {
         assert!("c".parse::<NodeName>().is_err());
         assert!("A".parse::<NodeName>().is_err());
         assert_eq!(NodeName::A.peer(), Some(NodeName::B));
-        assert_eq!(NodeName::Witness.nic_count(), 1);
+        assert_eq!(NodeName::Witness.nic_count(), 2);
         assert!(!NodeName::Witness.has_disk());
     }
 
@@ -426,11 +427,12 @@ mod tests {
         assert_eq!(parse_nic(NodeName::A, "net1").unwrap(), 1);
         assert_eq!(parse_nic(NodeName::A, "nic0").unwrap(), 0);
         assert_eq!(parse_nic(NodeName::B, "1").unwrap(), 1);
-        let err = parse_nic(NodeName::Witness, "net1")
+        assert_eq!(parse_nic(NodeName::Witness, "net1").unwrap(), 1);
+        let err = parse_nic(NodeName::Witness, "net2")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("node witness has no net1 (it has net0)"),
+            err.contains("node witness has no net2 (it has net0, net1)"),
             "{err}"
         );
         assert!(parse_nic(NodeName::A, "eth0").is_err());
@@ -480,15 +482,12 @@ mod tests {
             l.front_end_address(NodeName::Witness).to_string(),
             "10.77.0.3"
         );
+        assert_eq!(l.replication_address(NodeName::A).to_string(), "10.78.0.1");
+        assert_eq!(l.replication_address(NodeName::B).to_string(), "10.78.0.2");
         assert_eq!(
-            l.replication_address(NodeName::A).unwrap().to_string(),
-            "10.78.0.1"
+            l.replication_address(NodeName::Witness).to_string(),
+            "10.78.0.3"
         );
-        assert_eq!(
-            l.replication_address(NodeName::B).unwrap().to_string(),
-            "10.78.0.2"
-        );
-        assert_eq!(l.replication_address(NodeName::Witness), None);
         assert_eq!(l.host_address().to_string(), "10.77.0.254");
         let overlapping = PairLayout {
             replication: "10.77.0.128/25".parse().unwrap(),
@@ -503,16 +502,19 @@ mod tests {
         assert_eq!(
             l.cmdline(NodeName::A, "").to_string(),
             "net0=10.77.0.1/24 net1=10.78.0.1/24 nqn=nqn.2026-11.io.tandem:storage \
-             cntlid=1-32767 peer=10.77.0.2 node=a peer_repl=10.78.0.2 witness=10.77.0.3"
+             cntlid=1-32767 peer=10.77.0.2 node=a peer_repl=10.78.0.2 witness=10.77.0.3 \
+             witness_repl=10.78.0.3"
         );
         assert_eq!(
             l.cmdline(NodeName::B, "").to_string(),
             "net0=10.77.0.2/24 net1=10.78.0.2/24 nqn=nqn.2026-11.io.tandem:storage \
-             cntlid=32768-65519 peer=10.77.0.1 node=b peer_repl=10.78.0.1 witness=10.77.0.3"
+             cntlid=32768-65519 peer=10.77.0.1 node=b peer_repl=10.78.0.1 witness=10.77.0.3 \
+             witness_repl=10.78.0.3"
         );
         assert_eq!(
             l.cmdline(NodeName::Witness, "").to_string(),
-            "net0=10.77.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2"
+            "net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 \
+             node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2"
         );
     }
 
@@ -538,7 +540,7 @@ mod tests {
         );
         assert_eq!(
             l.cmdline(NodeName::Witness, "").to_string(),
-            "net0=10.77.0.3/24"
+            "net0=10.77.0.3/24 net1=10.78.0.3/24"
         );
     }
 

@@ -230,7 +230,9 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         accel,
         disk_size: args.disk_size,
         memory_mib: args.memory_mib,
-        append: args.append,
+        append: args
+            .append
+            .map(|words| format!("{} {words}", args.append_all).trim().to_string()),
         ready_timeout: std::time::Duration::from_secs(args.ready_timeout_secs),
     };
     extern "C" fn interrupt_up(_signal: libc::c_int) {

@@ -425,14 +425,16 @@ fn start_missing(
 fn with_ha_hint(e: Error, layout: &PairLayout) -> Error {
     let text = e.to_string();
     if layout.ha_keys && text.contains("unknown key") {
-        const HA_KEYS: [&str; 7] = [
+        const HA_KEYS: [&str; 9] = [
             "role:",
             "node:",
             "peer_repl:",
             "witness:",
+            "witness_repl:",
             "node_a:",
             "node_b:",
-            "peer:",
+            "node_a_repl:",
+            "node_b_repl:",
         ];
         if HA_KEYS
             .iter()
