@@ -12,6 +12,8 @@ use tandem_qemu::{Accel, NetBackend, PortForward, VmSpec};
 
 pub use tandem_qemu;
 
+pub mod nvme;
+
 /// Boot to ready under TCG takes well under a second on an idle machine;
 /// this allows for a loaded two-core CI host.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
