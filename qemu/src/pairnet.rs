@@ -150,12 +150,27 @@ pub fn destroy(names: &NetNames) -> Result<bool> {
     if netns_exists(&names.netns) {
         ip(&["netns", "del", &names.netns])?;
         removed = true;
+        // The veth ends outside go with the namespace, in the background:
+        // wait for them, so that an `up` right after finds the names free.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while [&names.host_link, &names.user_link]
+            .iter()
+            .any(|link| link_exists(link))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     // Deleting the namespace deletes the veth ends inside it and so the
     // pairs; a half-made setup may have left an end outside.
     for link in [&names.host_link, &names.user_link] {
         if link_exists(link) {
-            ip(&["link", "del", link])?;
+            // The kernel removes the pair of a deleted namespace's veth end
+            // in the background: it may vanish between the check and here.
+            match ip(&["link", "del", link]) {
+                Err(_) if !link_exists(link) => {}
+                result => result.map(drop)?,
+            }
             removed = true;
         }
     }
