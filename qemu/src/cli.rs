@@ -26,7 +26,9 @@ commands:
                         Ctrl-] quits; piped input runs one command per line
   fault F NODE [NIC]    F: kill (SIGKILL of QEMU), pause, resume (QMP
                         stop/cont), link-down, link-up (QMP set_link on NIC
-                        net0/net1, default every NIC of the node)
+                        net0/net1, default every NIC of the node), isolate
+                        (cut NODE off from the other nodes on both segments;
+                        front-end hosts still reach it), rejoin
   status                which nodes run (running/paused) and the network
   down                  stop every node and remove the network `up` made;
                         disks and logs stay in DIR
@@ -474,7 +476,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     })
                 }
                 _ => Err(Error::Usage(
-                    "usage: cargo tandem fault kill|pause|resume|link-down|link-up NODE [NIC] [--dir DIR]"
+                    "usage: cargo tandem fault kill|pause|resume|link-down|link-up|isolate|rejoin NODE [NIC] [--dir DIR]"
                         .into(),
                 )),
             }

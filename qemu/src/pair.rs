@@ -93,6 +93,32 @@ impl SetupDir {
         process_is_ours(pid, &pid_file).then_some(pid)
     }
 
+    fn isolated_file(&self) -> PathBuf {
+        self.dir.join("isolated")
+    }
+
+    /// Nodes under `fault isolate`, in the order they were isolated.
+    pub fn isolated(&self) -> Vec<NodeName> {
+        parse_isolated(&std::fs::read_to_string(self.isolated_file()).unwrap_or_default())
+    }
+
+    /// Records the isolated nodes and sets the front-end bridge ports to
+    /// match: isolated while any node is.
+    fn set_isolated(&self, nodes: &[NodeName]) -> Result<()> {
+        let path = self.isolated_file();
+        if nodes.is_empty() {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            let text: String = nodes.iter().map(|n| format!("{n}\n")).collect();
+            std::fs::write(&path, text)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
+        for node in NodeName::ALL {
+            pairnet::set_port_isolated(&self.names, &NetNames::tap(node, 0), !nodes.is_empty())?;
+        }
+        Ok(())
+    }
+
     fn read_state(&self) -> Option<SavedSetup> {
         let text = std::fs::read_to_string(self.state_file()).ok()?;
         SavedSetup::from_json(&serde_json::from_str(&text).ok()?)
@@ -103,6 +129,20 @@ impl SetupDir {
         std::fs::write(&path, format!("{:#}\n", state.to_json()))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
+}
+
+/// Parses the `isolated` file: one node name per line; unknown lines are skipped.
+fn parse_isolated(text: &str) -> Vec<NodeName> {
+    let mut nodes = Vec::new();
+    for node in text
+        .lines()
+        .filter_map(|l| l.trim().parse::<NodeName>().ok())
+    {
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    nodes
 }
 
 /// True when `pid` is a live process started with `pid_file` on its
@@ -289,6 +329,8 @@ pub fn up(image: &Path, options: &UpOptions) -> Result<UpReport> {
         false
     } else {
         pairnet::create(&options.layout, &setup.names, &options.uplinks)?;
+        // A fresh network has no isolated ports.
+        let _ = std::fs::remove_file(setup.isolated_file());
         true
     };
     setup.write_state(&wanted)?;
@@ -414,6 +456,19 @@ fn start_missing(
             .expect("every started node has a report");
         report.ready = Some(ready);
         report.pid = Some(child.pid());
+    }
+    // A restarted node that is under `fault isolate` comes back isolated.
+    let isolated = setup.isolated();
+    for (node, child) in &started {
+        if isolated.contains(node) {
+            child
+                .qmp(CONTROL_TIMEOUT)
+                .and_then(|mut qmp| qmp.set_link("nic1", false))
+                .map_err(|e| Error::Node {
+                    node: node.to_string(),
+                    source: Box::new(e),
+                })?;
+        }
     }
     for (_, child) in started {
         child.detach();
@@ -572,6 +627,7 @@ pub fn down(dir: &Path) -> Result<DownReport> {
     }
     report.network_removed = pairnet::destroy(&setup.names)?;
     let _ = std::fs::remove_file(setup.state_file());
+    let _ = std::fs::remove_file(setup.isolated_file());
     Ok(report)
 }
 
@@ -648,6 +704,16 @@ pub enum Fault {
     /// QMP `set_link` down/up on the NIC(s): the guest sees link loss.
     LinkDown,
     LinkUp,
+    /// Cuts the node off from the other two nodes on every link while the
+    /// front-end hosts (this machine, `--bridge`) still reach it: its
+    /// replication NIC goes down (QMP) and the front-end bridge ports of
+    /// all three nodes become isolated ports, which reach only the hosts'
+    /// ports. (So the other two lose their front-end link to each other as
+    /// well, and keep the replication link.)
+    Isolate,
+    /// Undoes `Isolate` for the node; the front-end ports stay isolated
+    /// while another node is.
+    Rejoin,
 }
 
 impl std::str::FromStr for Fault {
@@ -659,9 +725,12 @@ impl std::str::FromStr for Fault {
             "resume" => Fault::Resume,
             "link-down" => Fault::LinkDown,
             "link-up" => Fault::LinkUp,
+            "isolate" => Fault::Isolate,
+            "rejoin" => Fault::Rejoin,
             other => {
                 return Err(Error::Usage(format!(
-                    "unknown fault `{other}` (have: kill, pause, resume, link-down, link-up)"
+                    "unknown fault `{other}` \
+                     (have: kill, pause, resume, link-down, link-up, isolate, rejoin)"
                 )));
             }
         })
@@ -717,6 +786,24 @@ pub fn fault(dir: &Path, fault: Fault, node: NodeName, nic: Option<usize>) -> Re
                 if up { "up" } else { "down" },
                 list.join(", ")
             ))
+        }
+        Fault::Isolate | Fault::Rejoin => {
+            let isolate = fault == Fault::Isolate;
+            qmp.set_link("nic1", !isolate).map_err(in_node)?;
+            let mut isolated = setup.isolated();
+            isolated.retain(|&n| n != node);
+            if isolate {
+                isolated.push(node);
+            }
+            setup.set_isolated(&isolated)?;
+            Ok(if isolate {
+                format!(
+                    "{node} isolated from the other nodes (replication link down, \
+                     front-end ports isolated; the front-end hosts still reach every node)"
+                )
+            } else {
+                format!("{node} rejoined (replication link up)")
+            })
         }
         Fault::Kill => unreachable!("handled above"),
     }
@@ -914,7 +1001,18 @@ mod tests {
     }
 
     #[test]
+    fn isolated_nodes_parse_without_duplicates() {
+        assert_eq!(parse_isolated(""), vec![]);
+        assert_eq!(
+            parse_isolated("b\nwitness\nb\nbogus\n"),
+            vec![NodeName::B, NodeName::Witness]
+        );
+    }
+
+    #[test]
     fn faults_parse() {
+        assert_eq!("isolate".parse::<Fault>().unwrap(), Fault::Isolate);
+        assert_eq!("rejoin".parse::<Fault>().unwrap(), Fault::Rejoin);
         assert_eq!("kill".parse::<Fault>().unwrap(), Fault::Kill);
         assert_eq!("link-down".parse::<Fault>().unwrap(), Fault::LinkDown);
         assert!("reboot".parse::<Fault>().is_err());

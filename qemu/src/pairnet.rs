@@ -185,3 +185,20 @@ pub fn set_link(names: &NetNames, device: &str, up: bool) -> Result<()> {
     )
     .map(drop)
 }
+
+/// Makes a bridge port of the namespace an isolated port (it reaches only
+/// non-isolated ports: the hosts' veths) or a normal one again.
+pub fn set_port_isolated(names: &NetNames, port: &str, isolated: bool) -> Result<()> {
+    let out = Command::new("bridge")
+        .args(["-n", &names.netns, "link", "set", "dev", port, "isolated"])
+        .arg(if isolated { "on" } else { "off" })
+        .output()
+        .map_err(|e| Error::io("running bridge (install iproute2)", e))?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command: format!("bridge -n {} link set dev {port} isolated", names.netns),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

@@ -355,6 +355,60 @@ fn up_serves_portals_takes_faults_and_down_removes_everything() {
         assert!(net0.contains(&format!("ip={b}/24")), "{net0}");
     }
 
+    // isolate: a loses both links to b and the witness (it reports them
+    // unreachable), this machine still reaches every portal; rejoin undoes it.
+    let isolate = setup.run(&["fault", "isolate", "a"]);
+    assert_eq!(isolate.code, Some(0), "{isolate}");
+    let ports_isolated = |on: bool| {
+        for node in ["a", "b", "witness"] {
+            let out = Command::new("bridge")
+                .args(["-n", &setup.names().netns, "-d", "link", "show", "dev"])
+                .arg(format!("{node}-fe"))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let want = if on { "isolated on" } else { "isolated off" };
+            assert!(text.contains(want), "{node}-fe: want {want}: {text}");
+        }
+    };
+    ports_isolated(true);
+    {
+        let mut console =
+            ConsoleClient::connect(&setup.console_socket("a"), CONSOLE_TIMEOUT).unwrap();
+        let net1 = nic_line(&mut console, 1);
+        assert!(net1.contains("link=down"), "{net1}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = console.command("status", CONSOLE_TIMEOUT).unwrap();
+            let peers: Vec<&String> = lines.iter().filter(|l| l.contains("reachable:")).collect();
+            if !peers.is_empty() && peers.iter().all(|l| l.contains("reachable:false")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a still reaches a peer while isolated: {lines:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert!(
+        can_connect(a, 4420, CONNECT_TIMEOUT),
+        "isolated a unreachable from the host"
+    );
+    assert!(
+        can_connect(b, 4420, CONNECT_TIMEOUT),
+        "b unreachable from the host"
+    );
+    let rejoin = setup.run(&["fault", "rejoin", "a"]);
+    assert_eq!(rejoin.code, Some(0), "{rejoin}");
+    ports_isolated(false);
+    {
+        let mut console =
+            ConsoleClient::connect(&setup.console_socket("a"), CONSOLE_TIMEOUT).unwrap();
+        let net1 = nic_line(&mut console, 1);
+        assert!(net1.contains("link=up"), "{net1}");
+    }
+
     // kill: QEMU is gone at once; `up` starts that node alone again.
     let pid_before = std::fs::read_to_string(setup.dir.path().join("witness.pid")).unwrap();
     let kill = setup.run(&["fault", "kill", "witness"]);
