@@ -171,6 +171,15 @@ pub struct UpArgs {
     pub ready_timeout_secs: u64,
 }
 
+impl UpArgs {
+    /// Extra words for a, b and the witness: `--append`, then the node's own.
+    pub fn node_appends(&self) -> [String; 3] {
+        self.append
+            .clone()
+            .map(|words| format!("{} {words}", self.append_all).trim().to_string())
+    }
+}
+
 impl Default for UpArgs {
     fn default() -> Self {
         UpArgs {
@@ -618,6 +627,14 @@ mod tests {
             ["".to_string(), "log=debug hb_interval=20".into(), "".into()]
         );
         assert_eq!(up.append_all, "lease=900 hb_timeout=999");
+        assert_eq!(
+            up.node_appends(),
+            [
+                "lease=900 hb_timeout=999".to_string(),
+                "lease=900 hb_timeout=999 log=debug hb_interval=20".into(),
+                "lease=900 hb_timeout=999".into()
+            ]
+        );
         assert_eq!(up.ready_timeout_secs, 90);
         let d = UpArgs::default();
         assert!(d.host_link && d.ha_keys && d.bridge.is_none());

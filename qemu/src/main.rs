@@ -210,6 +210,7 @@ fn describe(spec: &VmSpec, forwards: &[PortForward], fresh_disk: bool, accel: Ac
 
 fn up(args: UpArgs) -> Result<ExitCode> {
     node::find_qemu()?;
+    let append = args.node_appends();
     let layout = PairLayout {
         front_end: args.front_end,
         replication: args.replication,
@@ -230,9 +231,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         accel,
         disk_size: args.disk_size,
         memory_mib: args.memory_mib,
-        append: args
-            .append
-            .map(|words| format!("{} {words}", args.append_all).trim().to_string()),
+        append,
         ready_timeout: std::time::Duration::from_secs(args.ready_timeout_secs),
     };
     extern "C" fn interrupt_up(_signal: libc::c_int) {
