@@ -6,10 +6,10 @@
 # Marks (host awaits): connected-digests, disconnected-digests, connected-plain.
 # Signals (host sends): inspected-digests, appliance-rebooted, inspected-plain.
 # Env: TARGET_ADDR TARGET_PORT SUBNQN [DISCOVERY_PORT=8009] [SERIAL]
-#      [IO_QUEUES=2] [VERIFY_SIZE=32M] [FIO_ENGINE=io_uring]
+#      [IO_QUEUES=2] [VERIFY_SIZE=16M] [FIO_ENGINE=io_uring]
 . /usr/lib/tg/lib.sh
 : "${TARGET_ADDR:?}" "${TARGET_PORT:?}" "${SUBNQN:?}"
-: "${DISCOVERY_PORT:=8009}" "${IO_QUEUES:=2}" "${VERIFY_SIZE:=32M}" "${FIO_ENGINE:=io_uring}"
+: "${DISCOVERY_PORT:=8009}" "${IO_QUEUES:=2}" "${VERIFY_SIZE:=16M}" "${FIO_ENGINE:=io_uring}"
 
 step() { echo "=== $*"; }
 
@@ -120,8 +120,8 @@ umount /mnt/fs || tg_fail "umount"
 echo "files intact"
 
 step "fio verify without digests"
-fio_verify plain-4k 4k 16M
-fio_verify plain-128k 128k 16M
+fio_verify plain-4k 4k 8M
+fio_verify plain-128k 128k 8M
 
 step "disconnect"
 disconnect
