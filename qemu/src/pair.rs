@@ -689,6 +689,11 @@ pub fn render_status(dir: &Path, states: &[(NodeName, NodeState)]) -> String {
     } else {
         out.push_str("network  none\n");
     }
+    let isolated = setup.isolated();
+    if !isolated.is_empty() {
+        let names: Vec<&str> = isolated.iter().map(|n| n.as_str()).collect();
+        out.push_str(&format!("isolated {}\n", names.join(", ")));
+    }
     out
 }
 
