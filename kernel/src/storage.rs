@@ -22,24 +22,14 @@ use crate::machine::NetPort;
 const SECTOR: u64 = 512;
 /// Live connections per port and NIC.
 const MAX_CONNECTIONS: usize = 32;
-/// Live connections per discovery port and NIC.
-const MAX_DISCOVERY_CONNECTIONS: usize = MAX_CONNECTIONS / 4;
 /// TCP buffer per direction per connection.
 const SOCKET_BUFFER_BYTES: usize = 128 * 1024;
-/// How long a connection the target closed may wait for the host's FIN
-/// before it is reset: a host that never closes its side must not hold a
-/// connection slot (and its buffers) for ever.
-const CLOSE_LINGER_MS: u64 = 2_000;
 
 struct NvmeConnection {
     id: u64,
     nic: usize,
-    /// The listening port it came in on.
-    port: u16,
     handle: SocketHandle,
     connection: Connection,
-    /// When the NVMe side was first seen closed.
-    closed_at_ms: Option<u64>,
 }
 
 struct PortListeners {
@@ -49,7 +39,8 @@ struct PortListeners {
 
 pub struct NvmeService {
     target: Target,
-    listeners: Vec<PortListeners>,
+    /// Per NIC; `None` where the target does not listen.
+    listeners: Vec<Option<PortListeners>>,
     connections: Vec<NvmeConnection>,
     /// Disk request tag → (connection id, its request).
     pending: BTreeMap<Tag, (u64, RequestId)>,
@@ -114,7 +105,12 @@ impl NvmeService {
                 ana_group: settings.ana_group,
             });
         }
+        // A pair's replication link (net1) is not a portal: hosts cannot reach it.
+        let serves = |nic: usize| pair_data_bytes.is_none() || nic != 1;
         for (index, port) in nets.iter().enumerate() {
+            if !serves(index) {
+                continue;
+            }
             if let Some(address) = port.nic.address() {
                 config.portals.push(Portal {
                     port_id: index as u16 + 1,
@@ -133,13 +129,12 @@ impl NvmeService {
         if crate::hw::crc::has_sse42() {
             target.set_crc32c(Crc32c::with_update(crate::hw::crc::update));
         }
-        let listeners = nets
-            .iter()
-            .map(|_| PortListeners {
+        let listeners = (0..nets.len())
+            .map(|nic| serves(nic).then(|| PortListeners {
                 io: Listener::new(settings.port, MAX_CONNECTIONS, SOCKET_BUFFER_BYTES),
                 discovery: (settings.discovery_port != 0)
-                    .then(|| Listener::new(settings.discovery_port, MAX_DISCOVERY_CONNECTIONS, 16 * 1024)),
-            })
+                    .then(|| Listener::new(settings.discovery_port, MAX_CONNECTIONS / 4, 16 * 1024)),
+            }))
             .collect();
         Ok(Self {
             target,
@@ -167,16 +162,14 @@ impl NvmeService {
         busy |= self.complete_disk_requests(disks, now);
 
         for (nic, listeners) in self.listeners.iter_mut().enumerate() {
+            let Some(listeners) = listeners.as_mut() else { continue };
             let sockets = nets[nic].nic.sockets_mut();
-            let live = |port: u16| self.connections.iter().filter(|c| c.nic == nic && c.port == port).count();
-            let mut accepted: Vec<(u16, SocketHandle)> = Vec::new();
-            let port = listeners.io.port();
-            accepted.extend(listeners.io.poll(sockets, live(port)).into_iter().map(|handle| (port, handle)));
+            let live = self.connections.iter().filter(|c| c.nic == nic).count();
+            let mut accepted = listeners.io.poll(sockets, live);
             if let Some(discovery) = listeners.discovery.as_mut() {
-                let port = discovery.port();
-                accepted.extend(discovery.poll(sockets, live(port)).into_iter().map(|handle| (port, handle)));
+                accepted.extend(discovery.poll(sockets, live));
             }
-            for (port, handle) in accepted {
+            for handle in accepted {
                 busy = true;
                 let socket = sockets.get_mut::<tcp::Socket>(handle);
                 socket.set_nagle_enabled(false);
@@ -184,14 +177,7 @@ impl NvmeService {
                 let id = self.next_connection;
                 self.next_connection += 1;
                 log::debug!("nvme: connection {id} from {:?} on net{nic}", socket.remote_endpoint());
-                self.connections.push(NvmeConnection {
-                    id,
-                    nic,
-                    port,
-                    handle,
-                    connection: Connection::new(&self.target, now),
-                    closed_at_ms: None,
-                });
+                self.connections.push(NvmeConnection { id, nic, handle, connection: Connection::new(&self.target, now) });
             }
         }
 
@@ -233,20 +219,10 @@ impl NvmeService {
         }
         // Start what was just submitted without waiting for the next round.
         busy |= self.complete_disk_requests(disks, now);
-        self.evict_idle_connections(nets);
-        self.connections.retain_mut(|entry| {
+        self.connections.retain(|entry| {
             let sockets = nets[entry.nic].nic.sockets_mut();
-            let mut finished = false;
-            if entry.connection.state() == ConnectionState::Closed {
-                let closed_at_ms = *entry.closed_at_ms.get_or_insert(now_ms);
-                let socket = sockets.get_mut::<tcp::Socket>(entry.handle);
-                finished = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait);
-                if !finished && now_ms.saturating_sub(closed_at_ms) > CLOSE_LINGER_MS {
-                    log::debug!("nvme: connection {} reset: the host did not close its side", entry.id);
-                    socket.abort();
-                    finished = true;
-                }
-            }
+            let finished = entry.connection.state() == ConnectionState::Closed
+                && matches!(sockets.get::<tcp::Socket>(entry.handle).state(), tcp::State::Closed | tcp::State::TimeWait);
             if finished {
                 // Our socket: the listener handed it over.
                 sockets.remove(entry.handle);
@@ -257,36 +233,6 @@ impl NvmeService {
             log::info!("nvme: {event:?}");
         }
         busy
-    }
-
-    /// Keeps a connection slot free on every port so that a new host can
-    /// always connect: when a port is (nearly) full, the oldest connection
-    /// that has not completed a Fabrics Connect is closed. Idle connections
-    /// time out anyway (handshake timeout); this keeps hundreds of them from
-    /// locking hosts out meanwhile.
-    fn evict_idle_connections(&mut self, nets: &mut [NetPort]) {
-        for (nic, listeners) in self.listeners.iter().enumerate() {
-            let ports = core::iter::once((listeners.io.port(), MAX_CONNECTIONS))
-                .chain(listeners.discovery.as_ref().map(|d| (d.port(), MAX_DISCOVERY_CONNECTIONS)));
-            for (port, max) in ports {
-                let on_port = |c: &&mut NvmeConnection| c.nic == nic && c.port == port;
-                let live = self.connections.iter_mut().filter(on_port).count();
-                if live + 2 <= max {
-                    continue;
-                }
-                let oldest_idle = self
-                    .connections
-                    .iter_mut()
-                    .filter(on_port)
-                    .filter(|c| c.connection.state() != ConnectionState::Closed && c.connection.info().cntlid.is_none())
-                    .min_by_key(|c| c.id);
-                if let Some(entry) = oldest_idle {
-                    log::debug!("nvme: connection {} closed to make room on port {port} of net{nic}", entry.id);
-                    entry.connection.close(&mut self.target);
-                    nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle).abort();
-                }
-            }
-        }
     }
 
     /// Block requests for the HA pair: (connection, request).

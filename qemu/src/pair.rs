@@ -358,6 +358,9 @@ pub fn up(image: &Path, options: &UpOptions) -> Result<UpReport> {
     }
 }
 
+/// HA timers `up` passes under TCG (milliseconds).
+pub const TCG_HA_TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
+
 fn start_missing(
     image: &Path,
     options: &UpOptions,
@@ -367,7 +370,14 @@ fn start_missing(
     let mut reports = Vec::new();
     let mut disks_created = Vec::new();
     for (i, node) in NodeName::ALL.into_iter().enumerate() {
-        let cmdline = options.layout.cmdline(node, &options.append[i]).to_string();
+        // The image's default HA timers suit KVM; three TCG guests on a busy
+        // host get descheduled for longer than a 400 ms lease. Words the
+        // user appends still win (they come later).
+        let extra = match options.accel {
+            Accel::Tcg => format!("{TCG_HA_TIMING} {}", options.append[i]),
+            _ => options.append[i].clone(),
+        };
+        let cmdline = options.layout.cmdline(node, &extra).to_string();
         if let Some(pid) = setup.running_pid(node) {
             reports.push(NodeReport {
                 node,
