@@ -407,18 +407,60 @@ fn abandoned_and_idle_connections(rig: &mut Rig, healthy: &mut Queue) {
         .map(|t| t.join().unwrap())
         .collect();
 
-    let (_admin, cntlid) = Queue::admin(rig.io_port, NQN, HOST, 0);
-    let mut io = Queue::io(rig.io_port, 1, cntlid, NQN, HOST, false);
-    let cid = io.host.write(1, 6000, pattern(8192, 3), 512, true);
-    io.ok(cid);
-    let cid = io.host.read(1, 6000, 16, 512);
-    assert_eq!(io.ok(cid).1, pattern(8192, 3), "fresh connection I/O while 200 connections idle");
+    fresh_connection_does_io(rig, 6000, "while 200 connections are idle");
     let cid = healthy.host.read(1, 6000, 16, 512);
-    assert_eq!(healthy.ok(cid).1, pattern(8192, 3), "established queue I/O while 200 connections idle");
+    assert_eq!(healthy.ok(cid).1, pattern(8192, (6000 % 256) as u8), "established queue I/O while 200 connections idle");
     let status = rig.console("status");
     assert!(status.iter().any(|l| l.starts_with("net0 ")), "status answers: {status:#?}");
+    let listed = rig.console("nvme");
+    let connections = listed.iter().filter(|l| l.trim_start().starts_with("connection ")).count();
+    assert!(connections <= 32 + 8, "connections held are bounded: {connections}\n{listed:#?}");
+
+    // The target gives up on connections that never Connect (handshake
+    // timeout) even though this host keeps them open; their slots come free.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let listed = rig.console("nvme");
+        if !listed.iter().any(|l| l.contains("cntlid=None")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "idle connections still held: {listed:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    fresh_connection_does_io(rig, 7000, "after the idle connections timed out (the host still holding them)");
     drop(idle);
     drop(stalled);
+}
+
+/// A new host connects and does I/O. While QEMU's port forward is still
+/// handing over a flood of connections, the target (one socket in LISTEN per
+/// port) may refuse a SYN: the host retries, as a Linux host reconnects.
+fn fresh_connection_does_io(rig: &Rig, lba: u64, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    let mut admin = loop {
+        match Queue::try_open(rig.io_port, false, false) {
+            Ok(q) => break q,
+            Err(e) => {
+                refused += 1;
+                assert!(Instant::now() < deadline, "no connection {when}: {e:?} ({refused} refused)");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if refused > 0 {
+        eprintln!("nvme_protocol: {refused} connection attempts refused {when}");
+    }
+    let (status, result) = admin.connect(0, 0xFFFF, 0, NQN, HOST);
+    assert_eq!(status, Status::SUCCESS, "admin Connect {when}");
+    let cid = admin.host.enable();
+    admin.ok(cid);
+    let mut io = Queue::io(rig.io_port, 1, result as u16, NQN, HOST, false);
+    let data = pattern(8192, lba as u8);
+    let cid = io.host.write(1, lba, data.clone(), 512, true);
+    io.ok(cid);
+    let cid = io.host.read(1, lba, 16, 512);
+    assert_eq!(io.ok(cid).1, data, "fresh connection I/O {when}");
 }
 
 /// A controller whose host goes silent past KATO is removed: its connection
