@@ -22,14 +22,24 @@ use crate::machine::NetPort;
 const SECTOR: u64 = 512;
 /// Live connections per port and NIC.
 const MAX_CONNECTIONS: usize = 32;
+/// Live connections per discovery port and NIC.
+const MAX_DISCOVERY_CONNECTIONS: usize = MAX_CONNECTIONS / 4;
+/// How long a connection the target closed may wait for the host's FIN
+/// before it is reset: a host that never closes its side must not hold a
+/// connection slot (and its buffers) for ever.
+const CLOSE_LINGER_MS: u64 = 2_000;
 /// TCP buffer per direction per connection.
 const SOCKET_BUFFER_BYTES: usize = 128 * 1024;
 
 struct NvmeConnection {
     id: u64,
     nic: usize,
+    /// The listening port it came in on.
+    port: u16,
     handle: SocketHandle,
     connection: Connection,
+    /// When the NVMe side was first seen closed.
+    closed_at_ms: Option<u64>,
 }
 
 struct PortListeners {
@@ -133,7 +143,7 @@ impl NvmeService {
             .map(|nic| serves(nic).then(|| PortListeners {
                 io: Listener::new(settings.port, MAX_CONNECTIONS, SOCKET_BUFFER_BYTES),
                 discovery: (settings.discovery_port != 0)
-                    .then(|| Listener::new(settings.discovery_port, MAX_CONNECTIONS / 4, 16 * 1024)),
+                    .then(|| Listener::new(settings.discovery_port, MAX_DISCOVERY_CONNECTIONS, 16 * 1024)),
             }))
             .collect();
         Ok(Self {
@@ -164,12 +174,16 @@ impl NvmeService {
         for (nic, listeners) in self.listeners.iter_mut().enumerate() {
             let Some(listeners) = listeners.as_mut() else { continue };
             let sockets = nets[nic].nic.sockets_mut();
-            let live = self.connections.iter().filter(|c| c.nic == nic).count();
-            let mut accepted = listeners.io.poll(sockets, live);
+            // Each port has its own bound.
+            let live = |port: u16| self.connections.iter().filter(|c| c.nic == nic && c.port == port).count();
+            let mut accepted: Vec<(u16, SocketHandle)> = Vec::new();
+            let port = listeners.io.port();
+            accepted.extend(listeners.io.poll(sockets, live(port)).into_iter().map(|handle| (port, handle)));
             if let Some(discovery) = listeners.discovery.as_mut() {
-                accepted.extend(discovery.poll(sockets, live));
+                let port = discovery.port();
+                accepted.extend(discovery.poll(sockets, live(port)).into_iter().map(|handle| (port, handle)));
             }
-            for handle in accepted {
+            for (port, handle) in accepted {
                 busy = true;
                 let socket = sockets.get_mut::<tcp::Socket>(handle);
                 socket.set_nagle_enabled(false);
@@ -177,7 +191,14 @@ impl NvmeService {
                 let id = self.next_connection;
                 self.next_connection += 1;
                 log::debug!("nvme: connection {id} from {:?} on net{nic}", socket.remote_endpoint());
-                self.connections.push(NvmeConnection { id, nic, handle, connection: Connection::new(&self.target, now) });
+                self.connections.push(NvmeConnection {
+                    id,
+                    nic,
+                    port,
+                    handle,
+                    connection: Connection::new(&self.target, now),
+                    closed_at_ms: None,
+                });
             }
         }
 
@@ -219,10 +240,20 @@ impl NvmeService {
         }
         // Start what was just submitted without waiting for the next round.
         busy |= self.complete_disk_requests(disks, now);
-        self.connections.retain(|entry| {
+        self.evict_idle_connections(nets);
+        self.connections.retain_mut(|entry| {
             let sockets = nets[entry.nic].nic.sockets_mut();
-            let finished = entry.connection.state() == ConnectionState::Closed
-                && matches!(sockets.get::<tcp::Socket>(entry.handle).state(), tcp::State::Closed | tcp::State::TimeWait);
+            let mut finished = false;
+            if entry.connection.state() == ConnectionState::Closed {
+                let closed_at_ms = *entry.closed_at_ms.get_or_insert(now_ms);
+                let socket = sockets.get_mut::<tcp::Socket>(entry.handle);
+                finished = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait);
+                if !finished && now_ms.saturating_sub(closed_at_ms) > CLOSE_LINGER_MS {
+                    log::debug!("nvme: connection {} reset: the host did not close its side", entry.id);
+                    socket.abort();
+                    finished = true;
+                }
+            }
             if finished {
                 // Our socket: the listener handed it over.
                 sockets.remove(entry.handle);
@@ -233,6 +264,37 @@ impl NvmeService {
             log::info!("nvme: {event:?}");
         }
         busy
+    }
+
+    /// Keeps a connection slot free on every port so that a new host can
+    /// always connect: when a port is (nearly) full, the oldest connection
+    /// that has not completed a Fabrics Connect is closed. Idle connections
+    /// time out anyway (handshake timeout); this keeps hundreds of them from
+    /// locking hosts out meanwhile.
+    fn evict_idle_connections(&mut self, nets: &mut [NetPort]) {
+        for (nic, listeners) in self.listeners.iter().enumerate() {
+            let Some(listeners) = listeners.as_ref() else { continue };
+            let ports = core::iter::once((listeners.io.port(), MAX_CONNECTIONS))
+                .chain(listeners.discovery.as_ref().map(|d| (d.port(), MAX_DISCOVERY_CONNECTIONS)));
+            for (port, max) in ports {
+                let on_port = |c: &&mut NvmeConnection| c.nic == nic && c.port == port;
+                let live = self.connections.iter_mut().filter(on_port).count();
+                if live + 2 <= max {
+                    continue;
+                }
+                let oldest_idle = self
+                    .connections
+                    .iter_mut()
+                    .filter(on_port)
+                    .filter(|c| c.connection.state() != ConnectionState::Closed && c.connection.info().cntlid.is_none())
+                    .min_by_key(|c| c.id);
+                if let Some(entry) = oldest_idle {
+                    log::debug!("nvme: connection {} closed to make room on port {port} of net{nic}", entry.id);
+                    entry.connection.close(&mut self.target);
+                    nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle).abort();
+                }
+            }
+        }
     }
 
     /// Block requests for the HA pair: (connection, request).
