@@ -43,8 +43,9 @@ pub struct Queue {
 
 /// A TCP connection to 127.0.0.1:`port` with bounded reads and writes.
 pub fn tcp(port: u16) -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = TcpStream::connect_timeout(&address, REPLY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
     stream.set_nodelay(true).unwrap();
@@ -58,7 +59,11 @@ impl Queue {
             .unwrap_or_else(|e| panic!("ICReq on 127.0.0.1:{port}: {e:?}"))
     }
 
-    pub fn try_open(port: u16, header_digest: bool, data_digest: bool) -> Result<Queue, QueueError> {
+    pub fn try_open(
+        port: u16,
+        header_digest: bool,
+        data_digest: bool,
+    ) -> Result<Queue, QueueError> {
         let mut queue = Queue::unopened(port, header_digest, data_digest);
         queue.flush()?;
         match queue.next_event(Instant::now() + REPLY_TIMEOUT)? {
@@ -133,14 +138,19 @@ impl Queue {
     }
 
     /// Waits for the completion of command `cid`; other events are kept.
-    pub fn try_wait(&mut self, cid: u16, timeout: Duration) -> Result<(Completion, Vec<u8>), QueueError> {
+    pub fn try_wait(
+        &mut self,
+        cid: u16,
+        timeout: Duration,
+    ) -> Result<(Completion, Vec<u8>), QueueError> {
         self.flush()?;
         let deadline = Instant::now() + timeout;
-        let matches = |e: &HostEvent| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid);
-        if let Some(pos) = self.events.iter().position(matches) {
-            if let Some(HostEvent::Completion { cqe, data }) = self.events.remove(pos) {
-                return Ok((cqe, data));
-            }
+        let matches =
+            |e: &HostEvent| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid);
+        if let Some(pos) = self.events.iter().position(matches)
+            && let Some(HostEvent::Completion { cqe, data }) = self.events.remove(pos)
+        {
+            return Ok((cqe, data));
         }
         let mut kept = Vec::new();
         let result = loop {
@@ -164,7 +174,11 @@ impl Queue {
     /// The completion of `cid`, which must be successful.
     pub fn ok(&mut self, cid: u16) -> (Completion, Vec<u8>) {
         let (cqe, data) = self.wait(cid);
-        assert_eq!(cqe.status, Status::SUCCESS, "status of command {cid}: {cqe:?}");
+        assert_eq!(
+            cqe.status,
+            Status::SUCCESS,
+            "status of command {cid}: {cqe:?}"
+        );
         (cqe, data)
     }
 
@@ -195,7 +209,10 @@ impl Queue {
         let mut buf = [0u8; 4096];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the target did not close the connection within {timeout:?}");
+            assert!(
+                !left.is_zero(),
+                "the target did not close the connection within {timeout:?}"
+            );
             self.stream.set_read_timeout(Some(left)).unwrap();
             match self.stream.read(&mut buf) {
                 Ok(0) => return,
@@ -222,9 +239,9 @@ impl Queue {
         hostnqn: &str,
     ) -> (Status, u32) {
         let sqsize = if qid == 0 { 31 } else { 127 };
-        let cid = self
-            .host
-            .connect(qid, sqsize, kato_ms, HOST_ID, cntlid, subnqn, hostnqn, false);
+        let cid = self.host.connect(
+            qid, sqsize, kato_ms, HOST_ID, cntlid, subnqn, hostnqn, false,
+        );
         let (cqe, _) = self.wait(cid);
         (cqe.status, cqe.result as u32)
     }
@@ -234,7 +251,11 @@ impl Queue {
     pub fn admin(port: u16, subnqn: &str, hostnqn: &str, kato_ms: u32) -> (Queue, u16) {
         let mut queue = Queue::open(port, false, false);
         let (status, result) = queue.connect(0, 0xFFFF, kato_ms, subnqn, hostnqn);
-        assert_eq!(status, Status::SUCCESS, "admin Connect to {subnqn} as {hostnqn}");
+        assert_eq!(
+            status,
+            Status::SUCCESS,
+            "admin Connect to {subnqn} as {hostnqn}"
+        );
         let cntlid = result as u16;
         let cid = queue.host.enable();
         queue.ok(cid);
@@ -242,10 +263,21 @@ impl Queue {
     }
 
     /// Connects I/O queue `qid` of controller `cntlid`.
-    pub fn io(port: u16, qid: u16, cntlid: u16, subnqn: &str, hostnqn: &str, digests: bool) -> Queue {
+    pub fn io(
+        port: u16,
+        qid: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        digests: bool,
+    ) -> Queue {
         let mut queue = Queue::open(port, digests, digests);
         let (status, _) = queue.connect(qid, cntlid, 0, subnqn, hostnqn);
-        assert_eq!(status, Status::SUCCESS, "I/O queue {qid} Connect to controller {cntlid}");
+        assert_eq!(
+            status,
+            Status::SUCCESS,
+            "I/O queue {qid} Connect to controller {cntlid}"
+        );
         queue
     }
 
@@ -297,6 +329,11 @@ pub fn ns_descriptors(list: &[u8]) -> Vec<(u8, Vec<u8>)> {
 /// A deterministic byte pattern for write/read-back checks.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(seed as u32 % 32) as u8 ^ seed)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(seed as u32 % 32) as u8
+                ^ seed
+        })
         .collect()
 }

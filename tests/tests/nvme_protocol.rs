@@ -10,10 +10,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use tandem_nvme::Crc32c;
 use tandem_nvme::wire::pdu::{self, flags};
 use tandem_nvme::wire::sqe::SqeBuilder;
 use tandem_nvme::wire::{DataHeader, IcReq, Repr};
-use tandem_nvme::Crc32c;
 use tandem_qemu::{ConsoleClient, Node, TempDir, disk, free_port};
 use tandem_tests::nvme::*;
 use tandem_tests::{COMMAND_TIMEOUT, READY_TIMEOUT, tcg_vm, user_nic};
@@ -101,7 +101,10 @@ fn wait_listening(port: u16) {
     loop {
         match Queue::try_open(port, false, false) {
             Ok(_) => return,
-            Err(e) => assert!(Instant::now() < deadline, "no ICResp on 127.0.0.1:{port}: {e:?}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no ICResp on 127.0.0.1:{port}: {e:?}"
+            ),
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -132,7 +135,10 @@ fn nvme_tcp_protocol_against_the_image() {
     icresp_fields(&rig);
     step("ICResp");
     let (mut admin, cntlid) = Queue::admin(rig.io_port, NQN, HOST, 0);
-    assert!((10..=19).contains(&cntlid), "CNTLID {cntlid} from cntlid=10-19");
+    assert!(
+        (10..=19).contains(&cntlid),
+        "CNTLID {cntlid} from cntlid=10-19"
+    );
     identify_fields(&mut admin, cntlid);
     step("Identify");
     let mut queues = io_queues(&rig, &mut admin, cntlid);
@@ -169,7 +175,7 @@ fn icresp_fields(rig: &Rig) {
         assert_eq!(resp[11], if digests { 3 } else { 0 }, "DGST as requested");
         let maxh2cdata = le32(&resp, 12);
         assert!(
-            maxh2cdata >= 4096 && maxh2cdata % 4 == 0,
+            maxh2cdata >= 4096 && maxh2cdata.is_multiple_of(4),
             "MAXH2CDATA {maxh2cdata}"
         );
     }
@@ -181,7 +187,11 @@ fn identify_fields(admin: &mut Queue, cntlid: u16) {
     let id = admin.identify(1, 0);
     assert_eq!(le16(&id, 78), cntlid, "CNTLID");
     let cmic = id[76];
-    assert_eq!(cmic & 0b1011, 0b1011, "CMIC multi-port, multi-controller, ANA: {cmic:#x}");
+    assert_eq!(
+        cmic & 0b1011,
+        0b1011,
+        "CMIC multi-port, multi-controller, ANA: {cmic:#x}"
+    );
     let mdts = id[77];
     assert!(mdts >= 5, "MDTS {mdts} (2^MDTS × 4 KiB ≥ 128 KiB)");
     let oaes = le32(&id, 92);
@@ -189,22 +199,42 @@ fn identify_fields(admin: &mut Queue, cntlid: u16) {
     assert_ne!(le16(&id, 320), 0, "KAS");
     assert_ne!(id[342], 0, "ANATT");
     let anacap = id[343];
-    assert_eq!(anacap & 0b111, 0b111, "ANACAP: optimized, non-optimized, inaccessible: {anacap:#x}");
+    assert_eq!(
+        anacap & 0b111,
+        0b111,
+        "ANACAP: optimized, non-optimized, inaccessible: {anacap:#x}"
+    );
     let (anagrpmax, nanagrpid) = (le32(&id, 344), le32(&id, 348));
-    assert!(anagrpmax >= 1 && nanagrpid >= 1 && nanagrpid <= anagrpmax, "ANAGRPMAX {anagrpmax} NANAGRPID {nanagrpid}");
+    assert!(
+        anagrpmax >= 1 && nanagrpid >= 1 && nanagrpid <= anagrpmax,
+        "ANAGRPMAX {anagrpmax} NANAGRPID {nanagrpid}"
+    );
     let ioccsz = le32(&id, 1792);
-    assert!(ioccsz * 16 >= 64 + 8192, "IOCCSZ {ioccsz} × 16 B holds 8 KiB of in-capsule data");
+    assert!(
+        ioccsz * 16 >= 64 + 8192,
+        "IOCCSZ {ioccsz} × 16 B holds 8 KiB of in-capsule data"
+    );
     assert_eq!(text(&id[768..1024]), NQN, "SUBNQN");
 
     let ns = admin.identify(0, 1);
-    assert_eq!(le64(&ns, 0), BLOCKS, "NSZE of the 16 MiB disk in 512 B blocks");
+    assert_eq!(
+        le64(&ns, 0),
+        BLOCKS,
+        "NSZE of the 16 MiB disk in 512 B blocks"
+    );
     assert_eq!(ns[30] & 1, 1, "NMIC: shared namespace");
     assert_eq!(le32(&ns, 92), 1, "ANAGRPID");
     assert_eq!(ns[104..120], NGUID, "NGUID from nguid=");
     let descriptors = ns_descriptors(&admin.identify(3, 1));
-    let nguid = descriptors.iter().find(|d| d.0 == 2).expect("an NGUID descriptor");
+    let nguid = descriptors
+        .iter()
+        .find(|d| d.0 == 2)
+        .expect("an NGUID descriptor");
     assert_eq!(nguid.1, NGUID, "NGUID descriptor");
-    let uuid = descriptors.iter().find(|d| d.0 == 3).expect("a UUID descriptor");
+    let uuid = descriptors
+        .iter()
+        .find(|d| d.0 == 3)
+        .expect("a UUID descriptor");
     assert_eq!(uuid.1.len(), 16);
     assert_ne!(uuid.1, vec![0; 16], "UUID set");
 }
@@ -213,10 +243,18 @@ fn identify_fields(admin: &mut Queue, cntlid: u16) {
 fn io_queues(rig: &Rig, admin: &mut Queue, cntlid: u16) -> Vec<Queue> {
     let cid = admin.host.set_features(0x07, 1 | (1 << 16));
     let (cqe, _) = admin.ok(cid);
-    assert!(cqe.result & 0xFFFF >= 1 && cqe.result >> 16 >= 1, "queues granted: {:#x}", cqe.result);
+    assert!(
+        cqe.result & 0xFFFF >= 1 && cqe.result >> 16 >= 1,
+        "queues granted: {:#x}",
+        cqe.result
+    );
     let q1 = Queue::io(rig.io_port, 1, cntlid, NQN, HOST, false);
     let q2 = Queue::io(rig.io_port, 2, cntlid, NQN, HOST, true);
-    assert_eq!((q2.icresp.1, q2.icresp.2), (true, true), "digests negotiated");
+    assert_eq!(
+        (q2.icresp.1, q2.icresp.2),
+        (true, true),
+        "digests negotiated"
+    );
     vec![q1, q2]
 }
 
@@ -233,7 +271,12 @@ fn io_and_statuses(rig: &Rig, queues: &mut [Queue]) {
         let r1 = q.host.read(1, base, 8, 512);
         let r2 = q.host.read(1, base + 8, 256, 512);
         assert_eq!(q.ok(r1).1, small, "4 KiB read back on queue {}", index + 1);
-        assert_eq!(q.ok(r2).1, large, "128 KiB read back on queue {}", index + 1);
+        assert_eq!(
+            q.ok(r2).1,
+            large,
+            "128 KiB read back on queue {}",
+            index + 1
+        );
 
         // What a completed write reported is in the disk file on the host.
         let mut file = vec![0u8; small.len() + large.len()];
@@ -242,11 +285,20 @@ fn io_and_statuses(rig: &Rig, queues: &mut [Queue]) {
         assert_eq!(file[4096..], large[..], "128 KiB write in the disk file");
 
         let past_end = q.host.read(1, BLOCKS - 4, 8, 512);
-        assert_eq!(q.status(past_end), Status::LBA_OUT_OF_RANGE, "read past the end");
+        assert_eq!(
+            q.status(past_end),
+            Status::LBA_OUT_OF_RANGE,
+            "read past the end"
+        );
         let past_end = q.host.write(1, BLOCKS, vec![1; 512], 512, true);
-        assert_eq!(q.status(past_end), Status::LBA_OUT_OF_RANGE, "write past the end");
+        assert_eq!(
+            q.status(past_end),
+            Status::LBA_OUT_OF_RANGE,
+            "write past the end"
+        );
         let cid = q.host.next_cid();
-        q.host.submit(SqeBuilder::new(0x7E, cid).nsid(1).build(), None, false);
+        q.host
+            .submit(SqeBuilder::new(0x7E, cid).nsid(1).build(), None, false);
         assert_eq!(q.status(cid), Status::INVALID_OPCODE, "opcode 7Eh");
     }
 }
@@ -298,7 +350,11 @@ fn bad_input(rig: &Rig, healthy: &mut Queue) {
     // A PDU type no one defined.
     let mut q = Queue::open(rig.io_port, false, false);
     q.send_raw(&[0x0A, 0, 8, 0, 8, 0, 0, 0]).unwrap();
-    assert_eq!(q.expect_termination(), (FES_INVALID_HEADER_FIELD, 0), "unknown PDU type");
+    assert_eq!(
+        q.expect_termination(),
+        (FES_INVALID_HEADER_FIELD, 0),
+        "unknown PDU type"
+    );
 
     // A CapsuleCmd whose PLEN announces 1 GiB of in-capsule data.
     let mut q = Queue::open(rig.io_port, false, false);
@@ -306,46 +362,92 @@ fn bad_input(rig: &Rig, healthy: &mut Queue) {
     capsule[3] = 72; // PDO: data right after the header
     capsule[4..8].copy_from_slice(&(1u32 << 30).to_le_bytes());
     q.send_raw(&capsule).unwrap();
-    assert_eq!(q.expect_termination().0, FES_LIMIT_EXCEEDED, "oversized PLEN");
+    assert_eq!(
+        q.expect_termination().0,
+        FES_LIMIT_EXCEEDED,
+        "oversized PLEN"
+    );
 
     // A command before the ICReq, and a second ICReq.
     let mut q = Queue::unopened(rig.io_port, false, false);
     q.host.take_output();
-    q.send_raw(&encode(&Repr::CapsuleCmd([0; 64]), &[], false, false)).unwrap();
-    assert_eq!(q.expect_termination().0, FES_PDU_SEQUENCE, "CapsuleCmd before ICReq");
+    q.send_raw(&encode(&Repr::CapsuleCmd([0; 64]), &[], false, false))
+        .unwrap();
+    assert_eq!(
+        q.expect_termination().0,
+        FES_PDU_SEQUENCE,
+        "CapsuleCmd before ICReq"
+    );
     let mut q = Queue::open(rig.io_port, false, false);
-    let icreq = IcReq { pfv: 0, hpda: 0, digest: 0, maxr2t: 0 };
-    q.send_raw(&encode(&Repr::IcReq(icreq), &[], false, false)).unwrap();
+    let icreq = IcReq {
+        pfv: 0,
+        hpda: 0,
+        digest: 0,
+        maxr2t: 0,
+    };
+    q.send_raw(&encode(&Repr::IcReq(icreq), &[], false, false))
+        .unwrap();
     assert_eq!(q.expect_termination().0, FES_PDU_SEQUENCE, "second ICReq");
 
     // H2CData that skips ahead of what the R2T asked for.
     let (_admin, cntlid) = Queue::admin(rig.io_port, NQN, HOST, 0);
     let mut io = Queue::io(rig.io_port, 1, cntlid, NQN, HOST, false);
     let cid = io.host.next_cid();
-    let sqe = SqeBuilder::new(0x01, cid).nsid(1).cdw(12, 15).sgl(8192, false).build();
+    let sqe = SqeBuilder::new(0x01, cid)
+        .nsid(1)
+        .cdw(12, 15)
+        .sgl(8192, false)
+        .build();
     io.host.submit(sqe, None, false);
     io.flush().unwrap();
     let r2t = io.next_event(Instant::now() + REPLY_TIMEOUT).unwrap();
-    let HostEvent::R2T { length, .. } = r2t else { panic!("expected an R2T, got {r2t:?}") };
+    let HostEvent::R2T { length, .. } = r2t else {
+        panic!("expected an R2T, got {r2t:?}")
+    };
     assert_eq!(length, 8192, "one R2T for all the data");
     // (The target's transfer tag is the command ID.)
-    let data = DataHeader { cccid: cid, ttag: cid, offset: 4096, length: 4096, last: true, success: false };
-    io.send_raw(&encode(&Repr::H2CData(data), &[0; 4096], false, false)).unwrap();
-    assert_eq!(io.expect_termination().0, FES_OUT_OF_RANGE, "H2CData out of order");
+    let data = DataHeader {
+        cccid: cid,
+        ttag: cid,
+        offset: 4096,
+        length: 4096,
+        last: true,
+        success: false,
+    };
+    io.send_raw(&encode(&Repr::H2CData(data), &[0; 4096], false, false))
+        .unwrap();
+    assert_eq!(
+        io.expect_termination().0,
+        FES_OUT_OF_RANGE,
+        "H2CData out of order"
+    );
 
     // A header digest that does not match.
     let mut q = Queue::open(rig.io_port, true, false);
-    let mut capsule = encode(&Repr::CapsuleCmd(SqeBuilder::new(0x18, 1).build()), &[], true, false);
+    let mut capsule = encode(
+        &Repr::CapsuleCmd(SqeBuilder::new(0x18, 1).build()),
+        &[],
+        true,
+        false,
+    );
     assert_ne!(capsule[1] & flags::HDGSTF, 0);
     let last = capsule.len() - 1;
     capsule[last] ^= 0x5A;
     q.send_raw(&capsule).unwrap();
-    assert_eq!(q.expect_termination().0, FES_HEADER_DIGEST, "header digest mismatch");
+    assert_eq!(
+        q.expect_termination().0,
+        FES_HEADER_DIGEST,
+        "header digest mismatch"
+    );
 
     let cid = healthy.host.write(1, 100, pattern(4096, 5), 512, true);
     healthy.ok(cid);
     let cid = healthy.host.read(1, 100, 8, 512);
-    assert_eq!(healthy.ok(cid).1, pattern(4096, 5), "the healthy queue still does I/O");
+    assert_eq!(
+        healthy.ok(cid).1,
+        pattern(4096, 5),
+        "the healthy queue still does I/O"
+    );
 }
 
 /// Sends `bytes` one byte per TCP segment (paced, Nagle off).
@@ -363,8 +465,20 @@ fn trickled_pdus(rig: &Rig) {
     let icreq = admin.host.take_output();
     trickle(&mut admin, &icreq);
     let ev = admin.next_event(Instant::now() + REPLY_TIMEOUT).unwrap();
-    assert!(matches!(ev, HostEvent::Initialized { header_digest: true, data_digest: true, .. }), "{ev:?}");
-    let cid = admin.host.connect(0, 31, 0, HOST_ID, 0xFFFF, NQN, HOST, false);
+    assert!(
+        matches!(
+            ev,
+            HostEvent::Initialized {
+                header_digest: true,
+                data_digest: true,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
+    let cid = admin
+        .host
+        .connect(0, 31, 0, HOST_ID, 0xFFFF, NQN, HOST, false);
     let connect = admin.host.take_output();
     trickle(&mut admin, &connect);
     let cntlid = admin.ok(cid).0.result as u16;
@@ -409,12 +523,25 @@ fn abandoned_and_idle_connections(rig: &mut Rig, healthy: &mut Queue) {
 
     fresh_connection_does_io(rig, 6000, "while 200 connections are idle");
     let cid = healthy.host.read(1, 6000, 16, 512);
-    assert_eq!(healthy.ok(cid).1, pattern(8192, (6000 % 256) as u8), "established queue I/O while 200 connections idle");
+    assert_eq!(
+        healthy.ok(cid).1,
+        pattern(8192, (6000 % 256) as u8),
+        "established queue I/O while 200 connections idle"
+    );
     let status = rig.console("status");
-    assert!(status.iter().any(|l| l.starts_with("net0 ")), "status answers: {status:#?}");
+    assert!(
+        status.iter().any(|l| l.starts_with("net0 ")),
+        "status answers: {status:#?}"
+    );
     let listed = rig.console("nvme");
-    let connections = listed.iter().filter(|l| l.trim_start().starts_with("connection ")).count();
-    assert!(connections <= 32 + 8, "connections held are bounded: {connections}\n{listed:#?}");
+    let connections = listed
+        .iter()
+        .filter(|l| l.trim_start().starts_with("connection "))
+        .count();
+    assert!(
+        connections <= 32 + 8,
+        "connections held are bounded: {connections}\n{listed:#?}"
+    );
 
     // The target gives up on connections that never Connect (handshake
     // timeout) even though this host keeps them open; their slots come free.
@@ -424,10 +551,17 @@ fn abandoned_and_idle_connections(rig: &mut Rig, healthy: &mut Queue) {
         if !listed.iter().any(|l| l.contains("cntlid=None")) {
             break;
         }
-        assert!(Instant::now() < deadline, "idle connections still held: {listed:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "idle connections still held: {listed:#?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    fresh_connection_does_io(rig, 7000, "after the idle connections timed out (the host still holding them)");
+    fresh_connection_does_io(
+        rig,
+        7000,
+        "after the idle connections timed out (the host still holding them)",
+    );
     drop(idle);
     drop(stalled);
 }
@@ -443,7 +577,10 @@ fn fresh_connection_does_io(rig: &Rig, lba: u64, when: &str) {
             Ok(q) => break q,
             Err(e) => {
                 refused += 1;
-                assert!(Instant::now() < deadline, "no connection {when}: {e:?} ({refused} refused)");
+                assert!(
+                    Instant::now() < deadline,
+                    "no connection {when}: {e:?} ({refused} refused)"
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -474,7 +611,9 @@ fn keep_alive_enforced(rig: &mut Rig) {
     let silent_since = Instant::now();
     let listed = rig.console("nvme");
     assert!(
-        listed.iter().any(|l| l.contains(&format!("controller {cntlid} ")) && l.contains(SILENT_HOST)),
+        listed
+            .iter()
+            .any(|l| l.contains(&format!("controller {cntlid} ")) && l.contains(SILENT_HOST)),
         "the new controller is listed: {listed:#?}"
     );
     q.expect_closed(Duration::from_millis(KATO_MS) + REPLY_TIMEOUT);
@@ -498,26 +637,59 @@ fn ana_change(rig: &mut Rig, admin: &mut Queue, queues: &mut [Queue]) {
     let aer = admin.host.simple(0x0C, 0);
     admin.flush().unwrap();
     assert!(
-        matches!(admin.try_wait(aer, Duration::from_millis(300)), Err(QueueError::Timeout)),
+        matches!(
+            admin.try_wait(aer, Duration::from_millis(300)),
+            Err(QueueError::Timeout)
+        ),
         "the AER stays outstanding until an event"
     );
-    assert_eq!(rig.console("nvme ana 1 inaccessible"), ["nvme: ANA group 1 is now inaccessible"]);
+    assert_eq!(
+        rig.console("nvme ana 1 inaccessible"),
+        ["nvme: ANA group 1 is now inaccessible"]
+    );
     let (cqe, _) = admin.ok(aer);
-    assert_eq!(cqe.result & 0x7, 2, "asynchronous event type Notice: {:#x}", cqe.result);
-    assert_eq!((cqe.result >> 8) & 0xFF, 0x03, "ANA change: {:#x}", cqe.result);
-    assert_eq!((cqe.result >> 16) & 0xFF, 0x0C, "log page ANA: {:#x}", cqe.result);
+    assert_eq!(
+        cqe.result & 0x7,
+        2,
+        "asynchronous event type Notice: {:#x}",
+        cqe.result
+    );
+    assert_eq!(
+        (cqe.result >> 8) & 0xFF,
+        0x03,
+        "ANA change: {:#x}",
+        cqe.result
+    );
+    assert_eq!(
+        (cqe.result >> 16) & 0xFF,
+        0x0C,
+        "log page ANA: {:#x}",
+        cqe.result
+    );
 
     let log = admin.log_page(0x0C, 4096);
     assert_eq!(le16(&log, 8), 1, "one ANA group descriptor");
     assert_eq!(le32(&log, 16), 1, "ANAGRPID");
     assert_eq!(log[32] & 0xF, 0x03, "group 1 inaccessible");
-    assert_eq!((le32(&log, 20), le32(&log, 48)), (1, 1), "namespace 1 in the group");
+    assert_eq!(
+        (le32(&log, 20), le32(&log, 48)),
+        (1, 1),
+        "namespace 1 in the group"
+    );
 
     for q in queues.iter_mut() {
         let cid = q.host.read(1, 0, 8, 512);
-        assert_eq!(q.status(cid), Status::ANA_INACCESSIBLE, "read on an inaccessible path");
+        assert_eq!(
+            q.status(cid),
+            Status::ANA_INACCESSIBLE,
+            "read on an inaccessible path"
+        );
         let cid = q.host.write(1, 0, vec![9; 4096], 512, true);
-        assert_eq!(q.status(cid), Status::ANA_INACCESSIBLE, "write on an inaccessible path");
+        assert_eq!(
+            q.status(cid),
+            Status::ANA_INACCESSIBLE,
+            "write on an inaccessible path"
+        );
     }
     rig.console("nvme ana 1 optimized");
     let cid = queues[0].host.read(1, 1000, 8, 512);
@@ -531,21 +703,43 @@ fn same_nqn_gives_identical_namespace_ids() {
     let nqn = "nqn.2026-11.io.tandem:same-ids";
     // Both boot at once.
     let a = spawn("nvme-ids-a", &format!("nqn={nqn} cntlid=100-199"), 8 << 20);
-    let b = spawn("nvme-ids-b", &format!("nqn={nqn} cntlid=200-299 ana=non-optimized"), 8 << 20);
+    let b = spawn(
+        "nvme-ids-b",
+        &format!("nqn={nqn} cntlid=200-299 ana=non-optimized"),
+        8 << 20,
+    );
     let (a, b) = (a.ready(), b.ready());
     let ids = |rig: &Rig, range: std::ops::RangeInclusive<u16>| {
         let (mut q, cntlid) = Queue::admin(rig.io_port, nqn, HOST, 0);
         assert!(range.contains(&cntlid), "CNTLID {cntlid} in {range:?}");
         let ns = q.identify(0, 1);
         let descriptors = ns_descriptors(&q.identify(3, 1));
-        let nguid = descriptors.iter().find(|d| d.0 == 2).expect("NGUID descriptor").1.clone();
-        let uuid = descriptors.iter().find(|d| d.0 == 3).expect("UUID descriptor").1.clone();
-        assert_eq!(ns[104..120], nguid[..], "Identify Namespace and descriptor agree");
+        let nguid = descriptors
+            .iter()
+            .find(|d| d.0 == 2)
+            .expect("NGUID descriptor")
+            .1
+            .clone();
+        let uuid = descriptors
+            .iter()
+            .find(|d| d.0 == 3)
+            .expect("UUID descriptor")
+            .1
+            .clone();
+        assert_eq!(
+            ns[104..120],
+            nguid[..],
+            "Identify Namespace and descriptor agree"
+        );
         (nguid, uuid)
     };
     let (nguid_a, uuid_a) = ids(&a, 100..=199);
     let (nguid_b, uuid_b) = ids(&b, 200..=299);
     assert_ne!(nguid_a, vec![0; 16], "NGUID set");
     assert_ne!(uuid_a, vec![0; 16], "UUID set");
-    assert_eq!((nguid_a, uuid_a), (nguid_b, uuid_b), "both nodes report the same IDs");
+    assert_eq!(
+        (nguid_a, uuid_a),
+        (nguid_b, uuid_b),
+        "both nodes report the same IDs"
+    );
 }
