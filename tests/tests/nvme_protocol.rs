@@ -422,6 +422,22 @@ fn bad_input(rig: &Rig, healthy: &mut Queue) {
         "H2CData out of order"
     );
 
+    // A data digest that does not match fails that command only (Transient
+    // Transport Error, retryable); the queue goes on.
+    let mut io = Queue::io(rig.io_port, 2, cntlid, NQN, HOST, true);
+    let cid = io.host.write(1, 300, pattern(4096, 8), 512, true);
+    let mut capsule = io.host.take_output();
+    let last = capsule.len() - 1;
+    capsule[last] ^= 0x5A;
+    io.send_raw(&capsule).unwrap();
+    assert_eq!(
+        io.status(cid),
+        Status::TRANSIENT_TRANSPORT_ERROR,
+        "data digest mismatch"
+    );
+    let cid = io.host.write(1, 300, pattern(4096, 8), 512, true);
+    io.ok(cid);
+
     // A header digest that does not match.
     let mut q = Queue::open(rig.io_port, true, false);
     let mut capsule = encode(
