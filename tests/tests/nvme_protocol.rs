@@ -110,6 +110,22 @@ fn wait_listening(port: u16) {
     }
 }
 
+/// On a failure, the guest's last words go with the panic message.
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.node.console_log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- console of {} (last lines) ---\n{}",
+                self.node.spec().name,
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 impl Rig {
     fn console(&mut self, command: &str) -> Vec<String> {
         self.console
