@@ -19,7 +19,7 @@ skip() {
     exit 0
 }
 [ "$seconds" -gt 0 ] 2>/dev/null || skip "TANDEM_FUZZ_SECONDS=$seconds"
-cargo +nightly --version >/dev/null 2>&1 || skip "no nightly toolchain (rustup toolchain install nightly)"
+cargo +nightly --version >/dev/null 2>&1 || skip "\`cargo +nightly\` does not run (rustup toolchain install nightly)"
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "nvme/fuzz: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked >&2 || skip "cargo-fuzz is missing and could not be installed"
