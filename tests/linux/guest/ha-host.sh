@@ -1,0 +1,121 @@
+# The Linux host of the HA tests: connects to both data nodes of a tandem
+# pair (one subsystem NQN, two portals: native NVMe multipath puts both
+# paths under one namespace head), then runs the commands the test drops into
+# the share, one at a time: the file cmd-N holds a command word; the output
+# goes to res-N and the mark done-N follows.
+#
+# Commands:
+#   paths      each path's controller, address, state and ANA state
+#   start-io   fio (random 4 KiB writes with crc32c verify_backlog, rate
+#              limited, per-I/O latency log with epoch timestamps) and
+#              ackcheck (the acknowledged-write checker) in the background
+#   io-alive   fails unless both are still running
+#   stop-io    stops both; fio's end status and ackcheck's read-back report
+#   verify     ackcheck verify: every checker block read back again
+#   exit       ends the script
+#
+# Env: A_ADDR B_ADDR SUBNQN [PORT=4420] [CONNECT_OPTS] [FIO_SIZE=32M]
+#      [FIO_RATE=150] [CK_OFFSET] [CK_BLOCKS=2048] [CK_RATE=150]
+. /usr/lib/tg/lib.sh
+: "${A_ADDR:?}" "${B_ADDR:?}" "${SUBNQN:?}"
+: "${PORT:=4420}" "${FIO_SIZE:=32M}" "${FIO_RATE:=150}" "${CK_OFFSET:=41943040}"
+: "${CK_BLOCKS:=2048}" "${CK_RATE:=150}" "${CONNECT_OPTS:=}"
+
+ck="$TG_SHARE/ackcheck"
+tg_wait_file "$ck" 60 && chmod +x "$ck" || tg_fail "no ackcheck binary in the share"
+
+connect() {
+  tg_retry 90 nvme connect -t tcp -a "$1" -s "$PORT" -n "$SUBNQN" $CONNECT_OPTS ||
+    tg_fail "nvme connect to $1"
+}
+
+paths() {
+  for c in /sys/class/nvme/nvme*; do
+    [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$SUBNQN" ] || continue
+    n="${c##*/}"
+    ana=""
+    for p in "$c"/nvme*c*n*; do
+      [ -e "$p/ana_state" ] && ana="$ana ${p##*/}=$(cat "$p/ana_state")"
+    done
+    echo "$n: cntlid=$(cat "$c/cntlid") state=$(cat "$c/state") $(cat "$c/address" | tr ',' ' ')$ana"
+  done
+}
+
+echo "=== connect both portals"
+connect "$A_ADDR"
+connect "$B_ADDR"
+tg_retry 30 tg_nvme_dev "$SUBNQN" >/dev/null || tg_fail "no namespace head for $SUBNQN"
+dev="$(tg_nvme_dev "$SUBNQN")"
+head="${dev#/dev/}"
+echo "namespace head $dev; iopolicy $(cat /sys/class/nvme-subsystem/*/iopolicy 2>/dev/null | head -n 1)"
+# Both paths must be there before the test starts failing nodes.
+tg_retry 30 sh -c "[ \$(ls -d /sys/class/nvme/nvme*/nvme*c*n* 2>/dev/null | wc -l) -ge 2 ]" ||
+  tg_fail "only one path to $SUBNQN"
+paths
+tg_mark connected
+
+fio_pid=""
+ck_pid=""
+
+start_io() {
+  rm -f "$TG_SHARE/stop-io" /tmp/fio_lat.*.log
+  fio --name=ha --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite \
+      --bs=4k --size="$FIO_SIZE" --iodepth=8 --time_based --runtime=7200 \
+      --verify=crc32c --verify_backlog=128 --verify_fatal=1 --rate_iops="$FIO_RATE" \
+      --write_lat_log=/tmp/fio --log_unix_epoch=1 >/tmp/fio.out 2>&1 &
+  fio_pid=$!
+  "$ck" run "$dev" "$CK_OFFSET" "$CK_BLOCKS" "$TG_SHARE/ackcheck.log" "$TG_SHARE/stop-io" \
+      /tmp/ackcheck.state "$CK_RATE" >/tmp/ackcheck.out 2>&1 &
+  ck_pid=$!
+  sleep 1
+  io_alive
+}
+
+io_alive() {
+  [ -n "$fio_pid" ] && kill -0 "$fio_pid" 2>/dev/null || { cat /tmp/fio.out; echo "fio is not running"; return 1; }
+  [ -n "$ck_pid" ] && kill -0 "$ck_pid" 2>/dev/null || { cat /tmp/ackcheck.out; echo "ackcheck is not running"; return 1; }
+  echo "io running"
+}
+
+stop_io() {
+  status=0
+  : >"$TG_SHARE/stop-io"
+  if [ -n "$fio_pid" ]; then
+    kill -INT "$fio_pid" 2>/dev/null
+    wait "$fio_pid"
+    echo "fio exit $?"
+    grep -E 'err=|verify|error|IOPS' /tmp/fio.out
+    grep -q 'err= *0' /tmp/fio.out || { echo "fio reported an error"; cat /tmp/fio.out; status=1; }
+    for f in /tmp/fio_lat.*.log; do [ -e "$f" ] && cp "$f" "$TG_SHARE/"; done
+  fi
+  if [ -n "$ck_pid" ]; then
+    wait "$ck_pid"
+    rc=$?
+    cat /tmp/ackcheck.out
+    echo "ackcheck exit $rc"
+    [ "$rc" -eq 0 ] || status=1
+  fi
+  fio_pid=""
+  ck_pid=""
+  return $status
+}
+
+n=1
+while :; do
+  tg_wait_file "$TG_SHARE/cmd-$n" 3600 || tg_fail "no command $n from the host"
+  cmd="$(cat "$TG_SHARE/cmd-$n")"
+  echo "=== command $n: $cmd"
+  case "$cmd" in
+    paths) paths ;;
+    start-io) start_io ;;
+    io-alive) io_alive ;;
+    stop-io) stop_io ;;
+    verify) "$ck" verify "$dev" "$CK_OFFSET" "$CK_BLOCKS" /tmp/ackcheck.state ;;
+    exit) echo "=== PASS"; tg_mark "done-$n"; exit 0 ;;
+    *) echo "unknown command $cmd"; false ;;
+  esac >"$TG_SHARE/res-$n" 2>&1
+  echo "$?" >"$TG_SHARE/rc-$n"
+  cat "$TG_SHARE/res-$n"
+  tg_mark "done-$n"
+  n=$((n + 1))
+done
