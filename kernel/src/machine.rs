@@ -10,7 +10,7 @@ use tandem_kernel::console::{self, Command, LineEditor, PatternRange};
 use tandem_kernel::pattern;
 use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::time::Instant;
-use tandem_net::{Listener, Nic, NicAddressing, NicEvent, VirtioNic};
+use tandem_net::{FrameDevice, Listener, Nic, NicAddressing, NicEvent};
 use virtio_drivers::device::blk::VirtIOBlk;
 
 use crate::hw::disk::Disk;
@@ -20,11 +20,12 @@ use tandem_kernel::config::{AnaSetting, HaRole, PairNode};
 use virtio_drivers::transport::DeviceType;
 
 use crate::hw::dma::KernelHal;
+use crate::hw::netdev::NetQueues;
 use crate::hw::pci::{self, SharedTransport};
 use crate::hw::{clock, cpu, memory, power, serial};
 use crate::{print, println};
 
-type NetDevice = VirtioNic<KernelHal, SharedTransport>;
+type NetDevice = FrameDevice<NetQueues>;
 
 /// How long DHCP NICs may take before the machine reports ready anyway.
 const DHCP_READY_TIMEOUT_MICROS: u64 = 10_000_000;
@@ -76,8 +77,9 @@ impl Machine {
                 DeviceType::Network => {
                     let index = nets.len();
                     let name: &'static str = alloc::boxed::Box::leak(format!("net{index}").into_boxed_str());
-                    match VirtioNic::<KernelHal, _>::new(device.transport.clone()) {
-                        Ok(nic) => {
+                    match NetQueues::new(device.transport.clone()) {
+                        Ok(queues) => {
+                            let nic = FrameDevice::new(queues);
                             let mac = nic.mac_address();
                             let addressing = config.nic(index);
                             log::info!("{name}: virtio-net at {} mac {} irq {} {}", device.location, mac_text(mac), device.irq, addressing);

@@ -1,4 +1,5 @@
-//! Networking for the tandem image: smoltcp interfaces over virtio-net.
+//! Networking for the tandem image: smoltcp interfaces over NIC frame queues
+//! (virtio-net's, in the image).
 //!
 //! Each NIC gets its own smoltcp [`Interface`] and socket set, configured
 //! statically or by DHCP ([`NicAddressing`]). The front-end network and the
@@ -6,8 +7,9 @@
 //! socket on one from ever answering on the other. ICMP echo is answered by
 //! smoltcp itself.
 //!
-//! The crate holds no `unsafe`: the DMA glue (`virtio_drivers::Hal`) lives in
-//! the kernel's hardware layer.
+//! The crate holds no `unsafe`: the queues whose buffers a device owns while
+//! it works on them live in the kernel's hardware layer, behind the safe
+//! [`FrameQueues`] trait.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,6 @@ mod virtio;
 
 pub use listener::Listener;
 pub use nic::{Nic, NicAddressing, NicEvent};
-pub use virtio::{NicCounters, VirtioNic};
+pub use virtio::{FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, ReceivedFrame};
 
 pub use smoltcp;

@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod disk;
 pub mod dma;
 pub mod memory;
+pub mod netdev;
 pub mod pci;
 pub mod power;
 pub mod serial;
