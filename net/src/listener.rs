@@ -1,7 +1,9 @@
 //! A TCP listening port that accepts many connections: smoltcp has no
-//! accept(), so the listener keeps one socket in LISTEN, hands established
-//! ones to the caller, and opens a fresh listening socket each time — up to a
-//! bound on live connections, so a flood of connections costs bounded memory.
+//! accept(), so the listener keeps a few sockets in LISTEN (a backlog, so
+//! that several hosts connecting in the same instant are all answered),
+//! hands established ones to the caller, and opens fresh listening sockets
+//! — up to a bound on live connections, so a flood of connections costs
+//! bounded memory.
 //!
 //! An accepted socket belongs to the caller from then on: the caller removes
 //! it from the socket set when done, and tells [`Listener::poll`] how many it
@@ -13,11 +15,14 @@ use alloc::vec::Vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
+/// Sockets kept in LISTEN at once.
+pub const BACKLOG: usize = 4;
+
 pub struct Listener {
     port: u16,
     max_connections: usize,
     buffer_bytes: usize,
-    listening: Option<SocketHandle>,
+    listening: Vec<SocketHandle>,
     /// Connections past LISTEN but not yet established (not yet announced).
     handshaking: Vec<SocketHandle>,
 }
@@ -26,7 +31,7 @@ impl Listener {
     /// `max_connections` live connections at most, each with `buffer_bytes`
     /// of receive and of transmit buffer.
     pub fn new(port: u16, max_connections: usize, buffer_bytes: usize) -> Self {
-        Self { port, max_connections, buffer_bytes, listening: None, handshaking: Vec::new() }
+        Self { port, max_connections, buffer_bytes, listening: Vec::new(), handshaking: Vec::new() }
     }
 
     pub fn port(&self) -> u16 {
@@ -34,20 +39,23 @@ impl Listener {
     }
 
     /// Accepts: returns sockets that became established since the last call
-    /// (now the caller's), and keeps one socket listening while the caller
-    /// holds fewer than the bound (`live`).
+    /// (now the caller's), and keeps up to [`BACKLOG`] sockets listening
+    /// while the caller holds (`live`) fewer connections than the bound.
     pub fn poll(&mut self, sockets: &mut SocketSet<'static>, live: usize) -> Vec<SocketHandle> {
-        if let Some(handle) = self.listening {
-            let socket = sockets.get::<tcp::Socket>(handle);
+        let handshaking = &mut self.handshaking;
+        self.listening.retain(|handle| {
+            let socket = sockets.get::<tcp::Socket>(*handle);
             if socket.is_active() {
-                self.handshaking.push(handle);
-                self.listening = None;
+                handshaking.push(*handle);
+                false
             } else if !socket.is_open() {
                 // Listen failed or was reset: start over.
-                sockets.remove(handle);
-                self.listening = None;
+                sockets.remove(*handle);
+                false
+            } else {
+                true
             }
-        }
+        });
         let mut accepted = Vec::new();
         self.handshaking.retain(|handle| match sockets.get::<tcp::Socket>(*handle).state() {
             tcp::State::SynReceived => true,
@@ -61,14 +69,17 @@ impl Listener {
                 false
             }
         });
-        if self.listening.is_none() && live + accepted.len() + self.handshaking.len() < self.max_connections {
+        while self.listening.len() < BACKLOG
+            && live + accepted.len() + self.handshaking.len() + self.listening.len() < self.max_connections
+        {
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),
             );
-            if socket.listen(self.port).is_ok() {
-                self.listening = Some(sockets.add(socket));
+            if socket.listen(self.port).is_err() {
+                break;
             }
+            self.listening.push(sockets.add(socket));
         }
         accepted
     }
