@@ -213,7 +213,15 @@ struct Cluster {
 fn build_ackcheck() -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("ha/ackcheck.rs");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-ackcheck");
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    // The rustc of the toolchain that runs this test (next to cargo).
+    let rustc = std::env::var("RUSTC")
+        .ok()
+        .or_else(|| {
+            let cargo = PathBuf::from(std::env::var_os("CARGO")?);
+            let rustc = cargo.with_file_name("rustc");
+            rustc.exists().then(|| rustc.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "rustc".into());
     let status = std::process::Command::new(&rustc)
         .args([
             "--edition",
@@ -710,7 +718,13 @@ impl Cluster {
             if !event.what.starts_with(prefix) {
                 continue;
             }
-            let to = self.events.get(i + 1).map(|e| e.at_ms).unwrap_or(u64::MAX);
+            // Up to the next step, at most 20 s: the stall follows the event.
+            let to = self
+                .events
+                .get(i + 1)
+                .map(|e| e.at_ms)
+                .unwrap_or(u64::MAX)
+                .min(event.at_ms + 20_000);
             // The baseline window starts once the workload runs.
             let from = if prefix == "I/O started" {
                 event.at_ms + 1000
@@ -896,7 +910,7 @@ fn switchover_both_ways_and_replication_link_down() {
     c.hold();
     c.switchover(Name::A, false);
     c.hold();
-    c.switchover(Name::B, std::env::var_os("TANDEM_HA_PROMOTE").is_some());
+    c.switchover(Name::B, true);
     c.hold();
     assert_eq!(c.serving(), Name::A);
 
@@ -951,7 +965,7 @@ fn primary_killed_then_restarted_resyncs() {
     c.restart(Name::A);
     c.wait_role(Name::A, "secondary", 0, ROLE_TIMEOUT);
     let resync = c.wait_in_sync(Name::B, Duration::from_secs(120));
-    let regions = (DISK_BYTES / REGION_BYTES) as u64;
+    let regions = DISK_BYTES / REGION_BYTES;
     eprintln!("resync of the restarted node: {resync:?} of about {regions} regions");
     if let Some(total) = resync {
         assert!(
@@ -1080,4 +1094,78 @@ fn write_stalls(kind: &str, stalls: &[(String, Option<u64>, Option<u64>)]) {
     old += &text;
     let _ = std::fs::write(&path, old);
     eprint!("stalls ({kind}):\n{text}");
+}
+
+fn median_max(values: &[u64]) -> (u64, u64) {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    (
+        v.get(v.len() / 2).copied().unwrap_or(0),
+        v.last().copied().unwrap_or(0),
+    )
+}
+
+/// The stall figures for docs/benchmarks.md (not a test): `TANDEM_HA_RUNS`
+/// (default 10) planned switchovers, alternately by `demote` and by
+/// `promote`, then as many kills of the primary (each followed by the
+/// restart and resync of the killed node), with fio and ackcheck running.
+/// Prints the largest completion gap of each, median and max.
+/// `cargo test -p tandem-linux-guest --test ha -- --ignored stall_figures --nocapture`
+#[test]
+#[ignore = "benchmark (about 15 min): run with --ignored stall_figures"]
+fn stall_figures() {
+    let Some(_guard) = lock() else { return };
+    let runs: usize = std::env::var("TANDEM_HA_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut c = Cluster::start("stalls");
+    c.start_io();
+    c.hold();
+    let mut primary = Name::A;
+    for i in 0..runs {
+        c.switchover(primary, i % 2 == 1);
+        primary = primary.peer();
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    for _ in 0..runs {
+        let survivor = primary.peer();
+        c.wait_in_sync(primary, Duration::from_secs(180));
+        let since = c.role_count(survivor);
+        c.event(&format!("kill -9 {} (primary)", primary.as_str()));
+        let at = epoch_ms();
+        c.kill(primary);
+        c.wait_role(survivor, "primary", since, ROLE_TIMEOUT);
+        c.wait_io_flows(at, Duration::from_secs(90));
+        std::thread::sleep(Duration::from_secs(4));
+        c.event(&format!("restart {}", primary.as_str()));
+        c.restart(primary);
+        c.wait_in_sync(survivor, Duration::from_secs(180));
+        primary = survivor;
+    }
+    c.stop_io();
+    let mut lines = Vec::new();
+    for (kind, prefix) in [
+        ("baseline", "I/O started"),
+        ("planned switchover", "switchover"),
+        ("kill -9 of the primary", "kill"),
+    ] {
+        let stalls = c.stalls(prefix);
+        let fio: Vec<u64> = stalls.iter().filter_map(|s| s.1).collect();
+        let ck: Vec<u64> = stalls.iter().filter_map(|s| s.2).collect();
+        let (fm, fx) = median_max(&fio);
+        let (cm, cx) = median_max(&ck);
+        lines.push(format!(
+            "{kind}: {} runs: fio max gap median {fm} ms, max {fx} ms; ackcheck median {cm} ms, max {cx} ms; fio each {fio:?}",
+            fio.len()
+        ));
+    }
+    let text = lines.join("\n");
+    eprintln!("{text}");
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-stall-figures.txt"),
+        &text,
+    );
+    c.check_no_split_brain();
+    c.host_command("exit", Duration::from_secs(30));
 }
