@@ -18,6 +18,9 @@ pub const INITIATOR_SMOKE_SCRIPT: &str = include_str!("../guest/initiator-smoke.
 /// Guest script: the whole Linux-host check against an appliance the host
 /// reboots halfway (marks and signals in its header).
 pub const INITIATOR_APPLIANCE_SCRIPT: &str = include_str!("../guest/initiator-appliance.sh");
+/// Guest script: the fio benchmark against several targets at once, job by
+/// job (env TARGETS, FIO_JOBS, …).
+pub const FIO_COMPARE_SCRIPT: &str = include_str!("../guest/fio-compare.sh");
 /// Guest script: the fio benchmark (env FIO_JOBS, FIO_RUNTIME, …).
 pub const FIO_BENCH_SCRIPT: &str = include_str!("../guest/fio-bench.sh");
 
@@ -185,7 +188,7 @@ impl Rig {
         })
     }
 
-    /// Boots the tandem image at 10.0.0.10 on the segment with `disk` as
+    /// Boots the tandem image at 10.0.0.11 on the segment with `disk` as
     /// namespace 1 (not awaited: see [`TandemTarget::wait_ready`]).
     pub fn start_tandem(
         &mut self,
@@ -255,6 +258,51 @@ impl NvmetTarget {
         self.guest.signal("stop")?;
         self.guest.wait()
     }
+}
+
+/// The fio initiator against every target of `targets` (name, endpoint),
+/// each job run on each target in turn (see `guest/fio-compare.sh`).
+pub fn compare_initiator(
+    rig: &mut Rig,
+    targets: &[(&str, &Endpoint)],
+    jobs: &[FioJob],
+    runtime: Duration,
+    shape: GuestShape,
+) -> Result<GuestConfig> {
+    let per_job = runtime.as_secs() + 2;
+    let runs = (jobs.len() * targets.len()) as u64;
+    let limit = Duration::from_secs(90 + 4 * per_job * runs);
+    let list: Vec<String> = targets
+        .iter()
+        .map(|(name, e)| format!("{name},{},{},{}", e.address, e.port, e.subnqn))
+        .collect();
+    Ok(rig
+        .guest("bench", FIO_COMPARE_SCRIPT, shape)?
+        .timeout(limit)
+        .env("TARGETS", list.join(" "))
+        .env("FIO_JOBS", fio::jobs_env(jobs))
+        .env("FIO_RUNTIME", runtime.as_secs())
+        .env("FIO_RAMP", 2))
+}
+
+/// Reads the results of target `target` that the compare script left.
+pub fn collect_fio_of(
+    outcome: &GuestOutcome,
+    target: &str,
+    jobs: &[FioJob],
+) -> Result<Vec<FioResult>> {
+    jobs.iter()
+        .map(|job| {
+            let path: PathBuf = outcome
+                .share
+                .join(format!("fio-{target}-{}.json", job.name));
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Fio {
+                job: job.name.to_string(),
+                reason: format!("reading {}: {e}", path.display()),
+            })?;
+            fio::parse(job.name, &text)
+        })
+        .collect()
 }
 
 /// Reads the fio results the bench script left in the share.

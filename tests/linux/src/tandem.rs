@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tandem_qemu::{Accel, ConsoleClient, Node, Ready, VmSpec};
 
-/// tandem's address on the segment (where Linux's nvmet-tcp would be).
-pub const TANDEM_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+/// tandem's address on the segment (next to Linux's nvmet-tcp at .10, so
+/// that both can serve one initiator at once).
+pub const TANDEM_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 /// The subsystem NQN and serial tandem is started with.
 pub const TANDEM_NQN: &str = "nqn.2026-11.io.tandem.test:linux-host";
 pub const TANDEM_SERIAL: &str = "tandemlinux0001";

@@ -13,11 +13,11 @@
 //!       loopback (`-netdev socket,mcast=230.0.0.1:5000,localaddr=127.0.0.1`).
 //!       The initiator's address defaults to 10.0.0.20/24.
 //!   linux-bench compare [--write-docs] [OPTIONS]
-//!       the same jobs in one run against Linux's nvmet-tcp and then against
-//!       the tandem image, each the only target on a fresh disk of the same
-//!       size, with the same vCPUs and RAM, on one segment; prints the
-//!       comparison (ratios and issue 3's goals); --write-docs replaces the
-//!       tandem section of docs/benchmarks.md.
+//!       Linux's nvmet-tcp and the tandem image side by side on one segment
+//!       (disks of the same size, same vCPUs and RAM); one initiator runs
+//!       every job on each in turn; prints the comparison (ratios and issue
+//!       3's goals); --write-docs replaces the tandem section of
+//!       docs/benchmarks.md.
 //! OPTIONS: --runtime SECS (10) --vcpus N (1) --memory MIB (1024)
 //!          --disk-mib N (1024, nvmet and compare) --jobs name,name (all)
 //!          --segment bridge|mcast (bridge, nvmet and compare)
@@ -149,42 +149,50 @@ fn run_nvmet(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
     scenario::collect_fio(&outcome, &o.jobs)
 }
 
-/// Runs the jobs against nvmet-tcp, then against tandem, on one segment and
-/// one disk file (recreated empty for each); returns (nvmet, tandem).
+/// Boots nvmet-tcp and tandem side by side (each on a disk file of its own,
+/// same size, same shape), then one initiator connected to both runs every
+/// job on each in turn; returns (nvmet, tandem).
 fn run_compare(o: &Options, image: &GuestImage) -> Result<(Vec<FioResult>, Vec<FioResult>), Error> {
     let mut rig = Rig::with_segment("cmp", o.segment)?;
-    let disk = guest_dir().join("runs/cmp-disk.raw");
-
-    scenario::create_disk(&disk, o.disk_mib << 20)?;
-    let mut target = rig.start_nvmet(image, &disk, o.port, o.shape, Duration::from_secs(1800))?;
-    target.wait_ready(Duration::from_secs(180))?;
-    let config = rig.bench_initiator(&target.endpoint, &o.jobs, o.runtime, o.shape)?;
-    let outcome = tandem_linux_guest::run(image, &config);
-    let target_outcome = target.stop();
-    let outcome = outcome?;
-    outcome.check()?;
-    target_outcome?.check()?;
-    eprint!("{}", outcome.output);
-    let nvmet = scenario::collect_fio(&outcome, &o.jobs)?;
-
-    scenario::create_disk(&disk, o.disk_mib << 20)?;
-    let mut tandem = rig.start_tandem(&disk, o.shape, "")?;
-    tandem.wait_ready(Duration::from_secs(60))?;
-    let config = rig.bench_initiator(&tandem.endpoint, &o.jobs, o.runtime, o.shape)?;
-    let outcome = tandem_linux_guest::run(image, &config);
-    let nvme = tandem.command("nvme").unwrap_or_default();
-    let tail = tandem.console_tail(40);
-    let stopped = tandem.stop(Duration::from_secs(30));
-    let _ = std::fs::remove_file(&disk);
-    let outcome = outcome.map_err(|e| Error::Tandem(format!("{e}\ntandem console:\n{tail}")))?;
-    if let Err(e) = outcome.check() {
-        return Err(Error::Tandem(format!("{e}\ntandem console:\n{tail}")));
-    }
-    stopped?;
-    eprint!("{}", outcome.output);
-    eprintln!("{}", nvme.join("\n"));
-    let tandem = scenario::collect_fio(&outcome, &o.jobs)?;
-    Ok((nvmet, tandem))
+    let nvmet_disk = guest_dir().join("runs/cmp-nvmet-disk.raw");
+    let tandem_disk = guest_dir().join("runs/cmp-tandem-disk.raw");
+    scenario::create_disk(&nvmet_disk, o.disk_mib << 20)?;
+    scenario::create_disk(&tandem_disk, o.disk_mib << 20)?;
+    let mut nvmet = rig.start_nvmet(
+        image,
+        &nvmet_disk,
+        o.port,
+        o.shape,
+        Duration::from_secs(3600),
+    )?;
+    let mut tandem = rig.start_tandem(&tandem_disk, o.shape, "")?;
+    let measured = (|| {
+        nvmet.wait_ready(Duration::from_secs(180))?;
+        tandem.wait_ready(Duration::from_secs(60))?;
+        let targets = [("nvmet", &nvmet.endpoint), ("tandem", &tandem.endpoint)];
+        let config = scenario::compare_initiator(&mut rig, &targets, &o.jobs, o.runtime, o.shape)?;
+        let outcome = tandem_linux_guest::run(image, &config)?;
+        if let Err(e) = outcome.check() {
+            return Err(Error::Tandem(format!(
+                "{e}\ntandem console:\n{}",
+                tandem.console_tail(40)
+            )));
+        }
+        eprint!("{}", outcome.output);
+        eprintln!("{}", tandem.command("nvme").unwrap_or_default().join("\n"));
+        Ok((
+            scenario::collect_fio_of(&outcome, "nvmet", &o.jobs)?,
+            scenario::collect_fio_of(&outcome, "tandem", &o.jobs)?,
+        ))
+    })();
+    let nvmet_stopped = nvmet.stop();
+    let tandem_stopped = tandem.stop(Duration::from_secs(30));
+    let _ = std::fs::remove_file(&nvmet_disk);
+    let _ = std::fs::remove_file(&tandem_disk);
+    let results = measured?;
+    nvmet_stopped?.check()?;
+    tandem_stopped?;
+    Ok(results)
 }
 
 fn run_external(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
@@ -339,26 +347,36 @@ fn render_section(
     s
 }
 
+/// The host's 1-minute load average (other work on a shared machine).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn render_compare_section(
     o: &Options,
     image: &GuestImage,
     nvmet: &[FioResult],
     tandem: &[FioResult],
     wall: Duration,
+    load_at_start: &str,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{COMPARE_HEADING}\n");
     let _ = writeln!(
         s,
-        "Written by `tests/linux/bench.sh compare --write-docs` (`linux-bench compare`). In one run, \
-         on one virtual Ethernet segment (a tap per VM on a Linux bridge in a private network \
-         namespace), the stock Linux host (nvme-tcp, fio) runs the same fio jobs first against \
-         Linux's own target (nvmet-tcp, configfs, namespace 1 on /dev/vda) and then against the \
-         tandem image (namespace 1 on its virtio-blk disk): each target alone, on the same empty \
-         raw disk file, with the same vCPUs and RAM, and a fresh initiator VM of the same shape. \
-         The machine is shared and TCG-bound: guest clocks run slow when both cores are busy, so \
-         only the ratios within one run mean anything. Goals (issue 3): tandem ≥ 1.5× nvmet-tcp \
-         IOPS at 4 KiB, ≥ 1.0× at 128 KiB, QD1 latency ≤ 0.8×.\n"
+        "Written by `tests/linux/bench.sh compare --write-docs` (`linux-bench compare`). On one \
+         virtual Ethernet segment (a tap per VM on a Linux bridge in a private network namespace), \
+         Linux's own target (nvmet-tcp, configfs, namespace 1 on /dev/vda, at 10.0.0.10) and the \
+         tandem image (namespace 1 on its virtio-blk disk, at 10.0.0.11) run side by side, each on \
+         an empty raw disk file of the same size, with the same vCPUs and RAM. One stock Linux host \
+         (nvme-tcp, fio) connects to both and runs every job on one target and then on the other, \
+         the order alternating from job to job, so that the shared machine's load drifts alike for \
+         both (the idle target meanwhile only answers keep-alives). Everything is TCG-bound: only \
+         the ratios within one run mean anything. Goals (issue 3): tandem ≥ 1.5× nvmet-tcp IOPS at \
+         4 KiB, ≥ 1.0× at 128 KiB, QD1 latency ≤ 0.8×.\n"
     );
     let qemu = command_line("qemu-system-x86_64", &["--version"]);
     let _ = writeln!(
@@ -366,7 +384,12 @@ fn render_compare_section(
         "- date: {}",
         command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
     );
-    let _ = writeln!(s, "- machine: {}", machine());
+    let _ = writeln!(
+        s,
+        "- machine: {}; host load average (1 min) {load_at_start} at the start, {} at the end",
+        machine(),
+        load_average()
+    );
     let _ = writeln!(
         s,
         "- accelerator: **TCG** for every VM (the Linux guests `-accel tcg,thread=multi -cpu max`, \
@@ -383,8 +406,9 @@ fn render_compare_section(
     let _ = writeln!(
         s,
         "- initiator: {} vCPU, {} MiB, same kernel; `nvme connect` defaults (no digests, 1 I/O queue \
-         per vCPU); fio 3.33, io_uring, direct=1, time_based, {} s per job after 2 s ramp, jobs in \
-         the order listed (writes first, so reads hit written blocks); whole run {:.0} s wall\n",
+         per vCPU); fio 3.33, io_uring, direct=1, time_based, {} s per job and target after 2 s \
+         ramp, jobs in the order listed (writes first, so reads hit written blocks); whole run \
+         {:.0} s wall\n",
         o.shape.vcpus,
         o.shape.memory_mib,
         o.runtime.as_secs(),
@@ -470,6 +494,7 @@ fn main() -> ExitCode {
 }
 
 fn main_compare(o: &Options, started: Instant) -> ExitCode {
+    let load_at_start = load_average();
     let result = GuestImage::ensure().and_then(|image| {
         // Build the image before anything boots, so that the build does not
         // compete with a measurement.
@@ -484,7 +509,14 @@ fn main_compare(o: &Options, started: Instant) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let section = render_compare_section(o, &image, &nvmet, &tandem, started.elapsed());
+    let section = render_compare_section(
+        o,
+        &image,
+        &nvmet,
+        &tandem,
+        started.elapsed(),
+        &load_at_start,
+    );
     println!("{section}");
     if o.write_docs {
         let path = repo_root().join("docs/benchmarks.md");
