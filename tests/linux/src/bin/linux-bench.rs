@@ -375,7 +375,8 @@ fn render_compare_section(
          (nvme-tcp, fio) connects to both and runs every job on one target and then on the other, \
          the order alternating from job to job, so that the shared machine's load drifts alike for \
          both (the idle target meanwhile only answers keep-alives). Everything is TCG-bound: only \
-         the ratios within one run mean anything. Goals (issue 3): tandem ≥ 1.5× nvmet-tcp IOPS at \
+         the ratios within one run mean anything, and with other work on the machine (see the \
+         load average) even they vary from run to run by up to 2×: compare runs made at low load. Goals (issue 3): tandem ≥ 1.5× nvmet-tcp IOPS at \
          4 KiB, ≥ 1.0× at 128 KiB, QD1 latency ≤ 0.8×.\n"
     );
     let qemu = command_line("qemu-system-x86_64", &["--version"]);
