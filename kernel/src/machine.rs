@@ -191,7 +191,6 @@ impl Machine {
 
     /// The status port: every connection gets the status text, then a close.
     fn serve_status(&mut self, index: usize) -> bool {
-        let text = self.status_text();
         let port = &mut self.nets[index];
         let Some(listener) = port.status.as_mut() else { return false };
         let sockets = port.nic.sockets_mut();
@@ -203,6 +202,13 @@ impl Machine {
             !closed
         });
         let accepted = listener.poll(sockets, port.status_connections.len());
+        if accepted.is_empty() {
+            return false;
+        }
+        // Built only for a new connection: it reads every device's state.
+        let text = self.status_text();
+        let port = &mut self.nets[index];
+        let sockets = port.nic.sockets_mut();
         port.status_connections.extend_from_slice(&accepted);
         for handle in accepted {
             let socket = sockets.get_mut::<tcp::Socket>(handle);
