@@ -50,13 +50,19 @@ pub fn heap_usage() -> (usize, usize) {
 }
 
 // The precompiled compiler_builtins for this target does not export these.
-// `rep movsb`/`rep stosb` keep LLVM from lowering them into calls to themselves.
+// `rep` string instructions keep LLVM from lowering them into calls to themselves.
+
+// The bulk moves 8 bytes per iteration (`rep movsq`): under QEMU's TCG a
+// `rep` string instruction costs about the same per iteration whatever its
+// width, so byte-wise `rep movsb` made every packet and block copy ~8x slower.
 
 #[unsafe(no_mangle)]
 unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller passes valid, non-overlapping ranges.
+    // SAFETY: the caller passes valid, non-overlapping ranges; the quad
+    // words and then the remaining bytes cover exactly `n` bytes.
     unsafe {
-        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _,
+        core::arch::asm!("rep movsq", "mov rcx, {tail}", "rep movsb", tail = in(reg) n % 8,
+            inout("rcx") n / 8 => _, inout("rdi") dest => _, inout("rsi") src => _,
             options(nostack, preserves_flags));
     }
     dest
@@ -68,7 +74,10 @@ unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8
     // destination starts inside the source keeps overlapping moves correct.
     unsafe {
         if (dest as usize) <= (src as usize) || (dest as usize) >= (src as usize).wrapping_add(n) {
-            core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _,
+            // Forward, 8 bytes at a time: a quad word is read before it is
+            // written, so a destination below the source stays correct.
+            core::arch::asm!("rep movsq", "mov rcx, {tail}", "rep movsb", tail = in(reg) n % 8,
+                inout("rcx") n / 8 => _, inout("rdi") dest => _, inout("rsi") src => _,
                 options(nostack, preserves_flags));
         } else {
             core::arch::asm!("std", "rep movsb", "cld",
@@ -81,9 +90,12 @@ unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8
 
 #[unsafe(no_mangle)]
 unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller passes a valid range.
+    let byte = value as u8 as u64;
+    // SAFETY: the caller passes a valid range; the quad words and then the
+    // remaining bytes cover exactly `n` bytes.
     unsafe {
-        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") value as u8,
+        core::arch::asm!("rep stosq", "mov rcx, {tail}", "rep stosb", tail = in(reg) n % 8,
+            inout("rcx") n / 8 => _, inout("rdi") dest => _, in("rax") byte * 0x0101_0101_0101_0101,
             options(nostack, preserves_flags));
     }
     dest
