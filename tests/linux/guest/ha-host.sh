@@ -12,6 +12,7 @@
 #   io-alive   fails unless both are still running
 #   stop-io    stops both; fio's end status and ackcheck's read-back report
 #   verify     ackcheck verify: every checker block read back again
+#   clock      the guest's wall clock in ms (the logs' timestamps)
 #   exit       ends the script
 #
 # Env: A_ADDR B_ADDR SUBNQN [PORT=4420] [CONNECT_OPTS] [FIO_SIZE=32M]
@@ -110,6 +111,7 @@ while :; do
     start-io) start_io ;;
     io-alive) io_alive ;;
     stop-io) stop_io ;;
+    clock) "$ck" now ;;
     verify) "$ck" verify "$dev" "$CK_OFFSET" "$CK_BLOCKS" /tmp/ackcheck.state ;;
     exit) echo "=== PASS"; tg_mark "done-$n"; exit 0 ;;
     *) echo "unknown command $cmd"; false ;;

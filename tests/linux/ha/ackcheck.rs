@@ -16,11 +16,13 @@
 //! ```text
 //! ackcheck run DEV OFFSET BLOCKS LOG STOPFILE STATE [OPS_PER_S]
 //! ackcheck verify DEV OFFSET BLOCKS STATE
+//! ackcheck now
 //! ```
 //!
 //! `run` writes until STOPFILE exists, then reads every block back, saves
 //! its bookkeeping to STATE and prints one report line; `verify` reads every
-//! block back against STATE (e.g. after a switchover, on the other node).
+//! block back against STATE (e.g. after a switchover, on the other node);
+//! `now` prints the clock the log uses (ms since the epoch).
 //! Report: `ackcheck: <mode> blocks=.. writes=.. acked=.. write_errors=..
 //! reads=.. read_errors=.. stale=.. lost=.. corrupt=.. unreadable=..`;
 //! exit status 0 only if stale, lost, corrupt and unreadable are all 0.
@@ -362,6 +364,10 @@ fn main() {
     let ok = match args.get(1).map(String::as_str) {
         Some("run") => run(&args),
         Some("verify") => verify(&args),
+        Some("now") => {
+            println!("{}", now_ms());
+            true
+        }
         _ => usage(),
     };
     std::process::exit(if ok { 0 } else { 1 })

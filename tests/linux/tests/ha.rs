@@ -207,6 +207,9 @@ struct Cluster {
     host: RunningGuest,
     next_command: u32,
     events: Vec<Event>,
+    /// Guest wall clock minus this machine's, in ms (the guest's clock is
+    /// set from the RTC at boot, to the second).
+    clock_offset_ms: i64,
     started: Instant,
 }
 
@@ -357,6 +360,7 @@ impl Cluster {
             host,
             next_command: 1,
             events: Vec::new(),
+            clock_offset_ms: 0,
             started: Instant::now(),
         };
         cluster.wait_role(Name::A, "primary", 0, ROLE_TIMEOUT);
@@ -609,7 +613,30 @@ impl Cluster {
         output
     }
 
+    /// Measures the guest's clock offset: the reading of the quickest of
+    /// three command round trips.
+    fn measure_clock(&mut self) {
+        let mut best: Option<(u64, i64)> = None;
+        for _ in 0..3 {
+            let before = epoch_ms();
+            let output = self.host_ok("clock", Duration::from_secs(30));
+            let after = epoch_ms();
+            let Some(guest) = output.lines().find_map(|l| l.trim().parse::<u64>().ok()) else {
+                continue;
+            };
+            let offset = guest as i64 - ((before + after) / 2) as i64;
+            if best.is_none_or(|(rtt, _)| after - before < rtt) {
+                best = Some((after - before, offset));
+            }
+        }
+        if let Some((rtt, offset)) = best {
+            eprintln!("guest clock offset {offset} ms (round trip {rtt} ms)");
+            self.clock_offset_ms = offset;
+        }
+    }
+
     fn start_io(&mut self) {
+        self.measure_clock();
         self.host_ok("start-io", Duration::from_secs(60));
         self.event("I/O started");
     }
@@ -704,7 +731,7 @@ impl Cluster {
     }
 
     /// The largest completion gap around each event whose name starts with
-    /// `prefix` (from 3 s before it to the next event): (fio, ackcheck) in ms.
+    /// `prefix` (from 100 ms before it to the next event, at most 20 s; on the guest's clock): (fio, ackcheck) in ms.
     fn stalls(&self, prefix: &str) -> Vec<(String, Option<u64>, Option<u64>)> {
         let fio = self.fio_completions();
         let ck = self.ackcheck_completions();
@@ -714,22 +741,26 @@ impl Cluster {
             .iter()
             .position(|e| e.what == "I/O stopped")
             .unwrap_or(self.events.len());
+        // Host times on the guest's clock.
+        let on_guest = |ms: u64| (ms as i64 + self.clock_offset_ms).max(0) as u64;
         for (i, event) in self.events.iter().enumerate().take(stopped) {
             if !event.what.starts_with(prefix) {
                 continue;
             }
+            let at = on_guest(event.at_ms);
             // Up to the next step, at most 20 s: the stall follows the event.
             let to = self
                 .events
                 .get(i + 1)
-                .map(|e| e.at_ms)
+                .map(|e| on_guest(e.at_ms))
                 .unwrap_or(u64::MAX)
-                .min(event.at_ms + 20_000);
-            // The baseline window starts once the workload runs.
+                .min(at + 20_000);
+            // The baseline window starts once the workload runs; the others
+            // a little before the event (the offset is known to some ms).
             let from = if prefix == "I/O started" {
-                event.at_ms + 1000
+                at + 1000
             } else {
-                event.at_ms.saturating_sub(3000)
+                at.saturating_sub(100)
             };
             out.push((
                 event.what.clone(),
