@@ -167,6 +167,10 @@ impl Machine {
                 busy |= witness.poll(&mut self.nets, now);
             }
             self.check_ready(now);
+            // Frames held back for segmentation offload go out now.
+            for port in &mut self.nets {
+                port.nic.device_mut().flush();
+            }
             if !busy && !self.nets.iter().any(|port| port.nic.device().has_rx()) {
                 cpu::wait_for_interrupt();
             }

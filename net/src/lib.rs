@@ -21,6 +21,8 @@ mod virtio;
 
 pub use listener::Listener;
 pub use nic::{Nic, NicAddressing, NicEvent};
-pub use virtio::{FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, ReceivedFrame};
+pub use virtio::{
+    FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,
+};
 
 pub use smoltcp;

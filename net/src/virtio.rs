@@ -69,6 +69,10 @@ pub trait FrameQueues {
     fn transmit_buffer(&mut self, len: usize) -> Option<&mut [u8]>;
     /// Queues the frame written into the last [`FrameQueues::transmit_buffer`].
     fn transmit(&mut self, len: usize) -> Result<(), FrameError>;
+    /// Hands the device whatever queued frames it holds back (a batch being
+    /// gathered for segmentation offload): called once the stack has sent
+    /// all it had for now.
+    fn flush(&mut self) {}
 }
 
 /// Packet and byte counters of one NIC.
@@ -116,6 +120,11 @@ impl<Q: FrameQueues> FrameDevice<Q> {
     /// True if a received frame is waiting.
     pub fn has_rx(&self) -> bool {
         self.queues.borrow().has_received()
+    }
+
+    /// See [`FrameQueues::flush`].
+    pub fn flush(&mut self) {
+        self.queues.get_mut().flush();
     }
 }
 
@@ -335,6 +344,109 @@ mod tests {
         assert_eq!(device.queues.borrow().sent.len(), 1);
     }
 
+    /// An Ethernet + IPv4 + TCP frame (12 bytes of options) of `payload` bytes.
+    fn segment(seq: u32, payload: usize, flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 32 + payload];
+        f[..12].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[8, 0]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + 32 + payload) as u16).to_be_bytes());
+        f[20] = 0x40; // DF
+        f[22] = 64;
+        f[23] = 6;
+        f[26..30].copy_from_slice(&[10, 0, 0, 10]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 20]);
+        f[34..36].copy_from_slice(&4420u16.to_be_bytes());
+        f[36..38].copy_from_slice(&40000u16.to_be_bytes());
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[42..46].copy_from_slice(&7u32.to_be_bytes());
+        f[46] = 8 << 4;
+        f[47] = flags;
+        f[48..50].copy_from_slice(&1000u16.to_be_bytes());
+        f[54..66].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        for (i, b) in f[66..].iter_mut().enumerate() {
+            *b = (seq as usize + i) as u8;
+        }
+        f
+    }
+
+    fn checksum_ok(ip_header: &[u8]) -> bool {
+        fold(sum16(ip_header)) == 0xffff
+    }
+
+    #[test]
+    fn consecutive_full_segments_become_one_frame_for_the_device_to_cut() {
+        let mut batch = SegmentBatch::new(12);
+        let a = segment(1000, 1448, 0x10);
+        let b = segment(2448, 1448, 0x10);
+        let c = segment(3896, 500, 0x18);
+        assert_eq!(batch.push(&a), Pushed::Taken);
+        assert_eq!(batch.push(&b), Pushed::Taken);
+        assert_eq!(batch.push(&c), Pushed::TakenAndComplete);
+        let (buffer, seg) = batch.take().expect("a batch");
+        let seg = seg.expect("three segments are segmented by the device");
+        assert_eq!(seg, Segmentation { header_len: 66, segment_size: 1448, checksum_start: 34, checksum_offset: 16 });
+        let frame = &buffer[12..];
+        assert_eq!(frame.len(), 66 + 1448 * 2 + 500);
+        assert_eq!(be16(frame, 16), 20 + 32 + 1448 * 2 + 500, "IPv4 total length");
+        assert!(checksum_ok(&frame[14..34]));
+        assert_eq!(frame[47], 0x18, "PSH of the last segment");
+        assert_eq!(&frame[66..66 + 1448], &a[66..]);
+        assert_eq!(&frame[66 + 1448..66 + 2896], &b[66..]);
+        assert_eq!(&frame[66 + 2896..], &c[66..]);
+        // The pseudo-header sum: addresses, protocol 6, TCP length.
+        let pseudo = fold(sum16(&frame[26..34]) + 6 + (32 + 1448 * 2 + 500) as u32);
+        assert_eq!(be16(frame, 50) as u16, pseudo);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn one_segment_comes_back_unchanged() {
+        let mut batch = SegmentBatch::new(12);
+        let a = segment(1000, 1448, 0x10);
+        assert_eq!(batch.push(&a), Pushed::Taken);
+        let (buffer, seg) = batch.take().expect("a batch");
+        assert_eq!(seg, None);
+        assert_eq!(&buffer[12..], &a[..]);
+    }
+
+    #[test]
+    fn only_what_continues_the_flow_joins_the_batch() {
+        let mut batch = SegmentBatch::new(12);
+        assert_eq!(batch.push(&segment(1000, 1448, 0x18)), Pushed::NotTaken, "PSH alone: nothing follows");
+        assert_eq!(batch.push(&segment(1000, 1448, 0x11)), Pushed::NotTaken, "FIN");
+        assert_eq!(batch.push(&segment(1000, 0, 0x10)), Pushed::NotTaken, "a bare ACK");
+        assert_eq!(batch.push(&segment(1000, 1448, 0x10)), Pushed::Taken);
+        assert_eq!(batch.push(&segment(3000, 1448, 0x10)), Pushed::NotTaken, "a gap");
+        let mut other_port = segment(2448, 1448, 0x10);
+        other_port[36..38].copy_from_slice(&40001u16.to_be_bytes());
+        assert_eq!(batch.push(&other_port), Pushed::NotTaken);
+        let mut new_window = segment(2448, 1448, 0x10);
+        new_window[48..50].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(batch.push(&new_window), Pushed::NotTaken);
+        let mut arp = segment(2448, 1448, 0x10);
+        arp[12..14].copy_from_slice(&[8, 6]);
+        assert_eq!(batch.push(&arp), Pushed::NotTaken);
+        assert_eq!(batch.push(&segment(2448, 1000, 0x10)), Pushed::TakenAndComplete, "a short one ends it");
+        assert_eq!(batch.push(&segment(3448, 1000, 0x10)), Pushed::NotTaken, "nothing after a short one");
+        let (_, seg) = batch.take().expect("a batch");
+        assert_eq!(seg.map(|s| s.segment_size), Some(1448));
+    }
+
+    #[test]
+    fn a_batch_stays_within_one_ipv4_packet() {
+        let mut batch = SegmentBatch::new(12);
+        let mut seq = 0u32;
+        let mut taken = 0;
+        while batch.push(&segment(seq, 1448, 0x10)) == Pushed::Taken {
+            seq += 1448;
+            taken += 1;
+        }
+        assert_eq!(taken, (65535 - 52) / 1448);
+        let (buffer, _) = batch.take().expect("a batch");
+        assert!(buffer.len() - 12 - 14 <= 65535);
+    }
+
     #[test]
     fn a_received_frame_never_reaches_past_its_buffer() {
         let frame = ReceivedFrame::new(vec![0; 16].into_boxed_slice(), 12, 100);
@@ -342,4 +454,214 @@ mod tests {
         let frame = ReceivedFrame::new(vec![0; 16].into_boxed_slice(), 40, 100);
         assert!(frame.frame().is_empty());
     }
+}
+
+/// How a coalesced frame is to be cut back into TCP segments by the device
+/// (virtio-net's segmentation offload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segmentation {
+    /// Ethernet, IPv4 and TCP headers: copied in front of every segment.
+    pub header_len: usize,
+    /// Payload bytes per segment (the last may be shorter).
+    pub segment_size: usize,
+    /// Where the device starts the TCP checksum (the TCP header) and where in
+    /// it the checksum goes; the field holds the pseudo-header sum.
+    pub checksum_start: usize,
+    pub checksum_offset: usize,
+}
+
+const ETHERNET_HEADER: usize = 14;
+const IPV4_HEADER: usize = 20;
+const TCP_FLAG_ACK: u8 = 0x10;
+const TCP_FLAG_PSH: u8 = 0x08;
+/// The largest IPv4 packet: a coalesced frame never exceeds it.
+const MAX_IPV4_PACKET: usize = 65535;
+
+/// A TCP/IPv4 segment's fields that decide whether it continues a batch.
+#[derive(Clone, Copy)]
+struct Segment {
+    tcp_header: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+}
+
+fn be16(bytes: &[u8], at: usize) -> usize {
+    usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// The segment's fields if `frame` is a plain TCP/IPv4 data segment (no IP
+/// options or fragments, only ACK and perhaps PSH set) with payload.
+fn parse_segment(frame: &[u8]) -> Option<Segment> {
+    if frame.len() < ETHERNET_HEADER + IPV4_HEADER + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[ETHERNET_HEADER..];
+    let fragment = be16(ip, 6);
+    if ip[0] != 0x45 || ip[9] != 6 || fragment & 0x3fff != 0 {
+        return None;
+    }
+    let total = be16(ip, 2);
+    if total > ip.len() || total < IPV4_HEADER + 20 {
+        return None;
+    }
+    let tcp = &ip[IPV4_HEADER..total];
+    let tcp_header = usize::from(tcp[12] >> 4) * 4;
+    let flags = tcp[13];
+    if tcp_header < 20 || tcp_header > tcp.len() || flags & !(TCP_FLAG_ACK | TCP_FLAG_PSH) != 0 || flags & TCP_FLAG_ACK == 0 {
+        return None;
+    }
+    let payload = tcp.len() - tcp_header;
+    if payload == 0 {
+        return None;
+    }
+    Some(Segment { tcp_header, payload, seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]), flags })
+}
+
+/// What [`SegmentBatch::push`] did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Taken into the batch (copied); the batch may take more.
+    Taken,
+    /// Taken, and the batch is complete: send it now.
+    TakenAndComplete,
+    /// Not taken: send the batch (if any), then the frame as it is.
+    NotTaken,
+}
+
+/// Consecutive full-sized segments of one TCP/IPv4 flow, gathered into one
+/// large frame that the device segments again (TCP segmentation offload):
+/// the host and the peer then handle one frame where the stack made dozens.
+/// The segments are exactly the stack's: same headers, sizes and sequence
+/// numbers, as the device cuts them at the first segment's payload size.
+pub struct SegmentBatch {
+    /// `prefix` bytes for the device's header, then the frame.
+    buffer: alloc::vec::Vec<u8>,
+    prefix: usize,
+    first: Option<Segment>,
+    payload: usize,
+    segments: usize,
+}
+
+impl SegmentBatch {
+    /// A batch whose buffer starts with `prefix` bytes for the device.
+    pub fn new(prefix: usize) -> Self {
+        Self { buffer: alloc::vec::Vec::new(), prefix, first: None, payload: 0, segments: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// True if the batch has no buffer to gather into (it allocates one
+    /// otherwise): see [`SegmentBatch::provide_buffer`].
+    pub fn needs_buffer(&self) -> bool {
+        self.first.is_none() && self.buffer.capacity() == 0
+    }
+
+    /// A buffer to gather the next batch into (one that [`SegmentBatch::take`]
+    /// gave out, back from the device), so that batches need no allocation.
+    pub fn provide_buffer(&mut self, buffer: alloc::vec::Vec<u8>) {
+        if self.first.is_none() {
+            self.buffer = buffer;
+        }
+    }
+
+    /// Offers the next frame to send.
+    pub fn push(&mut self, frame: &[u8]) -> Pushed {
+        let Some(segment) = parse_segment(frame) else { return Pushed::NotTaken };
+        let Some(first) = self.first else {
+            if segment.flags & TCP_FLAG_PSH != 0 {
+                // Nothing follows it: no batch to start.
+                return Pushed::NotTaken;
+            }
+            self.buffer.clear();
+            self.buffer.resize(self.prefix, 0);
+            self.buffer.extend_from_slice(frame);
+            let end = self.prefix + ETHERNET_HEADER + IPV4_HEADER + segment.tcp_header + segment.payload;
+            self.buffer.truncate(end);
+            self.first = Some(segment);
+            self.payload = segment.payload;
+            self.segments = 1;
+            return Pushed::Taken;
+        };
+        let headers = ETHERNET_HEADER + IPV4_HEADER + first.tcp_header;
+        let start = self.prefix;
+        let batch = &self.buffer[start..];
+        let continues = segment.tcp_header == first.tcp_header
+            && segment.seq == first.seq.wrapping_add(self.payload as u32)
+            && segment.payload <= first.payload
+            // Every segment but the last is full-sized.
+            && self.payload == first.payload * self.segments
+            && IPV4_HEADER + first.tcp_header + self.payload + segment.payload <= MAX_IPV4_PACKET
+            // Same addresses, type, TOS and TTL; same ports, ack, window, options.
+            && frame[..12] == batch[..12]
+            && frame[15] == batch[15]
+            && frame[22] == batch[22]
+            && frame[26..34] == batch[26..34]
+            && frame[34..38] == batch[34..38]
+            && frame[42..47] == batch[42..47]
+            && frame[48..50] == batch[48..50]
+            && frame[54..headers] == batch[54..headers];
+        if !continues {
+            return Pushed::NotTaken;
+        }
+        let payload_at = headers;
+        self.buffer.extend_from_slice(&frame[payload_at..payload_at + segment.payload]);
+        self.payload += segment.payload;
+        self.segments += 1;
+        if segment.flags & TCP_FLAG_PSH != 0 {
+            // The device sets PSH on the last segment only.
+            self.buffer[start + ETHERNET_HEADER + IPV4_HEADER + 13] |= TCP_FLAG_PSH;
+        }
+        if segment.payload < first.payload || segment.flags & TCP_FLAG_PSH != 0 {
+            Pushed::TakenAndComplete
+        } else {
+            Pushed::Taken
+        }
+    }
+
+    /// Ends the batch: the buffer (prefix included) and, for more than one
+    /// segment, how the device is to segment it (the IPv4 length and checksum
+    /// and the TCP pseudo-header sum are set for that). One segment comes
+    /// back unchanged, to be sent as it is.
+    pub fn take(&mut self) -> Option<(alloc::vec::Vec<u8>, Option<Segmentation>)> {
+        let first = self.first.take()?;
+        let mut buffer = core::mem::take(&mut self.buffer);
+        if self.segments == 1 {
+            return Some((buffer, None));
+        }
+        let ip_at = self.prefix + ETHERNET_HEADER;
+        let tcp_at = ip_at + IPV4_HEADER;
+        let tcp_len = first.tcp_header + self.payload;
+        let total = (IPV4_HEADER + tcp_len) as u16;
+        buffer[ip_at + 2..ip_at + 4].copy_from_slice(&total.to_be_bytes());
+        buffer[ip_at + 10..ip_at + 12].copy_from_slice(&[0, 0]);
+        let ip_checksum = !fold(sum16(&buffer[ip_at..tcp_at]));
+        buffer[ip_at + 10..ip_at + 12].copy_from_slice(&ip_checksum.to_be_bytes());
+        // Pseudo header: addresses, protocol, TCP length (not complemented:
+        // the device adds the segment's bytes and complements).
+        let pseudo = sum16(&buffer[ip_at + 12..ip_at + 20]) + 6 + tcp_len as u32;
+        buffer[tcp_at + 16..tcp_at + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
+        Some((
+            buffer,
+            Some(Segmentation {
+                header_len: ETHERNET_HEADER + IPV4_HEADER + first.tcp_header,
+                segment_size: first.payload,
+                checksum_start: ETHERNET_HEADER + IPV4_HEADER,
+                checksum_offset: 16,
+            }),
+        ))
+    }
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }

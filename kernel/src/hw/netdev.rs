@@ -3,16 +3,22 @@
 //! index suppresses the notifications it does not need), sent buffers are
 //! reclaimed later; received frames are lent out and posted again.
 //!
-//! virtio-drivers' non-blocking calls require a buffer to stay put, untouched,
-//! while the device owns it: every such buffer is a heap allocation held here
-//! by the token the device returns with it, until the device gives it back.
+//! When the device offers TCP segmentation offload (HOST_TSO4 with CSUM, as
+//! QEMU does over a tap), consecutive full-sized segments of one TCP flow go
+//! to the device as one large frame that it cuts back into the very same
+//! segments ([`SegmentBatch`]): under emulation every frame costs the device,
+//! the host and the peer far more than its bytes do.
+//!
+//! The virtqueues' buffers must stay put, untouched, while the device owns
+//! them: every such buffer is a heap allocation held here by the token the
+//! device returns with it, until the device gives it back.
 
-use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, ReceivedFrame};
-use virtio_drivers::device::net::VirtIONetRaw;
+use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, Pushed, ReceivedFrame, SegmentBatch, Segmentation};
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, Transport};
 
 use super::dma::KernelHal;
 use super::pci::SharedTransport;
@@ -22,37 +28,83 @@ use super::pci::SharedTransport;
 pub const QUEUE_SIZE: usize = 256;
 /// A full Ethernet frame (no VLAN tag) and the virtio-net header.
 const BUFFER_LEN: usize = 2048;
+const QUEUE_RECEIVE: u16 = 0;
+const QUEUE_TRANSMIT: u16 = 1;
+/// virtio-net header (VERSION_1: `num_buffers` included).
+const HEADER_LEN: usize = 12;
+/// Large transmit buffers kept for reuse.
+const SPARE_BATCH_BUFFERS: usize = 8;
+
+// Feature bits (virtio 1.2, 5.1.3 and 6).
+const F_CSUM: u64 = 1 << 0;
+const F_MAC: u64 = 1 << 5;
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_STATUS: u64 = 1 << 16;
+const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+const F_RING_EVENT_IDX: u64 = 1 << 29;
+const F_VERSION_1: u64 = 1 << 32;
+const SUPPORTED_FEATURES: u64 = F_CSUM | F_MAC | F_HOST_TSO4 | F_STATUS | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
+
+const HDR_F_NEEDS_CSUM: u8 = 1;
+const HDR_GSO_TCPV4: u8 = 1;
 
 pub struct NetQueues {
-    raw: VirtIONetRaw<KernelHal, SharedTransport, QUEUE_SIZE>,
-    header_len: usize,
+    transport: SharedTransport,
+    receive: VirtQueue<KernelHal, QUEUE_SIZE>,
+    send: VirtQueue<KernelHal, QUEUE_SIZE>,
+    mac: [u8; 6],
     /// Receive buffers the device holds, by token.
-    receiving: Vec<Option<Box<[u8]>>>,
+    receiving: Vec<Option<Vec<u8>>>,
     /// Frames the device is sending: buffer and the length handed over, by token.
-    sending: Vec<Option<(Box<[u8]>, usize)>>,
-    /// Transmit buffers ready for reuse (allocated on demand, up to the queue size).
-    free: Vec<Box<[u8]>>,
-    /// The buffer lent out by `transmit_buffer`, header already written.
-    filling: Option<Box<[u8]>>,
+    sending: Vec<Option<(Vec<u8>, usize)>>,
+    /// Frame-sized transmit buffers ready for reuse (allocated on demand).
+    free: Vec<Vec<u8>>,
+    /// Large ones, for segmentation batches.
+    free_large: Vec<Vec<u8>>,
+    /// The buffer lent out by `transmit_buffer`.
+    filling: Option<Vec<u8>>,
+    /// `None` without segmentation offload.
+    batch: Option<SegmentBatch>,
 }
 
-fn buffer() -> Box<[u8]> {
-    vec![0u8; BUFFER_LEN].into_boxed_slice()
+fn buffer() -> Vec<u8> {
+    vec![0u8; BUFFER_LEN]
 }
 
 impl NetQueues {
     /// Negotiates with the device and fills its receive queue.
-    pub fn new(transport: SharedTransport) -> Result<Self, virtio_drivers::Error> {
-        let raw = VirtIONetRaw::<KernelHal, SharedTransport, QUEUE_SIZE>::new(transport)?;
-        let mut scratch = [0u8; 32];
-        let header_len = raw.fill_buffer_header(&mut scratch)?;
+    pub fn new(mut transport: SharedTransport) -> Result<Self, virtio_drivers::Error> {
+        transport.set_status(DeviceStatus::empty());
+        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let features = transport.read_device_features() & SUPPORTED_FEATURES;
+        if features & F_VERSION_1 == 0 {
+            return Err(virtio_drivers::Error::Unsupported);
+        }
+        transport.write_driver_features(features);
+        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+        transport.set_guest_page_size(virtio_drivers::PAGE_SIZE as u32);
+        let mut mac = [0u8; 6];
+        for (offset, byte) in mac.iter_mut().enumerate() {
+            *byte = transport.read_config_space::<u8>(offset)?;
+        }
+        let indirect = features & F_RING_INDIRECT_DESC != 0;
+        let event_idx = features & F_RING_EVENT_IDX != 0;
+        let receive = VirtQueue::new(&mut transport, QUEUE_RECEIVE, indirect, event_idx)?;
+        let send = VirtQueue::new(&mut transport, QUEUE_TRANSMIT, indirect, event_idx)?;
+        transport.finish_init();
+        let offload = features & (F_CSUM | F_HOST_TSO4) == F_CSUM | F_HOST_TSO4;
+        log::debug!("virtio-net features {features:#x}, segmentation offload {offload}");
         let mut queues = Self {
-            raw,
-            header_len,
+            transport,
+            receive,
+            send,
+            mac,
             receiving: (0..QUEUE_SIZE).map(|_| None).collect(),
             sending: (0..QUEUE_SIZE).map(|_| None).collect(),
             free: Vec::new(),
+            free_large: Vec::new(),
             filling: None,
+            batch: offload.then(|| SegmentBatch::new(HEADER_LEN)),
         };
         for _ in 0..QUEUE_SIZE {
             queues.post_receive(buffer())?;
@@ -60,11 +112,14 @@ impl NetQueues {
         Ok(queues)
     }
 
-    fn post_receive(&mut self, mut buffer: Box<[u8]>) -> Result<(), virtio_drivers::Error> {
+    fn post_receive(&mut self, mut buffer: Vec<u8>) -> Result<(), virtio_drivers::Error> {
         // SAFETY: the buffer is a heap allocation that moves into
         // `receiving[token]` and is neither touched nor freed until the
         // device returns that token (`take_received`).
-        let token = unsafe { self.raw.receive_begin(&mut buffer)? };
+        let token = unsafe { self.receive.add(&[], &mut [&mut buffer[..]])? };
+        if self.receive.should_notify() {
+            self.transport.notify(QUEUE_RECEIVE);
+        }
         match self.receiving.get_mut(usize::from(token)) {
             Some(slot @ None) => {
                 *slot = Some(buffer);
@@ -81,45 +136,113 @@ impl NetQueues {
 
     /// Takes back what the device finished sending.
     fn reclaim_sent(&mut self) -> Result<(), FrameError> {
-        while let Some(token) = self.raw.poll_transmit() {
+        while let Some(token) = self.send.peek_used() {
             let Some((buffer, len)) = self.sending.get_mut(usize::from(token)).and_then(Option::take) else {
                 return Err(FrameError::Device);
             };
             // SAFETY: the same buffer and length that started this token.
-            let done = unsafe { self.raw.transmit_complete(token, &buffer[..len]) };
+            let done = unsafe { self.send.pop_used(token, &[&buffer[..len]], &mut []) };
             if done.is_err() {
                 // The device still owns it; never reuse or free it.
                 core::mem::forget(buffer);
                 return Err(FrameError::Device);
             }
-            self.free.push(buffer);
+            self.recycle_transmit(buffer);
         }
         Ok(())
+    }
+
+    /// Hands `buffer[..len]` (virtio-net header first) to the device.
+    fn submit(&mut self, mut buffer: Vec<u8>, len: usize, segmentation: Option<Segmentation>) -> Result<(), FrameError> {
+        let header = &mut buffer[..HEADER_LEN];
+        header.fill(0);
+        if let Some(s) = segmentation {
+            header[0] = HDR_F_NEEDS_CSUM;
+            header[1] = HDR_GSO_TCPV4;
+            header[2..4].copy_from_slice(&(s.header_len as u16).to_le_bytes());
+            header[4..6].copy_from_slice(&(s.segment_size as u16).to_le_bytes());
+            header[6..8].copy_from_slice(&(s.checksum_start as u16).to_le_bytes());
+            header[8..10].copy_from_slice(&(s.checksum_offset as u16).to_le_bytes());
+        }
+        // SAFETY: the buffer is a heap allocation that moves into
+        // `sending[token]` and is neither touched nor freed until the device
+        // returns that token (`reclaim_sent`).
+        match unsafe { self.send.add(&[&buffer[..len]], &mut []) } {
+            Ok(token) => {
+                if self.send.should_notify() {
+                    self.transport.notify(QUEUE_TRANSMIT);
+                }
+                match self.sending.get_mut(usize::from(token)) {
+                    Some(slot @ None) => {
+                        *slot = Some((buffer, len));
+                        Ok(())
+                    }
+                    _ => {
+                        core::mem::forget(buffer);
+                        Err(FrameError::Device)
+                    }
+                }
+            }
+            Err(_) => {
+                self.recycle_transmit(buffer);
+                Err(FrameError::QueueFull)
+            }
+        }
+    }
+
+    fn recycle_transmit(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() > BUFFER_LEN {
+            if self.free_large.len() < SPARE_BATCH_BUFFERS {
+                self.free_large.push(buffer);
+            }
+        } else {
+            self.free.push(buffer);
+        }
+    }
+
+    /// Offers a frame to the segmentation batch (given a reused buffer first).
+    fn push_to_batch(&mut self, frame: &[u8]) -> Pushed {
+        let Some(batch) = self.batch.as_mut() else { return Pushed::NotTaken };
+        if batch.needs_buffer() {
+            let spare = self.free_large.pop().unwrap_or_else(|| Vec::with_capacity(HEADER_LEN + 65536 + 14));
+            batch.provide_buffer(spare);
+        }
+        batch.push(frame)
+    }
+
+    /// Sends the batch being gathered, if any.
+    fn send_batch(&mut self) -> Result<(), FrameError> {
+        let Some((buffer, segmentation)) = self.batch.as_mut().and_then(SegmentBatch::take) else {
+            return Ok(());
+        };
+        let len = buffer.len();
+        self.submit(buffer, len, segmentation)
     }
 }
 
 impl FrameQueues for NetQueues {
     fn mac_address(&self) -> [u8; 6] {
-        self.raw.mac_address()
+        self.mac
     }
 
     fn ack_interrupt(&mut self) -> bool {
-        !self.raw.ack_interrupt().is_empty()
+        !self.transport.ack_interrupt().is_empty()
     }
 
     fn has_received(&self) -> bool {
-        self.raw.poll_receive().is_some()
+        self.receive.peek_used().is_some()
     }
 
     fn take_received(&mut self) -> Option<Result<ReceivedFrame, FrameError>> {
-        let token = self.raw.poll_receive()?;
+        let token = self.receive.peek_used()?;
         let Some(mut buffer) = self.receiving.get_mut(usize::from(token)).and_then(Option::take) else {
             return Some(Err(FrameError::Device));
         };
         // SAFETY: the same buffer that started this token.
-        match unsafe { self.raw.receive_complete(token, &mut buffer) } {
-            Ok((header_len, frame_len)) if header_len + frame_len <= buffer.len() => {
-                Some(Ok(ReceivedFrame::new(buffer, header_len, frame_len)))
+        match unsafe { self.receive.pop_used(token, &[], &mut [&mut buffer[..]]) } {
+            Ok(len) if (HEADER_LEN..=buffer.len()).contains(&(len as usize)) => {
+                let frame_len = len as usize - HEADER_LEN;
+                Some(Ok(ReceivedFrame::new(buffer.into_boxed_slice(), HEADER_LEN, frame_len)))
             }
             Ok(_) => {
                 // The device is done with it; a bad length only loses the frame.
@@ -134,13 +257,14 @@ impl FrameQueues for NetQueues {
     }
 
     fn recycle(&mut self, frame: ReceivedFrame) -> Result<(), FrameError> {
-        self.post_receive(frame.into_buffer()).map_err(|_| FrameError::Device)
+        self.post_receive(frame.into_buffer().into_vec()).map_err(|_| FrameError::Device)
     }
 
     fn can_transmit(&mut self) -> bool {
         // A reclaim error leaves the queue as full as it was.
         let _ = self.reclaim_sent();
-        self.raw.can_send()
+        // Room for this frame and for a batch it may end.
+        self.send.available_desc() >= 2
     }
 
     fn transmit_buffer(&mut self, len: usize) -> Option<&mut [u8]> {
@@ -151,38 +275,51 @@ impl FrameQueues for NetQueues {
             Some(buffer) => buffer,
             None => buffer(),
         };
-        // The header is all zeroes but for `num_buffers`, written here.
-        self.raw.fill_buffer_header(&mut buffer).ok()?;
-        let header_len = self.header_len;
+        buffer.resize(BUFFER_LEN, 0);
         let filling = self.filling.insert(buffer);
-        filling.get_mut(header_len..header_len + len)
+        filling.get_mut(HEADER_LEN..HEADER_LEN + len)
     }
 
     fn transmit(&mut self, len: usize) -> Result<(), FrameError> {
         let Some(buffer) = self.filling.take() else { return Err(FrameError::Device) };
-        let total = self.header_len + len;
+        let total = HEADER_LEN + len;
         if total > buffer.len() {
-            self.free.push(buffer);
+            self.recycle_transmit(buffer);
             return Err(FrameError::Device);
         }
-        // SAFETY: the buffer is a heap allocation that moves into
-        // `sending[token]` and is neither touched nor freed until the device
-        // returns that token (`reclaim_sent`).
-        match unsafe { self.raw.transmit_begin(&buffer[..total]) } {
-            Ok(token) => match self.sending.get_mut(usize::from(token)) {
-                Some(slot @ None) => {
-                    *slot = Some((buffer, total));
-                    Ok(())
+        if self.batch.is_some() {
+            match self.push_to_batch(&buffer[HEADER_LEN..total]) {
+                Pushed::Taken => {
+                    self.recycle_transmit(buffer);
+                    return Ok(());
                 }
-                _ => {
-                    core::mem::forget(buffer);
-                    Err(FrameError::Device)
+                Pushed::TakenAndComplete => {
+                    self.recycle_transmit(buffer);
+                    return self.send_batch();
                 }
-            },
-            Err(_) => {
-                self.free.push(buffer);
-                Err(FrameError::QueueFull)
+                Pushed::NotTaken => {
+                    // Order on the wire is kept: the batch goes first.
+                    let sent = self.send_batch();
+                    if self.push_to_batch(&buffer[HEADER_LEN..total]) != Pushed::NotTaken {
+                        self.recycle_transmit(buffer);
+                        return sent;
+                    }
+                    sent?;
+                }
             }
         }
+        self.submit(buffer, total, None)
+    }
+
+    fn flush(&mut self) {
+        let _ = self.send_batch();
+    }
+}
+
+impl Drop for NetQueues {
+    fn drop(&mut self) {
+        // The device must not use the buffers once they are freed.
+        self.transport.queue_unset(QUEUE_RECEIVE);
+        self.transport.queue_unset(QUEUE_TRANSMIT);
     }
 }
