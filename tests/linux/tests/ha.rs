@@ -26,7 +26,8 @@
 //! Needs root (namespace, taps) and QEMU; builds the Linux guest and the
 //! tandem image on first use; skipped with a notice without root. The tests
 //! take turns (one lock): each boots four VMs on a machine that may have two
-//! cores. `TANDEM_HA_LOG=debug` boots the nodes with `log=debug`; consoles,
+//! cores; the five take 6–9 minutes under TCG on two busy cores.
+//! `TANDEM_HA_LOG=debug` boots the nodes with `log=debug`; consoles,
 //! QEMU logs, the guest's share (fio latency log, ackcheck log) stay in
 //! `target/linux-guest/runs/ha-*`.
 
@@ -588,8 +589,8 @@ impl Cluster {
         }
     }
 
-    /// Runs a command of the host script; returns its output. Fails the
-    /// test if it fails, unless `may_fail`.
+    /// Runs a command of the host script; returns whether it succeeded and
+    /// its output.
     fn host_command(&mut self, command: &str, timeout: Duration) -> (bool, String) {
         let n = self.next_command;
         self.next_command += 1;
@@ -731,7 +732,8 @@ impl Cluster {
     }
 
     /// The largest completion gap around each event whose name starts with
-    /// `prefix` (from 100 ms before it to the next event, at most 20 s; on the guest's clock): (fio, ackcheck) in ms.
+    /// `prefix`, from 100 ms before it to the next event (at most 20 s), on
+    /// the guest's clock: (fio, ackcheck) in ms.
     fn stalls(&self, prefix: &str) -> Vec<(String, Option<u64>, Option<u64>)> {
         let fio = self.fio_completions();
         let ck = self.ackcheck_completions();
@@ -1143,7 +1145,7 @@ fn median_max(values: &[u64]) -> (u64, u64) {
 /// Prints the largest completion gap of each, median and max.
 /// `cargo test -p tandem-linux-guest --test ha -- --ignored stall_figures --nocapture`
 #[test]
-#[ignore = "benchmark (about 15 min): run with --ignored stall_figures"]
+#[ignore = "benchmark (about 6 min): run with --ignored stall_figures"]
 fn stall_figures() {
     let Some(_guard) = lock() else { return };
     let runs: usize = std::env::var("TANDEM_HA_RUNS")
