@@ -1059,8 +1059,9 @@ fn primary_paused_past_takeover() {
     c.event("pause a (primary)");
     c.qmp(Name::A, "stop", |q| q.stop());
     let took_over = c.wait_role(Name::B, "primary", since_b, ROLE_TIMEOUT);
-    // A little longer, so that b has acknowledged writes a never saw.
-    std::thread::sleep(Duration::from_secs(2));
+    // Resumed at once: the host has not given up a's path yet (its
+    // keep-alive timeout is longer), so commands wait at a, which must
+    // refuse them now that b serves in a newer epoch.
     c.event("resume a");
     c.qmp(Name::A, "cont", |q| q.cont());
     c.wait_role(Name::A, "secondary", since_a, ROLE_TIMEOUT);
