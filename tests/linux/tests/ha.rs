@@ -1203,3 +1203,37 @@ fn stall_figures() {
     c.check_no_split_brain();
     c.host_command("exit", Duration::from_secs(30));
 }
+
+#[test]
+fn role_lines_are_found_after_a_prompt_and_in_log_noise() {
+    let console = "tandem> tandem: role secondary epoch 0 reason boot\n\
+                   [    0.301] INFO  ha: replication stream connected\n\
+                   tandem: role primary epoch 12 reason failover (after 2 s)\n\
+                   tandem: role primary epoch x reason bad\n";
+    assert_eq!(
+        role_lines(console),
+        vec![
+            RoleLine {
+                role: "secondary".into(),
+                epoch: 0,
+                reason: "boot".into()
+            },
+            RoleLine {
+                role: "primary".into(),
+                epoch: 12,
+                reason: "failover".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn max_gap_counts_from_the_last_completion_before_the_window() {
+    let times = [100, 200, 300, 1300, 1350, 5000];
+    assert_eq!(max_gap(&times, 250, 1400), Some(1000));
+    assert_eq!(max_gap(&times, 1300, 1400), Some(1000));
+    assert_eq!(max_gap(&times, 1310, 1400), Some(50));
+    // One completion: no gap to measure (a stall longer than the window).
+    assert_eq!(max_gap(&times, 0, 150), None);
+    assert_eq!(max_gap(&times, 6000, 7000), None);
+}
