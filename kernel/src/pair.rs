@@ -603,7 +603,7 @@ impl DataPair {
         let mut text = String::new();
         for change in self.node.history() {
             let at = change.at.as_micros();
-            let _ = writeln!(text, "[{:5}.{:03}] {} {} epoch {} reason {}", at / 1_000_000, at / 1000 % 1000, change.role, "", change.epoch, change.reason);
+            let _ = writeln!(text, "[{:5}.{:03}] {} epoch {} reason {}", at / 1_000_000, at / 1000 % 1000, change.role, change.epoch, change.reason);
         }
         text
     }
