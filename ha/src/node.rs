@@ -87,7 +87,9 @@ pub struct Config {
     pub resync_rate: u64,
     /// Resync chunks sent and not yet acknowledged, at most.
     pub resync_max_in_flight: u32,
-    /// How often clean regions are cleared from the persisted bitmap.
+    /// How often a clean cycle runs: a region's bit is cleared once no write
+    /// touched it for a whole interval and both disks were flushed since its
+    /// last write (so a busy region costs no metadata write per write).
     pub bitmap_flush_interval: Duration,
     /// Role changes kept for `history`.
     pub history_len: usize,
@@ -176,7 +178,9 @@ impl fmt::Display for RoleChange {
     }
 }
 
-/// What the kernel must do. Executed in order; `PersistMetadata` is a barrier.
+/// What the kernel must do. Executed in order; `PersistMetadata` is a barrier
+/// (nothing after it may start before it is durable); `PersistBitmap` and
+/// `FlushDisk` are not: the crate waits for their reports itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send a UDP datagram to `to` over `link`.
@@ -193,21 +197,36 @@ pub enum Action {
     CloseStream,
     /// Write these bytes at this disk offset, durably, before going on.
     PersistMetadata { offset: u64, bytes: Vec<u8> },
+    /// Write these bitmap blocks (offset, bytes) durably (forced unit
+    /// access), while other actions go on; report `on_bitmap_persisted`.
+    /// At most one is outstanding.
+    PersistBitmap {
+        generation: u64,
+        blocks: Vec<(u64, Vec<u8>)>,
+    },
+    /// Flush the local disk's volatile write cache; report
+    /// `on_disk_flush_done`.
+    FlushDisk { flush: u64 },
+    /// Complete host flush `id` to the host.
+    CompleteFlush { id: u64, result: IoResult },
     /// Issue host write `id` to the local disk; report `on_local_write_done`.
     SubmitLocalWrite { id: u64 },
     /// Complete host write `id` to the host.
     CompleteWrite { id: u64, result: IoResult },
     /// Complete host read `id` (whose data the kernel read) to the host.
     CompleteRead { id: u64, result: IoResult },
-    /// Secondary: write replicated data; report `on_replicated_write_done`.
+    /// Secondary: write replicated data (durably first if
+    /// `force_unit_access`); report `on_replicated_write_done`.
     ApplyReplicatedWrite {
         seq: u64,
         offset: u64,
         data: Vec<u8>,
+        force_unit_access: bool,
     },
     /// Primary: read this range for resync; report `on_resync_read_done`.
     ReadForResync { offset: u64, len: u32 },
-    /// Secondary: write resync data; report `on_resync_write_done`.
+    /// Secondary: write resync data durably (forced unit access); report
+    /// `on_resync_write_done`.
     ApplyResync { offset: u64, data: Vec<u8> },
     /// Report this ANA state from now on (and raise the ANA change AEN).
     AnaChanged(AnaState),
@@ -246,11 +265,42 @@ struct PendingWrite {
     offset: u64,
     len: u64,
     at: Instant,
+    force_unit_access: bool,
+    /// Its regions are marked in the bitmap (it may be waiting for that to
+    /// be durable): overlapping writes wait behind it.
+    admitted: bool,
+    /// Issued to the local disk and the stream.
     started: bool,
     seq: Option<u64>,
     local: Option<bool>,
     peer_acked: bool,
     needs_peer: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlushPurpose {
+    /// A host Flush command.
+    Host(u64),
+    /// A clean cycle: bits can be cleared once both disks flushed.
+    Clean,
+    /// Secondary: a Flush frame from the primary, numbered `seq`.
+    Peer(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingFlush {
+    purpose: FlushPurpose,
+    at: Instant,
+    local: Option<bool>,
+    peer_acked: bool,
+    needs_peer: bool,
+    sent: bool,
+}
+
+#[derive(Clone, Debug)]
+struct CleanCycle {
+    flush: u64,
+    candidates: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -295,6 +345,7 @@ struct Apply {
     kind: ApplyKind,
     offset: u64,
     data: Vec<u8>,
+    force_unit_access: bool,
 }
 
 /// Replication state for status.
@@ -367,7 +418,12 @@ pub struct Status {
     pub in_flight_writes: usize,
     /// Bytes sent to the peer and not yet acknowledged (replication lag).
     pub unacked_bytes: u64,
+    /// Regions that may differ from the peer (bitmap bits), in bytes, while
+    /// not in sync with it.
     pub out_of_sync_bytes: u64,
+    /// While in sync: regions still marked because they were written
+    /// recently (they would be resynced after a crash), in bytes.
+    pub active_bytes: u64,
     pub resync: Option<ResyncProgress>,
     pub election: Option<(u64, ElectionReason)>,
 }
@@ -426,11 +482,12 @@ impl fmt::Display for Status {
         writeln!(f)?;
         writeln!(
             f,
-            "    replication:{} in-flight:{} lag:{}B out-of-sync:{}B",
+            "    replication:{} in-flight:{} lag:{}B out-of-sync:{}B active:{}B",
             self.replication.name(),
             self.in_flight_writes,
             self.unacked_bytes,
-            self.out_of_sync_bytes
+            self.out_of_sync_bytes,
+            self.active_bytes
         )?;
         if let Some(p) = self.resync {
             writeln!(
@@ -458,6 +515,10 @@ pub struct Counters {
     pub stale_datagrams: u64,
     pub stream_errors: u64,
     pub fenced_writes_refused: u64,
+    /// Bitmap persists (each may cover many writes).
+    pub bitmap_persists: u64,
+    /// Bits cleared by clean cycles.
+    pub regions_cleaned: u64,
 }
 
 /// Region size of the dirty bitmap unless configured otherwise.
@@ -485,6 +546,21 @@ pub struct DataNode {
     sb_sequence: u64,
     bitmap: Bitmap,
     dirty_blocks: BTreeSet<u32>,
+    /// Generation of the newest bit set in memory, the newest durable one,
+    /// and the one being persisted: writes wait for the generation of their
+    /// bits (group commit: one persist serves every write that waited).
+    bitmap_generation: u64,
+    bitmap_durable: u64,
+    bitmap_persisting: Option<u64>,
+    /// Regions whose bit was set in a generation not yet durable.
+    bits_not_durable: BTreeMap<u64, u64>,
+    /// Admitted writes waiting for their bits to be durable, in order.
+    awaiting_bitmap: VecDeque<u64>,
+    /// Regions written since the current clean interval began.
+    touched: Bitmap,
+    clean_cycle: Option<CleanCycle>,
+    flushes: BTreeMap<u64, PendingFlush>,
+    next_flush: u64,
     role: Role,
     candidacy: Option<Candidacy>,
     next_candidacy_at: Instant,
@@ -557,13 +633,18 @@ impl DataNode {
             layout,
         };
         let mut n = Self::from_parts(cfg, sb, Bitmap::new(layout.region_count), now)?;
+        // The bitmap first, as barriers: a valid superblock then always comes
+        // with a valid bitmap.
+        for b in 0..layout.bitmap_blocks {
+            let bytes = emit_bitmap_block(&n.bitmap, b);
+            n.actions.push(Action::PersistMetadata {
+                offset: layout.bitmap_block_offset(b),
+                bytes,
+            });
+        }
         n.persist_superblock();
         // Write the slot the first persist did not, so both copies are valid.
         n.persist_superblock();
-        for b in 0..layout.bitmap_blocks {
-            n.dirty_blocks.insert(b);
-        }
-        n.persist_bitmap();
         Ok(n)
     }
 
@@ -632,8 +713,17 @@ impl DataNode {
             peer_state: sb.peer_state,
             admin_fenced: sb.admin_fenced,
             sb_sequence: sb.sequence,
+            touched: Bitmap::new(bitmap.len()),
             bitmap,
             dirty_blocks: BTreeSet::new(),
+            bitmap_generation: 0,
+            bitmap_durable: 0,
+            bitmap_persisting: None,
+            bits_not_durable: BTreeMap::new(),
+            awaiting_bitmap: VecDeque::new(),
+            clean_cycle: None,
+            flushes: BTreeMap::new(),
+            next_flush: 1,
             role,
             candidacy: None,
             next_candidacy_at: now,
@@ -770,23 +860,60 @@ impl DataNode {
         });
     }
 
+    /// Starts persisting the changed bitmap blocks unless a persist is
+    /// outstanding (the next one then carries everything changed meanwhile).
     fn persist_bitmap(&mut self) {
-        let blocks: Vec<u32> = core::mem::take(&mut self.dirty_blocks)
-            .into_iter()
-            .collect();
-        for b in blocks {
-            let bytes = emit_bitmap_block(&self.bitmap, b);
-            self.actions.push(Action::PersistMetadata {
-                offset: self.layout.bitmap_block_offset(b),
-                bytes,
-            });
+        if self.bitmap_persisting.is_some() || self.dirty_blocks.is_empty() {
+            return;
         }
+        let blocks: Vec<(u64, Vec<u8>)> = core::mem::take(&mut self.dirty_blocks)
+            .into_iter()
+            .map(|b| {
+                (
+                    self.layout.bitmap_block_offset(b),
+                    emit_bitmap_block(&self.bitmap, b),
+                )
+            })
+            .collect();
+        let generation = self.bitmap_generation;
+        self.bitmap_persisting = Some(generation);
+        self.counters.bitmap_persists += 1;
+        self.actions
+            .push(Action::PersistBitmap { generation, blocks });
+    }
+
+    /// The bitmap persist of `generation` finished.
+    pub fn on_bitmap_persisted(&mut self, now: Instant, generation: u64, ok: bool) {
+        if self.bitmap_persisting != Some(generation) {
+            return;
+        }
+        self.bitmap_persisting = None;
+        if ok {
+            self.bitmap_durable = generation;
+            self.bits_not_durable.retain(|_, g| *g > generation);
+            self.start_awaiting_writes();
+        } else {
+            // The blocks are written again with the next persist; the writes
+            // that waited for them fail (their bits may not be on disk).
+            for r in self.bits_not_durable.keys().copied().collect::<Vec<_>>() {
+                self.dirty_blocks.insert(self.layout.block_of_region(r));
+            }
+            for id in core::mem::take(&mut self.awaiting_bitmap) {
+                if let Some(w) = self.writes.get_mut(&id) {
+                    w.local = Some(false);
+                    w.admitted = false;
+                }
+            }
+        }
+        self.progress(now);
     }
 
     fn set_bit(&mut self, region: u64) {
         if self.bitmap.set(region) {
             self.dirty_blocks
                 .insert(self.layout.block_of_region(region));
+            self.bitmap_generation += 1;
+            self.bits_not_durable.insert(region, self.bitmap_generation);
         }
     }
     fn clear_bit(&mut self, region: u64) {
@@ -974,7 +1101,7 @@ impl DataNode {
         self.maybe_stand(now);
         if now.saturating_since(self.last_bitmap_flush) >= self.cfg.bitmap_flush_interval {
             self.last_bitmap_flush = now;
-            self.lazy_clear_bitmap();
+            self.start_clean_cycle(now);
         }
         self.progress(now);
     }
@@ -989,6 +1116,7 @@ impl DataNode {
     fn progress(&mut self, now: Instant) {
         self.check_lease(now);
         self.try_complete_writes(now);
+        self.try_complete_flushes(now);
         self.try_complete_reads(now);
         self.demote_progress();
         self.check_replication(now);
@@ -1174,6 +1302,7 @@ impl DataNode {
         id: u64,
         offset: u64,
         len: u64,
+        force_unit_access: bool,
     ) -> Result<(), HostIoError> {
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
@@ -1182,6 +1311,8 @@ impl DataNode {
             offset,
             len,
             at: now,
+            force_unit_access,
+            admitted: false,
             started: false,
             seq: None,
             local: None,
@@ -1212,19 +1343,54 @@ impl DataNode {
             || self
                 .writes
                 .values()
-                .any(|w| w.started && overlaps(offset, len, w.offset, w.len))
+                .any(|w| w.admitted && overlaps(offset, len, w.offset, w.len))
     }
 
+    /// Marks the write's regions; issues it once the marks are durable.
     fn start_write(&mut self, id: u64) {
         let Some(w) = self.writes.get(&id).copied() else {
             return;
         };
         for r in self.layout.regions(w.offset, w.len) {
             self.set_bit(r);
+            self.touched.set(r);
+        }
+        if let Some(w) = self.writes.get_mut(&id) {
+            w.admitted = true;
         }
         // The bitmap must be durable before the data can differ between
         // the two disks.
-        self.persist_bitmap();
+        if self.bits_durable(w.offset, w.len) {
+            self.issue_write(id);
+        } else {
+            self.awaiting_bitmap.push_back(id);
+            self.persist_bitmap();
+        }
+    }
+
+    fn bits_durable(&self, offset: u64, len: u64) -> bool {
+        self.bits_not_durable.is_empty()
+            || self
+                .layout
+                .regions(offset, len)
+                .all(|r| !self.bits_not_durable.contains_key(&r))
+    }
+
+    fn start_awaiting_writes(&mut self) {
+        let waiting = core::mem::take(&mut self.awaiting_bitmap);
+        for id in waiting {
+            match self.writes.get(&id).copied() {
+                Some(w) if self.bits_durable(w.offset, w.len) => self.issue_write(id),
+                Some(_) => self.awaiting_bitmap.push_back(id),
+                None => {}
+            }
+        }
+    }
+
+    fn issue_write(&mut self, id: u64) {
+        let Some(w) = self.writes.get(&id).copied() else {
+            return;
+        };
         self.actions.push(Action::SubmitLocalWrite { id });
         let mut seq = None;
         if self.stream_ready() {
@@ -1239,6 +1405,7 @@ impl DataNode {
                 s,
                 w.offset,
                 w.len as usize,
+                w.force_unit_access,
             );
             self.actions.push(Action::ReplicateWrite {
                 id,
@@ -1335,6 +1502,23 @@ impl DataNode {
         self.writes.clear();
         self.seq_to_id.clear();
         self.deferred.clear();
+        self.awaiting_bitmap.clear();
+        self.abandon_clean_cycle();
+        let host_flushes: Vec<(u64, u64)> = self
+            .flushes
+            .iter()
+            .filter_map(|(n, f)| match f.purpose {
+                FlushPurpose::Host(id) => Some((*n, id)),
+                _ => None,
+            })
+            .collect();
+        for (n, id) in host_flushes {
+            self.flushes.remove(&n);
+            self.actions.push(Action::CompleteFlush {
+                id,
+                result: IoResult::PathError,
+            });
+        }
         let ids: Vec<u64> = self.reads.keys().copied().collect();
         for id in ids {
             self.actions.push(Action::CompleteRead {
@@ -1648,6 +1832,21 @@ impl DataNode {
             self.push_role_change(now, c.reason.name());
         }
         self.send_frame(rec.epoch, 0, Body::Config(rec));
+        if rec.outdated.is_none() {
+            // From this record on the peer counts as UpToDate: a write or
+            // flush admitted while it was Outdated completes only once the
+            // peer has it too.
+            for w in self.writes.values_mut() {
+                w.needs_peer = true;
+            }
+            for f in self.flushes.values_mut() {
+                if matches!(f.purpose, FlushPurpose::Host(_)) && !f.needs_peer {
+                    f.needs_peer = true;
+                    f.sent = false;
+                }
+            }
+            self.send_pending_flushes();
+        }
         if self.stream.connected {
             let resend: Vec<u64> = self
                 .writes
@@ -1682,6 +1881,7 @@ impl DataNode {
                 s,
                 w.offset,
                 w.len as usize,
+                w.force_unit_access,
             );
             self.actions.push(Action::ReplicateWrite {
                 id: *id,
@@ -1716,6 +1916,8 @@ impl DataNode {
             !self.stream.connected && now.saturating_since(self.stream.since) >= t.failure_timeout;
         let stuck = self.writes.values().any(|w| {
             w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= t.failure_timeout
+        }) || self.flushes.values().any(|f| {
+            f.needs_peer && !f.peer_acked && now.saturating_since(f.at) >= t.failure_timeout
         });
         if peer_silent || stream_down || stuck {
             self.stand(now, ElectionReason::OutdatePeer, Some(self.peer));
@@ -1987,6 +2189,9 @@ impl DataNode {
         if self.role == Role::Primary {
             self.resend_writes(&resend);
         }
+        for f in self.flushes.values_mut() {
+            f.sent = false;
+        }
         self.progress(now);
     }
 
@@ -2002,6 +2207,12 @@ impl DataNode {
         };
         self.resync = None;
         self.unacked.clear();
+        // The peer's flush may not cover writes it took on the old
+        // connection: flush again on the next one.
+        self.abandon_clean_cycle();
+        for f in self.flushes.values_mut() {
+            f.sent = false;
+        }
         self.progress(now);
     }
 
@@ -2067,6 +2278,7 @@ impl DataNode {
                         .map(|(id, _)| *id)
                         .collect();
                     self.resend_writes(&unsent);
+                    self.send_pending_flushes();
                 }
             }
             Body::Config(rec) => {
@@ -2074,7 +2286,11 @@ impl DataNode {
                     self.adopt_record(now, rec);
                 }
             }
-            Body::Write { offset, data } => {
+            Body::Write {
+                offset,
+                data,
+                force_unit_access,
+            } => {
                 let accept = self.accepts_replication(f.epoch, offset, data.len() as u64);
                 if !accept {
                     self.counters.fenced_writes_refused += 1;
@@ -2092,6 +2308,7 @@ impl DataNode {
                         kind: ApplyKind::Write(f.seq),
                         offset,
                         data: data.to_vec(),
+                        force_unit_access,
                     }) {
                         return false;
                     }
@@ -2146,12 +2363,44 @@ impl DataNode {
                         kind: ApplyKind::Resync,
                         offset,
                         data: data.to_vec(),
+                        force_unit_access: true,
                     }) {
                         return false;
                     }
                 }
             }
             Body::ResyncAck { offset, status, .. } => self.on_resync_ack(offset, status),
+            Body::Flush => {
+                let rec = self.voter.record;
+                if self.role != Role::Primary
+                    && f.epoch == rec.epoch
+                    && rec.primary == Some(self.peer)
+                {
+                    // Covers every write this node acknowledged: they
+                    // completed before this frame arrived.
+                    self.new_flush(now, FlushPurpose::Peer(f.seq), false);
+                } else {
+                    let epoch = self.voter.epoch;
+                    self.send_frame(
+                        epoch,
+                        f.seq,
+                        Body::FlushAck {
+                            status: AckStatus::Fenced,
+                        },
+                    );
+                }
+            }
+            Body::FlushAck { status } => {
+                if status == AckStatus::Ok {
+                    if let Some(fl) = self.flushes.get_mut(&f.seq)
+                        && fl.sent
+                    {
+                        fl.peer_acked = true;
+                    }
+                } else {
+                    self.observe_epoch(f.epoch);
+                }
+            }
             Body::ResyncDone => {
                 if self.voter.record.primary == Some(self.peer)
                     && f.epoch == self.voter.record.epoch
@@ -2270,6 +2519,7 @@ impl DataNode {
                     seq,
                     offset: a.offset,
                     data: a.data,
+                    force_unit_access: a.force_unit_access,
                 },
                 ApplyKind::Resync | ApplyKind::Orphan(_) => Action::ApplyResync {
                     offset: a.offset,
@@ -2397,7 +2647,7 @@ impl DataNode {
                         || self
                             .writes
                             .values()
-                            .any(|w| w.started && overlaps(w.offset, w.len, j * rs, rs));
+                            .any(|w| w.admitted && overlaps(w.offset, w.len, j * rs, rs));
                     if !busy {
                         candidate = Some(j);
                         break;
@@ -2428,6 +2678,12 @@ impl DataNode {
             rz.done_sent = true;
             let epoch = self.voter.record.epoch;
             self.send_frame(epoch, 0, Body::ResyncDone);
+            if !self.peer_degraded() {
+                // Nothing to record: the peer was UpToDate all along (a
+                // reconnection); an Outdated peer's resync ends with the
+                // peer-recovered election instead.
+                self.resync = None;
+            }
         }
     }
 
@@ -2481,36 +2737,191 @@ impl DataNode {
         }
     }
 
-    /// Clears bits of regions now equal on both sides (in-sync mode only):
-    /// like DRBD's activity log, recently written regions stay marked for a
-    /// while so a crash leaves them to be compared.
-    fn lazy_clear_bitmap(&mut self) {
-        if self.role != Role::Primary
-            || self.peer_degraded()
-            || self.resync.is_some()
-            || !self.stream_ready()
-        {
+    /// A region is busy while a write over it is pending or unacknowledged.
+    fn region_busy(&self, r: u64) -> bool {
+        let rs = self.layout.region_size as u64;
+        self.writes
+            .values()
+            .any(|w| overlaps(w.offset, w.len, r * rs, rs))
+            || self
+                .unacked
+                .values()
+                .any(|&(o, l)| overlaps(o, l, r * rs, rs))
+    }
+
+    /// Every interval: the regions no write touched during the last interval
+    /// become candidates; both disks are flushed (so every write they took
+    /// is durable on both), then the candidates still untouched are cleared.
+    /// Busy regions keep their bits, so a write to one costs no metadata
+    /// write; an idle one is resynced only if written again.
+    fn start_clean_cycle(&mut self, now: Instant) {
+        let eligible = self.role == Role::Primary
+            && !self.peer_degraded()
+            && self.resync.is_none()
+            && self.stream_ready()
+            && self.clean_cycle.is_none();
+        if !eligible {
+            if self.clean_cycle.is_none() {
+                self.touched.clear_all();
+            }
             return;
         }
-        let rs = self.layout.region_size as u64;
-        let mut clear = Vec::new();
+        let mut candidates = Vec::new();
         let mut i = 0;
         while let Some(j) = self.bitmap.next_set(i) {
-            let busy = self
-                .writes
-                .values()
-                .any(|w| overlaps(w.offset, w.len, j * rs, rs))
-                || self
-                    .unacked
-                    .values()
-                    .any(|&(o, l)| overlaps(o, l, j * rs, rs));
-            if !busy {
-                clear.push(j);
+            if !self.touched.get(j) && !self.region_busy(j) {
+                candidates.push(j);
             }
             i = j + 1;
         }
-        for r in clear {
-            self.clear_bit(r);
+        self.touched.clear_all();
+        if candidates.is_empty() {
+            return;
+        }
+        let flush = self.new_flush(now, FlushPurpose::Clean, true);
+        self.clean_cycle = Some(CleanCycle { flush, candidates });
+    }
+
+    fn finish_clean_cycle(&mut self) {
+        let Some(flush) = self.clean_cycle.as_ref().map(|c| c.flush) else {
+            return;
+        };
+        let Some(f) = self.flushes.get(&flush).copied() else {
+            self.clean_cycle = None;
+            return;
+        };
+        match f.local {
+            Some(false) => {}
+            Some(true) if f.peer_acked => {
+                let candidates = self
+                    .clean_cycle
+                    .as_ref()
+                    .map(|c| c.candidates.clone())
+                    .unwrap_or_default();
+                for r in candidates {
+                    if !self.touched.get(r) && !self.region_busy(r) && self.bitmap.get(r) {
+                        self.clear_bit(r);
+                        self.counters.regions_cleaned += 1;
+                    }
+                }
+            }
+            _ => return,
+        }
+        self.flushes.remove(&flush);
+        self.clean_cycle = None;
+    }
+
+    fn abandon_clean_cycle(&mut self) {
+        if let Some(c) = self.clean_cycle.take() {
+            self.flushes.remove(&c.flush);
+        }
+    }
+
+    // ----- flushes -----
+
+    /// A host Flush arrived: it completes when the local disk and (unless the
+    /// record names the peer Outdated) the peer's disk flushed.
+    pub fn host_flush(&mut self, now: Instant, id: u64) -> Result<(), HostIoError> {
+        self.check_lease(now);
+        if !self.is_serving(now) {
+            return Err(HostIoError::NotServing(
+                if self.ana == AnaState::Optimized {
+                    AnaState::Change
+                } else {
+                    self.ana
+                },
+            ));
+        }
+        let needs_peer = !self.peer_degraded() || self.recovering();
+        self.new_flush(now, FlushPurpose::Host(id), needs_peer);
+        self.progress(now);
+        Ok(())
+    }
+
+    fn new_flush(&mut self, now: Instant, purpose: FlushPurpose, needs_peer: bool) -> u64 {
+        let flush = self.next_flush;
+        self.next_flush += 1;
+        self.flushes.insert(
+            flush,
+            PendingFlush {
+                purpose,
+                at: now,
+                local: None,
+                peer_acked: false,
+                needs_peer,
+                sent: false,
+            },
+        );
+        self.actions.push(Action::FlushDisk { flush });
+        self.send_pending_flushes();
+        flush
+    }
+
+    /// Sends a Flush frame for every flush that needs the peer and has not
+    /// been sent on the current connection.
+    fn send_pending_flushes(&mut self) {
+        if !self.stream_ready() || self.role != Role::Primary {
+            return;
+        }
+        let epoch = self.voter.record.epoch;
+        let unsent: Vec<u64> = self
+            .flushes
+            .iter()
+            .filter(|(_, f)| f.needs_peer && !f.sent && !f.peer_acked)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in unsent {
+            if let Some(f) = self.flushes.get_mut(&n) {
+                f.sent = true;
+            }
+            self.send_frame(epoch, n, Body::Flush);
+        }
+    }
+
+    /// The local disk flush `flush` finished.
+    pub fn on_disk_flush_done(&mut self, now: Instant, flush: u64, ok: bool) {
+        let Some(f) = self.flushes.get_mut(&flush) else {
+            return;
+        };
+        f.local = Some(ok);
+        if let FlushPurpose::Peer(seq) = f.purpose {
+            self.flushes.remove(&flush);
+            let status = if ok {
+                AckStatus::Ok
+            } else {
+                AckStatus::IoError
+            };
+            let epoch = self.voter.epoch;
+            self.send_frame(epoch, seq, Body::FlushAck { status });
+        }
+        self.progress(now);
+    }
+
+    fn try_complete_flushes(&mut self, now: Instant) {
+        self.finish_clean_cycle();
+        if self.role != Role::Primary || self.lease.until.is_none_or(|u| now >= u) {
+            return;
+        }
+        let degraded_ok = self.peer_degraded() && !self.recovering();
+        let done: Vec<(u64, u64, IoResult)> = self
+            .flushes
+            .iter()
+            .filter_map(|(n, f)| {
+                let FlushPurpose::Host(id) = f.purpose else {
+                    return None;
+                };
+                match f.local {
+                    Some(false) => Some((*n, id, IoResult::MediaError)),
+                    Some(true) if f.peer_acked || !f.needs_peer || degraded_ok => {
+                        Some((*n, id, IoResult::Ok))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        for (n, id, result) in done {
+            self.flushes.remove(&n);
+            self.actions.push(Action::CompleteFlush { id, result });
         }
     }
 
@@ -2571,7 +2982,16 @@ impl DataNode {
             replication,
             in_flight_writes: self.writes.len(),
             unacked_bytes: self.unacked.values().map(|&(_, l)| l).sum(),
-            out_of_sync_bytes: self.bitmap.count() * self.layout.region_size as u64,
+            out_of_sync_bytes: if replication == ReplicationState::Established {
+                0
+            } else {
+                self.bitmap.count() * self.layout.region_size as u64
+            },
+            active_bytes: if replication == ReplicationState::Established {
+                self.bitmap.count() * self.layout.region_size as u64
+            } else {
+                0
+            },
             resync: self.resync.as_ref().map(|r| ResyncProgress {
                 total_regions: r.total,
                 remaining_regions: r.pending.count(),

@@ -395,7 +395,7 @@ fn resync_is_rate_limited_and_reports_progress() {
         s.restart(n);
     }
     s.wait_primary(3_000 * MS);
-    assert!(s.run_until(3_000 * MS, |s| s.in_sync()));
+    assert!(s.run_until(3_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
     let p = s.primary().unwrap();
     let q = p.peer();
     s.kill(q);
@@ -507,5 +507,37 @@ fn witness_down_and_replication_link_down_the_peer_agrees_to_be_outdated() {
     );
     assert_eq!(s.data(p).record().outdated, Some(p.peer()));
     assert_eq!(s.data(p.peer()).data_state(), DataState::Outdated);
+    s.final_verify();
+}
+
+/// In sync, busy regions stay marked (a write to one costs no metadata
+/// write), host flushes complete, and once the host stops, clean cycles
+/// (both disks flushed) clear every bit.
+#[test]
+fn group_commit_keeps_hot_regions_marked_and_clean_cycles_clear_idle_ones() {
+    let mut s = started(21);
+    s.run_for(2_000 * MS);
+    let p = s.primary().unwrap();
+    let acked = s.host.writes_acked;
+    let persists = s.data(p).counters().bitmap_persists;
+    assert!(
+        s.host.flushes_ok > 5,
+        "flushes completed: {}",
+        s.host.flushes_ok
+    );
+    assert!(
+        persists * 5 < acked,
+        "{persists} bitmap persists for {acked} writes"
+    );
+    assert!(s.data(p).dirty_regions() > 0, "hot regions stay marked");
+    s.host.enabled = false;
+    s.run_for(1_000 * MS);
+    assert_eq!(
+        s.data(p).dirty_regions(),
+        0,
+        "idle regions are cleared\n{}",
+        s.log_tail()
+    );
+    assert!(s.data(p).counters().regions_cleaned > 0);
     s.final_verify();
 }

@@ -41,8 +41,16 @@ fn fresh(n: NodeId) -> DataNode {
 /// The metadata area as a kernel would read it back after executing `actions`.
 fn apply_metadata(meta: &mut std::collections::BTreeMap<u64, Vec<u8>>, actions: &[Action]) {
     for a in actions {
-        if let Action::PersistMetadata { offset, bytes } = a {
-            meta.insert(*offset, bytes.clone());
+        match a {
+            Action::PersistMetadata { offset, bytes } => {
+                meta.insert(*offset, bytes.clone());
+            }
+            Action::PersistBitmap { blocks, .. } => {
+                for (offset, bytes) in blocks {
+                    meta.insert(*offset, bytes.clone());
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -108,6 +116,10 @@ struct Trio {
     w: Witness,
     now: u64,
     log: Vec<String>,
+    /// Carry the replication stream between A and B (connected at once).
+    stream: bool,
+    /// Disk flushes the nodes asked for and nobody completed.
+    disk_flushes: Vec<(NodeId, u64)>,
 }
 
 impl Trio {
@@ -120,7 +132,16 @@ impl Trio {
             w: Witness::new(wc, ms(0)).unwrap(),
             now: 0,
             log: Vec::new(),
+            stream: false,
+            disk_flushes: Vec::new(),
         }
+    }
+    fn with_stream() -> Trio {
+        let mut t = Trio::new();
+        t.stream = true;
+        t.a.on_stream_connected(ms(0));
+        t.b.on_stream_connected(ms(0));
+        t
     }
     fn step(&mut self, until: u64) {
         while self.now < until {
@@ -131,6 +152,7 @@ impl Trio {
             self.w.tick(now);
             for _ in 0..10 {
                 let mut msgs = Vec::new();
+                let mut stream = Vec::new();
                 for (from, acts) in [
                     (NodeId::A, self.a.drain_actions().collect::<Vec<_>>()),
                     (NodeId::B, self.b.drain_actions().collect()),
@@ -142,12 +164,22 @@ impl Trio {
                                 msgs.push((to, link, bytes))
                             }
                             Action::RoleChanged(c) => self.log.push(format!("{from}: {c}")),
+                            Action::SendStream { bytes } if self.stream => {
+                                stream.push((from.peer(), bytes))
+                            }
+                            Action::FlushDisk { flush } => self.disk_flushes.push((from, flush)),
                             _ => {}
                         }
                     }
                 }
-                if msgs.is_empty() {
+                if msgs.is_empty() && stream.is_empty() {
                     break;
+                }
+                for (to, bytes) in stream {
+                    match to {
+                        NodeId::A => self.a.on_stream_bytes(now, &bytes),
+                        _ => self.b.on_stream_bytes(now, &bytes),
+                    }
                 }
                 for (to, link, bytes) in msgs {
                     match to {
@@ -262,23 +294,37 @@ fn primary_that_loses_its_majority_fences_itself_and_fails_pending_io() {
     let mut t = Trio::new();
     t.step(400);
     let now = ms(t.now);
-    t.a.host_write(now, 1, 0, 4096).unwrap();
+    t.a.host_write(now, 1, 0, 4096, false).unwrap();
     t.a.host_read(now, 2, 8192, 4096).unwrap();
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    // The bitmap bit is persisted before the local write is issued.
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::SubmitLocalWrite { .. }))
+    );
+    let generation = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::PersistBitmap { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .unwrap();
+    t.a.on_bitmap_persisted(now, generation, true);
     let acts: Vec<Action> = t.a.drain_actions().collect();
     assert!(
         acts.iter()
             .any(|a| matches!(a, Action::SubmitLocalWrite { id: 1 }))
     );
-    // The bitmap bit is persisted before the local write is issued.
-    let p = acts
-        .iter()
-        .position(|a| matches!(a, Action::PersistMetadata { .. }))
-        .unwrap();
-    let s = acts
-        .iter()
-        .position(|a| matches!(a, Action::SubmitLocalWrite { .. }))
-        .unwrap();
-    assert!(p < s);
+    // Another write to the same region needs no persist: its bit is durable.
+    t.a.host_write(now, 3, 16384, 4096, false).unwrap();
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    assert!(acts.contains(&Action::SubmitLocalWrite { id: 3 }));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::PersistBitmap { .. }))
+    );
     // Nobody answers any more: the lease runs out on A's own clock.
     let mut fenced_at = None;
     for step in 1..200 {
@@ -290,10 +336,12 @@ fn primary_that_loses_its_majority_fences_itself_and_fails_pending_io() {
             .any(|a| matches!(a, Action::RoleChanged(c) if c.role == Role::Fenced))
         {
             fenced_at = Some(step);
-            assert!(acts.contains(&Action::CompleteWrite {
-                id: 1,
-                result: IoResult::PathError
-            }));
+            for id in [1, 3] {
+                assert!(acts.contains(&Action::CompleteWrite {
+                    id,
+                    result: IoResult::PathError
+                }));
+            }
             assert!(acts.contains(&Action::CompleteRead {
                 id: 2,
                 result: IoResult::PathError
@@ -305,7 +353,7 @@ fn primary_that_loses_its_majority_fences_itself_and_fails_pending_io() {
     let f = fenced_at.expect("fenced");
     assert!(f <= 80, "fenced {f}ms after the last grant, lease is 80ms");
     assert_eq!(
-        t.a.host_write(ms(t.now + f), 3, 0, 4096),
+        t.a.host_write(ms(t.now + f), 3, 0, 4096, false),
         Err(HostIoError::NotServing(AnaState::Inaccessible))
     );
 }
@@ -321,7 +369,7 @@ fn host_io_is_refused_when_not_serving_or_out_of_range() {
     let n = ms(t.now);
     let size = t.a.data_bytes();
     assert_eq!(
-        t.a.host_write(n, 1, size - 4096, 8192),
+        t.a.host_write(n, 1, size - 4096, 8192, false),
         Err(HostIoError::OutOfRange)
     );
     assert_eq!(
@@ -416,6 +464,7 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
         body: Body::Write {
             offset: 0,
             data: &[1; 512],
+            force_unit_access: false,
         },
     };
     b.on_stream_bytes(now, &stale.emit());
@@ -446,6 +495,7 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
         body: Body::Write {
             offset: 4096,
             data: &[2; 512],
+            force_unit_access: false,
         },
     };
     b.on_stream_bytes(now, &good.emit());
@@ -453,7 +503,8 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
     assert!(acts.contains(&Action::ApplyReplicatedWrite {
         seq: 6,
         offset: 4096,
-        data: vec![2; 512]
+        data: vec![2; 512],
+        force_unit_access: false,
     }));
     assert!(
         !acts.iter().any(|a| matches!(a, Action::SendStream { .. })),
@@ -482,6 +533,7 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
         body: Body::Write {
             offset: 0,
             data: &[3; 4096],
+            force_unit_access: false,
         },
     };
     let w2 = Frame {
@@ -491,6 +543,7 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
         body: Body::Write {
             offset: 2048,
             data: &[4; 4096],
+            force_unit_access: false,
         },
     };
     b.on_stream_bytes(now, &[w1.emit(), w2.emit()].concat());
@@ -981,7 +1034,7 @@ fn adversarial_valid_messages_never_panic() {
                 t.a.tick(now);
                 t.b.tick(now);
                 t.w.tick(now);
-                let _ = t.a.host_write(now, i, (r.n() % 64) * 4096, 4096);
+                let _ = t.a.host_write(now, i, (r.n() % 64) * 4096, 4096, false);
                 let _ = t.a.promote(now);
                 let _ = t.b.demote(now);
             }
@@ -1005,6 +1058,7 @@ fn adversarial_valid_messages_never_panic() {
                 1 => Body::Write {
                     offset: off,
                     data: &data,
+                    force_unit_access: false,
                 },
                 2 => Body::WriteAck {
                     status: AckStatus::Fenced,
@@ -1067,4 +1121,236 @@ fn adversarial_valid_messages_never_panic() {
         let _ = t.a.status(ms(t.now + 10_000)).to_string();
         let _ = t.b.status(ms(t.now + 10_000)).to_string();
     }
+}
+
+/// The secondary applies a write into its disk's cache unless the host asked
+/// for forced unit access, and answers a Flush frame only after its own disk
+/// flushed; a Flush from an older epoch is refused.
+#[test]
+fn secondary_flushes_on_the_primarys_flush_and_honours_forced_unit_access() {
+    let mut t = Trio::new();
+    t.step(400);
+    let now = ms(t.now);
+    let b = &mut t.b;
+    b.on_stream_connected(now);
+    b.drain_actions().for_each(drop);
+    let rec = b.record();
+    let frame = |seq: u64, epoch: u64, body: Body<'static>| {
+        Frame {
+            sender: NodeId::A,
+            epoch,
+            seq,
+            body,
+        }
+        .emit()
+    };
+    let hello = frame(
+        0,
+        rec.epoch,
+        Body::Hello(Hello {
+            role: Role::Primary,
+            data_state: DataState::UpToDate,
+            record: rec,
+            region_size: 65536,
+            region_count: b.layout().region_count,
+            data_bytes: b.data_bytes(),
+        }),
+    );
+    b.on_stream_bytes(now, &hello);
+    b.drain_actions().for_each(drop);
+    let writes = [
+        frame(
+            1,
+            rec.epoch,
+            Body::Write {
+                offset: 0,
+                data: &[5; 512],
+                force_unit_access: false,
+            },
+        ),
+        frame(
+            2,
+            rec.epoch,
+            Body::Write {
+                offset: 65536,
+                data: &[6; 512],
+                force_unit_access: true,
+            },
+        ),
+    ]
+    .concat();
+    b.on_stream_bytes(now, &writes);
+    let fua: Vec<(u64, bool)> = b
+        .drain_actions()
+        .filter_map(|a| match a {
+            Action::ApplyReplicatedWrite {
+                seq,
+                force_unit_access,
+                ..
+            } => Some((seq, force_unit_access)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fua, vec![(1, false), (2, true)]);
+    b.on_stream_bytes(now, &frame(41, rec.epoch, Body::Flush));
+    let acts: Vec<Action> = b.drain_actions().collect();
+    let flush = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::FlushDisk { flush } => Some(*flush),
+            _ => None,
+        })
+        .expect("the Flush frame flushes the disk");
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::SendStream { .. })),
+        "no flush ack before the disk flushed"
+    );
+    b.on_disk_flush_done(now, flush, true);
+    let acks: Vec<(u64, Body<'static>)> = b
+        .drain_actions()
+        .filter_map(|a| match a {
+            Action::SendStream { bytes } => Frame::parse(&bytes)
+                .ok()
+                .map(|f| (f.seq, f.body.clone()))
+                .map(|(s, body)| (s, body_static(body))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        vec![(
+            41,
+            Body::FlushAck {
+                status: AckStatus::Ok
+            }
+        )]
+    );
+    // A flush from a deposed primary's epoch: refused, nothing flushed.
+    b.on_stream_bytes(now, &frame(42, rec.epoch - 1, Body::Flush));
+    let acts: Vec<Action> = b.drain_actions().collect();
+    assert!(!acts.iter().any(|a| matches!(a, Action::FlushDisk { .. })));
+    assert!(acts.iter().any(|a| matches!(a, Action::SendStream { bytes }
+        if Frame::parse(bytes).is_ok_and(|f| f.seq == 42
+            && f.body == Body::FlushAck { status: AckStatus::Fenced }))));
+}
+
+fn body_static(body: Body<'_>) -> Body<'static> {
+    match body {
+        Body::FlushAck { status } => Body::FlushAck { status },
+        Body::WriteAck { status } => Body::WriteAck { status },
+        Body::Flush => Body::Flush,
+        other => panic!("unexpected frame {other:?}"),
+    }
+}
+
+/// A host flush on the primary completes only when the peer has flushed too;
+/// with the peer gone it waits until the peer is recorded Outdated.
+#[test]
+fn host_flush_waits_for_the_peer_or_its_outdating() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary);
+    assert_eq!(t.a.record().outdated, None, "{:?}", t.log);
+    t.disk_flushes.clear();
+    let now = ms(t.now);
+    t.a.host_flush(now, 5).unwrap();
+    t.step(t.now + 5);
+    let mine = t
+        .disk_flushes
+        .iter()
+        .find(|(n, _)| *n == NodeId::A)
+        .unwrap()
+        .1;
+    let peers = t
+        .disk_flushes
+        .iter()
+        .find(|(n, _)| *n == NodeId::B)
+        .unwrap()
+        .1;
+    t.a.on_disk_flush_done(ms(t.now), mine, true);
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::CompleteFlush { .. })),
+        "the peer has not flushed"
+    );
+    t.b.on_disk_flush_done(ms(t.now), peers, true);
+    let mut done = false;
+    for _ in 0..5 {
+        // B's FlushAck reaches A within the step.
+        let acks: Vec<Vec<u8>> =
+            t.b.drain_actions()
+                .filter_map(|a| match a {
+                    Action::SendStream { bytes } => Some(bytes),
+                    _ => None,
+                })
+                .collect();
+        for bytes in acks {
+            t.a.on_stream_bytes(ms(t.now), &bytes);
+        }
+        done |= t.a.drain_actions().any(|a| {
+            a == Action::CompleteFlush {
+                id: 5,
+                result: IoResult::Ok,
+            }
+        });
+    }
+    assert!(done, "the flush completes once both disks flushed");
+
+    // B stops answering (its stream is cut): a second flush waits until A
+    // records B Outdated, then completes on A's disk alone.
+    t.stream = false;
+    t.b.on_stream_closed(ms(t.now));
+    t.a.on_stream_closed(ms(t.now));
+    t.disk_flushes.clear();
+    t.a.host_flush(ms(t.now), 6).unwrap();
+    t.step(t.now + 1);
+    let mine = t
+        .disk_flushes
+        .iter()
+        .find(|(n, _)| *n == NodeId::A)
+        .unwrap()
+        .1;
+    t.a.on_disk_flush_done(ms(t.now), mine, true);
+    let mut completed = None;
+    for step in 1..2_000 {
+        let now = ms(t.now + 1);
+        t.a.tick(now);
+        let acts: Vec<Action> = t.a.drain_actions().collect();
+        if let Some(r) = acts.iter().find_map(|a| match a {
+            Action::CompleteFlush { id: 6, result } => Some(*result),
+            _ => None,
+        }) {
+            completed = Some((step, r, t.a.record().outdated));
+            break;
+        }
+        // Deliver A's datagrams so that the witness can vote.
+        for a in acts {
+            if let Action::SendDatagram {
+                to: NodeId::Witness,
+                link,
+                bytes,
+            } = a
+            {
+                t.w.on_datagram(now, link, &bytes);
+            }
+        }
+        let replies: Vec<Action> = t.w.drain_actions().collect();
+        for a in replies {
+            if let Action::SendDatagram {
+                to: NodeId::A,
+                link,
+                bytes,
+            } = a
+            {
+                t.a.on_datagram(now, link, &bytes);
+            }
+        }
+        t.now += 1;
+        t.w.tick(ms(t.now));
+    }
+    let (_, result, outdated) = completed.expect("the flush completes after the outdating");
+    assert_eq!(result, IoResult::Ok);
+    assert_eq!(outdated, Some(NodeId::B));
 }

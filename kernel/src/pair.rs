@@ -158,7 +158,10 @@ struct ZeroCommand {
 enum DiskPurpose {
     HostRead(u64),
     HostWrite(u64),
-    HostFlush { connection: u64, request: RequestId },
+    /// The crate's flush `flush` (a host Flush, a clean cycle, the peer's).
+    Flush(u64),
+    /// One block of the bitmap persist of `generation`.
+    BitmapBlock { generation: u64 },
     Replicated { seq: u64, offset: u64 },
     ResyncRead { offset: u64 },
     ResyncWrite { offset: u64 },
@@ -171,6 +174,10 @@ pub struct DataPair {
     writes: BTreeMap<u64, HostWrite>,
     reads: BTreeMap<u64, HostRead>,
     zeroing: BTreeMap<u64, ZeroCommand>,
+    /// Host flushes: the crate's id → the NVMe command.
+    flushes: BTreeMap<u64, (u64, RequestId)>,
+    /// The bitmap persist under way: generation, blocks left, all written.
+    bitmap_persist: Option<(u64, usize, bool)>,
     disk_tags: BTreeMap<Tag, DiskPurpose>,
     next_id: u64,
     next_tag: Tag,
@@ -257,6 +264,8 @@ impl DataPair {
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             zeroing: BTreeMap::new(),
+            flushes: BTreeMap::new(),
+            bitmap_persist: None,
             disk_tags: BTreeMap::new(),
             next_id: 1,
             next_tag: TAG_BASE,
@@ -307,18 +316,19 @@ impl DataPair {
             BlockOp::Write { offset, data, force_unit_access } => {
                 let id = self.next_id;
                 self.next_id += 1;
-                if let Err(error) = self.node.host_write(now, id, offset, data.len() as u64) {
+                if let Err(error) = self.node.host_write(now, id, offset, data.len() as u64, force_unit_access) {
                     return Some(refused(error));
                 }
                 self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, data, force_unit_access });
                 None
             }
             BlockOp::Flush => {
-                if !self.node.is_serving(now) {
-                    return Some(BlockOutcome::Failed(self.path_error()));
+                let id = self.next_id;
+                self.next_id += 1;
+                if let Err(error) = self.node.host_flush(now, id) {
+                    return Some(refused(error));
                 }
-                let tag = self.tag(DiskPurpose::HostFlush { connection, request: request.id });
-                disk.submit(tag, DiskOp::Flush);
+                self.flushes.insert(id, (connection, request.id));
                 None
             }
             BlockOp::WriteZeroes { offset, len, .. } => {
@@ -346,7 +356,7 @@ impl DataPair {
         command.next_offset += len;
         let id = self.next_id;
         self.next_id += 1;
-        match self.node.host_write(now, id, offset, len) {
+        match self.node.host_write(now, id, offset, len, false) {
             Ok(()) => {
                 self.writes.insert(id, HostWrite { origin: Origin::Zeroing { parent }, offset, data: vec![0; len as usize], force_unit_access: false });
                 None
@@ -380,9 +390,22 @@ impl DataPair {
                     self.node.on_local_read_done(now, id, ok);
                 }
                 DiskPurpose::HostWrite(id) => self.node.on_local_write_done(now, id, ok),
-                DiskPurpose::HostFlush { connection, request } => {
-                    let outcome = if ok { BlockOutcome::Done } else { BlockOutcome::Failed(BlockError::Media) };
-                    nvme.complete(connection, request, outcome, now_micros / 1000);
+                DiskPurpose::Flush(flush) => self.node.on_disk_flush_done(now, flush, ok),
+                DiskPurpose::BitmapBlock { generation } => {
+                    if let Some((current, left, all_ok)) = self.bitmap_persist.as_mut()
+                        && *current == generation
+                    {
+                        *left -= 1;
+                        *all_ok &= ok;
+                        if *left == 0 {
+                            let all_ok = *all_ok;
+                            self.bitmap_persist = None;
+                            if !all_ok {
+                                log::error!("ha: bitmap write failed; the writes waiting for it fail");
+                            }
+                            self.node.on_bitmap_persisted(now, generation, all_ok);
+                        }
+                    }
                 }
                 DiskPurpose::Replicated { seq, offset } => self.node.on_replicated_write_done(now, seq, offset, ok),
                 DiskPurpose::ResyncRead { offset } => match result {
@@ -424,6 +447,23 @@ impl DataPair {
                             panic!("ha: metadata write at {offset} failed: {error:?}");
                         }
                     }
+                    Action::PersistBitmap { generation, blocks } => {
+                        self.bitmap_persist = Some((generation, blocks.len(), true));
+                        for (offset, bytes) in blocks {
+                            let tag = self.tag(DiskPurpose::BitmapBlock { generation });
+                            disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data: bytes, flush_after: true });
+                        }
+                    }
+                    Action::FlushDisk { flush } => {
+                        let tag = self.tag(DiskPurpose::Flush(flush));
+                        disk.submit(tag, DiskOp::Flush);
+                    }
+                    Action::CompleteFlush { id, result } => {
+                        if let Some((connection, request)) = self.flushes.remove(&id) {
+                            let outcome = self.outcome(result, None);
+                            nvme.complete(connection, request, outcome, now_micros / 1000);
+                        }
+                    }
                     Action::SubmitLocalWrite { id } => {
                         if let Some(write) = self.writes.get(&id) {
                             // The data stays here too: the replication stream
@@ -456,11 +496,12 @@ impl DataPair {
                         let outcome = self.outcome(result, read.data);
                         nvme.complete(read.connection, read.request, outcome, now_micros / 1000);
                     }
-                    Action::ApplyReplicatedWrite { seq, offset, data } => {
+                    Action::ApplyReplicatedWrite { seq, offset, data, force_unit_access } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
-                        // Durable before acknowledged: the primary acknowledges
-                        // the host on the strength of this.
-                        disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: true });
+                        // Like the primary's own write: in the disk's volatile
+                        // cache unless the host asked for forced unit access;
+                        // the host's Flush reaches this disk as a Flush frame.
+                        disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access });
                     }
                     Action::ReadForResync { offset, len } => {
                         let tag = self.tag(DiskPurpose::ResyncRead { offset });

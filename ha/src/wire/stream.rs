@@ -5,14 +5,15 @@
 //! Header (32 bytes, big-endian):
 //! ```text
 //!  0 magic    u32  0x54445253 ("TDRS")
-//!  4 version  u8   1
+//!  4 version  u8   2
 //!  5 kind     u8
 //!  6 sender   u8
-//!  7 flags    u8   0
+//!  7 flags    u8   bit 0: forced unit access (Write), else 0
 //!  8 length   u32  payload length
 //! 12 hcrc     u32  CRC-32C of the 32 header bytes with this field zero
 //! 16 epoch    u64  the sender's record epoch (writes) or epoch (acks)
-//! 24 seq      u64  write sequence number (Write, WriteAck), else 0
+//! 24 seq      u64  write sequence number (Write, WriteAck), flush number
+//!                   (Flush, FlushAck), else 0
 //! 32 payload
 //! ```
 
@@ -23,7 +24,10 @@ use crate::Error;
 use crate::types::{DataState, EpochRecord, NodeId, Role};
 
 pub const MAGIC: u32 = 0x5444_5253;
-pub const VERSION: u8 = 1;
+/// Version 2 added Flush/FlushAck and the forced-unit-access flag: a
+/// version 1 receiver would acknowledge writes from its volatile cache
+/// without ever flushing it.
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 32;
 /// Largest data carried by one Write or ResyncData frame.
 pub const MAX_DATA: usize = 1 << 20;
@@ -40,12 +44,19 @@ pub mod kind {
     pub const RESYNC_DATA: u8 = 7;
     pub const RESYNC_ACK: u8 = 8;
     pub const RESYNC_DONE: u8 = 9;
+    pub const FLUSH: u8 = 10;
+    pub const FLUSH_ACK: u8 = 11;
 }
+
+/// Header flag of a Write frame: the receiver makes the data durable (not
+/// merely written to its volatile cache) before acknowledging it.
+pub const FLAG_FORCE_UNIT_ACCESS: u8 = 1;
 
 /// Outcome of applying a replicated write or resync chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckStatus {
-    /// Durable on the receiver.
+    /// Done on the receiver: written (Write, ResyncData: in its disk's
+    /// volatile cache unless forced unit access was asked) or flushed (Flush).
     Ok = 0,
     /// Refused: the receiver is in a different epoch or promised another
     /// candidate (fencing token check). The header carries its epoch.
@@ -85,6 +96,8 @@ pub enum Body<'a> {
     Write {
         offset: u64,
         data: &'a [u8],
+        /// Durable before acknowledged (the host's FUA bit).
+        force_unit_access: bool,
     },
     WriteAck {
         status: AckStatus,
@@ -106,6 +119,12 @@ pub enum Body<'a> {
         status: AckStatus,
     },
     ResyncDone,
+    /// Make every write this receiver has acknowledged durable; `seq` numbers
+    /// the flush.
+    Flush,
+    FlushAck {
+        status: AckStatus,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +204,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         r.skip(6);
         r.u8()
     }
+    pub fn flags(&self) -> u8 {
+        let mut r = self.field();
+        r.skip(7);
+        r.u8()
+    }
     pub fn length(&self) -> u32 {
         let mut r = self.field();
         r.skip(8);
@@ -259,7 +283,11 @@ impl<'a> Frame<'a> {
                     return Err(Error::InvalidField("data length"));
                 }
                 if kind == kind::WRITE {
-                    Body::Write { offset, data }
+                    Body::Write {
+                        offset,
+                        data,
+                        force_unit_access: p.flags() & FLAG_FORCE_UNIT_ACCESS != 0,
+                    }
                 } else {
                     Body::ResyncData { offset, data }
                 }
@@ -299,6 +327,13 @@ impl<'a> Frame<'a> {
                 }
             }
             kind::RESYNC_DONE => Body::ResyncDone,
+            kind::FLUSH => Body::Flush,
+            kind::FLUSH_ACK => {
+                need(8)?;
+                let status =
+                    AckStatus::from_u8(r.u8()).ok_or(Error::InvalidField("flush_ack.status"))?;
+                Body::FlushAck { status }
+            }
             k => return Err(Error::UnknownKind(k)),
         };
         Ok(Frame {
@@ -313,6 +348,7 @@ impl<'a> Frame<'a> {
     pub fn emit(&self) -> Vec<u8> {
         let mut payload = Vec::new();
         let mut w = Writer(&mut payload);
+        let mut flags = 0;
         let kind = match &self.body {
             Body::Hello(h) => {
                 w.u8(h.role as u8)
@@ -329,8 +365,15 @@ impl<'a> Frame<'a> {
                 w.record(rec);
                 kind::CONFIG
             }
-            Body::Write { offset, data } => {
+            Body::Write {
+                offset,
+                data,
+                force_unit_access,
+            } => {
                 w.u64(*offset).bytes(data);
+                if *force_unit_access {
+                    flags |= FLAG_FORCE_UNIT_ACCESS;
+                }
                 kind::WRITE
             }
             Body::ResyncData { offset, data } => {
@@ -359,21 +402,40 @@ impl<'a> Frame<'a> {
                 kind::RESYNC_ACK
             }
             Body::ResyncDone => kind::RESYNC_DONE,
+            Body::Flush => kind::FLUSH,
+            Body::FlushAck { status } => {
+                w.u8(*status as u8).zeros(7);
+                kind::FLUSH_ACK
+            }
         };
-        let mut out = encode_header(kind, self.sender, self.epoch, self.seq, payload.len());
+        let mut out = encode_header(
+            kind,
+            flags,
+            self.sender,
+            self.epoch,
+            self.seq,
+            payload.len(),
+        );
         out.extend_from_slice(&payload);
         out
     }
 }
 
-fn encode_header(kind: u8, sender: NodeId, epoch: u64, seq: u64, payload_len: usize) -> Vec<u8> {
+fn encode_header(
+    kind: u8,
+    flags: u8,
+    sender: NodeId,
+    epoch: u64,
+    seq: u64,
+    payload_len: usize,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 16);
     Writer(&mut out)
         .u32(MAGIC)
         .u8(VERSION)
         .u8(kind)
         .u8(sender.to_u8())
-        .u8(0)
+        .u8(flags)
         .u32(payload_len as u32)
         .u32(0)
         .u64(epoch)
@@ -394,8 +456,14 @@ pub fn write_frame_prefix(
     seq: u64,
     offset: u64,
     len: usize,
+    force_unit_access: bool,
 ) -> Vec<u8> {
-    let mut out = encode_header(kind::WRITE, sender, epoch, seq, 8 + len);
+    let flags = if force_unit_access {
+        FLAG_FORCE_UNIT_ACCESS
+    } else {
+        0
+    };
+    let mut out = encode_header(kind::WRITE, flags, sender, epoch, seq, 8 + len);
     out.extend_from_slice(&offset.to_be_bytes());
     out
 }
@@ -489,6 +557,12 @@ mod tests {
             Body::Write {
                 offset: 4096,
                 data: &data,
+                force_unit_access: false,
+            },
+            Body::Write {
+                offset: 8192,
+                data: &data[..5],
+                force_unit_access: true,
             },
             Body::WriteAck {
                 status: AckStatus::Fenced,
@@ -509,6 +583,10 @@ mod tests {
                 status: AckStatus::Ok,
             },
             Body::ResyncDone,
+            Body::Flush,
+            Body::FlushAck {
+                status: AckStatus::IoError,
+            },
         ];
         bodies
             .into_iter()
@@ -535,16 +613,28 @@ mod tests {
 
     #[test]
     fn write_prefix_plus_data_is_a_write_frame() {
-        let mut bytes = write_frame_prefix(NodeId::B, 9, 77, 8192, 3);
+        let mut bytes = write_frame_prefix(NodeId::B, 9, 77, 8192, 3, false);
         bytes.extend_from_slice(&[1, 2, 3]);
         let f = Frame::parse(&bytes).unwrap();
         assert_eq!(
             f.body,
             Body::Write {
                 offset: 8192,
-                data: &[1, 2, 3]
+                data: &[1, 2, 3],
+                force_unit_access: false,
             }
         );
+        let mut fua = write_frame_prefix(NodeId::B, 9, 78, 8192, 3, true);
+        fua.extend_from_slice(&[1, 2, 3]);
+        let p = Packet::new_checked(&fua[..]).unwrap();
+        assert_eq!(p.flags(), FLAG_FORCE_UNIT_ACCESS);
+        assert!(matches!(
+            Frame::parse(&fua).unwrap().body,
+            Body::Write {
+                force_unit_access: true,
+                ..
+            }
+        ));
         assert_eq!((f.sender, f.epoch, f.seq), (NodeId::B, 9, 77));
         let p = Packet::new_checked(&bytes[..]).unwrap();
         assert_eq!(
@@ -577,7 +667,7 @@ mod tests {
 
     #[test]
     fn decoder_rejects_oversized_and_corrupt_headers_and_stays_broken() {
-        let mut h = encode_header(kind::WRITE, NodeId::A, 1, 1, MAX_PAYLOAD + 1);
+        let mut h = encode_header(kind::WRITE, 0, NodeId::A, 1, 1, MAX_PAYLOAD + 1);
         let mut d = Decoder::new();
         d.push(&h);
         assert!(matches!(d.next_frame(), Err(Error::TooLarge { .. })));
@@ -626,11 +716,39 @@ mod tests {
             body: Body::Write {
                 offset: 0,
                 data: &[],
+                force_unit_access: false,
             },
         };
         assert_eq!(
             Frame::parse(&f.emit()),
             Err(Error::InvalidField("data length"))
         );
+        // A flush acknowledgement with an unknown status.
+        let mut bytes = Frame {
+            sender: NodeId::B,
+            epoch: 1,
+            seq: 4,
+            body: Body::FlushAck {
+                status: AckStatus::Ok,
+            },
+        }
+        .emit();
+        bytes[HEADER_LEN] = 9;
+        assert_eq!(
+            Frame::parse(&bytes),
+            Err(Error::InvalidField("flush_ack.status"))
+        );
+        // A version 1 frame (no flush, no forced unit access) is refused.
+        let mut old = Frame {
+            sender: NodeId::B,
+            epoch: 1,
+            seq: 0,
+            body: Body::ResyncDone,
+        }
+        .emit();
+        old[4] = 1;
+        let crc = header_crc(&old);
+        old[12..16].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(Frame::parse(&old), Err(Error::UnsupportedVersion(1)));
     }
 }

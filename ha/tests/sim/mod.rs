@@ -85,6 +85,13 @@ enum DiskKind {
         offset: u64,
         data: Vec<u8>,
     },
+    BitmapPersist {
+        generation: u64,
+        blocks: Vec<(u64, Vec<u8>)>,
+    },
+    Flush {
+        flush: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +101,7 @@ enum Input {
     StreamOpen { conn: u64 },
     StreamClose { conn: u64 },
     Host { id: u64, op: HostOp },
+    HostFlush { id: u64 },
     Disk { incarnation: u64, kind: DiskKind },
 }
 
@@ -198,6 +206,10 @@ pub struct Host {
     in_flight: BTreeMap<u64, (NodeId, HostOp, u64)>,
     pub writes_acked: u64,
     pub reads_ok: u64,
+    /// Host flushes in flight (and where), completed, failed with a path error.
+    flushes_in_flight: BTreeMap<u64, NodeId>,
+    pub flushes_ok: u64,
+    pub flushes_failed: u64,
     pub path_errors: u64,
     pub read_in_flight: usize,
     pub max_stall: u64,
@@ -276,6 +288,9 @@ impl Sim {
                 next_id: 1,
                 in_flight: BTreeMap::new(),
                 writes_acked: 0,
+                flushes_in_flight: BTreeMap::new(),
+                flushes_ok: 0,
+                flushes_failed: 0,
                 reads_ok: 0,
                 path_errors: 0,
                 read_in_flight: 0,
@@ -443,8 +458,12 @@ impl Sim {
             Event::Deliver { to, input } => {
                 let n = &mut self.nodes[idx(to)];
                 if n.member.is_none() {
-                    if let Input::Host { id, .. } = input {
-                        self.host_complete(id, None);
+                    match input {
+                        Input::Host { id, .. } => self.host_complete(id, None),
+                        Input::HostFlush { id } => {
+                            self.host_flush_complete(id, IoResult::PathError)
+                        }
+                        _ => {}
                     }
                     return;
                 }
@@ -508,11 +527,16 @@ impl Sim {
                         d.on_stream_closed(local)
                     }
                 }
+                Input::HostFlush { id } => {
+                    if d.host_flush(local, id).is_err() {
+                        self.host_flush_complete(id, IoResult::PathError);
+                    }
+                }
                 Input::Host { id, op } => {
                     let r = match op {
                         HostOp::Write { block, version } => {
                             n.write_data.insert(id, block_bytes(block, version));
-                            d.host_write(local, id, block * BLOCK, BLOCK)
+                            d.host_write(local, id, block * BLOCK, BLOCK, id % 7 == 0)
                         }
                         HostOp::Read { block, .. } => d.host_read(local, id, block * BLOCK, BLOCK),
                     };
@@ -573,6 +597,15 @@ impl Sim {
                             write_disk(&mut n.disk, offset, &data);
                             d.on_resync_write_done(local, offset, true);
                         }
+                        DiskKind::BitmapPersist { generation, blocks } => {
+                            for (offset, bytes) in blocks {
+                                n.meta.insert(offset, bytes);
+                            }
+                            d.on_bitmap_persisted(local, generation, true);
+                        }
+                        DiskKind::Flush { flush } => {
+                            d.on_disk_flush_done(local, flush, true);
+                        }
                     }
                 }
             },
@@ -621,9 +654,9 @@ impl Sim {
             let hit = |off: u64, len: u64| b * BLOCK >= off && b * BLOCK < off + len;
             let t = self.now as f64 / 1000.0;
             match &a {
-                Action::ApplyReplicatedWrite { seq, offset, data }
-                    if hit(*offset, data.len() as u64) =>
-                {
+                Action::ApplyReplicatedWrite {
+                    seq, offset, data, ..
+                } if hit(*offset, data.len() as u64) => {
                     eprintln!(
                         "{t:.3} {id} apply-repl seq {seq} v{}",
                         version_of(&data[((b * BLOCK - offset) as usize)..])
@@ -679,6 +712,31 @@ impl Sim {
             Action::PersistMetadata { offset, bytes } => {
                 self.nodes[idx(id)].meta.insert(offset, bytes);
             }
+            Action::PersistBitmap { generation, blocks } => {
+                let delay = self.rng.range(self.disk_min, self.disk_max);
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::BitmapPersist { generation, blocks },
+                    },
+                );
+            }
+            Action::FlushDisk { flush } => {
+                let delay = self.rng.range(self.disk_min, self.disk_max);
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::Flush { flush },
+                    },
+                );
+            }
+            Action::CompleteFlush { id: fid, result } => {
+                self.host_flush_complete(fid, result);
+            }
             Action::SubmitLocalWrite { id: wid } => {
                 let data = self.nodes[idx(id)]
                     .write_data
@@ -707,7 +765,9 @@ impl Sim {
                 n.host_ops.remove(&rid);
                 self.host_complete(rid, Some((result, data)));
             }
-            Action::ApplyReplicatedWrite { seq, offset, data } => {
+            Action::ApplyReplicatedWrite {
+                seq, offset, data, ..
+            } => {
                 let delay = self.rng.range(self.disk_min, self.disk_max);
                 self.deliver(
                     delay,
@@ -899,6 +959,16 @@ impl Sim {
         for id in ids {
             self.host_complete(id, None);
         }
+        let flushes: Vec<u64> = self
+            .host
+            .flushes_in_flight
+            .iter()
+            .filter(|(_, t)| **t == n)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in flushes {
+            self.host_flush_complete(id, IoResult::PathError);
+        }
     }
 
     pub fn restart(&mut self, n: NodeId) {
@@ -1044,7 +1114,11 @@ impl Sim {
         let lines: Vec<&String> = self
             .log
             .iter()
-            .filter(|l| !l.contains("host ack"))
+            .filter(|l| {
+                !l.contains("host ack")
+                    || std::env::var("HA_SIM_TRACE_BLOCK")
+                        .is_ok_and(|b| l.contains(&format!(" b{b} ")))
+            })
             .collect();
         let start = lines.len().saturating_sub(60);
         let mut out = lines[start..]
@@ -1082,9 +1156,17 @@ impl Sim {
     }
 
     fn host_step(&mut self) {
-        // Retry or issue a write, or issue a read.
+        // Retry or issue a write, or issue a read; now and then a flush.
         let b = self.rng.below(HOST_BLOCKS);
         let target = self.pick_target();
+        if self.rng.chance(50) && self.host.flushes_in_flight.len() < 4 {
+            let id = self.host.next_id;
+            self.host.next_id += 1;
+            self.host.flushes_in_flight.insert(id, target);
+            let d = self.rng.range(50, 200);
+            self.deliver(d, target, Input::HostFlush { id });
+            return;
+        }
         let id = self.host.next_id;
         let bs = &mut self.host.blocks[b as usize];
         if bs.in_flight {
@@ -1180,6 +1262,17 @@ impl Sim {
 
     pub fn acked_versions(&self) -> Vec<u64> {
         self.host.blocks.iter().map(|b| b.acked).collect()
+    }
+
+    fn host_flush_complete(&mut self, id: u64, result: IoResult) {
+        if self.host.flushes_in_flight.remove(&id).is_none() {
+            return;
+        }
+        match result {
+            IoResult::Ok => self.host.flushes_ok += 1,
+            IoResult::PathError => self.host.flushes_failed += 1,
+            IoResult::MediaError => panic!("a flush failed with a media error on a healthy disk"),
+        }
     }
 
     fn host_complete(&mut self, id: u64, outcome: Option<(IoResult, Option<Vec<u8>>)>) {
