@@ -13,6 +13,8 @@
 #   stop-io    stops both; fio's end status and ackcheck's read-back report
 #   verify     ackcheck verify: every checker block read back again
 #   clock      the guest's wall clock in ms (the logs' timestamps)
+#   fio-json NAME RW BS IODEPTH SECONDS
+#              one fio job over fio's area, JSON output (benchmarks)
 #   exit       ends the script
 #
 # Env: A_ADDR B_ADDR SUBNQN [PORT=4420] [CONNECT_OPTS] [FIO_SIZE=32M]
@@ -107,6 +109,11 @@ while :; do
   cmd="$(cat "$TG_SHARE/cmd-$n")"
   echo "=== command $n: $cmd"
   case "$cmd" in
+    fio-json\ *)
+      set -- $cmd
+      fio --name="$2" --filename="$dev" --ioengine=io_uring --direct=1 --rw="$3" \
+          --bs="$4" --iodepth="$5" --size="$FIO_SIZE" --time_based --runtime="$6" \
+          --output-format=json ;;
     paths) paths ;;
     start-io) start_io ;;
     io-alive) io_alive ;;

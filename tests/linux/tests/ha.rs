@@ -1237,3 +1237,75 @@ fn max_gap_counts_from_the_last_completion_before_the_window() {
     assert_eq!(max_gap(&times, 0, 150), None);
     assert_eq!(max_gap(&times, 6000, 7000), None);
 }
+
+/// Replicated against unreplicated writes, same primary, same run: 4 KiB
+/// random writes at QD1 (latency) and QD32 (IOPS) while the pair is in sync,
+/// then again after the secondary was killed and recorded Outdated (the
+/// primary writes alone). Prints a table and writes it to
+/// `$CARGO_TARGET_TMPDIR/ha-replication-figures.txt`.
+/// `cargo test -p tandem-linux-guest --test ha -- --ignored replication_figures --nocapture`
+#[test]
+#[ignore = "benchmark (about 3 min): run with --ignored replication_figures"]
+fn replication_figures() {
+    let Some(_guard) = lock() else { return };
+    let seconds: u64 = std::env::var("TANDEM_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut c = Cluster::start("replication");
+    let primary = c.serving();
+    c.wait_in_sync(primary, Duration::from_secs(180));
+    let jobs = [("qd1", 1), ("qd32", 32)];
+    let run = |c: &mut Cluster, label: &str| -> Vec<tandem_linux_guest::fio::FioResult> {
+        jobs.iter()
+            .map(|(name, depth)| {
+                let job = format!("{label}-{name}");
+                let out = c.host_ok(
+                    &format!("fio-json {job} randwrite 4k {depth} {seconds}"),
+                    Duration::from_secs(seconds + 120),
+                );
+                tandem_linux_guest::fio::parse(&job, &out).unwrap_or_else(|e| c.fail("fio", e))
+            })
+            .collect()
+    };
+    let replicated = run(&mut c, "replicated");
+    let secondary = primary.peer();
+    let since = c.role_count(primary);
+    c.event(&format!("kill -9 {} (secondary)", secondary.as_str()));
+    c.kill(secondary);
+    // The primary records its peer Outdated (a new epoch), then writes alone.
+    c.wait_role(primary, "primary", since, ROLE_TIMEOUT);
+    let alone = run(&mut c, "unreplicated");
+    let mut lines = vec![
+        "| 4 KiB random write | replicated | primary alone | ratio |".to_string(),
+        "|---|---:|---:|---:|".to_string(),
+    ];
+    for (r, u) in replicated.iter().zip(&alone) {
+        let name = r.job.trim_start_matches("replicated-");
+        lines.push(format!(
+            "| {name} IOPS | {:.0} | {:.0} | {:.2}× |",
+            r.iops,
+            u.iops,
+            r.iops / u.iops.max(1.0)
+        ));
+        lines.push(format!(
+            "| {name} latency p50 | {:.0} µs | {:.0} µs | {:.2}× |",
+            r.clat_p50_us,
+            u.clat_p50_us,
+            r.clat_p50_us / u.clat_p50_us.max(1.0)
+        ));
+        lines.push(format!(
+            "| {name} latency p99 | {:.0} µs | {:.0} µs | {:.2}× |",
+            r.clat_p99_us,
+            u.clat_p99_us,
+            r.clat_p99_us / u.clat_p99_us.max(1.0)
+        ));
+    }
+    let text = lines.join("\n");
+    eprintln!("{text}");
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-replication-figures.txt"),
+        &text,
+    );
+    c.host_command("exit", Duration::from_secs(30));
+}
