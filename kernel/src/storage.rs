@@ -16,7 +16,7 @@ use tandem_nvme::{
     PortalAddress, RequestId, Target, TargetConfig,
 };
 
-use crate::hw::disk::{Disk, DiskOp, DiskResult, Tag};
+use crate::hw::disk::{Disk, DiskOp, DiskResult, SectorRange, Tag};
 use crate::machine::NetPort;
 
 const SECTOR: u64 = 512;
@@ -231,11 +231,10 @@ impl NvmeService {
                     }
                     BlockOp::Flush => DiskOp::Flush,
                     BlockOp::WriteZeroes { offset, len, .. } => DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR },
-                    // Deallocated blocks have unspecified content: nothing to do.
-                    BlockOp::Deallocate { .. } => {
-                        let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Done);
-                        continue;
-                    }
+                    // The device discards them where it can (their content is unspecified either way).
+                    BlockOp::Deallocate { ref ranges } => DiskOp::Discard {
+                        ranges: ranges.iter().map(|r| SectorRange { sector: r.offset / SECTOR, sectors: r.len / SECTOR }).collect(),
+                    },
                 };
                 let Some(disk) = disks.get_mut(disk_index) else {
                     let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Failed(BlockError::NotReady));
