@@ -390,7 +390,12 @@ impl Disk {
         }
         transport.set_guest_page_size(virtio_drivers::PAGE_SIZE as u32);
         let config = |offset: usize| transport.read_config_space::<u32>(offset);
-        let sectors = transport.read_config_space::<u64>(CONFIG_CAPACITY)?;
+        // Config space is read in 32-bit pieces; the generation makes the halves agree.
+        let sectors = transport.read_consistent(|| {
+            let low = transport.read_config_space::<u32>(CONFIG_CAPACITY)?;
+            let high = transport.read_config_space::<u32>(CONFIG_CAPACITY + 4)?;
+            Ok(u64::from(low) | u64::from(high) << 32)
+        })?;
         let has = |feature: u64| features & feature != 0;
         let (max_discard_sectors, max_discard_seg, discard_sector_alignment) = if has(F_DISCARD) {
             (config(CONFIG_MAX_DISCARD_SECTORS)?, config(CONFIG_MAX_DISCARD_SEG)?, config(CONFIG_DISCARD_SECTOR_ALIGNMENT)?)
