@@ -343,6 +343,9 @@ pub struct DiskCounters {
     pub zero_fills: u64,
     /// The most virtio requests in flight at once.
     pub max_in_flight: u64,
+    /// Flushes handed to the device while other requests were in flight
+    /// (none if flush were a barrier).
+    pub flush_overlaps: u64,
 }
 
 pub struct Disk {
@@ -485,8 +488,8 @@ impl Disk {
         let c = &self.counters;
         let _ = write!(
             text,
-            "\n  reads={} writes={} flushes={} zeroes={} discards={} zero_fills={} in_flight={} max_in_flight={}",
-            c.reads, c.writes, c.flushes, c.zeroes, c.discards, c.zero_fills, self.in_flight_count, c.max_in_flight
+            "\n  reads={} writes={} flushes={} zeroes={} discards={} zero_fills={} in_flight={} max_in_flight={} flush_overlaps={}",
+            c.reads, c.writes, c.flushes, c.zeroes, c.discards, c.zero_fills, self.in_flight_count, c.max_in_flight, c.flush_overlaps
         );
         text
     }
@@ -571,6 +574,9 @@ impl Disk {
             Ok(token) => token,
             Err(error) => return Err((request, error)),
         };
+        if request.kind == Kind::Flush && self.in_flight_count > 0 {
+            self.counters.flush_overlaps += 1;
+        }
         match request.kind {
             Kind::Read => self.counters.reads += 1,
             Kind::Write => self.counters.writes += 1,
