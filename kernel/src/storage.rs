@@ -230,7 +230,9 @@ impl NvmeService {
                         DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access }
                     }
                     BlockOp::Flush => DiskOp::Flush,
-                    BlockOp::WriteZeroes { offset, len, .. } => DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR },
+                    BlockOp::WriteZeroes { offset, len, deallocate } => {
+                        DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap: deallocate }
+                    }
                     // The device discards them where it can (their content is unspecified either way).
                     BlockOp::Deallocate { ref ranges } => DiskOp::Discard {
                         ranges: ranges.iter().map(|r| SectorRange { sector: r.offset / SECTOR, sectors: r.len / SECTOR }).collect(),

@@ -188,6 +188,21 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
     );
     assert!(!rig.file_is_zero(39 * MIB, 4096), "the data before the ranges is kept");
 
+    // Write Zeroes with Deallocate: the device may unmap, and QEMU does.
+    let blocks_before = rig.disk.metadata().unwrap().blocks();
+    let q = &mut queues[2];
+    let cid = q.host.write_zeroes(1, 37 * MIB / 512, 4096, true);
+    q.ok(cid);
+    let cid = q.host.read(1, 37 * MIB / 512, 256, 512);
+    assert_eq!(q.ok(cid).1, vec![0; 128 * 1024], "unmapped zeroes read back");
+    assert!(rig.file_is_zero(37 * MIB, 2 * MIB), "2 MiB of zeroes in the disk file");
+    assert!(!rig.file_is_zero(39 * MIB, 4096), "the data after the range is kept");
+    let blocks_after = rig.disk.metadata().unwrap().blocks();
+    assert!(
+        blocks_before - blocks_after.min(blocks_before) >= MIB / 512,
+        "2 MiB unmapped: st_blocks {blocks_before} -> {blocks_after}"
+    );
+
     // Many writes in flight on four queues, then a Flush: the flush goes to
     // the device beside the writes (a barrier would wait for them first).
     // The writes of one burst arrive together, so the flush finds writes in

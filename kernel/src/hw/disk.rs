@@ -91,6 +91,7 @@ const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const T_DISCARD: u32 = 11;
 const T_WRITE_ZEROES: u32 = 13;
+const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
 const S_OK: u8 = 0;
 const S_UNSUPP: u8 = 2;
 
@@ -107,8 +108,9 @@ pub enum DiskOp {
     /// it is durable.
     Write { sector: u64, data: Vec<u8>, flush_after: bool },
     /// Zero `sectors` sectors: the device's write-zeroes command where it
-    /// has one, zero-filled writes otherwise.
-    Zero { sector: u64, sectors: u64 },
+    /// has one, zero-filled writes otherwise. With `unmap` the device may
+    /// deallocate them instead (they still read as zeroes).
+    Zero { sector: u64, sectors: u64, unmap: bool },
     /// The content of the ranges is no longer needed (NVMe Deallocate):
     /// the device's discard where it has one, nothing otherwise.
     Discard { ranges: Vec<SectorRange> },
@@ -315,7 +317,7 @@ impl Request {
 enum Work {
     Read { sector: u64, bytes: usize, next: usize },
     Write { sector: u64, data: Vec<u8>, next: usize },
-    WriteZeroes { next: u64, end: u64 },
+    WriteZeroes { next: u64, end: u64, unmap: bool },
     ZeroFill { next: u64, end: u64 },
     Discard { ranges: VecDeque<SectorRange> },
     Flush,
@@ -521,8 +523,10 @@ impl Disk {
                 flush_after = fua && self.limits.has(F_FLUSH);
                 Work::Write { sector, data, next: 0 }
             }
-            DiskOp::Zero { sector, sectors } if self.limits.write_zeroes_usable() => Work::WriteZeroes { next: sector, end: sector + sectors },
-            DiskOp::Zero { sector, sectors } => Work::ZeroFill { next: sector, end: sector + sectors },
+            DiskOp::Zero { sector, sectors, unmap } if self.limits.write_zeroes_usable() => {
+                Work::WriteZeroes { next: sector, end: sector + sectors, unmap: unmap && self.limits.write_zeroes_may_unmap }
+            }
+            DiskOp::Zero { sector, sectors, .. } => Work::ZeroFill { next: sector, end: sector + sectors },
             DiskOp::Discard { ranges } if self.limits.discard_usable() => {
                 Work::Discard { ranges: ranges.into_iter().filter(|r| r.sectors != 0).collect() }
             }
@@ -534,7 +538,7 @@ impl Disk {
         let id = self.next_job;
         self.next_job += 1;
         let empty = matches!(&work, Work::Discard { ranges } if ranges.is_empty())
-            || matches!(work, Work::WriteZeroes { next, end } | Work::ZeroFill { next, end } if next >= end);
+            || matches!(work, Work::WriteZeroes { next, end, .. } | Work::ZeroFill { next, end } if next >= end);
         if matches!(work, Work::Issued) || empty {
             self.completed.push((tag, DiskResult::Done));
             return;
@@ -637,11 +641,12 @@ impl Disk {
                 *next += len;
                 (Request::new(Kind::Write, T_OUT, part_sector, part, owner(0)), *next >= data.len())
             }
-            Work::WriteZeroes { next, end } => {
+            Work::WriteZeroes { next, end, unmap } => {
                 let sectors = (*end - *next).min(zeroes_chunk);
                 let mut request = Request::new(Kind::WriteZeroes, T_WRITE_ZEROES, 0, Vec::new(), owner(0));
                 request.segment[0..8].copy_from_slice(&next.to_le_bytes());
                 request.segment[8..12].copy_from_slice(&(sectors as u32).to_le_bytes());
+                request.segment[12..16].copy_from_slice(&(if *unmap { WRITE_ZEROES_FLAG_UNMAP } else { 0 }).to_le_bytes());
                 *next += sectors;
                 (request, *next >= *end)
             }
