@@ -11,7 +11,6 @@ use tandem_kernel::pattern;
 use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::time::Instant;
 use tandem_net::{FrameDevice, Listener, Nic, NicAddressing, NicEvent};
-use virtio_drivers::device::blk::VirtIOBlk;
 
 use crate::hw::disk::Disk;
 use crate::pair::{DataPair, Pair, WitnessMember};
@@ -19,7 +18,6 @@ use crate::storage::NvmeService;
 use tandem_kernel::config::{AnaSetting, HaRole, PairNode};
 use virtio_drivers::transport::DeviceType;
 
-use crate::hw::dma::KernelHal;
 use crate::hw::netdev::NetQueues;
 use crate::hw::pci::{self, SharedTransport};
 use crate::hw::{clock, cpu, memory, power, serial};
@@ -95,9 +93,8 @@ impl Machine {
                 }
                 DeviceType::Block => {
                     let index = disks.len();
-                    match VirtIOBlk::<KernelHal, _>::new(device.transport) {
-                        Ok(blk) => {
-                            let disk = Disk::new(blk);
+                    match Disk::new(device.transport) {
+                        Ok(disk) => {
                             log::info!(
                                 "disk{index}: virtio-blk at {} {} MiB{}",
                                 device.location,
@@ -417,10 +414,11 @@ impl Machine {
         for (index, disk) in self.disks.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "disk{index} size={} bytes sectors={}{}",
+                "disk{index} size={} bytes sectors={}{} {}",
                 disk.sectors() * 512,
                 disk.sectors(),
-                if disk.read_only() { " read-only" } else { "" }
+                if disk.read_only() { " read-only" } else { "" },
+                disk.describe()
             );
         }
         text

@@ -16,7 +16,7 @@ use tandem_nvme::{
     PortalAddress, RequestId, Target, TargetConfig,
 };
 
-use crate::hw::disk::{Disk, DiskOp, DiskResult, Tag};
+use crate::hw::disk::{Disk, DiskOp, DiskResult, SectorRange, Tag};
 use crate::machine::NetPort;
 
 const SECTOR: u64 = 512;
@@ -230,12 +230,13 @@ impl NvmeService {
                         DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access }
                     }
                     BlockOp::Flush => DiskOp::Flush,
-                    BlockOp::WriteZeroes { offset, len, .. } => DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR },
-                    // Deallocated blocks have unspecified content: nothing to do.
-                    BlockOp::Deallocate { .. } => {
-                        let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Done);
-                        continue;
+                    BlockOp::WriteZeroes { offset, len, deallocate } => {
+                        DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap: deallocate }
                     }
+                    // The device discards them where it can (their content is unspecified either way).
+                    BlockOp::Deallocate { ref ranges } => DiskOp::Discard {
+                        ranges: ranges.iter().map(|r| SectorRange { sector: r.offset / SECTOR, sectors: r.len / SECTOR }).collect(),
+                    },
                 };
                 let Some(disk) = disks.get_mut(disk_index) else {
                     let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Failed(BlockError::NotReady));

@@ -271,7 +271,12 @@ impl VmSpec {
         for (i, disk) in self.disks.iter().enumerate() {
             let mut drive = OsString::from("file=");
             drive.push(qemu_escape_path(&disk.path));
-            drive.push(format!(",if=none,id=d{i},format=raw,cache=writeback"));
+            // discard=unmap: the guest's discards punch holes in the file
+            // (QEMU's default, discard=ignore, drops them). The device offers
+            // discard and write-zeroes by default (QEMU ≥ 4.0).
+            drive.push(format!(
+                ",if=none,id=d{i},format=raw,cache=writeback,discard=unmap"
+            ));
             a.push("-drive").push(drive);
             a.push("-device")
                 .push(format!("virtio-blk-pci,drive=d{i},id=disk{i}"));
@@ -429,7 +434,7 @@ mod tests {
         assert_eq!(after(&args, "-append"), ["log=info"]);
         assert_eq!(
             after(&args, "-drive"),
-            ["file=/d/0.img,if=none,id=d0,format=raw,cache=writeback"]
+            ["file=/d/0.img,if=none,id=d0,format=raw,cache=writeback,discard=unmap"]
         );
         assert_eq!(
             after(&args, "-device"),
@@ -559,7 +564,7 @@ mod tests {
         let args = strings(&spec);
         assert_eq!(
             after(&args, "-drive")[0],
-            "file=/a,,b.img,if=none,id=d0,format=raw,cache=writeback"
+            "file=/a,,b.img,if=none,id=d0,format=raw,cache=writeback,discard=unmap"
         );
         assert_eq!(
             after(&args, "-qmp")[0],

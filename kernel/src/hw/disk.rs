@@ -1,36 +1,120 @@
-//! Asynchronous virtio-blk: many requests in flight, completed in whatever
-//! order the device finishes them.
+//! Our virtio-blk driver: many requests in flight on one virtqueue,
+//! completed in whatever order the device finishes them, with flush,
+//! discard and write-zeroes as requests like any other.
 //!
-//! virtio-drivers' non-blocking calls require the request header, data
-//! buffer and status to stay put until completion; each in-flight request
-//! owns them in a heap allocation that does not move while the device uses
-//! it. Requests beyond the virtqueue's capacity wait in a FIFO. A flush is a
-//! barrier: it waits until nothing is in flight, then flushes (virtio-drivers
-//! only offers a blocking flush, which must not share the queue with other
-//! requests).
+//! Every request the caller submits is a *job*; a job becomes one or more
+//! virtio requests (*parts*: a transfer larger than the device accepts in
+//! one request, a zero range beyond its write-zeroes limit). Each virtio
+//! request owns its header, data and status in a heap allocation that stays
+//! put, untouched, until the device returns its token. Jobs start their
+//! parts in submission order; parts of different jobs overlap freely.
+//!
+//! Flush never waits for the queue to drain: a flush covers every write the
+//! device completed before the flush was handed to it (virtio 1.2 §5.2.6.1),
+//! which is exactly what an NVMe Flush promises for the writes completed
+//! before it was submitted. A write with `flush_after` (forced unit access)
+//! completes once its data is written and a flush handed to the device after
+//! that completed; the FUA writes that complete together share one flush.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::fmt::Write as _;
 
-use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, Transport};
+use virtio_drivers::Error;
 
 use super::dma::KernelHal;
 use super::pci::SharedTransport;
 
-/// Largest single virtio-blk transfer the kernel issues.
-pub const MAX_TRANSFER_BYTES: usize = 128 * 1024;
+pub const SECTOR_SIZE: usize = 512;
+/// Largest zero-fill write when the device lacks write-zeroes.
+const ZERO_FILL_BYTES: usize = 128 * 1024;
+/// Largest single transfer handed to the device when it states no limit.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+const QUEUE: u16 = 0;
 
 /// Caller's tag for a request; returned with its completion.
 pub type Tag = u64;
 
+// Feature bits (virtio 1.2 §5.2.3 and §6).
+const F_SIZE_MAX: u64 = 1 << 1;
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+const F_RING_EVENT_IDX: u64 = 1 << 29;
+const F_VERSION_1: u64 = 1 << 32;
+const SUPPORTED_FEATURES: u64 = F_SIZE_MAX
+    | F_SEG_MAX
+    | F_RO
+    | F_BLK_SIZE
+    | F_FLUSH
+    | F_DISCARD
+    | F_WRITE_ZEROES
+    | F_RING_INDIRECT_DESC
+    | F_RING_EVENT_IDX
+    | F_VERSION_1;
+const FEATURE_NAMES: [(u64, &str); 9] = [
+    (F_SIZE_MAX, "size-max"),
+    (F_SEG_MAX, "seg-max"),
+    (F_RO, "ro"),
+    (F_BLK_SIZE, "blk-size"),
+    (F_FLUSH, "flush"),
+    (F_DISCARD, "discard"),
+    (F_WRITE_ZEROES, "write-zeroes"),
+    (F_RING_INDIRECT_DESC, "indirect"),
+    (F_RING_EVENT_IDX, "event-idx"),
+];
+
+// Configuration space offsets (virtio 1.2 §5.2.4).
+const CONFIG_CAPACITY: usize = 0;
+const CONFIG_SIZE_MAX: usize = 8;
+const CONFIG_SEG_MAX: usize = 12;
+const CONFIG_BLK_SIZE: usize = 20;
+const CONFIG_MAX_DISCARD_SECTORS: usize = 36;
+const CONFIG_MAX_DISCARD_SEG: usize = 40;
+const CONFIG_DISCARD_SECTOR_ALIGNMENT: usize = 44;
+const CONFIG_MAX_WRITE_ZEROES_SECTORS: usize = 48;
+const CONFIG_MAX_WRITE_ZEROES_SEG: usize = 52;
+const CONFIG_WRITE_ZEROES_MAY_UNMAP: usize = 56;
+
+// Request types and statuses (virtio 1.2 §5.2.6).
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+const S_OK: u8 = 0;
+const S_UNSUPP: u8 = 2;
+
+/// A range of 512-byte sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectorRange {
+    pub sector: u64,
+    pub sectors: u64,
+}
+
 pub enum DiskOp {
     Read { sector: u64, bytes: usize },
+    /// With `flush_after` (forced unit access) the write completes only once
+    /// it is durable.
     Write { sector: u64, data: Vec<u8>, flush_after: bool },
-    /// Zero `sectors` sectors (written as zeroes: the device's write-zeroes
-    /// command is not reachable through virtio-drivers).
-    Zero { sector: u64, sectors: u64 },
+    /// Zero `sectors` sectors: the device's write-zeroes command where it
+    /// has one, zero-filled writes otherwise. With `unmap` the device may
+    /// deallocate them instead (they still read as zeroes).
+    Zero { sector: u64, sectors: u64, unmap: bool },
+    /// The content of the ranges is no longer needed (NVMe Deallocate):
+    /// the device's discard where it has one, nothing otherwise.
+    Discard { ranges: Vec<SectorRange> },
+    /// Makes every write completed before it durable.
     Flush,
 }
 
@@ -38,61 +122,342 @@ pub enum DiskOp {
 pub enum DiskResult {
     Done,
     ReadData(Vec<u8>),
-    Failed(virtio_drivers::Error),
+    Failed(Error),
 }
 
-struct InFlight {
+/// What the device offered and what was negotiated.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskLimits {
+    pub features: u64,
+    pub queue_size: usize,
+    /// Bytes per segment; `None` without SIZE_MAX.
+    pub size_max: Option<u32>,
+    /// Segments per request; `None` without SEG_MAX.
+    pub seg_max: Option<u32>,
+    pub blk_size: u32,
+    pub max_discard_sectors: u32,
+    pub max_discard_seg: u32,
+    pub discard_sector_alignment: u32,
+    pub max_write_zeroes_sectors: u32,
+    pub max_write_zeroes_seg: u32,
+    pub write_zeroes_may_unmap: bool,
+}
+
+impl DiskLimits {
+    fn has(&self, feature: u64) -> bool {
+        self.features & feature != 0
+    }
+
+    /// Data bytes one virtio request may carry, a whole number of sectors.
+    fn request_bytes(&self) -> usize {
+        let segments = self.seg_max.unwrap_or(1).clamp(1, self.queue_size as u32 - 2) as usize;
+        let bytes = match self.size_max {
+            Some(size_max) => (size_max as usize).saturating_mul(segments),
+            None => MAX_REQUEST_BYTES,
+        };
+        (bytes.min(MAX_REQUEST_BYTES) / SECTOR_SIZE).max(1) * SECTOR_SIZE
+    }
+
+    /// Bytes per data segment.
+    fn segment_bytes(&self) -> usize {
+        match self.size_max {
+            Some(size_max) => (size_max as usize).max(SECTOR_SIZE),
+            None => usize::MAX,
+        }
+    }
+
+    fn discard_usable(&self) -> bool {
+        self.has(F_DISCARD) && self.max_discard_sectors != 0 && self.max_discard_seg != 0
+    }
+
+    fn write_zeroes_usable(&self) -> bool {
+        self.has(F_WRITE_ZEROES) && self.max_write_zeroes_sectors != 0 && self.max_write_zeroes_seg != 0
+    }
+
+    /// Sectors per discard request: the device's bound, cut to its alignment.
+    fn discard_chunk(&self) -> u64 {
+        let max = u64::from(self.max_discard_sectors);
+        let alignment = u64::from(self.discard_sector_alignment);
+        if alignment > 1 && max >= alignment { max / alignment * alignment } else { max }
+    }
+}
+
+/// The virtqueue at the largest size the device allows (QEMU: 256).
+// One per disk, made once: the unused room of a smaller ring costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Ring {
+    Large(VirtQueue<KernelHal, 256>),
+    Medium(VirtQueue<KernelHal, 128>),
+    Small(VirtQueue<KernelHal, 16>),
+}
+
+macro_rules! on_ring {
+    ($ring:expr, $queue:ident => $body:expr) => {
+        match $ring {
+            Ring::Large($queue) => $body,
+            Ring::Medium($queue) => $body,
+            Ring::Small($queue) => $body,
+        }
+    };
+}
+
+impl Ring {
+    fn new(transport: &mut SharedTransport, indirect: bool, event_idx: bool) -> Result<Self, Error> {
+        let max = transport.max_queue_size(QUEUE);
+        if max >= 256 {
+            Ok(Ring::Large(VirtQueue::new(transport, QUEUE, indirect, event_idx)?))
+        } else if max >= 128 {
+            Ok(Ring::Medium(VirtQueue::new(transport, QUEUE, indirect, event_idx)?))
+        } else {
+            Ok(Ring::Small(VirtQueue::new(transport, QUEUE, indirect, event_idx)?))
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Ring::Large(_) => 256,
+            Ring::Medium(_) => 128,
+            Ring::Small(_) => 16,
+        }
+    }
+}
+
+type JobId = u64;
+
+/// Who a virtio request works for.
+enum Owner {
+    /// A part of a job; `offset`: where a read part's data goes in the job's buffer.
+    Part { job: JobId, offset: usize },
+    /// The flush that makes these FUA jobs' writes durable.
+    Durability(Vec<JobId>),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes,
+}
+
+/// One virtio request in flight; boxed so that nothing the device reads or
+/// writes moves.
+struct Request {
+    kind: Kind,
+    header: [u8; 16],
+    /// The discard / write-zeroes segment.
+    segment: [u8; 16],
+    data: Vec<u8>,
+    status: [u8; 1],
+    owner: Owner,
+}
+
+impl Request {
+    fn new(kind: Kind, request_type: u32, sector: u64, data: Vec<u8>, owner: Owner) -> Box<Self> {
+        let mut header = [0u8; 16];
+        header[0..4].copy_from_slice(&request_type.to_le_bytes());
+        header[8..16].copy_from_slice(&sector.to_le_bytes());
+        Box::new(Self { kind, header, segment: [0; 16], data, status: [0xff], owner })
+    }
+
+    /// Hands the request to the device.
+    ///
+    /// # Safety
+    /// `self` must stay allocated, unmoved and untouched until [`Request::complete`]
+    /// is called with the returned token.
+    unsafe fn add<const SIZE: usize>(&mut self, queue: &mut VirtQueue<KernelHal, SIZE>, segment_bytes: usize) -> Result<u16, Error> {
+        let Request { kind, header, segment, data, status, .. } = self;
+        // SAFETY: the caller keeps every buffer in place until `complete`.
+        unsafe {
+            match kind {
+                Kind::Flush => queue.add(&[&header[..]], &mut [&mut status[..]]),
+                Kind::Discard | Kind::WriteZeroes => queue.add(&[&header[..], &segment[..]], &mut [&mut status[..]]),
+                Kind::Write => {
+                    let mut inputs: Vec<&[u8]> = vec![&header[..]];
+                    inputs.extend(data.chunks(segment_bytes));
+                    queue.add(&inputs, &mut [&mut status[..]])
+                }
+                Kind::Read => {
+                    let mut outputs: Vec<&mut [u8]> = data.chunks_mut(segment_bytes).collect();
+                    outputs.push(&mut status[..]);
+                    queue.add(&[&header[..]], &mut outputs)
+                }
+            }
+        }
+    }
+
+    /// Takes the request back from the device.
+    ///
+    /// # Safety
+    /// `token` must be the one [`Request::add`] returned for this request.
+    unsafe fn complete<const SIZE: usize>(&mut self, queue: &mut VirtQueue<KernelHal, SIZE>, token: u16, segment_bytes: usize) -> Result<u32, Error> {
+        let Request { kind, header, segment, data, status, .. } = self;
+        // SAFETY: the same buffers that started this token.
+        unsafe {
+            match kind {
+                Kind::Flush => queue.pop_used(token, &[&header[..]], &mut [&mut status[..]]),
+                Kind::Discard | Kind::WriteZeroes => queue.pop_used(token, &[&header[..], &segment[..]], &mut [&mut status[..]]),
+                Kind::Write => {
+                    let mut inputs: Vec<&[u8]> = vec![&header[..]];
+                    inputs.extend(data.chunks(segment_bytes));
+                    queue.pop_used(token, &inputs, &mut [&mut status[..]])
+                }
+                Kind::Read => {
+                    let mut outputs: Vec<&mut [u8]> = data.chunks_mut(segment_bytes).collect();
+                    outputs.push(&mut status[..]);
+                    queue.pop_used(token, &[&header[..]], &mut outputs)
+                }
+            }
+        }
+    }
+}
+
+/// What a job still has to hand to the device.
+enum Work {
+    Read { sector: u64, bytes: usize, next: usize },
+    Write { sector: u64, data: Vec<u8>, next: usize },
+    WriteZeroes { next: u64, end: u64, unmap: bool },
+    ZeroFill { next: u64, end: u64 },
+    Discard { ranges: VecDeque<SectorRange> },
+    Flush,
+    Issued,
+}
+
+struct Job {
     tag: Tag,
-    request: BlkReq,
-    response: BlkResp,
-    buffer: Vec<u8>,
-    write: bool,
+    work: Work,
+    /// Virtio requests of this job in flight.
+    outstanding: usize,
+    failed: Option<Error>,
+    /// A read's data (split reads are gathered here).
+    read: Option<Vec<u8>>,
     flush_after: bool,
 }
 
-struct Zeroing {
-    tag: Tag,
-    next_sector: u64,
-    end_sector: u64,
-    outstanding: usize,
-    failed: Option<virtio_drivers::Error>,
-}
-
-pub struct Disk {
-    blk: VirtIOBlk<KernelHal, SharedTransport>,
-    sectors: u64,
-    read_only: bool,
-    in_flight: Vec<(u16, Box<InFlight>)>,
-    waiting: VecDeque<(Tag, DiskOp)>,
-    zeroing: Option<Zeroing>,
-    completed: Vec<(Tag, DiskResult)>,
-    zeroes: Vec<u8>,
+/// Requests handed to the device, by kind.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskCounters {
     pub reads: u64,
     pub writes: u64,
     pub flushes: u64,
+    pub zeroes: u64,
+    pub discards: u64,
+    /// Zero-filled writes standing in for write-zeroes.
+    pub zero_fills: u64,
+    /// The most virtio requests in flight at once.
+    pub max_in_flight: u64,
+    /// Flushes the caller asked for, handed to the device while other
+    /// requests were in flight (none if flush were a barrier).
+    pub flush_overlaps: u64,
 }
 
-const ZERO_TAG_BIT: Tag = 1 << 63;
+pub struct Disk {
+    transport: SharedTransport,
+    ring: Ring,
+    limits: DiskLimits,
+    sectors: u64,
+    read_only: bool,
+    /// Virtio requests the device holds, by token.
+    in_flight: Vec<Option<Box<Request>>>,
+    in_flight_count: usize,
+    jobs: BTreeMap<JobId, Job>,
+    /// Jobs with parts still to start, in submission order.
+    starting: VecDeque<JobId>,
+    /// FUA jobs whose writes completed and that wait for their flush.
+    awaiting_flush: Vec<JobId>,
+    next_job: JobId,
+    completed: Vec<(Tag, DiskResult)>,
+    zeroes: Vec<u8>,
+    /// Requests were added that the device must be told about.
+    notify_due: bool,
+    pub counters: DiskCounters,
+}
+
 /// Tag of the one synchronous durable write ([`Disk::write_durable_now`]).
 const BARRIER_TAG: Tag = 1 << 62;
+/// Tag of the console's synchronous requests.
+const DIAGNOSTIC_TAG: Tag = (1 << 62) + 1;
+
+fn status_error(status: u8) -> Error {
+    if status == S_UNSUPP { Error::Unsupported } else { Error::IoError }
+}
 
 impl Disk {
-    pub fn new(blk: VirtIOBlk<KernelHal, SharedTransport>) -> Self {
-        let sectors = blk.capacity();
-        let read_only = blk.readonly();
-        Self {
-            blk,
+    /// Negotiates with the device and sets up its request queue.
+    pub fn new(mut transport: SharedTransport) -> Result<Self, Error> {
+        transport.set_status(DeviceStatus::empty());
+        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let features = transport.read_device_features() & SUPPORTED_FEATURES;
+        if features & F_VERSION_1 == 0 {
+            return Err(Error::Unsupported);
+        }
+        transport.write_driver_features(features);
+        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+        if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
+            return Err(Error::Unsupported);
+        }
+        transport.set_guest_page_size(virtio_drivers::PAGE_SIZE as u32);
+        let config = |offset: usize| transport.read_config_space::<u32>(offset);
+        // Config space is read in 32-bit pieces; the generation makes the halves agree.
+        let sectors = transport.read_consistent(|| {
+            let low = transport.read_config_space::<u32>(CONFIG_CAPACITY)?;
+            let high = transport.read_config_space::<u32>(CONFIG_CAPACITY + 4)?;
+            Ok(u64::from(low) | u64::from(high) << 32)
+        })?;
+        let has = |feature: u64| features & feature != 0;
+        let (max_discard_sectors, max_discard_seg, discard_sector_alignment) = if has(F_DISCARD) {
+            (config(CONFIG_MAX_DISCARD_SECTORS)?, config(CONFIG_MAX_DISCARD_SEG)?, config(CONFIG_DISCARD_SECTOR_ALIGNMENT)?)
+        } else {
+            (0, 0, 0)
+        };
+        let (max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap) = if has(F_WRITE_ZEROES) {
+            (
+                config(CONFIG_MAX_WRITE_ZEROES_SECTORS)?,
+                config(CONFIG_MAX_WRITE_ZEROES_SEG)?,
+                transport.read_config_space::<u8>(CONFIG_WRITE_ZEROES_MAY_UNMAP)? != 0,
+            )
+        } else {
+            (0, 0, false)
+        };
+        let size_max = if has(F_SIZE_MAX) { Some(config(CONFIG_SIZE_MAX)?).filter(|s| *s != 0) } else { None };
+        let seg_max = if has(F_SEG_MAX) { Some(config(CONFIG_SEG_MAX)?).filter(|s| *s != 0) } else { None };
+        let blk_size = if has(F_BLK_SIZE) { config(CONFIG_BLK_SIZE)? } else { SECTOR_SIZE as u32 };
+        let indirect = has(F_RING_INDIRECT_DESC);
+        let ring = Ring::new(&mut transport, indirect, has(F_RING_EVENT_IDX))?;
+        transport.finish_init();
+        let queue_size = ring.size();
+        let limits = DiskLimits {
+            features,
+            queue_size,
+            size_max,
+            seg_max,
+            blk_size,
+            max_discard_sectors,
+            max_discard_seg,
+            discard_sector_alignment,
+            max_write_zeroes_sectors,
+            max_write_zeroes_seg,
+            write_zeroes_may_unmap,
+        };
+        log::debug!("virtio-blk {limits:?}");
+        Ok(Self {
+            transport,
+            ring,
+            limits,
             sectors,
-            read_only,
-            in_flight: Vec::new(),
-            waiting: VecDeque::new(),
-            zeroing: None,
+            read_only: has(F_RO),
+            in_flight: (0..queue_size).map(|_| None).collect(),
+            in_flight_count: 0,
+            jobs: BTreeMap::new(),
+            starting: VecDeque::new(),
+            awaiting_flush: Vec::new(),
+            next_job: 0,
             completed: Vec::new(),
             zeroes: Vec::new(),
-            reads: 0,
-            writes: 0,
-            flushes: 0,
-        }
+            notify_due: false,
+            counters: DiskCounters::default(),
+        })
     }
 
     pub fn sectors(&self) -> u64 {
@@ -103,203 +468,414 @@ impl Disk {
         self.read_only
     }
 
+    /// The negotiated features and limits, and the counters: for `status`.
+    pub fn describe(&self) -> String {
+        let l = &self.limits;
+        let mut text = String::new();
+        let names: Vec<&str> = FEATURE_NAMES.iter().filter(|(bit, _)| l.has(*bit)).map(|(_, name)| *name).collect();
+        let _ = write!(text, "queue={} features={} blk_size={}", l.queue_size, names.join(","), l.blk_size);
+        if let Some(seg_max) = l.seg_max {
+            let _ = write!(text, " seg_max={seg_max}");
+        }
+        if let Some(size_max) = l.size_max {
+            let _ = write!(text, " size_max={size_max}");
+        }
+        if l.has(F_DISCARD) {
+            let _ = write!(text, " discard_max={}x{} discard_align={}", l.max_discard_sectors, l.max_discard_seg, l.discard_sector_alignment);
+        }
+        if l.has(F_WRITE_ZEROES) {
+            let _ = write!(
+                text,
+                " write_zeroes_max={}x{}{}",
+                l.max_write_zeroes_sectors,
+                l.max_write_zeroes_seg,
+                if l.write_zeroes_may_unmap { " may_unmap" } else { "" }
+            );
+        }
+        let c = &self.counters;
+        let _ = write!(
+            text,
+            "\n  reads={} writes={} flushes={} zeroes={} discards={} zero_fills={} in_flight={} max_in_flight={} flush_overlaps={}",
+            c.reads, c.writes, c.flushes, c.zeroes, c.discards, c.zero_fills, self.in_flight_count, c.max_in_flight, c.flush_overlaps
+        );
+        text
+    }
+
     pub fn ack_interrupt(&mut self) {
-        self.blk.ack_interrupt();
+        self.transport.ack_interrupt();
     }
 
     pub fn busy(&self) -> bool {
-        !self.in_flight.is_empty() || !self.waiting.is_empty() || self.zeroing.is_some()
+        !self.jobs.is_empty()
     }
 
     /// Queues an operation; its result comes back from [`Disk::poll`].
     pub fn submit(&mut self, tag: Tag, op: DiskOp) {
-        self.waiting.push_back((tag, op));
+        self.submit_job(tag, op, false);
+    }
+
+    fn submit_job(&mut self, tag: Tag, op: DiskOp, first: bool) {
+        let mut flush_after = false;
+        let work = match op {
+            DiskOp::Read { sector, bytes } => Work::Read { sector, bytes, next: 0 },
+            DiskOp::Write { sector, data, flush_after: fua } => {
+                // Without a write cache to flush, every write is durable.
+                flush_after = fua && self.limits.has(F_FLUSH);
+                Work::Write { sector, data, next: 0 }
+            }
+            DiskOp::Zero { sector, sectors, unmap } if self.limits.write_zeroes_usable() => {
+                Work::WriteZeroes { next: sector, end: sector + sectors, unmap: unmap && self.limits.write_zeroes_may_unmap }
+            }
+            DiskOp::Zero { sector, sectors, .. } => Work::ZeroFill { next: sector, end: sector + sectors },
+            DiskOp::Discard { ranges } if self.limits.discard_usable() => {
+                Work::Discard { ranges: ranges.into_iter().filter(|r| r.sectors != 0).collect() }
+            }
+            // Discarded content is unspecified: keeping it is a discard.
+            DiskOp::Discard { .. } => Work::Issued,
+            DiskOp::Flush if self.limits.has(F_FLUSH) => Work::Flush,
+            DiskOp::Flush => Work::Issued,
+        };
+        let id = self.next_job;
+        self.next_job += 1;
+        let empty = matches!(&work, Work::Discard { ranges } if ranges.is_empty())
+            || matches!(work, Work::WriteZeroes { next, end, .. } | Work::ZeroFill { next, end } if next >= end);
+        if matches!(work, Work::Issued) || empty {
+            self.completed.push((tag, DiskResult::Done));
+            return;
+        }
+        self.jobs.insert(id, Job { tag, work, outstanding: 0, failed: None, read: None, flush_after });
+        if first {
+            self.starting.push_front(id);
+        } else {
+            self.starting.push_back(id);
+        }
     }
 
     /// Starts what fits, collects what finished.
     pub fn poll(&mut self) -> Vec<(Tag, DiskResult)> {
-        self.collect_finished();
-        self.start_waiting();
-        self.collect_finished();
+        self.step();
         core::mem::take(&mut self.completed)
     }
 
-    fn queue_has_room(&self) -> bool {
-        self.in_flight.len() < self.blk.virt_queue_size() as usize
+    fn step(&mut self) {
+        self.collect_finished();
+        self.start_waiting();
+        self.collect_finished();
+        if !self.awaiting_flush.is_empty() {
+            self.start_waiting();
+        }
     }
 
-    fn start_waiting(&mut self) {
-        loop {
-            if let Some(zeroing) = self.zeroing.as_mut() {
-                if zeroing.next_sector < zeroing.end_sector && self.in_flight.len() < self.blk.virt_queue_size() as usize {
-                    let sectors = (zeroing.end_sector - zeroing.next_sector).min((MAX_TRANSFER_BYTES / SECTOR_SIZE) as u64);
-                    let sector = zeroing.next_sector;
-                    zeroing.next_sector += sectors;
-                    zeroing.outstanding += 1;
-                    let tag = zeroing.tag | ZERO_TAG_BIT;
-                    if self.zeroes.len() < MAX_TRANSFER_BYTES {
-                        self.zeroes = vec![0; MAX_TRANSFER_BYTES];
-                    }
-                    let data = self.zeroes[..sectors as usize * SECTOR_SIZE].to_vec();
-                    self.start(tag, sector, data, true, false);
-                    continue;
-                }
-                break;
+    fn has_room(&self, descriptors: usize) -> bool {
+        let indirect = self.limits.has(F_RING_INDIRECT_DESC);
+        let free = on_ring!(&self.ring, queue => queue.available_desc());
+        if indirect { self.in_flight_count < self.limits.queue_size && free > 0 } else { free >= descriptors }
+    }
+
+    /// Hands a request to the device. On failure the request comes back.
+    fn start(&mut self, mut request: Box<Request>) -> Result<(), (Box<Request>, Error)> {
+        let segment_bytes = self.limits.segment_bytes();
+        // SAFETY: the request is a heap allocation that moves into
+        // `in_flight[token]` and is neither touched nor freed until the
+        // device returns that token (`collect_finished`).
+        let added = on_ring!(&mut self.ring, queue => unsafe { request.add(queue, segment_bytes) });
+        let token = match added {
+            Ok(token) => token,
+            Err(error) => return Err((request, error)),
+        };
+        // Asked after every single add: with the event index the device
+        // wants a notification when the index passes one exact value, which
+        // a check after a batch of adds can miss when the index wraps.
+        self.notify_due |= on_ring!(&self.ring, queue => queue.should_notify());
+        if matches!(request.owner, Owner::Part { .. }) && request.kind == Kind::Flush && self.in_flight_count > 0 {
+            self.counters.flush_overlaps += 1;
+        }
+        match request.kind {
+            Kind::Read => self.counters.reads += 1,
+            Kind::Write => self.counters.writes += 1,
+            Kind::Flush => self.counters.flushes += 1,
+            Kind::Discard => self.counters.discards += 1,
+            Kind::WriteZeroes => self.counters.zeroes += 1,
+        }
+        match self.in_flight.get_mut(usize::from(token)) {
+            Some(slot @ None) => {
+                *slot = Some(request);
+                self.in_flight_count += 1;
+                self.counters.max_in_flight = self.counters.max_in_flight.max(self.in_flight_count as u64);
+                Ok(())
             }
-            let Some((_, op)) = self.waiting.front() else { break };
-            match op {
-                DiskOp::Flush if !self.in_flight.is_empty() => break,
-                DiskOp::Flush => {
-                    let Some((tag, _)) = self.waiting.pop_front() else { break };
-                    self.flushes += 1;
-                    let result = match self.blk.flush() {
-                        Ok(()) => DiskResult::Done,
-                        Err(error) => DiskResult::Failed(error),
-                    };
-                    self.completed.push((tag, result));
-                }
-                _ if !self.queue_has_room() => break,
-                _ => {
-                    let Some((tag, op)) = self.waiting.pop_front() else { break };
-                    match op {
-                        DiskOp::Read { sector, bytes } => self.start(tag, sector, vec![0; bytes], false, false),
-                        DiskOp::Write { sector, data, flush_after } => self.start(tag, sector, data, true, flush_after),
-                        DiskOp::Zero { sector, sectors } => {
-                            self.zeroing =
-                                Some(Zeroing { tag, next_sector: sector, end_sector: sector + sectors, outstanding: 0, failed: None });
-                        }
-                        DiskOp::Flush => {}
-                    }
-                }
+            // The queue handed out a token it already holds: a driver bug.
+            // Leaking the request keeps the device from writing freed memory.
+            _ => {
+                Box::leak(request);
+                log::error!("virtio-blk: token {token} handed out twice");
+                Ok(())
             }
         }
     }
 
-    fn start(&mut self, tag: Tag, sector: u64, buffer: Vec<u8>, write: bool, flush_after: bool) {
-        let mut entry = Box::new(InFlight {
-            tag,
-            request: BlkReq::default(),
-            response: BlkResp::default(),
-            buffer,
-            write,
-            flush_after,
-        });
-        let InFlight { request, response, buffer, .. } = &mut *entry;
-        // SAFETY: the request, buffer and response live in `entry`, a heap
-        // allocation kept in `in_flight` untouched until the device returns
-        // the token, and are passed again unchanged to the completion call.
-        let started = unsafe {
-            if write {
-                self.blk.write_blocks_nb(sector as usize, request, buffer, response)
-            } else {
-                self.blk.read_blocks_nb(sector as usize, request, buffer, response)
+    /// The next virtio request of job `id`, or `None` when it has none left.
+    fn next_part(&mut self, id: JobId) -> Option<Box<Request>> {
+        let request_bytes = self.limits.request_bytes();
+        let discard_chunk = self.limits.discard_chunk();
+        let zeroes_chunk = u64::from(self.limits.max_write_zeroes_sectors);
+        let job = self.jobs.get_mut(&id)?;
+        let owner = |offset: usize| Owner::Part { job: id, offset };
+        let (request, done) = match &mut job.work {
+            Work::Issued => return None,
+            Work::Flush => (Request::new(Kind::Flush, T_FLUSH, 0, Vec::new(), owner(0)), true),
+            Work::Read { sector, bytes, next } => {
+                let len = (*bytes - *next).min(request_bytes);
+                let part_sector = *sector + (*next / SECTOR_SIZE) as u64;
+                let request = Request::new(Kind::Read, T_IN, part_sector, vec![0; len], owner(*next));
+                if len < *bytes && job.read.is_none() {
+                    job.read = Some(vec![0; *bytes]);
+                }
+                *next += len;
+                (request, *next >= *bytes)
+            }
+            Work::Write { sector, data, next } => {
+                let len = (data.len() - *next).min(request_bytes);
+                let part_sector = *sector + (*next / SECTOR_SIZE) as u64;
+                let part = if *next == 0 && len == data.len() { core::mem::take(data) } else { data[*next..*next + len].to_vec() };
+                *next += len;
+                (Request::new(Kind::Write, T_OUT, part_sector, part, owner(0)), *next >= data.len())
+            }
+            Work::WriteZeroes { next, end, unmap } => {
+                let sectors = (*end - *next).min(zeroes_chunk);
+                let mut request = Request::new(Kind::WriteZeroes, T_WRITE_ZEROES, 0, Vec::new(), owner(0));
+                request.segment[0..8].copy_from_slice(&next.to_le_bytes());
+                request.segment[8..12].copy_from_slice(&(sectors as u32).to_le_bytes());
+                request.segment[12..16].copy_from_slice(&(if *unmap { WRITE_ZEROES_FLAG_UNMAP } else { 0 }).to_le_bytes());
+                *next += sectors;
+                (request, *next >= *end)
+            }
+            Work::ZeroFill { next, end } => {
+                let sectors = (*end - *next).min((ZERO_FILL_BYTES.min(request_bytes) / SECTOR_SIZE) as u64);
+                let len = sectors as usize * SECTOR_SIZE;
+                if self.zeroes.len() < len {
+                    self.zeroes = vec![0; ZERO_FILL_BYTES];
+                }
+                let request = Request::new(Kind::Write, T_OUT, *next, self.zeroes[..len].to_vec(), owner(0));
+                self.counters.zero_fills += 1;
+                *next += sectors;
+                (request, *next >= *end)
+            }
+            Work::Discard { ranges } => {
+                let range = ranges.front_mut()?;
+                let sectors = range.sectors.min(discard_chunk);
+                let mut request = Request::new(Kind::Discard, T_DISCARD, 0, Vec::new(), owner(0));
+                request.segment[0..8].copy_from_slice(&range.sector.to_le_bytes());
+                request.segment[8..12].copy_from_slice(&(sectors as u32).to_le_bytes());
+                range.sector += sectors;
+                range.sectors -= sectors;
+                if range.sectors == 0 {
+                    ranges.pop_front();
+                }
+                (request, ranges.is_empty())
             }
         };
-        match started {
-            Ok(token) => {
-                if write {
-                    self.writes += 1;
-                } else {
-                    self.reads += 1;
+        if done {
+            job.work = Work::Issued;
+        }
+        job.outstanding += 1;
+        Some(request)
+    }
+
+    fn start_waiting(&mut self) {
+        let segment_bytes = self.limits.segment_bytes();
+        // Durability first: those writes are done and wait for nothing else.
+        if !self.awaiting_flush.is_empty() && self.has_room(2) {
+            let jobs = core::mem::take(&mut self.awaiting_flush);
+            let request = Request::new(Kind::Flush, T_FLUSH, 0, Vec::new(), Owner::Durability(jobs));
+            if let Err((request, error)) = self.start(request)
+                && let Owner::Durability(jobs) = request.owner
+            {
+                for id in jobs {
+                    if let Some(job) = self.jobs.remove(&id) {
+                        self.completed.push((job.tag, DiskResult::Failed(error)));
+                    }
                 }
-                self.in_flight.push((token, entry));
             }
-            Err(error) => self.finish(tag, DiskResult::Failed(error)),
+        }
+        while let Some(&id) = self.starting.front() {
+            let Some(job) = self.jobs.get(&id) else {
+                self.starting.pop_front();
+                continue;
+            };
+            let descriptors = match &job.work {
+                Work::Issued => {
+                    self.starting.pop_front();
+                    continue;
+                }
+                Work::Read { bytes, next, .. } => 2 + (*bytes - *next).min(self.limits.request_bytes()).div_ceil(segment_bytes),
+                Work::Write { data, next, .. } => 2 + (data.len() - *next).min(self.limits.request_bytes()).div_ceil(segment_bytes),
+                Work::ZeroFill { .. } => 2 + ZERO_FILL_BYTES.div_ceil(segment_bytes),
+                Work::Flush => 2,
+                Work::WriteZeroes { .. } | Work::Discard { .. } => 3,
+            };
+            if !self.has_room(descriptors) {
+                break;
+            }
+            let Some(request) = self.next_part(id) else {
+                self.starting.pop_front();
+                continue;
+            };
+            if let Err((_, error)) = self.start(request) {
+                // Nothing more of this job starts; it fails once its
+                // started parts are back.
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.outstanding -= 1;
+                    job.failed.get_or_insert(error);
+                    job.work = Work::Issued;
+                }
+                self.starting.pop_front();
+                self.finish_if_done(id);
+            }
+        }
+        if core::mem::take(&mut self.notify_due) {
+            self.transport.notify(QUEUE);
         }
     }
 
     fn collect_finished(&mut self) {
-        while let Some(token) = self.blk.peek_used() {
-            let Some(position) = self.in_flight.iter().position(|(t, _)| *t == token) else {
+        let segment_bytes = self.limits.segment_bytes();
+        while let Some(token) = on_ring!(&self.ring, queue => queue.peek_used()) {
+            let Some(mut request) = self.in_flight.get_mut(usize::from(token)).and_then(Option::take) else {
                 log::error!("virtio-blk returned unknown token {token}");
                 return;
             };
-            let (_, mut entry) = self.in_flight.swap_remove(position);
-            let InFlight { request, response, buffer, write, .. } = &mut *entry;
-            // SAFETY: the same request, buffer and response that started
-            // this token are passed back.
-            let result = unsafe {
-                if *write {
-                    self.blk.complete_write_blocks(token, request, buffer, response)
-                } else {
-                    self.blk.complete_read_blocks(token, request, buffer, response)
+            // SAFETY: the request that started this token.
+            let popped = on_ring!(&mut self.ring, queue => unsafe { request.complete(queue, token, segment_bytes) });
+            if let Err(error) = popped {
+                // The device still owns it; never reuse or free it.
+                log::error!("virtio-blk: token {token} not taken back: {error:?}");
+                Box::leak(request);
+                return;
+            }
+            self.in_flight_count -= 1;
+            let status = request.status[0];
+            let outcome = if status == S_OK { Ok(()) } else { Err(status_error(status)) };
+            match core::mem::replace(&mut request.owner, Owner::Durability(Vec::new())) {
+                Owner::Durability(jobs) => {
+                    for id in jobs {
+                        if let Some(job) = self.jobs.remove(&id) {
+                            let result = match outcome {
+                                Ok(()) => DiskResult::Done,
+                                Err(error) => DiskResult::Failed(error),
+                            };
+                            self.completed.push((job.tag, result));
+                        }
+                    }
                 }
-            };
-            let outcome = match result {
-                Ok(()) if entry.write && entry.flush_after => {
-                    // Forced unit access: durable before it completes.
-                    self.waiting.push_front((entry.tag, DiskOp::Flush));
-                    continue;
+                Owner::Part { job: id, offset } => {
+                    let Some(job) = self.jobs.get_mut(&id) else { continue };
+                    job.outstanding -= 1;
+                    match outcome {
+                        Err(error) => {
+                            job.failed.get_or_insert(error);
+                            if !matches!(job.work, Work::Issued) {
+                                job.work = Work::Issued;
+                            }
+                        }
+                        Ok(()) if request.kind == Kind::Read => match job.read.as_mut() {
+                            Some(buffer) => buffer[offset..offset + request.data.len()].copy_from_slice(&request.data),
+                            None => job.read = Some(core::mem::take(&mut request.data)),
+                        },
+                        Ok(()) => {}
+                    }
+                    self.finish_if_done(id);
                 }
-                Ok(()) if entry.write => DiskResult::Done,
-                Ok(()) => DiskResult::ReadData(core::mem::take(&mut entry.buffer)),
-                Err(error) => DiskResult::Failed(error),
-            };
-            self.finish(entry.tag, outcome);
+            }
         }
     }
 
-    fn finish(&mut self, tag: Tag, outcome: DiskResult) {
-        if tag & ZERO_TAG_BIT == 0 {
-            self.completed.push((tag, outcome));
+    /// Completes job `id` once all of it is issued and back.
+    fn finish_if_done(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        if job.outstanding != 0 || !matches!(job.work, Work::Issued) {
             return;
         }
-        let Some(zeroing) = self.zeroing.as_mut() else { return };
-        zeroing.outstanding = zeroing.outstanding.saturating_sub(1);
-        if let DiskResult::Failed(error) = outcome {
-            zeroing.failed.get_or_insert(error);
-            zeroing.next_sector = zeroing.end_sector;
+        if job.failed.is_none() && job.flush_after {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.flush_after = false;
+            }
+            self.awaiting_flush.push(id);
+            return;
         }
-        if zeroing.outstanding == 0 && zeroing.next_sector >= zeroing.end_sector {
-            let result = match zeroing.failed {
-                Some(error) => DiskResult::Failed(error),
+        let Some(mut job) = self.jobs.remove(&id) else { return };
+        let result = match job.failed {
+            Some(error) => DiskResult::Failed(error),
+            None => match job.read.take() {
+                Some(data) => DiskResult::ReadData(data),
                 None => DiskResult::Done,
-            };
-            let tag = zeroing.tag;
-            self.zeroing = None;
-            self.completed.push((tag, result));
-        }
+            },
+        };
+        self.completed.push((job.tag, result));
     }
 
-    /// Writes and flushes `data` at `sector` before returning, while other
-    /// requests go on (their completions are kept for the next `poll`): the
-    /// HA metadata barrier.
-    pub fn write_durable_now(&mut self, sector: u64, data: Vec<u8>) -> Result<(), virtio_drivers::Error> {
-        self.waiting.push_front((BARRIER_TAG, DiskOp::Write { sector, data, flush_after: true }));
+    /// Runs `op` ahead of everything waiting and returns its result, while
+    /// other requests go on (their completions are kept for the next `poll`).
+    fn run_now(&mut self, tag: Tag, op: DiskOp) -> DiskResult {
+        self.submit_job(tag, op, true);
         loop {
-            self.collect_finished();
-            self.start_waiting();
-            if let Some(position) = self.completed.iter().position(|(tag, _)| *tag == BARRIER_TAG) {
-                let (_, result) = self.completed.remove(position);
-                return match result {
-                    DiskResult::Failed(error) => Err(error),
-                    _ => Ok(()),
-                };
+            if let Some(position) = self.completed.iter().position(|(t, _)| *t == tag) {
+                return self.completed.remove(position).1;
             }
+            self.step();
             core::hint::spin_loop();
         }
     }
 
-    /// Blocking read for console diagnostics; only when the disk is idle.
-    pub fn read_now(&mut self, sector: u64, buffer: &mut [u8]) -> Result<(), virtio_drivers::Error> {
-        if self.busy() {
-            return Err(virtio_drivers::Error::NotReady);
+    /// Writes and flushes `data` at `sector` before returning, while other
+    /// requests go on: the HA metadata barrier.
+    pub fn write_durable_now(&mut self, sector: u64, data: Vec<u8>) -> Result<(), Error> {
+        match self.run_now(BARRIER_TAG, DiskOp::Write { sector, data, flush_after: true }) {
+            DiskResult::Failed(error) => Err(error),
+            _ => Ok(()),
         }
-        self.blk.read_blocks(sector as usize, buffer)
+    }
+
+    /// Blocking read for console diagnostics; only when the disk is idle.
+    pub fn read_now(&mut self, sector: u64, buffer: &mut [u8]) -> Result<(), Error> {
+        if self.busy() {
+            return Err(Error::NotReady);
+        }
+        match self.run_now(DIAGNOSTIC_TAG, DiskOp::Read { sector, bytes: buffer.len() }) {
+            DiskResult::ReadData(data) if data.len() == buffer.len() => {
+                buffer.copy_from_slice(&data);
+                Ok(())
+            }
+            DiskResult::Failed(error) => Err(error),
+            _ => Err(Error::IoError),
+        }
     }
 
     /// Blocking write for console diagnostics; only when the disk is idle.
-    pub fn write_now(&mut self, sector: u64, buffer: &[u8]) -> Result<(), virtio_drivers::Error> {
+    pub fn write_now(&mut self, sector: u64, buffer: &[u8]) -> Result<(), Error> {
         if self.busy() {
-            return Err(virtio_drivers::Error::NotReady);
+            return Err(Error::NotReady);
         }
-        self.blk.write_blocks(sector as usize, buffer)
+        match self.run_now(DIAGNOSTIC_TAG, DiskOp::Write { sector, data: buffer.to_vec(), flush_after: false }) {
+            DiskResult::Failed(error) => Err(error),
+            _ => Ok(()),
+        }
     }
 
-    pub fn flush_now(&mut self) -> Result<(), virtio_drivers::Error> {
+    pub fn flush_now(&mut self) -> Result<(), Error> {
         if self.busy() {
-            return Err(virtio_drivers::Error::NotReady);
+            return Err(Error::NotReady);
         }
-        self.blk.flush()
+        match self.run_now(DIAGNOSTIC_TAG, DiskOp::Flush) {
+            DiskResult::Failed(error) => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        // The device must not use the buffers once they are freed.
+        self.transport.queue_unset(QUEUE);
     }
 }
