@@ -35,6 +35,31 @@ pub enum NicEvent {
     AddressLost,
 }
 
+/// Why [`Nic::claim_address`] refused an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// The NIC has no address of its own (yet).
+    Unaddressed,
+    /// The address is not in the NIC's subnet.
+    OtherSubnet,
+    /// The address is the NIC's own.
+    Own,
+    /// The interface holds as many addresses as smoltcp allows
+    /// (`IFACE_MAX_ADDR_COUNT`, 2 by default: its own and one claimed).
+    Full,
+}
+
+impl fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClaimError::Unaddressed => "the NIC has no address",
+            ClaimError::OtherSubnet => "not in the NIC's subnet",
+            ClaimError::Own => "the NIC's own address",
+            ClaimError::Full => "the interface holds no more addresses",
+        })
+    }
+}
+
 /// A NIC with its interface and sockets.
 pub struct Nic<D: Device> {
     name: &'static str,
@@ -45,6 +70,8 @@ pub struct Nic<D: Device> {
     addressing: NicAddressing,
     address: Option<Ipv4Cidr>,
     gateway: Option<Ipv4Address>,
+    /// Addresses taken over from a failed peer, besides the NIC's own.
+    claimed: alloc::vec::Vec<Ipv4Cidr>,
 }
 
 impl<D: Device> Nic<D> {
@@ -61,6 +88,7 @@ impl<D: Device> Nic<D> {
             addressing,
             address: None,
             gateway: None,
+            claimed: alloc::vec::Vec::new(),
         };
         match addressing {
             NicAddressing::Dhcp => {
@@ -122,6 +150,16 @@ impl<D: Device> Nic<D> {
             // Capacity is at least one address; a single push cannot fail.
             let _ = addrs.push(IpCidr::Ipv4(address));
         });
+        // Claimed addresses stay (after the own one, so that smoltcp keeps
+        // choosing the own one as the source of outgoing traffic) while they
+        // are in the new subnet.
+        self.claimed.retain(|claimed| address.contains_addr(&claimed.address()) && claimed.address() != address.address());
+        let claimed = self.claimed.clone();
+        self.iface.update_ip_addrs(|addrs| {
+            for claimed in claimed {
+                let _ = addrs.push(IpCidr::Ipv4(claimed));
+            }
+        });
         let routes = self.iface.routes_mut();
         routes.remove_default_ipv4_route();
         if let Some(gateway) = gateway {
@@ -133,9 +171,85 @@ impl<D: Device> Nic<D> {
 
     fn clear_address(&mut self) {
         self.iface.update_ip_addrs(|addrs| addrs.clear());
+        self.claimed.clear();
         self.iface.routes_mut().remove_default_ipv4_route();
         self.address = None;
         self.gateway = None;
+    }
+
+    /// Whether `address` is in this NIC's subnet (and not its own address).
+    pub fn in_subnet(&self, address: Ipv4Address) -> bool {
+        self.address.is_some_and(|own| own.contains_addr(&address) && own.address() != address)
+    }
+
+    /// Answers for `address` too (ARP, TCP, ICMP), besides the NIC's own:
+    /// the takeover of a failed peer's address. The address must be in the
+    /// NIC's subnet.
+    pub fn claim_address(&mut self, address: Ipv4Address) -> Result<(), ClaimError> {
+        let own = self.address.ok_or(ClaimError::Unaddressed)?;
+        if own.address() == address {
+            return Err(ClaimError::Own);
+        }
+        if !own.contains_addr(&address) {
+            return Err(ClaimError::OtherSubnet);
+        }
+        let cidr = Ipv4Cidr::new(address, own.prefix_len());
+        if self.claimed.contains(&cidr) {
+            return Ok(());
+        }
+        let mut full = false;
+        self.iface.update_ip_addrs(|addrs| full = addrs.push(IpCidr::Ipv4(cidr)).is_err());
+        if full {
+            return Err(ClaimError::Full);
+        }
+        self.claimed.push(cidr);
+        Ok(())
+    }
+
+    /// Stops answering for a claimed address and resets every TCP
+    /// connection on it. Returns whether it was claimed.
+    pub fn release_address(&mut self, address: Ipv4Address) -> bool {
+        let before = self.claimed.len();
+        self.claimed.retain(|claimed| claimed.address() != address);
+        if self.claimed.len() == before {
+            return false;
+        }
+        self.iface.update_ip_addrs(|addrs| addrs.retain(|cidr| *cidr != IpCidr::Ipv4(Ipv4Cidr::new(address, cidr.prefix_len()))));
+        self.abort_connections_on(address);
+        true
+    }
+
+    /// The addresses claimed with [`Nic::claim_address`].
+    pub fn claimed_addresses(&self) -> &[Ipv4Cidr] {
+        &self.claimed
+    }
+
+    /// Resets (RST) every TCP socket whose local address is `address`, in
+    /// whatever state past LISTEN. Returns how many.
+    pub fn abort_connections_on(&mut self, address: Ipv4Address) -> usize {
+        let mut aborted = 0;
+        for (_, socket) in self.sockets.iter_mut() {
+            let smoltcp::socket::Socket::Tcp(socket) = socket else { continue };
+            let on_address = socket.local_endpoint().is_some_and(|local| local.addr == smoltcp::wire::IpAddress::Ipv4(address));
+            if on_address && !matches!(socket.state(), smoltcp::socket::tcp::State::Closed | smoltcp::socket::tcp::State::Listen) {
+                socket.abort();
+                aborted += 1;
+            }
+        }
+        aborted
+    }
+
+    /// Sends a frame built outside smoltcp (see [`crate::frames`]). False if
+    /// the device has no room for it now.
+    pub fn send_frame(&mut self, now: Instant, frame: &[u8]) -> bool {
+        use smoltcp::phy::TxToken;
+        match self.device.transmit(now) {
+            Some(token) => {
+                token.consume(frame.len(), |buffer| buffer.copy_from_slice(frame));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Moves packets between the device and the sockets. Returns whether
