@@ -14,8 +14,12 @@
 use crate::time::{Duration, Instant};
 use crate::types::Role;
 
-/// When the rounds after a claim happen, from the claim.
-pub const ROUND_OFFSETS_MS: [u64; 5] = [0, 250, 750, 1500, 3000];
+/// When the rounds after a claim happen, from the claim. Round 0 only asks
+/// the hosts for their MAC addresses (ARP from the claimed address, which
+/// also fills smoltcp's neighbour cache for the resets it will send); the
+/// others tickle. After the first tickle a host answers again only once
+/// `tcp_invalid_ratelimit` has passed: later rounds are 500 ms and more apart.
+pub const ROUND_OFFSETS_MS: [u64; 5] = [0, 50, 600, 1200, 2500];
 
 /// What the node knows, as `DataNode::status` tells it.
 #[derive(Clone, Copy, Debug)]
@@ -154,13 +158,13 @@ mod tests {
         let mut t = Takeover::new(TIMEOUT, ms(0));
         let silent = ages(9000, 9000);
         assert_eq!(t.update(ms(5000), view(Role::Primary, &silent)).round, Some(0));
-        assert_eq!(t.update(ms(5100), view(Role::Primary, &silent)).round, None);
-        assert_eq!(t.update(ms(5250), view(Role::Primary, &silent)).round, Some(1));
-        assert_eq!(t.update(ms(5260), view(Role::Primary, &silent)).round, None);
+        assert_eq!(t.update(ms(5040), view(Role::Primary, &silent)).round, None);
+        assert_eq!(t.update(ms(5050), view(Role::Primary, &silent)).round, Some(1));
+        assert_eq!(t.update(ms(5060), view(Role::Primary, &silent)).round, None);
         // A late call runs the latest round due, once.
-        assert_eq!(t.update(ms(6600), view(Role::Primary, &silent)).round, Some(3));
-        assert_eq!(t.update(ms(7999), view(Role::Primary, &silent)).round, None);
-        assert_eq!(t.update(ms(8000), view(Role::Primary, &silent)).round, Some(4));
+        assert_eq!(t.update(ms(6300), view(Role::Primary, &silent)).round, Some(3));
+        assert_eq!(t.update(ms(7499), view(Role::Primary, &silent)).round, None);
+        assert_eq!(t.update(ms(7500), view(Role::Primary, &silent)).round, Some(4));
         assert_eq!(t.update(ms(60_000), view(Role::Primary, &silent)).round, None);
     }
 

@@ -181,9 +181,10 @@ impl AddressTakeover {
         self.peer_list.iter().flat_map(|list| list.entries.iter()).filter(move |e| Ipv4Address::from_octets(e.local_address) == address)
     }
 
-    /// Gratuitous ARP for every claimed address, and a tickle for every
-    /// connection the peer reported on it (an ARP request first where the
-    /// host's MAC address is not known yet: a later round tickles it).
+    /// Gratuitous ARP for every claimed address; in round 0 an ARP request
+    /// (from the claimed address) to every host the peer reported, so that
+    /// this node and its smoltcp learn their MAC addresses; in later rounds a
+    /// tickle for every connection the peer reported on a claimed address.
     fn round(&mut self, nets: &mut [NetPort], now_micros: u64, round: usize) {
         let now = NetInstant::from_micros(now_micros as i64);
         let mut tickled = 0;
@@ -196,29 +197,22 @@ impl AddressTakeover {
                 let host = Ipv4Address::from_octets(entry.host_address);
                 let next_hop = if port.nic.in_subnet(host) { Some(host) } else { port.nic.gateway() };
                 let Some(next_hop) = next_hop else { continue };
-                match port.nic.device().arp_neighbor(next_hop) {
-                    Some(host_mac) => {
-                        let from = Endpoint { address, port: entry.local_port };
-                        let to = Endpoint { address: host, port: entry.host_port };
-                        if port.nic.send_frame(now, &frames::tickle_ack(mac, host_mac, from, to)) {
-                            tickled += 1;
-                        }
+                let host_mac = port.nic.device().arp_neighbor(next_hop);
+                if (round == 0 || host_mac.is_none()) && !asked.contains(&next_hop) {
+                    asked.push(next_hop);
+                    port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
+                }
+                if let (Some(host_mac), true) = (host_mac, round > 0) {
+                    let from = Endpoint { address, port: entry.local_port };
+                    let to = Endpoint { address: host, port: entry.host_port };
+                    if port.nic.send_frame(now, &frames::tickle_ack(mac, host_mac, from, to)) {
+                        tickled += 1;
                     }
-                    None if !asked.contains(&next_hop) => {
-                        asked.push(next_hop);
-                        port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
-                    }
-                    None => {}
                 }
             }
         }
         self.tickles_sent += tickled;
-        log::info!(
-            "takeover: round {round} of {} (+{} ms): {tickled} tickles, {} ARP requests",
-            ROUND_OFFSETS_MS.len(),
-            ROUND_OFFSETS_MS[round.min(ROUND_OFFSETS_MS.len() - 1)],
-            asked.len()
-        );
+        log::info!("takeover: round {round} (+{} ms): {tickled} tickles, {} ARP requests", ROUND_OFFSETS_MS[round.min(ROUND_OFFSETS_MS.len() - 1)], asked.len());
     }
 
     /// This node's connection list, when it is due (changed, or the interval
