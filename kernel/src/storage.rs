@@ -310,6 +310,12 @@ impl NvmeService {
         }
     }
 
+    /// Changes whenever a connection comes or goes (cheap: for noticing that
+    /// [`NvmeService::host_connections`] may have changed).
+    pub fn connections_fingerprint(&self) -> (usize, u64) {
+        (self.connections.len(), self.next_connection)
+    }
+
     /// The hosts' open TCP connections to the portals: (local end, host end).
     pub fn host_connections(&self, nets: &[NetPort]) -> Vec<(IpEndpoint, IpEndpoint)> {
         self.connections

@@ -24,8 +24,9 @@ use crate::machine::NetPort;
 use crate::println;
 use crate::storage::NvmeService;
 
-/// A node reports its connections this often, and at once when they change
-/// (looked at every [`REPORT_CHECK_MILLIS`]).
+/// A node reports its connections this often, at once when a connection
+/// comes or goes, and when one closes otherwise (looked at every
+/// [`REPORT_CHECK_MILLIS`]).
 const REPORT_INTERVAL_MILLIS: u64 = 1000;
 const REPORT_CHECK_MILLIS: u64 = 100;
 /// How often the decision looks at the node's status.
@@ -47,6 +48,8 @@ pub struct AddressTakeover {
     own: ConnectionList,
     next_report_ms: u64,
     next_check_ms: u64,
+    /// The NVMe service's connection fingerprint at the last look.
+    fingerprint: (usize, u64),
     next_decision_micros: u64,
     /// (NIC, address) claimed now.
     claimed: Vec<(usize, Ipv4Address)>,
@@ -75,6 +78,7 @@ impl AddressTakeover {
             own: ConnectionList { sender: me, boot, sequence: 0, entries: Vec::new() },
             next_report_ms: 0,
             next_check_ms: 0,
+            fingerprint: (0, 0),
             next_decision_micros: 0,
             claimed: Vec::new(),
             announced_own: false,
@@ -218,9 +222,11 @@ impl AddressTakeover {
     /// This node's connection list, when it is due (changed, or the interval
     /// passed).
     fn report(&mut self, nets: &[NetPort], nvme: &NvmeService, now_ms: u64) -> Option<Vec<u8>> {
-        if now_ms < self.next_check_ms {
+        let fingerprint = nvme.connections_fingerprint();
+        if now_ms < self.next_check_ms && fingerprint == self.fingerprint {
             return None;
         }
+        self.fingerprint = fingerprint;
         self.next_check_ms = now_ms + REPORT_CHECK_MILLIS;
         let claimed: Vec<Ipv4Address> = self.claimed.iter().map(|(_, address)| *address).collect();
         let mut entries: Vec<ConnectionEntry> = nvme

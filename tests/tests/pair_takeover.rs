@@ -66,6 +66,12 @@ fn wait_reset(stream: &mut TcpStream, timeout: Duration) -> Result<Instant, Stri
     }
 }
 
+/// The `status` text of a node's console.
+fn status(console: &mut tandem_qemu::ConsoleClient) -> String {
+    console.send(b"status\n").unwrap();
+    console.read_until("disk0 size=", Duration::from_secs(20)).unwrap()
+}
+
 fn last_role_is_primary(log: &str) -> bool {
     log.lines().filter(|l| l.starts_with("tandem: role ")).last().is_some_and(|l| l.starts_with("tandem: role primary "))
 }
@@ -84,9 +90,10 @@ fn data_node_spec(dir: &std::path::Path, ns: &Netns, index: usize, disk_path: &s
     let peer = 2 - index;
     let cmdline = format!(
         "net0=10.77.0.{me}/24 net1=10.78.0.{me}/24 net2=10.79.0.{me}/24 node={name} peer=10.77.0.{peer},10.79.0.{peer} \
-         peer_repl=10.78.0.{peer} witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING}",
+         peer_repl=10.78.0.{peer} witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING} log={}",
         me * 1000,
-        me * 1000 + 999
+        me * 1000 + 999,
+        std::env::var("TANDEM_TAKEOVER_LOG").unwrap_or_else(|_| "info".into())
     );
     let mut spec = tcg_vm(name, dir, &cmdline).disk(disk_path);
     for nic in 0..3 {
@@ -194,6 +201,19 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         assert!((first + 1) * 1000 <= cntlid as usize && (cntlid as usize) < (first + 2) * 1000, "controller {cntlid} is the primary's");
     }
 
+    // The survivor-to-be has the primary's list of them.
+    let mut console = pair.nodes[second].console(Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = status(&mut console);
+        if text.contains("peer reported 3 connections") {
+            assert!(text.contains("takeover: claimed none"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the primary never reported its three connections:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // kill -9 of the primary's QEMU: its connections are half-open now.
     let killed_at = Instant::now();
     pair.nodes[first].kill();
@@ -203,7 +223,9 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         .wait_for_line("the takeover claim", Duration::from_secs(60), |l| l.starts_with(&format!("tandem: takeover claim {dead_address} ")))
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
     let claim_seen = Instant::now();
-    let idle_reset = idle.join().unwrap().unwrap_or_else(|e| panic!("the idle connection was not reset: {e}\n{}", pair.nodes[second].console_log()));
+    let idle_reset = idle.join().unwrap().unwrap_or_else(|e| {
+        panic!("the idle connection was not reset: {e}\n{}\n--- the killed node:\n{}", pair.nodes[second].console_log(), pair.nodes[first].console_log())
+    });
     let busy_reset = busy.join().unwrap().unwrap_or_else(|e| panic!("the busy connection was not reset: {e}\n{}", pair.nodes[second].console_log()));
     let log = pair.nodes[second].console_log();
     let role_line = log.lines().filter(|l| l.starts_with("tandem: role primary ")).last().unwrap_or("").to_string();
@@ -223,6 +245,8 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         );
     }
     assert!(claim.contains("tickled 3 connections"), "the dead node had reported its three connections: {claim}");
+    let text = status(&mut console);
+    assert!(text.contains(&format!("claimed {dead_address} on net2")), "status shows the claimed address:\n{text}");
 
     // While claimed, a new connection to the dead node's address is refused.
     let refused = spawn_in_netns(&pair.ns, move || match TcpStream::connect_timeout(&dead_portal, Duration::from_secs(5)) {
@@ -248,12 +272,20 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
     let cntlid = spawn_in_netns(&pair.ns, move || {
         let started = Instant::now();
-        let stream = TcpStream::connect_timeout(&dead_portal, Duration::from_secs(3)).unwrap_or_else(|e| panic!("connecting to {dead_portal}: {e}"));
+        let stream = TcpStream::connect_timeout(&dead_portal, Duration::from_secs(3)).map_err(|e| format!("connecting to {dead_portal}: {e}"))?;
         let (_admin, cntlid) = Queue::admin_over(stream, NQN, HOST, 30_000);
-        (cntlid, started.elapsed())
+        Ok::<_, String>((cntlid, started.elapsed()))
     })
     .join()
-    .unwrap();
+    .unwrap()
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nneighbours: {}\n--- survivor:\n{}\n--- returning node:\n{}",
+            pair.ns.exec("ip", &["neigh", "show"]),
+            pair.nodes[second].console_log(),
+            pair.nodes[first].console_log()
+        )
+    });
     eprintln!("new connection to {dead_portal} after the release: controller {} in {:?}", cntlid.0, cntlid.1);
     assert!((first + 1) * 1000 <= cntlid.0 as usize && (cntlid.0 as usize) < (first + 2) * 1000, "controller {} is the returning node's", cntlid.0);
     assert!(cntlid.1 < Duration::from_secs(3), "the host's ARP cache pointed back at the returning node at once");
