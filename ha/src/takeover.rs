@@ -21,6 +21,12 @@ use crate::types::Role;
 /// `tcp_invalid_ratelimit` has passed: later rounds are 500 ms and more apart.
 pub const ROUND_OFFSETS_MS: [u64; 5] = [0, 50, 600, 1200, 2500];
 
+/// When a node announces its own addresses after a role change or after
+/// hearing its peer again (from then): repeated, because a survivor that
+/// held this node's addresses may announce them a last time before it hears
+/// this node and releases them.
+pub const ANNOUNCE_OFFSETS_MS: [u64; 3] = [0, 300, 1000];
+
 /// What the node knows, as `DataNode::status` tells it.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerView<'a> {
@@ -41,8 +47,10 @@ pub struct Decision {
     /// Run round `n` after the claim: gratuitous ARP for the claimed
     /// addresses and tickles for the peer's reported connections.
     pub round: Option<usize>,
-    /// The node's role changed: announce its own addresses (gratuitous ARP),
-    /// so that hosts whose ARP caches a takeover redirected come back.
+    /// Announce the node's own addresses (gratuitous ARP), so that hosts
+    /// whose ARP caches a takeover redirected come back: after a role change
+    /// and after the peer is heard again (or for the first time), at
+    /// [`ANNOUNCE_OFFSETS_MS`].
     pub announce_own: bool,
 }
 
@@ -53,11 +61,23 @@ pub struct Takeover {
     claimed_at: Option<Instant>,
     next_round: usize,
     last_role: Option<Role>,
+    peer_was_heard: bool,
+    announce_from: Option<Instant>,
+    next_announce: usize,
 }
 
 impl Takeover {
     pub fn new(failure_timeout: Duration, now: Instant) -> Self {
-        Self { failure_timeout, started: now, claimed_at: None, next_round: 0, last_role: None }
+        Self {
+            failure_timeout,
+            started: now,
+            claimed_at: None,
+            next_round: 0,
+            last_role: None,
+            peer_was_heard: false,
+            announce_from: None,
+            next_announce: 0,
+        }
     }
 
     pub fn claimed(&self) -> bool {
@@ -77,10 +97,24 @@ impl Takeover {
 
     pub fn update(&mut self, now: Instant, view: PeerView<'_>) -> Decision {
         let mut decision = Decision::default();
-        if self.last_role.is_some_and(|role| role != view.role) {
-            decision.announce_own = true;
+        let heard = view.peer_heard.iter().any(|age| age.is_some_and(|age| age < self.failure_timeout));
+        if self.last_role.is_some_and(|role| role != view.role) || (heard && !self.peer_was_heard) {
+            self.announce_from = Some(now);
+            self.next_announce = 0;
         }
         self.last_role = Some(view.role);
+        self.peer_was_heard = heard;
+        if let Some(from) = self.announce_from {
+            let elapsed = now.saturating_since(from).as_millis();
+            let due = ANNOUNCE_OFFSETS_MS.iter().take_while(|offset| **offset <= elapsed).count();
+            if due > self.next_announce {
+                decision.announce_own = true;
+                self.next_announce = due;
+            }
+            if due == ANNOUNCE_OFFSETS_MS.len() {
+                self.announce_from = None;
+            }
+        }
         let silent = self.peer_silent(now, view.peer_heard);
         match self.claimed_at {
             None => {
@@ -133,8 +167,8 @@ mod tests {
     #[test]
     fn claims_only_when_primary_serving_and_the_peer_is_silent_on_every_link() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
-        assert_eq!(t.update(ms(10_000), view(Role::Primary, &ages(1999, 5000))), Decision::default());
-        assert_eq!(t.update(ms(10_000), view(Role::Primary, &ages(5000, 1999))), Decision::default());
+        assert!(!t.update(ms(10_000), view(Role::Primary, &ages(1999, 5000))).claim);
+        assert!(!t.update(ms(10_000), view(Role::Primary, &ages(5000, 1999))).claim);
         assert_eq!(t.update(ms(10_000), view(Role::Secondary, &ages(5000, 5000))).claim, false);
         let not_serving = PeerView { role: Role::Primary, serving: false, peer_heard: &ages(5000, 5000) };
         assert!(!t.update(ms(10_000), not_serving).claim);
@@ -174,23 +208,43 @@ mod tests {
         assert!(t.update(ms(5000), view(Role::Primary, &ages(3000, 3000))).claim);
         let heard = t.update(ms(5500), view(Role::Primary, &ages(3500, 10)));
         assert!(heard.release && !heard.claim && heard.round.is_none());
+        assert!(heard.announce_own, "the peer heard again");
         assert!(!t.claimed());
         // Silent again later: a new claim with its own rounds.
         let again = t.update(ms(9000), view(Role::Primary, &ages(3500, 3500)));
         assert!(again.claim);
         assert_eq!(again.round, Some(0));
         let demoted = t.update(ms(9100), view(Role::Fenced, &ages(3600, 3600)));
-        assert!(demoted.release && demoted.announce_own);
+        assert!(demoted.release);
         assert!(!t.update(ms(9200), view(Role::Fenced, &ages(3700, 3700))).claim);
     }
 
     #[test]
-    fn role_changes_announce_the_node_s_own_addresses() {
+    fn role_changes_announce_the_node_s_own_addresses_repeatedly() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
         let heard = ages(10, 10);
-        assert!(!t.update(ms(1), view(Role::Secondary, &heard)).announce_own, "the first view is no change");
+        assert!(t.update(ms(1), view(Role::Secondary, &heard)).announce_own, "the peer heard for the first time");
+        // The rest of that schedule (300 ms, 1000 ms).
         assert!(!t.update(ms(2), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(3), view(Role::Primary, &heard)).announce_own);
-        assert!(!t.update(ms(4), view(Role::Primary, &heard)).announce_own);
+        assert!(t.update(ms(301), view(Role::Secondary, &heard)).announce_own);
+        assert!(t.update(ms(1001), view(Role::Secondary, &heard)).announce_own);
+        assert!(!t.update(ms(5000), view(Role::Secondary, &heard)).announce_own);
+        assert!(t.update(ms(6000), view(Role::Primary, &heard)).announce_own, "a role change");
+        assert!(!t.update(ms(6001), view(Role::Primary, &heard)).announce_own);
+        assert!(t.update(ms(6300), view(Role::Primary, &heard)).announce_own);
+        assert!(t.update(ms(7000), view(Role::Primary, &heard)).announce_own);
+        assert!(!t.update(ms(9000), view(Role::Primary, &heard)).announce_own);
+    }
+
+    #[test]
+    fn the_peer_heard_again_announces_the_node_s_own_addresses() {
+        let mut t = Takeover::new(TIMEOUT, ms(0));
+        assert!(!t.update(ms(1), view(Role::Secondary, &[None, None])).announce_own, "nothing heard yet");
+        assert!(t.update(ms(100), view(Role::Secondary, &ages(5, 5000))).announce_own, "heard on one link");
+        for at in [300u64, 2000, 4000] {
+            t.update(ms(100 + at), view(Role::Secondary, &ages(5, 5)));
+        }
+        assert!(!t.update(ms(9000), view(Role::Secondary, &ages(2500, 2500))).announce_own, "silence announces nothing");
+        assert!(t.update(ms(9100), view(Role::Secondary, &ages(1, 2600))).announce_own, "heard again");
     }
 }
