@@ -287,3 +287,181 @@ impl<D: Device> Nic<D> {
         self.iface.poll_delay(now, &self.sockets)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What smoltcp does with the frames a takeover provokes: the host's
+    //! answer to a tickle (an ACK for a connection this stack never had)
+    //! gets an RST whose sequence number is that ACK's acknowledgment number
+    //! (smoltcp 0.14 `Socket::rst_reply`; a listening socket does not take
+    //! segments with ACK set), and a connection accepted on a claimed address
+    //! is reset by [`Nic::abort_connections_on`].
+    use super::*;
+    use crate::frames;
+    use alloc::collections::VecDeque;
+    use alloc::vec::Vec;
+    use smoltcp::phy::{DeviceCapabilities, Medium, RxToken, TxToken};
+    use smoltcp::socket::tcp;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+
+    #[derive(Default)]
+    struct Wire {
+        incoming: VecDeque<Vec<u8>>,
+        sent: Vec<Vec<u8>>,
+    }
+
+    struct Rx(Vec<u8>);
+    struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+
+    impl RxToken for Rx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+
+    impl TxToken for Tx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut frame = alloc::vec![0u8; len];
+            let result = f(&mut frame);
+            self.0.push(frame);
+            result
+        }
+    }
+
+    impl Device for Wire {
+        type RxToken<'a> = Rx;
+        type TxToken<'a> = Tx<'a>;
+        fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+            let frame = self.incoming.pop_front()?;
+            Some((Rx(frame), Tx(&mut self.sent)))
+        }
+        fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+            Some(Tx(&mut self.sent))
+        }
+        fn capabilities(&self) -> DeviceCapabilities {
+            let mut caps = DeviceCapabilities::default();
+            caps.medium = Medium::Ethernet;
+            caps.max_transmission_unit = 1514;
+            caps
+        }
+    }
+
+    const OURS: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+    const HOST_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 20];
+
+    fn ip(d: u8) -> Ipv4Address {
+        Ipv4Address::new(10, 79, 0, d)
+    }
+
+    fn nic() -> Nic<Wire> {
+        let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ip(2), 24), gateway: None };
+        Nic::new("net2", Wire::default(), OURS, addressing, Instant::from_millis(0))
+    }
+
+    /// A TCP segment from the host (10.79.0.20:`host_port`) to `to`:4420.
+    fn from_host(to: Ipv4Address, host_port: u16, control: TcpControl, seq: u32, ack: Option<u32>) -> Vec<u8> {
+        let mut frame = alloc::vec![0u8; 14 + 20 + 20];
+        let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+        ethernet.set_src_addr(smoltcp::wire::EthernetAddress(HOST_MAC));
+        ethernet.set_dst_addr(smoltcp::wire::EthernetAddress(OURS));
+        ethernet.set_ethertype(EthernetProtocol::Ipv4);
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        let ip_repr = Ipv4Repr { src_addr: ip(20), dst_addr: to, next_header: IpProtocol::Tcp, payload_len: 20, hop_limit: 64 };
+        let mut packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
+        ip_repr.emit(&mut packet, &caps);
+        TcpRepr {
+            src_port: host_port,
+            dst_port: 4420,
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        }
+        .emit(&mut TcpPacket::new_unchecked(packet.payload_mut()), &IpAddress::Ipv4(ip(20)), &IpAddress::Ipv4(to), &caps);
+        frame
+    }
+
+    /// TCP segments sent: (source address, flags RST/SYN/ACK, seq).
+    fn sent_segments(nic: &mut Nic<Wire>) -> Vec<(Ipv4Address, bool, bool, bool, u32)> {
+        core::mem::take(&mut nic.device_mut().sent)
+            .into_iter()
+            .filter_map(|frame| {
+                let ethernet = EthernetFrame::new_checked(&frame[..]).ok()?;
+                if ethernet.ethertype() != EthernetProtocol::Ipv4 {
+                    return None;
+                }
+                let packet = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+                let segment = TcpPacket::new_checked(packet.payload()).ok()?;
+                Some((packet.src_addr(), segment.rst(), segment.syn(), segment.ack(), segment.seq_number().0 as u32))
+            })
+            .collect()
+    }
+
+    fn poll(nic: &mut Nic<Wire>, frame: Vec<u8>) {
+        nic.device_mut().incoming.push_back(frame);
+        nic.poll(Instant::from_millis(10));
+    }
+
+    #[test]
+    fn claims_are_bounded_and_checked() {
+        let mut nic = nic();
+        assert_eq!(nic.claim_address(ip(2)), Err(ClaimError::Own));
+        assert_eq!(nic.claim_address(Ipv4Address::new(10, 80, 0, 1)), Err(ClaimError::OtherSubnet));
+        assert_eq!(nic.claim_address(ip(1)), Ok(()));
+        assert_eq!(nic.claim_address(ip(1)), Ok(()), "claiming twice is one claim");
+        // smoltcp's default IFACE_MAX_ADDR_COUNT is 2: the own address and one claimed.
+        assert_eq!(nic.claim_address(ip(3)), Err(ClaimError::Full));
+        assert_eq!(nic.claimed_addresses(), &[Ipv4Cidr::new(ip(1), 24)]);
+        assert!(nic.release_address(ip(1)));
+        assert!(!nic.release_address(ip(1)));
+        assert!(nic.claimed_addresses().is_empty());
+        assert_eq!(nic.address(), Some(Ipv4Cidr::new(ip(2), 24)));
+    }
+
+    #[test]
+    fn the_host_s_answer_to_a_tickle_is_reset_on_a_claimed_address_only() {
+        let mut nic = nic();
+        // A listening socket on the port, as the NVMe service has.
+        let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 1024]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
+        listener.listen(4420).unwrap();
+        nic.sockets_mut().add(listener);
+        // The host's ARP request for the claimed address: smoltcp learns its MAC.
+        nic.claim_address(ip(1)).unwrap();
+        poll(&mut nic, frames::arp_request(HOST_MAC, ip(20), ip(1)));
+        nic.device_mut().sent.clear();
+        // The host's ACK with the real numbers: RST with seq = its ack number.
+        poll(&mut nic, from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)));
+        assert_eq!(sent_segments(&mut nic), [(ip(1), true, false, false, 77_777)]);
+        // Released: the address is not ours any more and nothing answers.
+        nic.release_address(ip(1));
+        poll(&mut nic, from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)));
+        assert!(sent_segments(&mut nic).is_empty());
+    }
+
+    #[test]
+    fn connections_accepted_on_a_claimed_address_are_aborted() {
+        let mut nic = nic();
+        let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 1024]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
+        listener.listen(4420).unwrap();
+        nic.sockets_mut().add(listener);
+        nic.claim_address(ip(1)).unwrap();
+        poll(&mut nic, frames::arp_request(HOST_MAC, ip(20), ip(1)));
+        nic.device_mut().sent.clear();
+        poll(&mut nic, from_host(ip(1), 40001, TcpControl::Syn, 5000, None));
+        let sent = sent_segments(&mut nic);
+        assert!(matches!(sent[..], [(address, false, true, true, _)] if address == ip(1)), "SYN-ACK: {sent:?}");
+        assert_eq!(nic.abort_connections_on(ip(2)), 0, "nothing on the own address");
+        assert_eq!(nic.abort_connections_on(ip(1)), 1);
+        nic.poll(Instant::from_millis(20));
+        let sent = sent_segments(&mut nic);
+        assert!(matches!(sent[..], [(address, true, false, _, _)] if address == ip(1)), "RST: {sent:?}");
+    }
+}
