@@ -169,7 +169,7 @@ mod tests {
         let mut t = Takeover::new(TIMEOUT, ms(0));
         assert!(!t.update(ms(10_000), view(Role::Primary, &ages(1999, 5000))).claim);
         assert!(!t.update(ms(10_000), view(Role::Primary, &ages(5000, 1999))).claim);
-        assert_eq!(t.update(ms(10_000), view(Role::Secondary, &ages(5000, 5000))).claim, false);
+        assert!(!t.update(ms(10_000), view(Role::Secondary, &ages(5000, 5000))).claim);
         let not_serving = PeerView { role: Role::Primary, serving: false, peer_heard: &ages(5000, 5000) };
         assert!(!t.update(ms(10_000), not_serving).claim);
         let decision = t.update(ms(10_000), view(Role::Primary, &ages(2000, 2500)));
