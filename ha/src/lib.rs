@@ -14,6 +14,8 @@
 //! - [`node`]: the data node state machine (roles, epochs, leases, elections,
 //!   synchronous replication, resync, switchover, fencing, ANA state).
 //! - [`witness`]: the witness state machine (votes and lease grants, no data).
+//! - [`takeover`]: when a primary takes over its silent peer's front-end
+//!   addresses and when it gives them back.
 //!
 //! The protocol and its safety argument are in `docs/ha-protocol.md`; the
 //! disk layout in `docs/on-disk-format.md`.
@@ -26,6 +28,7 @@ pub mod bitmap;
 pub mod error;
 pub mod metadata;
 pub mod node;
+pub mod takeover;
 pub mod time;
 pub mod types;
 pub mod voter;

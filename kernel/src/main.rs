@@ -10,6 +10,7 @@ mod logger;
 mod machine;
 mod pair;
 mod storage;
+mod takeover;
 
 use core::fmt::Write;
 

@@ -83,7 +83,10 @@ impl Links {
                 udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
                 udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
             );
-            if socket.bind(port).is_ok() {
+            // Bound to the NIC's own address: datagrams the witness sends to a
+            // peer whose address this node has taken over are not for it.
+            let own = nets[nic].nic.address().map(|cidr| IpAddress::Ipv4(cidr.address()));
+            if socket.bind(tandem_net::smoltcp::wire::IpListenEndpoint { addr: own, port }).is_ok() {
                 sockets[link] = Some((nic, nets[nic].nic.sockets_mut().add(socket)));
             }
         }
@@ -183,6 +186,7 @@ pub struct DataPair {
     next_tag: Tag,
     ana_group: u32,
     ana: HaAna,
+    takeover: crate::takeover::AddressTakeover,
 }
 
 pub struct WitnessMember {
@@ -271,6 +275,7 @@ impl DataPair {
             next_tag: TAG_BASE,
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
+            takeover: crate::takeover::AddressTakeover::new(config, me, (crate::hw::clock::boot_stamp() ^ now_micros) as u32, now_micros),
         })
     }
 
@@ -375,6 +380,10 @@ impl DataPair {
         self.node.tick(now);
         for (link, bytes) in self.links.receive(nets) {
             busy = true;
+            if crate::takeover::is_connection_list(&bytes) {
+                self.takeover.on_datagram(&bytes);
+                continue;
+            }
             self.node.on_datagram(now, link, &bytes);
         }
         busy |= self.pump_stream(nets, now_micros);
@@ -417,6 +426,21 @@ impl DataPair {
         }
         busy |= self.run_actions(nets, disk, nvme, now_micros);
         busy |= self.pump_stream(nets, now_micros);
+        busy |= self.poll_takeover(nets, nvme, now_micros);
+        busy
+    }
+
+    /// The front-end address takeover (`crate::takeover`): its connection
+    /// report goes to the peer on every link.
+    fn poll_takeover(&mut self, nets: &mut [NetPort], nvme: &NvmeService, now_micros: u64) -> bool {
+        let node = &self.node;
+        let (busy, report) = self.takeover.poll(nets, nvme, now_micros, || node.status(ha_now(now_micros)));
+        if let Some(report) = report {
+            let peer = self.takeover.peer();
+            for link in [LinkId(0), LinkId(1)] {
+                self.links.send(nets, peer, link, &report);
+            }
+        }
         busy
     }
 
@@ -637,7 +661,7 @@ impl DataPair {
     }
 
     pub fn status(&self, now_micros: u64) -> String {
-        alloc::format!("{}", self.node.status(ha_now(now_micros)))
+        alloc::format!("{}{}", self.node.status(ha_now(now_micros)), self.takeover.status_text(now_micros))
     }
 
     pub fn history(&self) -> String {

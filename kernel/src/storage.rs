@@ -10,6 +10,7 @@ use core::fmt::Write;
 use tandem_kernel::config::{derived_id, AnaSetting, NvmeSettings};
 use tandem_net::smoltcp::iface::SocketHandle;
 use tandem_net::smoltcp::socket::tcp;
+use tandem_net::smoltcp::wire::IpEndpoint;
 use tandem_net::Listener;
 use tandem_nvme::{
     AnaState, BlockError, BlockOp, BlockOutcome, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal,
@@ -308,6 +309,27 @@ impl NvmeService {
                 }
             }
         }
+    }
+
+    /// Changes whenever a connection comes or goes (cheap: for noticing that
+    /// [`NvmeService::host_connections`] may have changed).
+    pub fn connections_fingerprint(&self) -> (usize, u64) {
+        (self.connections.len(), self.next_connection)
+    }
+
+    /// The hosts' open TCP connections to the portals: (local end, host end).
+    pub fn host_connections(&self, nets: &[NetPort]) -> Vec<(IpEndpoint, IpEndpoint)> {
+        self.connections
+            .iter()
+            .filter(|entry| entry.connection.state() != ConnectionState::Closed)
+            .filter_map(|entry| {
+                let socket = nets.get(entry.nic)?.nic.sockets().get::<tcp::Socket>(entry.handle);
+                if !socket.is_active() {
+                    return None;
+                }
+                Some((socket.local_endpoint()?, socket.remote_endpoint()?))
+            })
+            .collect()
     }
 
     /// Block requests for the HA pair: (connection, request).

@@ -15,12 +15,13 @@
 
 extern crate alloc;
 
+pub mod frames;
 mod listener;
 mod nic;
 mod virtio;
 
 pub use listener::Listener;
-pub use nic::{Nic, NicAddressing, NicEvent};
+pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
 pub use virtio::{
     FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,
 };

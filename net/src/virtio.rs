@@ -96,12 +96,14 @@ pub struct FrameDevice<Q: FrameQueues> {
     queues: RefCell<Q>,
     counters: NicCounters,
     mac: [u8; 6],
+    /// Neighbours' MAC addresses seen in received ARP packets.
+    arp: crate::frames::ArpSnoop,
 }
 
 impl<Q: FrameQueues> FrameDevice<Q> {
     pub fn new(queues: Q) -> Self {
         let mac = queues.mac_address();
-        Self { queues: RefCell::new(queues), counters: NicCounters::default(), mac }
+        Self { queues: RefCell::new(queues), counters: NicCounters::default(), mac, arp: crate::frames::ArpSnoop::default() }
     }
 
     pub fn mac_address(&self) -> [u8; 6] {
@@ -120,6 +122,11 @@ impl<Q: FrameQueues> FrameDevice<Q> {
     /// True if a received frame is waiting.
     pub fn has_rx(&self) -> bool {
         self.queues.borrow().has_received()
+    }
+
+    /// The MAC address of an IPv4 neighbour that sent ARP to this NIC.
+    pub fn arp_neighbor(&self, address: smoltcp::wire::Ipv4Address) -> Option<[u8; 6]> {
+        self.arp.lookup(address)
     }
 
     /// See [`FrameQueues::flush`].
@@ -142,6 +149,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
         loop {
             match self.queues.get_mut().take_received()? {
                 Ok(frame) => {
+                    self.arp.learn(frame.frame());
                     let queues = &self.queues;
                     let counters = &self.counters;
                     return Some((FrameRxToken { queues, counters, frame }, FrameTxToken { queues, counters }));

@@ -43,7 +43,11 @@ pub struct Queue {
 
 /// A TCP connection to 127.0.0.1:`port` with bounded reads and writes.
 pub fn tcp(port: u16) -> TcpStream {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    tcp_to(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A TCP connection to `address` with bounded reads and writes.
+pub fn tcp_to(address: std::net::SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&address, REPLY_TIMEOUT)
         .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
@@ -64,7 +68,16 @@ impl Queue {
         header_digest: bool,
         data_digest: bool,
     ) -> Result<Queue, QueueError> {
-        let mut queue = Queue::unopened(port, header_digest, data_digest);
+        Self::try_open_over(tcp(port), header_digest, data_digest)
+    }
+
+    /// ICReq/ICResp over a connection the caller made (to any address).
+    pub fn try_open_over(
+        stream: TcpStream,
+        header_digest: bool,
+        data_digest: bool,
+    ) -> Result<Queue, QueueError> {
+        let mut queue = Queue::unopened_to(stream, header_digest, data_digest);
         queue.flush()?;
         match queue.next_event(Instant::now() + REPLY_TIMEOUT)? {
             HostEvent::Initialized {
@@ -82,8 +95,13 @@ impl Queue {
     /// A connection whose ICReq is queued in `host` but not sent: for tests
     /// that send bytes their own way.
     pub fn unopened(port: u16, header_digest: bool, data_digest: bool) -> Queue {
+        Self::unopened_to(tcp(port), header_digest, data_digest)
+    }
+
+    /// Like [`Queue::unopened`], over a connection the caller made.
+    pub fn unopened_to(stream: TcpStream, header_digest: bool, data_digest: bool) -> Queue {
         Queue {
-            stream: tcp(port),
+            stream,
             host: Initiator::new(header_digest, data_digest),
             events: VecDeque::new(),
             icresp: (0, false, false),
@@ -249,7 +267,18 @@ impl Queue {
     /// Connects the admin queue and enables the controller the way Linux
     /// does. Returns the queue and its CNTLID.
     pub fn admin(port: u16, subnqn: &str, hostnqn: &str, kato_ms: u32) -> (Queue, u16) {
-        let mut queue = Queue::open(port, false, false);
+        Self::admin_over(tcp(port), subnqn, hostnqn, kato_ms)
+    }
+
+    /// [`Queue::admin`] over a connection the caller made.
+    pub fn admin_over(
+        stream: TcpStream,
+        subnqn: &str,
+        hostnqn: &str,
+        kato_ms: u32,
+    ) -> (Queue, u16) {
+        let mut queue = Queue::try_open_over(stream, false, false)
+            .unwrap_or_else(|e| panic!("ICReq: {e:?}"));
         let (status, result) = queue.connect(0, 0xFFFF, kato_ms, subnqn, hostnqn);
         assert_eq!(
             status,

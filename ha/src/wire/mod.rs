@@ -11,6 +11,7 @@
 //!
 //! The byte layouts are specified in `docs/ha-protocol.md`.
 
+pub mod connections;
 pub mod control;
 pub mod stream;
 
