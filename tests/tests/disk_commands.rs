@@ -4,7 +4,8 @@
 //! goes to the device beside the writes in flight instead of waiting for
 //! them. The console's `status` shows the negotiated features and what the
 //! driver handed to the device; without the device's commands the driver
-//! falls back to zero-filled writes and skips discards.
+//! falls back to zero-filled writes and skips discards (that VM also has a
+//! smaller ring without indirect descriptors).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -267,12 +268,21 @@ fn without_the_device_commands_zeroes_are_written_and_discards_skipped() {
             "virtio-blk-pci.write-zeroes=off",
             "-global",
             "virtio-blk-pci.discard=off",
+            // The driver's other ring: smaller, three descriptors a request.
+            "-global",
+            "virtio-blk-pci.queue-size=128",
+            "-global",
+            "virtio-blk-pci.indirect_desc=off",
         ],
     );
     let status = rig.disk_status();
     assert!(
         !status.contains("write-zeroes") && !status.contains("discard,"),
         "neither offered: {status}"
+    );
+    assert!(
+        status.contains("queue=128") && !status.contains("indirect"),
+        "a 128-entry ring without indirect descriptors: {status}"
     );
     let (_admin, mut queues) = rig.queues(1);
     let q = &mut queues[0];

@@ -371,13 +371,16 @@ pub struct Disk {
     zeroes: Vec<u8>,
     /// Requests were added that the device must be told about.
     notify_due: bool,
+    next_sync_tag: Tag,
     pub counters: DiskCounters,
 }
 
-/// Tag of the one synchronous durable write ([`Disk::write_durable_now`]).
-const BARRIER_TAG: Tag = 1 << 62;
-/// Tag of the console's synchronous requests.
-const DIAGNOSTIC_TAG: Tag = (1 << 62) + 1;
+/// Tags of the synchronous requests ([`Disk::write_durable_now`], the
+/// console's) start here, clear of the callers' tags; each has its own, so
+/// that a late completion of one given up on is never taken for another's.
+const SYNC_TAG_BASE: Tag = 1 << 62;
+/// How long a synchronous request may take before it is reported failed.
+const SYNC_TIMEOUT_MICROS: u64 = 30_000_000;
 
 fn status_error(status: u8) -> Error {
     if status == S_UNSUPP { Error::Unsupported } else { Error::IoError }
@@ -456,6 +459,7 @@ impl Disk {
             completed: Vec::new(),
             zeroes: Vec::new(),
             notify_due: false,
+            next_sync_tag: 0,
             counters: DiskCounters::default(),
         })
     }
@@ -662,7 +666,10 @@ impl Disk {
                 (request, *next >= *end)
             }
             Work::Discard { ranges } => {
-                let range = ranges.front_mut()?;
+                let Some(range) = ranges.front_mut() else {
+                    job.work = Work::Issued;
+                    return None;
+                };
                 let sectors = range.sectors.min(discard_chunk);
                 let mut request = Request::new(Kind::Discard, T_DISCARD, 0, Vec::new(), owner(0));
                 request.segment[0..8].copy_from_slice(&range.sector.to_le_bytes());
@@ -719,6 +726,7 @@ impl Disk {
             }
             let Some(request) = self.next_part(id) else {
                 self.starting.pop_front();
+                self.finish_if_done(id);
                 continue;
             };
             if let Err((_, error)) = self.start(request) {
@@ -816,11 +824,19 @@ impl Disk {
 
     /// Runs `op` ahead of everything waiting and returns its result, while
     /// other requests go on (their completions are kept for the next `poll`).
-    fn run_now(&mut self, tag: Tag, op: DiskOp) -> DiskResult {
+    /// A device that does not answer within [`SYNC_TIMEOUT_MICROS`] fails it.
+    fn run_now(&mut self, op: DiskOp) -> DiskResult {
+        let tag = SYNC_TAG_BASE + self.next_sync_tag;
+        self.next_sync_tag += 1;
         self.submit_job(tag, op, true);
+        let started = super::clock::now_micros();
         loop {
             if let Some(position) = self.completed.iter().position(|(t, _)| *t == tag) {
                 return self.completed.remove(position).1;
+            }
+            if super::clock::now_micros().saturating_sub(started) > SYNC_TIMEOUT_MICROS {
+                log::error!("virtio-blk: no answer in {} s", SYNC_TIMEOUT_MICROS / 1_000_000);
+                return DiskResult::Failed(Error::IoError);
             }
             self.step();
             core::hint::spin_loop();
@@ -830,7 +846,7 @@ impl Disk {
     /// Writes and flushes `data` at `sector` before returning, while other
     /// requests go on: the HA metadata barrier.
     pub fn write_durable_now(&mut self, sector: u64, data: Vec<u8>) -> Result<(), Error> {
-        match self.run_now(BARRIER_TAG, DiskOp::Write { sector, data, flush_after: true }) {
+        match self.run_now(DiskOp::Write { sector, data, flush_after: true }) {
             DiskResult::Failed(error) => Err(error),
             _ => Ok(()),
         }
@@ -841,7 +857,7 @@ impl Disk {
         if self.busy() {
             return Err(Error::NotReady);
         }
-        match self.run_now(DIAGNOSTIC_TAG, DiskOp::Read { sector, bytes: buffer.len() }) {
+        match self.run_now(DiskOp::Read { sector, bytes: buffer.len() }) {
             DiskResult::ReadData(data) if data.len() == buffer.len() => {
                 buffer.copy_from_slice(&data);
                 Ok(())
@@ -856,7 +872,7 @@ impl Disk {
         if self.busy() {
             return Err(Error::NotReady);
         }
-        match self.run_now(DIAGNOSTIC_TAG, DiskOp::Write { sector, data: buffer.to_vec(), flush_after: false }) {
+        match self.run_now(DiskOp::Write { sector, data: buffer.to_vec(), flush_after: false }) {
             DiskResult::Failed(error) => Err(error),
             _ => Ok(()),
         }
@@ -866,7 +882,7 @@ impl Disk {
         if self.busy() {
             return Err(Error::NotReady);
         }
-        match self.run_now(DIAGNOSTIC_TAG, DiskOp::Flush) {
+        match self.run_now(DiskOp::Flush) {
             DiskResult::Failed(error) => Err(error),
             _ => Ok(()),
         }
