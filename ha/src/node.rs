@@ -143,6 +143,9 @@ pub enum CommandError {
     NotUpToDate,
     AdminFenced,
     Busy,
+    /// The primary is not connected to this node on the replication stream,
+    /// or does not count it UpToDate (resync under way).
+    NotInSync,
 }
 
 impl fmt::Display for CommandError {
@@ -154,6 +157,9 @@ impl fmt::Display for CommandError {
             CommandError::NotUpToDate => "local data is not UpToDate",
             CommandError::AdminFenced => "node is fenced by the operator (use unfence)",
             CommandError::Busy => "a role change is already under way",
+            CommandError::NotInSync => {
+                "not connected to the primary, or not yet in sync with it (resync under way)"
+            }
         })
     }
 }
@@ -247,6 +253,8 @@ struct Candidacy {
 #[derive(Clone, Copy, Debug)]
 struct Demote {
     started: Instant,
+    /// The flush of both disks that precedes the handover.
+    flush: Option<u64>,
     handover_sent: bool,
 }
 
@@ -285,6 +293,8 @@ enum FlushPurpose {
     Clean,
     /// Secondary: a Flush frame from the primary, numbered `seq`.
     Peer(u64),
+    /// A drained primary before it hands over.
+    Handover,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1118,7 +1128,7 @@ impl DataNode {
         self.try_complete_writes(now);
         self.try_complete_flushes(now);
         self.try_complete_reads(now);
-        self.demote_progress();
+        self.demote_progress(now);
         self.check_replication(now);
         self.pump_resync(now);
         self.persist_bitmap();
@@ -1519,6 +1529,8 @@ impl DataNode {
                 result: IoResult::PathError,
             });
         }
+        self.flushes
+            .retain(|_, f| matches!(f.purpose, FlushPurpose::Peer(_)));
         let ids: Vec<u64> = self.reads.keys().copied().collect();
         for id in ids {
             self.actions.push(Action::CompleteRead {
@@ -1949,20 +1961,50 @@ impl DataNode {
         }
         self.demote = Some(Demote {
             started: now,
+            flush: None,
             handover_sent: false,
         });
         self.progress(now);
         Ok(())
     }
 
-    fn demote_progress(&mut self) {
+    fn demote_progress(&mut self, now: Instant) {
         let Some(d) = self.demote else { return };
         if d.handover_sent
             || !self.writes.is_empty()
             || !self.reads.is_empty()
             || !self.unacked.is_empty()
+            || self.flushes.values().any(|f| matches!(f.purpose, FlushPurpose::Host(_)))
         {
             return;
+        }
+        // Drained: flush both disks, after which every region is equal and
+        // durable on both, so the marks go and the new primary has nothing
+        // to resync (a switch back is possible at once).
+        let Some(flush) = d.flush else {
+            self.abandon_clean_cycle();
+            let flush = self.new_flush(now, FlushPurpose::Handover, true);
+            self.demote = Some(Demote {
+                flush: Some(flush),
+                ..d
+            });
+            return;
+        };
+        match self.flushes.get(&flush) {
+            Some(f) if f.local == Some(true) && f.peer_acked => {
+                self.flushes.remove(&flush);
+                let mut i = 0;
+                while let Some(r) = self.bitmap.next_set(i) {
+                    self.clear_bit(r);
+                    i = r + 1;
+                }
+                self.persist_bitmap();
+            }
+            // A failed local flush: hand over anyway, the marks stay.
+            Some(f) if f.local == Some(false) => {
+                self.flushes.remove(&flush);
+            }
+            _ => return,
         }
         self.demote = Some(Demote {
             handover_sent: true,
@@ -1995,6 +2037,16 @@ impl DataNode {
                 .heartbeat
                 .is_some_and(|h| h.flags & flags::SERVING != 0);
         if peer_serving {
+            // The primary hands over only to a peer in sync with it: refuse
+            // here what it would refuse silently.
+            let in_sync = self.stream_ready()
+                && self.voter.record.primary == Some(self.peer)
+                && peer
+                    .heartbeat
+                    .is_some_and(|h| h.peer_state == DataState::UpToDate);
+            if !in_sync {
+                return Err(CommandError::NotInSync);
+            }
             self.send_all_links(self.peer, Message::SwitchoverRequest);
         } else {
             self.next_candidacy_at = now;

@@ -541,3 +541,60 @@ fn group_commit_keeps_hot_regions_marked_and_clean_cycles_clear_idle_ones() {
     assert!(s.data(p).counters().regions_cleaned > 0);
     s.final_verify();
 }
+
+/// A planned switchover leaves nothing to resync (both disks were flushed
+/// before the handover and the old primary dropped its marks), so switching
+/// back is possible at once; with I/O running throughout.
+#[test]
+fn switching_back_right_after_a_switchover_is_accepted() {
+    let mut s = started(22);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    assert!(s.data(p).dirty_regions() > 0, "hot regions are marked");
+    s.with_data(p, |d, now| d.demote(now)).unwrap();
+    assert!(
+        s.run_until(500 * MS, |s| s.primary() == Some(q)),
+        "{}",
+        s.log_tail()
+    );
+    assert_eq!(s.data(p).dirty_regions(), 0, "the handover cleared the marks");
+    let t0 = s.now;
+    let mut accepted = false;
+    for _ in 0..30 {
+        s.run_for(10 * MS);
+        if s.primary() == Some(q) && s.with_data(q, |d, now| d.demote(now)).is_ok() {
+            accepted = true;
+            break;
+        }
+    }
+    assert!(
+        accepted,
+        "switch back refused for 300 ms: {}",
+        s.data(q).status(tandem_ha::Instant::from_micros(s.now))
+    );
+    assert!(
+        s.run_until(500 * MS, |s| s.primary() == Some(p)),
+        "{}",
+        s.log_tail()
+    );
+    eprintln!("switch back accepted {} ms after the switchover", (s.now - t0) / MS);
+    s.final_verify();
+}
+
+/// `promote` on a secondary cut off from the primary's replication stream
+/// says why instead of asking for a handover the primary would refuse.
+#[test]
+fn promote_refuses_when_not_in_sync_with_the_primary() {
+    let mut s = started(23);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    s.set_link(0, NodeId::A, NodeId::B, false);
+    assert!(
+        s.run_until(1_000 * MS, |s| s.data(q).status(tandem_ha::Instant::ZERO).replication
+            == tandem_ha::node::ReplicationState::Disconnected),
+        "{}",
+        s.log_tail()
+    );
+    let r = s.with_data(q, |d, now| d.promote(now));
+    assert_eq!(r, Err(tandem_ha::node::CommandError::NotInSync));
+}
