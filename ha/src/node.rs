@@ -104,7 +104,7 @@ impl Config {
             links: 2,
             timing: Timing::DEFAULT,
             resync_rate: 100 << 20,
-            resync_max_in_flight: 4,
+            resync_max_in_flight: 16,
             bitmap_flush_interval: Duration::from_millis(1000),
             history_len: 64,
         }
@@ -333,7 +333,8 @@ struct Resync {
     pending: Bitmap,
     total: u64,
     cursor: u64,
-    reading: Option<u64>,
+    /// Regions being read for resync (their host writes wait).
+    reading: BTreeSet<u64>,
     in_flight: BTreeSet<u64>,
     tokens: u64,
     refilled: Instant,
@@ -1344,10 +1345,11 @@ impl DataNode {
         let resync_reading = self
             .resync
             .as_ref()
-            .and_then(|r| r.reading)
-            .is_some_and(|reg| {
+            .is_some_and(|r| {
                 let rs = self.layout.region_size as u64;
-                overlaps(offset, len, reg * rs, rs)
+                r.reading
+                    .iter()
+                    .any(|&reg| overlaps(offset, len, reg * rs, rs))
             });
         resync_reading
             || self
@@ -2655,7 +2657,7 @@ impl DataNode {
             pending,
             total,
             cursor: 0,
-            reading: None,
+            reading: BTreeSet::new(),
             in_flight: BTreeSet::new(),
             tokens: self.layout.region_size as u64,
             refilled: now,
@@ -2679,7 +2681,8 @@ impl DataNode {
         let rate = self.cfg.resync_rate;
         let max_in_flight = self.cfg.resync_max_in_flight.max(1) as usize;
         let rs = self.layout.region_size as u64;
-        let Some(rz) = self.resync.as_mut() else {
+        // Out of `self` while the host writes are consulted.
+        let Some(mut rz) = self.resync.take() else {
             return;
         };
         let elapsed = now.saturating_since(rz.refilled).as_micros();
@@ -2688,7 +2691,8 @@ impl DataNode {
         );
         rz.tokens = rz.tokens.min((rate / 10).max(rs * max_in_flight as u64));
         rz.refilled = now;
-        if rz.reading.is_none() && rz.in_flight.len() < max_in_flight && rz.tokens >= rs {
+        // Reads and chunks on the wire together stay within the limit.
+        while rz.reading.len() + rz.in_flight.len() < max_in_flight && rz.tokens >= rs {
             // Next dirty region with no host write in flight over it.
             let mut candidate = None;
             let mut from = rz.cursor;
@@ -2696,6 +2700,7 @@ impl DataNode {
                 let mut i = from;
                 while let Some(j) = rz.pending.next_set(i) {
                     let busy = rz.in_flight.contains(&j)
+                        || rz.reading.contains(&j)
                         || self
                             .writes
                             .values()
@@ -2711,20 +2716,22 @@ impl DataNode {
                 }
                 from = 0;
             }
-            if let Some(r) = candidate {
-                rz.reading = Some(r);
-                rz.cursor = r + 1;
-                rz.tokens -= rs;
-                let (offset, len) = self.region_range(r);
-                self.actions.push(Action::ReadForResync { offset, len });
-            }
+            let Some(r) = candidate else {
+                break;
+            };
+            rz.reading.insert(r);
+            rz.cursor = r + 1;
+            rz.tokens -= rs;
+            let (offset, len) = self.region_range(r);
+            self.actions.push(Action::ReadForResync { offset, len });
         }
+        self.resync = Some(rz);
         let Some(rz) = self.resync.as_mut() else {
             return;
         };
         if rz.pending.count() == 0
             && rz.in_flight.is_empty()
-            && rz.reading.is_none()
+            && rz.reading.is_empty()
             && !rz.done_sent
         {
             rz.done_sent = true;
@@ -2747,10 +2754,9 @@ impl DataNode {
         let Some(rz) = self.resync.as_mut() else {
             return self.progress(now);
         };
-        if rz.reading != Some(r) {
+        if !rz.reading.remove(&r) {
             return self.progress(now);
         }
-        rz.reading = None;
         match data {
             Some(d) if d.len() == len as usize => {
                 rz.in_flight.insert(r);

@@ -119,6 +119,12 @@ fn primary_crash_then_restart_resyncs_only_dirty_regions() {
         resynced > 0 && resynced < total,
         "resync copied {resynced} of {total} regions: not incremental"
     );
+    if resynced > 1 {
+        assert!(
+            s.max_resync_reads > 1,
+            "resync read one region at a time ({resynced} regions)"
+        );
+    }
     assert_eq!(s.data(p).role(), Role::Secondary);
     assert_eq!(s.data(p).data_state(), DataState::UpToDate);
     s.final_verify();

@@ -218,6 +218,9 @@ pub struct Host {
 }
 
 pub struct Sim {
+    /// Resync reads outstanding now, and the most ever outstanding.
+    pub resync_reads: usize,
+    pub max_resync_reads: usize,
     pub now: u64,
     pub rng: Rng,
     pub nodes: Vec<SimNode>,
@@ -269,6 +272,8 @@ impl Sim {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
         let mut sim = Sim {
+            resync_reads: 0,
+            max_resync_reads: 0,
             now: 0,
             rng: Rng::new(seed),
             nodes: Vec::new(),
@@ -590,6 +595,7 @@ impl Sim {
                             d.on_replicated_write_done(local, seq, offset, true);
                         }
                         DiskKind::ResyncRead { offset, len } => {
+                            self.resync_reads = self.resync_reads.saturating_sub(1);
                             let data = read_disk(&n.disk, offset, len);
                             d.on_resync_read_done(local, offset, Some(&data));
                         }
@@ -779,6 +785,8 @@ impl Sim {
                 );
             }
             Action::ReadForResync { offset, len } => {
+                self.resync_reads += 1;
+                self.max_resync_reads = self.max_resync_reads.max(self.resync_reads);
                 let delay = self.rng.range(self.disk_min, self.disk_max);
                 self.deliver(
                     delay,
