@@ -93,6 +93,8 @@ pub struct Config {
     pub bitmap_flush_interval: Duration,
     /// Role changes kept for `history`.
     pub history_len: usize,
+    /// How `status` names each link (e.g. the NIC that carries it).
+    pub link_names: [&'static str; MAX_LINKS],
 }
 
 impl Config {
@@ -107,6 +109,7 @@ impl Config {
             resync_max_in_flight: 16,
             bitmap_flush_interval: Duration::from_millis(1000),
             history_len: 64,
+            link_names: ["link0", "link1", "link2", "link3"],
         }
     }
 }
@@ -420,6 +423,7 @@ pub struct Status {
     /// Time since the send of the newest lease request that was granted.
     pub lease_age: Option<Duration>,
     pub links: u8,
+    pub link_names: [&'static str; MAX_LINKS],
     /// Time since the peer / witness was last heard, per link.
     pub peer_heard: [Option<Duration>; MAX_LINKS],
     pub witness_heard: [Option<Duration>; MAX_LINKS],
@@ -487,7 +491,7 @@ impl fmt::Display for Status {
             self.peer_reachable
         )?;
         for l in 0..self.links as usize {
-            write!(f, " link{}:", l)?;
+            write!(f, " {}:", self.link_names[l])?;
             fmt_age(f, self.peer_heard[l])?;
         }
         writeln!(f)?;
@@ -512,7 +516,7 @@ impl fmt::Display for Status {
         }
         write!(f, "  witness reachable:{}", self.witness_reachable)?;
         for l in 0..self.links as usize {
-            write!(f, " link{}:", l)?;
+            write!(f, " {}:", self.link_names[l])?;
             fmt_age(f, self.witness_heard[l])?;
         }
         writeln!(f)
@@ -1342,15 +1346,12 @@ impl DataNode {
     }
 
     fn write_blocked(&self, offset: u64, len: u64) -> bool {
-        let resync_reading = self
-            .resync
-            .as_ref()
-            .is_some_and(|r| {
-                let rs = self.layout.region_size as u64;
-                r.reading
-                    .iter()
-                    .any(|&reg| overlaps(offset, len, reg * rs, rs))
-            });
+        let resync_reading = self.resync.as_ref().is_some_and(|r| {
+            let rs = self.layout.region_size as u64;
+            r.reading
+                .iter()
+                .any(|&reg| overlaps(offset, len, reg * rs, rs))
+        });
         resync_reading
             || self
                 .writes
@@ -1976,7 +1977,10 @@ impl DataNode {
             || !self.writes.is_empty()
             || !self.reads.is_empty()
             || !self.unacked.is_empty()
-            || self.flushes.values().any(|f| matches!(f.purpose, FlushPurpose::Host(_)))
+            || self
+                .flushes
+                .values()
+                .any(|f| matches!(f.purpose, FlushPurpose::Host(_)))
         {
             return;
         }
@@ -3033,6 +3037,7 @@ impl DataNode {
                 .filter(|_| self.role == Role::Primary)
                 .map(|g| now.saturating_since(g)),
             links: self.cfg.links,
+            link_names: self.cfg.link_names,
             peer_heard: ages(peer_k),
             witness_heard: ages(w_k),
             peer_reachable: peer_k.alive(now, t.failure_timeout),

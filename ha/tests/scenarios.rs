@@ -563,7 +563,11 @@ fn switching_back_right_after_a_switchover_is_accepted() {
         "{}",
         s.log_tail()
     );
-    assert_eq!(s.data(p).dirty_regions(), 0, "the handover cleared the marks");
+    assert_eq!(
+        s.data(p).dirty_regions(),
+        0,
+        "the handover cleared the marks"
+    );
     let t0 = s.now;
     let mut accepted = false;
     for _ in 0..30 {
@@ -583,7 +587,10 @@ fn switching_back_right_after_a_switchover_is_accepted() {
         "{}",
         s.log_tail()
     );
-    eprintln!("switch back accepted {} ms after the switchover", (s.now - t0) / MS);
+    eprintln!(
+        "switch back accepted {} ms after the switchover",
+        (s.now - t0) / MS
+    );
     s.final_verify();
 }
 
@@ -596,7 +603,10 @@ fn promote_refuses_when_not_in_sync_with_the_primary() {
     let q = p.peer();
     s.set_link(0, NodeId::A, NodeId::B, false);
     assert!(
-        s.run_until(1_000 * MS, |s| s.data(q).status(tandem_ha::Instant::ZERO).replication
+        s.run_until(1_000 * MS, |s| s
+            .data(q)
+            .status(tandem_ha::Instant::ZERO)
+            .replication
             == tandem_ha::node::ReplicationState::Disconnected),
         "{}",
         s.log_tail()

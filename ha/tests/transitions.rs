@@ -287,6 +287,13 @@ fn trio_elects_a_persists_before_replying_and_prints_role_lines() {
         text.contains("a role:primary epoch:1 disk:UpToDate ana:optimized"),
         "{text}"
     );
+    let mut named = st.clone();
+    named.link_names = ["repl", "front", "x", "y"];
+    let text = named.to_string();
+    assert!(
+        text.contains(" repl:") && text.contains(" front:") && !text.contains("link0"),
+        "{text}"
+    );
 }
 
 #[test]

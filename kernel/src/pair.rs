@@ -216,6 +216,8 @@ impl DataPair {
         let mut node_config = NodeConfig::new(me, pair_id(config), crate::hw::clock::boot_stamp() ^ now_micros);
         node_config.timing = timing(&config.ha);
         node_config.resync_rate = config.ha.resync_mib_per_second << 20;
+        // Link 0 is the replication link (net1), link 1 the front-end (net0).
+        node_config.link_names = ["repl/net1", "front/net0", "link2", "link3"];
         let disk_bytes = disk.sectors() * SECTOR;
         let layout = Layout::new(disk_bytes, DEFAULT_REGION_SIZE).map_err(|error| alloc::format!("disk0 of {disk_bytes} bytes: {error}"))?;
         let slot0 = read_blocks(disk, layout.superblock_offset(0), BLOCK_SIZE)?;
