@@ -2600,11 +2600,7 @@ impl DataNode {
     /// Secondary: the replicated write `seq` reached the disk (or failed).
     pub fn on_replicated_write_done(&mut self, now: Instant, seq: u64, offset: u64, ok: bool) {
         if self.finish_apply(ApplyKind::Write(seq), offset).is_some() {
-            let status = if ok {
-                AckStatus::Ok
-            } else {
-                AckStatus::IoError
-            };
+            let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
             self.send_frame(epoch, seq, Body::WriteAck { status });
         }
@@ -2614,11 +2610,7 @@ impl DataNode {
     /// Secondary: resync data at `offset` reached the disk (or failed).
     pub fn on_resync_write_done(&mut self, now: Instant, offset: u64, ok: bool) {
         if let Some(len) = self.finish_apply(ApplyKind::Resync, offset) {
-            let status = if ok {
-                AckStatus::Ok
-            } else {
-                AckStatus::IoError
-            };
+            let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
             self.send_frame(
                 epoch,
@@ -2948,11 +2940,7 @@ impl DataNode {
         f.local = Some(ok);
         if let FlushPurpose::Peer(seq) = f.purpose {
             self.flushes.remove(&flush);
-            let status = if ok {
-                AckStatus::Ok
-            } else {
-                AckStatus::IoError
-            };
+            let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
             self.send_frame(epoch, seq, Body::FlushAck { status });
         }

@@ -136,6 +136,14 @@ impl Trio {
             disk_flushes: Vec::new(),
         }
     }
+    /// The disk flush `node` asked for.
+    fn disk_flush_of(&self, node: NodeId) -> u64 {
+        self.disk_flushes
+            .iter()
+            .find(|(n, _)| *n == node)
+            .expect("a disk flush")
+            .1
+    }
     fn with_stream() -> Trio {
         let mut t = Trio::new();
         t.stream = true;
@@ -1262,18 +1270,8 @@ fn host_flush_waits_for_the_peer_or_its_outdating() {
     let now = ms(t.now);
     t.a.host_flush(now, 5).unwrap();
     t.step(t.now + 5);
-    let mine = t
-        .disk_flushes
-        .iter()
-        .find(|(n, _)| *n == NodeId::A)
-        .unwrap()
-        .1;
-    let peers = t
-        .disk_flushes
-        .iter()
-        .find(|(n, _)| *n == NodeId::B)
-        .unwrap()
-        .1;
+    let mine = t.disk_flush_of(NodeId::A);
+    let peers = t.disk_flush_of(NodeId::B);
     t.a.on_disk_flush_done(ms(t.now), mine, true);
     let acts: Vec<Action> = t.a.drain_actions().collect();
     assert!(
@@ -1313,12 +1311,7 @@ fn host_flush_waits_for_the_peer_or_its_outdating() {
     t.disk_flushes.clear();
     t.a.host_flush(ms(t.now), 6).unwrap();
     t.step(t.now + 1);
-    let mine = t
-        .disk_flushes
-        .iter()
-        .find(|(n, _)| *n == NodeId::A)
-        .unwrap()
-        .1;
+    let mine = t.disk_flush_of(NodeId::A);
     t.a.on_disk_flush_done(ms(t.now), mine, true);
     let mut completed = None;
     for step in 1..2_000 {

@@ -66,6 +66,14 @@ pub enum AckStatus {
 }
 
 impl AckStatus {
+    /// `Ok` for a disk operation that succeeded, `IoError` otherwise.
+    pub fn of_disk(ok: bool) -> AckStatus {
+        if ok {
+            AckStatus::Ok
+        } else {
+            AckStatus::IoError
+        }
+    }
     fn from_u8(v: u8) -> Option<AckStatus> {
         match v {
             0 => Some(AckStatus::Ok),
