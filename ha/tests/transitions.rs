@@ -1354,3 +1354,41 @@ fn host_flush_waits_for_the_peer_or_its_outdating() {
     assert_eq!(result, IoResult::Ok);
     assert_eq!(outdated, Some(NodeId::B));
 }
+
+/// In sync, a write marks its whole activity extent: another write in the
+/// same extent costs no metadata write. With the peer Outdated, marks are
+/// exact (they are what the resync copies).
+#[test]
+fn in_sync_writes_mark_activity_extents_and_degraded_writes_their_regions() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.record().outdated, None, "{:?}", t.log);
+    let now = ms(t.now);
+    t.a.host_write(now, 1, 0, 4096, false).unwrap();
+    let generation =
+        t.a.drain_actions()
+            .find_map(|a| match a {
+                Action::PersistBitmap { generation, .. } => Some(generation),
+                _ => None,
+            })
+            .expect("the first write persists its marks");
+    t.a.on_bitmap_persisted(now, generation, true);
+    // One 4 MiB extent (this disk holds less than that).
+    assert_eq!(t.a.dirty_regions(), t.a.layout().region_count.min(64));
+    t.a.host_write(now, 2, 1 << 20, 4096, false).unwrap();
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    assert!(acts.contains(&Action::SubmitLocalWrite { id: 2 }));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::PersistBitmap { .. }))
+    );
+
+    // Without a stream the peer gets recorded Outdated; then exact marks.
+    let mut d = Trio::new();
+    d.step(400);
+    assert_eq!(d.a.record().outdated, Some(NodeId::B));
+    let before = d.a.dirty_regions();
+    d.a.host_write(ms(d.now), 1, 2 << 20, 4096, false).unwrap();
+    assert_eq!(d.a.dirty_regions(), before + 1);
+}

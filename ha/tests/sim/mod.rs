@@ -349,6 +349,9 @@ impl Sim {
         c.timing = self.timing;
         c.resync_rate = self.resync_rate;
         c.bitmap_flush_interval = Duration::from_millis(300);
+        // The simulated disk has 32 regions: extents of 4 keep resyncs
+        // incremental.
+        c.activity_extent_regions = 4;
         c
     }
 
