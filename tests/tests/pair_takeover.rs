@@ -238,8 +238,9 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     // The claim is seen on the console up to a poll interval late; the resets
     // come within the tickle rounds after it (not after TCP's minutes).
     for (what, reset) in [("idle", idle_reset), ("busy", busy_reset)] {
-        // hb_timeout=2000: the failure timeout, then the election.
-        assert!(reset - killed_at < Duration::from_secs(4), "the {what} connection was reset {:?} after the kill", reset - killed_at);
+        // hb_timeout=2000: the failure timeout, then the election (2.3–3.3 s
+        // measured on a busy two-core machine), then the tickles.
+        assert!(reset - killed_at < Duration::from_secs(6), "the {what} connection was reset {:?} after the kill", reset - killed_at);
         assert!(
             reset <= claim_seen + Duration::from_millis(1500),
             "the {what} connection was reset {:?} after the claim was seen",
