@@ -92,12 +92,17 @@ impl Takeover {
     /// timeout (a link never heard counts from this node's start).
     pub fn peer_silent(&self, now: Instant, peer_heard: &[Option<Duration>]) -> bool {
         let since_start = now.saturating_since(self.started);
-        peer_heard.iter().all(|age| age.unwrap_or(since_start) >= self.failure_timeout)
+        peer_heard
+            .iter()
+            .all(|age| age.unwrap_or(since_start) >= self.failure_timeout)
     }
 
     pub fn update(&mut self, now: Instant, view: PeerView<'_>) -> Decision {
         let mut decision = Decision::default();
-        let heard = view.peer_heard.iter().any(|age| age.is_some_and(|age| age < self.failure_timeout));
+        let heard = view
+            .peer_heard
+            .iter()
+            .any(|age| age.is_some_and(|age| age < self.failure_timeout));
         if self.last_role.is_some_and(|role| role != view.role) || (heard && !self.peer_was_heard) {
             self.announce_from = Some(now);
             self.next_announce = 0;
@@ -106,7 +111,10 @@ impl Takeover {
         self.peer_was_heard = heard;
         if let Some(from) = self.announce_from {
             let elapsed = now.saturating_since(from).as_millis();
-            let due = ANNOUNCE_OFFSETS_MS.iter().take_while(|offset| **offset <= elapsed).count();
+            let due = ANNOUNCE_OFFSETS_MS
+                .iter()
+                .take_while(|offset| **offset <= elapsed)
+                .count();
             if due > self.next_announce {
                 decision.announce_own = true;
                 self.next_announce = due;
@@ -136,7 +144,10 @@ impl Takeover {
             let elapsed = now.saturating_since(claimed_at).as_millis();
             // One round per call at most; a late call catches up with the
             // latest round due and skips the ones it missed.
-            let due = ROUND_OFFSETS_MS.iter().take_while(|offset| **offset <= elapsed).count();
+            let due = ROUND_OFFSETS_MS
+                .iter()
+                .take_while(|offset| **offset <= elapsed)
+                .count();
             if due > self.next_round {
                 decision.round = Some(due - 1);
                 self.next_round = due;
@@ -157,26 +168,50 @@ mod tests {
     }
 
     fn view(role: Role, heard: &[Option<Duration>]) -> PeerView<'_> {
-        PeerView { role, serving: true, peer_heard: heard }
+        PeerView {
+            role,
+            serving: true,
+            peer_heard: heard,
+        }
     }
 
     fn ages(a: u64, b: u64) -> [Option<Duration>; 2] {
-        [Some(Duration::from_millis(a)), Some(Duration::from_millis(b))]
+        [
+            Some(Duration::from_millis(a)),
+            Some(Duration::from_millis(b)),
+        ]
     }
 
     #[test]
     fn claims_only_when_primary_serving_and_the_peer_is_silent_on_every_link() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
-        assert!(!t.update(ms(10_000), view(Role::Primary, &ages(1999, 5000))).claim);
-        assert!(!t.update(ms(10_000), view(Role::Primary, &ages(5000, 1999))).claim);
-        assert!(!t.update(ms(10_000), view(Role::Secondary, &ages(5000, 5000))).claim);
-        let not_serving = PeerView { role: Role::Primary, serving: false, peer_heard: &ages(5000, 5000) };
+        assert!(
+            !t.update(ms(10_000), view(Role::Primary, &ages(1999, 5000)))
+                .claim
+        );
+        assert!(
+            !t.update(ms(10_000), view(Role::Primary, &ages(5000, 1999)))
+                .claim
+        );
+        assert!(
+            !t.update(ms(10_000), view(Role::Secondary, &ages(5000, 5000)))
+                .claim
+        );
+        let not_serving = PeerView {
+            role: Role::Primary,
+            serving: false,
+            peer_heard: &ages(5000, 5000),
+        };
         assert!(!t.update(ms(10_000), not_serving).claim);
         let decision = t.update(ms(10_000), view(Role::Primary, &ages(2000, 2500)));
         assert!(decision.claim && !decision.release);
         assert_eq!(decision.round, Some(0));
         assert!(t.claimed());
-        assert!(!t.update(ms(10_001), view(Role::Primary, &ages(2001, 2501))).claim, "claims once");
+        assert!(
+            !t.update(ms(10_001), view(Role::Primary, &ages(2001, 2501)))
+                .claim,
+            "claims once"
+        );
     }
 
     #[test]
@@ -191,21 +226,39 @@ mod tests {
     fn rounds_follow_the_schedule_once_each() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
         let silent = ages(9000, 9000);
-        assert_eq!(t.update(ms(5000), view(Role::Primary, &silent)).round, Some(0));
+        assert_eq!(
+            t.update(ms(5000), view(Role::Primary, &silent)).round,
+            Some(0)
+        );
         assert_eq!(t.update(ms(5040), view(Role::Primary, &silent)).round, None);
-        assert_eq!(t.update(ms(5050), view(Role::Primary, &silent)).round, Some(1));
+        assert_eq!(
+            t.update(ms(5050), view(Role::Primary, &silent)).round,
+            Some(1)
+        );
         assert_eq!(t.update(ms(5060), view(Role::Primary, &silent)).round, None);
         // A late call runs the latest round due, once.
-        assert_eq!(t.update(ms(6300), view(Role::Primary, &silent)).round, Some(3));
+        assert_eq!(
+            t.update(ms(6300), view(Role::Primary, &silent)).round,
+            Some(3)
+        );
         assert_eq!(t.update(ms(7499), view(Role::Primary, &silent)).round, None);
-        assert_eq!(t.update(ms(7500), view(Role::Primary, &silent)).round, Some(4));
-        assert_eq!(t.update(ms(60_000), view(Role::Primary, &silent)).round, None);
+        assert_eq!(
+            t.update(ms(7500), view(Role::Primary, &silent)).round,
+            Some(4)
+        );
+        assert_eq!(
+            t.update(ms(60_000), view(Role::Primary, &silent)).round,
+            None
+        );
     }
 
     #[test]
     fn releases_when_the_peer_is_heard_on_any_link_or_the_role_is_lost() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
-        assert!(t.update(ms(5000), view(Role::Primary, &ages(3000, 3000))).claim);
+        assert!(
+            t.update(ms(5000), view(Role::Primary, &ages(3000, 3000)))
+                .claim
+        );
         let heard = t.update(ms(5500), view(Role::Primary, &ages(3500, 10)));
         assert!(heard.release && !heard.claim && heard.round.is_none());
         assert!(heard.announce_own, "the peer heard again");
@@ -216,20 +269,38 @@ mod tests {
         assert_eq!(again.round, Some(0));
         let demoted = t.update(ms(9100), view(Role::Fenced, &ages(3600, 3600)));
         assert!(demoted.release);
-        assert!(!t.update(ms(9200), view(Role::Fenced, &ages(3700, 3700))).claim);
+        assert!(
+            !t.update(ms(9200), view(Role::Fenced, &ages(3700, 3700)))
+                .claim
+        );
     }
 
     #[test]
     fn role_changes_announce_the_node_s_own_addresses_repeatedly() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
         let heard = ages(10, 10);
-        assert!(t.update(ms(1), view(Role::Secondary, &heard)).announce_own, "the peer heard for the first time");
+        assert!(
+            t.update(ms(1), view(Role::Secondary, &heard)).announce_own,
+            "the peer heard for the first time"
+        );
         // The rest of that schedule (300 ms, 1000 ms).
         assert!(!t.update(ms(2), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(301), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(1001), view(Role::Secondary, &heard)).announce_own);
-        assert!(!t.update(ms(5000), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(6000), view(Role::Primary, &heard)).announce_own, "a role change");
+        assert!(
+            t.update(ms(301), view(Role::Secondary, &heard))
+                .announce_own
+        );
+        assert!(
+            t.update(ms(1001), view(Role::Secondary, &heard))
+                .announce_own
+        );
+        assert!(
+            !t.update(ms(5000), view(Role::Secondary, &heard))
+                .announce_own
+        );
+        assert!(
+            t.update(ms(6000), view(Role::Primary, &heard)).announce_own,
+            "a role change"
+        );
         assert!(!t.update(ms(6001), view(Role::Primary, &heard)).announce_own);
         assert!(t.update(ms(6300), view(Role::Primary, &heard)).announce_own);
         assert!(t.update(ms(7000), view(Role::Primary, &heard)).announce_own);
@@ -239,12 +310,28 @@ mod tests {
     #[test]
     fn the_peer_heard_again_announces_the_node_s_own_addresses() {
         let mut t = Takeover::new(TIMEOUT, ms(0));
-        assert!(!t.update(ms(1), view(Role::Secondary, &[None, None])).announce_own, "nothing heard yet");
-        assert!(t.update(ms(100), view(Role::Secondary, &ages(5, 5000))).announce_own, "heard on one link");
+        assert!(
+            !t.update(ms(1), view(Role::Secondary, &[None, None]))
+                .announce_own,
+            "nothing heard yet"
+        );
+        assert!(
+            t.update(ms(100), view(Role::Secondary, &ages(5, 5000)))
+                .announce_own,
+            "heard on one link"
+        );
         for at in [300u64, 2000, 4000] {
             t.update(ms(100 + at), view(Role::Secondary, &ages(5, 5)));
         }
-        assert!(!t.update(ms(9000), view(Role::Secondary, &ages(2500, 2500))).announce_own, "silence announces nothing");
-        assert!(t.update(ms(9100), view(Role::Secondary, &ages(1, 2600))).announce_own, "heard again");
+        assert!(
+            !t.update(ms(9000), view(Role::Secondary, &ages(2500, 2500)))
+                .announce_own,
+            "silence announces nothing"
+        );
+        assert!(
+            t.update(ms(9100), view(Role::Secondary, &ages(1, 2600)))
+                .announce_own,
+            "heard again"
+        );
     }
 }

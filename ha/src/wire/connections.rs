@@ -94,7 +94,10 @@ impl ConnectionList {
         let reserved = reader.u32();
         let crc = reader.u32();
         if count > MAX_ENTRIES {
-            return Err(Error::TooLarge { length: count as u64, max: MAX_ENTRIES as u64 });
+            return Err(Error::TooLarge {
+                length: count as u64,
+                max: MAX_ENTRIES as u64,
+            });
         }
         let length = HEADER_LEN + count * ENTRY_LEN;
         if bytes.len() < length {
@@ -127,9 +130,19 @@ impl ConnectionList {
             if !usable_host(host_address) || !usable_host(local_address) {
                 return Err(Error::InvalidField("address"));
             }
-            entries.push(ConnectionEntry { local_address, local_port, host_port, host_address });
+            entries.push(ConnectionEntry {
+                local_address,
+                local_port,
+                host_port,
+                host_address,
+            });
         }
-        Ok(Self { sender, boot, sequence, entries })
+        Ok(Self {
+            sender,
+            boot,
+            sequence,
+            entries,
+        })
     }
 
     /// The datagram; at most [`MAX_ENTRIES`] entries are sent (the caller
@@ -165,7 +178,8 @@ impl ConnectionList {
         match current {
             None => true,
             Some(current) => {
-                self.boot != current.boot || (self.sequence.wrapping_sub(current.sequence) as i32) > 0
+                self.boot != current.boot
+                    || (self.sequence.wrapping_sub(current.sequence) as i32) > 0
             }
         }
     }
@@ -212,7 +226,10 @@ mod tests {
         assert_eq!(&bytes[6..8], &[0, 1]);
         assert_eq!(&bytes[8..12], &[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(&bytes[12..16], &[0, 0, 0, 7]);
-        assert_eq!(&bytes[24..], &[10, 79, 0, 2, 0x11, 0x44, 0x9c, 0x40, 10, 79, 0, 20]);
+        assert_eq!(
+            &bytes[24..],
+            &[10, 79, 0, 2, 0x11, 0x44, 0x9c, 0x40, 10, 79, 0, 20]
+        );
     }
 
     fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -225,34 +242,58 @@ mod tests {
     fn rejects_bad_input() {
         let good = sample(2).emit();
         assert_eq!(ConnectionList::parse(&good[..10]), Err(Error::Truncated));
-        assert_eq!(ConnectionList::parse(&good[..good.len() - 1]), Err(Error::Truncated));
+        assert_eq!(
+            ConnectionList::parse(&good[..good.len() - 1]),
+            Err(Error::Truncated)
+        );
         let mut long = good.clone();
         long.push(0);
-        assert_eq!(ConnectionList::parse(&long), Err(Error::InvalidField("length")));
+        assert_eq!(
+            ConnectionList::parse(&long),
+            Err(Error::InvalidField("length"))
+        );
         let mut bad = good.clone();
         bad[0] ^= 1;
         assert_eq!(ConnectionList::parse(&bad), Err(Error::BadMagic));
         let mut bad = good.clone();
         bad[4] = 2;
-        assert_eq!(ConnectionList::parse(&bad), Err(Error::UnsupportedVersion(2)));
+        assert_eq!(
+            ConnectionList::parse(&bad),
+            Err(Error::UnsupportedVersion(2))
+        );
         let mut bad = good.clone();
         bad[30] ^= 0x40;
         assert_eq!(ConnectionList::parse(&bad), Err(Error::BadChecksum));
         let mut bad = good.clone();
         bad[6..8].copy_from_slice(&(MAX_ENTRIES as u16 + 1).to_be_bytes());
-        assert!(matches!(ConnectionList::parse(&bad), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            ConnectionList::parse(&bad),
+            Err(Error::TooLarge { .. })
+        ));
         let mut bad = good.clone();
         bad[5] = 2; // the witness has no connections to report
-        assert_eq!(ConnectionList::parse(&with_crc(bad)), Err(Error::InvalidField("sender")));
+        assert_eq!(
+            ConnectionList::parse(&with_crc(bad)),
+            Err(Error::InvalidField("sender"))
+        );
         let mut bad = good.clone();
         bad[16] = 1;
-        assert_eq!(ConnectionList::parse(&with_crc(bad)), Err(Error::InvalidField("reserved")));
+        assert_eq!(
+            ConnectionList::parse(&with_crc(bad)),
+            Err(Error::InvalidField("reserved"))
+        );
         let mut bad = good.clone();
         bad[24 + 6..24 + 8].copy_from_slice(&[0, 0]);
-        assert_eq!(ConnectionList::parse(&with_crc(bad)), Err(Error::InvalidField("port")));
+        assert_eq!(
+            ConnectionList::parse(&with_crc(bad)),
+            Err(Error::InvalidField("port"))
+        );
         let mut bad = good.clone();
         bad[24 + 8..24 + 12].copy_from_slice(&[255, 255, 255, 255]);
-        assert_eq!(ConnectionList::parse(&with_crc(bad)), Err(Error::InvalidField("address")));
+        assert_eq!(
+            ConnectionList::parse(&with_crc(bad)),
+            Err(Error::InvalidField("address"))
+        );
         assert!(!is_connection_list(&[0x54, 0x44]));
     }
 
@@ -289,10 +330,16 @@ mod tests {
     fn newer_lists_supersede_older_ones() {
         let current = sample(1);
         let mut next = current.clone();
-        assert!(!next.supersedes(Some(&current)), "a duplicate (the other link's copy) is not news");
+        assert!(
+            !next.supersedes(Some(&current)),
+            "a duplicate (the other link's copy) is not news"
+        );
         next.sequence = 8;
         assert!(next.supersedes(Some(&current)));
-        assert!(!current.supersedes(Some(&next)), "a late copy of an older list");
+        assert!(
+            !current.supersedes(Some(&next)),
+            "a late copy of an older list"
+        );
         next.sequence = 0;
         next.boot = 1;
         assert!(next.supersedes(Some(&current)), "the sender rebooted");
