@@ -97,7 +97,14 @@ impl Links {
         let link_index = link.0 as usize;
         let Some(Some((nic, handle))) = self.sockets.get(link_index) else { return };
         let Some(Some(address)) = self.addresses.get(to.index()).and_then(|a| a.get(link_index)) else { return };
-        let endpoint = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(*address)), self.port);
+        let destination = Ipv4Address::from_octets(*address);
+        // A peer whose address this node has taken over is not reachable
+        // there: smoltcp would hold the datagram waiting for an ARP answer
+        // that never comes, and the socket's later datagrams behind it.
+        if nets[*nic].nic.claimed_addresses().iter().any(|claimed| claimed.address() == destination) {
+            return;
+        }
+        let endpoint = IpEndpoint::new(IpAddress::Ipv4(destination), self.port);
         let socket = nets[*nic].nic.sockets_mut().get_mut::<udp::Socket>(*handle);
         if let Err(error) = socket.send_slice(bytes, endpoint) {
             log::debug!("ha: datagram to {} on link {} dropped: {error}", to.name(), link.0);

@@ -277,8 +277,8 @@ impl Queue {
         hostnqn: &str,
         kato_ms: u32,
     ) -> (Queue, u16) {
-        let mut queue = Queue::try_open_over(stream, false, false)
-            .unwrap_or_else(|e| panic!("ICReq: {e:?}"));
+        let mut queue =
+            Queue::try_open_over(stream, false, false).unwrap_or_else(|e| panic!("ICReq: {e:?}"));
         let (status, result) = queue.connect(0, 0xFFFF, kato_ms, subnqn, hostnqn);
         assert_eq!(
             status,
