@@ -396,6 +396,23 @@ impl DataPair {
             self.node.on_datagram(now, link, &bytes);
         }
         busy |= self.pump_stream(nets, now_micros);
+        busy |= self.take_disk_completions(disk, now_micros);
+        busy |= self.run_actions(nets, disk, nvme, now_micros);
+        // Start what the actions just submitted (a replicated write, a
+        // bitmap persist) now, not in the next round.
+        if self.take_disk_completions(disk, now_micros) {
+            busy = true;
+            self.run_actions(nets, disk, nvme, now_micros);
+        }
+        busy |= self.pump_stream(nets, now_micros);
+        busy |= self.poll_takeover(nets, nvme, now_micros);
+        busy
+    }
+
+    /// Hands finished disk requests to the crate and starts queued ones.
+    fn take_disk_completions(&mut self, disk: &mut Disk, now_micros: u64) -> bool {
+        let now = ha_now(now_micros);
+        let mut busy = false;
         for (tag, result) in disk.poll() {
             busy = true;
             let Some(purpose) = self.disk_tags.remove(&tag) else { continue };
@@ -433,9 +450,6 @@ impl DataPair {
                 DiskPurpose::ResyncWrite { offset } => self.node.on_resync_write_done(now, offset, ok),
             }
         }
-        busy |= self.run_actions(nets, disk, nvme, now_micros);
-        busy |= self.pump_stream(nets, now_micros);
-        busy |= self.poll_takeover(nets, nvme, now_micros);
         busy
     }
 

@@ -147,6 +147,7 @@ impl AddressTakeover {
             let why = if status.role == tandem_ha::Role::Primary { "peer heard" } else { "no longer primary" };
             for (nic, address) in core::mem::take(&mut self.claimed) {
                 nets[nic].nic.release_address(address);
+                replay_neighbors(&mut nets[nic]);
                 println!("tandem: takeover release {address} on net{nic} ({why})");
             }
         }
@@ -172,6 +173,7 @@ impl AddressTakeover {
             };
             match nets[nic].nic.claim_address(address) {
                 Ok(()) => {
+                    replay_neighbors(&mut nets[nic]);
                     self.claimed.push((nic, address));
                     let connections = self.peer_connections_on(address).count();
                     println!("tandem: takeover claim {address} on net{nic} (peer silent), tickled {connections} connections");
@@ -289,5 +291,12 @@ fn announce_own(nets: &mut [NetPort], now_micros: u64) {
             let mac = port.nic.device().mac_address();
             port.nic.send_frame(now, &frames::gratuitous_arp(mac, own.address()));
         }
+    }
+}
+
+/// smoltcp forgot its neighbours with the address change: tell it again.
+fn replay_neighbors(port: &mut NetPort) {
+    if let Some(own) = port.nic.address() {
+        port.nic.device_mut().replay_neighbors(own.address());
     }
 }

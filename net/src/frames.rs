@@ -63,6 +63,21 @@ pub fn arp_request(mac: [u8; 6], sender: Ipv4Address, target: Ipv4Address) -> Ve
     )
 }
 
+/// An ARP reply: `address` is at `mac`, sent to `to_address` at `to_mac`.
+pub fn arp_reply(mac: [u8; 6], address: Ipv4Address, to_mac: [u8; 6], to_address: Ipv4Address) -> Vec<u8> {
+    arp_frame(
+        mac,
+        EthernetAddress(to_mac),
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(mac),
+            source_protocol_addr: address,
+            target_hardware_addr: EthernetAddress(to_mac),
+            target_protocol_addr: to_address,
+        },
+    )
+}
+
 /// One end of a TCP connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -125,6 +140,11 @@ pub struct ArpSnoop {
 }
 
 impl ArpSnoop {
+    /// Every neighbour learned, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (Ipv4Address, [u8; 6])> + '_ {
+        (0..ARP_SNOOP_ENTRIES).filter_map(move |i| self.entries[(self.next + i) % ARP_SNOOP_ENTRIES])
+    }
+
     /// Looks at a received Ethernet frame; learns its sender if it is ARP.
     pub fn learn(&mut self, frame: &[u8]) {
         let Ok(ethernet) = EthernetFrame::new_checked(frame) else { return };

@@ -8,7 +8,9 @@
 //! [`FrameQueues::transmit`], without waiting for the device to send it.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec;
+use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
@@ -98,12 +100,20 @@ pub struct FrameDevice<Q: FrameQueues> {
     mac: [u8; 6],
     /// Neighbours' MAC addresses seen in received ARP packets.
     arp: crate::frames::ArpSnoop,
+    /// Frames made here that smoltcp receives before the device's next ones.
+    injected: VecDeque<Vec<u8>>,
 }
 
 impl<Q: FrameQueues> FrameDevice<Q> {
     pub fn new(queues: Q) -> Self {
         let mac = queues.mac_address();
-        Self { queues: RefCell::new(queues), counters: NicCounters::default(), mac, arp: crate::frames::ArpSnoop::default() }
+        Self {
+            queues: RefCell::new(queues),
+            counters: NicCounters::default(),
+            mac,
+            arp: crate::frames::ArpSnoop::default(),
+            injected: VecDeque::new(),
+        }
     }
 
     pub fn mac_address(&self) -> [u8; 6] {
@@ -121,7 +131,25 @@ impl<Q: FrameQueues> FrameDevice<Q> {
 
     /// True if a received frame is waiting.
     pub fn has_rx(&self) -> bool {
-        self.queues.borrow().has_received()
+        !self.injected.is_empty() || self.queues.borrow().has_received()
+    }
+
+    /// Tells smoltcp again the neighbours this NIC learned from ARP: one ARP
+    /// reply each, addressed to `own`, received before the next real frame.
+    /// smoltcp forgets every neighbour when an address is added or removed
+    /// (`update_ip_addrs` flushes its cache), and it sends at most one ARP
+    /// request a second on the whole interface: with one neighbour that never
+    /// answers (a peer or witness cut off), it would not learn a host's
+    /// address again for as long, and could not answer that host meanwhile.
+    pub fn replay_neighbors(&mut self, own: smoltcp::wire::Ipv4Address) {
+        let mac = self.mac;
+        let replies: Vec<Vec<u8>> = self
+            .arp
+            .entries()
+            .filter(|(address, _)| *address != own)
+            .map(|(address, neighbor)| crate::frames::arp_reply(neighbor, address, mac, own))
+            .collect();
+        self.injected.extend(replies);
     }
 
     /// The MAC address of an IPv4 neighbour that sent ARP to this NIC.
@@ -146,13 +174,18 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if let Some(frame) = self.injected.pop_front() {
+            let queues = &self.queues;
+            let counters = &self.counters;
+            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters }));
+        }
         loop {
             match self.queues.get_mut().take_received()? {
                 Ok(frame) => {
                     self.arp.learn(frame.frame());
                     let queues = &self.queues;
                     let counters = &self.counters;
-                    return Some((FrameRxToken { queues, counters, frame }, FrameTxToken { queues, counters }));
+                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters }));
                 }
                 Err(error) => {
                     bump(&self.counters.rx_errors, 1);
@@ -182,7 +215,12 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 pub struct FrameRxToken<'a, Q: FrameQueues> {
     queues: &'a RefCell<Q>,
     counters: &'a NicCounters,
-    frame: ReceivedFrame,
+    frame: RxFrame,
+}
+
+enum RxFrame {
+    Device(ReceivedFrame),
+    Injected(Vec<u8>),
 }
 
 impl<Q: FrameQueues> RxToken for FrameRxToken<'_, Q> {
@@ -190,12 +228,16 @@ impl<Q: FrameQueues> RxToken for FrameRxToken<'_, Q> {
     where
         F: FnOnce(&[u8]) -> R,
     {
+        let frame = match self.frame {
+            RxFrame::Injected(bytes) => return f(&bytes),
+            RxFrame::Device(frame) => frame,
+        };
         bump(&self.counters.rx_packets, 1);
-        bump(&self.counters.rx_bytes, self.frame.frame().len() as u64);
+        bump(&self.counters.rx_bytes, frame.frame().len() as u64);
         // The queues are not borrowed while smoltcp handles the frame: its
         // answer goes out through the transmit token meanwhile.
-        let result = f(self.frame.frame());
-        if let Err(error) = self.queues.borrow_mut().recycle(self.frame) {
+        let result = f(frame.frame());
+        if let Err(error) = self.queues.borrow_mut().recycle(frame) {
             bump(&self.counters.rx_errors, 1);
             log::warn!("could not recycle a receive buffer: {error:?}");
         }
@@ -350,6 +392,71 @@ mod tests {
         assert_eq!(built, 42, "the frame is still built");
         assert_eq!(device.counters().tx_errors.get(), 1);
         assert_eq!(device.queues.borrow().sent.len(), 1);
+    }
+
+    /// smoltcp forgets its neighbours when an address is claimed; replayed,
+    /// it answers a host's SYN at once instead of first asking for the
+    /// host's address (which, rate-limited behind an unanswered neighbour,
+    /// could take long).
+    #[test]
+    fn neighbours_replayed_after_an_address_change_let_smoltcp_answer_at_once() {
+        use crate::frames;
+        use crate::{Nic, NicAddressing};
+        use smoltcp::socket::tcp;
+        use smoltcp::wire::{
+            EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Address, Ipv4Cidr,
+            Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        };
+        const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+        let ours = Ipv4Address::new(10, 79, 0, 2);
+        let host = Ipv4Address::new(10, 79, 0, 20);
+        let syn = {
+            let mut frame = vec![0u8; 14 + 20 + 20];
+            let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+            EthernetRepr { src_addr: EthernetAddress(HOST_MAC), dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]), ethertype: EthernetProtocol::Ipv4 }
+                .emit(&mut ethernet);
+            let caps = smoltcp::phy::ChecksumCapabilities::default();
+            let ip = Ipv4Repr { src_addr: host, dst_addr: ours, next_header: IpProtocol::Tcp, payload_len: 20, hop_limit: 64 };
+            let mut packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
+            ip.emit(&mut packet, &caps);
+            TcpRepr {
+                src_port: 40000,
+                dst_port: 4420,
+                control: TcpControl::Syn,
+                seq_number: TcpSeqNumber(1000),
+                ack_number: None,
+                window_len: 1000,
+                window_scale: None,
+                max_seg_size: None,
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload: &[],
+            }
+            .emit(&mut TcpPacket::new_unchecked(packet.payload_mut()), &IpAddress::Ipv4(host), &IpAddress::Ipv4(ours), &caps);
+            frame
+        };
+        for replay in [false, true] {
+            let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ours, 24), gateway: None };
+            let mut nic = Nic::new("net0", FrameDevice::new(FakeQueues::new(64)), [2, 0, 0, 0, 0, 1], addressing, Instant::from_millis(0));
+            let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 1024]), tcp::SocketBuffer::new(vec![0; 1024]));
+            listener.listen(4420).unwrap();
+            nic.sockets_mut().add(listener);
+            // The host asks for our address: smoltcp and the snoop learn its MAC.
+            nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+            nic.poll(Instant::from_millis(10));
+            nic.claim_address(Ipv4Address::new(10, 79, 0, 1)).unwrap();
+            if replay {
+                nic.device_mut().replay_neighbors(ours);
+            }
+            nic.device_mut().queues.get_mut().sent.clear();
+            nic.device_mut().queues.get_mut().incoming.push(syn.clone());
+            nic.poll(Instant::from_millis(20));
+            let sent = core::mem::take(&mut nic.device_mut().queues.get_mut().sent);
+            let kinds: Vec<EthernetProtocol> = sent.iter().filter_map(|f| EthernetFrame::new_checked(&f[..]).ok().map(|e| e.ethertype())).collect();
+            let expected = if replay { EthernetProtocol::Ipv4 } else { EthernetProtocol::Arp };
+            assert_eq!(kinds, [expected], "replay {replay}");
+        }
     }
 
     /// An Ethernet + IPv4 + TCP frame (12 bytes of options) of `payload` bytes.
