@@ -1162,6 +1162,7 @@ fn stall_figures() {
         primary = primary.peer();
         std::thread::sleep(Duration::from_secs(4));
     }
+    let mut resyncs = Vec::new();
     for _ in 0..runs {
         let survivor = primary.peer();
         c.wait_in_sync(primary, Duration::from_secs(180));
@@ -1173,8 +1174,11 @@ fn stall_figures() {
         c.wait_io_flows(at, Duration::from_secs(90));
         std::thread::sleep(Duration::from_secs(4));
         c.event(&format!("restart {}", primary.as_str()));
+        let restarted = Instant::now();
         c.restart(primary);
-        c.wait_in_sync(survivor, Duration::from_secs(180));
+        let regions = c.wait_in_sync(survivor, Duration::from_secs(180));
+        // From the restart (boot included) to the pair back in sync.
+        resyncs.push((regions.unwrap_or(0), restarted.elapsed().as_secs_f64()));
         primary = survivor;
     }
     c.stop_io();
@@ -1194,6 +1198,13 @@ fn stall_figures() {
             fio.len()
         ));
     }
+    let copied: u64 = resyncs.iter().map(|(r, _)| r).sum();
+    let seconds: f64 = resyncs.iter().map(|(_, s)| s).sum();
+    lines.push(format!(
+        "resync after restart: {copied} regions of {} KiB in {seconds:.1} s in all ({:.1} MiB/s, boot and reconnection included); each (regions, s): {resyncs:.1?}",
+        REGION_BYTES / 1024,
+        (copied * REGION_BYTES) as f64 / (1 << 20) as f64 / seconds.max(0.001)
+    ));
     let text = lines.join("\n");
     eprintln!("{text}");
     let _ = std::fs::write(
