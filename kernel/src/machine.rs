@@ -31,6 +31,8 @@ const STATUS_CONNECTIONS: usize = 4;
 /// How often a busy event loop reads the console without its interrupt.
 const CONSOLE_POLL_MICROS: u64 = 10_000;
 const STATUS_BUFFER_BYTES: usize = 4096;
+/// How often smoltcp is told the neighbours ARP taught each NIC.
+const NEIGHBOR_REPLAY_MICROS: u64 = 5_000_000;
 /// Sectors per virtio-blk request for the pattern commands (64 KiB).
 const PATTERN_CHUNK_SECTORS: u64 = 128;
 
@@ -40,6 +42,8 @@ pub struct NetPort {
     status: Option<Listener>,
     /// Status connections being answered (ours to remove once closed).
     status_connections: Vec<tandem_net::smoltcp::iface::SocketHandle>,
+    /// When the neighbours learned from ARP were last told to smoltcp.
+    neighbors_replayed_micros: u64,
 }
 
 pub struct Machine {
@@ -86,7 +90,7 @@ impl Machine {
                             let nic = Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
                             let status = (config.status_port != 0)
                                 .then(|| Listener::new(config.status_port, STATUS_CONNECTIONS, STATUS_BUFFER_BYTES));
-                            nets.push(NetPort { nic, transport: device.transport, status, status_connections: Vec::new() });
+                            nets.push(NetPort { nic, transport: device.transport, status, status_connections: Vec::new(), neighbors_replayed_micros: 0 });
                         }
                         Err(error) => println!("tandem: error: {name}: virtio-net at {} failed: {error:?}", device.location),
                     }
@@ -191,6 +195,18 @@ impl Machine {
     fn poll_network(&mut self, now: u64) -> bool {
         let mut busy = false;
         for index in 0..self.nets.len() {
+            // smoltcp forgets a neighbour after 60 s and asks again at most
+            // once a second for the whole interface: a neighbour that stopped
+            // answering (a node cut off) would keep every other one from
+            // being asked for, hosts included, which then go unanswered.
+            // Telling it what ARP taught this NIC keeps them known.
+            let port = &mut self.nets[index];
+            if now.saturating_sub(port.neighbors_replayed_micros) >= NEIGHBOR_REPLAY_MICROS {
+                port.neighbors_replayed_micros = now;
+                if let Some(own) = port.nic.address() {
+                    port.nic.device_mut().replay_neighbors(own.address());
+                }
+            }
             let (activity, event) = self.nets[index].nic.poll(instant(now));
             busy |= activity;
             match event {

@@ -77,6 +77,9 @@ pub struct FioResult {
     pub clat_p50_us: f64,
     pub clat_p99_us: f64,
     pub clat_mean_us: f64,
+    /// The initiator's CPU time in the job (user + system, percent of one
+    /// vCPU): near 100 the initiator, not the target, bounds the figure.
+    pub host_cpu_percent: f64,
 }
 
 /// Parses fio's `--output-format=json` output for job `job`.
@@ -119,19 +122,20 @@ pub fn parse(job: &str, json: &str) -> Result<FioResult> {
         clat_p50_us: pct("50.000000"),
         clat_p99_us: pct("99.000000"),
         clat_mean_us: num(clat.and_then(|c| c.get("mean"))) / 1000.0,
+        host_cpu_percent: num(j.get("usr_cpu")) + num(j.get("sys_cpu")),
     })
 }
 
 /// Markdown rows for one target's results: job, IOPS, MiB/s, p50, p99.
 pub fn render_table(results: &[FioResult]) -> String {
     let mut s = String::from(
-        "| fio job | IOPS | MiB/s | clat p50 (µs) | clat p99 (µs) |\n|---|---:|---:|---:|---:|\n",
+        "| fio job | IOPS | MiB/s | clat p50 (µs) | clat p99 (µs) | initiator CPU |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.1} | {:.0} | {:.0} |",
-            r.job, r.iops, r.mib_per_s, r.clat_p50_us, r.clat_p99_us
+            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} % |",
+            r.job, r.iops, r.mib_per_s, r.clat_p50_us, r.clat_p99_us, r.host_cpu_percent
         );
     }
     s
@@ -251,7 +255,8 @@ mod tests {
         "clat_ns" : { "mean" : 950000.0,
           "percentile" : { "50.000000" : 900000, "99.000000" : 2000000 } }
       },
-      "write" : { "io_bytes" : 0, "bw" : 0, "iops" : 0.0 }
+      "write" : { "io_bytes" : 0, "bw" : 0, "iops" : 0.0 },
+      "usr_cpu" : 12.5, "sys_cpu" : 70.25
     }
   ]
 }"#;
@@ -264,6 +269,7 @@ mod tests {
         assert_eq!(r.clat_p50_us, 900.0);
         assert_eq!(r.clat_p99_us, 2000.0);
         assert_eq!(r.clat_mean_us, 950.0);
+        assert_eq!(r.host_cpu_percent, 82.75);
     }
 
     #[test]
@@ -294,6 +300,7 @@ mod tests {
             clat_p50_us: p50,
             clat_p99_us: 0.0,
             clat_mean_us: 0.0,
+            host_cpu_percent: 0.0,
         };
         let r = [
             mk("randread-4k-qd32", 1000.0, 4.0, 0.0),
