@@ -1273,16 +1273,23 @@ impl DataNode {
         }
     }
 
-    fn check_host_io(&self, now: Instant, offset: u64, len: u64) -> Result<(), HostIoError> {
-        if !self.is_serving(now) {
-            return Err(HostIoError::NotServing(
-                if self.ana == AnaState::Optimized {
-                    AnaState::Change
-                } else {
-                    self.ana
-                },
-            ));
+    /// Host I/O is refused with the ANA state the host should see (Change
+    /// while the lease is being confirmed, so it retries here).
+    fn check_serving(&self, now: Instant) -> Result<(), HostIoError> {
+        if self.is_serving(now) {
+            return Ok(());
         }
+        Err(HostIoError::NotServing(
+            if self.ana == AnaState::Optimized {
+                AnaState::Change
+            } else {
+                self.ana
+            },
+        ))
+    }
+
+    fn check_host_io(&self, now: Instant, offset: u64, len: u64) -> Result<(), HostIoError> {
+        self.check_serving(now)?;
         if len == 0
             || offset
                 .checked_add(len)
@@ -2902,15 +2909,7 @@ impl DataNode {
     /// record names the peer Outdated) the peer's disk flushed.
     pub fn host_flush(&mut self, now: Instant, id: u64) -> Result<(), HostIoError> {
         self.check_lease(now);
-        if !self.is_serving(now) {
-            return Err(HostIoError::NotServing(
-                if self.ana == AnaState::Optimized {
-                    AnaState::Change
-                } else {
-                    self.ana
-                },
-            ));
-        }
+        self.check_serving(now)?;
         let needs_peer = !self.peer_degraded() || self.recovering();
         self.new_flush(now, FlushPurpose::Host(id), needs_peer);
         self.progress(now);

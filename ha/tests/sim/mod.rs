@@ -722,26 +722,10 @@ impl Sim {
                 self.nodes[idx(id)].meta.insert(offset, bytes);
             }
             Action::PersistBitmap { generation, blocks } => {
-                let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(
-                    delay,
-                    id,
-                    Input::Disk {
-                        incarnation: inc,
-                        kind: DiskKind::BitmapPersist { generation, blocks },
-                    },
-                );
+                self.disk_later(id, inc, DiskKind::BitmapPersist { generation, blocks });
             }
             Action::FlushDisk { flush } => {
-                let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(
-                    delay,
-                    id,
-                    Input::Disk {
-                        incarnation: inc,
-                        kind: DiskKind::Flush { flush },
-                    },
-                );
+                self.disk_later(id, inc, DiskKind::Flush { flush });
             }
             Action::CompleteFlush { id: fid, result } => {
                 self.host_flush_complete(fid, result);
@@ -752,15 +736,7 @@ impl Sim {
                     .get(&wid)
                     .cloned()
                     .expect("write data");
-                let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(
-                    delay,
-                    id,
-                    Input::Disk {
-                        incarnation: inc,
-                        kind: DiskKind::HostWrite { id: wid, data },
-                    },
-                );
+                self.disk_later(id, inc, DiskKind::HostWrite { id: wid, data });
             }
             Action::CompleteWrite { id: wid, result } => {
                 let n = &mut self.nodes[idx(id)];
@@ -777,39 +753,15 @@ impl Sim {
             Action::ApplyReplicatedWrite {
                 seq, offset, data, ..
             } => {
-                let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(
-                    delay,
-                    id,
-                    Input::Disk {
-                        incarnation: inc,
-                        kind: DiskKind::Replicated { seq, offset, data },
-                    },
-                );
+                self.disk_later(id, inc, DiskKind::Replicated { seq, offset, data });
             }
             Action::ReadForResync { offset, len } => {
                 self.resync_reads += 1;
                 self.max_resync_reads = self.max_resync_reads.max(self.resync_reads);
-                let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(
-                    delay,
-                    id,
-                    Input::Disk {
-                        incarnation: inc,
-                        kind: DiskKind::ResyncRead { offset, len },
-                    },
-                );
+                self.disk_later(id, inc, DiskKind::ResyncRead { offset, len });
             }
             Action::ApplyResync { offset, data } => {
-                let delay = self.rng.range(self.disk_min, self.disk_max);
-                self.deliver(
-                    delay,
-                    id,
-                    Input::Disk {
-                        incarnation: inc,
-                        kind: DiskKind::ResyncWrite { offset, data },
-                    },
-                );
+                self.disk_later(id, inc, DiskKind::ResyncWrite { offset, data });
             }
             Action::AnaChanged(s) => self.nodes[idx(id)].ana = s,
             Action::RoleChanged(c) => {
@@ -817,6 +769,20 @@ impl Sim {
                 self.log.push(line);
             }
         }
+    }
+
+    /// A disk completion for node `id` (of incarnation `inc`) after a
+    /// random disk latency.
+    fn disk_later(&mut self, id: NodeId, inc: u64, kind: DiskKind) {
+        let delay = self.rng.range(self.disk_min, self.disk_max);
+        self.deliver(
+            delay,
+            id,
+            Input::Disk {
+                incarnation: inc,
+                kind,
+            },
+        );
     }
 
     // ----- network -----
