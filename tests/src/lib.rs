@@ -95,6 +95,25 @@ impl Netns {
         ns
     }
 
+    /// Runs `f` on a thread that has entered the namespace (setns affects
+    /// only the calling thread), so that its sockets reach the guests there.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace file we opened.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {path}");
+            f()
+        })
+    }
+
+    /// Runs `f` inside the namespace (see [`Netns::spawn`]) and returns its result.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().unwrap()
+    }
+
     /// Runs a command inside the namespace; panics if it fails.
     pub fn exec(&self, program: &str, args: &[&str]) -> String {
         let mut all = vec!["netns", "exec", self.name.as_str(), program];

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::FileExt;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tandem_nvme::wire::status::Status;
@@ -21,21 +20,6 @@ const TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
 
 fn segment(port: u16) -> NetBackend {
     NetBackend::Multicast { group: format!("230.0.0.1:{port}").parse().unwrap(), local: Ipv4Addr::LOCALHOST }
-}
-
-/// Runs `f` on a thread that has entered the namespace (setns affects only
-/// the calling thread), so its sockets reach the guests' forwarded ports.
-fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace file we opened.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {path}");
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 fn wait_for_role(node: &mut Node, role: &str, timeout: Duration) -> String {
@@ -133,7 +117,7 @@ fn last_role_is_primary(log: &str) -> bool {
 /// Writes `data` at `lba` through `port`, retrying ANA path errors (as the
 /// Linux host retries on another path) until `timeout`.
 fn write_retrying(ns: &Netns, port: u16, lba: u64, data: Vec<u8>, timeout: Duration) {
-    in_netns(ns, move || {
+    ns.run_in(move || {
         let (_admin, cntlid) = Queue::admin(port, NQN, HOST, 30_000);
         let mut io = Queue::io(port, 1, cntlid, NQN, HOST, false);
         let deadline = Instant::now() + timeout;
@@ -151,7 +135,7 @@ fn write_retrying(ns: &Netns, port: u16, lba: u64, data: Vec<u8>, timeout: Durat
 }
 
 fn read(ns: &Netns, port: u16, lba: u64, blocks: u32) -> (Status, Vec<u8>) {
-    in_netns(ns, move || {
+    ns.run_in(move || {
         let (_admin, cntlid) = Queue::admin(port, NQN, HOST, 30_000);
         let mut io = Queue::io(port, 1, cntlid, NQN, HOST, false);
         let cid = io.host.read(1, lba, blocks, 512);

@@ -11,12 +11,9 @@
 //! replication net1 10.78.0.0/24, host path net2 10.79.0.0/24 (a .1, b .2,
 //! and this test's own sockets on the bridge, .20).
 
-use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tandem_qemu::{NetBackend, Node, TempDir, disk};
@@ -31,19 +28,6 @@ const NAMES: [&str; 2] = ["a", "b"];
 
 fn portal(index: usize) -> SocketAddr {
     SocketAddr::from(([10, 79, 0, index as u8 + 1], 4420))
-}
-
-/// Runs `f` on a thread that has entered the namespace (setns affects only
-/// the calling thread).
-fn spawn_in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/var/run/netns/{}", ns.name);
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap();
-        // SAFETY: setns on this thread only, with a namespace file we opened.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {path}");
-        f()
-    })
 }
 
 /// Waits until the connection is reset; when, or why not.
@@ -178,14 +162,14 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     let (connected_tx, connected_rx) = mpsc::channel();
     let idle = {
         let connected = connected_tx.clone();
-        spawn_in_netns(&pair.ns, move || {
+        pair.ns.spawn(move || {
             let (mut admin, cntlid) = Queue::admin_over(tcp_to(dead_portal), NQN, HOST, 30_000);
             connected.send(cntlid).unwrap();
             wait_reset(admin.stream(), Duration::from_secs(60))
         })
     };
     let (killed_tx, killed_rx) = mpsc::channel::<()>();
-    let busy = spawn_in_netns(&pair.ns, move || {
+    let busy = pair.ns.spawn(move || {
         let (_admin, cntlid) = Queue::admin_over(tcp_to(dead_portal), NQN, HOST, 30_000);
         let mut io = Queue::try_open_over(tcp_to(dead_portal), false, false).unwrap_or_else(|e| panic!("ICReq: {e:?}"));
         let (status, _) = io.connect(1, cntlid, 0, NQN, HOST);
@@ -267,7 +251,7 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     assert!(link1_ms < 1000, "the witness heard the survivor on link 1 {link1_ms} ms ago: {heard}");
 
     // While claimed, a new connection to the dead node's address is refused.
-    let refused = spawn_in_netns(&pair.ns, move || match TcpStream::connect_timeout(&dead_portal, Duration::from_secs(5)) {
+    let refused = pair.ns.spawn(move || match TcpStream::connect_timeout(&dead_portal, Duration::from_secs(5)) {
         Err(e) => Ok(e.to_string()),
         Ok(stream) => match Queue::try_open_over(stream, false, false) {
             Ok(queue) => Err(format!("ICResp from a node that is not {dead_portal}: {:?}", queue.icresp)),
@@ -288,7 +272,7 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     pair.nodes[second]
         .wait_for_line("the release", Duration::from_secs(60), |l| l.starts_with(&format!("tandem: takeover release {dead_address} ")))
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
-    let cntlid = spawn_in_netns(&pair.ns, move || {
+    let cntlid = pair.ns.spawn(move || {
         let started = Instant::now();
         let stream = TcpStream::connect_timeout(&dead_portal, Duration::from_secs(3)).map_err(|e| format!("connecting to {dead_portal}: {e}"))?;
         let (_admin, cntlid) = Queue::admin_over(stream, NQN, HOST, 30_000);
