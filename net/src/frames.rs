@@ -85,11 +85,18 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// A bare ACK (sequence and acknowledgment numbers 0, no options, no data)
-/// from `from` to `to`, in an Ethernet frame from `source_mac` to
-/// `destination_mac`. To the host it is out of the window, and it answers
-/// with an ACK that tells the connection's real numbers.
-pub fn tickle_ack(source_mac: [u8; 6], destination_mac: [u8; 6], from: Endpoint, to: Endpoint) -> Vec<u8> {
+/// A TCP segment without options or data (`seq`, `ack`, `control`) from
+/// `from` to `to`, in an Ethernet frame from `source_mac` to
+/// `destination_mac`, checksums included.
+pub fn tcp_segment(
+    source_mac: [u8; 6],
+    destination_mac: [u8; 6],
+    from: Endpoint,
+    to: Endpoint,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+) -> Vec<u8> {
     let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN];
     let checksums = ChecksumCapabilities::default();
     let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
@@ -107,9 +114,9 @@ pub fn tickle_ack(source_mac: [u8; 6], destination_mac: [u8; 6], from: Endpoint,
     let tcp = TcpRepr {
         src_port: from.port,
         dst_port: to.port,
-        control: TcpControl::None,
-        seq_number: TcpSeqNumber(0),
-        ack_number: Some(TcpSeqNumber(0)),
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
         window_len: 8192,
         window_scale: None,
         max_seg_size: None,
@@ -125,6 +132,14 @@ pub fn tickle_ack(source_mac: [u8; 6], destination_mac: [u8; 6], from: Endpoint,
         &checksums,
     );
     frame
+}
+
+/// A bare ACK (sequence and acknowledgment numbers 0, no options, no data)
+/// from `from` to `to`, in an Ethernet frame from `source_mac` to
+/// `destination_mac`. To the host it is out of the window, and it answers
+/// with an ACK that tells the connection's real numbers.
+pub fn tickle_ack(source_mac: [u8; 6], destination_mac: [u8; 6], from: Endpoint, to: Endpoint) -> Vec<u8> {
+    tcp_segment(source_mac, destination_mac, from, to, TcpControl::None, 0, Some(0))
 }
 
 /// Entries an [`ArpSnoop`] keeps.

@@ -303,7 +303,7 @@ mod tests {
     use smoltcp::phy::{DeviceCapabilities, Medium, RxToken, TxToken};
     use smoltcp::socket::tcp;
     use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        EthernetFrame, EthernetProtocol, Ipv4Packet, TcpControl, TcpPacket,
     };
 
     #[derive(Default)]
@@ -362,31 +362,21 @@ mod tests {
 
     /// A TCP segment from the host (10.79.0.20:`host_port`) to `to`:4420.
     fn from_host(to: Ipv4Address, host_port: u16, control: TcpControl, seq: u32, ack: Option<u32>) -> Vec<u8> {
-        let mut frame = alloc::vec![0u8; 14 + 20 + 20];
-        let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-        ethernet.set_src_addr(smoltcp::wire::EthernetAddress(HOST_MAC));
-        ethernet.set_dst_addr(smoltcp::wire::EthernetAddress(OURS));
-        ethernet.set_ethertype(EthernetProtocol::Ipv4);
-        let caps = smoltcp::phy::ChecksumCapabilities::default();
-        let ip_repr = Ipv4Repr { src_addr: ip(20), dst_addr: to, next_header: IpProtocol::Tcp, payload_len: 20, hop_limit: 64 };
-        let mut packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
-        ip_repr.emit(&mut packet, &caps);
-        TcpRepr {
-            src_port: host_port,
-            dst_port: 4420,
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &[],
-        }
-        .emit(&mut TcpPacket::new_unchecked(packet.payload_mut()), &IpAddress::Ipv4(ip(20)), &IpAddress::Ipv4(to), &caps);
-        frame
+        let host = frames::Endpoint { address: ip(20), port: host_port };
+        frames::tcp_segment(HOST_MAC, OURS, host, frames::Endpoint { address: to, port: 4420 }, control, seq, ack)
+    }
+
+    /// A NIC with a socket listening on 4420, as the NVMe service has, and
+    /// `claimed` claimed; smoltcp knows the host from its ARP request.
+    fn listening_nic(claimed: Ipv4Address) -> Nic<Wire> {
+        let mut nic = nic();
+        let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 1024]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
+        listener.listen(4420).unwrap();
+        nic.sockets_mut().add(listener);
+        nic.claim_address(claimed).unwrap();
+        poll(&mut nic, frames::arp_request(HOST_MAC, ip(20), claimed));
+        nic.device_mut().sent.clear();
+        nic
     }
 
     /// TCP segments sent: (source address, flags RST/SYN/ACK, seq).
@@ -428,15 +418,7 @@ mod tests {
 
     #[test]
     fn the_host_s_answer_to_a_tickle_is_reset_on_a_claimed_address_only() {
-        let mut nic = nic();
-        // A listening socket on the port, as the NVMe service has.
-        let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 1024]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
-        listener.listen(4420).unwrap();
-        nic.sockets_mut().add(listener);
-        // The host's ARP request for the claimed address: smoltcp learns its MAC.
-        nic.claim_address(ip(1)).unwrap();
-        poll(&mut nic, frames::arp_request(HOST_MAC, ip(20), ip(1)));
-        nic.device_mut().sent.clear();
+        let mut nic = listening_nic(ip(1));
         // The host's ACK with the real numbers: RST with seq = its ack number.
         poll(&mut nic, from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)));
         assert_eq!(sent_segments(&mut nic), [(ip(1), true, false, false, 77_777)]);
@@ -448,13 +430,7 @@ mod tests {
 
     #[test]
     fn connections_accepted_on_a_claimed_address_are_aborted() {
-        let mut nic = nic();
-        let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 1024]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
-        listener.listen(4420).unwrap();
-        nic.sockets_mut().add(listener);
-        nic.claim_address(ip(1)).unwrap();
-        poll(&mut nic, frames::arp_request(HOST_MAC, ip(20), ip(1)));
-        nic.device_mut().sent.clear();
+        let mut nic = listening_nic(ip(1));
         poll(&mut nic, from_host(ip(1), 40001, TcpControl::Syn, 5000, None));
         let sent = sent_segments(&mut nic);
         assert!(matches!(sent[..], [(address, false, true, true, _)] if address == ip(1)), "SYN-ACK: {sent:?}");

@@ -403,39 +403,19 @@ mod tests {
         use crate::frames;
         use crate::{Nic, NicAddressing};
         use smoltcp::socket::tcp;
-        use smoltcp::wire::{
-            EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Address, Ipv4Cidr,
-            Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-        };
+        use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Address, Ipv4Cidr, TcpControl};
         const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
         let ours = Ipv4Address::new(10, 79, 0, 2);
         let host = Ipv4Address::new(10, 79, 0, 20);
-        let syn = {
-            let mut frame = vec![0u8; 14 + 20 + 20];
-            let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-            EthernetRepr { src_addr: EthernetAddress(HOST_MAC), dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]), ethertype: EthernetProtocol::Ipv4 }
-                .emit(&mut ethernet);
-            let caps = smoltcp::phy::ChecksumCapabilities::default();
-            let ip = Ipv4Repr { src_addr: host, dst_addr: ours, next_header: IpProtocol::Tcp, payload_len: 20, hop_limit: 64 };
-            let mut packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
-            ip.emit(&mut packet, &caps);
-            TcpRepr {
-                src_port: 40000,
-                dst_port: 4420,
-                control: TcpControl::Syn,
-                seq_number: TcpSeqNumber(1000),
-                ack_number: None,
-                window_len: 1000,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None; 3],
-                timestamp: None,
-                payload: &[],
-            }
-            .emit(&mut TcpPacket::new_unchecked(packet.payload_mut()), &IpAddress::Ipv4(host), &IpAddress::Ipv4(ours), &caps);
-            frame
-        };
+        let syn = frames::tcp_segment(
+            HOST_MAC,
+            [2, 0, 0, 0, 0, 1],
+            frames::Endpoint { address: host, port: 40000 },
+            frames::Endpoint { address: ours, port: 4420 },
+            TcpControl::Syn,
+            1000,
+            None,
+        );
         for replay in [false, true] {
             let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ours, 24), gateway: None };
             let mut nic = Nic::new("net0", FrameDevice::new(FakeQueues::new(64)), [2, 0, 0, 0, 0, 1], addressing, Instant::from_millis(0));
