@@ -449,9 +449,9 @@ fn reads_wait_for_a_lease_round_started_after_they_arrived() {
         }));
 }
 
-#[test]
-fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one() {
-    let mut t = Trio::new();
+/// Elects A in a Trio, connects B's replication stream and gives it A's
+/// Hello, as the primary would: B then takes replication from A.
+fn secondary_b_hears_primary_a(t: &mut Trio) -> (Instant, EpochRecord) {
     t.step(400);
     let now = ms(t.now);
     let b = &mut t.b;
@@ -472,6 +472,14 @@ fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one(
         }),
     };
     b.on_stream_bytes(now, &hello.emit());
+    (now, rec)
+}
+
+#[test]
+fn secondary_refuses_replication_from_a_lower_epoch_and_applies_the_current_one() {
+    let mut t = Trio::new();
+    let (now, rec) = secondary_b_hears_primary_a(&mut t);
+    let b = &mut t.b;
     let stale = Frame {
         sender: NodeId::A,
         epoch: rec.epoch - 1,
@@ -1144,12 +1152,9 @@ fn adversarial_valid_messages_never_panic() {
 #[test]
 fn secondary_flushes_on_the_primarys_flush_and_honours_forced_unit_access() {
     let mut t = Trio::new();
-    t.step(400);
-    let now = ms(t.now);
+    let (now, rec) = secondary_b_hears_primary_a(&mut t);
     let b = &mut t.b;
-    b.on_stream_connected(now);
     b.drain_actions().for_each(drop);
-    let rec = b.record();
     let frame = |seq: u64, epoch: u64, body: Body<'static>| {
         Frame {
             sender: NodeId::A,
@@ -1159,20 +1164,6 @@ fn secondary_flushes_on_the_primarys_flush_and_honours_forced_unit_access() {
         }
         .emit()
     };
-    let hello = frame(
-        0,
-        rec.epoch,
-        Body::Hello(Hello {
-            role: Role::Primary,
-            data_state: DataState::UpToDate,
-            record: rec,
-            region_size: 65536,
-            region_count: b.layout().region_count,
-            data_bytes: b.data_bytes(),
-        }),
-    );
-    b.on_stream_bytes(now, &hello);
-    b.drain_actions().for_each(drop);
     let writes = [
         frame(
             1,
