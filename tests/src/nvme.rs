@@ -277,8 +277,19 @@ impl Queue {
         hostnqn: &str,
         kato_ms: u32,
     ) -> (Queue, u16) {
-        let mut queue =
+        let queue =
             Queue::try_open_over(stream, false, false).unwrap_or_else(|e| panic!("ICReq: {e:?}"));
+        Self::enable_admin(queue, subnqn, hostnqn, kato_ms)
+    }
+
+    /// Connects an opened queue (ICReq done) as the admin queue and enables
+    /// the controller the way Linux does. Returns the queue and its CNTLID.
+    pub fn enable_admin(
+        mut queue: Queue,
+        subnqn: &str,
+        hostnqn: &str,
+        kato_ms: u32,
+    ) -> (Queue, u16) {
         let (status, result) = queue.connect(0, 0xFFFF, kato_ms, subnqn, hostnqn);
         assert_eq!(
             status,

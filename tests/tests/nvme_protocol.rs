@@ -598,13 +598,14 @@ fn abandoned_and_idle_connections(rig: &mut Rig, healthy: &mut Queue) {
     drop(stalled);
 }
 
-/// A new host connects and does I/O. While QEMU's port forward is still
-/// handing over a flood of connections, the target (one socket in LISTEN per
-/// port) may refuse a SYN: the host retries, as a Linux host reconnects.
-fn fresh_connection_does_io(rig: &Rig, lba: u64, when: &str) {
+/// A new connection, ICReq done. While QEMU's port forward is still handing
+/// over (or closing) a flood of connections, the target (one socket in LISTEN
+/// per port) may refuse a SYN or the forward drop the connection: the host
+/// retries, as a Linux host reconnects.
+fn open_retrying(rig: &Rig, when: &str) -> Queue {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut refused = 0;
-    let mut admin = loop {
+    let queue = loop {
         match Queue::try_open(rig.io_port, false, false) {
             Ok(q) => break q,
             Err(e) => {
@@ -620,11 +621,13 @@ fn fresh_connection_does_io(rig: &Rig, lba: u64, when: &str) {
     if refused > 0 {
         eprintln!("nvme_protocol: {refused} connection attempts refused {when}");
     }
-    let (status, result) = admin.connect(0, 0xFFFF, 0, NQN, HOST);
-    assert_eq!(status, Status::SUCCESS, "admin Connect {when}");
-    let cid = admin.host.enable();
-    admin.ok(cid);
-    let mut io = Queue::io(rig.io_port, 1, result as u16, NQN, HOST, false);
+    queue
+}
+
+/// A new host connects and does I/O (see [`open_retrying`]).
+fn fresh_connection_does_io(rig: &Rig, lba: u64, when: &str) {
+    let (_admin, cntlid) = Queue::enable_admin(open_retrying(rig, when), NQN, HOST, 0);
+    let mut io = Queue::io(rig.io_port, 1, cntlid, NQN, HOST, false);
     let data = pattern(8192, lba as u8);
     let cid = io.host.write(1, lba, data.clone(), 512, true);
     io.ok(cid);
@@ -637,7 +640,9 @@ fn fresh_connection_does_io(rig: &Rig, lba: u64, when: &str) {
 /// longer lists it.
 fn keep_alive_enforced(rig: &mut Rig) {
     const KATO_MS: u64 = 3000;
-    let (mut q, cntlid) = Queue::admin(rig.io_port, NQN, SILENT_HOST, KATO_MS as u32);
+    // Right after the flood of idle connections closed: open with retries.
+    let opened = open_retrying(rig, "after the idle connections closed");
+    let (mut q, cntlid) = Queue::enable_admin(opened, NQN, SILENT_HOST, KATO_MS as u32);
     let cid = q.host.simple(0x18, 0);
     q.ok(cid);
     let silent_since = Instant::now();
