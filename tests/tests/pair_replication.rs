@@ -68,8 +68,18 @@ impl Pair {
         for index in 0..2 {
             let path = dir.path().join(format!("{}.img", ["a", "b"][index]));
             disk::create_sparse(&path, 64 << 20).unwrap();
-            let port = free_port().unwrap();
-            nodes.push(Node::spawn(data_node_spec(dir.path(), &ns, index, &path, port, segments)).unwrap());
+            // Another test may take a free port before QEMU binds it: pick
+            // another one then.
+            let mut attempts = 0;
+            let (node, port) = loop {
+                let port = free_port().unwrap();
+                match Node::spawn(data_node_spec(dir.path(), &ns, index, &path, port, segments)) {
+                    Ok(node) => break (node, port),
+                    Err(tandem_qemu::Error::PortInUse { .. }) if attempts < 5 => attempts += 1,
+                    Err(e) => panic!("node {index}: {e}"),
+                }
+            };
+            nodes.push(node);
             disks.push(path);
             ports.push(port);
         }
