@@ -405,7 +405,7 @@ impl Machine {
             };
             let _ = writeln!(
                 text,
-                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{}",
+                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{} bad-checksum={}",
                 port.nic.name(),
                 mac_text(port.nic.device().mac_address()),
                 address,
@@ -417,6 +417,7 @@ impl Machine {
                 counters.tx_bytes.get(),
                 counters.rx_errors.get(),
                 counters.tx_errors.get(),
+                counters.rx_checksum_errors.get(),
             );
         }
         match self.pair.as_ref() {

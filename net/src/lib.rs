@@ -15,6 +15,7 @@
 
 extern crate alloc;
 
+mod checksum;
 pub mod frames;
 mod listener;
 mod nic;

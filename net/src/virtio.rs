@@ -33,23 +33,44 @@ pub struct ReceivedFrame {
     buffer: Box<[u8]>,
     start: usize,
     len: usize,
+    /// One of the queue's own buffers, to be posted again; false for a frame
+    /// assembled from several of them (already posted again).
+    pooled: bool,
+    /// The device vouched for its checksums (or will not have them checked).
+    checksums_trusted: bool,
 }
 
 impl ReceivedFrame {
-    /// The frame is `buffer[start..start + len]` (clamped to the buffer).
+    /// The frame is `buffer[start..start + len]` (clamped to the buffer) of
+    /// one of the queue's buffers.
     pub fn new(buffer: Box<[u8]>, start: usize, len: usize) -> Self {
         let start = start.min(buffer.len());
         let len = len.min(buffer.len() - start);
-        Self { buffer, start, len }
+        Self { buffer, start, len, pooled: true, checksums_trusted: false }
+    }
+
+    /// A frame the device spread over several of the queue's buffers,
+    /// copied together; [`ReceivedFrame::into_buffer`] gives nothing back.
+    pub fn assembled(frame: Vec<u8>) -> Self {
+        let len = frame.len();
+        Self { buffer: frame.into_boxed_slice(), start: 0, len, pooled: false, checksums_trusted: false }
+    }
+
+    /// Marks the frame's checksums as vouched for by the device (virtio-net's
+    /// DATA_VALID, or NEEDS_CSUM from a sender on the same host): they are
+    /// not verified again.
+    pub fn with_trusted_checksums(mut self) -> Self {
+        self.checksums_trusted = true;
+        self
     }
 
     pub fn frame(&self) -> &[u8] {
         &self.buffer[self.start..self.start + self.len]
     }
 
-    /// The whole buffer, to be posted again.
-    pub fn into_buffer(self) -> Box<[u8]> {
-        self.buffer
+    /// The queue's buffer, to be posted again; `None` for an assembled frame.
+    pub fn into_buffer(self) -> Option<Box<[u8]>> {
+        self.pooled.then_some(self.buffer)
     }
 }
 
@@ -85,6 +106,8 @@ pub struct NicCounters {
     pub tx_packets: Cell<u64>,
     pub tx_bytes: Cell<u64>,
     pub rx_errors: Cell<u64>,
+    /// Frames dropped for a wrong IPv4, TCP, UDP or ICMP checksum.
+    pub rx_checksum_errors: Cell<u64>,
     /// Frames not sent: the transmit queue was full or the device failed.
     pub tx_errors: Cell<u64>,
 }
@@ -182,6 +205,13 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
         loop {
             match self.queues.get_mut().take_received()? {
                 Ok(frame) => {
+                    if !frame.checksums_trusted && !crate::checksum::frame_checksums_valid(frame.frame()) {
+                        bump(&self.counters.rx_checksum_errors, 1);
+                        if let Err(error) = self.queues.get_mut().recycle(frame) {
+                            log::warn!("could not recycle a receive buffer: {error:?}");
+                        }
+                        continue;
+                    }
                     self.arp.learn(frame.frame());
                     let queues = &self.queues;
                     let counters = &self.counters;
@@ -208,6 +238,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
         caps.max_transmission_unit = MAX_FRAME_LEN;
         caps.max_burst_size = None;
         caps.medium = Medium::Ethernet;
+        caps.checksum = crate::checksum::receive_checksums();
         caps
     }
 }
@@ -294,11 +325,13 @@ mod tests {
         sent: Vec<Vec<u8>>,
         capacity: usize,
         filling: Vec<u8>,
+        /// Frames handed over as if the device vouched for their checksums.
+        trusted: bool,
     }
 
     impl FakeQueues {
         fn new(capacity: usize) -> Self {
-            Self { incoming: Vec::new(), posted: 0, sent: Vec::new(), capacity, filling: Vec::new() }
+            Self { incoming: Vec::new(), posted: 0, sent: Vec::new(), capacity, filling: Vec::new(), trusted: false }
         }
     }
 
@@ -319,7 +352,8 @@ mod tests {
             let frame = self.incoming.remove(0);
             let mut buffer = vec![0xee; 12 + frame.len() + 8];
             buffer[12..12 + frame.len()].copy_from_slice(&frame);
-            Some(Ok(ReceivedFrame::new(buffer.into_boxed_slice(), 12, frame.len())))
+            let frame = ReceivedFrame::new(buffer.into_boxed_slice(), 12, frame.len());
+            Some(Ok(if self.trusted { frame.with_trusted_checksums() } else { frame }))
         }
         fn recycle(&mut self, _frame: ReceivedFrame) -> Result<(), FrameError> {
             self.posted += 1;
@@ -355,6 +389,35 @@ mod tests {
         assert_eq!(device.counters().rx_packets.get(), 1);
         assert_eq!(device.counters().rx_bytes.get(), 3);
         assert!(device.receive(Instant::ZERO).is_none());
+    }
+
+    #[test]
+    fn a_frame_with_a_wrong_checksum_is_dropped_unless_the_device_vouched_for_it() {
+        use crate::frames;
+        use smoltcp::wire::{Ipv4Address, TcpControl};
+        let mut syn = frames::tcp_segment(
+            [2, 0, 0, 0, 0, 9],
+            [2, 0, 0, 0, 0, 1],
+            frames::Endpoint { address: Ipv4Address::new(10, 79, 0, 20), port: 40000 },
+            frames::Endpoint { address: Ipv4Address::new(10, 79, 0, 2), port: 4420 },
+            TcpControl::Syn,
+            1000,
+            None,
+        );
+        // The TCP checksum as a sender using checksum offload leaves it.
+        syn[14 + 20 + 16] ^= 0x5a;
+        for trusted in [false, true] {
+            let mut queues = FakeQueues::new(4);
+            queues.trusted = trusted;
+            queues.incoming.push(syn.clone());
+            let mut device = FrameDevice::new(queues);
+            let handed_over = device.receive(Instant::ZERO).map(|(rx, _)| rx.consume(|frame| frame.to_vec()));
+            assert_eq!(handed_over.is_some(), trusted);
+            assert_eq!(device.counters().rx_checksum_errors.get(), u64::from(!trusted));
+            assert_eq!(device.queues.borrow().posted, 1, "the buffer goes back either way");
+        }
+        let caps = FrameDevice::new(FakeQueues::new(1)).capabilities().checksum;
+        assert!(caps.tcp.tx() && !caps.tcp.rx(), "smoltcp does not verify again");
     }
 
     #[test]
@@ -548,6 +611,8 @@ mod tests {
         assert_eq!(frame.frame().len(), 4);
         let frame = ReceivedFrame::new(vec![0; 16].into_boxed_slice(), 40, 100);
         assert!(frame.frame().is_empty());
+        assert!(frame.into_buffer().is_some(), "a queue buffer goes back");
+        assert!(ReceivedFrame::assembled(vec![1; 3000]).into_buffer().is_none(), "an assembled frame does not");
     }
 }
 

@@ -9,6 +9,11 @@
 //! segments ([`SegmentBatch`]): under emulation every frame costs the device,
 //! the host and the peer far more than its bytes do.
 //!
+//! When it offers receive offload (GUEST_TSO4 with GUEST_CSUM and
+//! MRG_RXBUF), the host hands over a peer's large TCP segments whole, spread
+//! over as many receive buffers as they need, instead of cutting them into
+//! frames first: one frame to handle instead of up to 45.
+//!
 //! The virtqueues' buffers must stay put, untouched, while the device owns
 //! them: every such buffer is a heap allocation held here by the token the
 //! device returns with it, until the device gives it back.
@@ -37,16 +42,34 @@ const SPARE_BATCH_BUFFERS: usize = 8;
 
 // Feature bits (virtio 1.2, 5.1.3 and 6).
 const F_CSUM: u64 = 1 << 0;
+const F_GUEST_CSUM: u64 = 1 << 1;
 const F_MAC: u64 = 1 << 5;
+const F_GUEST_TSO4: u64 = 1 << 7;
 const F_HOST_TSO4: u64 = 1 << 11;
+const F_MRG_RXBUF: u64 = 1 << 15;
 const F_STATUS: u64 = 1 << 16;
 const F_RING_INDIRECT_DESC: u64 = 1 << 28;
 const F_RING_EVENT_IDX: u64 = 1 << 29;
 const F_VERSION_1: u64 = 1 << 32;
-const SUPPORTED_FEATURES: u64 = F_CSUM | F_MAC | F_HOST_TSO4 | F_STATUS | F_RING_INDIRECT_DESC | F_RING_EVENT_IDX | F_VERSION_1;
+const SUPPORTED_FEATURES: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_MAC
+    | F_GUEST_TSO4
+    | F_HOST_TSO4
+    | F_MRG_RXBUF
+    | F_STATUS
+    | F_RING_INDIRECT_DESC
+    | F_RING_EVENT_IDX
+    | F_VERSION_1;
+/// Receive offload needs all three: large segments arrive with their
+/// checksum left to us, spread over ordinary buffers.
+const RECEIVE_OFFLOAD: u64 = F_GUEST_TSO4 | F_GUEST_CSUM | F_MRG_RXBUF;
 
 const HDR_F_NEEDS_CSUM: u8 = 1;
+const HDR_F_DATA_VALID: u8 = 2;
 const HDR_GSO_TCPV4: u8 = 1;
+/// The most buffers one received frame may span (a 64 KiB segment takes 33).
+const MAX_MERGED_BUFFERS: usize = 64;
 
 pub struct NetQueues {
     transport: SharedTransport,
@@ -65,6 +88,8 @@ pub struct NetQueues {
     filling: Option<Vec<u8>>,
     /// `None` without segmentation offload.
     batch: Option<SegmentBatch>,
+    /// Received frames may span several buffers (MRG_RXBUF).
+    merged_receive: bool,
 }
 
 fn buffer() -> Vec<u8> {
@@ -76,7 +101,10 @@ impl NetQueues {
     pub fn new(mut transport: SharedTransport) -> Result<Self, virtio_drivers::Error> {
         transport.set_status(DeviceStatus::empty());
         transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
-        let features = transport.read_device_features() & SUPPORTED_FEATURES;
+        let mut features = transport.read_device_features() & SUPPORTED_FEATURES;
+        if features & RECEIVE_OFFLOAD != RECEIVE_OFFLOAD {
+            features &= !F_GUEST_TSO4;
+        }
         if features & F_VERSION_1 == 0 {
             return Err(virtio_drivers::Error::Unsupported);
         }
@@ -93,7 +121,10 @@ impl NetQueues {
         let send = VirtQueue::new(&mut transport, QUEUE_TRANSMIT, indirect, event_idx)?;
         transport.finish_init();
         let offload = features & (F_CSUM | F_HOST_TSO4) == F_CSUM | F_HOST_TSO4;
-        log::debug!("virtio-net features {features:#x}, segmentation offload {offload}");
+        log::debug!(
+            "virtio-net features {features:#x}, segmentation offload {offload}, receive offload {}",
+            features & RECEIVE_OFFLOAD == RECEIVE_OFFLOAD
+        );
         let mut queues = Self {
             transport,
             receive,
@@ -105,6 +136,7 @@ impl NetQueues {
             free_large: Vec::new(),
             filling: None,
             batch: offload.then(|| SegmentBatch::new(HEADER_LEN)),
+            merged_receive: features & F_MRG_RXBUF != 0,
         };
         for _ in 0..QUEUE_SIZE {
             queues.post_receive(buffer())?;
@@ -132,6 +164,53 @@ impl NetQueues {
                 Err(virtio_drivers::Error::WrongToken)
             }
         }
+    }
+
+    /// The next buffer the device filled, and how many bytes it wrote.
+    fn pop_received(&mut self) -> Option<Result<(Vec<u8>, usize), FrameError>> {
+        let token = self.receive.peek_used()?;
+        let Some(mut buffer) = self.receiving.get_mut(usize::from(token)).and_then(Option::take) else {
+            return Some(Err(FrameError::Device));
+        };
+        // SAFETY: the same buffer that started this token.
+        match unsafe { self.receive.pop_used(token, &[], &mut [&mut buffer[..]]) } {
+            Ok(len) if len as usize <= buffer.len() => Some(Ok((buffer, len as usize))),
+            Ok(_) => {
+                let _ = self.post_receive(buffer);
+                Some(Err(FrameError::Device))
+            }
+            Err(_) => {
+                // The device still owns it; never reuse or free it.
+                core::mem::forget(buffer);
+                Some(Err(FrameError::Device))
+            }
+        }
+    }
+
+    /// Copies a frame spread over `buffers` receive buffers (the first,
+    /// header included, already taken) into one, posting each buffer again.
+    fn assemble(&mut self, first: Vec<u8>, len: usize, buffers: usize) -> Result<ReceivedFrame, FrameError> {
+        // More than a 64 KiB segment needs is a device fault: the buffers
+        // are still taken back, the frame is dropped.
+        let too_many = buffers > MAX_MERGED_BUFFERS;
+        let mut frame = Vec::with_capacity(if too_many { 0 } else { len - HEADER_LEN + (buffers - 1) * BUFFER_LEN });
+        if !too_many {
+            frame.extend_from_slice(&first[HEADER_LEN..len]);
+        }
+        let _ = self.post_receive(first);
+        for _ in 1..buffers {
+            // The device marks every buffer of a frame used at once: one
+            // missing is a device fault, and the frame is lost.
+            let (buffer, len) = self.pop_received().unwrap_or(Err(FrameError::Device))?;
+            if !too_many {
+                frame.extend_from_slice(&buffer[..len]);
+            }
+            let _ = self.post_receive(buffer);
+        }
+        if too_many {
+            return Err(FrameError::Device);
+        }
+        Ok(ReceivedFrame::assembled(frame))
     }
 
     /// Takes back what the device finished sending.
@@ -234,30 +313,37 @@ impl FrameQueues for NetQueues {
     }
 
     fn take_received(&mut self) -> Option<Result<ReceivedFrame, FrameError>> {
-        let token = self.receive.peek_used()?;
-        let Some(mut buffer) = self.receiving.get_mut(usize::from(token)).and_then(Option::take) else {
-            return Some(Err(FrameError::Device));
+        let (buffer, len) = match self.pop_received()? {
+            Ok(received) => received,
+            Err(error) => return Some(Err(error)),
         };
-        // SAFETY: the same buffer that started this token.
-        match unsafe { self.receive.pop_used(token, &[], &mut [&mut buffer[..]]) } {
-            Ok(len) if (HEADER_LEN..=buffer.len()).contains(&(len as usize)) => {
-                let frame_len = len as usize - HEADER_LEN;
-                Some(Ok(ReceivedFrame::new(buffer.into_boxed_slice(), HEADER_LEN, frame_len)))
-            }
-            Ok(_) => {
-                // The device is done with it; a bad length only loses the frame.
-                let _ = self.post_receive(buffer);
-                Some(Err(FrameError::Device))
-            }
-            Err(_) => {
-                core::mem::forget(buffer);
-                Some(Err(FrameError::Device))
-            }
+        if len < HEADER_LEN {
+            // The device is done with it; a bad length only loses the frame.
+            let _ = self.post_receive(buffer);
+            return Some(Err(FrameError::Device));
         }
+        let flags = buffer[0];
+        let buffers = if self.merged_receive { usize::from(u16::from_le_bytes([buffer[10], buffer[11]])) } else { 1 };
+        let frame = if buffers <= 1 {
+            ReceivedFrame::new(buffer.into_boxed_slice(), HEADER_LEN, len - HEADER_LEN)
+        } else {
+            match self.assemble(buffer, len, buffers) {
+                Ok(frame) => frame,
+                Err(error) => return Some(Err(error)),
+            }
+        };
+        // NEEDS_CSUM: a sender on this host left the checksum to the
+        // receiver (the device took the frame from it unaltered).
+        let trusted = flags & (HDR_F_NEEDS_CSUM | HDR_F_DATA_VALID) != 0;
+        Some(Ok(if trusted { frame.with_trusted_checksums() } else { frame }))
     }
 
     fn recycle(&mut self, frame: ReceivedFrame) -> Result<(), FrameError> {
-        self.post_receive(frame.into_buffer().into_vec()).map_err(|_| FrameError::Device)
+        match frame.into_buffer() {
+            Some(buffer) => self.post_receive(buffer.into_vec()).map_err(|_| FrameError::Device),
+            // An assembled frame's buffers were posted again as it was copied.
+            None => Ok(()),
+        }
     }
 
     fn can_transmit(&mut self) -> bool {
