@@ -18,6 +18,7 @@ extern crate alloc;
 mod checksum;
 pub mod frames;
 mod listener;
+mod stretch_ack;
 mod nic;
 mod virtio;
 

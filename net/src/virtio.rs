@@ -68,6 +68,10 @@ impl ReceivedFrame {
         &self.buffer[self.start..self.start + self.len]
     }
 
+    fn frame_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer[self.start..self.start + self.len]
+    }
+
     /// The queue's buffer, to be posted again; `None` for an assembled frame.
     pub fn into_buffer(self) -> Option<Box<[u8]>> {
         self.pooled.then_some(self.buffer)
@@ -204,7 +208,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
         }
         loop {
             match self.queues.get_mut().take_received()? {
-                Ok(frame) => {
+                Ok(mut frame) => {
                     if !frame.checksums_trusted && !crate::checksum::frame_checksums_valid(frame.frame()) {
                         bump(&self.counters.rx_checksum_errors, 1);
                         if let Err(error) = self.queues.get_mut().recycle(frame) {
@@ -212,6 +216,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
                         }
                         continue;
                     }
+                    crate::stretch_ack::scale_announced_mss(frame.frame_mut());
                     self.arp.learn(frame.frame());
                     let queues = &self.queues;
                     let counters = &self.counters;
