@@ -640,7 +640,9 @@ impl DataPair {
         if !self.stream.connected && socket.may_send() {
             self.stream.connected = true;
             socket.set_nagle_enabled(false);
-            socket.set_ack_delay(None);
+            // Each Write is answered by a WriteAck (and each WriteAck soon
+            // followed by the next Write), which carries the ACK.
+            socket.set_ack_delay(Some(tandem_net::ACK_DELAY));
             // Keep-alives keep an idle stream alive; the timeout drops a
             // stream whose peer went away without a FIN (the heartbeats
             // decide about the peer itself).

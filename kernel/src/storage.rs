@@ -200,7 +200,7 @@ impl NvmeService {
                 busy = true;
                 let socket = sockets.get_mut::<tcp::Socket>(handle);
                 socket.set_nagle_enabled(false);
-                socket.set_ack_delay(Some(tandem_net::smoltcp::time::Duration::from_millis(10)));
+                socket.set_ack_delay(Some(tandem_net::ACK_DELAY));
                 let id = self.next_connection;
                 self.next_connection += 1;
                 log::debug!("nvme: connection {id} from {:?} on net{nic}", socket.remote_endpoint());

@@ -23,6 +23,7 @@ mod nic;
 mod virtio;
 
 pub use listener::Listener;
+pub use stretch_ack::ACK_DELAY;
 pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
 pub use virtio::{
     FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,

@@ -19,6 +19,10 @@
 
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 
+/// How long a socket that answers every request holds a bare ACK back for
+/// the answer to carry it (smoltcp's own default; Linux waits 40 ms).
+pub const ACK_DELAY: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(10);
+
 /// Full segments that may wait for one ACK.
 pub const SCALE: u16 = 4;
 /// The MSS of this interface's MTU (1500 - IPv4 and TCP headers).

@@ -427,6 +427,9 @@ fn ascii_field(dst: &mut [u8], s: &str) {
     put_str(dst, s.as_bytes(), b' ');
 }
 
+/// CTRATT bit 6: Traffic Based Keep Alive Support.
+pub(crate) const CTRATT_TBKAS: u32 = 1 << 6;
+
 pub(crate) fn identify_controller(t: &Target, c: &Controller) -> Vec<u8> {
     let cfg = &t.config;
     let l = &cfg.limits;
@@ -445,6 +448,14 @@ pub(crate) fn identify_controller(t: &Target, c: &Controller) -> Vec<u8> {
     } else {
         d[76] = 0x01 | 0x02 | 0x08; // CMIC: multi-port, multi-controller, ANA
         put32(&mut d, 92, AEC_ANA_CHANGE); // OAES
+        // CTRATT: Traffic Based Keep Alive. Commands and completions restart
+        // the timer, so a host that sees completions sends no Keep Alive.
+        // Besides sparing a command, this keeps a failover quick: Linux
+        // (6.1) sends its Keep Alive synchronously and its error recovery
+        // waits for it, so one sent to a node that just died holds the
+        // host's commands back for a whole KATO; with I/O flowing until the
+        // crash, the next one is due a full Keep Alive period later.
+        put32(&mut d, 96, CTRATT_TBKAS);
         d[111] = 1; // CNTRLTYPE: I/O
     }
     d[258] = 3; // ACL

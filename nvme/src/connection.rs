@@ -1057,6 +1057,14 @@ impl Connection {
     }
 
     fn after_completion(&mut self, t: &mut Target, now: Instant) {
+        // Traffic-based keep-alive (CTRATT.TBKAS): a completion restarts the
+        // timer as a command does; the host counts completions as traffic
+        // and sends no Keep Alive while they come.
+        if let Some(b) = self.binding
+            && let Some(c) = t.controller_mut(b.cntlid, b.instance)
+        {
+            c.last_activity = now;
+        }
         self.start_waiting();
         self.try_resume(t, now);
     }

@@ -648,6 +648,46 @@ fn keep_alive_expiry_tears_down_controller_and_queues() {
     h.expect_status(&mut q2, cid, Status::CONNECT_INVALID_PARAMETERS);
 }
 
+/// Traffic Based Keep Alive: advertised, and a completion restarts the
+/// timer (a host that sees completions sends no Keep Alive).
+#[test]
+fn completions_restart_the_keep_alive_timer() {
+    let mut h = Harness::default();
+    let mut a = h.link(false, false);
+    let cntlid = h.admin(&mut a, 2000);
+    let id = a.host.identify(0x01, 0, 0);
+    let (_, data) = h.ok(&mut a, id);
+    assert_ne!(
+        u32::from_le_bytes(data[96..100].try_into().unwrap()) & (1 << 6),
+        0,
+        "CTRATT.TBKAS"
+    );
+    let mut q = h.link(false, false);
+    h.io_queue(&mut q, cntlid, 1, false);
+    q.auto_complete = false;
+    let cid = q.host.read(1, 0, 1, 512);
+    h.pump(&mut q);
+    // The command is slow: its completion comes 1.5 s later, and the host,
+    // having seen it, stays silent another 1.5 s: 3 s with no command.
+    h.now += 1500;
+    h.complete_held(&mut q, &[0]);
+    h.expect_status(&mut q, cid, Status::SUCCESS);
+    h.now += 1500;
+    h.target.poll(h.now());
+    assert_eq!(
+        h.target.controllers().count(),
+        1,
+        "the completion counted as traffic"
+    );
+    h.now += 501;
+    h.target.poll(h.now());
+    assert_eq!(
+        h.target.controllers().count(),
+        0,
+        "silence past KATO still expires it"
+    );
+}
+
 #[test]
 fn keep_alive_enforced_by_connection_poll_alone() {
     let mut h = Harness::default();

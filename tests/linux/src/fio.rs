@@ -80,6 +80,8 @@ pub struct FioResult {
     /// The initiator's CPU time in the job (user + system, percent of one
     /// vCPU): near 100 the initiator, not the target, bounds the figure.
     pub host_cpu_percent: f64,
+    /// I/Os the job completed after its ramp-up.
+    pub ios: u64,
 }
 
 /// Parses fio's `--output-format=json` output for job `job`.
@@ -123,6 +125,10 @@ pub fn parse(job: &str, json: &str) -> Result<FioResult> {
         clat_p99_us: pct("99.000000"),
         clat_mean_us: num(clat.and_then(|c| c.get("mean"))) / 1000.0,
         host_cpu_percent: num(j.get("usr_cpu")) + num(j.get("sys_cpu")),
+        ios: ["read", "write"]
+            .iter()
+            .filter_map(|s| j.get(*s)?.get("total_ios")?.as_u64())
+            .sum(),
     })
 }
 
@@ -251,7 +257,7 @@ mod tests {
       "jobname" : "randread-4k-qd1",
       "error" : 0,
       "read" : {
-        "io_bytes" : 40960000, "bw" : 4000, "iops" : 1000.5,
+        "io_bytes" : 40960000, "bw" : 4000, "iops" : 1000.5, "total_ios" : 10000,
         "clat_ns" : { "mean" : 950000.0,
           "percentile" : { "50.000000" : 900000, "99.000000" : 2000000 } }
       },
@@ -270,6 +276,7 @@ mod tests {
         assert_eq!(r.clat_p99_us, 2000.0);
         assert_eq!(r.clat_mean_us, 950.0);
         assert_eq!(r.host_cpu_percent, 82.75);
+        assert_eq!(r.ios, 10000);
     }
 
     #[test]
@@ -301,6 +308,7 @@ mod tests {
             clat_p99_us: 0.0,
             clat_mean_us: 0.0,
             host_cpu_percent: 0.0,
+            ios: 0,
         };
         let r = [
             mk("randread-4k-qd32", 1000.0, 4.0, 0.0),

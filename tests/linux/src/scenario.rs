@@ -134,6 +134,21 @@ impl Rig {
         }
     }
 
+    /// Frames through the `index`th tap so far (`tgN`; a bridge segment
+    /// only): (sent by its guest, delivered to its guest).
+    pub fn tap_frames(&self, index: u32) -> Result<(u64, u64)> {
+        let read = |counter: &str| -> Result<u64> {
+            let path = format!("/sys/class/net/tg{index}/statistics/{counter}");
+            let text = self.netns.exec(&["cat", &path])?;
+            text.trim().parse().map_err(|_| Error::Command {
+                command: format!("cat {path}"),
+                stderr: format!("not a number: {text}"),
+            })
+        };
+        // The tap's receive side is what the guest sent.
+        Ok((read("rx_packets")?, read("tx_packets")?))
+    }
+
     /// The next free address on the segment (10.0.0.20, .21, …).
     fn next_address(&mut self) -> String {
         let a = format!("10.0.0.{}/{PREFIX_LEN}", self.next_host);

@@ -152,7 +152,21 @@ fn run_nvmet(o: &Options, image: &GuestImage) -> Result<Vec<FioResult>, Error> {
 /// Boots nvmet-tcp and tandem side by side (each on a disk file of its own,
 /// same size, same shape), then one initiator connected to both runs every
 /// job on each in turn; returns (nvmet, tandem).
-fn run_compare(o: &Options, image: &GuestImage) -> Result<(Vec<FioResult>, Vec<FioResult>), Error> {
+/// Frames one target's NIC moved during the run (a bridge segment only).
+#[derive(Clone, Copy, Debug, Default)]
+struct Frames {
+    sent: u64,
+    received: u64,
+}
+
+struct Compared {
+    nvmet: Vec<FioResult>,
+    tandem: Vec<FioResult>,
+    /// nvmet's and tandem's frames, if counted.
+    frames: Option<(Frames, Frames)>,
+}
+
+fn run_compare(o: &Options, image: &GuestImage) -> Result<Compared, Error> {
     let mut rig = Rig::with_segment("cmp", o.segment)?;
     let nvmet_disk = guest_dir().join("runs/cmp-nvmet-disk.raw");
     let tandem_disk = guest_dir().join("runs/cmp-tandem-disk.raw");
@@ -171,7 +185,17 @@ fn run_compare(o: &Options, image: &GuestImage) -> Result<(Vec<FioResult>, Vec<F
         tandem.wait_ready(Duration::from_secs(60))?;
         let targets = [("nvmet", &nvmet.endpoint), ("tandem", &tandem.endpoint)];
         let config = scenario::compare_initiator(&mut rig, &targets, &o.jobs, o.runtime, o.shape)?;
+        // nvmet's tap is tg0, tandem's tg1 (started in that order).
+        let counted = |rig: &Rig| -> Option<[(u64, u64); 2]> {
+            (o.segment == Segment::Bridge).then(|| Some([rig.tap_frames(0).ok()?, rig.tap_frames(1).ok()?]))?
+        };
+        let before = counted(&rig);
         let outcome = tandem_linux_guest::run(image, &config)?;
+        let after = counted(&rig);
+        let frames = before.zip(after).map(|(b, a)| {
+            let f = |i: usize| Frames { sent: a[i].0 - b[i].0, received: a[i].1 - b[i].1 };
+            (f(0), f(1))
+        });
         if let Err(e) = outcome.check() {
             return Err(Error::Tandem(format!(
                 "{e}\ntandem console:\n{}",
@@ -180,10 +204,11 @@ fn run_compare(o: &Options, image: &GuestImage) -> Result<(Vec<FioResult>, Vec<F
         }
         eprint!("{}", outcome.output);
         eprintln!("{}", tandem.command("nvme").unwrap_or_default().join("\n"));
-        Ok((
-            scenario::collect_fio_of(&outcome, "nvmet", &o.jobs)?,
-            scenario::collect_fio_of(&outcome, "tandem", &o.jobs)?,
-        ))
+        Ok(Compared {
+            nvmet: scenario::collect_fio_of(&outcome, "nvmet", &o.jobs)?,
+            tandem: scenario::collect_fio_of(&outcome, "tandem", &o.jobs)?,
+            frames,
+        })
     })();
     let nvmet_stopped = nvmet.stop();
     let tandem_stopped = tandem.stop(Duration::from_secs(30));
@@ -358,11 +383,11 @@ fn load_average() -> String {
 fn render_compare_section(
     o: &Options,
     image: &GuestImage,
-    nvmet: &[FioResult],
-    tandem: &[FioResult],
+    compared: &Compared,
     wall: Duration,
     load_at_start: &str,
 ) -> String {
+    let (nvmet, tandem) = (&compared.nvmet, &compared.tandem);
     let mut s = String::new();
     let _ = writeln!(s, "{COMPARE_HEADING}\n");
     let _ = writeln!(
@@ -416,11 +441,35 @@ fn render_compare_section(
         wall.as_secs_f64()
     );
     s.push_str(&fio::render_comparison(nvmet, tandem, &o.jobs));
+    if let Some(frames) = compared.frames {
+        s.push('\n');
+        s.push_str(&render_frames(nvmet, tandem, frames));
+    }
     s.push_str("\nnvmet-tcp, all figures:\n\n");
     s.push_str(&fio::render_table(nvmet));
     s.push_str("\ntandem, all figures:\n\n");
     s.push_str(&fio::render_table(tandem));
     s
+}
+
+/// Frames per I/O, each target's whole run: under emulation every frame
+/// costs the initiator (its interrupts, its TCP) and both QEMUs far more
+/// than its bytes, and unlike IOPS the count hardly moves with the machine's
+/// load.
+fn render_frames(nvmet: &[FioResult], tandem: &[FioResult], (n, t): (Frames, Frames)) -> String {
+    let ios = |r: &[FioResult]| r.iter().map(|r| r.ios).sum::<u64>().max(1) as f64;
+    let (ni, ti) = (ios(nvmet), ios(tandem));
+    format!(
+        "Frames on each target's tap per I/O, over its whole run (every job; ramp-up, connection \
+         and keep-alives included; I/Os after ramp-up), sent by the target / sent to it: nvmet-tcp \
+         {:.2} / {:.2}, tandem {:.2} / {:.2} ({} and {} I/Os).\n",
+        n.sent as f64 / ni,
+        n.received as f64 / ni,
+        t.sent as f64 / ti,
+        t.received as f64 / ti,
+        ni as u64,
+        ti as u64,
+    )
 }
 
 /// Replaces the section starting at `heading` (up to the next `## `), or appends it.
@@ -500,24 +549,17 @@ fn main_compare(o: &Options, started: Instant) -> ExitCode {
         // Build the image before anything boots, so that the build does not
         // compete with a measurement.
         tandem_linux_guest::tandem::tandem_image()?;
-        let (nvmet, tandem) = run_compare(o, &image)?;
-        Ok((image, nvmet, tandem))
+        let compared = run_compare(o, &image)?;
+        Ok((image, compared))
     });
-    let (image, nvmet, tandem) = match result {
+    let (image, compared) = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("linux-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let section = render_compare_section(
-        o,
-        &image,
-        &nvmet,
-        &tandem,
-        started.elapsed(),
-        &load_at_start,
-    );
+    let section = render_compare_section(o, &image, &compared, started.elapsed(), &load_at_start);
     println!("{section}");
     if o.write_docs {
         let path = repo_root().join("docs/benchmarks.md");
