@@ -301,6 +301,9 @@ enum FlushPurpose {
     Clean,
     /// Secondary: a Flush frame from the primary, numbered `seq`.
     Peer(u64),
+    /// A primary asked to hand over, while it still serves: most of what
+    /// the handover's own flush would write is then on disk already.
+    PreHandover,
     /// A drained primary before it hands over.
     Handover,
 }
@@ -588,6 +591,9 @@ pub struct DataNode {
     handover_from_peer: bool,
     handed_over_to: Option<NodeId>,
     demote: Option<Demote>,
+    /// A switchover asked for, its pre-flush (both disks) under way while
+    /// host I/O still flows: the flush, and when it started.
+    demote_preflush: Option<(u64, Instant)>,
     lease: Lease,
     writes: BTreeMap<u64, PendingWrite>,
     seq_to_id: BTreeMap<u64, u64>,
@@ -751,6 +757,7 @@ impl DataNode {
             handover_from_peer: false,
             handed_over_to: None,
             demote: None,
+            demote_preflush: None,
             lease: Lease {
                 next_round: 1,
                 ..Lease::default()
@@ -1586,6 +1593,7 @@ impl DataNode {
         self.lease.until = None;
         self.lease.want_round = false;
         self.demote = None;
+        self.demote_preflush = None;
         self.handed_over_to = None;
         self.resync = None;
         if self.candidacy.is_some() {
@@ -1973,14 +1981,16 @@ impl DataNode {
 
     // ----- switchover and fencing -----
 
-    /// Planned switchover, on the primary: stop taking new I/O, drain, then
-    /// hand over to the peer.
+    /// Planned switchover, on the primary: flush both disks while still
+    /// serving, then stop taking new I/O, drain, flush again (only what was
+    /// written meanwhile: the host's I/O stall stays short however much the
+    /// disks' caches held), and hand over to the peer.
     pub fn demote(&mut self, now: Instant) -> Result<(), CommandError> {
         self.check_lease(now);
         if self.role != Role::Primary {
             return Err(CommandError::NotPrimary);
         }
-        if self.demote.is_some() || self.candidacy.is_some() {
+        if self.demote.is_some() || self.demote_preflush.is_some() || self.candidacy.is_some() {
             return Err(CommandError::Busy);
         }
         let peer = self.voter.knowledge[self.peer.index()];
@@ -1994,16 +2004,41 @@ impl DataNode {
         if !ready {
             return Err(CommandError::PeerNotReady);
         }
-        self.demote = Some(Demote {
-            started: now,
-            flush: None,
-            handover_sent: false,
-        });
+        let flush = self.new_flush(now, FlushPurpose::PreHandover, true);
+        self.demote_preflush = Some((flush, now));
         self.progress(now);
         Ok(())
     }
 
+    /// Ends the pre-flush once both disks flushed (or one failed, or it
+    /// takes longer than the failure timeout: the handover's own flush then
+    /// does all the work) and starts the drain.
+    fn preflush_progress(&mut self, now: Instant) {
+        let Some((flush, started)) = self.demote_preflush else { return };
+        let done = match self.flushes.get(&flush) {
+            Some(f) => {
+                f.local == Some(false)
+                    || (f.local == Some(true) && f.peer_acked)
+                    || now.saturating_since(started) >= self.timing().failure_timeout
+            }
+            None => true,
+        };
+        if !done {
+            return;
+        }
+        self.flushes.remove(&flush);
+        self.demote_preflush = None;
+        if self.role == Role::Primary {
+            self.demote = Some(Demote {
+                started: now,
+                flush: None,
+                handover_sent: false,
+            });
+        }
+    }
+
     fn demote_progress(&mut self, now: Instant) {
+        self.preflush_progress(now);
         let Some(d) = self.demote else { return };
         if d.handover_sent
             || !self.writes.is_empty()

@@ -1251,6 +1251,43 @@ fn body_static(body: Body<'_>) -> Body<'static> {
 
 /// A host flush on the primary completes only when the peer has flushed too;
 /// with the peer gone it waits until the peer is recorded Outdated.
+/// A switchover flushes both disks while the primary still serves, and
+/// only then stops taking I/O, drains, flushes again (what was written
+/// meanwhile) and hands over. A pre-flush that does not finish within the
+/// failure timeout does not hold the switchover back.
+#[test]
+fn switchover_flushes_both_disks_before_it_stops_serving() {
+    for preflush_completes in [true, false] {
+        let mut t = Trio::with_stream();
+        t.step(400);
+        assert_eq!((t.a.role(), t.b.role()), (Role::Primary, Role::Secondary), "{:?}", t.log);
+        t.disk_flushes.clear();
+        t.a.demote(ms(t.now)).unwrap();
+        assert_eq!(t.a.demote(ms(t.now)), Err(CommandError::Busy), "one switchover at a time");
+        t.step(t.now + 5);
+        let (pre_a, pre_b) = (t.disk_flush_of(NodeId::A), t.disk_flush_of(NodeId::B));
+        assert!(t.a.is_serving(ms(t.now)), "host I/O flows during the pre-flush");
+        t.disk_flushes.clear();
+        if preflush_completes {
+            t.a.on_disk_flush_done(ms(t.now), pre_a, true);
+            t.b.on_disk_flush_done(ms(t.now), pre_b, true);
+            t.step(t.now + 5);
+        } else {
+            t.step(t.now + 90);
+            assert!(t.a.is_serving(ms(t.now)), "still within the failure timeout");
+            t.step(t.now + 15);
+        }
+        assert!(!t.a.is_serving(ms(t.now)), "drained for the handover");
+        assert_eq!(t.a.role(), Role::Primary, "the handover waits for its own flush");
+        let (last_a, last_b) = (t.disk_flush_of(NodeId::A), t.disk_flush_of(NodeId::B));
+        assert!(last_a != pre_a && last_b != pre_b, "a second flush of both disks");
+        t.a.on_disk_flush_done(ms(t.now), last_a, true);
+        t.b.on_disk_flush_done(ms(t.now), last_b, true);
+        t.step(t.now + 50);
+        assert_eq!((t.a.role(), t.b.role()), (Role::Secondary, Role::Primary), "{:?}", t.log);
+    }
+}
+
 #[test]
 fn host_flush_waits_for_the_peer_or_its_outdating() {
     let mut t = Trio::with_stream();
