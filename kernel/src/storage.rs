@@ -416,6 +416,13 @@ impl NvmeService {
     }
 }
 
+/// Answers to block commands that may wait on a connection for more, and
+/// their bytes (see [`tandem_nvme::Connection::output_may_wait`]): a few
+/// 4 KiB reads' answers leave as one frame, and each waits at most for the
+/// completions of the next few commands.
+const GATHER_ANSWERS: usize = 4;
+const GATHER_BYTES: usize = 16 * 1024;
+
 /// Moves bytes between a socket and its connection. Returns whether any moved.
 fn pump(target: &mut Target, entry: &mut NvmeConnection, socket: &mut tcp::Socket, now: Instant) -> bool {
     let mut moved = false;
@@ -431,7 +438,8 @@ fn pump(target: &mut Target, entry: &mut NvmeConnection, socket: &mut tcp::Socke
         }
     }
     connection.poll(target, now);
-    while connection.has_output() && socket.can_send() {
+    let gather = connection.output_may_wait(GATHER_ANSWERS, GATHER_BYTES);
+    while !gather && connection.has_output() && socket.can_send() {
         let sent = socket.send(|buffer| {
             let written = connection.write_output(buffer);
             (written, written)

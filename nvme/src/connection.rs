@@ -152,6 +152,8 @@ struct OutItem {
     response: bool,
     /// Data budget released when this item is drained.
     budget: u32,
+    /// Part of a block command's answer (see [`Connection::output_may_wait`]).
+    answer: bool,
 }
 
 /// Queue depth assumed before Connect (only Connect is accepted then).
@@ -1018,6 +1020,25 @@ impl Connection {
             None => return Err(Error::UnknownBlockRequest(id.0)),
         };
         let _ = sqe;
+        let first_item = self.out.len();
+        self.answer_block_command(t, cid, plan, budget, outcome);
+        // Only the answer: what the completion lets resume (an R2T) is not.
+        for item in self.out.iter_mut().skip(first_item) {
+            item.answer = true;
+        }
+        self.after_completion(t, now);
+        Ok(())
+    }
+
+    /// Queues the answer to a block command the block layer completed.
+    fn answer_block_command(
+        &mut self,
+        t: &mut Target,
+        cid: u16,
+        plan: IoPlan,
+        budget: u32,
+        outcome: BlockOutcome,
+    ) {
         let status = match (plan, outcome) {
             (IoPlan::Read { len, .. }, BlockOutcome::ReadData(data))
                 if data.len() == len as usize =>
@@ -1027,8 +1048,7 @@ impl Connection {
                 t.stats.read_commands += 1;
                 t.stats.bytes_read += len as u64;
                 self.send_read_data(cid, data, budget);
-                self.after_completion(t, now);
-                return Ok(());
+                return;
             }
             (_, BlockOutcome::Failed(e)) => match (e, plan) {
                 (BlockError::Media, IoPlan::Read { .. }) => Status::UNRECOVERED_READ_ERROR,
@@ -1052,8 +1072,6 @@ impl Connection {
         };
         self.release_budget(budget);
         self.respond(cid, status, 0);
-        self.after_completion(t, now);
-        Ok(())
     }
 
     fn after_completion(&mut self, t: &mut Target, now: Instant) {
@@ -1082,6 +1100,7 @@ impl Connection {
             chunk,
             response,
             budget,
+            answer: false,
         });
     }
 
@@ -1163,6 +1182,33 @@ impl Connection {
             Some(item) => &item.chunk.bytes()[self.out_pos..],
             None => &[],
         }
+    }
+
+    /// True if the output may wait for more answers before it is sent, so
+    /// that several leave in one frame (the host then handles, and
+    /// acknowledges, one frame for them): it holds only answers to block
+    /// commands, fewer than `max_answers` and `max_bytes`, while others are
+    /// still with the block layer, whose completions bring more. Anything
+    /// else in the output (an R2T the host waits for, an admin answer)
+    /// never waits, nor does the last command's answer.
+    pub fn output_may_wait(&self, max_answers: usize, max_bytes: usize) -> bool {
+        if self.out.is_empty()
+            || self.inflight.is_empty()
+            || !self.out.iter().all(|item| item.answer)
+        {
+            return false;
+        }
+        let answers = self.out.iter().filter(|item| item.response).count();
+        answers < max_answers && self.output_len() < max_bytes
+    }
+
+    /// Bytes waiting to be sent, all chunks together.
+    pub fn output_len(&self) -> usize {
+        self.out
+            .iter()
+            .map(|item| item.chunk.bytes().len())
+            .sum::<usize>()
+            - self.out_pos
     }
 
     /// Marks `n` bytes of [`Connection::output`] as sent.

@@ -648,6 +648,52 @@ fn keep_alive_expiry_tears_down_controller_and_queues() {
     h.expect_status(&mut q2, cid, Status::CONNECT_INVALID_PARAMETERS);
 }
 
+/// Answers to block commands may wait for a few more while other commands
+/// are still with the block layer; the last one's answer, and anything that
+/// is not such an answer (an R2T the host waits for), never waits.
+#[test]
+fn answers_may_wait_for_more_only_while_block_commands_are_under_way() {
+    let mut h = Harness::default();
+    let mut a = h.link(false, false);
+    let cntlid = h.admin(&mut a, 0);
+    let mut q = h.link(false, false);
+    h.io_queue(&mut q, cntlid, 1, false);
+    q.auto_complete = false;
+    let reads: Vec<u16> = (0..3).map(|i| q.host.read(1, i * 8, 8, 512)).collect();
+    h.pump(&mut q);
+    assert_eq!(q.held.len(), 3);
+    assert!(!q.conn.output_may_wait(4, 16384), "nothing to send yet");
+    h.complete_held(&mut q, &[0]);
+    assert!(
+        q.conn.output_may_wait(4, 16384),
+        "two more reads are under way"
+    );
+    assert!(!q.conn.output_may_wait(1, 16384), "at most max_answers");
+    assert!(!q.conn.output_may_wait(4, 4096), "at most max_bytes");
+    h.complete_held(&mut q, &[0]);
+    assert!(q.conn.output_may_wait(4, 16384));
+    h.complete_held(&mut q, &[0]);
+    assert!(
+        !q.conn.output_may_wait(4, 16384),
+        "the last answer does not wait"
+    );
+    for cid in reads {
+        h.expect_status(&mut q, cid, Status::SUCCESS);
+    }
+    // An R2T in the output never waits, even with a read under way.
+    let read = q.host.read(1, 0, 8, 512);
+    h.pump(&mut q);
+    let write = q.host.write(1, 64, vec![7; 16384], 512, false);
+    let bytes = q.host.take_output();
+    let now = h.now();
+    q.conn.receive(&mut h.target, now, &bytes);
+    assert!(q.conn.has_output(), "an R2T");
+    assert!(!q.conn.output_may_wait(4, 16384));
+    h.complete_held(&mut q, &[0]);
+    h.expect_status(&mut q, read, Status::SUCCESS);
+    let _ = write;
+}
+
 /// Traffic Based Keep Alive: advertised, and a completion restarts the
 /// timer (a host that sees completions sends no Keep Alive).
 #[test]
