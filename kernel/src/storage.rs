@@ -53,6 +53,8 @@ struct NvmeConnection {
     connection: Connection,
     /// When the NVMe side was first seen closed.
     closed_at_ms: Option<u64>,
+    /// Since when its answers wait for more (see [`pump`]).
+    gathering_since_ms: Option<u64>,
 }
 
 struct PortListeners {
@@ -211,6 +213,7 @@ impl NvmeService {
                     handle,
                     connection: Connection::new(&self.target, now),
                     closed_at_ms: None,
+                    gathering_since_ms: None,
                 });
             }
         }
@@ -419,9 +422,12 @@ impl NvmeService {
 /// Answers to block commands that may wait on a connection for more, and
 /// their bytes (see [`tandem_nvme::Connection::output_may_wait`]): a few
 /// 4 KiB reads' answers leave as one frame, and each waits at most for the
-/// completions of the next few commands.
+/// completions of reads and writes already with the disk, and at most
+/// [`GATHER_MILLIS`] (checked at the loop's next wake-up: a completion, a
+/// frame, or the 20 ms tick at the latest).
 const GATHER_ANSWERS: usize = 4;
 const GATHER_BYTES: usize = 16 * 1024;
+const GATHER_MILLIS: u64 = 2;
 
 /// Moves bytes between a socket and its connection. Returns whether any moved.
 fn pump(target: &mut Target, entry: &mut NvmeConnection, socket: &mut tcp::Socket, now: Instant) -> bool {
@@ -438,7 +444,15 @@ fn pump(target: &mut Target, entry: &mut NvmeConnection, socket: &mut tcp::Socke
         }
     }
     connection.poll(target, now);
-    let gather = connection.output_may_wait(GATHER_ANSWERS, GATHER_BYTES);
+    let gather = if connection.output_may_wait(GATHER_ANSWERS, GATHER_BYTES) {
+        let since = *entry.gathering_since_ms.get_or_insert(now.millis());
+        now.millis().saturating_sub(since) < GATHER_MILLIS
+    } else {
+        false
+    };
+    if !gather {
+        entry.gathering_since_ms = None;
+    }
     while !gather && connection.has_output() && socket.can_send() {
         let sent = socket.send(|buffer| {
             let written = connection.write_output(buffer);

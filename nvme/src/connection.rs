@@ -1187,15 +1187,29 @@ impl Connection {
     /// True if the output may wait for more answers before it is sent, so
     /// that several leave in one frame (the host then handles, and
     /// acknowledges, one frame for them): it holds only answers to block
-    /// commands, fewer than `max_answers` and `max_bytes`, while others are
-    /// still with the block layer, whose completions bring more. Anything
-    /// else in the output (an R2T the host waits for, an admin answer)
-    /// never waits, nor does the last command's answer.
+    /// commands, fewer than `max_answers` and `max_bytes`, while other reads
+    /// and writes are still with the block layer, whose completions bring
+    /// more soon. Anything else in the output (an R2T the host waits for, an
+    /// admin answer) never waits, nor does the last command's answer, nor an
+    /// answer behind a Flush, Write Zeroes or Deallocate (which may take
+    /// long). The caller bounds the wait in time as well.
     pub fn output_may_wait(&self, max_answers: usize, max_bytes: usize) -> bool {
         if self.out.is_empty()
             || self.inflight.is_empty()
             || !self.out.iter().all(|item| item.answer)
         {
+            return false;
+        }
+        let quick = |cid: &u16| {
+            matches!(
+                self.commands.get(cid).map(|c| &c.state),
+                Some(CmdState::Block {
+                    plan: IoPlan::Read { .. } | IoPlan::Write { .. },
+                    ..
+                })
+            )
+        };
+        if !self.inflight.values().all(quick) {
             return false;
         }
         let answers = self.out.iter().filter(|item| item.response).count();

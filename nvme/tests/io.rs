@@ -691,7 +691,18 @@ fn answers_may_wait_for_more_only_while_block_commands_are_under_way() {
     assert!(!q.conn.output_may_wait(4, 16384));
     h.complete_held(&mut q, &[0]);
     h.expect_status(&mut q, read, Status::SUCCESS);
-    let _ = write;
+    h.complete_held(&mut q, &[0]);
+    h.expect_status(&mut q, write, Status::SUCCESS);
+    // Nor does an answer behind a Flush, which may take long.
+    let flush = q.host.flush(1);
+    let read = q.host.read(1, 0, 8, 512);
+    h.pump(&mut q);
+    assert_eq!(q.held.len(), 2);
+    h.complete_held(&mut q, &[1]);
+    assert!(!q.conn.output_may_wait(4, 16384));
+    h.complete_held(&mut q, &[0]);
+    h.expect_status(&mut q, read, Status::SUCCESS);
+    h.expect_status(&mut q, flush, Status::SUCCESS);
 }
 
 /// Traffic Based Keep Alive: advertised, and a completion restarts the
