@@ -52,20 +52,8 @@ pub fn frame_checksums_valid(frame: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames;
-    use smoltcp::wire::{Ipv4Address, TcpControl};
-
-    fn syn() -> alloc::vec::Vec<u8> {
-        frames::tcp_segment(
-            [2, 0, 0, 0, 0, 9],
-            [2, 0, 0, 0, 0, 1],
-            frames::Endpoint { address: Ipv4Address::new(10, 79, 0, 20), port: 40000 },
-            frames::Endpoint { address: Ipv4Address::new(10, 79, 0, 2), port: 4420 },
-            TcpControl::Syn,
-            1000,
-            None,
-        )
-    }
+    use crate::frames::host_syn as syn;
+    use smoltcp::wire::Ipv4Address;
 
     #[test]
     fn a_well_formed_segment_passes() {

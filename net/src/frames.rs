@@ -134,6 +134,21 @@ pub fn tcp_segment(
     frame
 }
 
+/// A host's SYN to an NVMe/TCP portal (10.79.0.20:40000 to 10.79.0.2:4420),
+/// for tests.
+#[cfg(test)]
+pub(crate) fn host_syn() -> Vec<u8> {
+    tcp_segment(
+        [2, 0, 0, 0, 0, 9],
+        [2, 0, 0, 0, 0, 1],
+        Endpoint { address: Ipv4Address::new(10, 79, 0, 20), port: 40000 },
+        Endpoint { address: Ipv4Address::new(10, 79, 0, 2), port: 4420 },
+        TcpControl::Syn,
+        1000,
+        None,
+    )
+}
+
 /// A bare ACK (sequence and acknowledgment numbers 0, no options, no data)
 /// from `from` to `to`, in an Ethernet frame from `source_mac` to
 /// `destination_mac`. To the host it is out of the window, and it answers

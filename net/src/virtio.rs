@@ -398,17 +398,7 @@ mod tests {
 
     #[test]
     fn a_frame_with_a_wrong_checksum_is_dropped_unless_the_device_vouched_for_it() {
-        use crate::frames;
-        use smoltcp::wire::{Ipv4Address, TcpControl};
-        let mut syn = frames::tcp_segment(
-            [2, 0, 0, 0, 0, 9],
-            [2, 0, 0, 0, 0, 1],
-            frames::Endpoint { address: Ipv4Address::new(10, 79, 0, 20), port: 40000 },
-            frames::Endpoint { address: Ipv4Address::new(10, 79, 0, 2), port: 4420 },
-            TcpControl::Syn,
-            1000,
-            None,
-        );
+        let mut syn = crate::frames::host_syn();
         // The TCP checksum as a sender using checksum offload leaves it.
         syn[14 + 20 + 16] ^= 0x5a;
         for trusted in [false, true] {

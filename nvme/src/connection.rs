@@ -1194,13 +1194,18 @@ impl Connection {
     /// answer behind a Flush, Write Zeroes or Deallocate (which may take
     /// long). The caller bounds the wait in time as well.
     pub fn output_may_wait(&self, max_answers: usize, max_bytes: usize) -> bool {
-        if self.out.is_empty()
-            || self.inflight.is_empty()
-            || !self.out.iter().all(|item| item.answer)
-        {
+        if self.out.is_empty() || self.inflight.is_empty() {
             return false;
         }
-        let quick = |cid: &u16| {
+        let (mut answers, mut bytes) = (0, 0);
+        for item in &self.out {
+            answers += usize::from(item.response);
+            bytes += item.chunk.bytes().len();
+            if !item.answer || answers >= max_answers || bytes - self.out_pos >= max_bytes {
+                return false;
+            }
+        }
+        self.inflight.values().all(|cid| {
             matches!(
                 self.commands.get(cid).map(|c| &c.state),
                 Some(CmdState::Block {
@@ -1208,21 +1213,7 @@ impl Connection {
                     ..
                 })
             )
-        };
-        if !self.inflight.values().all(quick) {
-            return false;
-        }
-        let answers = self.out.iter().filter(|item| item.response).count();
-        answers < max_answers && self.output_len() < max_bytes
-    }
-
-    /// Bytes waiting to be sent, all chunks together.
-    pub fn output_len(&self) -> usize {
-        self.out
-            .iter()
-            .map(|item| item.chunk.bytes().len())
-            .sum::<usize>()
-            - self.out_pos
+        })
     }
 
     /// Marks `n` bytes of [`Connection::output`] as sent.

@@ -654,10 +654,7 @@ fn keep_alive_expiry_tears_down_controller_and_queues() {
 #[test]
 fn answers_may_wait_for_more_only_while_block_commands_are_under_way() {
     let mut h = Harness::default();
-    let mut a = h.link(false, false);
-    let cntlid = h.admin(&mut a, 0);
-    let mut q = h.link(false, false);
-    h.io_queue(&mut q, cntlid, 1, false);
+    let (_admin, mut q, _) = h.setup();
     q.auto_complete = false;
     let reads: Vec<u16> = (0..3).map(|i| q.host.read(1, i * 8, 8, 512)).collect();
     h.pump(&mut q);
