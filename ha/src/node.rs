@@ -16,7 +16,7 @@ use core::fmt;
 use crate::Error;
 use crate::bitmap::Bitmap;
 use crate::metadata::{Layout, Superblock, emit_bitmap_block, load_bitmap_block};
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, DurationStats, Instant};
 use crate::types::{AnaState, DataState, EpochRecord, LinkId, MAX_LINKS, NodeId, Role};
 use crate::voter::{OwnView, VoteAsk, Voter};
 use crate::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal, flags};
@@ -337,6 +337,20 @@ struct StreamState {
     decoder: stream::Decoder,
     peer_hello: Option<Hello>,
     peer_bitmap: Option<Bitmap>,
+    /// Host writes on this connection, from their arrival: until the local
+    /// disk finished, until the peer acknowledged.
+    write_times: WriteTimes,
+    /// Secondary: when each replicated write being applied arrived.
+    apply_arrivals: BTreeMap<u64, Instant>,
+}
+
+/// How long replicated host writes take on each side (`status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteTimes {
+    pub local: DurationStats,
+    pub peer: DurationStats,
+    /// Secondary: from a replicated write's arrival to its acknowledgement.
+    pub applied: DurationStats,
 }
 
 #[derive(Debug)]
@@ -439,6 +453,8 @@ pub struct Status {
     pub witness_reachable: bool,
     pub replication: ReplicationState,
     pub in_flight_writes: usize,
+    /// Replicated writes since the stream connected.
+    pub write_times: WriteTimes,
     /// Bytes sent to the peer and not yet acknowledged (replication lag).
     pub unacked_bytes: u64,
     /// Regions that may differ from the peer (bitmap bits), in bytes, while
@@ -512,6 +528,16 @@ impl fmt::Display for Status {
             self.out_of_sync_bytes,
             self.active_bytes
         )?;
+        if self.write_times.peer.count() > 0 {
+            writeln!(
+                f,
+                "    write-time local:{} peer:{}",
+                self.write_times.local, self.write_times.peer
+            )?;
+        }
+        if self.write_times.applied.count() > 0 {
+            writeln!(f, "    apply-time {}", self.write_times.applied)?;
+        }
         if let Some(p) = self.resync {
             writeln!(
                 f,
@@ -1496,6 +1522,9 @@ impl DataNode {
     pub fn on_local_write_done(&mut self, now: Instant, id: u64, ok: bool) {
         if let Some(w) = self.writes.get_mut(&id) {
             w.local = Some(ok);
+            if w.needs_peer && w.seq.is_some() {
+                self.stream.write_times.local.record(now - w.at);
+            }
         } else if let Some(pos) = self
             .applying
             .iter()
@@ -2437,6 +2466,7 @@ impl DataNode {
                     }) {
                         return false;
                     }
+                    self.stream.apply_arrivals.insert(f.seq, now);
                 }
             }
             Body::WriteAck { status } => {
@@ -2445,6 +2475,7 @@ impl DataNode {
                     && let Some(w) = self.writes.get_mut(&id)
                 {
                     w.peer_acked = true;
+                    self.stream.write_times.peer.record(now - w.at);
                 }
                 if status == AckStatus::Ok {
                     self.unacked.remove(&f.seq);
@@ -2670,6 +2701,9 @@ impl DataNode {
             let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
             self.send_frame(epoch, seq, Body::WriteAck { status });
+            if let Some(arrived) = self.stream.apply_arrivals.remove(&seq) {
+                self.stream.write_times.applied.record(now - arrived);
+            }
         }
         self.progress(now);
     }
@@ -3091,6 +3125,7 @@ impl DataNode {
             witness_reachable: w_k.alive(now, t.failure_timeout),
             replication,
             in_flight_writes: self.writes.len(),
+            write_times: self.stream.write_times,
             unacked_bytes: self.unacked.values().map(|&(_, l)| l).sum(),
             out_of_sync_bytes: if replication == ReplicationState::Established {
                 0

@@ -73,6 +73,45 @@ impl Sub<Instant> for Instant {
     }
 }
 
+/// Count, mean and largest of a series of durations, for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurationStats {
+    count: u64,
+    total_micros: u64,
+    max: Duration,
+}
+
+impl DurationStats {
+    pub fn record(&mut self, d: Duration) {
+        self.count += 1;
+        self.total_micros = self.total_micros.saturating_add(d.0);
+        self.max = self.max.max(d);
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn mean(&self) -> Option<Duration> {
+        (self.count > 0).then(|| Duration(self.total_micros / self.count))
+    }
+    pub fn max(&self) -> Option<Duration> {
+        (self.count > 0).then_some(self.max)
+    }
+}
+
+impl core::fmt::Display for DurationStats {
+    /// `avg:310us max:2100us n:42`, or `none`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match (self.mean(), self.max()) {
+            (Some(mean), Some(max)) => write!(
+                f,
+                "avg:{}us max:{}us n:{}",
+                mean.0, max.0, self.count
+            ),
+            _ => f.write_str("none"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +134,19 @@ mod tests {
             Instant::from_millis(1) - Instant::from_millis(2),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn duration_stats_keep_count_mean_and_max() {
+        let mut s = DurationStats::default();
+        assert_eq!((s.mean(), s.max()), (None, None));
+        assert_eq!(alloc::format!("{s}"), "none");
+        for us in [100, 400, 250] {
+            s.record(Duration::from_micros(us));
+        }
+        assert_eq!(s.count(), 3);
+        assert_eq!(s.mean(), Some(Duration::from_micros(250)));
+        assert_eq!(s.max(), Some(Duration::from_micros(400)));
+        assert_eq!(alloc::format!("{s}"), "avg:250us max:400us n:3");
     }
 }

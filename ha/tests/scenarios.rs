@@ -33,6 +33,15 @@ fn fresh_pair_elects_one_primary_and_replicates() {
     assert_eq!(s.nodes[p.peer().index()].ana, AnaState::Inaccessible);
     s.run_for(1_000 * MS);
     assert!(s.host.reads_ok > 20);
+    // Both sides account for the replicated writes' time (`status`).
+    let now = tandem_ha::Instant::from_micros(s.now);
+    let primary_times = s.data(p).status(now).write_times;
+    let secondary_times = s.data(p.peer()).status(now).write_times;
+    assert!(primary_times.peer.count() > 0, "{primary_times:?}");
+    assert_eq!(primary_times.local.count(), primary_times.peer.count());
+    assert!(primary_times.peer.max() >= primary_times.peer.mean());
+    assert_eq!(secondary_times.applied.count(), primary_times.peer.count());
+    assert_eq!(secondary_times.peer.count(), 0);
     s.final_verify();
 }
 

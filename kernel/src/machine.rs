@@ -55,6 +55,9 @@ pub struct Machine {
     config: Config,
     nvme: Option<NvmeService>,
     pair: Option<Pair>,
+    /// Rounds of the loop that found each IRQ line raised: with the idle
+    /// wake-ups, where the machine's wake-ups come from (`status`).
+    irq_rounds: [u64; 16],
 }
 
 fn instant(micros: u64) -> Instant {
@@ -100,8 +103,9 @@ impl Machine {
                     match Disk::new(device.transport) {
                         Ok(disk) => {
                             log::info!(
-                                "disk{index}: virtio-blk at {} {} MiB{}",
+                                "disk{index}: virtio-blk at {} irq {} {} MiB{}",
                                 device.location,
+                                device.irq,
                                 disk.sectors() >> 11,
                                 if disk.read_only() { " read-only" } else { "" }
                             );
@@ -120,7 +124,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None }
+        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None, irq_rounds: [0; 16] }
     }
 
     pub fn run(mut self) -> ! {
@@ -135,12 +139,16 @@ impl Machine {
             // is still read every tick's worth of time while the loop is busy.
             let irqs = cpu::take_pending_irqs();
             if irqs != 0 {
+                for (line, rounds) in self.irq_rounds.iter_mut().enumerate() {
+                    *rounds += (irqs >> line) & 1;
+                }
                 for port in &mut self.nets {
                     port.nic.device_mut().ack_interrupt();
                 }
                 for disk in &mut self.disks {
                     disk.ack_interrupt();
                 }
+                cpu::end_slave_interrupts(irqs);
             }
             let mut busy = false;
             if irqs & (1 << serial::COM1_IRQ) != 0 || now.saturating_sub(last_console_micros) >= CONSOLE_POLL_MICROS {
@@ -390,12 +398,17 @@ impl Machine {
         let now = clock::now_micros();
         let (used, free) = memory::heap_usage();
         let mut text = format!(
-            "uptime {}.{:03} s\nmemory used={} free={} bytes\n",
+            "uptime {}.{:03} s\nmemory used={} free={} bytes\nwakeups={}",
             now / 1_000_000,
             now / 1000 % 1000,
             used,
-            free
+            free,
+            cpu::wakeups()
         );
+        for (line, rounds) in self.irq_rounds.iter().enumerate().filter(|(_, rounds)| **rounds > 0) {
+            let _ = write!(text, " irq{line}={rounds}");
+        }
+        text.push('\n');
         for port in &self.nets {
             let counters = port.nic.device().counters();
             let address = match (port.nic.address(), port.nic.addressing()) {

@@ -160,6 +160,8 @@ fn nvme_tcp_protocol_against_the_image() {
     let mut queues = io_queues(&rig, &mut admin, cntlid);
     io_and_statuses(&rig, &mut queues);
     step("I/O");
+    device_interrupts_end_once(&mut rig, &mut queues[0]);
+    step("interrupts");
     discovery_log(&rig);
     refused_host(&rig);
     step("discovery, refused host");
@@ -317,6 +319,48 @@ fn io_and_statuses(rig: &Rig, queues: &mut [Queue]) {
             .submit(SqeBuilder::new(0x7E, cid).nsid(1).build(), None, false);
         assert_eq!(q.status(cid), Status::INVALID_OPCODE, "opcode 7Eh");
     }
+}
+
+/// Loop rounds per IRQ line from `status` (`wakeups=… irq11=…`): those of
+/// device lines, and those of IRQ 15, where the slave PIC's spurious
+/// interrupts land.
+fn interrupt_rounds(rig: &mut Rig) -> (u64, u64) {
+    let status = rig.console("status");
+    let line = status
+        .iter()
+        .find(|l| l.starts_with("wakeups="))
+        .unwrap_or_else(|| panic!("no wakeups line in {status:#?}"));
+    let (mut device, mut spurious) = (0, 0);
+    for field in line.split_whitespace().skip(1) {
+        let (name, value) = field.split_once('=').unwrap_or_else(|| panic!("{line}"));
+        let value: u64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        match name {
+            // The tick and the UART are on the master PIC.
+            "irq0" | "irq4" => {}
+            "irq15" => spurious += value,
+            _ => device += value,
+        }
+    }
+    (device, spurious)
+}
+
+/// Each device interrupt is taken once. Ending it at the PIC before the
+/// device was acknowledged makes the slave PIC signal the master again, and
+/// every device interrupt is then followed by a spurious IRQ 15 and a
+/// wasted round of the loop.
+fn device_interrupts_end_once(rig: &mut Rig, q: &mut Queue) {
+    let (device_before, spurious_before) = interrupt_rounds(rig);
+    for i in 0..200u64 {
+        let cid = q.host.write(1, 6000 + i * 8, pattern(4096, i as u8), 512, true);
+        q.ok(cid);
+    }
+    let (device_after, spurious_after) = interrupt_rounds(rig);
+    let (device, spurious) = (device_after - device_before, spurious_after - spurious_before);
+    assert!(device >= 200, "200 writes took only {device} device interrupts");
+    assert!(
+        spurious * 10 < device,
+        "{spurious} spurious IRQ 15 against {device} device interrupts"
+    );
 }
 
 /// The discovery log lists this node's portal and the `peer=` portals.

@@ -5,10 +5,19 @@
 //! the same stack would corrupt. Interrupts are enabled only inside
 //! [`wait_for_interrupt`]'s `sti; hlt` (an `asm!` block without `nostack`,
 //! so nothing lives in the red zone across it). IRQ handlers are assembly
-//! stubs that record the IRQ, send EOI, and clear IF in the saved flags so
-//! that `iretq` comes back with interrupts off; a level-triggered device
-//! line that is still asserted therefore cannot storm — the event loop
+//! stubs that record the IRQ and clear IF in the saved flags so that
+//! `iretq` comes back with interrupts off; a level-triggered device line
+//! that is still asserted therefore cannot storm — the event loop
 //! acknowledges the device before it waits again.
+//!
+//! The master PIC's lines (the tick, the UART) get their EOI in the stub.
+//! The slave's (PCI INTx lines) get it from the event loop, through
+//! [`end_slave_interrupts`], once it has acknowledged the devices: an EOI
+//! while the device still holds its line up makes the slave signal the
+//! master again, the master latches that edge, and when the loop then
+//! lowers the line by acknowledging the device, the CPU's next `sti` takes
+//! the latched interrupt with nothing behind it — a spurious IRQ 15 and a
+//! wasted round after every device interrupt.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -48,11 +57,10 @@ tandem_exception_\n:
 .macro irq n
 tandem_irq_\n:
     push %rax
+    .if \n < 8
     mov $0x20, %al
-    .if \n >= 8
-    out %al, $0xa0
-    .endif
     out %al, $0x20
+    .endif
     lock btsq $\n, TANDEM_PENDING_IRQS(%rip)
     andq $-513, 24(%rsp)
     pop %rax
@@ -255,8 +263,24 @@ pub fn take_pending_irqs() -> u64 {
     TANDEM_PENDING_IRQS.swap(0, Ordering::AcqRel)
 }
 
+/// Ends the slave PIC's interrupt (and the master's cascade) once the
+/// devices behind the lines in `irqs` have been acknowledged; nothing if
+/// no slave line fired. A line a device raised again meanwhile interrupts
+/// anew once IF is set.
+pub fn end_slave_interrupts(irqs: u64) {
+    if irqs & 0xff00 == 0 {
+        return;
+    }
+    // SAFETY: non-specific EOIs to the two PICs, which this module set up;
+    // at most one slave interrupt is in service (IF is set only in
+    // `wait_for_interrupt`, and each stub returns with it clear).
+    unsafe {
+        Port::<u8>::new(0xa0).write(0x20);
+        Port::<u8>::new(0x20).write(0x20);
+    }
+}
+
 /// Wake-ups from [`wait_for_interrupt`] since boot.
-#[allow(dead_code)] // reported by `status` once the idle figures are shown there
 pub fn wakeups() -> u64 {
     INTERRUPT_COUNT.load(Ordering::Relaxed)
 }

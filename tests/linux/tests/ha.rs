@@ -1281,11 +1281,31 @@ fn replication_figures() {
         jobs.iter()
             .map(|(name, depth)| {
                 let job = format!("{label}-{name}");
+                for node in [primary, primary.peer()] {
+                    if label == "replicated" {
+                        let status = c.status(node);
+                        for line in status.lines().filter(|l| l.starts_with("wakeups") || l.starts_with("net") || l.trim_start().starts_with("reads=")) {
+                            eprintln!("{job} before {}: {line}", node.as_str());
+                        }
+                    }
+                }
                 let out = c.host_ok(
                     &format!("fio-json {job} randwrite 4k {depth} {seconds}"),
                     Duration::from_secs(seconds + 120),
                 );
-                tandem_linux_guest::fio::parse(&job, &out).unwrap_or_else(|e| c.fail("fio", e))
+                let result = tandem_linux_guest::fio::parse(&job, &out).unwrap_or_else(|e| c.fail("fio", e));
+                // The primary's own view of where a replicated write's time
+                // goes (cumulative since its stream connected).
+                if label == "replicated" {
+                    let primary_status = c.status(primary);
+                    let secondary_status = c.status(primary.peer());
+                    for line in primary_status.lines().chain(secondary_status.lines()) {
+                        if line.contains("write-time") || line.contains("apply-time") || line.starts_with("wakeups") || line.starts_with("net") || line.trim_start().starts_with("reads=") {
+                            eprintln!("{job}: {}", line.trim());
+                        }
+                    }
+                }
+                result
             })
             .collect()
     };
