@@ -462,6 +462,10 @@ impl RunningGuest {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The process group of the guest's QEMU (and its `timeout` wrapper).
+    pub fn process_group(&self) -> i32 {
+        self.pgid
+    }
     /// The host side of the guest's $TG_SHARE.
     pub fn share_dir(&self) -> PathBuf {
         self.run_dir.join("share")

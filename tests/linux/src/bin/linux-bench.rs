@@ -164,7 +164,40 @@ struct Compared {
     tandem: Vec<FioResult>,
     /// nvmet's and tandem's frames, if counted.
     frames: Option<(Frames, Frames)>,
+    /// nvmet's and tandem's host CPU, if measured.
+    cpu: Option<(TargetCpu, TargetCpu)>,
 }
+
+/// Host CPU time of one target's VM (its QEMU, every thread).
+#[derive(Clone, Copy, Debug, Default)]
+struct TargetCpu {
+    /// Over the whole run of the jobs.
+    run: Duration,
+    /// Share of one core while both targets idle, before the jobs.
+    idle_share: f64,
+}
+
+/// CPU time (user + system) of the processes in process group `group`,
+/// from `/proc/<pid>/stat`; `None` if `/proc` cannot be read.
+fn group_cpu(group: i32) -> Option<Duration> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The fields after the command name, which may hold spaces: state,
+        // ppid, pgrp, …, utime (14th field of the line), stime (15th).
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 12 && fields[2].parse::<i32>().ok() == Some(group) {
+            ticks += fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second))
+}
+
+/// How long both targets are watched idle before the jobs.
+const IDLE_SAMPLE: Duration = Duration::from_secs(5);
 
 fn run_compare(o: &Options, image: &GuestImage) -> Result<Compared, Error> {
     let mut rig = Rig::with_segment("cmp", o.segment)?;
@@ -189,9 +222,25 @@ fn run_compare(o: &Options, image: &GuestImage) -> Result<Compared, Error> {
         let counted = |rig: &Rig| -> Option<[(u64, u64); 2]> {
             (o.segment == Segment::Bridge).then(|| Some([rig.tap_frames(0).ok()?, rig.tap_frames(1).ok()?]))?
         };
+        let groups = [nvmet.guest.process_group(), tandem.node.pid() as i32];
+        let cpu_now = || -> Option<[Duration; 2]> { Some([group_cpu(groups[0])?, group_cpu(groups[1])?]) };
+        let idle_before = cpu_now();
+        std::thread::sleep(IDLE_SAMPLE);
+        let cpu_before = cpu_now();
         let before = counted(&rig);
         let outcome = tandem_linux_guest::run(image, &config)?;
         let after = counted(&rig);
+        let cpu_after = cpu_now();
+        let cpu = match (idle_before, cpu_before, cpu_after) {
+            (Some(i), Some(b), Some(a)) => {
+                let one = |k: usize| TargetCpu {
+                    run: a[k].saturating_sub(b[k]),
+                    idle_share: b[k].saturating_sub(i[k]).as_secs_f64() / IDLE_SAMPLE.as_secs_f64(),
+                };
+                Some((one(0), one(1)))
+            }
+            _ => None,
+        };
         let frames = before.zip(after).map(|(b, a)| {
             let f = |i: usize| Frames { sent: a[i].0 - b[i].0, received: a[i].1 - b[i].1 };
             (f(0), f(1))
@@ -208,6 +257,7 @@ fn run_compare(o: &Options, image: &GuestImage) -> Result<Compared, Error> {
             nvmet: scenario::collect_fio_of(&outcome, "nvmet", &o.jobs)?,
             tandem: scenario::collect_fio_of(&outcome, "tandem", &o.jobs)?,
             frames,
+            cpu,
         })
     })();
     let nvmet_stopped = nvmet.stop();
@@ -445,6 +495,10 @@ fn render_compare_section(
         s.push('\n');
         s.push_str(&render_frames(nvmet, tandem, frames));
     }
+    if let Some(cpu) = compared.cpu {
+        s.push('\n');
+        s.push_str(&render_cpu(nvmet, tandem, cpu));
+    }
     s.push_str("\nnvmet-tcp, all figures:\n\n");
     s.push_str(&fio::render_table(nvmet));
     s.push_str("\ntandem, all figures:\n\n");
@@ -469,6 +523,26 @@ fn render_frames(nvmet: &[FioResult], tandem: &[FioResult], (n, t): (Frames, Fra
         t.received as f64 / ti,
         ni as u64,
         ti as u64,
+    )
+}
+
+/// Host CPU per I/O of each target's VM: the initiator, not the targets,
+/// bounds the IOPS here, so what each target costs the machine per I/O is
+/// the figure that tells them apart. The whole run counts (the other
+/// target's jobs too), so each target's idle share is shown beside it.
+fn render_cpu(nvmet: &[FioResult], tandem: &[FioResult], (n, t): (TargetCpu, TargetCpu)) -> String {
+    let ios = |r: &[FioResult]| r.iter().map(|r| r.ios).sum::<u64>().max(1) as f64;
+    let per_io = |c: TargetCpu, r: &[FioResult]| c.run.as_secs_f64() * 1e6 / ios(r);
+    let (np, tp) = (per_io(n, nvmet), per_io(t, tandem));
+    format!(
+        "Host CPU of each target's VM (its QEMU process, every thread) over the whole run, per \
+         I/O of that target: nvmet-tcp {np:.0} µs, tandem {tp:.0} µs ({:.2}×); {:.1} s and {:.1} s \
+         in all. Idle, before the jobs, each used {:.1} % and {:.1} % of a core.\n",
+        tp / np.max(1e-9),
+        n.run.as_secs_f64(),
+        t.run.as_secs_f64(),
+        n.idle_share * 100.0,
+        t.idle_share * 100.0,
     )
 }
 
