@@ -205,7 +205,8 @@ pub enum Action {
     },
     /// Append bytes to the replication stream.
     SendStream { bytes: Vec<u8> },
-    /// Append `frame_prefix` then the data of host write `id` to the stream.
+    /// Append `frame_prefix` then the data of host write `id` to the stream
+    /// (as many zero bytes as it is long, for a Write Zeroes).
     ReplicateWrite { id: u64, frame_prefix: Vec<u8> },
     /// The stream is broken (protocol error): close it; reconnect later.
     CloseStream,
@@ -237,6 +238,9 @@ pub enum Action {
         data: Vec<u8>,
         force_unit_access: bool,
     },
+    /// Secondary: write `len` bytes of zeroes at `offset` (the device's
+    /// write-zeroes where it has one); report `on_replicated_write_done`.
+    ApplyReplicatedZeroes { seq: u64, offset: u64, len: u64 },
     /// Primary: read this range for resync; report `on_resync_read_done`.
     ReadForResync { offset: u64, len: u32 },
     /// Secondary: write resync data durably (forced unit access); report
@@ -291,6 +295,9 @@ struct PendingWrite {
     local: Option<bool>,
     peer_acked: bool,
     needs_peer: bool,
+    /// A Write Zeroes: no data, replicated as a WriteZeroes frame where the
+    /// peer understands it.
+    zeroes: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,8 +387,18 @@ enum ApplyKind {
 struct Apply {
     kind: ApplyKind,
     offset: u64,
+    /// Empty for zeroes.
     data: Vec<u8>,
+    len: u64,
+    zeroes: bool,
     force_unit_access: bool,
+}
+
+impl Apply {
+    fn data(kind: ApplyKind, offset: u64, data: Vec<u8>, force_unit_access: bool) -> Apply {
+        let len = data.len() as u64;
+        Apply { kind, offset, data, len, zeroes: false, force_unit_access }
+    }
 }
 
 /// Replication state for status.
@@ -1364,6 +1381,33 @@ impl DataNode {
         len: u64,
         force_unit_access: bool,
     ) -> Result<(), HostIoError> {
+        self.admit_write(now, id, offset, len, force_unit_access, false)
+    }
+
+    /// A host Write Zeroes of `len` bytes at `offset`, handled as a write
+    /// ([`Self::host_write`]) whose data are zeroes: the local disk gets
+    /// [`Action::SubmitLocalWrite`] (the kernel zeroes the range), the peer
+    /// a WriteZeroes frame, or a Write of zeroes if its Hello did not
+    /// announce that it understands WriteZeroes.
+    pub fn host_write_zeroes(
+        &mut self,
+        now: Instant,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), HostIoError> {
+        self.admit_write(now, id, offset, len, false, true)
+    }
+
+    fn admit_write(
+        &mut self,
+        now: Instant,
+        id: u64,
+        offset: u64,
+        len: u64,
+        force_unit_access: bool,
+        zeroes: bool,
+    ) -> Result<(), HostIoError> {
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
         let needs_peer = !self.peer_degraded() || self.recovering();
@@ -1378,6 +1422,7 @@ impl DataNode {
             local: None,
             peer_acked: false,
             needs_peer,
+            zeroes,
         };
         let blocked = self.write_blocked(offset, len);
         self.writes.insert(id, w);
@@ -1477,23 +1522,38 @@ impl DataNode {
             seq = Some(s);
             self.seq_to_id.insert(s, id);
             self.unacked.insert(s, (w.offset, w.len));
-            let prefix = stream::write_frame_prefix(
-                self.me,
-                self.voter.record.epoch,
-                s,
-                w.offset,
-                w.len as usize,
-                w.force_unit_access,
-            );
-            self.actions.push(Action::ReplicateWrite {
-                id,
-                frame_prefix: prefix,
-            });
+            self.replicate(id, s, &w);
         }
         if let Some(w) = self.writes.get_mut(&id) {
             w.started = true;
             w.seq = seq;
         }
+    }
+
+    /// Sends host write `id` to the peer as write `seq`.
+    fn replicate(&mut self, id: u64, seq: u64, w: &PendingWrite) {
+        let epoch = self.voter.record.epoch;
+        let peer_features = self.stream.peer_hello.map_or(0, |h| h.features);
+        if w.zeroes && peer_features & stream::feature::WRITE_ZEROES != 0 {
+            self.send_frame(
+                epoch,
+                seq,
+                Body::WriteZeroes {
+                    offset: w.offset,
+                    len: w.len,
+                },
+            );
+            return;
+        }
+        let frame_prefix = stream::write_frame_prefix(
+            self.me,
+            epoch,
+            seq,
+            w.offset,
+            w.len as usize,
+            w.force_unit_access,
+        );
+        self.actions.push(Action::ReplicateWrite { id, frame_prefix });
     }
 
     fn start_deferred(&mut self) {
@@ -1959,18 +2019,7 @@ impl DataNode {
             self.next_seq += 1;
             self.seq_to_id.insert(s, *id);
             self.unacked.insert(s, (w.offset, w.len));
-            let prefix = stream::write_frame_prefix(
-                self.me,
-                self.voter.record.epoch,
-                s,
-                w.offset,
-                w.len as usize,
-                w.force_unit_access,
-            );
-            self.actions.push(Action::ReplicateWrite {
-                id: *id,
-                frame_prefix: prefix,
-            });
+            self.replicate(*id, s, &w);
             if let Some(w) = self.writes.get_mut(id) {
                 w.seq = Some(s);
             }
@@ -2318,6 +2367,7 @@ impl DataNode {
             region_size: self.layout.region_size,
             region_count: self.layout.region_count,
             data_bytes: self.layout.data_bytes,
+            features: stream::feature::WRITE_ZEROES,
         };
         self.send_frame(self.voter.record.epoch, 0, Body::Hello(hello));
         if self.role == Role::Primary {
@@ -2458,12 +2508,35 @@ impl DataNode {
                     );
                 } else {
                     self.become_inconsistent_if_outdated();
-                    if !self.enqueue_apply(Apply {
+                    let apply = Apply::data(ApplyKind::Write(f.seq), offset, data.to_vec(), force_unit_access);
+                    if !self.enqueue_apply(apply) {
+                        return false;
+                    }
+                    self.stream.apply_arrivals.insert(f.seq, now);
+                }
+            }
+            Body::WriteZeroes { offset, len } => {
+                if !self.accepts_replication(f.epoch, offset, len) {
+                    self.counters.fenced_writes_refused += 1;
+                    let epoch = self.voter.epoch;
+                    self.send_frame(
+                        epoch,
+                        f.seq,
+                        Body::WriteAck {
+                            status: AckStatus::Fenced,
+                        },
+                    );
+                } else {
+                    self.become_inconsistent_if_outdated();
+                    let apply = Apply {
                         kind: ApplyKind::Write(f.seq),
                         offset,
-                        data: data.to_vec(),
-                        force_unit_access,
-                    }) {
+                        data: Vec::new(),
+                        len,
+                        zeroes: true,
+                        force_unit_access: false,
+                    };
+                    if !self.enqueue_apply(apply) {
                         return false;
                     }
                     self.stream.apply_arrivals.insert(f.seq, now);
@@ -2515,12 +2588,7 @@ impl DataNode {
                     );
                 } else {
                     self.become_inconsistent_if_outdated();
-                    if !self.enqueue_apply(Apply {
-                        kind: ApplyKind::Resync,
-                        offset,
-                        data: data.to_vec(),
-                        force_unit_access: true,
-                    }) {
+                    if !self.enqueue_apply(Apply::data(ApplyKind::Resync, offset, data.to_vec(), true)) {
                         return false;
                     }
                 }
@@ -2649,10 +2717,7 @@ impl DataNode {
     fn issue_applies(&mut self) {
         let mut i = 0;
         while i < self.apply_queue.len() {
-            let (off, len) = (
-                self.apply_queue[i].offset,
-                self.apply_queue[i].data.len() as u64,
-            );
+            let (off, len) = (self.apply_queue[i].offset, self.apply_queue[i].len);
             let busy = self
                 .applying
                 .iter()
@@ -2661,7 +2726,7 @@ impl DataNode {
                     .apply_queue
                     .iter()
                     .take(i)
-                    .any(|q| overlaps(off, len, q.offset, q.data.len() as u64));
+                    .any(|q| overlaps(off, len, q.offset, q.len));
             if busy {
                 i += 1;
                 continue;
@@ -2669,8 +2734,13 @@ impl DataNode {
             let Some(a) = self.apply_queue.remove(i) else {
                 break;
             };
-            self.applying.push((a.kind, a.offset, a.data.len() as u64));
+            self.applying.push((a.kind, a.offset, a.len));
             self.actions.push(match a.kind {
+                ApplyKind::Write(seq) if a.zeroes => Action::ApplyReplicatedZeroes {
+                    seq,
+                    offset: a.offset,
+                    len: a.len,
+                },
                 ApplyKind::Write(seq) => Action::ApplyReplicatedWrite {
                     seq,
                     offset: a.offset,

@@ -469,6 +469,7 @@ fn secondary_b_hears_primary_a(t: &mut Trio) -> (Instant, EpochRecord) {
             region_size: 65536,
             region_count: b.layout().region_count,
             data_bytes: b.data_bytes(),
+            features: 0,
         }),
     };
     b.on_stream_bytes(now, &hello.emit());
@@ -1113,6 +1114,7 @@ fn adversarial_valid_messages_never_panic() {
                     region_size: 65536,
                     region_count: t.b.layout().region_count,
                     data_bytes: t.b.data_bytes(),
+                    features: r.pick(&[0, 1, 0xff]),
                 }),
             };
             let f = Frame {
@@ -1285,6 +1287,174 @@ fn switchover_flushes_both_disks_before_it_stops_serving() {
         t.b.on_disk_flush_done(ms(t.now), last_b, true);
         t.step(t.now + 50);
         assert_eq!((t.a.role(), t.b.role()), (Role::Secondary, Role::Primary), "{:?}", t.log);
+    }
+}
+
+/// The actions of a host write on `node`, once the bitmap persist its
+/// first write in an activity extent needs has completed.
+fn admitted(node: &mut DataNode, now: Instant) -> Vec<Action> {
+    let mut acts: Vec<Action> = node.drain_actions().collect();
+    while let Some(generation) = acts.iter().find_map(|a| match a {
+        Action::PersistBitmap { generation, .. } => Some(*generation),
+        _ => None,
+    }) {
+        acts.retain(|a| !matches!(a, Action::PersistBitmap { .. }));
+        node.on_bitmap_persisted(now, generation, true);
+        acts.extend(node.drain_actions());
+    }
+    acts
+}
+
+/// The stream frames among `actions`.
+fn stream_frames(actions: &[Action]) -> Vec<Frame<'static>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendStream { bytes } => Frame::parse(bytes).ok().and_then(|f| {
+                let body = match f.body {
+                    Body::WriteZeroes { offset, len } => Body::WriteZeroes { offset, len },
+                    Body::WriteAck { status } => Body::WriteAck { status },
+                    // Hello, Config, bitmaps: not what these tests look at.
+                    _ => return None,
+                };
+                Some(Frame {
+                    sender: f.sender,
+                    epoch: f.epoch,
+                    seq: f.seq,
+                    body,
+                })
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn write_zeroes_goes_as_one_frame_to_a_peer_that_announced_it() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary);
+    // B's Hello (a node of this version) announced WriteZeroes.
+    let now = ms(t.now);
+    t.a.host_write_zeroes(now, 7, 1 << 20, 1 << 20).unwrap();
+    let acts = admitted(&mut t.a, now);
+    assert!(acts.contains(&Action::SubmitLocalWrite { id: 7 }));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::ReplicateWrite { .. })),
+        "no zero bytes on the stream"
+    );
+    let frames = stream_frames(&acts);
+    let zeroes = frames
+        .iter()
+        .find(|f| matches!(f.body, Body::WriteZeroes { .. }))
+        .expect("a WriteZeroes frame");
+    assert_eq!(
+        zeroes.body,
+        Body::WriteZeroes {
+            offset: 1 << 20,
+            len: 1 << 20
+        }
+    );
+    // B zeroes its disk and acknowledges like a write.
+    t.b.on_stream_bytes(now, &Frame { body: zeroes.body.clone(), ..zeroes.clone() }.emit());
+    let acts: Vec<Action> = t.b.drain_actions().collect();
+    assert!(acts.contains(&Action::ApplyReplicatedZeroes {
+        seq: zeroes.seq,
+        offset: 1 << 20,
+        len: 1 << 20
+    }));
+    assert!(stream_frames(&acts).is_empty(), "no ack before the disk");
+    t.b.on_replicated_write_done(now, zeroes.seq, 1 << 20, true);
+    let acks = stream_frames(&t.b.drain_actions().collect::<Vec<_>>());
+    assert_eq!(
+        acks.iter().map(|f| (f.seq, f.body.clone())).collect::<Vec<_>>(),
+        [(zeroes.seq, Body::WriteAck { status: AckStatus::Ok })]
+    );
+    t.a.on_stream_bytes(now, &acks[0].emit());
+    t.a.on_local_write_done(now, 7, true);
+    assert!(t.a.drain_actions().any(|a| a
+        == Action::CompleteWrite {
+            id: 7,
+            result: IoResult::Ok
+        }));
+}
+
+#[test]
+fn write_zeroes_goes_as_zero_data_to_a_peer_that_did_not_announce_it() {
+    let mut t = Trio::new();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary);
+    let now = ms(t.now);
+    let rec = t.a.record();
+    t.a.on_stream_connected(now);
+    t.a.drain_actions().for_each(drop);
+    let hello = Frame {
+        sender: NodeId::B,
+        epoch: rec.epoch,
+        seq: 0,
+        body: Body::Hello(Hello {
+            role: Role::Secondary,
+            data_state: DataState::UpToDate,
+            record: rec,
+            region_size: 65536,
+            region_count: t.a.layout().region_count,
+            data_bytes: t.a.data_bytes(),
+            features: 0,
+        }),
+    };
+    t.a.on_stream_bytes(now, &hello.emit());
+    t.a.drain_actions().for_each(drop);
+    t.a.host_write_zeroes(now, 8, 4096, 8192).unwrap();
+    let acts = admitted(&mut t.a, now);
+    let prefix = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::ReplicateWrite { id: 8, frame_prefix } => Some(frame_prefix.clone()),
+            _ => None,
+        })
+        .expect("a Write of zeroes");
+    // The kernel appends as many zero bytes as the write is long.
+    let mut frame = prefix;
+    frame.extend_from_slice(&[0; 8192]);
+    assert!(matches!(
+        Frame::parse(&frame).unwrap().body,
+        Body::Write { offset: 4096, data, .. } if data.len() == 8192
+    ));
+    assert!(
+        !stream_frames(&acts)
+            .iter()
+            .any(|f| matches!(f.body, Body::WriteZeroes { .. }))
+    );
+}
+
+#[test]
+fn secondary_refuses_write_zeroes_from_a_lower_epoch_or_past_the_end() {
+    let mut t = Trio::new();
+    let (now, rec) = secondary_b_hears_primary_a(&mut t);
+    let b = &mut t.b;
+    let end = b.data_bytes();
+    for (seq, epoch, offset) in [(3, rec.epoch - 1, 0), (4, rec.epoch, end - 512)] {
+        let frame = Frame {
+            sender: NodeId::A,
+            epoch,
+            seq,
+            body: Body::WriteZeroes { offset, len: 4096 },
+        };
+        b.on_stream_bytes(now, &frame.emit());
+        let acts: Vec<Action> = b.drain_actions().collect();
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::ApplyReplicatedZeroes { .. })),
+            "{acts:?}"
+        );
+        assert_eq!(
+            stream_frames(&acts)
+                .iter()
+                .map(|f| (f.seq, f.body.clone()))
+                .collect::<Vec<_>>(),
+            [(seq, Body::WriteAck { status: AckStatus::Fenced })]
+        );
     }
 }
 

@@ -36,8 +36,10 @@ const UDP_BYTES: usize = 32 * 1024;
 const STREAM_BUFFER_BYTES: usize = 256 * 1024;
 const RECONNECT_MILLIS: u64 = 100;
 const STREAM_KEEPALIVE_MILLIS: u64 = 500;
-/// Write Zeroes goes to the pair as zero writes of at most this size.
-const ZERO_CHUNK_BYTES: u64 = 128 * 1024;
+/// Write Zeroes goes to the pair in pieces of at most this size, each a
+/// WriteZeroes frame (or, to a peer that does not understand those, a Write
+/// of zeroes: hence at most one Write frame's data).
+const ZERO_CHUNK_BYTES: u64 = tandem_ha::wire::stream::MAX_DATA as u64;
 /// Disk tags of the pair start here, clear of the NVMe service's.
 const TAG_BASE: Tag = 1 << 40;
 
@@ -147,8 +149,14 @@ enum Origin {
 struct HostWrite {
     origin: Origin,
     offset: u64,
-    data: Vec<u8>,
+    payload: Payload,
     force_unit_access: bool,
+}
+
+/// What a host write puts on the disks.
+enum Payload {
+    Data(Vec<u8>),
+    Zeroes { len: u64 },
 }
 
 struct HostRead {
@@ -333,7 +341,7 @@ impl DataPair {
                 if let Err(error) = self.node.host_write(now, id, offset, data.len() as u64, force_unit_access) {
                     return Some(refused(error));
                 }
-                self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, data, force_unit_access });
+                self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, payload: Payload::Data(data), force_unit_access });
                 None
             }
             BlockOp::Flush => {
@@ -370,9 +378,9 @@ impl DataPair {
         command.next_offset += len;
         let id = self.next_id;
         self.next_id += 1;
-        match self.node.host_write(now, id, offset, len, false) {
+        match self.node.host_write_zeroes(now, id, offset, len) {
             Ok(()) => {
-                self.writes.insert(id, HostWrite { origin: Origin::Zeroing { parent }, offset, data: vec![0; len as usize], force_unit_access: false });
+                self.writes.insert(id, HostWrite { origin: Origin::Zeroing { parent }, offset, payload: Payload::Zeroes { len }, force_unit_access: false });
                 None
             }
             Err(_) => {
@@ -482,8 +490,10 @@ impl DataPair {
                     Action::SendStream { bytes } => self.stream.outbox.extend(bytes),
                     Action::ReplicateWrite { id, frame_prefix } => {
                         self.stream.outbox.extend(frame_prefix);
-                        if let Some(write) = self.writes.get(&id) {
-                            self.stream.outbox.extend(write.data.iter().copied());
+                        match self.writes.get(&id).map(|write| &write.payload) {
+                            Some(Payload::Data(data)) => self.stream.outbox.extend(data.iter().copied()),
+                            Some(Payload::Zeroes { len }) => self.stream.outbox.extend(core::iter::repeat_n(0, *len as usize)),
+                            None => {}
                         }
                     }
                     Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
@@ -515,7 +525,11 @@ impl DataPair {
                         if let Some(write) = self.writes.get(&id) {
                             // The data stays here too: the replication stream
                             // may still need it.
-                            let op = DiskOp::Write { sector: write.offset / SECTOR, data: write.data.clone(), flush_after: write.force_unit_access };
+                            let sector = write.offset / SECTOR;
+                            let op = match &write.payload {
+                                Payload::Data(data) => DiskOp::Write { sector, data: data.clone(), flush_after: write.force_unit_access },
+                                Payload::Zeroes { len } => DiskOp::Zero { sector, sectors: len / SECTOR, unmap: false },
+                            };
                             let tag = self.tag(DiskPurpose::HostWrite(id));
                             disk.submit(tag, op);
                         }
@@ -549,6 +563,10 @@ impl DataPair {
                         // cache unless the host asked for forced unit access;
                         // the host's Flush reaches this disk as a Flush frame.
                         disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access });
+                    }
+                    Action::ApplyReplicatedZeroes { seq, offset, len } => {
+                        let tag = self.tag(DiskPurpose::Replicated { seq, offset });
+                        disk.submit(tag, DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap: false });
                     }
                     Action::ReadForResync { offset, len } => {
                         let tag = self.tag(DiskPurpose::ResyncRead { offset });

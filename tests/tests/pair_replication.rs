@@ -180,6 +180,33 @@ fn pair_replicates_acknowledged_writes_and_the_secondary_refuses_io() {
         File::open(path).unwrap().read_exact_at(&mut file, 2048 * 512).unwrap();
         assert_eq!(file, data, "acknowledged write in {}", path.display());
     }
+
+    // Write Zeroes over the middle of it reaches the secondary as one
+    // frame, which zeroes its disk with the device's write-zeroes.
+    let port = pair.ports[primary];
+    let status = pair.ns.run_in(move || {
+        let (_admin, cntlid) = Queue::admin(port, NQN, HOST, 30_000);
+        let mut io = Queue::io(port, 1, cntlid, NQN, HOST, false);
+        let cid = io.host.write_zeroes(1, 2048 + 32, 64, false);
+        io.status(cid)
+    });
+    assert_eq!(status, Status::SUCCESS);
+    let mut expected = data.clone();
+    expected[32 * 512..96 * 512].fill(0);
+    for path in &pair.disks {
+        let mut file = vec![0u8; data.len()];
+        File::open(path).unwrap().read_exact_at(&mut file, 2048 * 512).unwrap();
+        assert!(file == expected, "zeroed range in {}", path.display());
+    }
+    let mut console = pair.nodes[secondary].console(Duration::from_secs(10)).unwrap();
+    let status = console.command("status", Duration::from_secs(10)).unwrap();
+    let counters = status.iter().find(|l| l.trim_start().starts_with("reads=")).expect("disk counters");
+    let zeroes: u64 = counters
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("zeroes="))
+        .and_then(|v| v.parse().ok())
+        .expect("zeroes= counter");
+    assert!(zeroes >= 1, "the secondary zeroed through its disk's write-zeroes: {counters}");
     for node in &pair.nodes {
         let log = node.console_log();
         assert!(!log.contains("tandem: panic"), "{log}");

@@ -46,6 +46,15 @@ pub mod kind {
     pub const RESYNC_DONE: u8 = 9;
     pub const FLUSH: u8 = 10;
     pub const FLUSH_ACK: u8 = 11;
+    pub const WRITE_ZEROES: u8 = 12;
+}
+
+/// Bits of a Hello's `features` byte: what the sender understands beyond
+/// its version's frames. A receiver ignores bits it does not know, so a
+/// feature is used only once the peer's Hello announced it.
+pub mod feature {
+    /// WriteZeroes frames (kind 12).
+    pub const WRITE_ZEROES: u8 = 1;
 }
 
 /// Header flag of a Write frame: the receiver makes the data durable (not
@@ -93,6 +102,8 @@ pub struct Hello {
     pub region_size: u32,
     pub region_count: u64,
     pub data_bytes: u64,
+    /// [`feature`] bits: what the sender understands.
+    pub features: u8,
 }
 
 /// A decoded stream frame. Data-carrying frames borrow from the input.
@@ -109,6 +120,13 @@ pub enum Body<'a> {
     },
     WriteAck {
         status: AckStatus,
+    },
+    /// A host Write Zeroes replicated: `len` bytes of zeroes at `offset`,
+    /// acknowledged like a Write (a WriteAck with the same `seq`). Sent
+    /// only to a peer whose Hello announced [`feature::WRITE_ZEROES`].
+    WriteZeroes {
+        offset: u64,
+        len: u64,
     },
     /// A run of the sender's dirty-region bitmap.
     Bitmap {
@@ -264,7 +282,8 @@ impl<'a> Frame<'a> {
                 let role = Role::from_u8(r.u8()).ok_or(Error::InvalidField("hello.role"))?;
                 let data_state =
                     DataState::from_u8(r.u8()).ok_or(Error::InvalidField("hello.data_state"))?;
-                r.skip(6);
+                let features = r.u8();
+                r.skip(5);
                 let record = r.record()?;
                 let region_size = r.u32();
                 r.skip(4);
@@ -277,6 +296,7 @@ impl<'a> Frame<'a> {
                     region_size,
                     region_count,
                     data_bytes,
+                    features,
                 })
             }
             kind::CONFIG => {
@@ -299,6 +319,16 @@ impl<'a> Frame<'a> {
                 } else {
                     Body::ResyncData { offset, data }
                 }
+            }
+            kind::WRITE_ZEROES => {
+                need(16)?;
+                let offset = r.u64();
+                let len = r.u64();
+                // Whole sectors only: what the receiver's disk can zero.
+                if len == 0 || len % 512 != 0 || offset % 512 != 0 {
+                    return Err(Error::InvalidField("write_zeroes.len"));
+                }
+                Body::WriteZeroes { offset, len }
             }
             kind::WRITE_ACK => {
                 need(8)?;
@@ -361,7 +391,8 @@ impl<'a> Frame<'a> {
             Body::Hello(h) => {
                 w.u8(h.role as u8)
                     .u8(h.data_state as u8)
-                    .zeros(6)
+                    .u8(h.features)
+                    .zeros(5)
                     .record(&h.record)
                     .u32(h.region_size)
                     .zeros(4)
@@ -391,6 +422,10 @@ impl<'a> Frame<'a> {
             Body::WriteAck { status } => {
                 w.u8(*status as u8).zeros(7);
                 kind::WRITE_ACK
+            }
+            Body::WriteZeroes { offset, len } => {
+                w.u64(*offset).u64(*len);
+                kind::WRITE_ZEROES
             }
             Body::Bitmap {
                 first_region,
@@ -560,6 +595,7 @@ mod tests {
                 region_size: 65536,
                 region_count: 1234,
                 data_bytes: 1234 * 65536,
+                features: feature::WRITE_ZEROES,
             }),
             Body::Config(rec),
             Body::Write {
@@ -574,6 +610,10 @@ mod tests {
             },
             Body::WriteAck {
                 status: AckStatus::Fenced,
+            },
+            Body::WriteZeroes {
+                offset: 1 << 20,
+                len: 3 << 20,
             },
             Body::Bitmap {
                 first_region: 8,
@@ -616,6 +656,70 @@ mod tests {
         for bytes in samples() {
             let f = Frame::parse(&bytes).unwrap();
             assert_eq!(f.emit(), bytes);
+        }
+    }
+
+    #[test]
+    fn hello_features_ride_in_a_byte_older_receivers_skip() {
+        let hello = Hello {
+            role: Role::Primary,
+            data_state: DataState::UpToDate,
+            record: EpochRecord {
+                epoch: 1,
+                primary: Some(NodeId::A),
+                outdated: None,
+            },
+            region_size: 65536,
+            region_count: 16,
+            data_bytes: 16 * 65536,
+            features: feature::WRITE_ZEROES,
+        };
+        let bytes = Frame {
+            sender: NodeId::A,
+            epoch: 1,
+            seq: 0,
+            body: Body::Hello(hello),
+        }
+        .emit();
+        // The byte after role and data state, reserved (zero) before.
+        assert_eq!(bytes[HEADER_LEN + 2], feature::WRITE_ZEROES);
+        let mut without = bytes.clone();
+        without[HEADER_LEN + 2] = 0;
+        let header_crc_at = 12;
+        let crc = header_crc(&without[..HEADER_LEN]);
+        without[header_crc_at..header_crc_at + 4].copy_from_slice(&crc.to_be_bytes());
+        let Body::Hello(old) = Frame::parse(&without).unwrap().body else {
+            panic!("not a hello")
+        };
+        assert_eq!(old, Hello { features: 0, ..hello });
+    }
+
+    #[test]
+    fn write_zeroes_must_cover_whole_sectors() {
+        let frame = |offset: u64, len: u64| {
+            Frame {
+                sender: NodeId::A,
+                epoch: 2,
+                seq: 9,
+                body: Body::WriteZeroes { offset, len },
+            }
+            .emit()
+        };
+        assert_eq!(
+            Frame::parse(&frame(4096, 8192)).unwrap().body,
+            Body::WriteZeroes {
+                offset: 4096,
+                len: 8192
+            }
+        );
+        for (offset, len) in [(0, 0), (0, 100), (100, 512), (512, 513)] {
+            assert!(
+                matches!(
+                    Frame::parse(&frame(offset, len)),
+                    Err(Error::InvalidField("write_zeroes.len"))
+                ),
+                "{offset} {len}"
+            );
         }
     }
 

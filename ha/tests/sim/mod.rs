@@ -755,6 +755,10 @@ impl Sim {
             } => {
                 self.disk_later(id, inc, DiskKind::Replicated { seq, offset, data });
             }
+            Action::ApplyReplicatedZeroes { seq, offset, len } => {
+                let data = vec![0; len as usize];
+                self.disk_later(id, inc, DiskKind::Replicated { seq, offset, data });
+            }
             Action::ReadForResync { offset, len } => {
                 self.resync_reads += 1;
                 self.max_resync_reads = self.max_resync_reads.max(self.resync_reads);
