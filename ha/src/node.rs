@@ -660,6 +660,8 @@ pub struct DataNode {
 /// Replicated data held by a secondary while an overlapping write is on its
 /// disk; beyond this the peer is misbehaving and the stream is reset.
 const MAX_QUEUED_APPLY_BYTES: usize = 64 << 20;
+/// What a queued entry counts for at least: at most 1024 entries wait.
+const APPLY_ENTRY_BYTES: usize = 64 << 10;
 
 fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
     a_off < b_off.saturating_add(b_len) && b_off < a_off.saturating_add(a_len)
@@ -2703,8 +2705,13 @@ impl DataNode {
     /// Returns false (the stream must be reset) if the peer has sent more
     /// overlapping data than the queue may hold.
     fn enqueue_apply(&mut self, a: Apply) -> bool {
-        let queued: usize = self.apply_queue.iter().map(|q| q.data.len()).sum();
-        if queued + a.data.len() > MAX_QUEUED_APPLY_BYTES {
+        // Each entry counts as at least APPLY_ENTRY_BYTES: a peer's
+        // WriteZeroes frames carry no data but still take memory and time
+        // (every entry is checked against the ones before it) while they
+        // wait.
+        let cost = |q: &Apply| q.data.len().max(APPLY_ENTRY_BYTES);
+        let queued: usize = self.apply_queue.iter().map(cost).sum();
+        if queued + cost(&a) > MAX_QUEUED_APPLY_BYTES {
             return false;
         }
         self.apply_queue.push_back(a);

@@ -1459,6 +1459,45 @@ fn secondary_refuses_write_zeroes_from_a_lower_epoch_or_past_the_end() {
 }
 
 #[test]
+fn a_peer_piling_up_overlapping_write_zeroes_gets_its_stream_closed() {
+    let mut t = Trio::new();
+    let (now, rec) = secondary_b_hears_primary_a(&mut t);
+    let b = &mut t.b;
+    let frame = |seq: u64, body: Body<'static>| {
+        Frame {
+            sender: NodeId::A,
+            epoch: rec.epoch,
+            seq,
+            body,
+        }
+        .emit()
+    };
+    // A write on the disk; everything overlapping it has to wait.
+    b.on_stream_bytes(
+        now,
+        &frame(
+            1,
+            Body::Write {
+                offset: 0,
+                data: &[1; 512],
+                force_unit_access: false,
+            },
+        ),
+    );
+    b.drain_actions().for_each(drop);
+    let mut closed_after = None;
+    for seq in 2..3000 {
+        b.on_stream_bytes(now, &frame(seq, Body::WriteZeroes { offset: 0, len: 4096 }));
+        if b.drain_actions().any(|a| a == Action::CloseStream) {
+            closed_after = Some(seq);
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the stream is closed");
+    assert!((1000..1100).contains(&closed_after), "closed after {closed_after} frames");
+}
+
+#[test]
 fn host_flush_waits_for_the_peer_or_its_outdating() {
     let mut t = Trio::with_stream();
     t.step(400);
