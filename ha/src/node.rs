@@ -241,6 +241,9 @@ pub enum Action {
     /// Secondary: write `len` bytes of zeroes at `offset` (the device's
     /// write-zeroes where it has one); report `on_replicated_write_done`.
     ApplyReplicatedZeroes { seq: u64, offset: u64, len: u64 },
+    /// Secondary: deallocate (discard) the range; report
+    /// `on_replicated_write_done`.
+    ApplyReplicatedDeallocate { seq: u64, offset: u64, len: u64 },
     /// Primary: read this range for resync; report `on_resync_read_done`.
     ReadForResync { offset: u64, len: u32 },
     /// Secondary: write resync data durably (forced unit access); report
@@ -295,9 +298,21 @@ struct PendingWrite {
     local: Option<bool>,
     peer_acked: bool,
     needs_peer: bool,
-    /// A Write Zeroes: no data, replicated as a WriteZeroes frame where the
-    /// peer understands it.
-    zeroes: bool,
+    content: Content,
+}
+
+/// What a host write puts on the disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Content {
+    /// The host's data (held by the kernel).
+    Data,
+    /// Zeroes (Write Zeroes): replicated as a WriteZeroes frame where the
+    /// peer understands it, else as a Write of zero bytes.
+    Zeroes,
+    /// Deallocated (Dataset Management): replicated as a Deallocate frame
+    /// where the peer understands it, else not at all (the peer's blocks
+    /// keep their content, which is one a deallocated block may have).
+    Deallocate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,17 +402,17 @@ enum ApplyKind {
 struct Apply {
     kind: ApplyKind,
     offset: u64,
-    /// Empty for zeroes.
+    /// Empty unless `content` is `Data`.
     data: Vec<u8>,
     len: u64,
-    zeroes: bool,
+    content: Content,
     force_unit_access: bool,
 }
 
 impl Apply {
     fn data(kind: ApplyKind, offset: u64, data: Vec<u8>, force_unit_access: bool) -> Apply {
         let len = data.len() as u64;
-        Apply { kind, offset, data, len, zeroes: false, force_unit_access }
+        Apply { kind, offset, data, len, content: Content::Data, force_unit_access }
     }
 }
 
@@ -1383,7 +1398,7 @@ impl DataNode {
         len: u64,
         force_unit_access: bool,
     ) -> Result<(), HostIoError> {
-        self.admit_write(now, id, offset, len, force_unit_access, false)
+        self.admit_write(now, id, offset, len, force_unit_access, Content::Data)
     }
 
     /// A host Write Zeroes of `len` bytes at `offset`, handled as a write
@@ -1398,7 +1413,22 @@ impl DataNode {
         offset: u64,
         len: u64,
     ) -> Result<(), HostIoError> {
-        self.admit_write(now, id, offset, len, false, true)
+        self.admit_write(now, id, offset, len, false, Content::Zeroes)
+    }
+
+    /// A host Deallocate of `len` bytes at `offset`, ordered like a write
+    /// ([`Self::host_write`]): the local disk gets
+    /// [`Action::SubmitLocalWrite`] (the kernel discards the range), the
+    /// peer a Deallocate frame if its Hello announced that it understands
+    /// one, else nothing.
+    pub fn host_deallocate(
+        &mut self,
+        now: Instant,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), HostIoError> {
+        self.admit_write(now, id, offset, len, false, Content::Deallocate)
     }
 
     fn admit_write(
@@ -1408,7 +1438,7 @@ impl DataNode {
         offset: u64,
         len: u64,
         force_unit_access: bool,
-        zeroes: bool,
+        content: Content,
     ) -> Result<(), HostIoError> {
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
@@ -1424,7 +1454,7 @@ impl DataNode {
             local: None,
             peer_acked: false,
             needs_peer,
-            zeroes,
+            content,
         };
         let blocked = self.write_blocked(offset, len);
         self.writes.insert(id, w);
@@ -1518,7 +1548,10 @@ impl DataNode {
         };
         self.actions.push(Action::SubmitLocalWrite { id });
         let mut seq = None;
-        if self.stream_ready() {
+        let mut peer_acked = false;
+        if self.stream_ready() && !self.peer_takes(&w) {
+            peer_acked = true;
+        } else if self.stream_ready() {
             let s = self.next_seq;
             self.next_seq += 1;
             seq = Some(s);
@@ -1529,23 +1562,37 @@ impl DataNode {
         if let Some(w) = self.writes.get_mut(&id) {
             w.started = true;
             w.seq = seq;
+            w.peer_acked |= peer_acked;
         }
+    }
+
+    /// The peer's features, from its Hello.
+    fn peer_features(&self) -> u8 {
+        self.stream.peer_hello.map_or(0, |h| h.features)
+    }
+
+    /// Whether `w` goes to the peer at all: a Deallocate only to a peer
+    /// that understands Deallocate frames.
+    fn peer_takes(&self, w: &PendingWrite) -> bool {
+        w.content != Content::Deallocate
+            || self.peer_features() & stream::feature::DEALLOCATE != 0
     }
 
     /// Sends host write `id` to the peer as write `seq`.
     fn replicate(&mut self, id: u64, seq: u64, w: &PendingWrite) {
         let epoch = self.voter.record.epoch;
-        let peer_features = self.stream.peer_hello.map_or(0, |h| h.features);
-        if w.zeroes && peer_features & stream::feature::WRITE_ZEROES != 0 {
-            self.send_frame(
-                epoch,
-                seq,
-                Body::WriteZeroes {
-                    offset: w.offset,
-                    len: w.len,
-                },
-            );
-            return;
+        let (offset, len) = (w.offset, w.len);
+        match w.content {
+            Content::Zeroes if self.peer_features() & stream::feature::WRITE_ZEROES != 0 => {
+                self.send_frame(epoch, seq, Body::WriteZeroes { offset, len });
+                return;
+            }
+            Content::Deallocate => {
+                // Only to a peer that understands it (`peer_takes`).
+                self.send_frame(epoch, seq, Body::Deallocate { offset, len });
+                return;
+            }
+            Content::Zeroes | Content::Data => {}
         }
         let frame_prefix = stream::write_frame_prefix(
             self.me,
@@ -2017,6 +2064,13 @@ impl DataNode {
                 self.seq_to_id.remove(&old);
                 self.unacked.remove(&old);
             }
+            if !self.peer_takes(&w) {
+                if let Some(w) = self.writes.get_mut(id) {
+                    w.seq = None;
+                    w.peer_acked = true;
+                }
+                continue;
+            }
             let s = self.next_seq;
             self.next_seq += 1;
             self.seq_to_id.insert(s, *id);
@@ -2369,7 +2423,7 @@ impl DataNode {
             region_size: self.layout.region_size,
             region_count: self.layout.region_count,
             data_bytes: self.layout.data_bytes,
-            features: stream::feature::WRITE_ZEROES,
+            features: stream::feature::WRITE_ZEROES | stream::feature::DEALLOCATE,
         };
         self.send_frame(self.voter.record.epoch, 0, Body::Hello(hello));
         if self.role == Role::Primary {
@@ -2517,7 +2571,12 @@ impl DataNode {
                     self.stream.apply_arrivals.insert(f.seq, now);
                 }
             }
-            Body::WriteZeroes { offset, len } => {
+            Body::WriteZeroes { offset, len } | Body::Deallocate { offset, len } => {
+                let content = if matches!(f.body, Body::WriteZeroes { .. }) {
+                    Content::Zeroes
+                } else {
+                    Content::Deallocate
+                };
                 if !self.accepts_replication(f.epoch, offset, len) {
                     self.counters.fenced_writes_refused += 1;
                     let epoch = self.voter.epoch;
@@ -2535,7 +2594,7 @@ impl DataNode {
                         offset,
                         data: Vec::new(),
                         len,
-                        zeroes: true,
+                        content,
                         force_unit_access: false,
                     };
                     if !self.enqueue_apply(apply) {
@@ -2743,11 +2802,18 @@ impl DataNode {
             };
             self.applying.push((a.kind, a.offset, a.len));
             self.actions.push(match a.kind {
-                ApplyKind::Write(seq) if a.zeroes => Action::ApplyReplicatedZeroes {
+                ApplyKind::Write(seq) if a.content == Content::Zeroes => Action::ApplyReplicatedZeroes {
                     seq,
                     offset: a.offset,
                     len: a.len,
                 },
+                ApplyKind::Write(seq) if a.content == Content::Deallocate => {
+                    Action::ApplyReplicatedDeallocate {
+                        seq,
+                        offset: a.offset,
+                        len: a.len,
+                    }
+                }
                 ApplyKind::Write(seq) => Action::ApplyReplicatedWrite {
                     seq,
                     offset: a.offset,

@@ -1313,6 +1313,7 @@ fn stream_frames(actions: &[Action]) -> Vec<Frame<'static>> {
             Action::SendStream { bytes } => Frame::parse(bytes).ok().and_then(|f| {
                 let body = match f.body {
                     Body::WriteZeroes { offset, len } => Body::WriteZeroes { offset, len },
+                    Body::Deallocate { offset, len } => Body::Deallocate { offset, len },
                     Body::WriteAck { status } => Body::WriteAck { status },
                     // Hello, Config, bitmaps: not what these tests look at.
                     _ => return None,
@@ -1380,7 +1381,46 @@ fn write_zeroes_goes_as_one_frame_to_a_peer_that_announced_it() {
 }
 
 #[test]
-fn write_zeroes_goes_as_zero_data_to_a_peer_that_did_not_announce_it() {
+fn deallocate_goes_as_one_frame_to_a_peer_that_announced_it() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary);
+    let now = ms(t.now);
+    t.a.host_deallocate(now, 9, 65536, 131072).unwrap();
+    let acts = admitted(&mut t.a, now);
+    assert!(acts.contains(&Action::SubmitLocalWrite { id: 9 }));
+    let frames = stream_frames(&acts);
+    let frame = frames
+        .iter()
+        .find(|f| matches!(f.body, Body::Deallocate { .. }))
+        .expect("a Deallocate frame");
+    assert_eq!(
+        frame.body,
+        Body::Deallocate {
+            offset: 65536,
+            len: 131072
+        }
+    );
+    t.b.on_stream_bytes(now, &frame.emit());
+    let acts: Vec<Action> = t.b.drain_actions().collect();
+    assert!(acts.contains(&Action::ApplyReplicatedDeallocate {
+        seq: frame.seq,
+        offset: 65536,
+        len: 131072
+    }));
+    t.b.on_replicated_write_done(now, frame.seq, 65536, true);
+    let acks = stream_frames(&t.b.drain_actions().collect::<Vec<_>>());
+    t.a.on_stream_bytes(now, &acks[0].emit());
+    t.a.on_local_write_done(now, 9, true);
+    assert!(t.a.drain_actions().any(|a| a
+        == Action::CompleteWrite {
+            id: 9,
+            result: IoResult::Ok
+        }));
+}
+
+/// A's stream to a B whose Hello announced no features (an older node).
+fn primary_a_with_a_featureless_peer() -> (Trio, Instant) {
     let mut t = Trio::new();
     t.step(400);
     assert_eq!(t.a.role(), Role::Primary);
@@ -1404,6 +1444,34 @@ fn write_zeroes_goes_as_zero_data_to_a_peer_that_did_not_announce_it() {
     };
     t.a.on_stream_bytes(now, &hello.emit());
     t.a.drain_actions().for_each(drop);
+    (t, now)
+}
+
+#[test]
+fn deallocate_stays_local_with_a_peer_that_did_not_announce_it() {
+    let (mut t, now) = primary_a_with_a_featureless_peer();
+    t.a.host_deallocate(now, 10, 0, 1 << 20).unwrap();
+    let acts = admitted(&mut t.a, now);
+    assert!(acts.contains(&Action::SubmitLocalWrite { id: 10 }));
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::ReplicateWrite { .. } | Action::SendStream { .. }
+        )),
+        "nothing to the peer"
+    );
+    // The peer's blocks keep their content; the local discard completes it.
+    t.a.on_local_write_done(now, 10, true);
+    assert!(t.a.drain_actions().any(|a| a
+        == Action::CompleteWrite {
+            id: 10,
+            result: IoResult::Ok
+        }));
+}
+
+#[test]
+fn write_zeroes_goes_as_zero_data_to_a_peer_that_did_not_announce_it() {
+    let (mut t, now) = primary_a_with_a_featureless_peer();
     t.a.host_write_zeroes(now, 8, 4096, 8192).unwrap();
     let acts = admitted(&mut t.a, now);
     let prefix = acts

@@ -25,7 +25,7 @@ use tandem_net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 use tandem_net::Listener;
 use tandem_nvme::{AnaState, BlockError, BlockOp, BlockOutcome, BlockRequest, RequestId};
 
-use crate::hw::disk::{Disk, DiskOp, DiskResult, Tag};
+use crate::hw::disk::{Disk, DiskOp, DiskResult, SectorRange, Tag};
 use crate::machine::NetPort;
 use crate::println;
 use crate::storage::NvmeService;
@@ -40,6 +40,8 @@ const STREAM_KEEPALIVE_MILLIS: u64 = 500;
 /// WriteZeroes frame (or, to a peer that does not understand those, a Write
 /// of zeroes: hence at most one Write frame's data).
 const ZERO_CHUNK_BYTES: u64 = tandem_ha::wire::stream::MAX_DATA as u64;
+/// Deallocate goes to the pair in pieces of at most this size.
+const DEALLOCATE_PIECE_BYTES: u64 = 1 << 30;
 /// Disk tags of the pair start here, clear of the NVMe service's.
 const TAG_BASE: Tag = 1 << 40;
 
@@ -142,8 +144,8 @@ struct Stream {
 
 enum Origin {
     Host { connection: u64, request: RequestId },
-    /// A chunk of a Write Zeroes command.
-    Zeroing { parent: u64 },
+    /// A piece of a Write Zeroes or Deallocate command.
+    Piece { parent: u64 },
 }
 
 struct HostWrite {
@@ -157,6 +159,7 @@ struct HostWrite {
 enum Payload {
     Data(Vec<u8>),
     Zeroes { len: u64 },
+    Deallocate { len: u64 },
 }
 
 struct HostRead {
@@ -165,11 +168,13 @@ struct HostRead {
     data: Option<Vec<u8>>,
 }
 
-struct ZeroCommand {
+/// A Write Zeroes or Deallocate command, carried out one piece at a time.
+struct PieceCommand {
     connection: u64,
     request: RequestId,
-    next_offset: u64,
-    end: u64,
+    deallocate: bool,
+    /// What is left, as (offset, end) byte ranges.
+    ranges: VecDeque<(u64, u64)>,
     failed: bool,
 }
 
@@ -191,7 +196,7 @@ pub struct DataPair {
     stream: Stream,
     writes: BTreeMap<u64, HostWrite>,
     reads: BTreeMap<u64, HostRead>,
-    zeroing: BTreeMap<u64, ZeroCommand>,
+    pieces: BTreeMap<u64, PieceCommand>,
     /// Host flushes: the crate's id → the NVMe command.
     flushes: BTreeMap<u64, (u64, RequestId)>,
     /// The bitmap persist under way: generation, blocks left, all written.
@@ -284,7 +289,7 @@ impl DataPair {
             stream,
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
-            zeroing: BTreeMap::new(),
+            pieces: BTreeMap::new(),
             flushes: BTreeMap::new(),
             bitmap_persist: None,
             disk_tags: BTreeMap::new(),
@@ -354,37 +359,54 @@ impl DataPair {
                 None
             }
             BlockOp::WriteZeroes { offset, len, .. } => {
-                let parent = self.next_id;
-                self.next_id += 1;
-                self.zeroing.insert(parent, ZeroCommand { connection, request: request.id, next_offset: offset, end: offset + len, failed: false });
-                self.next_zero_chunk(parent, now)
+                let ranges = VecDeque::from([(offset, offset + len)]);
+                self.start_pieces(PieceCommand { connection, request: request.id, deallocate: false, ranges, failed: false }, now)
             }
-            // Deallocated blocks have unspecified content: nothing to carry.
-            BlockOp::Deallocate { .. } if self.node.is_serving(now) => Some(BlockOutcome::Done),
-            BlockOp::Deallocate { .. } => Some(BlockOutcome::Failed(self.path_error())),
+            BlockOp::Deallocate { ranges } => {
+                let ranges = ranges.iter().filter(|r| r.len > 0).map(|r| (r.offset, r.offset + r.len)).collect();
+                self.start_pieces(PieceCommand { connection, request: request.id, deallocate: true, ranges, failed: false }, now)
+            }
         }
     }
 
-    /// Starts the next chunk of a Write Zeroes; its completion if it ended.
-    fn next_zero_chunk(&mut self, parent: u64, now: Instant) -> Option<BlockOutcome> {
-        let command = self.zeroing.get_mut(&parent)?;
-        if command.failed || command.next_offset >= command.end {
-            let failed = command.failed;
-            self.zeroing.remove(&parent);
-            return Some(if failed { BlockOutcome::Failed(self.path_error()) } else { BlockOutcome::Done });
+    fn start_pieces(&mut self, command: PieceCommand, now: Instant) -> Option<BlockOutcome> {
+        if !self.node.is_serving(now) {
+            return Some(BlockOutcome::Failed(self.path_error()));
         }
-        let len = (command.end - command.next_offset).min(ZERO_CHUNK_BYTES);
-        let offset = command.next_offset;
-        command.next_offset += len;
+        let parent = self.next_id;
+        self.next_id += 1;
+        self.pieces.insert(parent, command);
+        self.next_piece(parent, now)
+    }
+
+    /// Starts the next piece of a Write Zeroes or Deallocate; the
+    /// command's completion if it ended.
+    fn next_piece(&mut self, parent: u64, now: Instant) -> Option<BlockOutcome> {
+        let command = self.pieces.get_mut(&parent)?;
+        let Some((offset, end)) = command.ranges.pop_front().filter(|_| !command.failed) else {
+            let failed = command.failed;
+            self.pieces.remove(&parent);
+            return Some(if failed { BlockOutcome::Failed(self.path_error()) } else { BlockOutcome::Done });
+        };
+        let deallocate = command.deallocate;
+        let len = (end - offset).min(if deallocate { DEALLOCATE_PIECE_BYTES } else { ZERO_CHUNK_BYTES });
+        if offset + len < end {
+            command.ranges.push_front((offset + len, end));
+        }
         let id = self.next_id;
         self.next_id += 1;
-        match self.node.host_write_zeroes(now, id, offset, len) {
+        let (admitted, payload) = if deallocate {
+            (self.node.host_deallocate(now, id, offset, len), Payload::Deallocate { len })
+        } else {
+            (self.node.host_write_zeroes(now, id, offset, len), Payload::Zeroes { len })
+        };
+        match admitted {
             Ok(()) => {
-                self.writes.insert(id, HostWrite { origin: Origin::Zeroing { parent }, offset, payload: Payload::Zeroes { len }, force_unit_access: false });
+                self.writes.insert(id, HostWrite { origin: Origin::Piece { parent }, offset, payload, force_unit_access: false });
                 None
             }
             Err(_) => {
-                self.zeroing.remove(&parent);
+                self.pieces.remove(&parent);
                 Some(BlockOutcome::Failed(self.path_error()))
             }
         }
@@ -492,7 +514,11 @@ impl DataPair {
                         self.stream.outbox.extend(frame_prefix);
                         match self.writes.get(&id).map(|write| &write.payload) {
                             Some(Payload::Data(data)) => self.stream.outbox.extend(data.iter().copied()),
-                            Some(Payload::Zeroes { len }) => self.stream.outbox.extend(core::iter::repeat_n(0, *len as usize)),
+                            // (A Deallocate never goes as a Write; were it
+                            // asked to, zeroes are content it may have.)
+                            Some(Payload::Zeroes { len } | Payload::Deallocate { len }) => {
+                                self.stream.outbox.extend(core::iter::repeat_n(0, *len as usize))
+                            }
                             None => {}
                         }
                     }
@@ -529,6 +555,7 @@ impl DataPair {
                             let op = match &write.payload {
                                 Payload::Data(data) => DiskOp::Write { sector, data: data.clone(), flush_after: write.force_unit_access },
                                 Payload::Zeroes { len } => DiskOp::Zero { sector, sectors: len / SECTOR, unmap: false },
+                                Payload::Deallocate { len } => DiskOp::Discard { ranges: vec![SectorRange { sector, sectors: len / SECTOR }] },
                             };
                             let tag = self.tag(DiskPurpose::HostWrite(id));
                             disk.submit(tag, op);
@@ -539,14 +566,14 @@ impl DataPair {
                         let outcome = self.outcome(result, None);
                         match write.origin {
                             Origin::Host { connection, request } => nvme.complete(connection, request, outcome, now_micros / 1000),
-                            Origin::Zeroing { parent } => {
+                            Origin::Piece { parent } => {
                                 if !matches!(outcome, BlockOutcome::Done) {
-                                    if let Some(command) = self.zeroing.get_mut(&parent) {
+                                    if let Some(command) = self.pieces.get_mut(&parent) {
                                         command.failed = true;
                                     }
                                 }
-                                let target = self.zeroing.get(&parent).map(|c| (c.connection, c.request));
-                                if let (Some(done), Some((connection, request))) = (self.next_zero_chunk(parent, now), target) {
+                                let target = self.pieces.get(&parent).map(|c| (c.connection, c.request));
+                                if let (Some(done), Some((connection, request))) = (self.next_piece(parent, now), target) {
                                     nvme.complete(connection, request, done, now_micros / 1000);
                                 }
                             }
@@ -567,6 +594,10 @@ impl DataPair {
                     Action::ApplyReplicatedZeroes { seq, offset, len } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
                         disk.submit(tag, DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap: false });
+                    }
+                    Action::ApplyReplicatedDeallocate { seq, offset, len } => {
+                        let tag = self.tag(DiskPurpose::Replicated { seq, offset });
+                        disk.submit(tag, DiskOp::Discard { ranges: vec![SectorRange { sector: offset / SECTOR, sectors: len / SECTOR }] });
                     }
                     Action::ReadForResync { offset, len } => {
                         let tag = self.tag(DiskPurpose::ResyncRead { offset });

@@ -207,6 +207,23 @@ fn pair_replicates_acknowledged_writes_and_the_secondary_refuses_io() {
         .and_then(|v| v.parse().ok())
         .expect("zeroes= counter");
     assert!(zeroes >= 1, "the secondary zeroed through its disk's write-zeroes: {counters}");
+
+    // Deallocate (two ranges) reaches the secondary's disk as discards.
+    let status = pair.ns.run_in(move || {
+        let (_admin, cntlid) = Queue::admin(port, NQN, HOST, 30_000);
+        let mut io = Queue::io(port, 1, cntlid, NQN, HOST, false);
+        let cid = io.host.deallocate(1, &[(8192, 2048), (16384, 128)]);
+        io.status(cid)
+    });
+    assert_eq!(status, Status::SUCCESS);
+    let status = console.command("status", Duration::from_secs(10)).unwrap();
+    let counters = status.iter().find(|l| l.trim_start().starts_with("reads=")).expect("disk counters");
+    let discards: u64 = counters
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("discards="))
+        .and_then(|v| v.parse().ok())
+        .expect("discards= counter");
+    assert!(discards >= 2, "the secondary discarded both ranges: {counters}");
     for node in &pair.nodes {
         let log = node.console_log();
         assert!(!log.contains("tandem: panic"), "{log}");

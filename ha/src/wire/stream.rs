@@ -47,6 +47,7 @@ pub mod kind {
     pub const FLUSH: u8 = 10;
     pub const FLUSH_ACK: u8 = 11;
     pub const WRITE_ZEROES: u8 = 12;
+    pub const DEALLOCATE: u8 = 13;
 }
 
 /// Bits of a Hello's `features` byte: what the sender understands beyond
@@ -55,6 +56,8 @@ pub mod kind {
 pub mod feature {
     /// WriteZeroes frames (kind 12).
     pub const WRITE_ZEROES: u8 = 1;
+    /// Deallocate frames (kind 13).
+    pub const DEALLOCATE: u8 = 2;
 }
 
 /// Header flag of a Write frame: the receiver makes the data durable (not
@@ -125,6 +128,14 @@ pub enum Body<'a> {
     /// acknowledged like a Write (a WriteAck with the same `seq`). Sent
     /// only to a peer whose Hello announced [`feature::WRITE_ZEROES`].
     WriteZeroes {
+        offset: u64,
+        len: u64,
+    },
+    /// A host Deallocate replicated: the receiver discards `len` bytes at
+    /// `offset` (their content is unspecified afterwards) and acknowledges
+    /// with a WriteAck of the same `seq`. Sent only to a peer whose Hello
+    /// announced [`feature::DEALLOCATE`].
+    Deallocate {
         offset: u64,
         len: u64,
     },
@@ -320,15 +331,23 @@ impl<'a> Frame<'a> {
                     Body::ResyncData { offset, data }
                 }
             }
-            kind::WRITE_ZEROES => {
+            kind::WRITE_ZEROES | kind::DEALLOCATE => {
                 need(16)?;
                 let offset = r.u64();
                 let len = r.u64();
-                // Whole sectors only: what the receiver's disk can zero.
+                // Whole sectors only: what the receiver's disk can take.
                 if len == 0 || len % 512 != 0 || offset % 512 != 0 {
-                    return Err(Error::InvalidField("write_zeroes.len"));
+                    return Err(Error::InvalidField(if kind == kind::WRITE_ZEROES {
+                        "write_zeroes.len"
+                    } else {
+                        "deallocate.len"
+                    }));
                 }
-                Body::WriteZeroes { offset, len }
+                if kind == kind::WRITE_ZEROES {
+                    Body::WriteZeroes { offset, len }
+                } else {
+                    Body::Deallocate { offset, len }
+                }
             }
             kind::WRITE_ACK => {
                 need(8)?;
@@ -426,6 +445,10 @@ impl<'a> Frame<'a> {
             Body::WriteZeroes { offset, len } => {
                 w.u64(*offset).u64(*len);
                 kind::WRITE_ZEROES
+            }
+            Body::Deallocate { offset, len } => {
+                w.u64(*offset).u64(*len);
+                kind::DEALLOCATE
             }
             Body::Bitmap {
                 first_region,
@@ -614,6 +637,10 @@ mod tests {
             Body::WriteZeroes {
                 offset: 1 << 20,
                 len: 3 << 20,
+            },
+            Body::Deallocate {
+                offset: 1 << 30,
+                len: 1 << 30,
             },
             Body::Bitmap {
                 first_region: 8,

@@ -755,7 +755,9 @@ impl Sim {
             } => {
                 self.disk_later(id, inc, DiskKind::Replicated { seq, offset, data });
             }
-            Action::ApplyReplicatedZeroes { seq, offset, len } => {
+            // Zeroes are content a deallocated block may have.
+            Action::ApplyReplicatedZeroes { seq, offset, len }
+            | Action::ApplyReplicatedDeallocate { seq, offset, len } => {
                 let data = vec![0; len as usize];
                 self.disk_later(id, inc, DiskKind::Replicated { seq, offset, data });
             }
