@@ -1418,9 +1418,11 @@ impl DataNode {
 
     /// A host Deallocate of `len` bytes at `offset`, ordered like a write
     /// ([`Self::host_write`]): the local disk gets
-    /// [`Action::SubmitLocalWrite`] (the kernel discards the range), the
-    /// peer a Deallocate frame if its Hello announced that it understands
-    /// one, else nothing.
+    /// [`Action::SubmitLocalWrite`] (the kernel discards the range) and the
+    /// peer a Deallocate frame — if its Hello announced that it understands
+    /// one; with a peer that did not, the Deallocate completes without
+    /// touching either disk (deallocated blocks may keep their content, and
+    /// both nodes then return the same).
     pub fn host_deallocate(
         &mut self,
         now: Instant,
@@ -1546,12 +1548,19 @@ impl DataNode {
         let Some(w) = self.writes.get(&id).copied() else {
             return;
         };
+        if self.stream_ready() && !self.peer_takes(&w) {
+            // A Deallocate the peer cannot take is left out on both nodes,
+            // so that both keep returning what they returned before.
+            if let Some(w) = self.writes.get_mut(&id) {
+                w.started = true;
+                w.local = Some(true);
+                w.peer_acked = true;
+            }
+            return;
+        }
         self.actions.push(Action::SubmitLocalWrite { id });
         let mut seq = None;
-        let mut peer_acked = false;
-        if self.stream_ready() && !self.peer_takes(&w) {
-            peer_acked = true;
-        } else if self.stream_ready() {
+        if self.stream_ready() {
             let s = self.next_seq;
             self.next_seq += 1;
             seq = Some(s);
@@ -1562,7 +1571,6 @@ impl DataNode {
         if let Some(w) = self.writes.get_mut(&id) {
             w.started = true;
             w.seq = seq;
-            w.peer_acked |= peer_acked;
         }
     }
 

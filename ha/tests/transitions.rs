@@ -1448,25 +1448,22 @@ fn primary_a_with_a_featureless_peer() -> (Trio, Instant) {
 }
 
 #[test]
-fn deallocate_stays_local_with_a_peer_that_did_not_announce_it() {
+fn deallocate_with_a_peer_that_did_not_announce_it_touches_neither_disk() {
     let (mut t, now) = primary_a_with_a_featureless_peer();
     t.a.host_deallocate(now, 10, 0, 1 << 20).unwrap();
     let acts = admitted(&mut t.a, now);
-    assert!(acts.contains(&Action::SubmitLocalWrite { id: 10 }));
     assert!(
         !acts.iter().any(|a| matches!(
             a,
-            Action::ReplicateWrite { .. } | Action::SendStream { .. }
+            Action::SubmitLocalWrite { .. } | Action::ReplicateWrite { .. } | Action::SendStream { .. }
         )),
-        "nothing to the peer"
+        "nothing to either disk"
     );
-    // The peer's blocks keep their content; the local discard completes it.
-    t.a.on_local_write_done(now, 10, true);
-    assert!(t.a.drain_actions().any(|a| a
-        == Action::CompleteWrite {
-            id: 10,
-            result: IoResult::Ok
-        }));
+    // Both nodes' blocks keep their content: done at once.
+    assert!(acts.contains(&Action::CompleteWrite {
+        id: 10,
+        result: IoResult::Ok
+    }));
 }
 
 #[test]
