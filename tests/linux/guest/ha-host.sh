@@ -15,6 +15,10 @@
 #   clock      the guest's wall clock in ms (the logs' timestamps)
 #   fio-json NAME RW BS IODEPTH SECONDS
 #              one fio job over fio's area, JSON output (benchmarks)
+#   fs-make    mkfs.ext4 on the whole namespace, two files written, one
+#              deleted and trimmed away (fstrim), their checksum kept,
+#              unmounted (not with start-io: it takes the whole namespace)
+#   fs-check   mounts it again and checks the kept file
 #   exit       ends the script
 #
 # Env: A_ADDR B_ADDR SUBNQN [PORT=4420] [CONNECT_OPTS] [FIO_SIZE=32M]
@@ -103,6 +107,24 @@ stop_io() {
   return $status
 }
 
+fs_make() {
+  mkfs.ext4 -q -F "$dev" || return 1
+  mkdir -p /mnt/fs && mount "$dev" /mnt/fs || return 1
+  dd if=/dev/urandom of=/mnt/fs/keep bs=65536 count=128 2>/dev/null || return 1
+  dd if=/dev/urandom of=/mnt/fs/drop bs=65536 count=256 2>/dev/null || return 1
+  sync && rm /mnt/fs/drop && sync || return 1
+  fstrim -v /mnt/fs || return 1
+  md5sum /mnt/fs/keep >/tmp/fs.md5 && cat /tmp/fs.md5 && umount /mnt/fs
+}
+
+fs_check() {
+  mount "$dev" /mnt/fs || return 1
+  md5sum -c /tmp/fs.md5
+  status=$?
+  umount /mnt/fs
+  return $status
+}
+
 n=1
 while :; do
   tg_wait_file "$TG_SHARE/cmd-$n" 3600 || tg_fail "no command $n from the host"
@@ -115,6 +137,8 @@ while :; do
           --bs="$4" --iodepth="$5" --size="$FIO_SIZE" --time_based --runtime="$6" \
           --output-format=json ;;
     paths) paths ;;
+    fs-make) fs_make ;;
+    fs-check) fs_check ;;
     start-io) start_io ;;
     io-alive) io_alive ;;
     stop-io) stop_io ;;

@@ -985,6 +985,39 @@ fn switchover_both_ways_and_replication_link_down() {
     c.finish(Some("switchover"));
 }
 
+/// A filesystem on the pair: mkfs.ext4 (which deallocates the namespace
+/// and may zero parts of it), files written, one deleted and trimmed away
+/// (Deallocate through `fstrim`), unmounted; after a switchover the other
+/// node serves the same files. Both nodes' disks carried out the discards.
+#[test]
+fn filesystem_with_discards_across_a_switchover() {
+    let Some(_guard) = lock() else { return };
+    let mut c = Cluster::start("fs");
+    let primary = c.serving();
+    let made = c.host_ok("fs-make", Duration::from_secs(300));
+    assert!(made.contains("/mnt/fs/keep"), "{made}");
+    c.switchover(primary, false);
+    let checked = c.host_ok("fs-check", Duration::from_secs(120));
+    assert!(checked.contains("OK"), "{checked}");
+    for name in [Name::A, Name::B] {
+        let status = c.status(name);
+        let discards = status
+            .lines()
+            .find(|l| l.trim_start().starts_with("reads="))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("discards=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| c.fail("disk counters", &status));
+        assert!(discards >= 1, "{} discarded nothing:\n{status}", name.as_str());
+    }
+    c.check_no_split_brain();
+    let (_, output) = c.host_command("exit", Duration::from_secs(30));
+    assert!(output.contains("=== PASS"), "host script: {output}");
+    for name in [Name::A, Name::B, Name::Witness] {
+        let log = c.member(name).log();
+        assert!(!log.contains("tandem: panic"), "{} panicked:\n{log}", name.as_str());
+    }
+}
+
 /// Issue 4, test 2: kill -9 of the primary's QEMU: I/O goes on through b;
 /// a, restarted on the same disk, resyncs only the dirty regions and
 /// becomes Secondary; the final read-back passes on both copies.
