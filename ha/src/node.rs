@@ -2072,7 +2072,18 @@ impl DataNode {
                 self.seq_to_id.remove(&old);
                 self.unacked.remove(&old);
             }
+            if w.content == Content::Deallocate && self.stream.peer_hello.is_none() {
+                // Whether the peer takes it is known from its Hello, which
+                // sends what went unsent.
+                if let Some(w) = self.writes.get_mut(id) {
+                    w.seq = None;
+                }
+                continue;
+            }
             if !self.peer_takes(&w) {
+                // Carried out here already (before this connection), not
+                // there: those blocks may now read differently on the two
+                // nodes, which deallocated blocks may.
                 if let Some(w) = self.writes.get_mut(id) {
                     w.seq = None;
                     w.peer_acked = true;
@@ -2542,7 +2553,7 @@ impl DataNode {
                     let unsent: Vec<u64> = self
                         .writes
                         .iter()
-                        .filter(|(_, w)| w.started && w.seq.is_none())
+                        .filter(|(_, w)| w.started && w.seq.is_none() && !w.peer_acked)
                         .map(|(id, _)| *id)
                         .collect();
                     self.resend_writes(&unsent);

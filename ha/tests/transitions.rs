@@ -1419,6 +1419,68 @@ fn deallocate_goes_as_one_frame_to_a_peer_that_announced_it() {
         }));
 }
 
+#[test]
+fn deallocate_across_a_reconnection_waits_for_the_new_peers_hello_and_ack() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary);
+    let now = ms(t.now);
+    t.a.host_deallocate(now, 9, 65536, 131072).unwrap();
+    let acts = admitted(&mut t.a, now);
+    assert!(acts.contains(&Action::SubmitLocalWrite { id: 9 }));
+    // The stream breaks and comes back; B's Hello has not arrived yet.
+    t.a.on_stream_closed(now);
+    t.a.on_stream_connected(now);
+    t.a.on_local_write_done(now, 9, true);
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 9, .. })),
+        "completed without the peer"
+    );
+    assert!(
+        !stream_frames(&acts)
+            .iter()
+            .any(|f| matches!(f.body, Body::Deallocate { .. })),
+        "sent before the peer said it takes Deallocate"
+    );
+    let rec = t.a.record();
+    let hello = Frame {
+        sender: NodeId::B,
+        epoch: rec.epoch,
+        seq: 0,
+        body: Body::Hello(Hello {
+            role: Role::Secondary,
+            data_state: DataState::UpToDate,
+            record: rec,
+            region_size: 65536,
+            region_count: t.a.layout().region_count,
+            data_bytes: t.a.data_bytes(),
+            features: 3,
+        }),
+    };
+    t.a.on_stream_bytes(now, &hello.emit());
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    assert!(!acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 9, .. })));
+    let frame = stream_frames(&acts)
+        .into_iter()
+        .find(|f| matches!(f.body, Body::Deallocate { .. }))
+        .expect("the Deallocate sent again after the Hello");
+    let ack = Frame {
+        sender: NodeId::B,
+        epoch: rec.epoch,
+        seq: frame.seq,
+        body: Body::WriteAck {
+            status: AckStatus::Ok,
+        },
+    };
+    t.a.on_stream_bytes(now, &ack.emit());
+    assert!(t.a.drain_actions().any(|a| a
+        == Action::CompleteWrite {
+            id: 9,
+            result: IoResult::Ok
+        }));
+}
+
 /// A's stream to a B whose Hello announced no features (an older node).
 fn primary_a_with_a_featureless_peer() -> (Trio, Instant) {
     let mut t = Trio::new();

@@ -40,8 +40,10 @@ const STREAM_KEEPALIVE_MILLIS: u64 = 500;
 /// WriteZeroes frame (or, to a peer that does not understand those, a Write
 /// of zeroes: hence at most one Write frame's data).
 const ZERO_CHUNK_BYTES: u64 = tandem_ha::wire::stream::MAX_DATA as u64;
-/// Deallocate goes to the pair in pieces of at most this size.
-const DEALLOCATE_PIECE_BYTES: u64 = 1 << 30;
+/// Deallocate goes to the pair in pieces of at most this size: each piece
+/// must be done on both disks well within the failure timeout, or the peer
+/// is taken for stuck and recorded Outdated.
+const DEALLOCATE_PIECE_BYTES: u64 = 128 << 20;
 /// Disk tags of the pair start here, clear of the NVMe service's.
 const TAG_BASE: Tag = 1 << 40;
 
