@@ -1827,10 +1827,25 @@ impl DataNode {
 
     // ----- elections -----
 
+    /// How much later than `a` node `b` stands: when both could stand at
+    /// once, their candidacies would split the witness's vote.
     fn stagger(&self) -> Duration {
         Duration::from_micros(
             self.timing().heartbeat_interval.as_micros() * 4 * self.me.index() as u64,
         )
+    }
+
+    /// The stagger before standing: none while the peer is silent on every
+    /// link (it cannot be standing too, or a candidacy split by a partition
+    /// is settled by the witness, which votes once per epoch), so that
+    /// either node takes over from a dead peer equally fast.
+    fn stand_stagger(&self, now: Instant) -> Duration {
+        let peer = &self.voter.knowledge[self.peer.index()];
+        if peer.alive(now, self.timing().failure_timeout) {
+            self.stagger()
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn maybe_stand(&mut self, now: Instant) {
@@ -1843,7 +1858,7 @@ impl DataNode {
         let handover = self.handover_from_peer;
         if !handover {
             if now < self.next_candidacy_at
-                || now < self.primary_seen + self.timing().failure_timeout + self.stagger()
+                || now < self.primary_seen + self.timing().failure_timeout + self.stand_stagger(now)
             {
                 return;
             }

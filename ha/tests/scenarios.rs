@@ -381,6 +381,38 @@ fn default_timing_meets_the_failover_and_switchover_goals() {
     s.final_verify();
 }
 
+/// Node b stands later than a (the stagger) only while a could be standing
+/// too: a dead peer cannot, so either node takes over from it equally fast.
+#[test]
+fn either_node_takes_over_from_a_dead_peer_equally_fast() {
+    let takeover = |survivor: NodeId| -> u64 {
+        let mut s = Sim::with_timing(21, tandem_ha::node::Timing::DEFAULT);
+        s.wait_primary(5_000 * MS);
+        assert!(s.run_until(5_000 * MS, |s| s.in_sync()));
+        if s.primary() == Some(survivor) {
+            s.with_data(survivor, |d, now| d.demote(now)).unwrap();
+            assert!(s.run_until(1_000 * MS, |s| s.primary() == Some(survivor.peer())));
+            assert!(s.run_until(5_000 * MS, |s| s.in_sync()));
+        }
+        s.kill(survivor.peer());
+        let t0 = s.now;
+        assert!(
+            s.run_until(2_000 * MS, |s| s.primary() == Some(survivor)),
+            "{}",
+            s.log_tail()
+        );
+        s.now - t0
+    };
+    let (by_a, by_b) = (takeover(NodeId::A), takeover(NodeId::B));
+    let heartbeat = tandem_ha::node::Timing::DEFAULT.heartbeat_interval.as_micros();
+    assert!(
+        by_a.abs_diff(by_b) <= 2 * heartbeat,
+        "a took over in {} ms, b in {} ms",
+        by_a / MS,
+        by_b / MS
+    );
+}
+
 #[test]
 fn losing_one_link_is_not_a_dead_peer() {
     let mut s = started(13);
