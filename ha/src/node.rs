@@ -1602,14 +1602,8 @@ impl DataNode {
             }
             Content::Zeroes | Content::Data => {}
         }
-        let frame_prefix = stream::write_frame_prefix(
-            self.me,
-            epoch,
-            seq,
-            w.offset,
-            w.len as usize,
-            w.force_unit_access,
-        );
+        let frame_prefix =
+            stream::write_frame_prefix(self.me, epoch, seq, offset, len as usize, w.force_unit_access);
         self.actions.push(Action::ReplicateWrite { id, frame_prefix });
     }
 

@@ -1365,19 +1365,45 @@ fn write_zeroes_goes_as_one_frame_to_a_peer_that_announced_it() {
         len: 1 << 20
     }));
     assert!(stream_frames(&acts).is_empty(), "no ack before the disk");
-    t.b.on_replicated_write_done(now, zeroes.seq, 1 << 20, true);
+    b_done_and_a_completes(&mut t, now, zeroes.seq, 1 << 20, 7);
+}
+
+/// B's disk finished replicated write `seq` at `offset`: its WriteAck
+/// reaches A, whose local write `id` finishes too, and `id` completes.
+fn b_done_and_a_completes(t: &mut Trio, now: Instant, seq: u64, offset: u64, id: u64) {
+    t.b.on_replicated_write_done(now, seq, offset, true);
     let acks = stream_frames(&t.b.drain_actions().collect::<Vec<_>>());
     assert_eq!(
         acks.iter().map(|f| (f.seq, f.body.clone())).collect::<Vec<_>>(),
-        [(zeroes.seq, Body::WriteAck { status: AckStatus::Ok })]
+        [(seq, Body::WriteAck { status: AckStatus::Ok })]
     );
     t.a.on_stream_bytes(now, &acks[0].emit());
-    t.a.on_local_write_done(now, 7, true);
+    t.a.on_local_write_done(now, id, true);
     assert!(t.a.drain_actions().any(|a| a
         == Action::CompleteWrite {
-            id: 7,
+            id,
             result: IoResult::Ok
         }));
+}
+
+/// B's Hello to A, announcing `features`.
+fn hello_from_b(t: &Trio, features: u8) -> Vec<u8> {
+    let rec = t.a.record();
+    Frame {
+        sender: NodeId::B,
+        epoch: rec.epoch,
+        seq: 0,
+        body: Body::Hello(Hello {
+            role: Role::Secondary,
+            data_state: DataState::UpToDate,
+            record: rec,
+            region_size: 65536,
+            region_count: t.a.layout().region_count,
+            data_bytes: t.a.data_bytes(),
+            features,
+        }),
+    }
+    .emit()
 }
 
 #[test]
@@ -1408,15 +1434,7 @@ fn deallocate_goes_as_one_frame_to_a_peer_that_announced_it() {
         offset: 65536,
         len: 131072
     }));
-    t.b.on_replicated_write_done(now, frame.seq, 65536, true);
-    let acks = stream_frames(&t.b.drain_actions().collect::<Vec<_>>());
-    t.a.on_stream_bytes(now, &acks[0].emit());
-    t.a.on_local_write_done(now, 9, true);
-    assert!(t.a.drain_actions().any(|a| a
-        == Action::CompleteWrite {
-            id: 9,
-            result: IoResult::Ok
-        }));
+    b_done_and_a_completes(&mut t, now, frame.seq, 65536, 9);
 }
 
 #[test]
@@ -1444,21 +1462,7 @@ fn deallocate_across_a_reconnection_waits_for_the_new_peers_hello_and_ack() {
         "sent before the peer said it takes Deallocate"
     );
     let rec = t.a.record();
-    let hello = Frame {
-        sender: NodeId::B,
-        epoch: rec.epoch,
-        seq: 0,
-        body: Body::Hello(Hello {
-            role: Role::Secondary,
-            data_state: DataState::UpToDate,
-            record: rec,
-            region_size: 65536,
-            region_count: t.a.layout().region_count,
-            data_bytes: t.a.data_bytes(),
-            features: 3,
-        }),
-    };
-    t.a.on_stream_bytes(now, &hello.emit());
+    t.a.on_stream_bytes(now, &hello_from_b(&t, 3));
     let acts: Vec<Action> = t.a.drain_actions().collect();
     assert!(!acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 9, .. })));
     let frame = stream_frames(&acts)
@@ -1487,24 +1491,9 @@ fn primary_a_with_a_featureless_peer() -> (Trio, Instant) {
     t.step(400);
     assert_eq!(t.a.role(), Role::Primary);
     let now = ms(t.now);
-    let rec = t.a.record();
     t.a.on_stream_connected(now);
     t.a.drain_actions().for_each(drop);
-    let hello = Frame {
-        sender: NodeId::B,
-        epoch: rec.epoch,
-        seq: 0,
-        body: Body::Hello(Hello {
-            role: Role::Secondary,
-            data_state: DataState::UpToDate,
-            record: rec,
-            region_size: 65536,
-            region_count: t.a.layout().region_count,
-            data_bytes: t.a.data_bytes(),
-            features: 0,
-        }),
-    };
-    t.a.on_stream_bytes(now, &hello.emit());
+    t.a.on_stream_bytes(now, &hello_from_b(&t, 0));
     t.a.drain_actions().for_each(drop);
     (t, now)
 }

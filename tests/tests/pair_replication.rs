@@ -154,6 +154,17 @@ fn read(ns: &Netns, port: u16, lba: u64, blocks: u32) -> (Status, Vec<u8>) {
     })
 }
 
+/// The disk counter `name` (e.g. `zeroes=`) of `status`, and its line.
+fn disk_counter(status: &[String], name: &str) -> (u64, String) {
+    let line = status.iter().find(|l| l.trim_start().starts_with("reads=")).expect("disk counters");
+    let value = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    (value, line.clone())
+}
+
 #[test]
 fn pair_replicates_acknowledged_writes_and_the_secondary_refuses_io() {
     if !is_root() {
@@ -200,12 +211,7 @@ fn pair_replicates_acknowledged_writes_and_the_secondary_refuses_io() {
     }
     let mut console = pair.nodes[secondary].console(Duration::from_secs(10)).unwrap();
     let status = console.command("status", Duration::from_secs(10)).unwrap();
-    let counters = status.iter().find(|l| l.trim_start().starts_with("reads=")).expect("disk counters");
-    let zeroes: u64 = counters
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("zeroes="))
-        .and_then(|v| v.parse().ok())
-        .expect("zeroes= counter");
+    let (zeroes, counters) = disk_counter(&status, "zeroes=");
     assert!(zeroes >= 1, "the secondary zeroed through its disk's write-zeroes: {counters}");
 
     // Deallocate (two ranges) reaches the secondary's disk as discards.
@@ -217,12 +223,7 @@ fn pair_replicates_acknowledged_writes_and_the_secondary_refuses_io() {
     });
     assert_eq!(status, Status::SUCCESS);
     let status = console.command("status", Duration::from_secs(10)).unwrap();
-    let counters = status.iter().find(|l| l.trim_start().starts_with("reads=")).expect("disk counters");
-    let discards: u64 = counters
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("discards="))
-        .and_then(|v| v.parse().ok())
-        .expect("discards= counter");
+    let (discards, counters) = disk_counter(&status, "discards=");
     assert!(discards >= 2, "the secondary discarded both ranges: {counters}");
     for node in &pair.nodes {
         let log = node.console_log();

@@ -1292,6 +1292,21 @@ fn max_gap_counts_from_the_last_completion_before_the_window() {
     assert_eq!(max_gap(&times, 6000, 7000), None);
 }
 
+/// The lines of both data nodes' `status` that tell where a replicated
+/// write's time goes: write and apply times (cumulative since the stream
+/// connected), wake-ups per IRQ line, NIC and disk counters.
+fn print_node_figures(c: &mut Cluster, primary: Name, prefix: &str) {
+    for node in [primary, primary.peer()] {
+        for line in c.status(node).lines() {
+            let line = line.trim();
+            let wanted = ["write-time", "apply-time", "wakeups", "net", "reads="];
+            if wanted.iter().any(|w| line.starts_with(w)) {
+                eprintln!("{prefix} {}: {line}", node.as_str());
+            }
+        }
+    }
+}
+
 /// Replicated against unreplicated writes, same primary, same run: 4 KiB
 /// random writes at QD1 (latency) and QD32 (IOPS) while the pair is in sync,
 /// then again after the secondary was killed and recorded Outdated (the
@@ -1314,29 +1329,16 @@ fn replication_figures() {
         jobs.iter()
             .map(|(name, depth)| {
                 let job = format!("{label}-{name}");
-                for node in [primary, primary.peer()] {
-                    if label == "replicated" {
-                        let status = c.status(node);
-                        for line in status.lines().filter(|l| l.starts_with("wakeups") || l.starts_with("net") || l.trim_start().starts_with("reads=")) {
-                            eprintln!("{job} before {}: {line}", node.as_str());
-                        }
-                    }
+                if label == "replicated" {
+                    print_node_figures(c, primary, &format!("{job} before"));
                 }
                 let out = c.host_ok(
                     &format!("fio-json {job} randwrite 4k {depth} {seconds}"),
                     Duration::from_secs(seconds + 120),
                 );
                 let result = tandem_linux_guest::fio::parse(&job, &out).unwrap_or_else(|e| c.fail("fio", e));
-                // The primary's own view of where a replicated write's time
-                // goes (cumulative since its stream connected).
                 if label == "replicated" {
-                    let primary_status = c.status(primary);
-                    let secondary_status = c.status(primary.peer());
-                    for line in primary_status.lines().chain(secondary_status.lines()) {
-                        if line.contains("write-time") || line.contains("apply-time") || line.starts_with("wakeups") || line.starts_with("net") || line.trim_start().starts_with("reads=") {
-                            eprintln!("{job}: {}", line.trim());
-                        }
-                    }
+                    print_node_figures(c, primary, &job);
                 }
                 result
             })
