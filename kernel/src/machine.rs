@@ -411,6 +411,7 @@ impl Machine {
         text.push('\n');
         for port in &self.nets {
             let counters = port.nic.device().counters();
+            let notifications = port.nic.device().notifications();
             let address = match (port.nic.address(), port.nic.addressing()) {
                 (Some(address), _) => format!("{address}"),
                 (None, NicAddressing::Dhcp) => String::from("dhcp-pending"),
@@ -418,7 +419,7 @@ impl Machine {
             };
             let _ = writeln!(
                 text,
-                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{} bad-checksum={}",
+                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{} bad-checksum={} notifies={}/{}",
                 port.nic.name(),
                 mac_text(port.nic.device().mac_address()),
                 address,
@@ -431,6 +432,8 @@ impl Machine {
                 counters.rx_errors.get(),
                 counters.tx_errors.get(),
                 counters.rx_checksum_errors.get(),
+                notifications.0,
+                notifications.1,
             );
         }
         match self.pair.as_ref() {

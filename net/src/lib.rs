@@ -26,6 +26,7 @@ pub use listener::Listener;
 pub use stretch_ack::ACK_DELAY;
 pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
 pub use virtio::{
+    needs_notification,
     FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,
 };
 

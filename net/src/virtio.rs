@@ -19,6 +19,16 @@ use smoltcp::time::Instant;
 /// The largest Ethernet frame a NIC sends or expects (MTU 1500).
 pub const MAX_FRAME_LEN: usize = 1514;
 
+/// Whether a virtio device that asked to be notified when the driver's
+/// available index passes `event` (its avail_event, VIRTIO_F_EVENT_IDX)
+/// needs a notification now that the index moved from `old` to `new`: the
+/// virtio specification's `vring_need_event`, in wrapping 16-bit arithmetic.
+/// Only the move that crosses the event notifies; another buffer made
+/// available before the device asks again does not.
+pub fn needs_notification(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// What went wrong moving a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
@@ -100,6 +110,11 @@ pub trait FrameQueues {
     /// gathered for segmentation offload): called once the stack has sent
     /// all it had for now.
     fn flush(&mut self) {}
+    /// Notifications sent to the device so far: receive queue, transmit
+    /// queue (each one a VM exit when the device is emulated).
+    fn notifications(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// Packet and byte counters of one NIC.
@@ -154,6 +169,11 @@ impl<Q: FrameQueues> FrameDevice<Q> {
     /// Acknowledges a pending interrupt; true if the device raised one.
     pub fn ack_interrupt(&mut self) -> bool {
         self.queues.get_mut().ack_interrupt()
+    }
+
+    /// Notifications sent to the device: receive queue, transmit queue.
+    pub fn notifications(&self) -> (u64, u64) {
+        self.queues.borrow().notifications()
     }
 
     /// True if a received frame is waiting.
@@ -315,6 +335,30 @@ impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod event_index_tests {
+    use super::needs_notification;
+
+    #[test]
+    fn only_the_move_across_the_event_notifies() {
+        // The device wants to hear of index 10 being passed (event 9).
+        assert!(needs_notification(9, 10, 9));
+        assert!(needs_notification(9, 12, 8), "a batch that crosses it");
+        assert!(!needs_notification(9, 11, 10), "already notified at 10");
+        assert!(!needs_notification(9, 9, 8), "not yet at the event");
+        assert!(!needs_notification(9, 9, 9), "nothing added");
+    }
+
+    #[test]
+    fn the_indices_wrap() {
+        assert!(needs_notification(65535, 0, 65535));
+        assert!(needs_notification(65534, 1, 65533));
+        assert!(!needs_notification(65534, 1, 0), "crossed at 65535 → 0 before");
+        assert!(needs_notification(3, 4, 65530), "a batch across the wrap and the event");
+        assert!(!needs_notification(65000, 2, 1), "an event far behind was passed long ago");
     }
 }
 

@@ -90,10 +90,64 @@ pub struct NetQueues {
     batch: Option<SegmentBatch>,
     /// Received frames may span several buffers (MRG_RXBUF).
     merged_receive: bool,
+    receive_gate: NotifyGate,
+    send_gate: NotifyGate,
 }
 
 fn buffer() -> Vec<u8> {
     vec![0u8; BUFFER_LEN]
+}
+
+/// Decides a queue's notifications by the device's avail_event, as the
+/// virtio specification does (`vring_need_event`): notify only when the
+/// available index crosses the index the device asked about. virtio-drivers'
+/// `VirtQueue::should_notify` notifies whenever the index is past that event,
+/// so every buffer added after one notification and before the device next
+/// writes its event brings another one — a VM exit each (three per received
+/// 4 KiB write capsule, which spans three receive buffers).
+struct NotifyGate {
+    /// The device's avail_event; `None` without VIRTIO_F_EVENT_IDX.
+    avail_event: Option<u64>,
+    /// The available index: buffers added since the queue was set up
+    /// (VirtQueue::add moves it by one per buffer chain).
+    available: u16,
+    /// The available index when notification was last decided.
+    decided: u16,
+    /// Notifications sent.
+    sent: u64,
+}
+
+impl NotifyGate {
+    fn new(transport: &SharedTransport, queue: u16, event_idx: bool) -> Self {
+        let avail_event = if event_idx { transport.avail_event_address(queue) } else { None };
+        Self { avail_event, available: 0, decided: 0, sent: 0 }
+    }
+
+    fn added(&mut self) {
+        self.available = self.available.wrapping_add(1);
+    }
+
+    /// Whether the buffers added since the last decision need a
+    /// notification; `flags_allow` answers for a device without event index
+    /// (its NO_NOTIFY flag).
+    fn notify_due(&mut self, flags_allow: impl FnOnce() -> bool) -> bool {
+        let due = self.decide(flags_allow);
+        self.sent += u64::from(due);
+        due
+    }
+
+    fn decide(&mut self, flags_allow: impl FnOnce() -> bool) -> bool {
+        let old = core::mem::replace(&mut self.decided, self.available);
+        let Some(address) = self.avail_event else { return flags_allow() };
+        // The new available index must be visible before the device's event
+        // is read (a store then a load: a full fence on x86).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        // SAFETY: the address is inside the queue's used ring, which the
+        // queue allocated (identity mapped, aligned) and keeps while it
+        // lives; the device writes it, hence a volatile read.
+        let event = unsafe { core::ptr::read_volatile(address as *const u16) };
+        tandem_net::needs_notification(u16::from_le(event), self.available, old)
+    }
 }
 
 impl NetQueues {
@@ -119,6 +173,8 @@ impl NetQueues {
         let event_idx = features & F_RING_EVENT_IDX != 0;
         let receive = VirtQueue::new(&mut transport, QUEUE_RECEIVE, indirect, event_idx)?;
         let send = VirtQueue::new(&mut transport, QUEUE_TRANSMIT, indirect, event_idx)?;
+        let receive_gate = NotifyGate::new(&transport, QUEUE_RECEIVE, event_idx);
+        let send_gate = NotifyGate::new(&transport, QUEUE_TRANSMIT, event_idx);
         transport.finish_init();
         let offload = features & (F_CSUM | F_HOST_TSO4) == F_CSUM | F_HOST_TSO4;
         log::debug!(
@@ -137,6 +193,8 @@ impl NetQueues {
             filling: None,
             batch: offload.then(|| SegmentBatch::new(HEADER_LEN)),
             merged_receive: features & F_MRG_RXBUF != 0,
+            receive_gate,
+            send_gate,
         };
         for _ in 0..QUEUE_SIZE {
             queues.post_receive(buffer())?;
@@ -149,7 +207,9 @@ impl NetQueues {
         // `receiving[token]` and is neither touched nor freed until the
         // device returns that token (`take_received`).
         let token = unsafe { self.receive.add(&[], &mut [&mut buffer[..]])? };
-        if self.receive.should_notify() {
+        self.receive_gate.added();
+        let receive = &self.receive;
+        if self.receive_gate.notify_due(|| receive.should_notify()) {
             self.transport.notify(QUEUE_RECEIVE);
         }
         match self.receiving.get_mut(usize::from(token)) {
@@ -248,7 +308,9 @@ impl NetQueues {
         // returns that token (`reclaim_sent`).
         match unsafe { self.send.add(&[&buffer[..len]], &mut []) } {
             Ok(token) => {
-                if self.send.should_notify() {
+                self.send_gate.added();
+                let send = &self.send;
+                if self.send_gate.notify_due(|| send.should_notify()) {
                     self.transport.notify(QUEUE_TRANSMIT);
                 }
                 match self.sending.get_mut(usize::from(token)) {
@@ -399,6 +461,10 @@ impl FrameQueues for NetQueues {
 
     fn flush(&mut self) {
         let _ = self.send_batch();
+    }
+
+    fn notifications(&self) -> (u64, u64) {
+        (self.receive_gate.sent, self.send_gate.sent)
     }
 }
 

@@ -55,9 +55,32 @@ impl ConfigurationAccess for PortConfigurationAccess {
 /// driver, to read device configuration the driver does not expose (the
 /// virtio-net link status).
 #[derive(Clone)]
-pub struct SharedTransport(Rc<RefCell<PciTransport>>);
+pub struct SharedTransport(Rc<RefCell<PciTransport>>, Rc<RefCell<Vec<UsedRing>>>);
+
+/// Where a queue's used ring (the device's area) is, for the event index
+/// the device writes after it.
+#[derive(Clone, Copy)]
+struct UsedRing {
+    queue: u16,
+    address: PhysAddr,
+    size: u32,
+}
 
 impl SharedTransport {
+    fn new(transport: PciTransport) -> Self {
+        Self(Rc::new(RefCell::new(transport)), Rc::default())
+    }
+
+    /// The address of `queue`'s avail_event (VIRTIO_F_EVENT_IDX): the u16
+    /// after the used ring's entries, where the device says which available
+    /// index it wants to be notified of. `None` before the queue is set up.
+    pub fn avail_event_address(&self, queue: u16) -> Option<PhysAddr> {
+        let rings = self.1.borrow();
+        let ring = rings.iter().find(|r| r.queue == queue)?;
+        // flags (u16), idx (u16), then `size` entries of id (u32) and len (u32).
+        Some(ring.address + 4 + 8 * ring.size as PhysAddr)
+    }
+
     /// virtio-net: is the link up (VIRTIO_NET_S_LINK_UP in the status field)?
     pub fn net_link_up(&self) -> bool {
         self.0.borrow().read_config_space::<u16>(6).map(|status| status & 1 != 0).unwrap_or(true)
@@ -93,9 +116,14 @@ impl Transport for SharedTransport {
         self.0.borrow().requires_legacy_layout()
     }
     fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+        let mut rings = self.1.borrow_mut();
+        rings.retain(|r| r.queue != queue);
+        rings.push(UsedRing { queue, address: device_area, size });
+        drop(rings);
         self.0.borrow_mut().queue_set(queue, size, descriptors, driver_area, device_area)
     }
     fn queue_unset(&mut self, queue: u16) {
+        self.1.borrow_mut().retain(|r| r.queue != queue);
         self.0.borrow_mut().queue_unset(queue)
     }
     fn queue_used(&mut self, queue: u16) -> bool {
@@ -182,7 +210,7 @@ pub fn find_virtio_devices() -> (Vec<VirtioDevice>, Vec<UnusableDevice>) {
                     location,
                     kind,
                     irq,
-                    transport: SharedTransport(Rc::new(RefCell::new(transport))),
+                    transport: SharedTransport::new(transport),
                 }),
                 Err(error) => {
                     log::debug!("virtio transport at {location}: {error:?}");
