@@ -139,8 +139,18 @@ fn chaos(seed: u64, steps: usize) {
         s.log_tail()
     );
     eprintln!(
-        "seed {seed}: {} writes and {} reads acknowledged, {} path errors, {} torn-write crashes, {} invariant checks",
-        s.host.writes_acked, s.host.reads_ok, s.host.path_errors, s.torn_crashes, s.checks
+        "seed {seed}: {} writes ({} Write Zeroes, {} Deallocates) and {} reads acknowledged, {} path errors, {} torn-write crashes, {} invariant checks",
+        s.host.writes_acked,
+        s.host.zeroes_acked,
+        s.host.deallocates_acked,
+        s.host.reads_ok,
+        s.host.path_errors,
+        s.torn_crashes,
+        s.checks
+    );
+    assert!(
+        s.host.zeroes_acked > 0 && s.host.deallocates_acked > 0,
+        "seed {seed}: the host's Write Zeroes and Deallocates were never acknowledged"
     );
 }
 

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use tandem_ha::metadata::BLOCK_SIZE;
 use tandem_ha::node::{
@@ -59,8 +59,25 @@ fn idx(n: NodeId) -> usize {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum HostOp {
-    Write { block: u64, version: u64 },
-    Read { block: u64, min_version: u64 },
+    Write {
+        block: u64,
+        version: u64,
+        kind: WriteKind,
+    },
+    Read {
+        block: u64,
+        min_version: u64,
+    },
+}
+
+/// What a host write puts in its block: data carrying its version, or
+/// zeroes (Write Zeroes, or Deallocate, after which the simulated disks read
+/// zeroes as virtio-blk's discard does on a raw file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum WriteKind {
+    Data,
+    Zeroes,
+    Deallocate,
 }
 
 #[derive(Clone, Debug)]
@@ -194,8 +211,38 @@ impl Default for LinkParams {
 struct BlockState {
     acked: u64,
     issued_max: u64,
-    pending: Option<(u64, u64)>, // (version, retry_at)
+    pending: Option<(u64, u64, WriteKind)>, // (version, retry_at, kind)
     in_flight: bool,
+    /// Versions issued as zeroes (their content reads as version 0).
+    zero_versions: BTreeSet<u64>,
+}
+
+impl BlockState {
+    /// Whether content of version `v` (0: zeroes) is what the block may
+    /// hold once version `at_least` was acknowledged: that version or one
+    /// issued after it.
+    fn may_hold(&self, v: u64, at_least: u64) -> bool {
+        if v == 0 {
+            at_least == 0 || self.zero_versions.range(at_least..).next().is_some()
+        } else {
+            v >= at_least && v <= self.issued_max && !self.zero_versions.contains(&v)
+        }
+    }
+
+    /// The version a new (or retried) write carries, and what it writes.
+    fn next_write(&mut self, next_version: &mut u64, kind: WriteKind) -> (u64, WriteKind) {
+        if let Some((v, _, k)) = self.pending {
+            return (v, k);
+        }
+        let v = *next_version;
+        *next_version += 1;
+        self.pending = Some((v, 0, kind));
+        self.issued_max = self.issued_max.max(v);
+        if kind != WriteKind::Data {
+            self.zero_versions.insert(v);
+        }
+        (v, kind)
+    }
 }
 
 pub struct Host {
@@ -205,6 +252,9 @@ pub struct Host {
     next_id: u64,
     in_flight: BTreeMap<u64, (NodeId, HostOp, u64)>,
     pub writes_acked: u64,
+    /// Of those, Write Zeroes and Deallocates.
+    pub zeroes_acked: u64,
+    pub deallocates_acked: u64,
     pub reads_ok: u64,
     /// Host flushes in flight (and where), completed, failed with a path error.
     flushes_in_flight: BTreeMap<u64, NodeId>,
@@ -293,6 +343,8 @@ impl Sim {
                 next_id: 1,
                 in_flight: BTreeMap::new(),
                 writes_acked: 0,
+                zeroes_acked: 0,
+                deallocates_acked: 0,
                 flushes_in_flight: BTreeMap::new(),
                 flushes_ok: 0,
                 flushes_failed: 0,
@@ -542,9 +594,26 @@ impl Sim {
                 }
                 Input::Host { id, op } => {
                     let r = match op {
-                        HostOp::Write { block, version } => {
-                            n.write_data.insert(id, block_bytes(block, version));
-                            d.host_write(local, id, block * BLOCK, BLOCK, id % 7 == 0)
+                        HostOp::Write {
+                            block,
+                            version,
+                            kind,
+                        } => {
+                            let offset = block * BLOCK;
+                            match kind {
+                                WriteKind::Data => {
+                                    n.write_data.insert(id, block_bytes(block, version));
+                                    d.host_write(local, id, offset, BLOCK, id % 7 == 0)
+                                }
+                                WriteKind::Zeroes => {
+                                    n.write_data.insert(id, vec![0; BLOCK as usize]);
+                                    d.host_write_zeroes(local, id, offset, BLOCK)
+                                }
+                                WriteKind::Deallocate => {
+                                    n.write_data.insert(id, vec![0; BLOCK as usize]);
+                                    d.host_deallocate(local, id, offset, BLOCK)
+                                }
+                            }
                         }
                         HostOp::Read { block, .. } => d.host_read(local, id, block * BLOCK, BLOCK),
                     };
@@ -678,7 +747,7 @@ impl Sim {
                     )
                 }
                 Action::SubmitLocalWrite { id: w } | Action::ReplicateWrite { id: w, .. } => {
-                    if let Some(HostOp::Write { block, version }) =
+                    if let Some(HostOp::Write { block, version, .. }) =
                         self.nodes[idx(id)].host_ops.get(w)
                     {
                         if *block == b {
@@ -1156,18 +1225,21 @@ impl Sim {
             return;
         }
         let op = if self.rng.chance(600) {
-            let version = match bs.pending {
-                Some((v, retry_at)) if retry_at <= self.now => v,
-                Some(_) => return,
-                None => {
-                    let v = self.host.next_version;
-                    self.host.next_version += 1;
-                    bs.pending = Some((v, 0));
-                    bs.issued_max = bs.issued_max.max(v);
-                    v
-                }
+            if bs.pending.is_some_and(|(_, retry_at, _)| retry_at > self.now) {
+                return;
+            }
+            // Now and then a Write Zeroes or a Deallocate instead of data.
+            let kind = match self.rng.below(20) {
+                0 | 1 => WriteKind::Zeroes,
+                2 => WriteKind::Deallocate,
+                _ => WriteKind::Data,
             };
-            HostOp::Write { block: b, version }
+            let (version, kind) = bs.next_write(&mut self.host.next_version, kind);
+            HostOp::Write {
+                block: b,
+                version,
+                kind,
+            }
         } else {
             if self.host.read_in_flight > 16 {
                 return;
@@ -1213,18 +1285,13 @@ impl Sim {
         }
         // A write the host still has to retry is sent again; otherwise a
         // new version.
-        let version = match bs.pending {
-            Some((v, _)) => v,
-            None => {
-                let v = self.host.next_version;
-                self.host.next_version += 1;
-                bs.pending = Some((v, 0));
-                bs.issued_max = bs.issued_max.max(v);
-                v
-            }
-        };
+        let (version, kind) = bs.next_write(&mut self.host.next_version, WriteKind::Data);
         bs.in_flight = true;
-        let op = HostOp::Write { block, version };
+        let op = HostOp::Write {
+            block,
+            version,
+            kind,
+        };
         let id = self.host.next_id;
         self.host.next_id += 1;
         self.host.in_flight.insert(id, (target, op, self.now));
@@ -1275,7 +1342,11 @@ impl Sim {
             self.host.path_errors += 1;
         }
         match op {
-            HostOp::Write { block, version } => {
+            HostOp::Write {
+                block,
+                version,
+                kind,
+            } => {
                 let bs = &mut self.host.blocks[block as usize];
                 bs.in_flight = false;
                 if ok {
@@ -1283,6 +1354,11 @@ impl Sim {
                     bs.acked = version;
                     bs.pending = None;
                     self.host.writes_acked += 1;
+                    match kind {
+                        WriteKind::Data => {}
+                        WriteKind::Zeroes => self.host.zeroes_acked += 1,
+                        WriteKind::Deallocate => self.host.deallocates_acked += 1,
+                    }
                     self.log.push(format!(
                         "{:>8.3}ms host ack w b{} v{} via {}",
                         self.now as f64 / 1000.0,
@@ -1291,22 +1367,22 @@ impl Sim {
                         target
                     ));
                 } else {
-                    bs.pending = Some((version, self.now + 5 * MS));
+                    bs.pending = Some((version, self.now + 5 * MS, kind));
                 }
             }
             HostOp::Read { block, min_version } => {
                 self.host.read_in_flight -= 1;
-                let bs = &mut self.host.blocks[block as usize];
-                bs.in_flight = false;
+                self.host.blocks[block as usize].in_flight = false;
                 if ok {
                     let data = outcome.unwrap().1.expect("read data");
                     let v = version_of(&data);
+                    let bs = &self.host.blocks[block as usize];
                     assert!(
-                        v >= min_version,
-                        "STALE READ of block {block} via {target}: got v{v}, acked before issue v{min_version}\n{}",
+                        bs.may_hold(v, min_version),
+                        "STALE READ of block {block} via {target}: got v{v} (0: zeroes), acked before issue v{min_version}, zeroes issued as {:?}\n{}",
+                        bs.zero_versions,
                         self.log_tail()
                     );
-                    assert!(v <= bs.issued_max, "read of a version never written");
                     self.host.reads_ok += 1;
                 }
             }
@@ -1390,8 +1466,8 @@ impl Sim {
                     .get(&(b as u64 * BLOCK))
                     .map_or(0, |d| version_of(d));
                 assert!(
-                    v >= bs.acked,
-                    "LOST WRITE: block {b} acked v{} but {n} (could be primary, record {:?}, latest {:?}) has v{v}\n{}",
+                    bs.may_hold(v, bs.acked),
+                    "LOST WRITE: block {b} acked v{} but {n} (could be primary, record {:?}, latest {:?}) has v{v} (0: zeroes)\n{}",
                     bs.acked,
                     d.record(),
                     latest,
@@ -1455,9 +1531,11 @@ impl Sim {
                 "replicas differ at block {blk}\n{}",
                 self.log_tail()
             );
+            let bs = &self.host.blocks[blk as usize];
             assert!(
-                va >= self.host.blocks[blk as usize].acked,
-                "acknowledged write lost at block {blk}"
+                bs.may_hold(va, bs.acked),
+                "acknowledged write lost at block {blk}: v{va} (0: zeroes), acked v{}",
+                bs.acked
             );
         }
     }
