@@ -58,6 +58,8 @@ pub struct Machine {
     /// Rounds of the loop that found each IRQ line raised: with the idle
     /// wake-ups, where the machine's wake-ups come from (`status`).
     irq_rounds: [u64; 16],
+    /// Time spent halted, waiting for an interrupt.
+    halted_micros: u64,
 }
 
 fn instant(micros: u64) -> Instant {
@@ -124,7 +126,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None, irq_rounds: [0; 16] }
+        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None, irq_rounds: [0; 16], halted_micros: 0 }
     }
 
     pub fn run(mut self) -> ! {
@@ -181,7 +183,9 @@ impl Machine {
                 port.nic.device_mut().flush();
             }
             if !busy && !self.nets.iter().any(|port| port.nic.device().has_rx()) {
+                let halted_at = clock::now_micros();
                 cpu::wait_for_interrupt();
+                self.halted_micros += clock::now_micros().saturating_sub(halted_at);
             }
         }
     }
@@ -397,10 +401,15 @@ impl Machine {
     fn status_text(&self) -> String {
         let now = clock::now_micros();
         let (used, free) = memory::heap_usage();
+        // What the machine did not spend halted: the event loop's own time,
+        // the measure of its cost per I/O.
+        let busy = now.saturating_sub(self.halted_micros);
         let mut text = format!(
-            "uptime {}.{:03} s\nmemory used={} free={} bytes\nwakeups={}",
+            "uptime {}.{:03} s, busy {}.{:03} s\nmemory used={} free={} bytes\nwakeups={}",
             now / 1_000_000,
             now / 1000 % 1000,
+            busy / 1_000_000,
+            busy / 1000 % 1000,
             used,
             free,
             cpu::wakeups()

@@ -75,8 +75,28 @@ fn console_answers_status_and_rejects_bad_commands() {
 
     let status = console.command("status", COMMAND_TIMEOUT).unwrap();
     let has = |prefix: &str| status.iter().any(|l| l.trim_start().starts_with(prefix));
-    assert!(status.iter().any(|l| l.contains("uptime")), "{status:#?}");
     assert!(status.iter().any(|l| l.contains("memory")), "{status:#?}");
+    // `uptime U s, busy B s`: the loop's own time (boot included), which an
+    // idle machine spends almost all halted.
+    let times = |status: &[String]| -> (f64, f64) {
+        let uptime = status.iter().find(|l| l.starts_with("uptime ")).unwrap_or_else(|| panic!("{status:#?}"));
+        let seconds: Vec<f64> = uptime
+            .split(|c: char| c == ' ' || c == ',')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [up, busy] = seconds[..] else { panic!("{uptime}") };
+        assert!(busy > 0.0 && busy <= up, "{uptime}");
+        (up, busy)
+    };
+    let (up_before, busy_before) = times(&status);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (up_after, busy_after) = times(&console.command("status", COMMAND_TIMEOUT).unwrap());
+    assert!(
+        busy_after - busy_before < (up_after - up_before) / 2.0,
+        "idle for {:.3} s, busy for {:.3} s of it",
+        up_after - up_before,
+        busy_after - busy_before
+    );
     assert!(has("net0 ") && has("disk0 "), "{status:#?}");
     let net0 = status.iter().find(|l| l.starts_with("net0 ")).unwrap();
     assert!(
