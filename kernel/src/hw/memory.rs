@@ -50,21 +50,12 @@ pub fn heap_usage() -> (usize, usize) {
 }
 
 // The precompiled compiler_builtins for this target does not export these.
-// `rep` string instructions keep LLVM from lowering them into calls to themselves.
-
-// The bulk moves 8 bytes per iteration (`rep movsq`): under QEMU's TCG a
-// `rep` string instruction costs about the same per iteration whatever its
-// width, so byte-wise `rep movsb` made every packet and block copy ~8x slower.
+// Inline assembly keeps LLVM from lowering them into calls to themselves.
 
 #[unsafe(no_mangle)]
 unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller passes valid, non-overlapping ranges; the quad
-    // words and then the remaining bytes cover exactly `n` bytes.
-    unsafe {
-        core::arch::asm!("rep movsq", "mov rcx, {tail}", "rep movsb", tail = in(reg) n % 8,
-            inout("rcx") n / 8 => _, inout("rdi") dest => _, inout("rsi") src => _,
-            options(nostack, preserves_flags));
-    }
+    // SAFETY: the caller passes valid, non-overlapping ranges of `n` bytes.
+    unsafe { super::mem_ops::copy_forward(dest, src, n) };
     dest
 }
 
@@ -74,11 +65,7 @@ unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8
     // destination starts inside the source keeps overlapping moves correct.
     unsafe {
         if (dest as usize) <= (src as usize) || (dest as usize) >= (src as usize).wrapping_add(n) {
-            // Forward, 8 bytes at a time: a quad word is read before it is
-            // written, so a destination below the source stays correct.
-            core::arch::asm!("rep movsq", "mov rcx, {tail}", "rep movsb", tail = in(reg) n % 8,
-                inout("rcx") n / 8 => _, inout("rdi") dest => _, inout("rsi") src => _,
-                options(nostack, preserves_flags));
+            super::mem_ops::copy_forward(dest, src, n);
         } else {
             core::arch::asm!("std", "rep movsb", "cld",
                 inout("rcx") n => _, inout("rdi") dest.add(n).wrapping_sub(1) => _,
@@ -90,14 +77,8 @@ unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8
 
 #[unsafe(no_mangle)]
 unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
-    let byte = value as u8 as u64;
-    // SAFETY: the caller passes a valid range; the quad words and then the
-    // remaining bytes cover exactly `n` bytes.
-    unsafe {
-        core::arch::asm!("rep stosq", "mov rcx, {tail}", "rep stosb", tail = in(reg) n % 8,
-            inout("rcx") n / 8 => _, inout("rdi") dest => _, in("rax") byte * 0x0101_0101_0101_0101,
-            options(nostack, preserves_flags));
-    }
+    // SAFETY: the caller passes a valid range of `n` bytes.
+    unsafe { super::mem_ops::fill(dest, value as u8, n) };
     dest
 }
 

@@ -4,6 +4,7 @@ pub mod crc;
 pub mod cpu;
 pub mod disk;
 pub mod dma;
+pub mod mem_ops;
 pub mod memory;
 pub mod netdev;
 pub mod pci;
