@@ -27,7 +27,7 @@ pub use stretch_ack::ACK_DELAY;
 pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
 pub use virtio::{
     needs_notification,
-    FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,
+    FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,
 };
 
 pub use smoltcp;

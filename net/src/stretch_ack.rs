@@ -35,6 +35,26 @@ const OPTION_MSS: u8 = 2;
 /// Scales the MSS option of a TCP SYN in `frame` (an Ethernet frame) if it
 /// announces at least [`LOCAL_MSS`], and fixes the checksum. True if it did.
 pub fn scale_announced_mss(frame: &mut [u8]) -> bool {
+    rewrite_announced_mss(frame, |mss| (mss >= LOCAL_MSS).then(|| mss.saturating_mul(SCALE)))
+}
+
+/// Lowers the MSS option of an outgoing TCP SYN in `frame` to [`LOCAL_MSS`]
+/// if it announces more, and fixes the checksum. True if it did. smoltcp
+/// announces the MSS of the MTU it is given, and with segmentation offload
+/// it is given one of [`SCALE`] segments (see [`crate::virtio`]): the peer
+/// must still send segments that fit the wire.
+pub fn clamp_announced_mss(frame: &mut [u8]) -> bool {
+    // Every frame sent passes here: a quick look first (IPv4 without
+    // options, TCP, SYN set), as smoltcp sends them.
+    if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 || frame[23] != 6 || frame[47] & 0x02 == 0 {
+        return false;
+    }
+    rewrite_announced_mss(frame, |mss| (mss > LOCAL_MSS).then_some(LOCAL_MSS))
+}
+
+/// Replaces the MSS option of a TCP SYN in `frame` with what `new` makes of
+/// it (nothing if `None`), and fixes the checksum. True if it changed it.
+fn rewrite_announced_mss(frame: &mut [u8], new: impl FnOnce(u16) -> Option<u16>) -> bool {
     let Ok(mut ethernet) = EthernetFrame::new_checked(&mut *frame) else { return false };
     if ethernet.ethertype() != EthernetProtocol::Ipv4 {
         return false;
@@ -63,8 +83,8 @@ pub fn scale_announced_mss(frame: &mut [u8]) -> bool {
                 }
                 if kind == OPTION_MSS && len == 4 {
                     let mss = u16::from_be_bytes([options[at + 2], options[at + 3]]);
-                    if mss >= LOCAL_MSS {
-                        options[at + 2..at + 4].copy_from_slice(&mss.saturating_mul(SCALE).to_be_bytes());
+                    if let Some(mss) = new(mss) {
+                        options[at + 2..at + 4].copy_from_slice(&mss.to_be_bytes());
                         scaled = true;
                     }
                     break;
@@ -128,6 +148,18 @@ mod tests {
         let mut syn = segment(TcpControl::Syn, Some(1460));
         assert!(scale_announced_mss(&mut syn));
         assert_eq!(parsed_mss(&syn), Some(1460 * SCALE));
+    }
+
+    #[test]
+    fn an_outgoing_syn_announcing_more_than_the_wire_takes_is_clamped() {
+        let mut syn = segment(TcpControl::Syn, Some(5840));
+        assert!(clamp_announced_mss(&mut syn));
+        assert_eq!(parsed_mss(&syn), Some(LOCAL_MSS));
+        let mut fits = segment(TcpControl::Syn, Some(1400));
+        assert!(!clamp_announced_mss(&mut fits));
+        assert_eq!(parsed_mss(&fits), Some(1400));
+        let mut data = segment(TcpControl::Psh, Some(5840));
+        assert!(!clamp_announced_mss(&mut data), "only a SYN announces an MSS");
     }
 
     #[test]

@@ -19,6 +19,17 @@ use smoltcp::time::Instant;
 /// The largest Ethernet frame a NIC sends or expects (MTU 1500).
 pub const MAX_FRAME_LEN: usize = 1514;
 
+/// The largest frame smoltcp makes on a NIC with segmentation offload: a TCP
+/// segment of up to [`crate::stretch_ack::SCALE`] wire-sized ones, which the
+/// device cuts back to [`MAX_FRAME_LEN`] (see [`SegmentBatch`]). smoltcp
+/// sends segments of the smaller of the peer's MSS (as scaled on receipt of
+/// its SYN) and its own MTU's, and spends most of its time per segment, not
+/// per byte: four times fewer segments for a 128 KiB read or a replicated
+/// write. Only TCP goes past [`MAX_FRAME_LEN`]: nothing else this stack sends
+/// is larger than a wire frame.
+pub const MAX_SEGMENTED_FRAME_LEN: usize =
+    MAX_FRAME_LEN + (crate::stretch_ack::SCALE as usize - 1) * crate::stretch_ack::LOCAL_MSS as usize;
+
 /// Whether a virtio device that asked to be notified when the driver's
 /// available index passes `event` (its avail_event, VIRTIO_F_EVENT_IDX)
 /// needs a notification now that the index moved from `old` to `new`: the
@@ -115,6 +126,12 @@ pub trait FrameQueues {
     fn notifications(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// True if the device takes TCP frames of up to
+    /// [`MAX_SEGMENTED_FRAME_LEN`] and cuts them into wire-sized segments
+    /// (through [`SegmentBatch`]).
+    fn segments_large_frames(&self) -> bool {
+        false
+    }
 }
 
 /// Packet and byte counters of one NIC.
@@ -144,17 +161,21 @@ pub struct FrameDevice<Q: FrameQueues> {
     arp: crate::frames::ArpSnoop,
     /// Frames made here that smoltcp receives before the device's next ones.
     injected: VecDeque<Vec<u8>>,
+    /// The device segments large TCP frames ([`FrameQueues::segments_large_frames`]).
+    large_frames: bool,
 }
 
 impl<Q: FrameQueues> FrameDevice<Q> {
     pub fn new(queues: Q) -> Self {
         let mac = queues.mac_address();
+        let large_frames = queues.segments_large_frames();
         Self {
             queues: RefCell::new(queues),
             counters: NicCounters::default(),
             mac,
             arp: crate::frames::ArpSnoop::default(),
             injected: VecDeque::new(),
+            large_frames,
         }
     }
 
@@ -222,9 +243,8 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if let Some(frame) = self.injected.pop_front() {
-            let queues = &self.queues;
-            let counters = &self.counters;
-            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters }));
+            let (queues, counters, large_frames) = (&self.queues, &self.counters, self.large_frames);
+            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters, large_frames }));
         }
         loop {
             match self.queues.get_mut().take_received()? {
@@ -238,9 +258,8 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
                     }
                     crate::stretch_ack::scale_announced_mss(frame.frame_mut());
                     self.arp.learn(frame.frame());
-                    let queues = &self.queues;
-                    let counters = &self.counters;
-                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters }));
+                    let (queues, counters, large_frames) = (&self.queues, &self.counters, self.large_frames);
+                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters, large_frames }));
                 }
                 Err(error) => {
                     bump(&self.counters.rx_errors, 1);
@@ -252,7 +271,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         if self.queues.get_mut().can_transmit() {
-            Some(FrameTxToken { queues: &self.queues, counters: &self.counters })
+            Some(FrameTxToken { queues: &self.queues, counters: &self.counters, large_frames: self.large_frames })
         } else {
             None
         }
@@ -260,7 +279,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
-        caps.max_transmission_unit = MAX_FRAME_LEN;
+        caps.max_transmission_unit = if self.large_frames { MAX_SEGMENTED_FRAME_LEN } else { MAX_FRAME_LEN };
         caps.max_burst_size = None;
         caps.medium = Medium::Ethernet;
         caps.checksum = crate::checksum::receive_checksums();
@@ -304,6 +323,7 @@ impl<Q: FrameQueues> RxToken for FrameRxToken<'_, Q> {
 pub struct FrameTxToken<'a, Q: FrameQueues> {
     queues: &'a RefCell<Q>,
     counters: &'a NicCounters,
+    large_frames: bool,
 }
 
 impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
@@ -315,6 +335,10 @@ impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
         let (result, queued) = match queues.transmit_buffer(len) {
             Some(buffer) => {
                 let result = f(buffer);
+                if self.large_frames {
+                    // smoltcp announces the MSS of its (large) MTU.
+                    crate::stretch_ack::clamp_announced_mss(buffer);
+                }
                 (result, queues.transmit(len))
             }
             None => {
@@ -608,6 +632,51 @@ mod tests {
     }
 
     #[test]
+    fn segments_larger_than_a_wire_frame_are_cut_at_wire_size() {
+        // smoltcp's segments of four wire frames each (MAX_SEGMENTED_FRAME_LEN).
+        let mut batch = SegmentBatch::new(12);
+        let a = segment(1000, 4 * 1448, 0x10);
+        let b = segment(1000 + 4 * 1448, 4 * 1448, 0x10);
+        let c = segment(1000 + 8 * 1448, 3000, 0x18);
+        assert_eq!(batch.push(&a), Pushed::Taken);
+        assert_eq!(batch.push(&b), Pushed::Taken);
+        assert_eq!(batch.push(&c), Pushed::TakenAndComplete);
+        let (buffer, seg) = batch.take().expect("a batch");
+        assert_eq!(seg.map(|s| s.segment_size), Some(1448), "cut at what a wire frame carries");
+        let frame = &buffer[12..];
+        assert_eq!(frame.len(), 66 + 8 * 1448 + 3000);
+        assert_eq!(&frame[66 + 8 * 1448..], &c[66..]);
+        assert_eq!(frame[47], 0x18);
+
+        // Alone, and even with PSH, a large segment still goes to the device
+        // to be cut: as it is, it would not fit the wire.
+        for flags in [0x10, 0x18, 0x19] {
+            let big = segment(5000, 2 * 1448 + 7, flags);
+            assert_eq!(batch.push(&big), Pushed::TakenAndComplete, "flags {flags:#x}");
+            let (buffer, seg) = batch.take().expect("a batch");
+            assert_eq!(seg.map(|s| s.segment_size), Some(1448));
+            assert_eq!(&buffer[12 + 66..], &big[66..]);
+            assert_eq!(buffer[12 + 47], flags);
+        }
+
+        // A large segment that does not end on a cut ends the batch: what
+        // follows would not start a wire segment of its own.
+        assert_eq!(batch.push(&segment(1000, 3000, 0x10)), Pushed::TakenAndComplete);
+        assert_eq!(batch.push(&segment(4000, 1448, 0x10)), Pushed::NotTaken);
+        assert!(batch.take().is_some());
+    }
+
+    #[test]
+    fn a_fin_ends_the_batch_and_is_left_to_the_last_segment() {
+        let mut batch = SegmentBatch::new(12);
+        assert_eq!(batch.push(&segment(1000, 1448, 0x10)), Pushed::Taken);
+        assert_eq!(batch.push(&segment(2448, 100, 0x19)), Pushed::TakenAndComplete);
+        let (buffer, seg) = batch.take().expect("a batch");
+        assert_eq!(seg.map(|s| s.segment_size), Some(1448));
+        assert_eq!(buffer[12 + 47], 0x19, "FIN and PSH on the header the device gives the last segment");
+    }
+
+    #[test]
     fn only_what_continues_the_flow_joins_the_batch() {
         let mut batch = SegmentBatch::new(12);
         assert_eq!(batch.push(&segment(1000, 1448, 0x18)), Pushed::NotTaken, "PSH alone: nothing follows");
@@ -673,6 +742,7 @@ const ETHERNET_HEADER: usize = 14;
 const IPV4_HEADER: usize = 20;
 const TCP_FLAG_ACK: u8 = 0x10;
 const TCP_FLAG_PSH: u8 = 0x08;
+const TCP_FLAG_FIN: u8 = 0x01;
 /// The largest IPv4 packet: a coalesced frame never exceeds it.
 const MAX_IPV4_PACKET: usize = 65535;
 
@@ -685,12 +755,24 @@ struct Segment {
     flags: u8,
 }
 
+impl Segment {
+    /// The most payload a segment with this header carries on the wire.
+    fn wire_payload(&self) -> usize {
+        MAX_FRAME_LEN - ETHERNET_HEADER - IPV4_HEADER - self.tcp_header
+    }
+
+    /// PSH or FIN: nothing of this flow follows it in this batch.
+    fn ends_batch(&self) -> bool {
+        self.flags & (TCP_FLAG_PSH | TCP_FLAG_FIN) != 0
+    }
+}
+
 fn be16(bytes: &[u8], at: usize) -> usize {
     usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]))
 }
 
 /// The segment's fields if `frame` is a plain TCP/IPv4 data segment (no IP
-/// options or fragments, only ACK and perhaps PSH set) with payload.
+/// options or fragments, ACK and perhaps PSH or FIN set) with payload.
 fn parse_segment(frame: &[u8]) -> Option<Segment> {
     if frame.len() < ETHERNET_HEADER + IPV4_HEADER + 20 || frame[12..14] != [0x08, 0x00] {
         return None;
@@ -707,7 +789,11 @@ fn parse_segment(frame: &[u8]) -> Option<Segment> {
     let tcp = &ip[IPV4_HEADER..total];
     let tcp_header = usize::from(tcp[12] >> 4) * 4;
     let flags = tcp[13];
-    if tcp_header < 20 || tcp_header > tcp.len() || flags & !(TCP_FLAG_ACK | TCP_FLAG_PSH) != 0 || flags & TCP_FLAG_ACK == 0 {
+    if tcp_header < 20
+        || tcp_header > tcp.len()
+        || flags & !(TCP_FLAG_ACK | TCP_FLAG_PSH | TCP_FLAG_FIN) != 0
+        || flags & TCP_FLAG_ACK == 0
+    {
         return None;
     }
     let payload = tcp.len() - tcp_header;
@@ -728,11 +814,14 @@ pub enum Pushed {
     NotTaken,
 }
 
-/// Consecutive full-sized segments of one TCP/IPv4 flow, gathered into one
-/// large frame that the device segments again (TCP segmentation offload):
-/// the host and the peer then handle one frame where the stack made dozens.
-/// The segments are exactly the stack's: same headers, sizes and sequence
-/// numbers, as the device cuts them at the first segment's payload size.
+/// Consecutive segments of one TCP/IPv4 flow, gathered into one large frame
+/// that the device segments again (TCP segmentation offload): the host and
+/// the peer then handle one frame where the stack made dozens. The device
+/// cuts the payload into segments of the most a wire frame
+/// ([`MAX_FRAME_LEN`]) carries with these headers, so the stack's segments
+/// may be larger than a wire frame ([`MAX_SEGMENTED_FRAME_LEN`]): each but
+/// the last must then end on such a cut. For the stack's wire-sized
+/// segments, the device's are exactly the stack's.
 pub struct SegmentBatch {
     /// `prefix` bytes for the device's header, then the frame.
     buffer: alloc::vec::Vec<u8>,
@@ -770,7 +859,8 @@ impl SegmentBatch {
     pub fn push(&mut self, frame: &[u8]) -> Pushed {
         let Some(segment) = parse_segment(frame) else { return Pushed::NotTaken };
         let Some(first) = self.first else {
-            if segment.flags & TCP_FLAG_PSH != 0 {
+            let oversized = segment.payload > segment.wire_payload();
+            if segment.ends_batch() && !oversized {
                 // Nothing follows it: no batch to start.
                 return Pushed::NotTaken;
             }
@@ -782,16 +872,19 @@ impl SegmentBatch {
             self.first = Some(segment);
             self.payload = segment.payload;
             self.segments = 1;
-            return Pushed::Taken;
+            return if segment.ends_batch() || segment.payload % segment.wire_payload() != 0 {
+                Pushed::TakenAndComplete
+            } else {
+                Pushed::Taken
+            };
         };
         let headers = ETHERNET_HEADER + IPV4_HEADER + first.tcp_header;
         let start = self.prefix;
         let batch = &self.buffer[start..];
         let continues = segment.tcp_header == first.tcp_header
             && segment.seq == first.seq.wrapping_add(self.payload as u32)
-            && segment.payload <= first.payload
-            // Every segment but the last is full-sized.
-            && self.payload == first.payload * self.segments
+            // Everything before the last segment ends on a cut.
+            && self.payload % first.wire_payload() == 0
             && IPV4_HEADER + first.tcp_header + self.payload + segment.payload <= MAX_IPV4_PACKET
             // Same addresses, type, TOS and TTL; same ports, ack, window, options.
             && frame[..12] == batch[..12]
@@ -809,11 +902,11 @@ impl SegmentBatch {
         self.buffer.extend_from_slice(&frame[payload_at..payload_at + segment.payload]);
         self.payload += segment.payload;
         self.segments += 1;
-        if segment.flags & TCP_FLAG_PSH != 0 {
-            // The device sets PSH on the last segment only.
-            self.buffer[start + ETHERNET_HEADER + IPV4_HEADER + 13] |= TCP_FLAG_PSH;
+        if segment.ends_batch() {
+            // The device sets PSH and FIN on the last segment only.
+            self.buffer[start + ETHERNET_HEADER + IPV4_HEADER + 13] |= segment.flags & (TCP_FLAG_PSH | TCP_FLAG_FIN);
         }
-        if segment.payload < first.payload || segment.flags & TCP_FLAG_PSH != 0 {
+        if segment.payload % first.wire_payload() != 0 || segment.ends_batch() {
             Pushed::TakenAndComplete
         } else {
             Pushed::Taken
@@ -827,7 +920,8 @@ impl SegmentBatch {
     pub fn take(&mut self) -> Option<(alloc::vec::Vec<u8>, Option<Segmentation>)> {
         let first = self.first.take()?;
         let mut buffer = core::mem::take(&mut self.buffer);
-        if self.segments == 1 {
+        if self.payload <= first.wire_payload() {
+            // One wire frame, sent as it is.
             return Some((buffer, None));
         }
         let ip_at = self.prefix + ETHERNET_HEADER;
@@ -846,7 +940,7 @@ impl SegmentBatch {
             buffer,
             Some(Segmentation {
                 header_len: ETHERNET_HEADER + IPV4_HEADER + first.tcp_header,
-                segment_size: first.payload,
+                segment_size: first.wire_payload(),
                 checksum_start: ETHERNET_HEADER + IPV4_HEADER,
                 checksum_offset: 16,
             }),

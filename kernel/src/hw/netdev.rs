@@ -21,7 +21,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, Pushed, ReceivedFrame, SegmentBatch, Segmentation};
+use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, Pushed, ReceivedFrame, SegmentBatch, Segmentation};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, Transport};
 
@@ -332,7 +332,9 @@ impl NetQueues {
     }
 
     fn recycle_transmit(&mut self, buffer: Vec<u8>) {
-        if buffer.capacity() > BUFFER_LEN {
+        // Frame buffers grow to the largest frame they carried (at most
+        // MAX_SEGMENTED_FRAME_LEN); batch buffers are far larger.
+        if buffer.capacity() > HEADER_LEN + MAX_SEGMENTED_FRAME_LEN {
             if self.free_large.len() < SPARE_BATCH_BUFFERS {
                 self.free_large.push(buffer);
             }
@@ -416,14 +418,15 @@ impl FrameQueues for NetQueues {
     }
 
     fn transmit_buffer(&mut self, len: usize) -> Option<&mut [u8]> {
-        if len > MAX_FRAME_LEN || !self.can_transmit() {
+        let largest = if self.batch.is_some() { MAX_SEGMENTED_FRAME_LEN } else { MAX_FRAME_LEN };
+        if len > largest || !self.can_transmit() {
             return None;
         }
         let mut buffer = match self.filling.take().or_else(|| self.free.pop()) {
             Some(buffer) => buffer,
             None => buffer(),
         };
-        buffer.resize(BUFFER_LEN, 0);
+        buffer.resize(BUFFER_LEN.max(HEADER_LEN + len), 0);
         let filling = self.filling.insert(buffer);
         filling.get_mut(HEADER_LEN..HEADER_LEN + len)
     }
@@ -456,6 +459,11 @@ impl FrameQueues for NetQueues {
                 }
             }
         }
+        if len > MAX_FRAME_LEN {
+            // Only TCP segments may be larger, and the batch cuts those.
+            self.recycle_transmit(buffer);
+            return Err(FrameError::Device);
+        }
         self.submit(buffer, total, None)
     }
 
@@ -465,6 +473,10 @@ impl FrameQueues for NetQueues {
 
     fn notifications(&self) -> (u64, u64) {
         (self.receive_gate.sent, self.send_gate.sent)
+    }
+
+    fn segments_large_frames(&self) -> bool {
+        self.batch.is_some()
     }
 }
 
