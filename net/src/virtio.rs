@@ -667,6 +667,19 @@ mod tests {
     }
 
     #[test]
+    fn segments_smaller_than_a_wire_frame_are_cut_at_their_own_size() {
+        // A peer that announced a smaller MSS (1000 bytes here).
+        let mut batch = SegmentBatch::new(12);
+        assert_eq!(batch.push(&segment(1000, 1000, 0x10)), Pushed::Taken);
+        assert_eq!(batch.push(&segment(2000, 1000, 0x10)), Pushed::Taken);
+        assert_eq!(batch.push(&segment(3000, 1448, 0x10)), Pushed::NotTaken, "larger than the cut");
+        assert_eq!(batch.push(&segment(3000, 400, 0x18)), Pushed::TakenAndComplete);
+        let (buffer, seg) = batch.take().expect("a batch");
+        assert_eq!(seg.map(|s| s.segment_size), Some(1000));
+        assert_eq!(be16(&buffer[12..], 16), 20 + 32 + 2400, "IPv4 total length of the whole");
+    }
+
+    #[test]
     fn a_fin_ends_the_batch_and_is_left_to_the_last_segment() {
         let mut batch = SegmentBatch::new(12);
         assert_eq!(batch.push(&segment(1000, 1448, 0x10)), Pushed::Taken);
@@ -759,6 +772,13 @@ impl Segment {
     /// The most payload a segment with this header carries on the wire.
     fn wire_payload(&self) -> usize {
         MAX_FRAME_LEN - ETHERNET_HEADER - IPV4_HEADER - self.tcp_header
+    }
+
+    /// Where the device cuts a batch this segment starts: at what a wire
+    /// frame carries, or at the segment's own size if it is smaller (a peer
+    /// with a smaller MSS, or data that did not fill a segment).
+    fn cut(&self) -> usize {
+        self.payload.min(self.wire_payload())
     }
 
     /// PSH or FIN: nothing of this flow follows it in this batch.
@@ -872,7 +892,7 @@ impl SegmentBatch {
             self.first = Some(segment);
             self.payload = segment.payload;
             self.segments = 1;
-            return if segment.ends_batch() || segment.payload % segment.wire_payload() != 0 {
+            return if segment.ends_batch() || segment.payload % segment.cut() != 0 {
                 Pushed::TakenAndComplete
             } else {
                 Pushed::Taken
@@ -883,8 +903,10 @@ impl SegmentBatch {
         let batch = &self.buffer[start..];
         let continues = segment.tcp_header == first.tcp_header
             && segment.seq == first.seq.wrapping_add(self.payload as u32)
-            // Everything before the last segment ends on a cut.
-            && self.payload % first.wire_payload() == 0
+            // Everything before the last segment ends on a cut, and the
+            // segments are no larger than the cut unless it is a wire frame's.
+            && self.payload % first.cut() == 0
+            && (segment.payload <= first.cut() || first.cut() == first.wire_payload())
             && IPV4_HEADER + first.tcp_header + self.payload + segment.payload <= MAX_IPV4_PACKET
             // Same addresses, type, TOS and TTL; same ports, ack, window, options.
             && frame[..12] == batch[..12]
@@ -906,7 +928,7 @@ impl SegmentBatch {
             // The device sets PSH and FIN on the last segment only.
             self.buffer[start + ETHERNET_HEADER + IPV4_HEADER + 13] |= segment.flags & (TCP_FLAG_PSH | TCP_FLAG_FIN);
         }
-        if segment.payload % first.wire_payload() != 0 || segment.ends_batch() {
+        if segment.payload % first.cut() != 0 || segment.ends_batch() {
             Pushed::TakenAndComplete
         } else {
             Pushed::Taken
@@ -920,7 +942,7 @@ impl SegmentBatch {
     pub fn take(&mut self) -> Option<(alloc::vec::Vec<u8>, Option<Segmentation>)> {
         let first = self.first.take()?;
         let mut buffer = core::mem::take(&mut self.buffer);
-        if self.payload <= first.wire_payload() {
+        if self.segments == 1 && self.payload <= first.wire_payload() {
             // One wire frame, sent as it is.
             return Some((buffer, None));
         }
@@ -940,7 +962,7 @@ impl SegmentBatch {
             buffer,
             Some(Segmentation {
                 header_len: ETHERNET_HEADER + IPV4_HEADER + first.tcp_header,
-                segment_size: first.wire_payload(),
+                segment_size: first.cut(),
                 checksum_start: ETHERNET_HEADER + IPV4_HEADER,
                 checksum_offset: 16,
             }),
