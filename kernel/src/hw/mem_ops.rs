@@ -1,7 +1,7 @@
 //! The bulk of `memcpy`, `memmove` and `memset`, which the precompiled
 //! compiler_builtins of this target does not export (`memory.rs` defines
 //! them on top of these). A file of its own so that a host test can include
-//! it and check it against slices (`kernel/tests/mem_ops.rs`).
+//! it and check it against slices (`tests/tests/mem_ops.rs`).
 //!
 //! Under QEMU's TCG a `rep` string instruction costs about the same per
 //! iteration whatever its width (each iteration is another pass through the

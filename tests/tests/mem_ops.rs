@@ -5,7 +5,7 @@
 //! source, as `memmove` does them) at every distance around the 32-byte
 //! chunks the loop reads ahead.
 
-#[path = "../src/hw/mem_ops.rs"]
+#[path = "../../kernel/src/hw/mem_ops.rs"]
 #[allow(dead_code)]
 mod mem_ops;
 
