@@ -39,6 +39,9 @@ const QUEUE_TRANSMIT: u16 = 1;
 const HEADER_LEN: usize = 12;
 /// Large transmit buffers kept for reuse.
 const SPARE_BATCH_BUFFERS: usize = 8;
+/// A segmentation batch's buffer: the device header and the largest IPv4
+/// packet with its Ethernet header.
+const BATCH_BUFFER_LEN: usize = HEADER_LEN + 14 + 65536;
 
 // Feature bits (virtio 1.2, 5.1.3 and 6).
 const F_CSUM: u64 = 1 << 0;
@@ -333,8 +336,8 @@ impl NetQueues {
 
     fn recycle_transmit(&mut self, buffer: Vec<u8>) {
         // Frame buffers grow to the largest frame they carried (at most
-        // MAX_SEGMENTED_FRAME_LEN); batch buffers are far larger.
-        if buffer.capacity() > HEADER_LEN + MAX_SEGMENTED_FRAME_LEN {
+        // MAX_SEGMENTED_FRAME_LEN, so 8 KiB); batch buffers are far larger.
+        if buffer.capacity() >= BATCH_BUFFER_LEN {
             if self.free_large.len() < SPARE_BATCH_BUFFERS {
                 self.free_large.push(buffer);
             }
@@ -347,7 +350,7 @@ impl NetQueues {
     fn push_to_batch(&mut self, frame: &[u8]) -> Pushed {
         let Some(batch) = self.batch.as_mut() else { return Pushed::NotTaken };
         if batch.needs_buffer() {
-            let spare = self.free_large.pop().unwrap_or_else(|| Vec::with_capacity(HEADER_LEN + 65536 + 14));
+            let spare = self.free_large.pop().unwrap_or_else(|| Vec::with_capacity(BATCH_BUFFER_LEN));
             batch.provide_buffer(spare);
         }
         batch.push(frame)

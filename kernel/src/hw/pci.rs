@@ -53,7 +53,8 @@ impl ConfigurationAccess for PortConfigurationAccess {
 
 /// A virtio transport that the kernel can still reach after handing it to a
 /// driver, to read device configuration the driver does not expose (the
-/// virtio-net link status).
+/// virtio-net link status), and that remembers where each queue's used ring
+/// is (for the device's event index: `NotifyGate` in `netdev.rs`).
 #[derive(Clone)]
 pub struct SharedTransport(Rc<RefCell<PciTransport>>, Rc<RefCell<Vec<UsedRing>>>);
 
