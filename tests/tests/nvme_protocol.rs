@@ -321,15 +321,19 @@ fn io_and_statuses(rig: &Rig, queues: &mut [Queue]) {
     }
 }
 
+/// The line of `status` that starts with `prefix`.
+fn status_line<'a>(status: &'a [String], prefix: &str) -> &'a str {
+    status
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line in {status:#?}"))
+}
+
 /// Loop rounds per IRQ line from `status` (`wakeups=… irq11=…`): those of
 /// device lines, and those of IRQ 15, where the slave PIC's spurious
 /// interrupts land.
-fn interrupt_rounds(rig: &mut Rig) -> (u64, u64) {
-    let status = rig.console("status");
-    let line = status
-        .iter()
-        .find(|l| l.starts_with("wakeups="))
-        .unwrap_or_else(|| panic!("no wakeups line in {status:#?}"));
+fn interrupt_rounds(status: &[String]) -> (u64, u64) {
+    let line = status_line(status, "wakeups=");
     let (mut device, mut spurious) = (0, 0);
     for field in line.split_whitespace().skip(1) {
         let (name, value) = field.split_once('=').unwrap_or_else(|| panic!("{line}"));
@@ -354,20 +358,22 @@ fn interrupt_rounds(rig: &mut Rig) -> (u64, u64) {
 /// never do here. Deciding by "past the device's event index" instead of
 /// "across it" notified once per received frame.
 fn device_interrupts_end_once(rig: &mut Rig, q: &mut Queue) {
-    let (device_before, spurious_before) = interrupt_rounds(rig);
-    let (frames_before, notifies_before) = received_and_receive_notifications(rig);
+    let before = rig.console("status");
+    let (device_before, spurious_before) = interrupt_rounds(&before);
+    let (frames_before, notifies_before) = received_and_receive_notifications(&before);
     for i in 0..200u64 {
         let cid = q.host.write(1, 6000 + i * 8, pattern(4096, i as u8), 512, true);
         q.ok(cid);
     }
-    let (device_after, spurious_after) = interrupt_rounds(rig);
+    let after = rig.console("status");
+    let (device_after, spurious_after) = interrupt_rounds(&after);
     let (device, spurious) = (device_after - device_before, spurious_after - spurious_before);
     assert!(device >= 200, "200 writes took only {device} device interrupts");
     assert!(
         spurious * 10 < device,
         "{spurious} spurious IRQ 15 against {device} device interrupts"
     );
-    let (frames_after, notifies_after) = received_and_receive_notifications(rig);
+    let (frames_after, notifies_after) = received_and_receive_notifications(&after);
     let (frames, notifies) = (frames_after - frames_before, notifies_after - notifies_before);
     assert!(frames >= 200, "200 write capsules came in only {frames} frames");
     assert!(
@@ -378,12 +384,8 @@ fn device_interrupts_end_once(rig: &mut Rig, q: &mut Queue) {
 
 /// net0's received frames (`rx=N/…B`) and receive-queue notifications
 /// (`notifies=R/T`) from `status`.
-fn received_and_receive_notifications(rig: &mut Rig) -> (u64, u64) {
-    let status = rig.console("status");
-    let line = status
-        .iter()
-        .find(|l| l.starts_with("net0 "))
-        .unwrap_or_else(|| panic!("no net0 line in {status:#?}"));
+fn received_and_receive_notifications(status: &[String]) -> (u64, u64) {
+    let line = status_line(status, "net0 ");
     let field = |name: &str| -> u64 {
         let value = line
             .split_whitespace()
