@@ -24,6 +24,7 @@
 
 extern crate alloc;
 
+pub mod auth;
 pub mod bitmap;
 pub mod error;
 pub mod metadata;

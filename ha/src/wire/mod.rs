@@ -12,6 +12,7 @@
 //! The byte layouts are specified in `docs/ha-protocol.md`.
 
 pub mod connections;
+pub mod sealed;
 pub mod control;
 pub mod stream;
 

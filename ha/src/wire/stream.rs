@@ -213,6 +213,12 @@ fn check_header(h: &[u8]) -> Result<(u8, NodeId, usize), Error> {
     Ok((kind, sender, length))
 }
 
+/// The length of the frame (header and payload) whose header starts
+/// `bytes`, after checking that header as a receiver does.
+pub fn frame_len(bytes: &[u8]) -> Result<usize, Error> {
+    check_header(bytes).map(|(_, _, length)| HEADER_LEN + length)
+}
+
 /// Zero-copy view of one frame (header and payload).
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
