@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Builds the Linux guest used to test tandem against the stock Linux NVMe/TCP
 # host (and to run Linux's own nvmet-tcp target for comparison): Debian's
-# linux-image-6.1 kernel, and an initramfs with busybox-static, nvme-cli, fio,
-# mke2fs, the kernel modules they need, and /init (tests/linux/init.sh).
+# kernel, and an initramfs with busybox-static, nvme-cli, fio, mke2fs, the
+# kernel modules they need, and /init (tests/linux/init.sh).
+#
+# Two releases:
+#   debian12 (default)  Debian 12 "bookworm": Linux 6.1, nvme-cli 2.4, from the
+#                       machine's own apt sources.
+#   debian13            Debian 13 "trixie": Linux 6.12 (CONFIG_NVME_AUTH=m,
+#                       CONFIG_NVME_TARGET_AUTH=y: NVMe in-band authentication),
+#                       nvme-cli 2.13, through an apt configuration of its own
+#                       in $OUT/apt (sources list, lists, cache): the machine's
+#                       apt setup is neither read for sources nor changed.
 #
 # Everything comes from Debian packages fetched with `apt-get download` and
 # unpacked with `dpkg -x`; nothing prebuilt from elsewhere.
@@ -14,18 +23,33 @@
 #   $OUT/guest.env       KERNEL_VERSION, KERNEL_PACKAGE, MODULES (load order)
 # Downloads are kept in $OUT/debs.
 #
-# Usage: tests/linux/build-guest.sh [--force]
-# Environment: TANDEM_LINUX_GUEST_DIR (default: <repo>/target/linux-guest)
+# Usage: tests/linux/build-guest.sh [--release debian12|debian13] [--force]
+# Environment: TANDEM_LINUX_GUEST_DIR (default: <repo>/target/linux-guest);
+#   the debian13 guest goes to its subdirectory debian13/.
+#   TANDEM_LINUX_GUEST (debian12|debian13): the release when --release is absent.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-OUT="${TANDEM_LINUX_GUEST_DIR:-$repo/target/linux-guest}"
+RELEASE="${TANDEM_LINUX_GUEST:-debian12}"
+force=0
+while (($#)); do
+  case "$1" in
+    --force) force=1 ;;
+    --release) RELEASE="${2:?--release needs debian12 or debian13}"; shift ;;
+    *) echo "build-guest: error: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+BASE="${TANDEM_LINUX_GUEST_DIR:-$repo/target/linux-guest}"
+case "$RELEASE" in
+  debian12) OUT="$BASE"; KERNEL_SERIES=6.1 ;;
+  debian13) OUT="$BASE/debian13"; KERNEL_SERIES=6.12 ;;
+  *) echo "build-guest: error: release $RELEASE is neither debian12 nor debian13" >&2; exit 2 ;;
+esac
 DEBS="$OUT/debs"
 POOL="$OUT/pool"     # every downloaded package unpacked (dpkg -x)
 ROOT="$OUT/root"     # what goes into the initramfs
-force=0
-[[ "${1:-}" == "--force" ]] && force=1
 
 # Roots of the module closure. Names use '_' or '-' as the files do; a root
 # that is built into the kernel (modules.builtin) is skipped.
@@ -37,6 +61,12 @@ MODULE_ROOTS=(
   crc32c_generic crc32c-intel
   ext4
 )
+# Roots loaded when the kernel has them (as modules or built in), skipped
+# otherwise. NVMe in-band authentication (DH-HMAC-CHAP; only Debian 13's kernel
+# has it) and the crypto it asks for by name: without modprobe in the guest
+# the kernel cannot load an algorithm on demand, so load them up front
+# (hmac, SHA-2, finite-field Diffie-Hellman with the RFC 7919 groups).
+OPTIONAL_MODULE_ROOTS=(nvme-auth nvme-keyring hmac sha256_generic sha512_generic dh_generic kpp)
 # Userland packages whose binaries go into the initramfs.
 USER_PACKAGES=(busybox-static nvme-cli fio e2fsprogs)
 # Binaries copied from the pool (with their library closure).
@@ -45,14 +75,35 @@ BINARIES=(usr/bin/fio usr/sbin/nvme sbin/mke2fs)
 die() { echo "build-guest: error: $*" >&2; exit 1; }
 log() { echo "build-guest: $*" >&2; }
 
-for tool in apt-get apt-cache dpkg dpkg-deb objcopy gzip xz zstd ldd sha256sum timeout flock; do
+for tool in apt-get apt-cache dpkg dpkg-deb objcopy gzip xz zstd sha256sum timeout flock; do
   command -v "$tool" >/dev/null || die "'$tool' not found on this host (run tests/linux/setup-host.sh)"
 done
 
 # A stamp of everything that decides the output.
 stamp_of_inputs() {
-  cat "$here/build-guest.sh" "$here/init.sh" "$here/guest-lib.sh" | sha256sum | cut -d' ' -f1
+  { cat "$here/build-guest.sh" "$here/init.sh" "$here/guest-lib.sh"; echo "$RELEASE"; } |
+    sha256sum | cut -d' ' -f1
 }
+
+mkdir -p "$OUT"
+if [[ "$RELEASE" == debian13 ]]; then
+  # An apt configuration of this build's own: Debian 13's main archive, with
+  # lists and cache under $OUT/apt. APT_CONFIG is read by every apt-get and
+  # apt-cache below; /etc/apt/sources.list{,.d} are not consulted.
+  APT_DIR="$OUT/apt"
+  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  [[ -f "$keyring" ]] || die "$keyring missing (package debian-archive-keyring)"
+  echo "deb [signed-by=$keyring] http://deb.debian.org/debian trixie main" >"$APT_DIR/sources.list"
+  cat >"$APT_DIR/apt.conf" <<APTCONF
+Dir::Etc::sourcelist "$APT_DIR/sources.list";
+Dir::Etc::sourceparts "/dev/null";
+Dir::State::Lists "$APT_DIR/lists";
+Dir::Cache "$APT_DIR/cache";
+APT::Sandbox::User "root";
+APTCONF
+  export APT_CONFIG="$APT_DIR/apt.conf"
+fi
 
 apt_ready() {
   local policy
@@ -60,19 +111,20 @@ apt_ready() {
   [[ "$policy" == *"Candidate: "[0-9]* ]]
 }
 if ! apt_ready; then
-  log "apt lists have no linux-image-amd64 candidate: running apt-get update"
+  log "apt lists have no linux-image-amd64 candidate ($RELEASE): running apt-get update"
   timeout 300 apt-get update -qq || die "apt-get update failed"
   apt_ready || die "no candidate for linux-image-amd64 after apt-get update (is Debian's main archive in the apt sources?)"
 fi
 
-# The kernel package linux-image-amd64 depends on (linux-image-6.1.0-NN-amd64).
+# The kernel package linux-image-amd64 depends on (linux-image-6.1.0-NN-amd64,
+# linux-image-6.12.NN+debMM-amd64).
 KERNEL_PACKAGE="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
 [[ -n "$KERNEL_PACKAGE" ]] || die "cannot tell which kernel package linux-image-amd64 depends on"
-[[ "$KERNEL_PACKAGE" == linux-image-6.1.* ]] || die "linux-image-amd64 depends on $KERNEL_PACKAGE, expected a 6.1 kernel"
+[[ "$KERNEL_PACKAGE" == linux-image-$KERNEL_SERIES.* ]] ||
+  die "linux-image-amd64 depends on $KERNEL_PACKAGE, expected a $KERNEL_SERIES kernel ($RELEASE)"
 want_stamp="$(stamp_of_inputs) $KERNEL_PACKAGE"
 
 # One build at a time (tests in several processes may ask at once).
-mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock -w 1800 9 || die "another build-guest.sh holds $OUT/.lock for more than 30 min"
 
@@ -148,6 +200,12 @@ for p in "${ALL_PACKAGES[@]}"; do
   [[ -n "$deb" ]] || die "download of $p left no .deb in $DEBS"
   dpkg -x "$deb" "$POOL"
 done
+# Debian 13 is merged-/usr (packages ship /usr/bin, /usr/lib, ...): give the
+# pool the top-level links a merged-/usr system has, so the paths below
+# (bin/busybox, sbin/mke2fs, lib/modules, lib64/ld-linux-x86-64.so.2) hold.
+for d in bin sbin lib lib64; do
+  [[ -e "$POOL/$d" || ! -d "$POOL/usr/$d" ]] || ln -s "usr/$d" "$POOL/$d"
+done
 
 log "modules (at $((SECONDS - started)) s)"
 # --- kernel and modules ---------------------------------------------------
@@ -214,6 +272,10 @@ for m in "${MODULE_ROOTS[@]}"; do
   if [[ -z "${MODFILE[$n]:-}" ]] && is_builtin "$n"; then continue; fi
   visit "$m"
 done
+for m in "${OPTIONAL_MODULE_ROOTS[@]}"; do
+  n="${m//-/_}"
+  if [[ -n "${MODFILE[$n]:-}" ]]; then visit "$m"; else log "optional module $m: built in or absent"; fi
+done
 printf '%s\n' "${ORDER[@]}" >"$ROOT/lib/modules/load-order"
 log "modules (load order): ${ORDER[*]}"
 
@@ -235,6 +297,9 @@ for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib usr/lib lib64 \
   [[ -d "$POOL/$d" ]] && libdirs+=("$POOL/$d")
 done
 pool_path="$(IFS=:; echo "${libdirs[*]}")"
+pool_loader="$POOL/lib64/ld-linux-x86-64.so.2"
+[[ -e "$pool_loader" ]] || pool_loader="$POOL/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+[[ -e "$pool_loader" ]] || die "libc6 has no ld-linux-x86-64.so.2"
 
 copy_into_root() { # pool path -> same path under $ROOT, symlinks followed to the file
   local rel="${1#"$POOL"/}"
@@ -247,7 +312,9 @@ for bin in "${BINARIES[@]}"; do
   # The guest is usrmerge'd by hand: /bin and /sbin are real dirs here, so
   # put every binary where PATH finds it.
   copy_into_root "$POOL/$bin"
-  ldd_out="$(LD_LIBRARY_PATH="$pool_path" ldd "$POOL/$bin")" || die "ldd failed on $bin"
+  # The pool's own loader lists the closure (what ldd does), so a newer
+  # release's libc never meets the host's loader or shell.
+  ldd_out="$("$pool_loader" --library-path "$pool_path" --list "$POOL/$bin")" || die "ldd failed on $bin"
   if grep -q 'not found' <<<"$ldd_out"; then
     die "$bin needs libraries no downloaded package provides:
 $(grep 'not found' <<<"$ldd_out")
@@ -281,11 +348,12 @@ install -m 0644 "$here/guest-lib.sh" "$ROOT/usr/lib/tg/lib.sh"
 
 log "smoke test (at $((SECONDS - started)) s)"
 # Smoke test on the host: the staged binaries start with only the staged
-# libraries (the host's loader, the guest's library directories).
+# loader and libraries (the guest's library directories).
+staged_path="$(sed "s#^#$ROOT#" "$ROOT/etc/ld-library-path" | paste -sd:)"
 for bin in "${BINARIES[@]}"; do
-  LD_LIBRARY_PATH="$(sed "s#^#$ROOT#" "$ROOT/etc/ld-library-path" | paste -sd:)" \
-    "$ROOT/$bin" --version >/dev/null 2>&1 || LD_LIBRARY_PATH="$(sed "s#^#$ROOT#" "$ROOT/etc/ld-library-path" | paste -sd:)" \
-    "$ROOT/$bin" -V >/dev/null 2>&1 || die "staged $bin does not start (missing library?)"
+  "$ROOT/lib64/ld-linux-x86-64.so.2" --library-path "$staged_path" "$ROOT/$bin" --version >/dev/null 2>&1 ||
+    "$ROOT/lib64/ld-linux-x86-64.so.2" --library-path "$staged_path" "$ROOT/$bin" -V >/dev/null 2>&1 ||
+    die "staged $bin does not start (missing library?)"
 done
 
 log "packing (at $((SECONDS - started)) s)"
@@ -294,6 +362,7 @@ cp "$POOL/boot/vmlinuz-$KVER" "$OUT/vmlinuz.tmp"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | "$bb" cpio -o -H newc 2>/dev/null) |
   gzip -1 >"$OUT/initramfs.img.tmp" || die "packing the initramfs failed"
 {
+  echo "RELEASE=$RELEASE"
   echo "KERNEL_PACKAGE=$KERNEL_PACKAGE"
   echo "KERNEL_VERSION=$KVER"
   echo "MODULES=\"${ORDER[*]}\""

@@ -3,6 +3,9 @@
 # signals `stop` (or NVMET_LIFETIME seconds pass).
 # Env: NVMET_NQN NVMET_ADDR NVMET_PORT [NVMET_DEVICE=/dev/vda]
 #      [NVMET_ANA_STATE=optimized] [NVMET_SERIAL] [NVMET_LIFETIME=600]
+#      [NVMET_HOSTNQN NVMET_DHCHAP_KEY [NVMET_DHCHAP_CTRL_KEY]
+#       [NVMET_DHCHAP_HASH=hmac(sha256)] [NVMET_DHCHAP_DHGROUP=null]]:
+#      only that host may connect, and it must authenticate (DH-HMAC-CHAP)
 . /usr/lib/tg/lib.sh
 set -e
 : "${NVMET_NQN:?}" "${NVMET_ADDR:?}" "${NVMET_PORT:=4420}"
@@ -12,7 +15,19 @@ set -e
 cfg=/sys/kernel/config/nvmet
 sub="$cfg/subsystems/$NVMET_NQN"
 mkdir "$sub"
-echo 1 >"$sub/attr_allow_any_host"
+if [ -n "$NVMET_HOSTNQN" ]; then
+  echo 0 >"$sub/attr_allow_any_host"
+  host="$cfg/hosts/$NVMET_HOSTNQN"
+  mkdir "$host"
+  echo "$NVMET_DHCHAP_KEY" >"$host/dhchap_key"
+  [ -n "$NVMET_DHCHAP_CTRL_KEY" ] && echo "$NVMET_DHCHAP_CTRL_KEY" >"$host/dhchap_ctrl_key"
+  echo "${NVMET_DHCHAP_HASH:-hmac(sha256)}" >"$host/dhchap_hash"
+  echo "${NVMET_DHCHAP_DHGROUP:-null}" >"$host/dhchap_dhgroup"
+  ln -s "$host" "$sub/allowed_hosts/$NVMET_HOSTNQN"
+  echo "nvmet: host $NVMET_HOSTNQN must authenticate ($(cat "$host/dhchap_hash"), $(cat "$host/dhchap_dhgroup")$([ -n "$NVMET_DHCHAP_CTRL_KEY" ] && echo ", bidirectional"))"
+else
+  echo 1 >"$sub/attr_allow_any_host"
+fi
 [ -n "$NVMET_SERIAL" ] && echo "$NVMET_SERIAL" >"$sub/attr_serial"
 mkdir "$sub/namespaces/1"
 echo "$NVMET_DEVICE" >"$sub/namespaces/1/device_path"

@@ -26,5 +26,5 @@ pub mod tandem;
 
 pub use error::{Error, Result};
 pub use guest::{Disk, GuestConfig, GuestOutcome, NetBackend, Nic, RunningGuest, run, spawn};
-pub use image::GuestImage;
+pub use image::{GuestImage, Release};
 pub use netns::Netns;

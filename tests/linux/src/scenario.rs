@@ -21,6 +21,10 @@ pub const INITIATOR_APPLIANCE_SCRIPT: &str = include_str!("../guest/initiator-ap
 /// Guest script: the fio benchmark against several targets at once, job by
 /// job (env TARGETS, FIO_JOBS, …).
 pub const FIO_COMPARE_SCRIPT: &str = include_str!("../guest/fio-compare.sh");
+/// Guest script: NVMe in-band authentication (DH-HMAC-CHAP) against a target
+/// that requires it (no secret, wrong secret, right secret + fio verify,
+/// bidirectional, wrong controller secret). Needs the Debian 13 guest.
+pub const INITIATOR_AUTH_SCRIPT: &str = include_str!("../guest/initiator-auth.sh");
 /// Guest script: the fio benchmark (env FIO_JOBS, FIO_RUNTIME, …).
 pub const FIO_BENCH_SCRIPT: &str = include_str!("../guest/fio-bench.sh");
 
@@ -177,6 +181,20 @@ impl Rig {
         shape: GuestShape,
         lifetime: Duration,
     ) -> Result<NvmetTarget> {
+        self.start_nvmet_with(image, disk, port, shape, lifetime, None)
+    }
+
+    /// [`Rig::start_nvmet`], and with `auth` only that host may connect and
+    /// it must authenticate (DH-HMAC-CHAP; Debian 13 guest).
+    pub fn start_nvmet_with(
+        &mut self,
+        image: &GuestImage,
+        disk: &Path,
+        port: u16,
+        shape: GuestShape,
+        lifetime: Duration,
+        auth: Option<&NvmetAuth>,
+    ) -> Result<NvmetTarget> {
         let endpoint = Endpoint {
             address: Ipv4Addr::new(10, 0, 0, 10),
             port,
@@ -197,6 +215,15 @@ impl Rig {
             .env("NVMET_SERIAL", "nvmetref0001")
             .env("NVMET_LIFETIME", lifetime.as_secs())
             .timeout(lifetime + Duration::from_secs(60));
+        let config = match auth {
+            None => config,
+            Some(a) => config
+                .env("NVMET_HOSTNQN", &a.hostnqn)
+                .env("NVMET_DHCHAP_KEY", &a.host_secret)
+                .env("NVMET_DHCHAP_CTRL_KEY", a.ctrl_secret.as_deref().unwrap_or(""))
+                .env("NVMET_DHCHAP_HASH", &a.hash)
+                .env("NVMET_DHCHAP_DHGROUP", &a.dhgroup),
+        };
         Ok(NvmetTarget {
             guest: spawn(image, &config)?,
             endpoint,
@@ -236,6 +263,26 @@ impl Rig {
         Ok(endpoint.env(c).env("CONNECT_OPTS", connect_opts))
     }
 
+    /// The authentication initiator ([`INITIATOR_AUTH_SCRIPT`]) against
+    /// `endpoint`, as host `auth.hostnqn`, with the wrong secrets to try.
+    pub fn auth_initiator(
+        &mut self,
+        endpoint: &Endpoint,
+        auth: &AuthCase,
+        shape: GuestShape,
+    ) -> Result<GuestConfig> {
+        let c = self
+            .guest("initiator", INITIATOR_AUTH_SCRIPT, shape)?
+            .timeout(Duration::from_secs(300));
+        Ok(endpoint
+            .env(c)
+            .env("HOSTNQN", &auth.hostnqn)
+            .env("HOST_SECRET", &auth.host_secret)
+            .env("WRONG_SECRET", &auth.wrong_secret)
+            .env("CTRL_SECRET", &auth.ctrl_secret)
+            .env("WRONG_CTRL_SECRET", &auth.wrong_ctrl_secret))
+    }
+
     /// The fio benchmark initiator against `endpoint`.
     pub fn bench_initiator(
         &mut self,
@@ -254,6 +301,58 @@ impl Rig {
             .env("FIO_RUNTIME", runtime.as_secs())
             .env("FIO_RAMP", 2))
     }
+}
+
+/// DH-HMAC-CHAP for Linux's nvmet: the one host allowed, its secrets
+/// (`DHHC-1:…`), and the hash and DH group nvmet picks
+/// (`hmac(sha256)`…, `null`/`ffdhe2048`…).
+#[derive(Debug, Clone)]
+pub struct NvmetAuth {
+    pub hostnqn: String,
+    pub host_secret: String,
+    pub ctrl_secret: Option<String>,
+    pub hash: String,
+    pub dhgroup: String,
+}
+
+/// What [`Rig::auth_initiator`] tries: the right and wrong secrets of one host
+/// (`ctrl_secret` empty: no bidirectional cases).
+#[derive(Debug, Clone)]
+pub struct AuthCase {
+    pub hostnqn: String,
+    pub host_secret: String,
+    pub wrong_secret: String,
+    pub ctrl_secret: String,
+    pub wrong_ctrl_secret: String,
+}
+
+/// A DH-HMAC-CHAP secret as `nvme gen-dhchap-key` prints it:
+/// `DHHC-1:<transform>:<base64 of key ‖ CRC-32(key), little-endian>:`, with
+/// `transform` 0 (none), 1 (SHA-256), 2 (SHA-384) or 3 (SHA-512).
+pub fn dhchap_secret(transform: u8, key: &[u8]) -> String {
+    let mut crc: u32 = !0;
+    for &b in key {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    let mut bytes = key.to_vec();
+    bytes.extend_from_slice(&(!crc).to_le_bytes());
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    format!("DHHC-1:{transform:02}:{b64}:")
 }
 
 /// A running nvmet-tcp guest.
@@ -332,4 +431,20 @@ pub fn collect_fio(outcome: &GuestOutcome, jobs: &[FioJob]) -> Result<Vec<FioRes
             fio::parse(job.name, &text)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dhchap_secret_has_the_nvme_cli_format() {
+        // 32 bytes 0x00..0x1f; CRC-32 of them is 0x91267E8A.
+        let key: Vec<u8> = (0u8..32).collect();
+        let s = dhchap_secret(1, &key);
+        assert_eq!(
+            s,
+            "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:"
+        );
+    }
 }

@@ -1,0 +1,122 @@
+//! NVMe in-band authentication (DH-HMAC-CHAP) with the stock Linux 6.12 host
+//! (the Debian 13 guest: `CONFIG_NVME_AUTH`, nvme-cli 2.13).
+//!
+//! `linux_host_authenticates_to_linux_nvmet`: the harness's own proof, against
+//! Linux's nvmet (`CONFIG_NVME_TARGET_AUTH`) requiring authentication of one
+//! host: no secret and a wrong secret are refused, the right secret connects
+//! (fio verify), bidirectional with the controller's secret connects, a wrong
+//! controller secret makes the host refuse the target. Boots two TCG guests
+//! (~1–2 min): ignored by default, run with `--ignored`.
+//!
+//! Needs root (network namespace) and QEMU; builds the Debian 13 guest
+//! (`tests/linux/build-guest.sh --release debian13`) on first use.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tandem_linux_guest::image::guest_dir;
+use tandem_linux_guest::scenario::{
+    AuthCase, GuestShape, NvmetAuth, Rig, Segment, create_disk, dhchap_secret,
+};
+use tandem_linux_guest::{GuestImage, Release};
+
+const HOST_NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:0c4f1d2e-9a8b-4c7d-8e6f-5a4b3c2d1e0f";
+
+/// Two TCG guests per test are all two cores carry: one test at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Distinct test keys: `fill` repeated (`len` bytes).
+fn key(fill: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| fill.wrapping_add((i as u8).wrapping_mul(7))).collect()
+}
+
+/// The host's secret with the SHA-256 transform (what `nvme gen-dhchap-key
+/// --hmac=1` makes), the controller's untransformed, a 48-byte wrong one.
+fn auth_case() -> AuthCase {
+    AuthCase {
+        hostnqn: HOST_NQN.into(),
+        host_secret: dhchap_secret(1, &key(0x11, 32)),
+        wrong_secret: dhchap_secret(1, &key(0x12, 32)),
+        ctrl_secret: dhchap_secret(0, &key(0x21, 48)),
+        wrong_ctrl_secret: dhchap_secret(0, &key(0x22, 48)),
+    }
+}
+
+fn check_auth_output(out: &str) {
+    for expected in [
+        "no secret: refused",
+        "wrong secret: refused",
+        "right secret: ok",
+        "bidirectional: ok",
+        "wrong controller secret: refused",
+        "err= 0",
+        "=== PASS",
+    ] {
+        assert!(out.contains(expected), "initiator output lacks {expected:?}:\n{out}");
+    }
+}
+
+fn linux_host_against_nvmet_auth(label: &str, hash: &str, dhgroup: &str) {
+    if !is_root() {
+        eprintln!("\n!!! SKIPPED {label}: needs root (network namespace)\n");
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let image = GuestImage::ensure_release(Release::Debian13).unwrap_or_else(|e| panic!("{e}"));
+    let mut rig = Rig::with_segment(label, Segment::Mcast).unwrap_or_else(|e| panic!("{e}"));
+    let disk = guest_dir().join("runs").join(format!("{label}-disk.raw"));
+    create_disk(&disk, 128 << 20).unwrap();
+    let case = auth_case();
+    let auth = NvmetAuth {
+        hostnqn: case.hostnqn.clone(),
+        host_secret: case.host_secret.clone(),
+        ctrl_secret: Some(case.ctrl_secret.clone()),
+        hash: hash.into(),
+        dhgroup: dhgroup.into(),
+    };
+    let shape = GuestShape::default();
+    let mut target = rig
+        .start_nvmet_with(&image, &disk, 4420, shape, Duration::from_secs(400), Some(&auth))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let initiator = rig
+        .auth_initiator(&target.endpoint, &case, shape)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let initiator = tandem_linux_guest::spawn(&image, &initiator).unwrap_or_else(|e| panic!("{e}"));
+    target
+        .wait_ready(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let outcome = initiator.wait();
+    let target_outcome = target.stop().unwrap_or_else(|e| panic!("{e}"));
+    let outcome = outcome.unwrap_or_else(|e| panic!("{e}"));
+    outcome.check().unwrap_or_else(|e| panic!("{e}"));
+    target_outcome.check().unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&disk);
+    check_auth_output(&outcome.output);
+    assert!(
+        target_outcome.output.contains("must authenticate"),
+        "{}",
+        target_outcome.output
+    );
+    eprintln!(
+        "{label}: initiator guest {:.1} s, whole test {:.1} s",
+        outcome.elapsed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+#[ignore = "boots two TCG guests (~2 min); run with --ignored"]
+fn linux_host_authenticates_to_linux_nvmet() {
+    linux_host_against_nvmet_auth("auth-nvmet", "hmac(sha256)", "null");
+}
+
+#[test]
+#[ignore = "boots two TCG guests (~2 min); run with --ignored"]
+fn linux_host_authenticates_to_linux_nvmet_with_ffdhe2048_sha512() {
+    linux_host_against_nvmet_auth("auth-nvmet-dh", "hmac(sha512)", "ffdhe2048");
+}
