@@ -12,6 +12,11 @@
 //! The witness is on both segments, like the data nodes: it hears each of
 //! them on two links, so one lost link or switch is not taken for a dead
 //! node by the witness either.
+//!
+//! A layout may add a third segment for the hosts' paths (net2 of a and b,
+//! `.1` and `.2`; [`PairLayout::host_path`]): then a host reaches a data
+//! node even while that node's front-end is cut off, and each node's
+//! discovery log names the peer's portal on both segments.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -228,6 +233,9 @@ pub struct PairLayout {
     /// standalone target and the witness an idle image: for images that do
     /// not know the keys.
     pub ha_keys: bool,
+    /// A segment of the hosts' own (net2 of the data nodes; the witness is
+    /// not on it). `cargo tandem up` has none: its hosts use the front-end.
+    pub host_path: Option<Subnet>,
 }
 
 impl Default for PairLayout {
@@ -237,6 +245,7 @@ impl Default for PairLayout {
             replication: DEFAULT_REPLICATION,
             nqn: DEFAULT_PAIR_NQN.into(),
             ha_keys: true,
+            host_path: None,
         }
     }
 }
@@ -250,6 +259,15 @@ impl PairLayout {
                 self.front_end, self.replication
             )));
         }
+        if let Some(host_path) = self.host_path {
+            for (what, other) in [("front-end", self.front_end), ("replication", self.replication)] {
+                if host_path.overlaps(other) {
+                    return Err(Error::Usage(format!(
+                        "the host path subnet {host_path} and the {what} subnet {other} overlap"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -259,6 +277,12 @@ impl PairLayout {
 
     pub fn replication_address(&self, node: NodeName) -> Ipv4Addr {
         self.replication.host(node.number().into())
+    }
+
+    /// The data node's address on the host path segment, if there is one.
+    pub fn host_path_address(&self, node: NodeName) -> Option<Ipv4Addr> {
+        let host_path = self.host_path?;
+        node.has_disk().then(|| host_path.host(node.number().into()))
     }
 
     /// This machine's address on the front-end segment.
@@ -279,12 +303,21 @@ impl PairLayout {
         let repl = |n: NodeName| self.replication_address(n).to_string();
         match node.peer() {
             Some(peer) => {
+                if let (Some(host_path), Some(address)) =
+                    (self.host_path, self.host_path_address(node))
+                {
+                    c.set("net2", host_path.cidr(address));
+                }
                 c.set("nqn", self.nqn.as_str());
                 if let Some((low, high)) = cntlid_range(node) {
                     c.set("cntlid", format!("{low}-{high}"));
                 }
-                // The peer's portal, for the discovery log.
-                c.set("peer", front(peer));
+                // The peer's portals, for the discovery log.
+                let mut portals = front(peer);
+                if let Some(address) = self.host_path_address(peer) {
+                    portals += &format!(",{address}");
+                }
+                c.set("peer", portals);
                 if self.ha_keys {
                     c.set("node", node.as_str());
                     c.set("peer_repl", repl(peer));
@@ -516,6 +549,31 @@ mod tests {
             "net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 \
              node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2"
         );
+    }
+
+    #[test]
+    fn a_host_path_segment_is_net2_of_the_data_nodes_and_a_second_peer_portal() {
+        let l = PairLayout {
+            host_path: Some("10.79.0.0/24".parse().unwrap()),
+            ..PairLayout::default()
+        };
+        l.validate().unwrap();
+        assert_eq!(
+            l.cmdline(NodeName::B, "").to_string(),
+            "net0=10.77.0.2/24 net1=10.78.0.2/24 net2=10.79.0.2/24 \
+             nqn=nqn.2026-11.io.tandem:storage cntlid=32768-65519 peer=10.77.0.1,10.79.0.1 \
+             node=b peer_repl=10.78.0.1 witness=10.77.0.3 witness_repl=10.78.0.3"
+        );
+        assert_eq!(l.host_path_address(NodeName::Witness), None);
+        assert_eq!(
+            l.cmdline(NodeName::Witness, "").to_string(),
+            PairLayout::default().cmdline(NodeName::Witness, "").to_string()
+        );
+        let overlapping = PairLayout {
+            host_path: Some("10.78.0.0/16".parse().unwrap()),
+            ..PairLayout::default()
+        };
+        assert!(overlapping.validate().is_err());
     }
 
     #[test]

@@ -216,6 +216,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         replication: args.replication,
         nqn: args.nqn,
         ha_keys: args.ha_keys,
+        host_path: None,
     };
     layout.validate()?;
     let image = image::build_image()?;

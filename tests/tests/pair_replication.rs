@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use tandem_nvme::wire::status::Status;
-use tandem_qemu::{NetBackend, Node, TempDir, disk, free_port};
+use tandem_qemu::{NetBackend, Node, NodeName, PairLayout, TempDir, disk, free_port};
 use tandem_tests::nvme::{Queue, pattern};
 use tandem_tests::{Netns, READY_TIMEOUT, is_root, skip, tcg_vm, user_nic};
 
@@ -27,6 +27,13 @@ fn wait_for_role(node: &mut Node, role: &str, timeout: Duration) -> String {
         .unwrap_or_else(|e| panic!("no `role {role}` line: {e}\n{}", node.console_log()))
 }
 
+/// The command line of a member: `cargo tandem up`'s layout with the test's
+/// NQN, timing and no status port.
+fn member_cmdline(node: NodeName) -> String {
+    let layout = PairLayout { nqn: NQN.into(), ..PairLayout::default() };
+    layout.cmdline(node, &format!("status_port=0 {TIMING}")).to_string()
+}
+
 struct Pair {
     ns: Netns,
     dir: TempDir,
@@ -38,20 +45,13 @@ struct Pair {
 }
 
 fn data_node_spec(pair_dir: &std::path::Path, ns: &Netns, index: usize, disk_path: &std::path::Path, port: u16, segments: (u16, u16)) -> tandem_qemu::VmSpec {
-    let name = ["a", "b"][index];
-    let me = index + 1;
-    let peer = 2 - index;
-    let cmdline = format!(
-        "net0=10.77.0.{me}/24 net1=10.78.0.{me}/24 node={name} peer=10.77.0.{peer} peer_repl=10.78.0.{peer} \
-         witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING}",
-        me * 1000,
-        me * 1000 + 999
-    );
-    let mut spec = tcg_vm(name, pair_dir, &cmdline)
+    let node = [NodeName::A, NodeName::B][index];
+    let me = node.number();
+    let mut spec = tcg_vm(node.as_str(), pair_dir, &member_cmdline(node))
         .disk(disk_path)
-        .nic(me as u8, segment(segments.0))
-        .nic(me as u8, segment(segments.1))
-        .nic(me as u8, user_nic(&[(port, 4420)]));
+        .nic(me, segment(segments.0))
+        .nic(me, segment(segments.1))
+        .nic(me, user_nic(&[(port, 4420)]));
     spec.netns = Some(ns.name.clone());
     spec
 }
@@ -86,7 +86,7 @@ impl Pair {
         let mut spec = tcg_vm(
             "witness",
             dir.path(),
-            &format!("net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2 status_port=0 {TIMING}"),
+            &member_cmdline(NodeName::Witness),
         )
         .nic(3, segment(segments.0))
         .nic(3, segment(segments.1));

@@ -16,7 +16,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tandem_qemu::{NetBackend, Node, TempDir, disk};
+use tandem_qemu::layout::cntlid_range;
+use tandem_qemu::{NetBackend, Node, NodeName, PairLayout, TempDir, disk};
 use tandem_tests::nvme::{Queue, tcp_to};
 use tandem_tests::{Netns, READY_TIMEOUT, is_root, skip, tcg_vm};
 
@@ -68,20 +69,22 @@ struct Pair {
     disks: Vec<std::path::PathBuf>,
 }
 
+/// The pair's layout: `cargo tandem up`'s segments plus the host path.
+fn layout() -> PairLayout {
+    PairLayout { nqn: NQN.into(), host_path: Some("10.79.0.0/24".parse().unwrap()), ..PairLayout::default() }
+}
+
+fn member_cmdline(node: NodeName) -> String {
+    let log = std::env::var("TANDEM_TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
+    layout().cmdline(node, &format!("status_port=0 {TIMING} log={log}")).to_string()
+}
+
 fn data_node_spec(dir: &std::path::Path, ns: &Netns, index: usize, disk_path: &std::path::Path) -> tandem_qemu::VmSpec {
     let name = NAMES[index];
-    let me = index + 1;
-    let peer = 2 - index;
-    let cmdline = format!(
-        "net0=10.77.0.{me}/24 net1=10.78.0.{me}/24 net2=10.79.0.{me}/24 node={name} peer=10.77.0.{peer},10.79.0.{peer} \
-         peer_repl=10.78.0.{peer} witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING} log={}",
-        me * 1000,
-        me * 1000 + 999,
-        std::env::var("TANDEM_TAKEOVER_LOG").unwrap_or_else(|_| "info".into())
-    );
-    let mut spec = tcg_vm(name, dir, &cmdline).disk(disk_path);
+    let node = [NodeName::A, NodeName::B][index];
+    let mut spec = tcg_vm(name, dir, &member_cmdline(node)).disk(disk_path);
     for nic in 0..3 {
-        spec = spec.nic(me as u8, NetBackend::Tap { ifname: format!("{name}{nic}") });
+        spec = spec.nic(node.number(), NetBackend::Tap { ifname: format!("{name}{nic}") });
     }
     spec.netns = Some(ns.name.clone());
     spec
@@ -115,7 +118,7 @@ impl Pair {
         let mut spec = tcg_vm(
             "witness",
             dir.path(),
-            &format!("net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2 status_port=0 {TIMING}"),
+            &member_cmdline(NodeName::Witness),
         )
         .nic(3, NetBackend::Tap { ifname: "w0".into() })
         .nic(3, NetBackend::Tap { ifname: "w1".into() });
@@ -182,7 +185,8 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     });
     for _ in 0..2 {
         let cntlid = connected_rx.recv_timeout(Duration::from_secs(60)).expect("the host connected to the primary");
-        assert!((first + 1) * 1000 <= cntlid as usize && (cntlid as usize) < (first + 2) * 1000, "controller {cntlid} is the primary's");
+        let (low, high) = cntlid_range([NodeName::A, NodeName::B][first]).unwrap();
+        assert!((low..=high).contains(&cntlid), "controller {cntlid} is the primary's ({low}-{high})");
     }
 
     // The survivor-to-be has the primary's list of them.
@@ -289,7 +293,8 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         )
     });
     eprintln!("new connection to {dead_portal} after the release: controller {} in {:?}", cntlid.0, cntlid.1);
-    assert!((first + 1) * 1000 <= cntlid.0 as usize && (cntlid.0 as usize) < (first + 2) * 1000, "controller {} is the returning node's", cntlid.0);
+    let (low, high) = cntlid_range([NodeName::A, NodeName::B][first]).unwrap();
+    assert!((low..=high).contains(&cntlid.0), "controller {} is the returning node's ({low}-{high})", cntlid.0);
     assert!(cntlid.1 < Duration::from_secs(3), "the host's ARP cache pointed back at the returning node at once");
     for node in &pair.nodes {
         assert!(!node.console_log().contains("tandem: panic"), "{}", node.console_log());

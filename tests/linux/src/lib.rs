@@ -13,9 +13,13 @@
 //! multicast segments on the loopback of a network namespace ([`Netns`]), or
 //! taps in such a namespace.
 //!
+//! [`cluster`] is the HA pair (a, b, the witness) with a Linux host on
+//! both paths, for the HA tests.
+//!
 //! [`scenario`] has ready-made guests: an nvmet-tcp target, a smoke-test
 //! initiator and the fio benchmark; [`fio`] parses and renders fio results.
 
+pub mod cluster;
 pub mod error;
 pub mod fio;
 pub mod guest;
