@@ -44,6 +44,10 @@ pub struct Initiator {
     ddgst: bool,
     maxh2cdata: u32,
     rx: Vec<u8>,
+    /// Bytes of `rx` already decoded: dropped in one move once they are
+    /// most of the buffer, not after every PDU (a 128 KiB read arrives as
+    /// many PDUs in one socket read).
+    rx_start: usize,
     out: Vec<u8>,
     /// Write data waiting for R2Ts, by command ID.
     pending_writes: BTreeMap<u16, Vec<u8>>,
@@ -101,7 +105,16 @@ impl Initiator {
 
     /// Bytes received from the target.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.rx_start > 0 && self.rx_start >= self.rx.len() / 2 {
+            self.rx.drain(..self.rx_start);
+            self.rx_start = 0;
+        }
         self.rx.extend_from_slice(bytes);
+    }
+
+    /// The largest H2CData the target accepts (from ICResp; 0 before it).
+    pub fn maxh2cdata(&self) -> u32 {
+        self.maxh2cdata
     }
 
     /// A fresh command ID.
@@ -136,7 +149,7 @@ impl Initiator {
     /// Decodes the next PDU from the received bytes.
     pub fn poll_event(&mut self) -> Result<Option<HostEvent>, Error> {
         loop {
-            let pdu = match pdu::decode(&self.rx, &self.crc) {
+            let pdu = match pdu::decode(&self.rx[self.rx_start..], &self.crc) {
                 Ok(p) => p,
                 Err(Error::Truncated) => return Ok(None),
                 Err(e) => return Err(e),
@@ -144,7 +157,11 @@ impl Initiator {
             let total = pdu.layout.total_len;
             let data = pdu.data.to_vec();
             let repr = pdu.repr.clone();
-            self.rx.drain(..total);
+            self.rx_start += total;
+            if self.rx_start == self.rx.len() {
+                self.rx.clear();
+                self.rx_start = 0;
+            }
             let ev = match repr {
                 Repr::IcResp(r) => {
                     self.hdgst = r.digest & DIGEST_HEADER != 0;

@@ -19,6 +19,9 @@ commands:
   bench boot [options]  measure boot time, image size, smallest memory and
                         idle CPU under TCG; writes the Boot section of
                         docs/benchmarks.md
+  bench nvme --address A --subnqn NQN [options]
+                        load any NVMe/TCP target from this machine (no VM):
+                        IOPS, MiB/s, latency percentiles per job
   up [options]          start nodes a, b and the witness in the background
                         (whichever is not running), wait until all are ready,
                         print the front-end portals
@@ -49,6 +52,31 @@ bench boot options:
   --runs N              boots to take the median of (default 10)
   --output FILE         markdown file to update (default docs/benchmarks.md)
   --no-write            print the section without writing it
+
+bench nvme options:
+  --address A           the target's address or host name (required)
+  --port P              its NVMe/TCP port (default 4420)
+  --subnqn NQN          the subsystem to connect to (required)
+  --hostnqn NQN         the host NQN to connect as (default a uuid NQN)
+  --nsid N              the namespace (default 1)
+  --jobs LIST           comma-separated, in order (default all): randwrite-4k,
+                        randread-4k, randrw-4k (70 % reads), write-128k,
+                        read-128k (sequential), qd1-randread-4k (latency:
+                        always 1 connection at depth 1), qd1-randwrite-4k
+  --connections LIST    I/O queues, one TCP connection each (default 1); a
+                        comma-separated list runs every job at each
+  --depth LIST          commands outstanding per queue (default 32); a list
+                        as for --connections (a sweep)
+  --rate IOPS           open loop: start IOPS commands a second in all
+                        (latency counts from when each was due); default
+                        closed loop (keep --depth outstanding)
+  --runtime SECS        measured time per job (default 10)
+  --ramp SECS           unmeasured time before it (default 1)
+  --range SIZE          use only the first SIZE of the namespace, e.g. 1G
+  --verify              write self-describing blocks; check every read
+                        (and every block read after this run wrote it)
+  --json FILE           also write the results as JSON
+  --quiet               no progress line per second
 
 up, console, fault, status, down options:
   --dir DIR             the setup's directory: pid files, sockets, console
@@ -200,11 +228,145 @@ impl Default for UpArgs {
     }
 }
 
+/// `bench nvme` as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvmeBenchArgs {
+    pub target: crate::nvme_load::Target,
+    /// The jobs (each with the first connections and depth; a sweep runs
+    /// every job at every pair of `connections` × `depth`).
+    pub jobs: Vec<String>,
+    pub connections: Vec<u32>,
+    pub depth: Vec<u32>,
+    pub rate: Option<u64>,
+    pub runtime_secs: u64,
+    pub ramp_secs: u64,
+    pub range: Option<u64>,
+    pub verify: bool,
+    pub json: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl NvmeBenchArgs {
+    /// Every job to run, in order: each named job at each connections ×
+    /// depth (a `qd1-` job once).
+    pub fn job_specs(&self) -> Vec<crate::nvme_load::JobSpec> {
+        let mut specs = Vec::new();
+        for name in &self.jobs {
+            for &c in &self.connections {
+                for &d in &self.depth {
+                    let mut spec = crate::nvme_load::JobSpec::named(name, c, d)
+                        .expect("job names are checked when parsing");
+                    if name.starts_with("qd1-") && specs.iter().any(|s: &crate::nvme_load::JobSpec| s.name == *name) {
+                        continue;
+                    }
+                    spec.rate = self.rate;
+                    spec.runtime = std::time::Duration::from_secs(self.runtime_secs);
+                    spec.ramp = std::time::Duration::from_secs(self.ramp_secs);
+                    spec.range = self.range;
+                    spec.verify = self.verify;
+                    specs.push(spec);
+                }
+            }
+        }
+        specs
+    }
+}
+
+/// Parses the options of `bench nvme` (after `nvme`).
+pub fn parse_bench_nvme(args: &[String]) -> Result<NvmeBenchArgs> {
+    use crate::nvme_load::{DEFAULT_PORT, JOB_NAMES, JobSpec, Target};
+    let mut options = Options { args: args.iter() };
+    let mut address = None;
+    let mut subnqn = None;
+    let mut target = Target::new("", DEFAULT_PORT, "");
+    let mut a = NvmeBenchArgs {
+        target: target.clone(),
+        jobs: JOB_NAMES.iter().map(|s| s.to_string()).collect(),
+        connections: vec![1],
+        depth: vec![32],
+        rate: None,
+        runtime_secs: 10,
+        ramp_secs: 1,
+        range: None,
+        verify: false,
+        json: None,
+        quiet: false,
+    };
+    let list = |name: &str, value: &str| -> Result<Vec<u32>> {
+        let v: Vec<u32> = value
+            .split(',')
+            .map(|x| number(name, x.trim(), "a number or a comma-separated list"))
+            .collect::<Result<_>>()?;
+        if v.iter().any(|&x| x == 0) {
+            return Err(Error::Usage(format!("--{name}: must be at least 1")));
+        }
+        Ok(v)
+    };
+    while let Some(option) = options.next() {
+        let (name, inline) = option?;
+        match name.as_str() {
+            "verify" => a.verify = true,
+            "quiet" => a.quiet = true,
+            _ => {
+                let value = options.value(&name, inline)?;
+                match name.as_str() {
+                    "address" => address = Some(value),
+                    "port" => target.port = number(&name, &value, "a port number")?,
+                    "subnqn" => subnqn = Some(value),
+                    "hostnqn" => target.hostnqn = value,
+                    "nsid" => target.nsid = number(&name, &value, "a namespace ID")?,
+                    "jobs" => {
+                        a.jobs = value.split(',').map(|j| j.trim().to_string()).collect();
+                        if let Some(bad) = a.jobs.iter().find(|j| JobSpec::named(j, 1, 1).is_none()) {
+                            return Err(Error::Usage(format!(
+                                "--jobs: unknown job `{bad}` (have: {}, qd1-randwrite-4k)",
+                                JOB_NAMES.join(", ")
+                            )));
+                        }
+                    }
+                    "connections" => a.connections = list(&name, &value)?,
+                    "depth" => a.depth = list(&name, &value)?,
+                    "rate" => {
+                        let rate: u64 = number(&name, &value, "commands a second")?;
+                        if rate == 0 {
+                            return Err(Error::Usage("--rate: must be at least 1".into()));
+                        }
+                        a.rate = Some(rate);
+                    }
+                    "runtime" => {
+                        a.runtime_secs = number(&name, &value, "seconds")?;
+                        if a.runtime_secs == 0 {
+                            return Err(Error::Usage("--runtime: must be at least 1".into()));
+                        }
+                    }
+                    "ramp" => a.ramp_secs = number(&name, &value, "seconds")?,
+                    "range" => a.range = Some(parse_size(&value)?),
+                    "json" => a.json = Some(PathBuf::from(value)),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "bench nvme: unknown option --{name}\n\n{USAGE}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    target.address = address.ok_or_else(|| {
+        Error::Usage("bench nvme: --address is required (the target's address)".into())
+    })?;
+    target.subnqn = subnqn.ok_or_else(|| {
+        Error::Usage("bench nvme: --subnqn is required (the subsystem NQN; `nvme discover` lists it)".into())
+    })?;
+    a.target = target;
+    Ok(a)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Image,
     Run(RunOptions),
     BenchBoot(BenchOptions),
+    BenchNvme(NvmeBenchArgs),
     Help,
     Up(UpArgs),
     Down {
@@ -407,12 +569,17 @@ pub fn parse(args: &[String]) -> Result<Command> {
         "bench" => {
             match rest.first().map(String::as_str) {
                 Some("boot") => {}
+                Some("nvme") => return Ok(Command::BenchNvme(parse_bench_nvme(&rest[1..])?)),
                 Some(other) => {
                     return Err(Error::Usage(format!(
-                        "bench: unknown benchmark `{other}` (have: boot)"
+                        "bench: unknown benchmark `{other}` (have: boot, nvme)"
                     )));
                 }
-                None => return Err(Error::Usage("bench: which benchmark? (have: boot)".into())),
+                None => {
+                    return Err(Error::Usage(
+                        "bench: which benchmark? (have: boot, nvme)".into(),
+                    ));
+                }
             }
             let mut options = Options {
                 args: rest[1..].iter(),
@@ -565,12 +732,61 @@ mod tests {
             "bench",
             "bench cpu",
             "bench boot --runs 0",
+            "bench nvme",
+            "bench nvme --address 10.0.0.1",
+            "bench nvme --subnqn nqn.x",
+            "bench nvme --address a --subnqn n --jobs randread-4k,bogus",
+            "bench nvme --address a --subnqn n --depth 0",
+            "bench nvme --address a --subnqn n --depth 1,x",
+            "bench nvme --address a --subnqn n --rate 0",
+            "bench nvme --address a --subnqn n --runtime 0",
+            "bench nvme --address a --subnqn n --frobnicate",
         ] {
             match parse(&args(bad)) {
                 Err(Error::Usage(_)) => {}
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn bench_nvme_options() {
+        let Command::BenchNvme(a) = parse(&args(
+            "bench nvme --address 10.0.0.11 --subnqn nqn.x --port 4421 --jobs randread-4k,qd1-randread-4k \
+             --connections 1,2 --depth 4,32 --runtime 3 --ramp 0 --verify --range 64M --json /tmp/r.json",
+        ))
+        .unwrap() else {
+            panic!("not bench nvme")
+        };
+        assert_eq!(a.target.address, "10.0.0.11");
+        assert_eq!(a.target.port, 4421);
+        assert_eq!(a.target.subnqn, "nqn.x");
+        assert_eq!(a.target.nsid, 1);
+        assert_eq!(a.range, Some(64 << 20));
+        assert!(a.verify && !a.quiet);
+        let specs = a.job_specs();
+        // randread-4k at 2 × 2 shapes, the QD1 job once.
+        let shapes: Vec<(String, u32, u32)> = specs
+            .iter()
+            .map(|s| (s.name.clone(), s.connections, s.depth))
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                ("randread-4k".to_string(), 1, 4),
+                ("randread-4k".to_string(), 1, 32),
+                ("randread-4k".to_string(), 2, 4),
+                ("randread-4k".to_string(), 2, 32),
+                ("qd1-randread-4k".to_string(), 1, 1),
+            ]
+        );
+        assert!(specs.iter().all(|s| s.verify && s.runtime.as_secs() == 3 && s.ramp.is_zero()));
+        let Command::BenchNvme(d) = parse(&args("bench nvme --address h --subnqn n --rate 5000")).unwrap() else {
+            panic!("not bench nvme")
+        };
+        assert_eq!(d.target.port, 4420);
+        assert_eq!(d.rate, Some(5000));
+        assert_eq!(d.job_specs().len(), crate::nvme_load::JOB_NAMES.len());
     }
 
     #[test]

@@ -45,6 +45,18 @@ pub enum Error {
     Node { node: String, source: Box<Error> },
     /// The pair setup is not in a state the command can work with.
     Setup(String),
+    /// No TCP connection to an NVMe/TCP target (`bench nvme`).
+    TargetUnreachable { target: String, source: io::Error },
+    /// An NVMe/TCP target would not set up a connection, a controller or a
+    /// queue: what it was asked and what it said.
+    TargetRefused {
+        target: String,
+        step: String,
+        reason: String,
+    },
+    /// An NVMe/TCP target failed during a run (connection lost, malformed
+    /// PDUs, commands not answered).
+    TargetFailed { target: String, reason: String },
 }
 
 impl Error {
@@ -127,6 +139,19 @@ impl fmt::Display for Error {
             }
             Error::Node { node, source } => write!(f, "node {node}: {source}"),
             Error::Setup(message) => write!(f, "{message}"),
+            Error::TargetUnreachable { target, source } => write!(
+                f,
+                "cannot reach the NVMe/TCP target {target}: {source} \
+                 (is the address right, and does the target listen on that port?)"
+            ),
+            Error::TargetRefused {
+                target,
+                step,
+                reason,
+            } => write!(f, "the NVMe/TCP target {target} refused {step}: {reason}"),
+            Error::TargetFailed { target, reason } => {
+                write!(f, "the NVMe/TCP target {target} failed during the run: {reason}")
+            }
         }
     }
 }
@@ -136,7 +161,8 @@ impl std::error::Error for Error {
         match self {
             Error::PortInUse { source, .. }
             | Error::DiskUnreadable { source, .. }
-            | Error::Io { source, .. } => Some(source),
+            | Error::Io { source, .. }
+            | Error::TargetUnreachable { source, .. } => Some(source),
             Error::Node { source, .. } => Some(source.as_ref()),
             _ => None,
         }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod image;
 pub mod layout;
 pub mod node;
+pub mod nvme_load;
 pub mod pair;
 pub mod pairnet;
 pub mod qmp;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions, UpArgs};
 use tandem_qemu::{
     Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PairLayout, PortForward,
-    Result, TempDir, VmSpec, accel, bench, disk, image, node, pair, pairnet,
+    Result, TempDir, VmSpec, accel, bench, disk, image, node, nvme_load, pair, pairnet,
 };
 
 fn main() -> ExitCode {
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         }
         Command::Run(options) => run(options),
         Command::BenchBoot(options) => bench_boot(options),
+        Command::BenchNvme(args) => bench_nvme(&args),
         Command::Help => {
             println!("{}", cli::USAGE);
             Ok(ExitCode::SUCCESS)
@@ -248,6 +249,27 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     eprint!("{err}");
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_nvme(args: &cli::NvmeBenchArgs) -> Result<ExitCode> {
+    let results = nvme_load::run_all(args, &mut std::io::stderr())?;
+    print!("{}", nvme_load::render_table(&results));
+    if results.iter().all(nvme_load::JobResult::ok) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for r in results.iter().filter(|r| !r.ok()) {
+            if let Some(e) = &r.first_error {
+                eprintln!("tandem: {}: {} commands failed; the first: {e}", r.spec_name, r.errors);
+            }
+            if let Some(e) = &r.first_verify_failure {
+                eprintln!(
+                    "tandem: {}: {} reads did not return what was written; the first: {e}",
+                    r.spec_name, r.verify_failures
+                );
+            }
+        }
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn bench_boot(options: BenchOptions) -> Result<ExitCode> {
