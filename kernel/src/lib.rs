@@ -1,11 +1,22 @@
-//! The tandem image's host-testable logic: command-line configuration,
-//! console command parsing and the disk test pattern. The hardware layer and
-//! the event loop live in the binary (`main.rs`).
+//! The tandem image's logic, free of `unsafe` and tested on the host:
+//! command-line configuration, console command parsing, the disk test
+//! pattern, and the glue that pumps data between the devices and the
+//! protocol crates — the NVMe/TCP service ([`storage`]), the HA pair's
+//! executor ([`pair`]) and its address takeover ([`takeover`]) — over two
+//! narrow device traits: a NIC's frame queues ([`tandem_net::FrameQueues`],
+//! through [`port::NetPort`]) and a disk's request queue
+//! ([`block::BlockQueue`]). The hardware layer and the event loop live in
+//! the binary (`main.rs`).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod block;
 pub mod config;
 pub mod console;
+pub mod pair;
 pub mod pattern;
+pub mod port;
+pub mod storage;
+pub mod takeover;

@@ -13,17 +13,18 @@ use tandem_net::smoltcp::time::Instant;
 use tandem_net::{FrameDevice, Listener, Nic, NicAddressing, NicEvent};
 
 use crate::hw::disk::Disk;
-use crate::pair::{DataPair, Pair, WitnessMember};
-use crate::storage::NvmeService;
 use tandem_kernel::config::{AnaSetting, HaRole, PairNode};
+use tandem_kernel::pair::{DataPair, Pair, WitnessMember};
+use tandem_kernel::storage::{self, NvmeService};
+use tandem_nvme::Crc32c;
 use virtio_drivers::transport::DeviceType;
 
 use crate::hw::netdev::NetQueues;
 use crate::hw::pci::{self, SharedTransport};
-use crate::hw::{clock, cpu, memory, power, serial};
+use crate::hw::{clock, cpu, crc, memory, power, serial};
 use crate::{print, println};
 
-type NetDevice = FrameDevice<NetQueues>;
+type NetPort = tandem_kernel::port::NetPort<NetQueues>;
 
 /// How long DHCP NICs may take before the machine reports ready anyway.
 const DHCP_READY_TIMEOUT_MICROS: u64 = 10_000_000;
@@ -36,18 +37,10 @@ const NEIGHBOR_REPLAY_MICROS: u64 = 5_000_000;
 /// Sectors per virtio-blk request for the pattern commands (64 KiB).
 const PATTERN_CHUNK_SECTORS: u64 = 128;
 
-pub struct NetPort {
-    pub nic: Nic<NetDevice>,
-    transport: SharedTransport,
-    status: Option<Listener>,
-    /// Status connections being answered (ours to remove once closed).
-    status_connections: Vec<tandem_net::smoltcp::iface::SocketHandle>,
-    /// When the neighbours learned from ARP were last told to smoltcp.
-    neighbors_replayed_micros: u64,
-}
-
 pub struct Machine {
     nets: Vec<NetPort>,
+    /// Each NIC's transport (for its link state), by NIC.
+    net_transports: Vec<SharedTransport>,
     disks: Vec<Disk>,
     editor: LineEditor,
     ready: bool,
@@ -79,6 +72,7 @@ impl Machine {
             println!("tandem: error: {device}");
         }
         let mut nets = Vec::new();
+        let mut net_transports = Vec::new();
         let mut disks = Vec::new();
         for device in devices {
             cpu::unmask_irq(device.irq);
@@ -95,7 +89,8 @@ impl Machine {
                             let nic = Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
                             let status = (config.status_port != 0)
                                 .then(|| Listener::new(config.status_port, STATUS_CONNECTIONS, STATUS_BUFFER_BYTES));
-                            nets.push(NetPort { nic, transport: device.transport, status, status_connections: Vec::new(), neighbors_replayed_micros: 0 });
+                            nets.push(NetPort::new(nic, status));
+                            net_transports.push(device.transport);
                         }
                         Err(error) => println!("tandem: error: {name}: virtio-net at {} failed: {error:?}", device.location),
                     }
@@ -126,7 +121,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None, irq_rounds: [0; 16], halted_micros: 0 }
+        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None, irq_rounds: [0; 16], halted_micros: 0 }
     }
 
     pub fn run(mut self) -> ! {
@@ -167,7 +162,7 @@ impl Machine {
                             nvme.complete(connection, id, outcome, now / 1000);
                         }
                     }
-                    busy |= pair.poll(&mut self.nets, disk, nvme, now);
+                    busy |= pair.poll(&mut self.nets, disk, nvme, &mut serial::Console, now);
                 }
                 // Bytes the NVMe service queued go out in this round.
                 for port in &mut self.nets {
@@ -175,7 +170,7 @@ impl Machine {
                 }
             }
             if let Some(Pair::Witness(witness)) = self.pair.as_mut() {
-                busy |= witness.poll(&mut self.nets, now);
+                busy |= witness.poll(&mut self.nets, &mut serial::Console, now);
             }
             self.check_ready(now);
             // Frames held back for segmentation offload go out now.
@@ -303,7 +298,7 @@ impl Machine {
         match self.config.ha.role {
             HaRole::Standalone => {}
             HaRole::Witness => {
-                match WitnessMember::start(&self.config, &mut self.nets, now) {
+                match WitnessMember::start(&self.config, &mut self.nets, now, clock::boot_stamp()) {
                     Ok(witness) => self.pair = Some(Pair::Witness(witness)),
                     Err(error) => println!("tandem: error: the witness cannot start: {error}"),
                 }
@@ -314,7 +309,7 @@ impl Machine {
                     println!("tandem: error: node={} needs a disk (disk0) for the pair's data", if node == PairNode::A { "a" } else { "b" });
                     return;
                 };
-                match DataPair::start(&self.config, node, &mut self.nets, disk, now) {
+                match DataPair::start(&self.config, node, &mut self.nets, disk, now, clock::boot_stamp()) {
                     Ok(pair) => {
                         pair_data_bytes = Some(pair.data_bytes());
                         self.pair = Some(Pair::Data(pair));
@@ -328,7 +323,8 @@ impl Machine {
                 }
             }
         }
-        match NvmeService::new(&nvme_settings, &self.nets, &self.disks, used + free, pair_data_bytes) {
+        let crc32c = crc::has_sse42().then(|| Crc32c::with_update(crc::update));
+        match NvmeService::new(&nvme_settings, &self.nets, &self.disks, used + free, pair_data_bytes, crc32c) {
             Ok(service) => self.nvme = Some(service),
             Err(error) => println!("tandem: error: the NVMe/TCP target cannot start: {error}"),
         }
@@ -370,8 +366,8 @@ impl Machine {
                 None => println!("error: nvme: the target is not running"),
             },
             Ok(Command::NvmeAna { group, state }) => match self.nvme.as_mut() {
-                Some(nvme) => match nvme.target_mut().set_ana_state(group, crate::storage::ana_state(state)) {
-                    Ok(()) => println!("nvme: ANA group {group} is now {}", crate::storage::ana_state(state).name()),
+                Some(nvme) => match nvme.target_mut().set_ana_state(group, storage::ana_state(state)) {
+                    Ok(()) => println!("nvme: ANA group {group} is now {}", storage::ana_state(state).name()),
                     Err(error) => println!("error: nvme ana: {error}"),
                 },
                 None => println!("error: nvme: the target is not running"),
@@ -418,7 +414,7 @@ impl Machine {
             let _ = write!(text, " irq{line}={rounds}");
         }
         text.push('\n');
-        for port in &self.nets {
+        for (port, transport) in self.nets.iter().zip(&self.net_transports) {
             let counters = port.nic.device().counters();
             let notifications = port.nic.device().notifications();
             let address = match (port.nic.address(), port.nic.addressing()) {
@@ -433,7 +429,7 @@ impl Machine {
                 mac_text(port.nic.device().mac_address()),
                 address,
                 port.nic.gateway().map(|g| format!("{g}")).unwrap_or_else(|| String::from("none")),
-                if port.transport.net_link_up() { "up" } else { "down" },
+                if transport.net_link_up() { "up" } else { "down" },
                 counters.rx_packets.get(),
                 counters.rx_bytes.get(),
                 counters.tx_packets.get(),

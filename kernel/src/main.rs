@@ -2,15 +2,15 @@
 //! pumps data between the devices and the protocol crates.
 #![no_std]
 #![no_main]
+// `unsafe` is the hardware layer's alone (and the entry's heap set-up).
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
+#[allow(unsafe_code)]
 mod hw;
 mod logger;
 mod machine;
-mod pair;
-mod storage;
-mod takeover;
 
 use core::fmt::Write;
 
@@ -24,16 +24,8 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     power::fail(FailureExit::Panic)
 }
 
-/// The precompiled `core` refers to these even with `panic = "abort"`.
-#[unsafe(no_mangle)]
-extern "C" fn rust_eh_personality() {}
-
-#[unsafe(no_mangle)]
-extern "C" fn _Unwind_Resume() -> ! {
-    power::halt_forever()
-}
-
-/// Entered from `tandem_boot` in long mode.
+/// Entered from `tandem_boot` in long mode (by name).
+#[allow(unsafe_code)]
 #[unsafe(no_mangle)]
 pub fn kernel_main(boot: BootInfo) -> ! {
     hw::serial::init();
@@ -49,7 +41,10 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     };
     // SAFETY: the region is usable RAM, identity mapped, outside the image
     // and its stack; the loader's structures were copied out already.
-    unsafe { hw::memory::init_heap(heap) };
+    #[allow(unsafe_code)]
+    unsafe {
+        hw::memory::init_heap(heap)
+    };
 
     let config = match tandem_kernel::config::Config::parse(boot.cmdline()).and_then(|c| c.check_consistency().map(|()| c)) {
         Ok(config) => config,

@@ -18,19 +18,18 @@ use tandem_ha::metadata::{Layout, BLOCK_SIZE};
 use tandem_ha::node::{Action, Config as NodeConfig, DataNode, HostIoError, InitialData, IoResult, Timing, DEFAULT_REGION_SIZE};
 use tandem_ha::witness::{Witness, WitnessConfig};
 use tandem_ha::{AnaState as HaAna, Duration, Instant, LinkId, NodeId};
-use tandem_kernel::config::{derived_id, Config, HaSettings, PairNode};
+use crate::config::{derived_id, Config, HaSettings, PairNode};
 use tandem_net::smoltcp::iface::SocketHandle;
 use tandem_net::smoltcp::socket::{tcp, udp};
 use tandem_net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
-use tandem_net::Listener;
+use tandem_net::{FrameQueues, Listener};
 use tandem_nvme::{AnaState, BlockError, BlockOp, BlockOutcome, BlockRequest, RequestId};
 
-use crate::hw::disk::{Disk, DiskOp, DiskResult, SectorRange, Tag};
-use crate::machine::NetPort;
-use crate::println;
+use crate::block::{BlockQueue, DiskError, DiskOp, DiskResult, Tag};
+use crate::port::NetPort;
 use crate::storage::NvmeService;
+use crate::takeover::{self, AddressTakeover};
 
-const SECTOR: u64 = 512;
 const UDP_PACKETS: usize = 32;
 const UDP_BYTES: usize = 32 * 1024;
 const STREAM_BUFFER_BYTES: usize = 256 * 1024;
@@ -78,7 +77,7 @@ struct Links {
 }
 
 impl Links {
-    fn open(nets: &mut [NetPort], port: u16, addresses: [[Option<[u8; 4]>; 2]; 3]) -> Self {
+    fn open<Q: FrameQueues>(nets: &mut [NetPort<Q>], port: u16, addresses: [[Option<[u8; 4]>; 2]; 3]) -> Self {
         let mut sockets = [None, None];
         let nics = [if nets.len() > 1 { 1 } else { 0 }, 0];
         for (link, nic) in nics.into_iter().enumerate() {
@@ -99,7 +98,7 @@ impl Links {
         Self { sockets, port, addresses }
     }
 
-    fn send(&self, nets: &mut [NetPort], to: NodeId, link: LinkId, bytes: &[u8]) {
+    fn send<Q: FrameQueues>(&self, nets: &mut [NetPort<Q>], to: NodeId, link: LinkId, bytes: &[u8]) {
         let link_index = link.0 as usize;
         let Some(Some((nic, handle))) = self.sockets.get(link_index) else { return };
         let Some(Some(address)) = self.addresses.get(to.index()).and_then(|a| a.get(link_index)) else { return };
@@ -118,7 +117,7 @@ impl Links {
     }
 
     /// Received datagrams: (link, bytes).
-    fn receive(&self, nets: &mut [NetPort]) -> Vec<(LinkId, Vec<u8>)> {
+    fn receive<Q: FrameQueues>(&self, nets: &mut [NetPort<Q>]) -> Vec<(LinkId, Vec<u8>)> {
         let mut received = Vec::new();
         for (link, entry) in self.sockets.iter().enumerate() {
             let Some((nic, handle)) = entry else { continue };
@@ -208,7 +207,7 @@ pub struct DataPair {
     next_tag: Tag,
     ana_group: u32,
     ana: HaAna,
-    takeover: crate::takeover::AddressTakeover,
+    takeover: AddressTakeover,
 }
 
 pub struct WitnessMember {
@@ -222,25 +221,36 @@ pub enum Pair {
     Witness(WitnessMember),
 }
 
-fn read_blocks(disk: &mut Disk, offset: u64, bytes: usize) -> Result<Vec<u8>, String> {
-    let mut buffer = vec![0u8; bytes];
-    disk.read_now(offset / SECTOR, &mut buffer).map_err(|error| alloc::format!("{error:?}"))?;
-    Ok(buffer)
+fn read_blocks<D: BlockQueue>(disk: &mut D, offset: u64, bytes: usize) -> Result<Vec<u8>, String> {
+    match disk.run_now(DiskOp::read(offset, bytes)) {
+        DiskResult::ReadData(data) if data.len() == bytes => Ok(data),
+        DiskResult::Failed(error) => Err(alloc::format!("{error:?}")),
+        _ => Err(alloc::format!("{:?}", DiskError::IoError)),
+    }
 }
 
 impl DataPair {
     /// Opens disk0's metadata (formatting a blank disk) and joins the pair.
-    pub fn start(config: &Config, node: PairNode, nets: &mut [NetPort], disk: &mut Disk, now_micros: u64) -> Result<Self, String> {
+    /// `boot_stamp`: differs from one boot to the next (the node's
+    /// incarnation, mixed with the time).
+    pub fn start<Q: FrameQueues, D: BlockQueue>(
+        config: &Config,
+        node: PairNode,
+        nets: &mut [NetPort<Q>],
+        disk: &mut D,
+        now_micros: u64,
+        boot_stamp: u64,
+    ) -> Result<Self, String> {
         let me = match node {
             PairNode::A => NodeId::A,
             PairNode::B => NodeId::B,
         };
-        let mut node_config = NodeConfig::new(me, pair_id(config), crate::hw::clock::boot_stamp() ^ now_micros);
+        let mut node_config = NodeConfig::new(me, pair_id(config), boot_stamp ^ now_micros);
         node_config.timing = timing(&config.ha);
         node_config.resync_rate = config.ha.resync_mib_per_second << 20;
         // Link 0 is the replication link (net1), link 1 the front-end (net0).
         node_config.link_names = ["repl/net1", "front/net0", "link2", "link3"];
-        let disk_bytes = disk.sectors() * SECTOR;
+        let disk_bytes = disk.bytes();
         let layout = Layout::new(disk_bytes, DEFAULT_REGION_SIZE).map_err(|error| alloc::format!("disk0 of {disk_bytes} bytes: {error}"))?;
         let slot0 = read_blocks(disk, layout.superblock_offset(0), BLOCK_SIZE)?;
         let slot1 = read_blocks(disk, layout.superblock_offset(1), BLOCK_SIZE)?;
@@ -299,7 +309,7 @@ impl DataPair {
             next_tag: TAG_BASE,
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
-            takeover: crate::takeover::AddressTakeover::new(config, me, (crate::hw::clock::boot_stamp() ^ now_micros) as u32, now_micros),
+            takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
         })
     }
 
@@ -323,7 +333,7 @@ impl DataPair {
 
     /// Takes a host block request. Requests refused at once come back as
     /// completions.
-    pub fn submit(&mut self, connection: u64, request: BlockRequest, disk: &mut Disk, now_micros: u64) -> Option<BlockOutcome> {
+    pub fn submit<D: BlockQueue>(&mut self, connection: u64, request: BlockRequest, disk: &mut D, now_micros: u64) -> Option<BlockOutcome> {
         let now = ha_now(now_micros);
         let refused = |error: HostIoError| match error {
             HostIoError::NotServing(HaAna::Change) => BlockOutcome::Failed(BlockError::AnaTransition),
@@ -339,7 +349,7 @@ impl DataPair {
                 }
                 self.reads.insert(id, HostRead { connection, request: request.id, data: None });
                 let tag = self.tag(DiskPurpose::HostRead(id));
-                disk.submit(tag, DiskOp::Read { sector: offset / SECTOR, bytes: len as usize });
+                disk.submit(tag, DiskOp::read(offset, len as usize));
                 None
             }
             BlockOp::Write { offset, data, force_unit_access } => {
@@ -415,13 +425,20 @@ impl DataPair {
     }
 
     /// One round: timers, datagrams, the stream, disk completions, actions.
-    pub fn poll(&mut self, nets: &mut [NetPort], disk: &mut Disk, nvme: &mut NvmeService, now_micros: u64) -> bool {
+    pub fn poll<Q: FrameQueues, D: BlockQueue>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        disk: &mut D,
+        nvme: &mut NvmeService,
+        console: &mut dyn Write,
+        now_micros: u64,
+    ) -> bool {
         let now = ha_now(now_micros);
         let mut busy = false;
         self.node.tick(now);
         for (link, bytes) in self.links.receive(nets) {
             busy = true;
-            if crate::takeover::is_connection_list(&bytes) {
+            if takeover::is_connection_list(&bytes) {
                 self.takeover.on_datagram(&bytes);
                 continue;
             }
@@ -429,20 +446,20 @@ impl DataPair {
         }
         busy |= self.pump_stream(nets, now_micros);
         busy |= self.take_disk_completions(disk, now_micros);
-        busy |= self.run_actions(nets, disk, nvme, now_micros);
+        busy |= self.run_actions(nets, disk, nvme, console, now_micros);
         // Start what the actions just submitted (a replicated write, a
         // bitmap persist) now, not in the next round.
         if self.take_disk_completions(disk, now_micros) {
             busy = true;
-            self.run_actions(nets, disk, nvme, now_micros);
+            self.run_actions(nets, disk, nvme, console, now_micros);
         }
         busy |= self.pump_stream(nets, now_micros);
-        busy |= self.poll_takeover(nets, nvme, now_micros);
+        busy |= self.poll_takeover(nets, nvme, console, now_micros);
         busy
     }
 
     /// Hands finished disk requests to the crate and starts queued ones.
-    fn take_disk_completions(&mut self, disk: &mut Disk, now_micros: u64) -> bool {
+    fn take_disk_completions<D: BlockQueue>(&mut self, disk: &mut D, now_micros: u64) -> bool {
         let now = ha_now(now_micros);
         let mut busy = false;
         for (tag, result) in disk.poll() {
@@ -487,9 +504,9 @@ impl DataPair {
 
     /// The front-end address takeover (`crate::takeover`): its connection
     /// report goes to the peer on every link.
-    fn poll_takeover(&mut self, nets: &mut [NetPort], nvme: &NvmeService, now_micros: u64) -> bool {
+    fn poll_takeover<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], nvme: &NvmeService, console: &mut dyn Write, now_micros: u64) -> bool {
         let node = &self.node;
-        let (busy, report) = self.takeover.poll(nets, nvme, now_micros, || node.status(ha_now(now_micros)));
+        let (busy, report) = self.takeover.poll(nets, nvme, console, now_micros, || node.status(ha_now(now_micros)));
         if let Some(report) = report {
             let peer = self.takeover.peer();
             for link in [LinkId(0), LinkId(1)] {
@@ -499,7 +516,14 @@ impl DataPair {
         busy
     }
 
-    fn run_actions(&mut self, nets: &mut [NetPort], disk: &mut Disk, nvme: &mut NvmeService, now_micros: u64) -> bool {
+    fn run_actions<Q: FrameQueues, D: BlockQueue>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        disk: &mut D,
+        nvme: &mut NvmeService,
+        console: &mut dyn Write,
+        now_micros: u64,
+    ) -> bool {
         let now = ha_now(now_micros);
         let mut any = false;
         loop {
@@ -526,7 +550,7 @@ impl DataPair {
                     }
                     Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
                     Action::PersistMetadata { offset, bytes } => {
-                        if let Err(error) = disk.write_durable_now(offset / SECTOR, bytes) {
+                        if let DiskResult::Failed(error) = disk.run_now(DiskOp::write(offset, bytes, true)) {
                             // The crate waits for nothing more than this write;
                             // without it the node must not go on as if persisted.
                             panic!("ha: metadata write at {offset} failed: {error:?}");
@@ -536,7 +560,7 @@ impl DataPair {
                         self.bitmap_persist = Some((generation, blocks.len(), true));
                         for (offset, bytes) in blocks {
                             let tag = self.tag(DiskPurpose::BitmapBlock { generation });
-                            disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data: bytes, flush_after: true });
+                            disk.submit(tag, DiskOp::write(offset, bytes, true));
                         }
                     }
                     Action::FlushDisk { flush } => {
@@ -553,11 +577,11 @@ impl DataPair {
                         if let Some(write) = self.writes.get(&id) {
                             // The data stays here too: the replication stream
                             // may still need it.
-                            let sector = write.offset / SECTOR;
+                            let offset = write.offset;
                             let op = match &write.payload {
-                                Payload::Data(data) => DiskOp::Write { sector, data: data.clone(), flush_after: write.force_unit_access },
-                                Payload::Zeroes { len } => DiskOp::Zero { sector, sectors: len / SECTOR, unmap: false },
-                                Payload::Deallocate { len } => DiskOp::Discard { ranges: vec![SectorRange { sector, sectors: len / SECTOR }] },
+                                Payload::Data(data) => DiskOp::write(offset, data.clone(), write.force_unit_access),
+                                Payload::Zeroes { len } => DiskOp::zero(offset, *len, false),
+                                Payload::Deallocate { len } => DiskOp::discard([(offset, *len)]),
                             };
                             let tag = self.tag(DiskPurpose::HostWrite(id));
                             disk.submit(tag, op);
@@ -591,23 +615,23 @@ impl DataPair {
                         // Like the primary's own write: in the disk's volatile
                         // cache unless the host asked for forced unit access;
                         // the host's Flush reaches this disk as a Flush frame.
-                        disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access });
+                        disk.submit(tag, DiskOp::write(offset, data, force_unit_access));
                     }
                     Action::ApplyReplicatedZeroes { seq, offset, len } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
-                        disk.submit(tag, DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap: false });
+                        disk.submit(tag, DiskOp::zero(offset, len, false));
                     }
                     Action::ApplyReplicatedDeallocate { seq, offset, len } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
-                        disk.submit(tag, DiskOp::Discard { ranges: vec![SectorRange { sector: offset / SECTOR, sectors: len / SECTOR }] });
+                        disk.submit(tag, DiskOp::discard([(offset, len)]));
                     }
                     Action::ReadForResync { offset, len } => {
                         let tag = self.tag(DiskPurpose::ResyncRead { offset });
-                        disk.submit(tag, DiskOp::Read { sector: offset / SECTOR, bytes: len as usize });
+                        disk.submit(tag, DiskOp::read(offset, len as usize));
                     }
                     Action::ApplyResync { offset, data } => {
                         let tag = self.tag(DiskPurpose::ResyncWrite { offset });
-                        disk.submit(tag, DiskOp::Write { sector: offset / SECTOR, data, flush_after: true });
+                        disk.submit(tag, DiskOp::write(offset, data, true));
                     }
                     Action::AnaChanged(state) => {
                         self.ana = state;
@@ -620,7 +644,9 @@ impl DataPair {
                             log::error!("ha: cannot set ANA state: {error}");
                         }
                     }
-                    Action::RoleChanged(change) => println!("{change}"),
+                    Action::RoleChanged(change) => {
+                        let _ = writeln!(console, "{change}");
+                    }
                 }
             }
         }
@@ -637,7 +663,7 @@ impl DataPair {
         }
     }
 
-    fn close_stream(&mut self, nets: &mut [NetPort], now_micros: u64, why: &str) {
+    fn close_stream<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64, why: &str) {
         if let Some(handle) = self.stream.socket.take() {
             let sockets = nets[self.stream.nic].nic.sockets_mut();
             sockets.get_mut::<tcp::Socket>(handle).abort();
@@ -652,7 +678,7 @@ impl DataPair {
         self.stream.retry_at_ms = now_micros / 1000 + RECONNECT_MILLIS;
     }
 
-    fn pump_stream(&mut self, nets: &mut [NetPort], now_micros: u64) -> bool {
+    fn pump_stream<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64) -> bool {
         let now_ms = now_micros / 1000;
         let now = ha_now(now_micros);
         let mut busy = false;
@@ -767,8 +793,8 @@ impl DataPair {
 }
 
 impl WitnessMember {
-    pub fn start(config: &Config, nets: &mut [NetPort], now_micros: u64) -> Result<Self, String> {
-        let mut witness_config = WitnessConfig::new(crate::hw::clock::boot_stamp() ^ now_micros);
+    pub fn start<Q: FrameQueues>(config: &Config, nets: &mut [NetPort<Q>], now_micros: u64, boot_stamp: u64) -> Result<Self, String> {
+        let mut witness_config = WitnessConfig::new(boot_stamp ^ now_micros);
         witness_config.timing = timing(&config.ha);
         let witness = Witness::new(witness_config, ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))?;
         let mut addresses = [[None; 2]; 3];
@@ -779,7 +805,7 @@ impl WitnessMember {
         Ok(Self { witness, links })
     }
 
-    pub fn poll(&mut self, nets: &mut [NetPort], now_micros: u64) -> bool {
+    pub fn poll<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write, now_micros: u64) -> bool {
         let now = ha_now(now_micros);
         let mut busy = false;
         self.witness.tick(now);
@@ -792,7 +818,9 @@ impl WitnessMember {
             busy = true;
             match action {
                 Action::SendDatagram { to, link, bytes } => self.links.send(nets, to, link, &bytes),
-                Action::RoleChanged(change) => println!("{change}"),
+                Action::RoleChanged(change) => {
+                    let _ = writeln!(console, "{change}");
+                }
                 _ => {}
             }
         }

@@ -7,20 +7,18 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use tandem_kernel::config::{derived_id, AnaSetting, NvmeSettings};
+use crate::block::{BlockQueue, DiskOp, DiskResult, Tag, SECTOR};
+use crate::config::{derived_id, AnaSetting, NvmeSettings};
+use crate::port::NetPort;
 use tandem_net::smoltcp::iface::SocketHandle;
 use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::wire::IpEndpoint;
-use tandem_net::Listener;
+use tandem_net::{FrameQueues, Listener};
 use tandem_nvme::{
-    AnaState, BlockError, BlockOp, BlockOutcome, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal,
+    AnaState, BlockError, BlockOutcome, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal,
     PortalAddress, RequestId, Target, TargetConfig,
 };
 
-use crate::hw::disk::{Disk, DiskOp, DiskResult, SectorRange, Tag};
-use crate::machine::NetPort;
-
-const SECTOR: u64 = 512;
 /// Live connections per port and NIC.
 const MAX_CONNECTIONS: usize = 32;
 /// Live connections per discovery port and NIC.
@@ -88,13 +86,15 @@ impl NvmeService {
     /// Builds the target over `disks`, with a portal per addressed NIC.
     /// `pair_data_bytes`: with an HA pair, only disk0 is served, with this
     /// size (the rest holds the pair's metadata), and block requests are
-    /// handed out by [`NvmeService::take_requests`].
-    pub fn new(
+    /// handed out by [`NvmeService::take_requests`]. `crc32c`: a faster
+    /// CRC32C than the portable one, where the CPU has it.
+    pub fn new<Q: FrameQueues, D: BlockQueue>(
         settings: &NvmeSettings,
-        nets: &[NetPort],
-        disks: &[Disk],
+        nets: &[NetPort<Q>],
+        disks: &[D],
         heap_bytes: usize,
         pair_data_bytes: Option<u64>,
+        crc32c: Option<Crc32c>,
     ) -> Result<Self, String> {
         let mut config = TargetConfig::new(&settings.subsystem_nqn);
         config.serial = settings.serial.clone();
@@ -151,8 +151,8 @@ impl NvmeService {
             .map(|(index, (address, port))| Portal { port_id: 0x100 + index as u16, address: PortalAddress::V4(*address), port: *port })
             .collect();
         let mut target = Target::new(config).map_err(|error| alloc::format!("{error}"))?;
-        if crate::hw::crc::has_sse42() {
-            target.set_crc32c(Crc32c::with_update(crate::hw::crc::update));
+        if let Some(crc32c) = crc32c {
+            target.set_crc32c(crc32c);
         }
         let listeners = (0..nets.len())
             .map(|nic| serves(nic).then(|| PortListeners {
@@ -179,7 +179,7 @@ impl NvmeService {
 
     /// One round: completions from the disks, new connections, bytes in and
     /// out, block requests to the disks. Returns whether anything happened.
-    pub fn poll(&mut self, nets: &mut [NetPort], disks: &mut [Disk], now_ms: u64) -> bool {
+    pub fn poll<Q: FrameQueues, D: BlockQueue>(&mut self, nets: &mut [NetPort<Q>], disks: &mut [D], now_ms: u64) -> bool {
         let now = Instant::from_millis(now_ms);
         let mut busy = false;
         self.target.poll(now);
@@ -228,20 +228,7 @@ impl NvmeService {
                     continue;
                 }
                 let disk_index = request.nsid as usize - 1;
-                let op = match request.op {
-                    BlockOp::Read { offset, len } => DiskOp::Read { sector: offset / SECTOR, bytes: len as usize },
-                    BlockOp::Write { offset, data, force_unit_access } => {
-                        DiskOp::Write { sector: offset / SECTOR, data, flush_after: force_unit_access }
-                    }
-                    BlockOp::Flush => DiskOp::Flush,
-                    BlockOp::WriteZeroes { offset, len, deallocate } => {
-                        DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap: deallocate }
-                    }
-                    // The device discards them where it can (their content is unspecified either way).
-                    BlockOp::Deallocate { ref ranges } => DiskOp::Discard {
-                        ranges: ranges.iter().map(|r| SectorRange { sector: r.offset / SECTOR, sectors: r.len / SECTOR }).collect(),
-                    },
-                };
+                let op = DiskOp::from_block_op(request.op);
                 let Some(disk) = disks.get_mut(disk_index) else {
                     let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Failed(BlockError::NotReady));
                     continue;
@@ -288,7 +275,7 @@ impl NvmeService {
     /// that has not completed a Fabrics Connect is closed. Idle connections
     /// time out anyway (handshake timeout); this keeps hundreds of them from
     /// locking hosts out meanwhile.
-    fn evict_idle_connections(&mut self, nets: &mut [NetPort]) {
+    fn evict_idle_connections<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>]) {
         for (nic, listeners) in self.listeners.iter().enumerate() {
             let Some(listeners) = listeners.as_ref() else { continue };
             let ports = core::iter::once((listeners.io.port(), MAX_CONNECTIONS))
@@ -321,7 +308,7 @@ impl NvmeService {
     }
 
     /// The hosts' open TCP connections to the portals: (local end, host end).
-    pub fn host_connections(&self, nets: &[NetPort]) -> Vec<(IpEndpoint, IpEndpoint)> {
+    pub fn host_connections<Q: FrameQueues>(&self, nets: &[NetPort<Q>]) -> Vec<(IpEndpoint, IpEndpoint)> {
         self.connections
             .iter()
             .filter(|entry| entry.connection.state() != ConnectionState::Closed)
@@ -350,7 +337,7 @@ impl NvmeService {
         }
     }
 
-    fn complete_disk_requests(&mut self, disks: &mut [Disk], now: Instant) -> bool {
+    fn complete_disk_requests<D: BlockQueue>(&mut self, disks: &mut [D], now: Instant) -> bool {
         let mut busy = false;
         if self.divert {
             // The pair owns the disk and its completions.

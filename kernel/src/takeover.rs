@@ -15,13 +15,13 @@ use tandem_ha::node::Status;
 use tandem_ha::takeover::{PeerView, Takeover, ROUND_OFFSETS_MS};
 use tandem_ha::wire::connections::{ConnectionEntry, ConnectionList, MAX_ENTRIES};
 use tandem_ha::{Duration, Instant, NodeId};
-use tandem_kernel::config::Config;
+use crate::config::Config;
 use tandem_net::frames::{self, Endpoint};
+use tandem_net::FrameQueues;
 use tandem_net::smoltcp::time::Instant as NetInstant;
 use tandem_net::smoltcp::wire::{IpAddress, Ipv4Address};
 
-use crate::machine::NetPort;
-use crate::println;
+use crate::port::NetPort;
 use crate::storage::NvmeService;
 
 /// A node reports its connections this often, at once when a connection
@@ -118,7 +118,14 @@ impl AddressTakeover {
 
     /// One round: this node's report (returned, to go to the peer on every
     /// link), the decision, and what it asks for.
-    pub fn poll(&mut self, nets: &mut [NetPort], nvme: &NvmeService, now_micros: u64, status: impl FnOnce() -> Status) -> (bool, Option<Vec<u8>>) {
+    pub fn poll<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        nvme: &NvmeService,
+        console: &mut dyn Write,
+        now_micros: u64,
+        status: impl FnOnce() -> Status,
+    ) -> (bool, Option<Vec<u8>>) {
         let now_ms = now_micros / 1000;
         let mut busy = false;
         if !self.announced_own {
@@ -148,12 +155,12 @@ impl AddressTakeover {
             for (nic, address) in core::mem::take(&mut self.claimed) {
                 nets[nic].nic.release_address(address);
                 replay_neighbors(&mut nets[nic]);
-                println!("tandem: takeover release {address} on net{nic} ({why})");
+                let _ = writeln!(console, "tandem: takeover release {address} on net{nic} ({why})");
             }
         }
         if decision.claim {
             busy = true;
-            self.claim(nets);
+            self.claim(nets, console);
         }
         if decision.announce_own {
             announce_own(nets, now_micros);
@@ -165,7 +172,7 @@ impl AddressTakeover {
         (busy, report)
     }
 
-    fn claim(&mut self, nets: &mut [NetPort]) {
+    fn claim<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write) {
         for address in self.peer_portals.clone() {
             let Some(nic) = nets.iter().position(|port| port.nic.in_subnet(address)) else {
                 log::warn!("takeover: no NIC in the subnet of the peer's {address}");
@@ -176,9 +183,11 @@ impl AddressTakeover {
                     replay_neighbors(&mut nets[nic]);
                     self.claimed.push((nic, address));
                     let connections = self.peer_connections_on(address).count();
-                    println!("tandem: takeover claim {address} on net{nic} (peer silent), tickled {connections} connections");
+                    let _ = writeln!(console, "tandem: takeover claim {address} on net{nic} (peer silent), tickled {connections} connections");
                 }
-                Err(error) => println!("tandem: takeover of {address} on net{nic} failed: {error}"),
+                Err(error) => {
+                    let _ = writeln!(console, "tandem: takeover of {address} on net{nic} failed: {error}");
+                }
             }
         }
     }
@@ -191,7 +200,7 @@ impl AddressTakeover {
     /// (from the claimed address) to every host the peer reported, so that
     /// this node and its smoltcp learn their MAC addresses; in later rounds a
     /// tickle for every connection the peer reported on a claimed address.
-    fn round(&mut self, nets: &mut [NetPort], now_micros: u64, round: usize) {
+    fn round<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64, round: usize) {
         let now = NetInstant::from_micros(now_micros as i64);
         let mut tickled = 0;
         let mut asked: Vec<Ipv4Address> = Vec::new();
@@ -223,7 +232,7 @@ impl AddressTakeover {
 
     /// This node's connection list, when it is due (changed, or the interval
     /// passed).
-    fn report(&mut self, nets: &[NetPort], nvme: &NvmeService, now_ms: u64) -> Option<Vec<u8>> {
+    fn report<Q: FrameQueues>(&mut self, nets: &[NetPort<Q>], nvme: &NvmeService, now_ms: u64) -> Option<Vec<u8>> {
         let fingerprint = nvme.connections_fingerprint();
         if now_ms < self.next_check_ms && fingerprint == self.fingerprint {
             return None;
@@ -284,7 +293,7 @@ impl AddressTakeover {
 
 /// Gratuitous ARP for every NIC's own address: hosts whose caches a takeover
 /// pointed elsewhere come back to this node.
-fn announce_own(nets: &mut [NetPort], now_micros: u64) {
+fn announce_own<Q: FrameQueues>(nets: &mut [NetPort<Q>], now_micros: u64) {
     let now = NetInstant::from_micros(now_micros as i64);
     for port in nets.iter_mut() {
         if let Some(own) = port.nic.address() {
@@ -295,7 +304,7 @@ fn announce_own(nets: &mut [NetPort], now_micros: u64) {
 }
 
 /// smoltcp forgot its neighbours with the address change: tell it again.
-fn replay_neighbors(port: &mut NetPort) {
+fn replay_neighbors<Q: FrameQueues>(port: &mut NetPort<Q>) {
     if let Some(own) = port.nic.address() {
         port.nic.device_mut().replay_neighbors(own.address());
     }

@@ -30,15 +30,15 @@ use virtio_drivers::Error;
 use super::dma::KernelHal;
 use super::pci::SharedTransport;
 
-pub const SECTOR_SIZE: usize = 512;
+pub use tandem_kernel::block::{DiskOp, DiskResult, SectorRange, Tag};
+use tandem_kernel::block::{BlockQueue, SECTOR};
+
+const SECTOR_SIZE: usize = SECTOR as usize;
 /// Largest zero-fill write when the device lacks write-zeroes.
 const ZERO_FILL_BYTES: usize = 128 * 1024;
 /// Largest single transfer handed to the device when it states no limit.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const QUEUE: u16 = 0;
-
-/// Caller's tag for a request; returned with its completion.
-pub type Tag = u64;
 
 // Feature bits (virtio 1.2 §5.2.3 and §6).
 const F_SIZE_MAX: u64 = 1 << 1;
@@ -94,36 +94,6 @@ const T_WRITE_ZEROES: u32 = 13;
 const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
 const S_OK: u8 = 0;
 const S_UNSUPP: u8 = 2;
-
-/// A range of 512-byte sectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SectorRange {
-    pub sector: u64,
-    pub sectors: u64,
-}
-
-pub enum DiskOp {
-    Read { sector: u64, bytes: usize },
-    /// With `flush_after` (forced unit access) the write completes only once
-    /// it is durable.
-    Write { sector: u64, data: Vec<u8>, flush_after: bool },
-    /// Zero `sectors` sectors: the device's write-zeroes command where it
-    /// has one, zero-filled writes otherwise. With `unmap` the device may
-    /// deallocate them instead (they still read as zeroes).
-    Zero { sector: u64, sectors: u64, unmap: bool },
-    /// The content of the ranges is no longer needed (NVMe Deallocate):
-    /// the device's discard where it has one, nothing otherwise.
-    Discard { ranges: Vec<SectorRange> },
-    /// Makes every write completed before it durable.
-    Flush,
-}
-
-#[derive(Debug)]
-pub enum DiskResult {
-    Done,
-    ReadData(Vec<u8>),
-    Failed(Error),
-}
 
 /// What the device offered and what was negotiated.
 #[derive(Debug, Clone, Copy)]
@@ -843,15 +813,6 @@ impl Disk {
         }
     }
 
-    /// Writes and flushes `data` at `sector` before returning, while other
-    /// requests go on: the HA metadata barrier.
-    pub fn write_durable_now(&mut self, sector: u64, data: Vec<u8>) -> Result<(), Error> {
-        match self.run_now(DiskOp::Write { sector, data, flush_after: true }) {
-            DiskResult::Failed(error) => Err(error),
-            _ => Ok(()),
-        }
-    }
-
     /// Blocking read for console diagnostics; only when the disk is idle.
     pub fn read_now(&mut self, sector: u64, buffer: &mut [u8]) -> Result<(), Error> {
         if self.busy() {
@@ -886,6 +847,24 @@ impl Disk {
             DiskResult::Failed(error) => Err(error),
             _ => Ok(()),
         }
+    }
+}
+
+impl BlockQueue for Disk {
+    fn sectors(&self) -> u64 {
+        Disk::sectors(self)
+    }
+
+    fn submit(&mut self, tag: Tag, op: DiskOp) {
+        Disk::submit(self, tag, op)
+    }
+
+    fn poll(&mut self) -> Vec<(Tag, DiskResult)> {
+        Disk::poll(self)
+    }
+
+    fn run_now(&mut self, op: DiskOp) -> DiskResult {
+        Disk::run_now(self, op)
     }
 }
 

@@ -9,4 +9,5 @@ pub mod memory;
 pub mod netdev;
 pub mod pci;
 pub mod power;
+mod runtime;
 pub mod serial;
