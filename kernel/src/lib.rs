@@ -2,7 +2,9 @@
 //! command-line configuration, console command parsing, the disk test
 //! pattern, and the glue that pumps data between the devices and the
 //! protocol crates — the NVMe/TCP service ([`storage`]), the HA pair's
-//! executor ([`pair`]) and its address takeover ([`takeover`]) — over two
+//! executor ([`pair`]), the NVMe service's block backends ([`backend`]:
+//! the local disks or the pair) and the pair's address takeover
+//! ([`takeover`]) — over two
 //! narrow device traits: a NIC's frame queues ([`tandem_net::FrameQueues`],
 //! through [`port::NetPort`]) and a disk's request queue
 //! ([`block::BlockQueue`]). The hardware layer and the event loop live in
@@ -12,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod backend;
 pub mod block;
 pub mod config;
 pub mod console;

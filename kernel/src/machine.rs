@@ -13,6 +13,7 @@ use tandem_net::smoltcp::time::Instant;
 use tandem_net::{FrameDevice, Listener, Nic, NicAddressing, NicEvent};
 
 use crate::hw::disk::Disk;
+use tandem_kernel::backend::{BlockBackend, LocalDisks};
 use tandem_kernel::config::{AnaSetting, HaRole, PairNode};
 use tandem_kernel::pair::{DataPair, Pair, WitnessMember};
 use tandem_kernel::storage::{self, NvmeService};
@@ -47,6 +48,8 @@ pub struct Machine {
     started_micros: u64,
     config: Config,
     nvme: Option<NvmeService>,
+    /// The NVMe service's backend on a stand-alone node.
+    local_disks: LocalDisks,
     pair: Option<Pair>,
     /// Rounds of the loop that found each IRQ line raised: with the idle
     /// wake-ups, where the machine's wake-ups come from (`status`).
@@ -121,7 +124,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, pair: None, irq_rounds: [0; 16], halted_micros: 0 }
+        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, local_disks: LocalDisks::new(), pair: None, irq_rounds: [0; 16], halted_micros: 0 }
     }
 
     pub fn run(mut self) -> ! {
@@ -154,14 +157,13 @@ impl Machine {
             }
             busy |= self.poll_network(now);
             if let Some(nvme) = self.nvme.as_mut() {
-                busy |= nvme.poll(&mut self.nets, &mut self.disks, now / 1000);
+                // Host I/O goes to the pair when there is one, else to the disks.
+                let backend: &mut dyn BlockBackend<Disk> = match self.pair.as_mut() {
+                    Some(Pair::Data(pair)) => pair,
+                    _ => &mut self.local_disks,
+                };
+                busy |= nvme.poll(&mut self.nets, backend, &mut self.disks, now);
                 if let (Some(Pair::Data(pair)), Some(disk)) = (self.pair.as_mut(), self.disks.first_mut()) {
-                    for (connection, request) in nvme.take_requests() {
-                        let id = request.id;
-                        if let Some(outcome) = pair.submit(connection, request, disk, now) {
-                            nvme.complete(connection, id, outcome, now / 1000);
-                        }
-                    }
                     busy |= pair.poll(&mut self.nets, disk, nvme, &mut serial::Console, now);
                 }
                 // Bytes the NVMe service queued go out in this round.

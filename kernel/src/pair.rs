@@ -25,6 +25,7 @@ use tandem_net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 use tandem_net::{FrameQueues, Listener};
 use tandem_nvme::{AnaState, BlockError, BlockOp, BlockOutcome, BlockRequest, RequestId};
 
+use crate::backend::{BlockBackend, Completion, ConnectionId};
 use crate::block::{BlockQueue, DiskError, DiskOp, DiskResult, Tag};
 use crate::port::NetPort;
 use crate::storage::NvmeService;
@@ -43,8 +44,6 @@ const ZERO_CHUNK_BYTES: u64 = tandem_ha::wire::stream::MAX_DATA as u64;
 /// must be done on both disks well within the failure timeout, or the peer
 /// is taken for stuck and recorded Outdated.
 const DEALLOCATE_PIECE_BYTES: u64 = 128 << 20;
-/// Disk tags of the pair start here, clear of the NVMe service's.
-const TAG_BASE: Tag = 1 << 40;
 
 fn ha_now(micros: u64) -> Instant {
     Instant::from_micros(micros)
@@ -205,6 +204,8 @@ pub struct DataPair {
     disk_tags: BTreeMap<Tag, DiskPurpose>,
     next_id: u64,
     next_tag: Tag,
+    /// Host requests finished, for the NVMe service.
+    completions: Vec<Completion>,
     ana_group: u32,
     ana: HaAna,
     takeover: AddressTakeover,
@@ -306,7 +307,8 @@ impl DataPair {
             bitmap_persist: None,
             disk_tags: BTreeMap::new(),
             next_id: 1,
-            next_tag: TAG_BASE,
+            next_tag: 1,
+            completions: Vec::new(),
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
             takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
@@ -331,9 +333,9 @@ impl DataPair {
         tag
     }
 
-    /// Takes a host block request. Requests refused at once come back as
-    /// completions.
-    pub fn submit<D: BlockQueue>(&mut self, connection: u64, request: BlockRequest, disk: &mut D, now_micros: u64) -> Option<BlockOutcome> {
+    /// Takes a host block request (see the [`BlockBackend`] impl). A request
+    /// refused at once comes back as its outcome.
+    fn submit<D: BlockQueue>(&mut self, connection: u64, request: BlockRequest, disk: &mut D, now_micros: u64) -> Option<BlockOutcome> {
         let now = ha_now(now_micros);
         let refused = |error: HostIoError| match error {
             HostIoError::NotServing(HaAna::Change) => BlockOutcome::Failed(BlockError::AnaTransition),
@@ -570,7 +572,7 @@ impl DataPair {
                     Action::CompleteFlush { id, result } => {
                         if let Some((connection, request)) = self.flushes.remove(&id) {
                             let outcome = self.outcome(result, None);
-                            nvme.complete(connection, request, outcome, now_micros / 1000);
+                            self.completions.push(Completion { connection, request, outcome });
                         }
                     }
                     Action::SubmitLocalWrite { id } => {
@@ -591,7 +593,7 @@ impl DataPair {
                         let Some(write) = self.writes.remove(&id) else { continue };
                         let outcome = self.outcome(result, None);
                         match write.origin {
-                            Origin::Host { connection, request } => nvme.complete(connection, request, outcome, now_micros / 1000),
+                            Origin::Host { connection, request } => self.completions.push(Completion { connection, request, outcome }),
                             Origin::Piece { parent } => {
                                 if !matches!(outcome, BlockOutcome::Done) {
                                     if let Some(command) = self.pieces.get_mut(&parent) {
@@ -600,7 +602,7 @@ impl DataPair {
                                 }
                                 let target = self.pieces.get(&parent).map(|c| (c.connection, c.request));
                                 if let (Some(done), Some((connection, request))) = (self.next_piece(parent, now), target) {
-                                    nvme.complete(connection, request, done, now_micros / 1000);
+                                    self.completions.push(Completion { connection, request, outcome: done });
                                 }
                             }
                         }
@@ -608,7 +610,7 @@ impl DataPair {
                     Action::CompleteRead { id, result } => {
                         let Some(read) = self.reads.remove(&id) else { continue };
                         let outcome = self.outcome(result, read.data);
-                        nvme.complete(read.connection, read.request, outcome, now_micros / 1000);
+                        self.completions.push(Completion { connection: read.connection, request: read.request, outcome });
                     }
                     Action::ApplyReplicatedWrite { seq, offset, data, force_unit_access } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
@@ -789,6 +791,25 @@ impl DataPair {
 
     pub fn unfence(&mut self, now_micros: u64) {
         self.node.unfence(ha_now(now_micros))
+    }
+}
+
+/// The pair as the NVMe service's backend: host I/O goes through the pair
+/// (to disk0 and the peer), its completions come back when the pair says.
+impl<D: BlockQueue> BlockBackend<D> for DataPair {
+    fn submit(&mut self, disks: &mut [D], connection: ConnectionId, request: BlockRequest, now_micros: u64) {
+        let id = request.id;
+        let outcome = match disks.first_mut() {
+            Some(disk) => DataPair::submit(self, connection, request, disk, now_micros),
+            None => Some(BlockOutcome::Failed(BlockError::NotReady)),
+        };
+        if let Some(outcome) = outcome {
+            self.completions.push(Completion { connection, request: id, outcome });
+        }
+    }
+
+    fn take_completions(&mut self, _disks: &mut [D]) -> Vec<Completion> {
+        core::mem::take(&mut self.completions)
     }
 }
 

@@ -2,12 +2,12 @@
 //! between smoltcp sockets and `tandem_nvme` connections, and carries their
 //! block requests to the disks and the completions back.
 
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use crate::block::{BlockQueue, DiskOp, DiskResult, Tag, SECTOR};
+use crate::backend::{BlockBackend, Completion};
+use crate::block::{BlockQueue, SECTOR};
 use crate::config::{derived_id, AnaSetting, NvmeSettings};
 use crate::port::NetPort;
 use tandem_net::smoltcp::iface::SocketHandle;
@@ -15,8 +15,8 @@ use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::wire::IpEndpoint;
 use tandem_net::{FrameQueues, Listener};
 use tandem_nvme::{
-    AnaState, BlockError, BlockOutcome, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal,
-    PortalAddress, RequestId, Target, TargetConfig,
+    AnaState, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal, PortalAddress, Target,
+    TargetConfig,
 };
 
 /// Live connections per port and NIC.
@@ -65,13 +65,7 @@ pub struct NvmeService {
     /// Per NIC; `None` where the target does not listen.
     listeners: Vec<Option<PortListeners>>,
     connections: Vec<NvmeConnection>,
-    /// Disk request tag → (connection id, its request).
-    pending: BTreeMap<Tag, (u64, RequestId)>,
-    next_tag: Tag,
     next_connection: u64,
-    /// With an HA pair, block requests go to the pair instead of the disks.
-    divert: bool,
-    diverted: Vec<(u64, tandem_nvme::BlockRequest)>,
 }
 
 pub fn ana_state(setting: AnaSetting) -> AnaState {
@@ -85,8 +79,7 @@ pub fn ana_state(setting: AnaSetting) -> AnaState {
 impl NvmeService {
     /// Builds the target over `disks`, with a portal per addressed NIC.
     /// `pair_data_bytes`: with an HA pair, only disk0 is served, with this
-    /// size (the rest holds the pair's metadata), and block requests are
-    /// handed out by [`NvmeService::take_requests`]. `crc32c`: a faster
+    /// size (the rest holds the pair's metadata). `crc32c`: a faster
     /// CRC32C than the portable one, where the CPU has it.
     pub fn new<Q: FrameQueues, D: BlockQueue>(
         settings: &NvmeSettings,
@@ -165,11 +158,7 @@ impl NvmeService {
             target,
             listeners,
             connections: Vec::new(),
-            pending: BTreeMap::new(),
-            next_tag: 1,
             next_connection: 1,
-            divert: pair_data_bytes.is_some(),
-            diverted: Vec::new(),
         })
     }
 
@@ -177,14 +166,22 @@ impl NvmeService {
         &mut self.target
     }
 
-    /// One round: completions from the disks, new connections, bytes in and
-    /// out, block requests to the disks. Returns whether anything happened.
-    pub fn poll<Q: FrameQueues, D: BlockQueue>(&mut self, nets: &mut [NetPort<Q>], disks: &mut [D], now_ms: u64) -> bool {
+    /// One round: completions from the backend, new connections, bytes in
+    /// and out, block requests to the backend (`backend`, over `disks`).
+    /// Returns whether anything happened.
+    pub fn poll<Q: FrameQueues, D: BlockQueue, B: BlockBackend<D> + ?Sized>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        backend: &mut B,
+        disks: &mut [D],
+        now_micros: u64,
+    ) -> bool {
+        let now_ms = now_micros / 1000;
         let now = Instant::from_millis(now_ms);
         let mut busy = false;
         self.target.poll(now);
 
-        busy |= self.complete_disk_requests(disks, now);
+        busy |= self.complete(backend.take_completions(disks), now);
 
         for (nic, listeners) in self.listeners.iter_mut().enumerate() {
             let Some(listeners) = listeners.as_mut() else { continue };
@@ -223,27 +220,14 @@ impl NvmeService {
             busy |= pump(&mut self.target, entry, socket, now);
             while let Some(request) = entry.connection.next_block_request() {
                 busy = true;
-                if self.divert {
-                    self.diverted.push((entry.id, request));
-                    continue;
-                }
-                let disk_index = request.nsid as usize - 1;
-                let op = DiskOp::from_block_op(request.op);
-                let Some(disk) = disks.get_mut(disk_index) else {
-                    let _ = entry.connection.complete_block(&mut self.target, now, request.id, BlockOutcome::Failed(BlockError::NotReady));
-                    continue;
-                };
-                let tag = self.next_tag;
-                self.next_tag += 1;
-                self.pending.insert(tag, (entry.id, request.id));
-                disk.submit(tag, op);
+                backend.submit(disks, entry.id, request, now_micros);
             }
             // Completions produced above may be ready to go out now.
             let socket = nets[entry.nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle);
             busy |= pump(&mut self.target, entry, socket, now);
         }
         // Start what was just submitted without waiting for the next round.
-        busy |= self.complete_disk_requests(disks, now);
+        busy |= self.complete(backend.take_completions(disks), now);
         self.evict_idle_connections(nets);
         self.connections.retain_mut(|entry| {
             let sockets = nets[entry.nic].nic.sockets_mut();
@@ -322,44 +306,14 @@ impl NvmeService {
             .collect()
     }
 
-    /// Block requests for the HA pair: (connection, request).
-    pub fn take_requests(&mut self) -> Vec<(u64, tandem_nvme::BlockRequest)> {
-        core::mem::take(&mut self.diverted)
-    }
-
-    /// Completes a request handed out by [`NvmeService::take_requests`].
-    pub fn complete(&mut self, connection: u64, request: RequestId, outcome: BlockOutcome, now_ms: u64) {
-        let now = Instant::from_millis(now_ms);
-        if let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection) {
+    /// Hands finished requests to their connections (a connection may have
+    /// closed while its request was under way). Returns whether there were any.
+    fn complete(&mut self, completions: Vec<Completion>, now: Instant) -> bool {
+        let busy = !completions.is_empty();
+        for Completion { connection, request, outcome } in completions {
+            let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection) else { continue };
             if let Err(error) = entry.connection.complete_block(&mut self.target, now, request, outcome) {
                 log::debug!("completion for a closed command: {error}");
-            }
-        }
-    }
-
-    fn complete_disk_requests<D: BlockQueue>(&mut self, disks: &mut [D], now: Instant) -> bool {
-        let mut busy = false;
-        if self.divert {
-            // The pair owns the disk and its completions.
-            return false;
-        }
-        for (disk_index, disk) in disks.iter_mut().enumerate() {
-            for (tag, result) in disk.poll() {
-                busy = true;
-                let Some((connection_id, request)) = self.pending.remove(&tag) else { continue };
-                // The connection may have closed while the disk worked.
-                let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection_id) else { continue };
-                let outcome = match result {
-                    DiskResult::Done => BlockOutcome::Done,
-                    DiskResult::ReadData(data) => BlockOutcome::ReadData(data),
-                    DiskResult::Failed(error) => {
-                        log::warn!("disk{disk_index}: request failed: {error:?}");
-                        BlockOutcome::Failed(BlockError::Media)
-                    }
-                };
-                if let Err(error) = entry.connection.complete_block(&mut self.target, now, request, outcome) {
-                    log::debug!("completion for a closed command: {error}");
-                }
             }
         }
         busy
