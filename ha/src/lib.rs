@@ -27,6 +27,7 @@ extern crate alloc;
 pub mod auth;
 pub mod bitmap;
 pub mod error;
+pub mod generations;
 pub mod metadata;
 pub mod node;
 pub mod takeover;

@@ -18,12 +18,19 @@ use alloc::vec::Vec;
 
 use crate::Error;
 use crate::bitmap::Bitmap;
+use crate::generations::{Generations, HISTORY_LEN};
 use crate::types::{DataState, EpochRecord, NodeId, opt_node_from_u8, opt_node_to_u8};
 use crate::wire::{CRC32C, Reader, Writer};
 
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TANDEMHA";
 pub const BITMAP_MAGIC: u32 = 0x5444_424d; // "TDBM"
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the superblock. Version 2 added the data generations and the
+/// blank flag; a version 1 superblock is read and rewritten as version 2.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest superblock version still read (and upgraded in place).
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
+/// Version of the bitmap blocks (unchanged since version 1).
+pub const BITMAP_FORMAT_VERSION: u16 = 1;
 pub const BLOCK_SIZE: usize = 4096;
 /// Bytes of a superblock covered by its CRC (the rest of the 4 KiB is zero).
 pub const SUPERBLOCK_LEN: usize = 256;
@@ -105,6 +112,8 @@ impl Layout {
 
 /// Superblock flag bits.
 pub const FLAG_ADMIN_FENCED: u8 = 1 << 0;
+/// Formatted on an empty disk and never paired since (version 2).
+pub const FLAG_BLANK: u8 = 1 << 1;
 
 /// The persistent state of a data node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +136,12 @@ pub struct Superblock {
     /// The latest committed epoch record this node knows.
     pub record: EpochRecord,
     pub layout: Layout,
+    /// The data generations (version 2).
+    pub generations: Generations,
+    /// Formatted on an empty disk and never paired since (version 2).
+    pub blank: bool,
+    /// The version this copy was read as ([`FORMAT_VERSION`] when written).
+    pub version: u16,
 }
 
 impl Superblock {
@@ -148,7 +163,7 @@ impl Superblock {
                 FLAG_ADMIN_FENCED
             } else {
                 0
-            })
+            } | if self.blank { FLAG_BLANK } else { 0 })
             .u32(0)
             .u64(self.epoch)
             .u8(opt_node_to_u8(self.voted_for))
@@ -159,7 +174,12 @@ impl Superblock {
             .u32(l.region_size)
             .u32(l.bitmap_blocks)
             .u64(l.region_count)
-            .u64(l.disk_bytes);
+            .u64(l.disk_bytes)
+            .u64(self.generations.current)
+            .u64(self.generations.bitmap);
+        for h in self.generations.history {
+            Writer(&mut out).u64(h);
+        }
         out.resize(BLOCK_SIZE, 0);
         let crc = CRC32C.checksum(&out[..SUPERBLOCK_LEN]);
         out[12..16].copy_from_slice(&crc.to_be_bytes());
@@ -178,7 +198,7 @@ impl Superblock {
         let version = r.u16();
         let len = r.u16();
         let crc = r.u32();
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion(version));
         }
         if len as usize != SUPERBLOCK_LEN {
@@ -200,6 +220,14 @@ impl Superblock {
         let peer_state =
             DataState::from_u8(r.u8()).ok_or(Error::InvalidField("superblock.peer_state"))?;
         let flags = r.u8();
+        let known_flags = if version >= 2 {
+            FLAG_ADMIN_FENCED | FLAG_BLANK
+        } else {
+            FLAG_ADMIN_FENCED
+        };
+        if flags & !known_flags != 0 {
+            return Err(Error::InvalidField("superblock.flags"));
+        }
         r.skip(4);
         let epoch = r.u64();
         let voted_for =
@@ -213,6 +241,20 @@ impl Superblock {
         let bitmap_blocks = r.u32();
         let region_count = r.u64();
         let disk_bytes = r.u64();
+        let mut generations = Generations::NONE;
+        if version >= 2 {
+            generations.current = r.u64();
+            generations.bitmap = r.u64();
+            for h in 0..HISTORY_LEN {
+                generations.history[h] = r.u64();
+            }
+        } else if !(data_state == DataState::Inconsistent && record.epoch == 0) {
+            // Version 1 had no generations: both nodes of a pair take the
+            // same one, derived from the pair id, so an upgraded pair meets
+            // as before (in sync, or resynced from its bitmaps). A disk that
+            // version 1 would have resynced in full holds no data.
+            generations = Generations::initial(pair_id);
+        }
         let layout = Layout {
             disk_bytes,
             data_bytes,
@@ -238,6 +280,9 @@ impl Superblock {
             vote_outdated,
             record,
             layout,
+            generations,
+            blank: flags & FLAG_BLANK != 0,
+            version,
         })
     }
 
@@ -259,7 +304,7 @@ pub fn emit_bitmap_block(bitmap: &Bitmap, index: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(BLOCK_SIZE);
     Writer(&mut out)
         .u32(BITMAP_MAGIC)
-        .u16(FORMAT_VERSION)
+        .u16(BITMAP_FORMAT_VERSION)
         .u16(0)
         .u32(0)
         .u32(index)
@@ -283,7 +328,7 @@ pub fn load_bitmap_block(bitmap: &mut Bitmap, index: u32, block: &[u8]) -> bool 
             return false;
         }
         let mut r = Reader::new(block);
-        if r.u32() != BITMAP_MAGIC || r.u16() != FORMAT_VERSION {
+        if r.u32() != BITMAP_MAGIC || r.u16() != BITMAP_FORMAT_VERSION {
             return false;
         }
         r.skip(2);
@@ -327,7 +372,54 @@ mod tests {
                 outdated: Some(NodeId::B),
             },
             layout: Layout::new(1 << 30, 65536).unwrap(),
+            generations: Generations {
+                current: 0x1234_5678_9abc_def0,
+                bitmap: 77,
+                history: [55, 33],
+            },
+            blank: false,
+            version: FORMAT_VERSION,
         }
+    }
+
+    /// A version 1 superblock as version 1 wrote it.
+    fn emit_v1(s: &Superblock) -> Vec<u8> {
+        let mut b = s.emit();
+        b[8..10].copy_from_slice(&1u16.to_be_bytes());
+        b[104..SUPERBLOCK_LEN].fill(0);
+        b[12..16].fill(0);
+        let crc = CRC32C.checksum(&b[..SUPERBLOCK_LEN]);
+        b[12..16].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn version_1_is_read_with_the_pair_generation() {
+        let s = sb(5);
+        let v1 = Superblock::parse(&emit_v1(&s)).unwrap();
+        assert_eq!(v1.version, 1);
+        assert_eq!(v1.generations, Generations::initial(s.pair_id));
+        assert_eq!(
+            Superblock { generations: s.generations, version: FORMAT_VERSION, ..v1 },
+            s
+        );
+        // What version 1 would have resynced in full holds no data.
+        let mut never = sb(5);
+        never.data_state = DataState::Inconsistent;
+        never.record = EpochRecord::INITIAL;
+        let v1 = Superblock::parse(&emit_v1(&never)).unwrap();
+        assert_eq!(v1.generations, Generations::NONE);
+        // Rewritten, it is version 2.
+        let again = Superblock::parse(&v1.emit()).unwrap();
+        assert_eq!(again.version, FORMAT_VERSION);
+        // A flag version 1 did not know is refused there.
+        let mut blank = sb(5);
+        blank.blank = true;
+        assert!(Superblock::parse(&emit_v1(&blank)).is_err());
+        assert!(Superblock::parse(&blank.emit()).unwrap().blank);
+        let mut v3 = s.emit();
+        v3[8..10].copy_from_slice(&3u16.to_be_bytes());
+        assert!(matches!(Superblock::parse(&v3), Err(Error::UnsupportedVersion(3)) | Err(Error::BadChecksum)));
     }
 
     #[test]

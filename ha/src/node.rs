@@ -15,12 +15,13 @@ use core::fmt;
 
 use crate::Error;
 use crate::bitmap::Bitmap;
+use crate::generations::{self, DataView, Decision, Generations, Refusal as HandshakeRefusal, Side, Verdict};
 use crate::metadata::{Layout, Superblock, emit_bitmap_block, load_bitmap_block};
 use crate::time::{Duration, DurationStats, Instant};
 use crate::types::{AnaState, DataState, EpochRecord, LinkId, MAX_LINKS, NodeId, Role};
 use crate::voter::{OwnView, VoteAsk, Voter};
 use crate::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal, flags};
-use crate::wire::stream::{self, AckStatus, Body, Frame, Hello};
+use crate::wire::stream::{self, AckStatus, Body, Frame, Hello, HelloData, hello_flag};
 
 /// The timers of the protocol. All are measured on the local clock only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +155,8 @@ pub enum CommandError {
     /// The primary is not connected to this node on the replication stream,
     /// or does not count it UpToDate (resync under way).
     NotInSync,
+    /// The primary's data cannot be discarded while it serves.
+    IsPrimary,
 }
 
 impl fmt::Display for CommandError {
@@ -167,6 +170,9 @@ impl fmt::Display for CommandError {
             CommandError::Busy => "a role change is already under way",
             CommandError::NotInSync => {
                 "not connected to the primary, or not yet in sync with it (resync under way)"
+            }
+            CommandError::IsPrimary => {
+                "this node is primary: its data cannot be discarded (demote it first)"
             }
         })
     }
@@ -189,6 +195,30 @@ impl fmt::Display for RoleChange {
             "tandem: role {} epoch {} reason {}",
             self.role, self.epoch, self.reason
         )
+    }
+}
+
+/// What the two nodes decided when they met on the replication stream,
+/// printed on the console when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub peer: NodeId,
+    pub verdict: Verdict,
+}
+
+impl fmt::Display for Handshake {
+    /// `tandem: handshake with <peer>: <decision> (<reason>)`, and for a
+    /// refusal what resolves it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tandem: handshake with {}: {}", self.peer, self.verdict)?;
+        if let Decision::Refuse(r) = self.verdict.decision {
+            write!(
+                f,
+                "\ntandem: both nodes keep their data as it is; to resolve: {}",
+                generations::resolution(r)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +283,9 @@ pub enum Action {
     AnaChanged(AnaState),
     /// Print the line on the console (`Display` of [`RoleChange`]).
     RoleChanged(RoleChange),
+    /// Print the handshake's outcome on the console (`Display` of
+    /// [`Handshake`]).
+    HandshakeDecided(Handshake),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -359,6 +392,8 @@ struct StreamState {
     decoder: stream::Decoder,
     peer_hello: Option<Hello>,
     peer_bitmap: Option<Bitmap>,
+    /// The generation this node offered for a new pair in its Hello.
+    offered_generation: u64,
     /// Host writes on this connection, from their arrival: until the local
     /// disk finished, until the peer acknowledged.
     write_times: WriteTimes,
@@ -496,7 +531,14 @@ pub struct Status {
     /// recently (they would be resynced after a crash), in bytes.
     pub active_bytes: u64,
     pub resync: Option<ResyncProgress>,
+    /// The resync under way copies every region.
+    pub full_resync: bool,
     pub election: Option<(u64, ElectionReason)>,
+    pub generations: Generations,
+    /// The disk is blank (never paired).
+    pub blank: bool,
+    /// The outcome of the last handshake with the peer.
+    pub handshake: Option<Verdict>,
 }
 
 fn fmt_age(f: &mut fmt::Formatter<'_>, d: Option<Duration>) -> fmt::Result {
@@ -573,13 +615,27 @@ impl fmt::Display for Status {
         if let Some(p) = self.resync {
             writeln!(
                 f,
-                "    resync:{}.{}% ({} of {} regions left)",
+                "    resync:{}.{}% ({} of {} regions left){}",
                 p.per_mille() / 10,
                 p.per_mille() % 10,
                 p.remaining_regions,
-                p.total_regions
+                p.total_regions,
+                if self.full_resync { " full" } else { "" }
             )?;
         }
+        if let Some(v) = self.handshake {
+            writeln!(f, "    handshake:{v}")?;
+        }
+        let g = self.generations;
+        writeln!(
+            f,
+            "  generations current:{:016x} bitmap:{:016x} history:{:016x},{:016x}{}",
+            g.current,
+            g.bitmap,
+            g.history[0],
+            g.history[1],
+            if self.blank { " blank" } else { "" }
+        )?;
         write!(f, "  witness reachable:{}", self.witness_reachable)?;
         for l in 0..self.links as usize {
             write!(f, " {}:", self.link_names[l])?;
@@ -612,6 +668,10 @@ pub enum InitialData {
     UpToDate,
     /// This disk must be fully synchronised from the peer before use.
     Inconsistent,
+    /// An empty disk: it takes a full copy from a peer that has data, and
+    /// two blank disks that meet make a new pair. Never stands before it
+    /// met its peer.
+    Blank,
 }
 
 /// A data node (`a` or `b`).
@@ -664,6 +724,19 @@ pub struct DataNode {
     applying: Vec<(ApplyKind, u64, u64)>,
     apply_queue: VecDeque<Apply>,
     resynced_in_epoch: Option<u64>,
+    /// The data generations (persisted) and the blank flag.
+    generations: Generations,
+    blank: bool,
+    /// The outcome of the last handshake.
+    handshake: Option<Verdict>,
+    /// The peer must be resynced from this node (from the handshake): in
+    /// full (`Some(true)`) or from the bitmaps. Until its resync finished,
+    /// no clean cycle runs.
+    peer_behind: Option<bool>,
+    /// Sync target: the source's current generation, from its ResyncDone.
+    resync_source_generation: u64,
+    /// Mixed into new generation identifiers.
+    generation_counter: u64,
     last_bitmap_flush: Instant,
     next_heartbeat: Instant,
     history: VecDeque<RoleChange>,
@@ -701,9 +774,14 @@ impl DataNode {
         initial: InitialData,
         now: Instant,
     ) -> Result<DataNode, Error> {
-        let data_state = match initial {
-            InitialData::UpToDate => DataState::UpToDate,
-            InitialData::Inconsistent => DataState::Inconsistent,
+        let (data_state, generations, blank) = match initial {
+            InitialData::UpToDate => (
+                DataState::UpToDate,
+                Generations::initial(cfg.pair_id),
+                false,
+            ),
+            InitialData::Inconsistent => (DataState::Inconsistent, Generations::NONE, false),
+            InitialData::Blank => (DataState::Inconsistent, Generations::NONE, true),
         };
         let sb = Superblock {
             sequence: 0,
@@ -717,6 +795,9 @@ impl DataNode {
             vote_outdated: None,
             record: EpochRecord::INITIAL,
             layout,
+            generations,
+            blank,
+            version: crate::metadata::FORMAT_VERSION,
         };
         let mut n = Self::from_parts(cfg, sb, Bitmap::new(layout.region_count), now)?;
         // The bitmap first, as barriers: a valid superblock then always comes
@@ -759,7 +840,14 @@ impl DataNode {
                 .unwrap_or(&[]);
             load_bitmap_block(&mut bitmap, i, block);
         }
-        Self::from_parts(cfg, sb, bitmap, now)
+        let upgrade = sb.version < crate::metadata::FORMAT_VERSION;
+        let mut n = Self::from_parts(cfg, sb, bitmap, now)?;
+        if upgrade {
+            // Rewritten in the current version at once (the slot not
+            // written keeps the old copy until the next update).
+            n.persist_superblock();
+        }
+        Ok(n)
     }
 
     fn from_parts(
@@ -836,6 +924,12 @@ impl DataNode {
             applying: Vec::new(),
             apply_queue: VecDeque::new(),
             resynced_in_epoch: None,
+            generations: sb.generations,
+            blank: sb.blank,
+            handshake: None,
+            peer_behind: None,
+            resync_source_generation: 0,
+            generation_counter: 0,
             last_bitmap_flush: now,
             next_heartbeat: now,
             history: VecDeque::new(),
@@ -934,7 +1028,30 @@ impl DataNode {
             vote_outdated: self.voter.vote_outdated,
             record: self.voter.record,
             layout: self.layout,
+            generations: self.generations,
+            blank: self.blank,
+            version: crate::metadata::FORMAT_VERSION,
         }
+    }
+
+    /// A fresh generation identifier: never 0, different on every call and
+    /// every boot.
+    fn fresh_generation(&mut self, now: Instant) -> u64 {
+        self.generation_counter += 1;
+        let mut x = self.cfg.incarnation
+            ^ now.as_micros().rotate_left(17)
+            ^ self.generation_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (self.me.index() as u64) << 62;
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        x.max(1)
+    }
+
+    pub fn generations(&self) -> Generations {
+        self.generations
     }
 
     fn persist_superblock(&mut self) {
@@ -1772,6 +1889,19 @@ impl DataNode {
         {
             self.data_state = DataState::UpToDate;
             self.resynced_in_epoch = None;
+            // The source's generation: the two disks hold the same data.
+            if self.resync_source_generation != 0 {
+                let old = self.generations;
+                self.generations = Generations {
+                    current: self.resync_source_generation,
+                    bitmap: 0,
+                    history: [
+                        if old.current != 0 { old.current } else { old.history[0] },
+                        if old.current != 0 { old.history[0] } else { old.history[1] },
+                    ],
+                };
+            }
+            self.blank = false;
             reason = "resynced";
         }
         if rec.outdated == Some(self.peer) {
@@ -2016,7 +2146,18 @@ impl DataNode {
             primary: Some(self.me),
             outdated: c.outdated,
         };
+        let was_degraded = self.peer_degraded();
         self.voter.record = rec;
+        if c.outdated == Some(self.peer) && !was_degraded {
+            // From now on this node writes without its peer: a new
+            // generation, persisted with the record before any such write.
+            let fresh = self.fresh_generation(now);
+            self.generations.start_new_current(fresh);
+        }
+        if c.reason == ElectionReason::PeerRecovered {
+            self.generations.retire_bitmap();
+            self.peer_behind = None;
+        }
         match c.outdated {
             Some(p) if p == self.peer => self.peer_state = DataState::Outdated,
             _ => {
@@ -2126,6 +2267,12 @@ impl DataNode {
             if resync_done && self.stream_ready() && self.unacked.is_empty() {
                 self.stand(now, ElectionReason::PeerRecovered, None);
             }
+            return;
+        }
+        if self.peer_behind.is_some() && self.stream_ready() {
+            // The handshake found the peer's data behind: record it Outdated
+            // so that the resync can run while writes go on here.
+            self.stand(now, ElectionReason::OutdatePeer, Some(self.peer));
             return;
         }
         let peer_silent = !self.voter.knowledge[self.peer.index()].alive(now, t.failure_timeout);
@@ -2444,6 +2591,7 @@ impl DataNode {
             ..StreamState::default()
         };
         self.resync = None;
+        self.stream.offered_generation = self.fresh_generation(now);
         let hello = Hello {
             role: self.role,
             data_state: self.data_state,
@@ -2451,7 +2599,15 @@ impl DataNode {
             region_size: self.layout.region_size,
             region_count: self.layout.region_count,
             data_bytes: self.layout.data_bytes,
-            features: stream::feature::WRITE_ZEROES | stream::feature::DEALLOCATE,
+            features: stream::feature::WRITE_ZEROES
+                | stream::feature::DEALLOCATE
+                | stream::feature::GENERATIONS,
+            data: Some(HelloData {
+                pair_id: self.cfg.pair_id,
+                generations: self.generations,
+                new_generation: self.stream.offered_generation,
+                flags: if self.blank { hello_flag::BLANK } else { 0 },
+            }),
         };
         self.send_frame(self.voter.record.epoch, 0, Body::Hello(hello));
         if self.role == Role::Primary {
@@ -2544,11 +2700,21 @@ impl DataNode {
     fn on_frame(&mut self, now: Instant, f: Frame<'_>) -> bool {
         match f.body {
             Body::Hello(h) => {
-                if h.region_size != self.layout.region_size
-                    || h.region_count != self.layout.region_count
-                {
+                let verdict = self.handshake_verdict(&h);
+                if self.handshake != Some(verdict) {
+                    self.actions.push(Action::HandshakeDecided(Handshake {
+                        peer: self.peer,
+                        verdict,
+                    }));
+                }
+                self.handshake = Some(verdict);
+                if matches!(verdict.decision, Decision::Refuse(_)) {
+                    // Nothing changes on either side; the stream is closed
+                    // (and the same verdict met again on every reconnection
+                    // until the operator resolves it).
                     return false;
                 }
+                self.apply_verdict(now, &h, verdict.decision);
                 self.stream.peer_hello = Some(h);
                 self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
                 if h.record == self.voter.record {
@@ -2659,7 +2825,11 @@ impl DataNode {
                 }
             }
             Body::BitmapDone => {
-                if self.role == Role::Primary {
+                // A peer found behind is first recorded Outdated; it sends
+                // its bitmap again when it learns that record.
+                if self.role == Role::Primary
+                    && (self.peer_behind.is_none() || self.peer_degraded())
+                {
                     self.start_resync(now);
                 }
             }
@@ -2714,11 +2884,12 @@ impl DataNode {
                     self.observe_epoch(f.epoch);
                 }
             }
-            Body::ResyncDone => {
+            Body::ResyncDone { current } => {
                 if self.voter.record.primary == Some(self.peer)
                     && f.epoch == self.voter.record.epoch
                 {
                     self.resynced_in_epoch = Some(self.voter.record.epoch);
+                    self.resync_source_generation = current;
                     // Our own dirty regions are now equal to the primary's.
                     let regions: Vec<u64> = {
                         let mut v = Vec::new();
@@ -2736,6 +2907,132 @@ impl DataNode {
             }
         }
         true
+    }
+
+    /// What this node and its peer decide, from the peer's Hello.
+    fn handshake_verdict(&self, h: &Hello) -> Verdict {
+        let refuse = |r: HandshakeRefusal, reason: &'static str| Verdict {
+            decision: Decision::Refuse(r),
+            reason,
+        };
+        let Some(d) = h.data else {
+            return refuse(
+                HandshakeRefusal::Unrelated,
+                "the peer does not send data generations (older version)",
+            );
+        };
+        if d.pair_id != self.cfg.pair_id {
+            return refuse(HandshakeRefusal::OtherPair, "the peer's disk belongs to another pair");
+        }
+        if h.region_size != self.layout.region_size {
+            return refuse(HandshakeRefusal::Geometry, "the peer's disk has another region size");
+        }
+        if h.data_bytes != self.layout.data_bytes || h.region_count != self.layout.region_count {
+            return refuse(
+                HandshakeRefusal::Geometry,
+                "the two disks differ in size",
+            );
+        }
+        let me = DataView {
+            generations: self.generations,
+            data_state: self.data_state,
+            blank: self.blank,
+            primary: self.role == Role::Primary,
+        };
+        let peer = DataView {
+            generations: d.generations,
+            data_state: h.data_state,
+            blank: d.flags & hello_flag::BLANK != 0,
+            primary: h.role == Role::Primary,
+        };
+        generations::decide(&me, &peer)
+    }
+
+    /// Carries out this node's part of the handshake's decision.
+    fn apply_verdict(&mut self, now: Instant, h: &Hello, decision: Decision) {
+        let Some(d) = h.data else { return };
+        self.peer_behind = None;
+        match decision {
+            Decision::NewPair => {
+                // Both take node a's offer: one generation for the pair.
+                let current = if self.me == NodeId::A {
+                    self.stream.offered_generation
+                } else {
+                    d.new_generation
+                };
+                self.generations = Generations {
+                    current: current.max(1),
+                    ..Generations::NONE
+                };
+                self.blank = false;
+                self.data_state = DataState::UpToDate;
+                self.peer_state = DataState::UpToDate;
+                self.persist_superblock();
+            }
+            Decision::InSync | Decision::Refuse(_) => {}
+            Decision::BitmapResync { source: Side::Peer } => {
+                if self.data_state == DataState::UpToDate {
+                    self.data_state = DataState::Outdated;
+                    self.persist_superblock();
+                }
+            }
+            Decision::FullResync { source: Side::Peer } => {
+                // This disk's content counts for nothing until the copy is
+                // complete. Its generation becomes the one the source's
+                // bitmap counts from, so that a copy interrupted by a
+                // restart resumes from the source's bitmap.
+                let g = d.generations;
+                self.generations = Generations {
+                    current: if g.bitmap != 0 { g.bitmap } else { g.current },
+                    ..Generations::NONE
+                };
+                self.blank = false;
+                self.data_state = DataState::Inconsistent;
+                self.resynced_in_epoch = None;
+                self.persist_superblock();
+            }
+            Decision::BitmapResync { source: Side::Me } => self.peer_behind = Some(false),
+            Decision::FullResync { source: Side::Me } => {
+                self.peer_behind = Some(true);
+                if self.generations.bitmap == 0 {
+                    self.generations.bitmap = self.generations.current;
+                    self.persist_superblock();
+                }
+                // Every region, persisted now: the copy resumes from here
+                // after a restart of either node.
+                for r in 0..self.layout.region_count {
+                    self.set_bit(r);
+                }
+                self.persist_bitmap();
+            }
+        }
+        let _ = now;
+    }
+
+    /// Operator: discard this node's data; it takes a full copy from its
+    /// peer when they next meet (at once if connected). Also resolves a
+    /// split brain or unrelated data in favour of the peer.
+    pub fn invalidate(&mut self, now: Instant) -> Result<(), CommandError> {
+        if self.role == Role::Primary {
+            return Err(CommandError::IsPrimary);
+        }
+        if self.candidacy.is_some() {
+            return Err(CommandError::Busy);
+        }
+        self.data_state = DataState::Inconsistent;
+        self.generations = Generations::NONE;
+        self.blank = false;
+        self.resynced_in_epoch = None;
+        self.handshake = None;
+        self.persist_superblock();
+        self.push_role_change(now, "invalidated");
+        self.update_ana(now);
+        if self.stream.connected {
+            // A new handshake decides the copy.
+            self.actions.push(Action::CloseStream);
+            self.on_stream_closed(now);
+        }
+        Ok(())
     }
 
     /// An Outdated peer refused a write (it was busy with a candidacy of its
@@ -2909,11 +3206,7 @@ impl DataNode {
             self.set_bit(j);
             i = j + 1;
         }
-        let never_synced = self
-            .stream
-            .peer_hello
-            .is_some_and(|h| h.data_state == DataState::Inconsistent && h.record.epoch == 0);
-        if never_synced {
+        if self.peer_behind == Some(true) {
             for r in 0..self.layout.region_count {
                 self.set_bit(r);
             }
@@ -3004,7 +3297,8 @@ impl DataNode {
         {
             rz.done_sent = true;
             let epoch = self.voter.record.epoch;
-            self.send_frame(epoch, 0, Body::ResyncDone);
+            let current = self.generations.current;
+            self.send_frame(epoch, 0, Body::ResyncDone { current });
             if !self.peer_degraded() {
                 // Nothing to record: the peer was UpToDate all along (a
                 // reconnection); an Outdated peer's resync ends with the
@@ -3084,6 +3378,7 @@ impl DataNode {
         let eligible = self.role == Role::Primary
             && !self.peer_degraded()
             && self.resync.is_none()
+            && self.peer_behind.is_none()
             && self.stream_ready()
             && self.clean_cycle.is_none();
         if !eligible {
@@ -3118,6 +3413,9 @@ impl DataNode {
         };
         match f.local {
             Some(false) => {}
+            // A resync started meanwhile (or the peer found behind) needs
+            // every bit it may copy: the cycle ends without clearing any.
+            Some(true) if f.peer_acked && (self.resync.is_some() || self.peer_behind.is_some()) => {}
             Some(true) if f.peer_acked => {
                 let candidates = self
                     .clean_cycle
@@ -3308,6 +3606,10 @@ impl DataNode {
             } else {
                 0
             },
+            full_resync: self.resync.is_some() && self.peer_behind == Some(true),
+            generations: self.generations,
+            blank: self.blank,
+            handshake: self.handshake,
             resync: self.resync.as_ref().map(|r| ResyncProgress {
                 total_regions: r.total,
                 remaining_regions: r.pending.count(),

@@ -8,7 +8,8 @@ use tandem_ha::node::{
 };
 use tandem_ha::voter::{OwnView, VoteAsk, Voter};
 use tandem_ha::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal};
-use tandem_ha::wire::stream::{AckStatus, Body, Frame, Hello};
+use tandem_ha::generations::Generations;
+use tandem_ha::wire::stream::{AckStatus, Body, Frame, Hello, HelloData, feature};
 use tandem_ha::witness::{Witness, WitnessConfig};
 use tandem_ha::{AnaState, DataState, Duration, EpochRecord, Error, Instant, LinkId, NodeId, Role};
 
@@ -449,6 +450,17 @@ fn reads_wait_for_a_lease_round_started_after_they_arrived() {
         }));
 }
 
+/// What a peer formatted together with the node under test says of its
+/// data in its Hello.
+fn in_sync_data() -> Option<HelloData> {
+    Some(HelloData {
+        pair_id: PAIR,
+        generations: Generations::initial(PAIR),
+        new_generation: 1,
+        flags: 0,
+    })
+}
+
 /// Elects A in a Trio, connects B's replication stream and gives it A's
 /// Hello, as the primary would: B then takes replication from A.
 fn secondary_b_hears_primary_a(t: &mut Trio) -> (Instant, EpochRecord) {
@@ -469,7 +481,8 @@ fn secondary_b_hears_primary_a(t: &mut Trio) -> (Instant, EpochRecord) {
             region_size: 65536,
             region_count: b.layout().region_count,
             data_bytes: b.data_bytes(),
-            features: 0,
+            features: feature::GENERATIONS,
+            data: in_sync_data(),
         }),
     };
     b.on_stream_bytes(now, &hello.emit());
@@ -1102,7 +1115,7 @@ fn adversarial_valid_messages_never_panic() {
                     len: 512,
                     status: AckStatus::Ok,
                 },
-                7 => Body::ResyncDone,
+                7 => Body::ResyncDone { current: 0 },
                 _ => Body::Hello(Hello {
                     role: Role::Primary,
                     data_state: r.pick(&states),
@@ -1115,6 +1128,7 @@ fn adversarial_valid_messages_never_panic() {
                     region_count: t.b.layout().region_count,
                     data_bytes: t.b.data_bytes(),
                     features: r.pick(&[0, 1, 0xff]),
+                    data: in_sync_data(),
                 }),
             };
             let f = Frame {
@@ -1400,7 +1414,8 @@ fn hello_from_b(t: &Trio, features: u8) -> Vec<u8> {
             region_size: 65536,
             region_count: t.a.layout().region_count,
             data_bytes: t.a.data_bytes(),
-            features,
+            features: features | feature::GENERATIONS,
+            data: in_sync_data(),
         }),
     }
     .emit()

@@ -25,6 +25,9 @@ commands:
   nvme ana <group> <state>              set an ANA group's state (manual tests)
   promote / demote                      planned switchover (pair data nodes)
   fence / unfence                       stop serving and never become primary / undo
+  invalidate                            discard this node's data: full resync from the peer
+  discard-my-data                       resolve a refused handshake (split brain, unrelated
+                                        data) by discarding this node's data
   history                               role changes with reasons and times
   poweroff                              stop the machine
   reboot                                restart the machine";
@@ -48,6 +51,8 @@ pub enum Command {
     Demote,
     Fence,
     Unfence,
+    /// Discard this node's data (`invalidate`, `discard-my-data`).
+    Invalidate,
     History,
 }
 
@@ -99,6 +104,8 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "fence" => no_arguments(Command::Fence, "fence", &mut words),
         "unfence" => no_arguments(Command::Unfence, "unfence", &mut words),
         "history" => no_arguments(Command::History, "history", &mut words),
+        "invalidate" => no_arguments(Command::Invalidate, "invalidate", &mut words),
+        "discard-my-data" => no_arguments(Command::Invalidate, "discard-my-data", &mut words),
         "log" => {
             let bad = CommandError::BadArgument { command: "log", usage: LOG_USAGE };
             let level = words.next().and_then(parse_level).ok_or(bad.clone())?;
@@ -227,6 +234,9 @@ mod tests {
         assert_eq!(parse("promote"), Ok(Command::Promote));
         assert_eq!(parse("demote"), Ok(Command::Demote));
         assert_eq!(parse("fence"), Ok(Command::Fence));
+        assert_eq!(parse("invalidate"), Ok(Command::Invalidate));
+        assert_eq!(parse("discard-my-data"), Ok(Command::Invalidate));
+        assert!(parse("invalidate now").is_err());
         assert_eq!(parse("unfence"), Ok(Command::Unfence));
         assert_eq!(parse("history"), Ok(Command::History));
         assert!(parse("promote now").is_err());

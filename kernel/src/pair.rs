@@ -257,9 +257,10 @@ impl DataPair {
         let slot1 = read_blocks(disk, layout.superblock_offset(1), BLOCK_SIZE)?;
         let now = ha_now(now_micros);
         let node = if slot0.iter().chain(slot1.iter()).all(|b| *b == 0) {
-            // A blank disk: a new pair whose two disks start identical.
-            log::info!("ha: disk0 has no pair metadata; formatting it for pair {:#x} as node {}", node_config.pair_id, me.name());
-            DataNode::format_with_layout(node_config, layout, InitialData::UpToDate, now)
+            // A blank disk: it takes a full copy from a peer with data, or
+            // makes a new pair with a peer that is blank too.
+            log::info!("ha: disk0 has no pair metadata: formatted blank for pair {:#x} as node {} (it serves once it met its peer)", node_config.pair_id, me.name());
+            DataNode::format_with_layout(node_config, layout, InitialData::Blank, now)
         } else {
             let bitmap = read_blocks(disk, layout.bitmap_block_offset(0), layout.bitmap_blocks as usize * BLOCK_SIZE)?;
             DataNode::open(node_config, &slot0, &slot1, &bitmap, now)
@@ -649,6 +650,9 @@ impl DataPair {
                     Action::RoleChanged(change) => {
                         let _ = writeln!(console, "{change}");
                     }
+                    Action::HandshakeDecided(handshake) => {
+                        let _ = writeln!(console, "{handshake}");
+                    }
                 }
             }
         }
@@ -783,6 +787,10 @@ impl DataPair {
 
     pub fn demote(&mut self, now_micros: u64) -> Result<(), String> {
         self.node.demote(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+    }
+
+    pub fn invalidate(&mut self, now_micros: u64) -> Result<(), String> {
+        self.node.invalidate(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
     }
 
     pub fn fence(&mut self, now_micros: u64) {

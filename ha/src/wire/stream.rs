@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 
 use super::{CRC32C, RECORD_LEN, Reader, Writer};
 use crate::Error;
+use crate::generations::Generations;
 use crate::types::{DataState, EpochRecord, NodeId, Role};
 
 pub const MAGIC: u32 = 0x5444_5253;
@@ -58,6 +59,20 @@ pub mod feature {
     pub const WRITE_ZEROES: u8 = 1;
     /// Deallocate frames (kind 13).
     pub const DEALLOCATE: u8 = 2;
+    /// The Hello carries the data generations ([`super::HelloData`]) and
+    /// ResyncDone the source's current generation. A node that sets it
+    /// refuses a peer that does not.
+    pub const GENERATIONS: u8 = 4;
+}
+
+/// Length of a Hello's payload without the data generations, and with them.
+pub const HELLO_BASE_LEN: usize = 48;
+pub const HELLO_LEN: usize = HELLO_BASE_LEN + 56;
+
+/// Bits of [`HelloData::flags`].
+pub mod hello_flag {
+    /// The sender's disk was formatted blank and never paired since.
+    pub const BLANK: u8 = 1;
 }
 
 /// Header flag of a Write frame: the receiver makes the data durable (not
@@ -107,6 +122,20 @@ pub struct Hello {
     pub data_bytes: u64,
     /// [`feature`] bits: what the sender understands.
     pub features: u8,
+    /// Present when [`feature::GENERATIONS`] is set.
+    pub data: Option<HelloData>,
+}
+
+/// What a node tells its peer about its data (the Hello's extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloData {
+    pub pair_id: u64,
+    pub generations: Generations,
+    /// The generation the sender would give a new pair (used by both nodes
+    /// when two blank disks meet: node a's).
+    pub new_generation: u64,
+    /// [`hello_flag`] bits.
+    pub flags: u8,
 }
 
 /// A decoded stream frame. Data-carrying frames borrow from the input.
@@ -155,7 +184,9 @@ pub enum Body<'a> {
         len: u32,
         status: AckStatus,
     },
-    ResyncDone,
+    /// `current`: the source's current generation, which the target takes
+    /// when it becomes UpToDate (0 from a peer without the feature).
+    ResyncDone { current: u64 },
     /// Make every write this receiver has acknowledged durable; `seq` numbers
     /// the flush.
     Flush,
@@ -306,6 +337,27 @@ impl<'a> Frame<'a> {
                 r.skip(4);
                 let region_count = r.u64();
                 let data_bytes = r.u64();
+                let data = if features & feature::GENERATIONS != 0 {
+                    need(HELLO_LEN)?;
+                    let pair_id = r.u64();
+                    let current = r.u64();
+                    let bitmap = r.u64();
+                    let history = [r.u64(), r.u64()];
+                    let new_generation = r.u64();
+                    let flags = r.u8();
+                    Some(HelloData {
+                        pair_id,
+                        generations: Generations {
+                            current,
+                            bitmap,
+                            history,
+                        },
+                        new_generation,
+                        flags,
+                    })
+                } else {
+                    None
+                };
                 Body::Hello(Hello {
                     role,
                     data_state,
@@ -314,6 +366,7 @@ impl<'a> Frame<'a> {
                     region_count,
                     data_bytes,
                     features,
+                    data,
                 })
             }
             kind::CONFIG => {
@@ -389,7 +442,10 @@ impl<'a> Frame<'a> {
                     status,
                 }
             }
-            kind::RESYNC_DONE => Body::ResyncDone,
+            kind::RESYNC_DONE => Body::ResyncDone {
+                // Empty from a peer without the generations feature.
+                current: if payload.len() >= 8 { r.u64() } else { 0 },
+            },
             kind::FLUSH => Body::Flush,
             kind::FLUSH_ACK => {
                 need(8)?;
@@ -423,6 +479,24 @@ impl<'a> Frame<'a> {
                     .zeros(4)
                     .u64(h.region_count)
                     .u64(h.data_bytes);
+                // The extension goes exactly when the feature bit says so.
+                if h.features & feature::GENERATIONS != 0 {
+                    let d = h.data.unwrap_or(HelloData {
+                        pair_id: 0,
+                        generations: Generations::NONE,
+                        new_generation: 0,
+                        flags: 0,
+                    });
+                    let g = d.generations;
+                    w.u64(d.pair_id)
+                        .u64(g.current)
+                        .u64(g.bitmap)
+                        .u64(g.history[0])
+                        .u64(g.history[1])
+                        .u64(d.new_generation)
+                        .u8(d.flags)
+                        .zeros(7);
+                }
                 kind::HELLO
             }
             Body::Config(rec) => {
@@ -473,7 +547,10 @@ impl<'a> Frame<'a> {
                 w.u64(*offset).u32(*len).u8(*status as u8).zeros(3);
                 kind::RESYNC_ACK
             }
-            Body::ResyncDone => kind::RESYNC_DONE,
+            Body::ResyncDone { current } => {
+                w.u64(*current);
+                kind::RESYNC_DONE
+            }
             Body::Flush => kind::FLUSH,
             Body::FlushAck { status } => {
                 w.u8(*status as u8).zeros(7);
@@ -625,6 +702,26 @@ mod tests {
                 region_count: 1234,
                 data_bytes: 1234 * 65536,
                 features: feature::WRITE_ZEROES,
+                data: None,
+            }),
+            Body::Hello(Hello {
+                role: Role::Primary,
+                data_state: DataState::UpToDate,
+                record: rec,
+                region_size: 65536,
+                region_count: 1234,
+                data_bytes: 1234 * 65536,
+                features: feature::GENERATIONS | feature::DEALLOCATE,
+                data: Some(HelloData {
+                    pair_id: 0xabcdef,
+                    generations: Generations {
+                        current: 11,
+                        bitmap: 12,
+                        history: [13, 14],
+                    },
+                    new_generation: 15,
+                    flags: hello_flag::BLANK,
+                }),
             }),
             Body::Config(rec),
             Body::Write {
@@ -663,7 +760,7 @@ mod tests {
                 len: 10,
                 status: AckStatus::Ok,
             },
-            Body::ResyncDone,
+            Body::ResyncDone { current: 0x0102_0304_0506_0708 },
             Body::Flush,
             Body::FlushAck {
                 status: AckStatus::IoError,
@@ -706,6 +803,7 @@ mod tests {
             region_count: 16,
             data_bytes: 16 * 65536,
             features: feature::WRITE_ZEROES,
+            data: None,
         };
         let bytes = Frame {
             sender: NodeId::A,
@@ -850,7 +948,7 @@ mod tests {
             sender: NodeId::Witness,
             epoch: 1,
             seq: 0,
-            body: Body::ResyncDone,
+            body: Body::ResyncDone { current: 9 },
         };
         assert_eq!(Frame::parse(&f.emit()), Err(Error::InvalidField("sender")));
         // An empty write.
@@ -888,7 +986,7 @@ mod tests {
             sender: NodeId::B,
             epoch: 1,
             seq: 0,
-            body: Body::ResyncDone,
+            body: Body::ResyncDone { current: 9 },
         }
         .emit();
         old[4] = 1;

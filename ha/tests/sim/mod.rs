@@ -136,6 +136,13 @@ pub enum Member {
     Witness(Witness),
 }
 
+/// A data node's disk, copied.
+#[derive(Clone)]
+pub struct DiskImage {
+    pub data: BTreeMap<u64, Vec<u8>>,
+    pub meta: BTreeMap<u64, Vec<u8>>,
+}
+
 pub struct SimNode {
     pub id: NodeId,
     pub member: Option<Member>,
@@ -157,6 +164,10 @@ pub struct SimNode {
     read_data: BTreeMap<u64, Vec<u8>>,
     host_ops: BTreeMap<u64, HostOp>,
     pub ana: AnaState,
+    /// Restarted on an older copy of its disk: its metadata says UpToDate,
+    /// and only its record (older than the pair's) and the handshake keep it
+    /// from standing; the lost-write check starts after its handshake.
+    reverted: bool,
 }
 
 impl SimNode {
@@ -383,6 +394,7 @@ impl Sim {
                 read_data: BTreeMap::new(),
                 host_ops: BTreeMap::new(),
                 ana: AnaState::Inaccessible,
+                reverted: false,
             });
         }
         for id in NodeId::ALL {
@@ -408,6 +420,11 @@ impl Sim {
     }
 
     fn boot(&mut self, id: NodeId, fresh: bool) {
+        self.boot_with(id, fresh.then_some(InitialData::UpToDate));
+    }
+
+    /// Boots `id`: formatting its disk as `format` says, or opening it.
+    fn boot_with(&mut self, id: NodeId, format: Option<InitialData>) {
         let now = self.now;
         let local = self.nodes[idx(id)].local_now(now);
         let member = if id == NodeId::Witness {
@@ -416,12 +433,10 @@ impl Sim {
             wc.links = LINKS;
             wc.timing = self.timing;
             Member::Witness(Witness::new(wc, local).unwrap())
-        } else if fresh {
+        } else if let Some(initial) = format {
             let cfg = self.cfg(id);
             let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
-            Member::Data(
-                DataNode::format_with_layout(cfg, layout, InitialData::UpToDate, local).unwrap(),
-            )
+            Member::Data(DataNode::format_with_layout(cfg, layout, initial, local).unwrap())
         } else {
             let cfg = self.cfg(id);
             let n = &self.nodes[idx(id)];
@@ -843,6 +858,10 @@ impl Sim {
                 let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, c);
                 self.log.push(line);
             }
+            Action::HandshakeDecided(h) => {
+                let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, h);
+                self.log.push(line);
+            }
         }
     }
 
@@ -1021,6 +1040,48 @@ impl Sim {
         for id in flushes {
             self.host_flush_complete(id, IoResult::PathError);
         }
+    }
+
+    /// Stops data node `n` (if running), replaces its disk by a blank one
+    /// (a failed disk swapped for a new one) and boots it.
+    pub fn replace_disk_blank(&mut self, n: NodeId) {
+        self.log.push(format!(
+            "{:>8.3}ms replace {}'s disk by a blank one",
+            self.now as f64 / 1000.0,
+            n
+        ));
+        if self.nodes[idx(n)].member.is_some() {
+            self.kill(n);
+        }
+        self.nodes[idx(n)].disk.clear();
+        self.nodes[idx(n)].meta.clear();
+        self.boot_with(n, Some(InitialData::Blank));
+    }
+
+    /// A copy of data node `n`'s disk (data and metadata), as a snapshot or
+    /// a copied image file would hold it.
+    pub fn disk_image(&self, n: NodeId) -> DiskImage {
+        let node = &self.nodes[idx(n)];
+        DiskImage {
+            data: node.disk.clone(),
+            meta: node.meta.clone(),
+        }
+    }
+
+    /// Stops `n` (if running), puts `image` in place of its disk and boots it.
+    pub fn restart_on_image(&mut self, n: NodeId, image: &DiskImage) {
+        self.log.push(format!(
+            "{:>8.3}ms restart {} on an older copy of its disk",
+            self.now as f64 / 1000.0,
+            n
+        ));
+        if self.nodes[idx(n)].member.is_some() {
+            self.kill(n);
+        }
+        self.nodes[idx(n)].disk = image.data.clone();
+        self.nodes[idx(n)].meta = image.meta.clone();
+        self.nodes[idx(n)].reverted = true;
+        self.boot(n, false);
     }
 
     pub fn restart(&mut self, n: NodeId) {
@@ -1447,6 +1508,9 @@ impl Sim {
         for n in [NodeId::A, NodeId::B] {
             let node = &self.nodes[idx(n)];
             let Some(d) = node.data() else { continue };
+            if node.reverted && d.status(Instant::ZERO).handshake.is_none() {
+                continue;
+            }
             if d.data_state() != DataState::UpToDate
                 || latest.outdated == Some(n)
                 || d.record().outdated == Some(n)
