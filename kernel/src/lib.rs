@@ -23,3 +23,4 @@ pub mod pattern;
 pub mod port;
 pub mod storage;
 pub mod takeover;
+pub mod virtio;

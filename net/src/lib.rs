@@ -7,6 +7,11 @@
 //! socket on one from ever answering on the other. ICMP echo is answered by
 //! smoltcp itself.
 //!
+//! Modules by what they do: [`FrameDevice`] adapts a NIC's frame queues to
+//! smoltcp (`device`), [`SegmentBatch`] gathers TCP segments for the
+//! device's segmentation offload (`segment_batch`), and `nic` runs an
+//! interface per NIC.
+//!
 //! The crate holds no `unsafe`: the queues whose buffers a device owns while
 //! it works on them live in the kernel's hardware layer, behind the safe
 //! [`FrameQueues`] trait.
@@ -16,18 +21,17 @@
 extern crate alloc;
 
 mod checksum;
+mod device;
 pub mod frames;
 mod listener;
 mod stretch_ack;
 mod nic;
-mod virtio;
+mod segment_batch;
 
 pub use listener::Listener;
 pub use stretch_ack::ACK_DELAY;
 pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
-pub use virtio::{
-    needs_notification,
-    FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, NicCounters, Pushed, ReceivedFrame, SegmentBatch, Segmentation,
-};
+pub use device::{FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, NicCounters, ReceivedFrame};
+pub use segment_batch::{Pushed, SegmentBatch, Segmentation};
 
 pub use smoltcp;

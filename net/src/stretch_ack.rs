@@ -41,7 +41,7 @@ pub fn scale_announced_mss(frame: &mut [u8]) -> bool {
 /// Lowers the MSS option of an outgoing TCP SYN in `frame` to [`LOCAL_MSS`]
 /// if it announces more, and fixes the checksum. True if it did. smoltcp
 /// announces the MSS of the MTU it is given, and with segmentation offload
-/// it is given one of [`SCALE`] segments (see [`crate::virtio`]): the peer
+/// it is given one of [`SCALE`] segments (see [`crate::SegmentBatch`]): the peer
 /// must still send segments that fit the wire.
 pub fn clamp_announced_mss(frame: &mut [u8]) -> bool {
     // Every frame sent passes here: a quick look first (IPv4 without

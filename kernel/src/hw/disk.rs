@@ -23,12 +23,15 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
+use tandem_kernel::virtio::{BlkConfig, BlkFeatures, DeviceFeatures};
+use virtio_drivers::config::read_config;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::{DeviceStatus, Transport};
+use virtio_drivers::transport::Transport;
 use virtio_drivers::Error;
 
 use super::dma::KernelHal;
 use super::pci::SharedTransport;
+use super::virtio::{NotifyGate, negotiate};
 
 pub use tandem_kernel::block::{DiskOp, DiskResult, SectorRange, Tag};
 use tandem_kernel::block::{BlockQueue, SECTOR};
@@ -40,50 +43,18 @@ const ZERO_FILL_BYTES: usize = 128 * 1024;
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const QUEUE: u16 = 0;
 
-// Feature bits (virtio 1.2 §5.2.3 and §6).
-const F_SIZE_MAX: u64 = 1 << 1;
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_BLK_SIZE: u64 = 1 << 6;
-const F_FLUSH: u64 = 1 << 9;
-const F_DISCARD: u64 = 1 << 13;
-const F_WRITE_ZEROES: u64 = 1 << 14;
-const F_RING_INDIRECT_DESC: u64 = 1 << 28;
-const F_RING_EVENT_IDX: u64 = 1 << 29;
-const F_VERSION_1: u64 = 1 << 32;
-const SUPPORTED_FEATURES: u64 = F_SIZE_MAX
-    | F_SEG_MAX
-    | F_RO
-    | F_BLK_SIZE
-    | F_FLUSH
-    | F_DISCARD
-    | F_WRITE_ZEROES
-    | F_RING_INDIRECT_DESC
-    | F_RING_EVENT_IDX
-    | F_VERSION_1;
-const FEATURE_NAMES: [(u64, &str); 9] = [
-    (F_SIZE_MAX, "size-max"),
-    (F_SEG_MAX, "seg-max"),
-    (F_RO, "ro"),
-    (F_BLK_SIZE, "blk-size"),
-    (F_FLUSH, "flush"),
-    (F_DISCARD, "discard"),
-    (F_WRITE_ZEROES, "write-zeroes"),
-    (F_RING_INDIRECT_DESC, "indirect"),
-    (F_RING_EVENT_IDX, "event-idx"),
+/// Negotiated features as `status` names them.
+const FEATURE_NAMES: [(BlkFeatures, &str); 9] = [
+    (BlkFeatures::SIZE_MAX, "size-max"),
+    (BlkFeatures::SEG_MAX, "seg-max"),
+    (BlkFeatures::RO, "ro"),
+    (BlkFeatures::BLK_SIZE, "blk-size"),
+    (BlkFeatures::FLUSH, "flush"),
+    (BlkFeatures::DISCARD, "discard"),
+    (BlkFeatures::WRITE_ZEROES, "write-zeroes"),
+    (BlkFeatures::RING_INDIRECT_DESC, "indirect"),
+    (BlkFeatures::RING_EVENT_IDX, "event-idx"),
 ];
-
-// Configuration space offsets (virtio 1.2 §5.2.4).
-const CONFIG_CAPACITY: usize = 0;
-const CONFIG_SIZE_MAX: usize = 8;
-const CONFIG_SEG_MAX: usize = 12;
-const CONFIG_BLK_SIZE: usize = 20;
-const CONFIG_MAX_DISCARD_SECTORS: usize = 36;
-const CONFIG_MAX_DISCARD_SEG: usize = 40;
-const CONFIG_DISCARD_SECTOR_ALIGNMENT: usize = 44;
-const CONFIG_MAX_WRITE_ZEROES_SECTORS: usize = 48;
-const CONFIG_MAX_WRITE_ZEROES_SEG: usize = 52;
-const CONFIG_WRITE_ZEROES_MAY_UNMAP: usize = 56;
 
 // Request types and statuses (virtio 1.2 §5.2.6).
 const T_IN: u32 = 0;
@@ -98,7 +69,7 @@ const S_UNSUPP: u8 = 2;
 /// What the device offered and what was negotiated.
 #[derive(Debug, Clone, Copy)]
 pub struct DiskLimits {
-    pub features: u64,
+    pub features: BlkFeatures,
     pub queue_size: usize,
     /// Bytes per segment; `None` without SIZE_MAX.
     pub size_max: Option<u32>,
@@ -114,8 +85,8 @@ pub struct DiskLimits {
 }
 
 impl DiskLimits {
-    fn has(&self, feature: u64) -> bool {
-        self.features & feature != 0
+    fn has(&self, feature: BlkFeatures) -> bool {
+        self.features.contains(feature)
     }
 
     /// Data bytes one virtio request may carry, a whole number of sectors.
@@ -137,11 +108,11 @@ impl DiskLimits {
     }
 
     fn discard_usable(&self) -> bool {
-        self.has(F_DISCARD) && self.max_discard_sectors != 0 && self.max_discard_seg != 0
+        self.has(BlkFeatures::DISCARD) && self.max_discard_sectors != 0 && self.max_discard_seg != 0
     }
 
     fn write_zeroes_usable(&self) -> bool {
-        self.has(F_WRITE_ZEROES) && self.max_write_zeroes_sectors != 0 && self.max_write_zeroes_seg != 0
+        self.has(BlkFeatures::WRITE_ZEROES) && self.max_write_zeroes_sectors != 0 && self.max_write_zeroes_seg != 0
     }
 
     /// Sectors per discard request: the device's bound, cut to its alignment.
@@ -320,6 +291,8 @@ pub struct DiskCounters {
     /// Flushes the caller asked for, handed to the device while other
     /// requests were in flight (none if flush were a barrier).
     pub flush_overlaps: u64,
+    /// Notifications sent to the device (a VM exit each when emulated).
+    pub notifications: u64,
 }
 
 pub struct Disk {
@@ -339,8 +312,8 @@ pub struct Disk {
     next_job: JobId,
     completed: Vec<(Tag, DiskResult)>,
     zeroes: Vec<u8>,
-    /// Requests were added that the device must be told about.
-    notify_due: bool,
+    /// Decides when the device is told of requests added.
+    notifications: NotifyGate,
     next_sync_tag: Tag,
     pub counters: DiskCounters,
 }
@@ -359,45 +332,39 @@ fn status_error(status: u8) -> Error {
 impl Disk {
     /// Negotiates with the device and sets up its request queue.
     pub fn new(mut transport: SharedTransport) -> Result<Self, Error> {
-        transport.set_status(DeviceStatus::empty());
-        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
-        let features = transport.read_device_features() & SUPPORTED_FEATURES;
-        if features & F_VERSION_1 == 0 {
-            return Err(Error::Unsupported);
-        }
-        transport.write_driver_features(features);
-        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
-        if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
-            return Err(Error::Unsupported);
-        }
-        transport.set_guest_page_size(virtio_drivers::PAGE_SIZE as u32);
-        let config = |offset: usize| transport.read_config_space::<u32>(offset);
-        // Config space is read in 32-bit pieces; the generation makes the halves agree.
+        let features: BlkFeatures = negotiate(&mut transport)?;
+        let has = |feature: BlkFeatures| features.contains(feature);
+        // The capacity is read in two 32-bit halves; the configuration
+        // generation makes them agree.
         let sectors = transport.read_consistent(|| {
-            let low = transport.read_config_space::<u32>(CONFIG_CAPACITY)?;
-            let high = transport.read_config_space::<u32>(CONFIG_CAPACITY + 4)?;
+            let low: u32 = read_config!(transport, BlkConfig, capacity_low)?;
+            let high: u32 = read_config!(transport, BlkConfig, capacity_high)?;
             Ok(u64::from(low) | u64::from(high) << 32)
         })?;
-        let has = |feature: u64| features & feature != 0;
-        let (max_discard_sectors, max_discard_seg, discard_sector_alignment) = if has(F_DISCARD) {
-            (config(CONFIG_MAX_DISCARD_SECTORS)?, config(CONFIG_MAX_DISCARD_SEG)?, config(CONFIG_DISCARD_SECTOR_ALIGNMENT)?)
+        let (max_discard_sectors, max_discard_seg, discard_sector_alignment) = if has(BlkFeatures::DISCARD) {
+            (
+                read_config!(transport, BlkConfig, max_discard_sectors)?,
+                read_config!(transport, BlkConfig, max_discard_seg)?,
+                read_config!(transport, BlkConfig, discard_sector_alignment)?,
+            )
         } else {
             (0, 0, 0)
         };
-        let (max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap) = if has(F_WRITE_ZEROES) {
+        let (max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap) = if has(BlkFeatures::WRITE_ZEROES) {
+            let may_unmap: u8 = read_config!(transport, BlkConfig, write_zeroes_may_unmap)?;
             (
-                config(CONFIG_MAX_WRITE_ZEROES_SECTORS)?,
-                config(CONFIG_MAX_WRITE_ZEROES_SEG)?,
-                transport.read_config_space::<u8>(CONFIG_WRITE_ZEROES_MAY_UNMAP)? != 0,
+                read_config!(transport, BlkConfig, max_write_zeroes_sectors)?,
+                read_config!(transport, BlkConfig, max_write_zeroes_seg)?,
+                may_unmap != 0,
             )
         } else {
             (0, 0, false)
         };
-        let size_max = if has(F_SIZE_MAX) { Some(config(CONFIG_SIZE_MAX)?).filter(|s| *s != 0) } else { None };
-        let seg_max = if has(F_SEG_MAX) { Some(config(CONFIG_SEG_MAX)?).filter(|s| *s != 0) } else { None };
-        let blk_size = if has(F_BLK_SIZE) { config(CONFIG_BLK_SIZE)? } else { SECTOR_SIZE as u32 };
-        let indirect = has(F_RING_INDIRECT_DESC);
-        let ring = Ring::new(&mut transport, indirect, has(F_RING_EVENT_IDX))?;
+        let size_max = if has(BlkFeatures::SIZE_MAX) { Some(read_config!(transport, BlkConfig, size_max)?).filter(|s| *s != 0) } else { None };
+        let seg_max = if has(BlkFeatures::SEG_MAX) { Some(read_config!(transport, BlkConfig, seg_max)?).filter(|s| *s != 0) } else { None };
+        let blk_size = if has(BlkFeatures::BLK_SIZE) { read_config!(transport, BlkConfig, blk_size)? } else { SECTOR_SIZE as u32 };
+        let ring = Ring::new(&mut transport, features.indirect_descriptors(), features.event_index())?;
+        let notifications = NotifyGate::new(&transport, QUEUE, features.event_index());
         transport.finish_init();
         let queue_size = ring.size();
         let limits = DiskLimits {
@@ -419,7 +386,7 @@ impl Disk {
             ring,
             limits,
             sectors,
-            read_only: has(F_RO),
+            read_only: has(BlkFeatures::RO),
             in_flight: (0..queue_size).map(|_| None).collect(),
             in_flight_count: 0,
             jobs: BTreeMap::new(),
@@ -428,7 +395,7 @@ impl Disk {
             next_job: 0,
             completed: Vec::new(),
             zeroes: Vec::new(),
-            notify_due: false,
+            notifications,
             next_sync_tag: 0,
             counters: DiskCounters::default(),
         })
@@ -454,10 +421,10 @@ impl Disk {
         if let Some(size_max) = l.size_max {
             let _ = write!(text, " size_max={size_max}");
         }
-        if l.has(F_DISCARD) {
+        if l.has(BlkFeatures::DISCARD) {
             let _ = write!(text, " discard_max={}x{} discard_align={}", l.max_discard_sectors, l.max_discard_seg, l.discard_sector_alignment);
         }
-        if l.has(F_WRITE_ZEROES) {
+        if l.has(BlkFeatures::WRITE_ZEROES) {
             let _ = write!(
                 text,
                 " write_zeroes_max={}x{}{}",
@@ -469,8 +436,17 @@ impl Disk {
         let c = &self.counters;
         let _ = write!(
             text,
-            "\n  reads={} writes={} flushes={} zeroes={} discards={} zero_fills={} in_flight={} max_in_flight={} flush_overlaps={}",
-            c.reads, c.writes, c.flushes, c.zeroes, c.discards, c.zero_fills, self.in_flight_count, c.max_in_flight, c.flush_overlaps
+            "\n  reads={} writes={} flushes={} zeroes={} discards={} zero_fills={} in_flight={} max_in_flight={} flush_overlaps={} notifies={}",
+            c.reads,
+            c.writes,
+            c.flushes,
+            c.zeroes,
+            c.discards,
+            c.zero_fills,
+            self.in_flight_count,
+            c.max_in_flight,
+            c.flush_overlaps,
+            c.notifications
         );
         text
     }
@@ -494,7 +470,7 @@ impl Disk {
             DiskOp::Read { sector, bytes } => Work::Read { sector, bytes, next: 0 },
             DiskOp::Write { sector, data, flush_after: fua } => {
                 // Without a write cache to flush, every write is durable.
-                flush_after = fua && self.limits.has(F_FLUSH);
+                flush_after = fua && self.limits.has(BlkFeatures::FLUSH);
                 Work::Write { sector, data, next: 0 }
             }
             DiskOp::Zero { sector, sectors, unmap } if self.limits.write_zeroes_usable() => {
@@ -506,7 +482,7 @@ impl Disk {
             }
             // Discarded content is unspecified: keeping it is a discard.
             DiskOp::Discard { .. } => Work::Issued,
-            DiskOp::Flush if self.limits.has(F_FLUSH) => Work::Flush,
+            DiskOp::Flush if self.limits.has(BlkFeatures::FLUSH) => Work::Flush,
             DiskOp::Flush => Work::Issued,
         };
         let id = self.next_job;
@@ -541,7 +517,7 @@ impl Disk {
     }
 
     fn has_room(&self, descriptors: usize) -> bool {
-        let indirect = self.limits.has(F_RING_INDIRECT_DESC);
+        let indirect = self.limits.features.indirect_descriptors();
         let free = on_ring!(&self.ring, queue => queue.available_desc());
         if indirect { self.in_flight_count < self.limits.queue_size && free > 0 } else { free >= descriptors }
     }
@@ -557,10 +533,7 @@ impl Disk {
             Ok(token) => token,
             Err(error) => return Err((request, error)),
         };
-        // Asked after every single add: with the event index the device
-        // wants a notification when the index passes one exact value, which
-        // a check after a batch of adds can miss when the index wraps.
-        self.notify_due |= on_ring!(&self.ring, queue => queue.should_notify());
+        self.notifications.added();
         if matches!(request.owner, Owner::Part { .. }) && request.kind == Kind::Flush && self.in_flight_count > 0 {
             self.counters.flush_overlaps += 1;
         }
@@ -711,8 +684,12 @@ impl Disk {
                 self.finish_if_done(id);
             }
         }
-        if core::mem::take(&mut self.notify_due) {
+        // Once for everything added: a batch that crosses the device's
+        // event notifies once (the event index rule handles the wrap).
+        let ring = &self.ring;
+        if self.notifications.notify_due(|| on_ring!(ring, queue => queue.should_notify())) {
             self.transport.notify(QUEUE);
+            self.counters.notifications += 1;
         }
     }
 

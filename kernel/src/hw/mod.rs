@@ -11,3 +11,4 @@ pub mod pci;
 pub mod power;
 mod runtime;
 pub mod serial;
+pub mod virtio;

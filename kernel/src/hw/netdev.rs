@@ -21,12 +21,14 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures};
 use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, Pushed, ReceivedFrame, SegmentBatch, Segmentation};
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::{DeviceStatus, Transport};
+use virtio_drivers::transport::Transport;
 
 use super::dma::KernelHal;
 use super::pci::SharedTransport;
+use super::virtio::{NotifyGate, negotiate};
 
 /// Descriptors per virtqueue (QEMU's virtio-net offers 256 per queue): a
 /// 128 KiB read is ~90 frames, and the host's bursts fill the receive queue.
@@ -42,31 +44,6 @@ const SPARE_BATCH_BUFFERS: usize = 8;
 /// A segmentation batch's buffer: the device header and the largest IPv4
 /// packet with its Ethernet header.
 const BATCH_BUFFER_LEN: usize = HEADER_LEN + 14 + 65536;
-
-// Feature bits (virtio 1.2, 5.1.3 and 6).
-const F_CSUM: u64 = 1 << 0;
-const F_GUEST_CSUM: u64 = 1 << 1;
-const F_MAC: u64 = 1 << 5;
-const F_GUEST_TSO4: u64 = 1 << 7;
-const F_HOST_TSO4: u64 = 1 << 11;
-const F_MRG_RXBUF: u64 = 1 << 15;
-const F_STATUS: u64 = 1 << 16;
-const F_RING_INDIRECT_DESC: u64 = 1 << 28;
-const F_RING_EVENT_IDX: u64 = 1 << 29;
-const F_VERSION_1: u64 = 1 << 32;
-const SUPPORTED_FEATURES: u64 = F_CSUM
-    | F_GUEST_CSUM
-    | F_MAC
-    | F_GUEST_TSO4
-    | F_HOST_TSO4
-    | F_MRG_RXBUF
-    | F_STATUS
-    | F_RING_INDIRECT_DESC
-    | F_RING_EVENT_IDX
-    | F_VERSION_1;
-/// Receive offload needs all three: large segments arrive with their
-/// checksum left to us, spread over ordinary buffers.
-const RECEIVE_OFFLOAD: u64 = F_GUEST_TSO4 | F_GUEST_CSUM | F_MRG_RXBUF;
 
 const HDR_F_NEEDS_CSUM: u8 = 1;
 const HDR_F_DATA_VALID: u8 = 2;
@@ -101,89 +78,25 @@ fn buffer() -> Vec<u8> {
     vec![0u8; BUFFER_LEN]
 }
 
-/// Decides a queue's notifications by the device's avail_event, as the
-/// virtio specification does (`vring_need_event`): notify only when the
-/// available index crosses the index the device asked about. virtio-drivers'
-/// `VirtQueue::should_notify` notifies whenever the index is past that event,
-/// so every buffer added after one notification and before the device next
-/// writes its event brings another one — a VM exit each (three per received
-/// 4 KiB write capsule, which spans three receive buffers).
-struct NotifyGate {
-    /// The device's avail_event; `None` without VIRTIO_F_EVENT_IDX.
-    avail_event: Option<u64>,
-    /// The available index: buffers added since the queue was set up
-    /// (VirtQueue::add moves it by one per buffer chain).
-    available: u16,
-    /// The available index when notification was last decided.
-    decided: u16,
-    /// Notifications sent.
-    sent: u64,
-}
-
-impl NotifyGate {
-    fn new(transport: &SharedTransport, queue: u16, event_idx: bool) -> Self {
-        let avail_event = if event_idx { transport.avail_event_address(queue) } else { None };
-        Self { avail_event, available: 0, decided: 0, sent: 0 }
-    }
-
-    fn added(&mut self) {
-        self.available = self.available.wrapping_add(1);
-    }
-
-    /// Whether the buffers added since the last decision need a
-    /// notification; `flags_allow` answers for a device without event index
-    /// (its NO_NOTIFY flag).
-    fn notify_due(&mut self, flags_allow: impl FnOnce() -> bool) -> bool {
-        let due = self.decide(flags_allow);
-        self.sent += u64::from(due);
-        due
-    }
-
-    fn decide(&mut self, flags_allow: impl FnOnce() -> bool) -> bool {
-        let old = core::mem::replace(&mut self.decided, self.available);
-        let Some(address) = self.avail_event else { return flags_allow() };
-        // The new available index must be visible before the device's event
-        // is read (a store then a load: a full fence on x86).
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        // SAFETY: the address is inside the queue's used ring, which the
-        // queue allocated (identity mapped, aligned) and keeps while it
-        // lives; the device writes it, hence a volatile read.
-        let event = unsafe { core::ptr::read_volatile(address as *const u16) };
-        tandem_net::needs_notification(u16::from_le(event), self.available, old)
-    }
-}
-
 impl NetQueues {
     /// Negotiates with the device and fills its receive queue.
     pub fn new(mut transport: SharedTransport) -> Result<Self, virtio_drivers::Error> {
-        transport.set_status(DeviceStatus::empty());
-        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
-        let mut features = transport.read_device_features() & SUPPORTED_FEATURES;
-        if features & RECEIVE_OFFLOAD != RECEIVE_OFFLOAD {
-            features &= !F_GUEST_TSO4;
-        }
-        if features & F_VERSION_1 == 0 {
-            return Err(virtio_drivers::Error::Unsupported);
-        }
-        transport.write_driver_features(features);
-        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
-        transport.set_guest_page_size(virtio_drivers::PAGE_SIZE as u32);
+        let features: NetFeatures = negotiate(&mut transport)?;
         let mut mac = [0u8; 6];
+        // Byte by byte: the field is not aligned for a wider read.
+        let mac_at = core::mem::offset_of!(NetConfig, mac);
         for (offset, byte) in mac.iter_mut().enumerate() {
-            *byte = transport.read_config_space::<u8>(offset)?;
+            *byte = transport.read_config_space::<u8>(mac_at + offset)?;
         }
-        let indirect = features & F_RING_INDIRECT_DESC != 0;
-        let event_idx = features & F_RING_EVENT_IDX != 0;
+        let indirect = features.indirect_descriptors();
+        let event_idx = features.event_index();
         let receive = VirtQueue::new(&mut transport, QUEUE_RECEIVE, indirect, event_idx)?;
         let send = VirtQueue::new(&mut transport, QUEUE_TRANSMIT, indirect, event_idx)?;
         let receive_gate = NotifyGate::new(&transport, QUEUE_RECEIVE, event_idx);
         let send_gate = NotifyGate::new(&transport, QUEUE_TRANSMIT, event_idx);
         transport.finish_init();
-        let offload = features & (F_CSUM | F_HOST_TSO4) == F_CSUM | F_HOST_TSO4;
-        log::debug!(
-            "virtio-net features {features:#x}, segmentation offload {offload}, receive offload {}",
-            features & RECEIVE_OFFLOAD == RECEIVE_OFFLOAD
-        );
+        let offload = features.segmentation_offload();
+        log::debug!("virtio-net segmentation offload {offload}, receive offload {}", features.receive_offload());
         let mut queues = Self {
             transport,
             receive,
@@ -195,7 +108,7 @@ impl NetQueues {
             free_large: Vec::new(),
             filling: None,
             batch: offload.then(|| SegmentBatch::new(HEADER_LEN)),
-            merged_receive: features & F_MRG_RXBUF != 0,
+            merged_receive: features.contains(NetFeatures::MRG_RXBUF),
             receive_gate,
             send_gate,
         };
@@ -475,7 +388,7 @@ impl FrameQueues for NetQueues {
     }
 
     fn notifications(&self) -> (u64, u64) {
-        (self.receive_gate.sent, self.send_gate.sent)
+        (self.receive_gate.sent(), self.send_gate.sent())
     }
 
     fn segments_large_frames(&self) -> bool {

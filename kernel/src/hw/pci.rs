@@ -11,6 +11,8 @@ use virtio_drivers::transport::pci::bus::{
 };
 use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
+use tandem_kernel::virtio::{NET_S_LINK_UP, NetConfig};
+use virtio_drivers::config::read_config;
 use virtio_drivers::{PhysAddr, Result as VirtioResult};
 use x86_64::instructions::port::Port;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -54,7 +56,7 @@ impl ConfigurationAccess for PortConfigurationAccess {
 /// A virtio transport that the kernel can still reach after handing it to a
 /// driver, to read device configuration the driver does not expose (the
 /// virtio-net link status), and that remembers where each queue's used ring
-/// is (for the device's event index: `NotifyGate` in `netdev.rs`).
+/// is (for the device's event index: `NotifyGate` in `virtio.rs`).
 #[derive(Clone)]
 pub struct SharedTransport(Rc<RefCell<PciTransport>>, Rc<RefCell<Vec<UsedRing>>>);
 
@@ -84,7 +86,8 @@ impl SharedTransport {
 
     /// virtio-net: is the link up (VIRTIO_NET_S_LINK_UP in the status field)?
     pub fn net_link_up(&self) -> bool {
-        self.0.borrow().read_config_space::<u16>(6).map(|status| status & 1 != 0).unwrap_or(true)
+        let status: VirtioResult<u16> = read_config!(*self, NetConfig, status);
+        status.map(|status| status & NET_S_LINK_UP != 0).unwrap_or(true)
     }
 }
 
