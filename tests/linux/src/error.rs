@@ -51,6 +51,9 @@ pub enum Error {
     /// The tandem image (built and run by `tandem-qemu`) failed: building,
     /// booting, its console, or it stopped.
     Tandem(String),
+    /// The native load generator or a chart of the side-by-side benchmark
+    /// failed.
+    Bench(String),
 }
 
 impl Error {
@@ -122,6 +125,7 @@ impl fmt::Display for Error {
             }
             Error::Fio { job, reason } => write!(f, "fio job {job}: {reason}"),
             Error::Tandem(why) => write!(f, "tandem image: {why}"),
+            Error::Bench(why) => write!(f, "benchmark: {why}"),
         }
     }
 }

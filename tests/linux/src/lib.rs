@@ -24,6 +24,7 @@ pub mod error;
 pub mod fio;
 pub mod guest;
 pub mod image;
+pub mod native;
 pub mod netns;
 pub mod scenario;
 pub mod tandem;
