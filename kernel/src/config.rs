@@ -27,6 +27,9 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// TCP port that serves the `status` text; 0 disables it.
     pub status_port: u16,
+    /// `status_nics=`: the NICs that serve the status port (bit N: netN);
+    /// `None`: the role's default ([`Config::serves_status_on`]).
+    pub status_nics: Option<u8>,
     pub nvme: NvmeSettings,
     pub ha: HaSettings,
 }
@@ -73,6 +76,8 @@ pub struct HaSettings {
     /// `ha_port=`: UDP port for control datagrams; the replication stream
     /// uses TCP `ha_port - 1`.
     pub control_port: u16,
+    /// `pair_key=`: the pair's shared secret (its `Debug` never shows it).
+    pub pair_key: Option<tandem_ha::auth::PairKey>,
 }
 
 impl Default for HaSettings {
@@ -90,6 +95,7 @@ impl Default for HaSettings {
             lease_ms: 400,
             resync_mib_per_second: 100,
             control_port: 7790,
+            pair_key: None,
         }
     }
 }
@@ -170,7 +176,7 @@ impl AnaSetting {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT, nvme: NvmeSettings::default(), ha: HaSettings::default() }
+        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT, status_nics: None, nvme: NvmeSettings::default(), ha: HaSettings::default() }
     }
 }
 
@@ -183,6 +189,20 @@ impl Config {
     /// Indexes of NICs named on the command line.
     pub fn configured_nics(&self) -> impl Iterator<Item = usize> + '_ {
         self.nics.iter().enumerate().filter(|(_, nic)| nic.is_some()).map(|(index, _)| index)
+    }
+
+    /// Whether NIC `index` serves the status port. Default: every NIC on a
+    /// stand-alone node, none on a member of a pair (whose segments are
+    /// untrusted: the console is its status channel).
+    pub fn serves_status_on(&self, index: usize) -> bool {
+        if self.status_port == 0 || index >= MAX_NICS {
+            return false;
+        }
+        let nics = self.status_nics.unwrap_or(match self.ha.role {
+            HaRole::Standalone => u8::MAX,
+            HaRole::Data(_) | HaRole::Witness => 0,
+        });
+        nics & (1 << index) != 0
     }
 
     /// Parses a whole command line. Words are separated by spaces.
@@ -211,6 +231,22 @@ impl Config {
         match key {
             "log" => {
                 self.log_level = parse_level(value).ok_or_else(|| ConfigError::new(key, LOG_FORM, value))?;
+            }
+            "status_nics" => {
+                self.status_nics = Some(parse_nic_set(value).ok_or_else(|| ConfigError::new(key, "none, all, or net<N>[,net<N>...] with N 0-7", value))?);
+            }
+            "pair_key" => {
+                // The error says what is wrong with the value, never the value.
+                let key = tandem_ha::auth::PairKey::from_hex(value).map_err(|error| ConfigError {
+                    key: key.to_string(),
+                    expected: Some("64 hexadecimal digits (make one with `openssl rand -hex 32`)"),
+                    got: alloc::format!("a value that {}", match error {
+                        tandem_ha::auth::KeyError::Length(n) => alloc::format!("has {n} characters"),
+                        tandem_ha::auth::KeyError::NotHex(at) => alloc::format!("has a non-hexadecimal character at position {}", at + 1),
+                        tandem_ha::auth::KeyError::AllZero => "is all zeroes".to_string(),
+                    }),
+                })?;
+                self.ha.pair_key = Some(key);
             }
             "status_port" => {
                 self.status_port = value.parse().map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
@@ -315,6 +351,9 @@ impl Config {
                 if self.nvme.peer_portals.is_empty() {
                     return Err(ConfigError::new("peer", "the peer's front-end address (required with node=)", ""));
                 }
+                if ha.pair_key.is_none() {
+                    return Err(ConfigError::new("pair_key", PAIR_KEY_REQUIRED, ""));
+                }
                 if ha.lease_ms < 2 * ha.heartbeat_interval_ms || ha.failure_timeout_ms < 2 * ha.heartbeat_interval_ms {
                     return Err(ConfigError::new("lease", "lease and hb_timeout of at least two hb_interval", ""));
                 }
@@ -323,10 +362,27 @@ impl Config {
                 if ha.node_addresses.iter().any(Option::is_none) {
                     return Err(ConfigError::new("node_a", "node_a= and node_b= (the data nodes' front-end addresses) with role=witness", ""));
                 }
+                if ha.pair_key.is_none() {
+                    return Err(ConfigError::new("pair_key", PAIR_KEY_REQUIRED, ""));
+                }
             }
             HaRole::Standalone => {}
         }
         Ok(())
+    }
+}
+
+const PAIR_KEY_REQUIRED: &str = "the pair's key, 64 hexadecimal digits, the same on a, b and the witness (required in a pair; make one with `openssl rand -hex 32`)";
+
+/// `none`, `all`, or `net0,net2`: a bit per NIC.
+fn parse_nic_set(value: &str) -> Option<u8> {
+    match value {
+        "none" => Some(0),
+        "all" => Some(u8::MAX),
+        _ => value.split(',').try_fold(0u8, |set, name| {
+            let index: usize = name.strip_prefix("net")?.parse().ok()?;
+            (index < MAX_NICS).then(|| set | 1 << index)
+        }),
     }
 }
 
@@ -608,7 +664,7 @@ mod tests {
     #[test]
     fn ha_keys() {
         let config = Config::parse(
-            "node=b peer=10.77.0.1 peer_repl=10.78.0.1 witness=10.77.0.3 hb_interval=20 hb_timeout=300 lease=200 pair_id=7 resync_rate=50",
+            &format!("node=b peer=10.77.0.1 peer_repl=10.78.0.1 witness=10.77.0.3 hb_interval=20 hb_timeout=300 lease=200 pair_id=7 resync_rate=50 pair_key={KEY}"),
         )
         .unwrap();
         config.check_consistency().unwrap();
@@ -617,14 +673,60 @@ mod tests {
         assert_eq!(config.ha.witness, Some([10, 77, 0, 3]));
         assert_eq!((config.ha.heartbeat_interval_ms, config.ha.failure_timeout_ms, config.ha.lease_ms), (20, 300, 200));
         assert_eq!((config.ha.pair_id, config.ha.resync_mib_per_second), (Some(7), 50));
-        let witness = Config::parse("role=witness node_a=10.77.0.1 node_b=10.77.0.2").unwrap();
+        let witness = Config::parse(&format!("role=witness node_a=10.77.0.1 node_b=10.77.0.2 pair_key={KEY}")).unwrap();
         witness.check_consistency().unwrap();
         assert_eq!(witness.ha.role, HaRole::Witness);
         assert_eq!(Config::parse("role=witness").unwrap().check_consistency().unwrap_err().key, "node_a");
         assert_eq!(Config::parse("node=a").unwrap().check_consistency().unwrap_err().key, "peer");
-        assert_eq!(Config::parse("node=a peer=10.0.0.2 hb_interval=300").unwrap().check_consistency().unwrap_err().key, "lease");
+        assert_eq!(Config::parse(&format!("node=a peer=10.0.0.2 hb_interval=300 pair_key={KEY}")).unwrap().check_consistency().unwrap_err().key, "lease");
         for (word, key) in [("node=c", "node"), ("role=boss", "role"), ("witness=x", "witness"), ("hb_interval=1", "hb_interval"), ("pair_id=0", "pair_id")] {
             assert_eq!(Config::parse(word).unwrap_err().key, key, "{word}");
+        }
+    }
+
+    const KEY: &str = "8f1c0a9e55d2b7346e01f3c2a9d8b7e6f5a4c3b2d1e0f9a8b7c6d5e4f3a2b1c0";
+
+    #[test]
+    fn pair_members_need_a_key_which_is_never_printed() {
+        let data = Config::parse("node=a peer=10.0.0.2").unwrap();
+        let error = data.check_consistency().unwrap_err();
+        assert_eq!(error.key, "pair_key");
+        assert!(error.to_string().starts_with("pair_key: expected the pair's key, 64 hexadecimal digits"), "{error}");
+        let witness = Config::parse("role=witness node_a=10.77.0.1 node_b=10.77.0.2").unwrap();
+        assert_eq!(witness.check_consistency().unwrap_err().key, "pair_key");
+        Config::parse("").unwrap().check_consistency().unwrap();
+        // Bad keys: the line says what is wrong, not what was given.
+        for (value, why) in [
+            (&KEY[1..], "has 63 characters"),
+            (&"8f1c0a9e55d2b7346e01f3c2a9d8b7e6f5a4c3b2d1e0f9a8b7c6d5e4f3a2b1cz"[..], "non-hexadecimal character at position 64"),
+            (&"0".repeat(64)[..], "is all zeroes"),
+        ] {
+            let error = Config::parse(&format!("pair_key={value}")).unwrap_err();
+            let line = error.to_string();
+            assert_eq!(error.key, "pair_key");
+            assert!(line.contains(why), "{line}");
+            assert!(!line.contains(&value[..16]), "the key leaked: {line}");
+        }
+        let config = Config::parse(&format!("node=a peer=10.0.0.2 pair_key={KEY}")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(&KEY[..16]) && !shown.contains("143, 28"), "{shown}");
+    }
+
+    #[test]
+    fn status_nics_default_per_role() {
+        let standalone = Config::parse("").unwrap();
+        assert!((0..MAX_NICS).all(|nic| standalone.serves_status_on(nic)));
+        let member = Config::parse(&format!("node=a peer=10.0.0.2 pair_key={KEY}")).unwrap();
+        assert!((0..MAX_NICS).all(|nic| !member.serves_status_on(nic)));
+        let witness = Config::parse("role=witness").unwrap();
+        assert!(!witness.serves_status_on(0));
+        let chosen = Config::parse(&format!("node=a pair_key={KEY} status_nics=net2,net0")).unwrap();
+        assert_eq!((0..4).map(|nic| chosen.serves_status_on(nic)).collect::<Vec<_>>(), [true, false, true, false]);
+        assert!(!Config::parse("status_nics=all status_port=0").unwrap().serves_status_on(0));
+        assert!(!Config::parse("status_nics=none").unwrap().serves_status_on(0));
+        assert!(Config::parse("role=witness status_nics=all").unwrap().serves_status_on(7));
+        for bad in ["status_nics=", "status_nics=eth0", "status_nics=net8", "status_nics=net0,"] {
+            assert_eq!(Config::parse(bad).unwrap_err().key, "status_nics", "{bad}");
         }
     }
 

@@ -90,7 +90,8 @@ impl Machine {
                             let addressing = config.nic(index);
                             log::info!("{name}: virtio-net at {} mac {} irq {} {}", device.location, mac_text(mac), device.irq, addressing);
                             let nic = Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
-                            let status = (config.status_port != 0)
+                            let status = config
+                                .serves_status_on(index)
                                 .then(|| Listener::new(config.status_port, STATUS_CONNECTIONS, STATUS_BUFFER_BYTES));
                             nets.push(NetPort::new(nic, status));
                             net_transports.push(device.transport);
@@ -300,7 +301,7 @@ impl Machine {
         match self.config.ha.role {
             HaRole::Standalone => {}
             HaRole::Witness => {
-                match WitnessMember::start(&self.config, &mut self.nets, now, clock::boot_stamp()) {
+                match WitnessMember::start(&self.config, &mut self.nets, now, clock::boot_stamp(), &clock::boot_entropy()) {
                     Ok(witness) => self.pair = Some(Pair::Witness(witness)),
                     Err(error) => println!("tandem: error: the witness cannot start: {error}"),
                 }
@@ -311,7 +312,7 @@ impl Machine {
                     println!("tandem: error: node={} needs a disk (disk0) for the pair's data", if node == PairNode::A { "a" } else { "b" });
                     return;
                 };
-                match DataPair::start(&self.config, node, &mut self.nets, disk, now, clock::boot_stamp()) {
+                match DataPair::start(&self.config, node, &mut self.nets, disk, now, clock::boot_stamp(), &clock::boot_entropy()) {
                     Ok(pair) => {
                         pair_data_bytes = Some(pair.data_bytes());
                         self.pair = Some(Pair::Data(pair));

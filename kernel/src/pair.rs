@@ -14,6 +14,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use tandem_ha::auth::channel::ControlChannel;
+use tandem_ha::auth::stream::{StreamCounters, StreamSession};
+use tandem_ha::auth::{Keys, NonceSource};
 use tandem_ha::metadata::{Layout, BLOCK_SIZE};
 use tandem_ha::node::{Action, Config as NodeConfig, DataNode, HostIoError, InitialData, IoResult, Timing, DEFAULT_REGION_SIZE};
 use tandem_ha::witness::{Witness, WitnessConfig};
@@ -36,6 +39,11 @@ const UDP_BYTES: usize = 32 * 1024;
 const STREAM_BUFFER_BYTES: usize = 256 * 1024;
 const RECONNECT_MILLIS: u64 = 100;
 const STREAM_KEEPALIVE_MILLIS: u64 = 500;
+/// A replication connection must complete its handshake within this.
+const STREAM_HANDSHAKE_MILLIS: u64 = 1000;
+/// Accepted connections in their handshake at once (besides the stream):
+/// a newer one pushes the oldest out, so strangers cannot keep the peer out.
+const STREAM_PENDING: usize = 2;
 /// Write Zeroes goes to the pair in pieces of at most this size, each a
 /// WriteZeroes frame (or, to a peer that does not understand those, a Write
 /// of zeroes: hence at most one Write frame's data).
@@ -66,6 +74,15 @@ fn pair_id(config: &Config) -> u64 {
     })
 }
 
+/// The pair's keys and this boot's nonces; `None` without `pair_key=`
+/// (which the configuration refuses for a pair member).
+fn pair_keys(config: &Config, entropy: &[u8]) -> Result<(Keys, NonceSource), String> {
+    let key = config.ha.pair_key.as_ref().ok_or_else(|| String::from("no pair_key="))?;
+    let keys = Keys::derive(key);
+    let nonces = NonceSource::new(&keys, entropy);
+    Ok((keys, nonces))
+}
+
 /// One UDP socket per link.
 struct Links {
     /// (NIC index, socket) for link 0 and link 1.
@@ -73,10 +90,12 @@ struct Links {
     port: u16,
     /// Address of (member, link): a, b, witness × link 0, link 1.
     addresses: [[Option<[u8; 4]>; 2]; 3],
+    /// Seals what the crate sends, checks what arrives (docs/ha-protocol.md §3a).
+    channel: ControlChannel,
 }
 
 impl Links {
-    fn open<Q: FrameQueues>(nets: &mut [NetPort<Q>], port: u16, addresses: [[Option<[u8; 4]>; 2]; 3]) -> Self {
+    fn open<Q: FrameQueues>(nets: &mut [NetPort<Q>], port: u16, addresses: [[Option<[u8; 4]>; 2]; 3], channel: ControlChannel) -> Self {
         let mut sockets = [None, None];
         let nics = [if nets.len() > 1 { 1 } else { 0 }, 0];
         for (link, nic) in nics.into_iter().enumerate() {
@@ -94,10 +113,17 @@ impl Links {
                 sockets[link] = Some((nic, nets[nic].nic.sockets_mut().add(socket)));
             }
         }
-        Self { sockets, port, addresses }
+        Self { sockets, port, addresses, channel }
     }
 
-    fn send<Q: FrameQueues>(&self, nets: &mut [NetPort<Q>], to: NodeId, link: LinkId, bytes: &[u8]) {
+    /// The member whose configured address on `link` is `address`.
+    fn member_at(&self, link: usize, address: [u8; 4]) -> Option<NodeId> {
+        NodeId::ALL.into_iter().find(|member| self.addresses[member.index()].get(link).copied().flatten() == Some(address))
+    }
+
+    /// Sends a control datagram or connection list of the crate (version 1,
+    /// sealed here into version 2).
+    fn send<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], to: NodeId, link: LinkId, plain: &[u8]) {
         let link_index = link.0 as usize;
         let Some(Some((nic, handle))) = self.sockets.get(link_index) else { return };
         let Some(Some(address)) = self.addresses.get(to.index()).and_then(|a| a.get(link_index)) else { return };
@@ -109,20 +135,33 @@ impl Links {
             return;
         }
         let endpoint = IpEndpoint::new(IpAddress::Ipv4(destination), self.port);
-        let socket = nets[*nic].nic.sockets_mut().get_mut::<udp::Socket>(*handle);
-        if let Err(error) = socket.send_slice(bytes, endpoint) {
+        let (nic, handle) = (*nic, *handle);
+        let Some(bytes) = self.channel.seal(to, plain) else {
+            log::error!("ha: not a control datagram, not sent (to {} on link {})", to.name(), link.0);
+            return;
+        };
+        let socket = nets[nic].nic.sockets_mut().get_mut::<udp::Socket>(handle);
+        if let Err(error) = socket.send_slice(&bytes, endpoint) {
             log::debug!("ha: datagram to {} on link {} dropped: {error}", to.name(), link.0);
         }
     }
 
-    /// Received datagrams: (link, bytes).
-    fn receive<Q: FrameQueues>(&self, nets: &mut [NetPort<Q>]) -> Vec<(LinkId, Vec<u8>)> {
+    /// Received datagrams that are genuine, fresh, for this member and from
+    /// where their sender is: (link, version-1 bytes for the crate). The
+    /// others are dropped and counted by the channel.
+    fn receive<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>]) -> Vec<(LinkId, Vec<u8>)> {
         let mut received = Vec::new();
-        for (link, entry) in self.sockets.iter().enumerate() {
+        for (link, entry) in self.sockets.into_iter().enumerate() {
             let Some((nic, handle)) = entry else { continue };
-            let socket = nets[*nic].nic.sockets_mut().get_mut::<udp::Socket>(*handle);
-            while let Ok((bytes, _)) = socket.recv() {
-                received.push((LinkId(link as u8), bytes.to_vec()));
+            loop {
+                let socket = nets[nic].nic.sockets_mut().get_mut::<udp::Socket>(handle);
+                let Ok((bytes, meta)) = socket.recv() else { break };
+                let IpAddress::Ipv4(from) = meta.endpoint.addr;
+                let source = self.member_at(link, from.octets());
+                match self.channel.open(LinkId(link as u8), source, bytes) {
+                    Ok(plain) => received.push((LinkId(link as u8), plain)),
+                    Err(reason) => log::debug!("ha: control datagram from {} on link {link} dropped: {}", meta.endpoint, reason.name()),
+                }
             }
         }
         received
@@ -140,6 +179,19 @@ struct Stream {
     outbox: VecDeque<u8>,
     retry_at_ms: u64,
     next_local_port: u16,
+    /// The authentication of `socket` (docs/ha-protocol.md §4a); the
+    /// stream is `connected` once it is established.
+    session: Option<StreamSession>,
+    /// When `socket`'s handshake started (the connecting side).
+    handshake_since_ms: u64,
+    /// Node b: accepted connections still in their handshake, with when
+    /// they were accepted. None replaces the stream before it proved the key.
+    pending: Vec<(SocketHandle, StreamSession, u64)>,
+    me: NodeId,
+    peer_node: NodeId,
+    keys: Keys,
+    nonces: NonceSource,
+    counters: StreamCounters,
 }
 
 enum Origin {
@@ -233,7 +285,8 @@ fn read_blocks<D: BlockQueue>(disk: &mut D, offset: u64, bytes: usize) -> Result
 impl DataPair {
     /// Opens disk0's metadata (formatting a blank disk) and joins the pair.
     /// `boot_stamp`: differs from one boot to the next (the node's
-    /// incarnation, mixed with the time).
+    /// incarnation, mixed with the time); `entropy`: bytes that differ from
+    /// boot to boot, for the nonces of the pair's authentication.
     pub fn start<Q: FrameQueues, D: BlockQueue>(
         config: &Config,
         node: PairNode,
@@ -241,6 +294,7 @@ impl DataPair {
         disk: &mut D,
         now_micros: u64,
         boot_stamp: u64,
+        entropy: &[u8],
     ) -> Result<Self, String> {
         let me = match node {
             PairNode::A => NodeId::A,
@@ -274,7 +328,9 @@ impl DataPair {
         addresses[peer_index] = [config.ha.peer_replication.or(peer), peer];
         addresses[NodeId::Witness.index()] = [config.ha.witness_replication, config.ha.witness];
         let _ = me_index;
-        let links = Links::open(nets, config.ha.control_port, addresses);
+        let (keys, mut nonces) = pair_keys(config, entropy)?;
+        let channel = ControlChannel::new(me, &keys, nonces.next_u64());
+        let links = Links::open(nets, config.ha.control_port, addresses, channel);
         let stream_nic = if nets.len() > 1 { 1 } else { 0 };
         let stream_port = config.ha.control_port - 1;
         let connects = me == NodeId::A;
@@ -282,12 +338,21 @@ impl DataPair {
             nic: stream_nic,
             peer: addresses[peer_index][0],
             port: stream_port,
-            listener: (!connects).then(|| Listener::new(stream_port, 2, STREAM_BUFFER_BYTES)),
+            // The stream, the connections in their handshake, one listening.
+            listener: (!connects).then(|| Listener::new(stream_port, 2 + STREAM_PENDING, STREAM_BUFFER_BYTES)),
             socket: None,
             connected: false,
             outbox: VecDeque::new(),
             retry_at_ms: 0,
             next_local_port: 49152,
+            session: None,
+            handshake_since_ms: 0,
+            pending: Vec::new(),
+            me,
+            peer_node: me.peer(),
+            keys,
+            nonces,
+            counters: StreamCounters::default(),
         };
         log::info!(
             "ha: node {} data {} bytes, metadata at {} ({} regions of {} KiB)",
@@ -538,17 +603,30 @@ impl DataPair {
             for action in actions {
                 match action {
                     Action::SendDatagram { to, link, bytes } => self.links.send(nets, to, link, &bytes),
-                    Action::SendStream { bytes } => self.stream.outbox.extend(bytes),
+                    // Every frame is followed by its trailer (frame number and
+                    // MAC); nothing goes out before the handshake ended.
+                    Action::SendStream { bytes } => {
+                        if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes])) {
+                            self.stream.outbox.extend(bytes);
+                            self.stream.outbox.extend(trailer);
+                        }
+                    }
                     Action::ReplicateWrite { id, frame_prefix } => {
-                        self.stream.outbox.extend(frame_prefix);
-                        match self.writes.get(&id).map(|write| &write.payload) {
-                            Some(Payload::Data(data)) => self.stream.outbox.extend(data.iter().copied()),
+                        let zeroes;
+                        let data: &[u8] = match self.writes.get(&id).map(|write| &write.payload) {
+                            Some(Payload::Data(data)) => data,
                             // (A Deallocate never goes as a Write; were it
                             // asked to, zeroes are content it may have.)
                             Some(Payload::Zeroes { len } | Payload::Deallocate { len }) => {
-                                self.stream.outbox.extend(core::iter::repeat_n(0, *len as usize))
+                                zeroes = vec![0u8; *len as usize];
+                                &zeroes
                             }
-                            None => {}
+                            None => &[],
+                        };
+                        if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&frame_prefix, data])) {
+                            self.stream.outbox.extend(frame_prefix);
+                            self.stream.outbox.extend(data.iter().copied());
+                            self.stream.outbox.extend(trailer);
                         }
                     }
                     Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
@@ -676,12 +754,104 @@ impl DataPair {
             sockets.remove(handle);
         }
         self.stream.outbox.clear();
+        self.stream.session = None;
         if self.stream.connected {
             self.stream.connected = false;
             log::info!("ha: replication stream closed ({why})");
             self.node.on_stream_closed(ha_now(now_micros));
         }
         self.stream.retry_at_ms = now_micros / 1000 + RECONNECT_MILLIS;
+    }
+
+    /// The stream's socket is authenticated: the node may use it.
+    fn stream_established<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now: Instant, frames: Vec<u8>) {
+        let Some(handle) = self.stream.socket else { return };
+        let socket = nets[self.stream.nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
+        socket.set_nagle_enabled(false);
+        // Each Write is answered by a WriteAck (and each WriteAck soon
+        // followed by the next Write), which carries the ACK.
+        socket.set_ack_delay(Some(tandem_net::ACK_DELAY));
+        // Keep-alives keep an idle stream alive; the timeout drops a
+        // stream whose peer went away without a FIN (the heartbeats
+        // decide about the peer itself).
+        socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_millis(STREAM_KEEPALIVE_MILLIS)));
+        socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(4 * STREAM_KEEPALIVE_MILLIS)));
+        // The connecting side's Finish goes before any frame.
+        if let Some(session) = self.stream.session.as_mut() {
+            self.stream.outbox.extend(session.take_finish());
+        }
+        self.stream.connected = true;
+        self.stream.counters.established += 1;
+        log::info!("ha: replication stream connected (peer authenticated)");
+        self.node.on_stream_connected(now);
+        if !frames.is_empty() {
+            self.node.on_stream_bytes(now, &frames);
+        }
+    }
+
+    /// Node b: moves accepted connections through their handshake; the first
+    /// to prove the pair key becomes the stream, replacing the one before
+    /// (a restarted peer's old connection); the others are closed when they
+    /// fail, dawdle or are pushed out by newer ones.
+    fn pump_pending<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64) -> bool {
+        let now_ms = now_micros / 1000;
+        let nic = self.stream.nic;
+        let mut busy = false;
+        let mut authenticated = None;
+        let mut index = 0;
+        while index < self.stream.pending.len() {
+            let (handle, session, since_ms) = &mut self.stream.pending[index];
+            let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(*handle);
+            let mut verdict = Ok(None);
+            while socket.can_recv() && matches!(verdict, Ok(None)) {
+                let Ok(bytes) = socket.recv(|bytes| (bytes.len(), bytes.to_vec())) else { break };
+                if bytes.is_empty() {
+                    break;
+                }
+                busy = true;
+                verdict = session.receive(&bytes).map(|received| received.authenticated.then_some(received.frames));
+            }
+            let output = session.take_output();
+            if !output.is_empty() {
+                let _ = socket.send_slice(&output);
+            }
+            let failure = match &verdict {
+                Err(error) => Some(Some(*error)),
+                Ok(None) if now_ms.saturating_sub(*since_ms) > STREAM_HANDSHAKE_MILLIS || !socket.may_recv() => Some(None),
+                _ => None,
+            };
+            if let Some(error) = failure {
+                match error {
+                    Some(error) => {
+                        self.stream.counters.count(error);
+                        log::debug!("ha: replication connection refused: {error}");
+                    }
+                    None => self.stream.counters.timeout += 1,
+                }
+                let (handle, _, _) = self.stream.pending.remove(index);
+                let sockets = nets[nic].nic.sockets_mut();
+                sockets.get_mut::<tcp::Socket>(handle).abort();
+                sockets.remove(handle);
+                busy = true;
+                continue;
+            }
+            if let Ok(Some(frames)) = verdict {
+                authenticated = Some((index, frames));
+                break;
+            }
+            index += 1;
+        }
+        if let Some((index, frames)) = authenticated {
+            let (handle, session, _) = self.stream.pending.remove(index);
+            if self.stream.socket.is_some() {
+                self.close_stream(nets, now_micros, "replaced by a new authenticated connection");
+            }
+            self.stream.socket = Some(handle);
+            self.stream.session = Some(session);
+            self.stream_established(nets, ha_now(now_micros), frames);
+            busy = true;
+        }
+        busy
     }
 
     fn pump_stream<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64) -> bool {
@@ -694,13 +864,20 @@ impl DataPair {
         }
         // Accept (b) or connect (a).
         if let Some(listener) = self.stream.listener.as_mut() {
-            let accepted = listener.poll(nets[nic].nic.sockets_mut(), self.stream.socket.is_some() as usize);
-            if let Some(handle) = accepted.into_iter().last() {
-                if self.stream.socket.is_some() {
-                    self.close_stream(nets, now_micros, "replaced by a new connection");
+            let live = self.stream.socket.is_some() as usize + self.stream.pending.len();
+            for handle in listener.poll(nets[nic].nic.sockets_mut(), live) {
+                if self.stream.pending.len() >= STREAM_PENDING {
+                    let (oldest, _, _) = self.stream.pending.remove(0);
+                    let sockets = nets[nic].nic.sockets_mut();
+                    sockets.get_mut::<tcp::Socket>(oldest).abort();
+                    sockets.remove(oldest);
+                    self.stream.counters.timeout += 1;
                 }
-                self.stream.socket = Some(handle);
+                let session = StreamSession::accept(&self.stream.keys, self.stream.me, self.stream.peer_node, self.stream.nonces.next_bytes());
+                self.stream.pending.push((handle, session, now_ms));
+                busy = true;
             }
+            busy |= self.pump_pending(nets, now_micros);
         } else if self.stream.socket.is_none() && now_ms >= self.stream.retry_at_ms {
             if let (Some(peer), Some(local)) = (self.stream.peer, nets[nic].nic.address()) {
                 let socket = tcp::Socket::new(
@@ -712,7 +889,10 @@ impl DataPair {
                 let remote = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(peer)), self.stream.port);
                 let local = IpEndpoint::new(IpAddress::Ipv4(local.address()), local_port);
                 match nets[nic].nic.connect(socket, remote, local) {
-                    Ok(handle) => self.stream.socket = Some(handle),
+                    Ok(handle) => {
+                        self.stream.socket = Some(handle);
+                        self.stream.session = None;
+                    }
                     Err(error) => log::debug!("ha: cannot connect the replication stream: {error}"),
                 }
             }
@@ -720,47 +900,60 @@ impl DataPair {
         }
         let Some(handle) = self.stream.socket else { return busy };
         let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
-        if !self.stream.connected && socket.may_send() {
-            self.stream.connected = true;
-            socket.set_nagle_enabled(false);
-            // Each Write is answered by a WriteAck (and each WriteAck soon
-            // followed by the next Write), which carries the ACK.
-            socket.set_ack_delay(Some(tandem_net::ACK_DELAY));
-            // Keep-alives keep an idle stream alive; the timeout drops a
-            // stream whose peer went away without a FIN (the heartbeats
-            // decide about the peer itself).
-            socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_millis(STREAM_KEEPALIVE_MILLIS)));
-            socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(4 * STREAM_KEEPALIVE_MILLIS)));
-            log::info!("ha: replication stream connected");
-            self.node.on_stream_connected(now);
+        // The connecting side opens the handshake once TCP is up.
+        if self.stream.session.is_none() && socket.may_send() {
+            let mut session = StreamSession::connect(&self.stream.keys, self.stream.me, self.stream.peer_node, self.stream.nonces.next_bytes());
+            let _ = socket.send_slice(&session.take_output());
+            self.stream.session = Some(session);
+            self.stream.handshake_since_ms = now_ms;
             busy = true;
         }
-        if self.stream.connected {
-            let mut received = Vec::new();
-            while socket.can_recv() {
-                match socket.recv(|bytes| (bytes.len(), bytes.to_vec())) {
-                    Ok(bytes) if !bytes.is_empty() => received.extend(bytes),
-                    _ => break,
-                }
-            }
-            while !self.stream.outbox.is_empty() && socket.can_send() {
-                let (front, _) = self.stream.outbox.as_slices();
-                match socket.send_slice(front) {
-                    Ok(0) | Err(_) => break,
-                    Ok(sent) => {
-                        self.stream.outbox.drain(..sent);
-                        busy = true;
-                    }
-                }
-            }
-            if !received.is_empty() {
-                busy = true;
-                self.node.on_stream_bytes(now, &received);
+        let mut received = Vec::new();
+        while socket.can_recv() {
+            match socket.recv(|bytes| (bytes.len(), bytes.to_vec())) {
+                Ok(bytes) if !bytes.is_empty() => received.extend(bytes),
+                _ => break,
             }
         }
+        if !received.is_empty() || (!self.stream.connected && self.stream.session.is_some()) {
+            let Some(session) = self.stream.session.as_mut() else { return busy };
+            match session.receive(&received) {
+                Ok(result) if result.authenticated => {
+                    self.stream_established(nets, now, result.frames);
+                    busy = true;
+                }
+                Ok(result) => {
+                    if !result.frames.is_empty() {
+                        busy = true;
+                        self.node.on_stream_bytes(now, &result.frames);
+                    } else if !self.stream.connected && now_ms.saturating_sub(self.stream.handshake_since_ms) > STREAM_HANDSHAKE_MILLIS {
+                        self.stream.counters.timeout += 1;
+                        self.close_stream(nets, now_micros, "handshake timed out");
+                        return true;
+                    }
+                }
+                Err(error) => {
+                    self.stream.counters.count(error);
+                    log::warn!("ha: replication stream: {error}; closing it");
+                    self.close_stream(nets, now_micros, "authentication failed");
+                    return true;
+                }
+            }
+        }
+        let Some(handle) = self.stream.socket else { return true };
         let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
-        let closed = !socket.is_open() || (!socket.may_recv() && socket.recv_queue() == 0 && self.stream.connected);
-        let gave_up = !self.stream.connected && !socket.is_active() && socket.state() != tcp::State::Listen;
+        while !self.stream.outbox.is_empty() && socket.can_send() {
+            let (front, _) = self.stream.outbox.as_slices();
+            match socket.send_slice(front) {
+                Ok(0) | Err(_) => break,
+                Ok(sent) => {
+                    self.stream.outbox.drain(..sent);
+                    busy = true;
+                }
+            }
+        }
+        let closed = !socket.is_open() || (!socket.may_recv() && socket.recv_queue() == 0 && self.stream.session.is_some());
+        let gave_up = self.stream.session.is_none() && !socket.is_active() && socket.state() != tcp::State::Listen;
         if closed || gave_up {
             self.close_stream(nets, now_micros, "connection lost");
             busy = true;
@@ -769,7 +962,13 @@ impl DataPair {
     }
 
     pub fn status(&self, now_micros: u64) -> String {
-        alloc::format!("{}{}", self.node.status(ha_now(now_micros)), self.takeover.status_text(now_micros))
+        alloc::format!(
+            "{}{}\n{}\n{}",
+            self.node.status(ha_now(now_micros)),
+            self.links.channel.counters(),
+            self.stream.counters,
+            self.takeover.status_text(now_micros)
+        )
     }
 
     pub fn history(&self) -> String {
@@ -822,7 +1021,8 @@ impl<D: BlockQueue> BlockBackend<D> for DataPair {
 }
 
 impl WitnessMember {
-    pub fn start<Q: FrameQueues>(config: &Config, nets: &mut [NetPort<Q>], now_micros: u64, boot_stamp: u64) -> Result<Self, String> {
+    /// `entropy`: bytes that differ from boot to boot, for the nonces.
+    pub fn start<Q: FrameQueues>(config: &Config, nets: &mut [NetPort<Q>], now_micros: u64, boot_stamp: u64, entropy: &[u8]) -> Result<Self, String> {
         let mut witness_config = WitnessConfig::new(boot_stamp ^ now_micros);
         witness_config.timing = timing(&config.ha);
         let witness = Witness::new(witness_config, ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))?;
@@ -830,7 +1030,9 @@ impl WitnessMember {
         for (index, address) in config.ha.node_addresses.iter().enumerate() {
             addresses[index] = [config.ha.node_replication_addresses[index], *address];
         }
-        let links = Links::open(nets, config.ha.control_port, addresses);
+        let (keys, mut nonces) = pair_keys(config, entropy)?;
+        let channel = ControlChannel::new(NodeId::Witness, &keys, nonces.next_u64());
+        let links = Links::open(nets, config.ha.control_port, addresses, channel);
         Ok(Self { witness, links })
     }
 
@@ -857,6 +1059,6 @@ impl WitnessMember {
     }
 
     pub fn status(&self, now_micros: u64) -> String {
-        alloc::format!("{}", self.witness.status(ha_now(now_micros)))
+        alloc::format!("{}{}\n", self.witness.status(ha_now(now_micros)), self.links.channel.counters())
     }
 }

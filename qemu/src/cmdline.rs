@@ -76,6 +76,15 @@ impl KernelCmdline {
         }
     }
 
+    /// The words with the value of `pair_key=` hidden: for printing.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.clone();
+        if shown.get("pair_key").is_some() {
+            shown.set("pair_key", "<secret>");
+        }
+        shown.to_string()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }

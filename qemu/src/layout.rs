@@ -236,6 +236,9 @@ pub struct PairLayout {
     /// A segment of the hosts' own (net2 of the data nodes; the witness is
     /// not on it). `cargo tandem up` has none: its hosts use the front-end.
     pub host_path: Option<Subnet>,
+    /// `pair_key=` for all three members (with `ha_keys`); `up` fills it in
+    /// from the setup directory's `pair.key`.
+    pub pair_key: Option<String>,
 }
 
 impl Default for PairLayout {
@@ -246,6 +249,7 @@ impl Default for PairLayout {
             nqn: DEFAULT_PAIR_NQN.into(),
             ha_keys: true,
             host_path: None,
+            pair_key: None,
         }
     }
 }
@@ -290,6 +294,16 @@ impl PairLayout {
         self.front_end.last_host()
     }
 
+    /// `pair_key=`, and `status_nics=net0`: the launcher's front-end
+    /// segment is its own bridge, reached from this machine (the image's
+    /// default for a pair member is no NIC).
+    fn set_key(&self, c: &mut KernelCmdline) {
+        if let Some(key) = &self.pair_key {
+            c.set("pair_key", key.as_str());
+        }
+        c.set("status_nics", "net0");
+    }
+
     /// The node's kernel command line: addresses, identity, HA keys, then
     /// `extra` (the user's words replace keys of the same name).
     pub fn cmdline(&self, node: NodeName, extra: &str) -> KernelCmdline {
@@ -319,6 +333,7 @@ impl PairLayout {
                 }
                 c.set("peer", portals);
                 if self.ha_keys {
+                    self.set_key(&mut c);
                     c.set("node", node.as_str());
                     c.set("peer_repl", repl(peer));
                     c.set("witness", front(NodeName::Witness));
@@ -327,6 +342,7 @@ impl PairLayout {
             }
             None => {
                 if self.ha_keys {
+                    self.set_key(&mut c);
                     c.set("role", "witness");
                     c.set("node_a", front(NodeName::A));
                     c.set("node_b", front(NodeName::B));
@@ -535,20 +551,30 @@ mod tests {
         assert_eq!(
             l.cmdline(NodeName::A, "").to_string(),
             "net0=10.77.0.1/24 net1=10.78.0.1/24 nqn=nqn.2026-11.io.tandem:storage \
-             cntlid=1-32767 peer=10.77.0.2 node=a peer_repl=10.78.0.2 witness=10.77.0.3 \
-             witness_repl=10.78.0.3"
+             cntlid=1-32767 peer=10.77.0.2 status_nics=net0 node=a peer_repl=10.78.0.2 \
+             witness=10.77.0.3 witness_repl=10.78.0.3"
         );
         assert_eq!(
             l.cmdline(NodeName::B, "").to_string(),
             "net0=10.77.0.2/24 net1=10.78.0.2/24 nqn=nqn.2026-11.io.tandem:storage \
-             cntlid=32768-65519 peer=10.77.0.1 node=b peer_repl=10.78.0.1 witness=10.77.0.3 \
-             witness_repl=10.78.0.3"
+             cntlid=32768-65519 peer=10.77.0.1 status_nics=net0 node=b peer_repl=10.78.0.1 \
+             witness=10.77.0.3 witness_repl=10.78.0.3"
         );
         assert_eq!(
             l.cmdline(NodeName::Witness, "").to_string(),
-            "net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 \
-             node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2"
+            "net0=10.77.0.3/24 net1=10.78.0.3/24 status_nics=net0 role=witness \
+             node_a=10.77.0.1 node_b=10.77.0.2 node_a_repl=10.78.0.1 node_b_repl=10.78.0.2"
         );
+        let keyed = PairLayout {
+            pair_key: Some("ab".repeat(32)),
+            ..PairLayout::default()
+        };
+        for node in NodeName::ALL {
+            assert_eq!(
+                keyed.cmdline(node, "").get("pair_key"),
+                Some("ab".repeat(32).as_str())
+            );
+        }
     }
 
     #[test]
@@ -562,7 +588,7 @@ mod tests {
             l.cmdline(NodeName::B, "").to_string(),
             "net0=10.77.0.2/24 net1=10.78.0.2/24 net2=10.79.0.2/24 \
              nqn=nqn.2026-11.io.tandem:storage cntlid=32768-65519 peer=10.77.0.1,10.79.0.1 \
-             node=b peer_repl=10.78.0.1 witness=10.77.0.3 witness_repl=10.78.0.3"
+             status_nics=net0 node=b peer_repl=10.78.0.1 witness=10.77.0.3 witness_repl=10.78.0.3"
         );
         assert_eq!(l.host_path_address(NodeName::Witness), None);
         assert_eq!(

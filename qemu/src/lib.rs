@@ -24,6 +24,7 @@ pub mod layout;
 pub mod node;
 pub mod nvme_load;
 pub mod pair;
+pub mod pairkey;
 pub mod pairnet;
 pub mod qmp;
 pub mod vm;

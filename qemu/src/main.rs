@@ -218,6 +218,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         nqn: args.nqn,
         ha_keys: args.ha_keys,
         host_path: None,
+        pair_key: None,
     };
     layout.validate()?;
     let image = image::build_image()?;

@@ -286,6 +286,11 @@ pub fn up(image: &Path, options: &UpOptions) -> Result<UpReport> {
         ));
     }
     let setup = SetupDir::create(&options.dir)?;
+    let mut keyed = options.clone();
+    if keyed.layout.ha_keys && keyed.layout.pair_key.is_none() {
+        keyed.layout.pair_key = Some(crate::pairkey::load_or_create(&setup.dir)?);
+    }
+    let options = &keyed;
     let running: Vec<(NodeName, u32)> = NodeName::ALL
         .iter()
         .filter_map(|&n| setup.running_pid(n).map(|pid| (n, pid)))
@@ -377,7 +382,8 @@ fn start_missing(
             Accel::Tcg => format!("{TCG_HA_TIMING} {}", options.append[i]),
             _ => options.append[i].clone(),
         };
-        let cmdline = options.layout.cmdline(node, &extra).to_string();
+        let words = options.layout.cmdline(node, &extra);
+        let cmdline = words.redacted();
         if let Some(pid) = setup.running_pid(node) {
             reports.push(NodeReport {
                 node,
@@ -391,7 +397,7 @@ fn start_missing(
             node: node.to_string(),
             source: Box::new(e),
         };
-        let mut spec = VmSpec::new(node.as_str(), &setup.dir, image, &cmdline, options.accel);
+        let mut spec = VmSpec::new(node.as_str(), &setup.dir, image, &words.to_string(), options.accel);
         spec.memory_mib = if node.has_disk() {
             options.memory_mib
         } else {

@@ -18,6 +18,12 @@ const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:pair-test-host";
 /// Relaxed timers: three TCG guests share two cores with everything else.
 const TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
 
+/// The pair's key (`pair_key=`) for this test process: one per run.
+fn pair_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| tandem_tests::tandem_qemu::pairkey::generate().unwrap())
+}
+
 fn segment(port: u16) -> NetBackend {
     NetBackend::Multicast { group: format!("230.0.0.1:{port}").parse().unwrap(), local: Ipv4Addr::LOCALHOST }
 }
@@ -30,7 +36,7 @@ fn wait_for_role(node: &mut Node, role: &str, timeout: Duration) -> String {
 /// The command line of a member: `cargo tandem up`'s layout with the test's
 /// NQN, timing and no status port.
 fn member_cmdline(node: NodeName) -> String {
-    let layout = PairLayout { nqn: NQN.into(), ..PairLayout::default() };
+    let layout = PairLayout { nqn: NQN.into(), pair_key: Some(pair_key().to_string()), ..PairLayout::default() };
     layout.cmdline(node, &format!("status_port=0 {TIMING}")).to_string()
 }
 

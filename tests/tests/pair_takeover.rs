@@ -25,6 +25,12 @@ const NQN: &str = "nqn.2026-11.io.tandem:takeover-test";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:takeover-test-host";
 /// Relaxed timers: three TCG guests share two cores with everything else.
 const TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
+
+/// The pair's key (`pair_key=`) for this test process: one per run.
+fn pair_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| tandem_tests::tandem_qemu::pairkey::generate().unwrap())
+}
 const NAMES: [&str; 2] = ["a", "b"];
 
 fn portal(index: usize) -> SocketAddr {
@@ -71,7 +77,7 @@ struct Pair {
 
 /// The pair's layout: `cargo tandem up`'s segments plus the host path.
 fn layout() -> PairLayout {
-    PairLayout { nqn: NQN.into(), host_path: Some("10.79.0.0/24".parse().unwrap()), ..PairLayout::default() }
+    PairLayout { nqn: NQN.into(), host_path: Some("10.79.0.0/24".parse().unwrap()), pair_key: Some(pair_key().to_string()), ..PairLayout::default() }
 }
 
 fn member_cmdline(node: NodeName) -> String {

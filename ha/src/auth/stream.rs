@@ -93,6 +93,8 @@ enum Step {
 pub struct Established {
     pub sealer: FrameSealer,
     pub opener: FrameOpener,
+    /// Handshake bytes still to send (the initiator's Finish).
+    pending_output: Vec<u8>,
 }
 
 /// One side of the handshake, sans-IO: feed it what the connection delivers
@@ -178,6 +180,7 @@ impl Handshake {
                 start: 0,
                 broken: None,
             },
+            pending_output: Vec::new(),
         }
     }
 
@@ -363,6 +366,136 @@ impl FrameOpener {
         if self.start > 0 {
             self.buffer.drain(..self.start);
             self.start = 0;
+        }
+    }
+}
+
+/// Connections refused and broken, per reason (shown by `status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounters {
+    pub established: u64,
+    pub wrong_key: u64,
+    pub bad_handshake: u64,
+    pub timeout: u64,
+    pub bad_mac: u64,
+    pub bad_frame: u64,
+}
+
+impl StreamCounters {
+    pub fn count(&mut self, error: StreamAuthError) {
+        match error {
+            StreamAuthError::BadHandshake => self.bad_handshake += 1,
+            StreamAuthError::WrongKey => self.wrong_key += 1,
+            StreamAuthError::BadFrame => self.bad_frame += 1,
+            StreamAuthError::BadMac => self.bad_mac += 1,
+        }
+    }
+}
+
+impl fmt::Display for StreamCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stream connections: established {}, refused wrong-key {} bad-handshake {} timeout {}; broken bad-mac {} bad-frame {}",
+            self.established, self.wrong_key, self.bad_handshake, self.timeout, self.bad_mac, self.bad_frame
+        )
+    }
+}
+
+/// One replication connection, sans-IO, from its first byte: the handshake,
+/// then sealed frames both ways.
+#[derive(Debug)]
+pub enum StreamSession {
+    Handshaking(Handshake),
+    Established(Established),
+    Broken(StreamAuthError),
+}
+
+/// What [`StreamSession::receive`] found in the bytes received.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The handshake completed with these bytes: the peer is authenticated.
+    pub authenticated: bool,
+    /// Verified frames, back to back (for the node's stream decoder).
+    pub frames: Vec<u8>,
+}
+
+impl StreamSession {
+    pub fn connect(keys: &Keys, me: NodeId, peer: NodeId, nonce: [u8; NONCE_LEN]) -> StreamSession {
+        StreamSession::Handshaking(Handshake::initiator(keys, me, peer, nonce))
+    }
+
+    pub fn accept(keys: &Keys, me: NodeId, peer: NodeId, nonce: [u8; NONCE_LEN]) -> StreamSession {
+        StreamSession::Handshaking(Handshake::responder(keys, me, peer, nonce))
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self, StreamSession::Established(_))
+    }
+
+    /// Handshake bytes to send now (nothing once established).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        match self {
+            StreamSession::Handshaking(h) => h.take_output(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes received bytes. After an error the connection must be closed.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<Received, StreamAuthError> {
+        let mut received = Received::default();
+        let rest = match self {
+            StreamSession::Broken(error) => return Err(*error),
+            StreamSession::Handshaking(h) => match h.push(bytes) {
+                Ok(None) => return Ok(received),
+                Ok(Some((established, rest))) => {
+                    // The initiator's finish is still to be sent.
+                    let finish = h.take_output();
+                    *self = StreamSession::Established(established);
+                    received.authenticated = true;
+                    if let StreamSession::Established(e) = self {
+                        e.pending_output = finish;
+                    }
+                    rest
+                }
+                Err(error) => {
+                    *self = StreamSession::Broken(error);
+                    return Err(error);
+                }
+            },
+            StreamSession::Established(_) => bytes.to_vec(),
+        };
+        if let StreamSession::Established(e) = self {
+            e.opener.push(&rest);
+            loop {
+                match e.opener.next_frame() {
+                    Ok(Some(frame)) => received.frames.extend_from_slice(&frame),
+                    Ok(None) => break,
+                    Err(error) => {
+                        *self = StreamSession::Broken(error);
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(received)
+    }
+
+    /// Bytes owed to the peer from the handshake's end (the initiator's
+    /// Finish), to send before any frame.
+    pub fn take_finish(&mut self) -> Vec<u8> {
+        match self {
+            StreamSession::Established(e) => core::mem::take(&mut e.pending_output),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The trailer of the next frame sent (`None` before the handshake
+    /// ended: nothing may be sent then).
+    pub fn trailer(&mut self, parts: &[&[u8]]) -> Option<[u8; TRAILER_LEN]> {
+        match self {
+            StreamSession::Established(e) => Some(e.sealer.trailer(parts)),
+            _ => None,
         }
     }
 }
@@ -566,5 +699,37 @@ mod tests {
         bad.extend_from_slice(&[1; 32]);
         assert_eq!(r.push(&bad).err(), Some(StreamAuthError::BadHandshake));
         let _ = Frame::parse(&config()).unwrap();
+    }
+
+    #[test]
+    fn sessions_carry_frames_after_authenticating_and_count_refusals() {
+        let mut a = StreamSession::connect(&keys(1), NodeId::A, NodeId::B, [1; 32]);
+        let mut b = StreamSession::accept(&keys(1), NodeId::B, NodeId::A, [2; 32]);
+        assert_eq!(b.receive(&a.take_output()), Ok(Received::default()));
+        assert!(a.trailer(&[&config()]).is_none(), "nothing is sent before the handshake");
+        let got = a.receive(&b.take_output()).unwrap();
+        assert!(got.authenticated && a.is_established() && !b.is_established());
+        let mut bytes = a.take_finish();
+        let frame = config();
+        bytes.extend_from_slice(&frame);
+        bytes.extend_from_slice(&a.trailer(&[&frame[..10], &frame[10..]]).unwrap());
+        let got = b.receive(&bytes).unwrap();
+        assert!(got.authenticated);
+        assert_eq!(got.frames, frame);
+        // A frame without a trailer breaks the connection, for good.
+        let mut counters = StreamCounters::default();
+        let error = b.receive(&[config(), config()].concat()).unwrap_err();
+        counters.count(error);
+        assert_eq!(error, StreamAuthError::BadMac);
+        assert!(b.receive(&[]).is_err());
+        // A stranger with another key.
+        let mut stranger = StreamSession::connect(&keys(9), NodeId::A, NodeId::B, [3; 32]);
+        let mut b = StreamSession::accept(&keys(1), NodeId::B, NodeId::A, [4; 32]);
+        b.receive(&stranger.take_output()).unwrap();
+        let error = stranger.receive(&b.take_output()).unwrap_err();
+        assert_eq!(error, StreamAuthError::WrongKey);
+        counters.count(error);
+        let text = alloc::format!("{counters}");
+        assert!(text.contains("wrong-key 1") && text.contains("bad-mac 1"), "{text}");
     }
 }

@@ -73,3 +73,56 @@ pub fn tsc_mhz() -> u64 {
 pub fn boot_stamp() -> u64 {
     BOOT_TSC.load(Ordering::Relaxed)
 }
+
+/// Bytes that differ from boot to boot, to seed the pair's nonces: the
+/// CPU's random number generator where it has one (RDRAND), the TSC at entry
+/// and now (with the calibration's jitter), and the CMOS real-time clock.
+/// Only uniqueness per boot is relied on; the nonces are keyed besides.
+pub fn boot_entropy() -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[0..8].copy_from_slice(&BOOT_TSC.load(Ordering::Relaxed).to_le_bytes());
+    out[8..16].copy_from_slice(&rdtsc().to_le_bytes());
+    out[16..24].copy_from_slice(&TSC_PER_MICROSECOND_X1024.load(Ordering::Relaxed).to_le_bytes());
+    if has_rdrand() {
+        for slot in out[24..56].chunks_mut(8) {
+            if let Some(value) = rdrand() {
+                slot.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+    }
+    // Seconds, minutes, hours, day, month, year of the real-time clock.
+    for (i, register) in [0x00u8, 0x02, 0x04, 0x07, 0x08, 0x09].into_iter().enumerate() {
+        // SAFETY: reading a CMOS register through the index/data ports; the
+        // NMI-disable bit stays clear as it is everywhere in this image.
+        out[56 + i] = unsafe {
+            Port::<u8>::new(0x70).write(register);
+            Port::<u8>::new(0x71).read()
+        };
+    }
+    out[62..64].copy_from_slice(&(rdtsc() as u16).to_le_bytes());
+    out
+}
+
+fn has_rdrand() -> bool {
+    // CPUID leaf 1, ECX bit 30.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86_64 CPU and has no side effects.
+    let leaf = unsafe { core::arch::x86_64::__cpuid(1) };
+    leaf.ecx & (1 << 30) != 0
+}
+
+fn rdrand() -> Option<u64> {
+    for _ in 0..10 {
+        let value: u64;
+        let ok: u8;
+        // SAFETY: RDRAND only writes its output register and the flags; it
+        // is used only after CPUID said the CPU has it.
+        unsafe {
+            core::arch::asm!("rdrand {value}", "setc {ok}", value = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack));
+        }
+        if ok != 0 {
+            return Some(value);
+        }
+    }
+    None
+}

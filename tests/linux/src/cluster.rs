@@ -299,8 +299,15 @@ pub fn layout() -> PairLayout {
     PairLayout {
         nqn: NQN.into(),
         host_path: Some(HOST_PATH.parse::<Subnet>().expect("a subnet")),
+        pair_key: Some(pair_key().to_string()),
         ..PairLayout::default()
     }
+}
+
+/// The pair's key (`pair_key=`): one per test process.
+pub fn pair_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| tandem_qemu::pairkey::generate().expect("a pair key"))
 }
 
 /// The host path segment (net2 of a and b; the Linux host is [`HOST_ADDRESS`]).
