@@ -1069,9 +1069,12 @@ mod tests {
         );
         let witness = member_cmdline(Name::Witness, &ClusterOptions::default());
         assert!(
-            witness.starts_with("net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness"),
+            witness.starts_with("net0=10.77.0.3/24 net1=10.78.0.3/24 ")
+                && witness.split_whitespace().any(|w| w == "role=witness"),
             "{witness}"
         );
+        let key = format!("pair_key={}", pair_key());
+        assert!(a.split_whitespace().any(|w| w == key) && witness.split_whitespace().any(|w| w == key));
         assert!(
             !witness.contains("net2=") && !witness.contains("serial="),
             "{witness}"
