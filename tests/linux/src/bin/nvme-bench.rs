@@ -173,10 +173,35 @@ fn run_compare(o: &Options, image: &GuestImage, report: &mut Report, work: &Path
     let tandem_disk = work.join("tandem-disk.raw");
     scenario::create_disk(&nvmet_disk, o.disk_mib << 20)?;
     scenario::create_disk(&tandem_disk, o.disk_mib << 20)?;
+    let netns = rig.netns.name().to_string();
+    let skip = |part: &str| o.skip.iter().any(|s| s == part);
+    if !skip("single") {
+        side_by_side(o, image, &mut rig, report, work, &nvmet_disk, &tandem_disk)?;
+    }
+    if !skip("scaling") {
+        // nvmet-tcp again, with 2 vCPUs, alone on the machine; its tap is
+        // the rig's next (taps are numbered in the order guests start).
+        let tap = format!("tg{}", if skip("single") { 0 } else { 2 });
+        scaling(o, image, &mut rig, report, work, &nvmet_disk, &netns, &tap)?;
+    }
+    let _ = std::fs::remove_file(&nvmet_disk);
+    let _ = std::fs::remove_file(&tandem_disk);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn side_by_side(
+    o: &Options,
+    image: &GuestImage,
+    rig: &mut Rig,
+    report: &mut Report,
+    work: &Path,
+    nvmet_disk: &Path,
+    tandem_disk: &Path,
+) -> Result<()> {
     // nvmet's tap is tg0, tandem's tg1.
-    let mut nvmet =
-        rig.start_nvmet(image, &nvmet_disk, 4420, o.shape, Duration::from_secs(3600))?;
-    let mut tandem = rig.start_tandem(&tandem_disk, o.shape, "")?;
+    let mut nvmet = rig.start_nvmet(image, nvmet_disk, 4420, o.shape, Duration::from_secs(3600))?;
+    let mut tandem = rig.start_tandem(tandem_disk, o.shape, "")?;
     let netns = rig.netns.name().to_string();
     let result = (|| -> Result<()> {
         nvmet.wait_ready(Duration::from_secs(300))?;
@@ -289,15 +314,27 @@ fn run_compare(o: &Options, image: &GuestImage, report: &mut Report, work: &Path
     result?;
     nvmet_stopped?.check()?;
     tandem_stopped?;
+    Ok(())
+}
 
-    if !o.skip.iter().any(|s| s == "scaling") {
-        // nvmet-tcp again, with 2 vCPUs (tap tg2), alone on the machine.
+#[allow(clippy::too_many_arguments)]
+fn scaling(
+    o: &Options,
+    image: &GuestImage,
+    rig: &mut Rig,
+    report: &mut Report,
+    work: &Path,
+    nvmet_disk: &Path,
+    netns: &str,
+    tap: &str,
+) -> Result<()> {
+    {
         let shape = GuestShape {
             vcpus: 2,
             ..o.shape
         };
         let mut nvmet2 =
-            rig.start_nvmet(image, &nvmet_disk, 4420, shape, Duration::from_secs(3600))?;
+            rig.start_nvmet(image, nvmet_disk, 4420, shape, Duration::from_secs(3600))?;
         let result = (|| -> Result<()> {
             nvmet2.wait_ready(Duration::from_secs(300))?;
             let s = Subject {
@@ -307,10 +344,10 @@ fn run_compare(o: &Options, image: &GuestImage, report: &mut Report, work: &Path
                 subnqn: nvmet2.endpoint.subnqn.clone(),
                 cpu_group: nvmet2.guest.process_group(),
                 cpu_single: false,
-                tap: Some("tg2".into()),
+                tap: Some(tap.into()),
             };
             native::run_job(
-                &netns,
+                netns,
                 &s,
                 &job_args("qd1-randread-4k", 1, 1, 1, &["--quiet"]),
                 work,
@@ -324,7 +361,7 @@ fn run_compare(o: &Options, image: &GuestImage, report: &mut Report, work: &Path
                     let args = job_args(job, connections, o.depth, o.runtime, &[]);
                     report
                         .scaling
-                        .push(native::run_job(&netns, &s, &args, work)?);
+                        .push(native::run_job(netns, &s, &args, work)?);
                 }
             }
             Ok(())
@@ -333,8 +370,6 @@ fn run_compare(o: &Options, image: &GuestImage, report: &mut Report, work: &Path
         result?;
         stopped?.check()?;
     }
-    let _ = std::fs::remove_file(&nvmet_disk);
-    let _ = std::fs::remove_file(&tandem_disk);
     Ok(())
 }
 
@@ -848,12 +883,17 @@ fn render(o: &Options, report: &Report) -> String {
         );
         s.push_str(&native::render_jobs(&report.scaling));
         s.push('\n');
-        let _ = writeln!(
-            s,
-            "| 4 KiB random | nvmet-tcp 1 vCPU | nvmet-tcp 2 vCPUs | gain | tandem (one event loop) |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-        for job in ["randread-4k", "randwrite-4k"] {
+        if !report.jobs.is_empty() {
+            let _ = writeln!(
+                s,
+                "| 4 KiB random | nvmet-tcp 1 vCPU | nvmet-tcp 2 vCPUs | gain | tandem (one event loop) |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        }
+        for job in ["randread-4k", "randwrite-4k"]
+            .into_iter()
+            .filter(|_| !report.jobs.is_empty())
+        {
             let one =
                 best(&report.jobs, "nvmet-tcp", job).max(best(&report.sweep, "nvmet-tcp", job));
             let two = best(&report.scaling, "nvmet-tcp 2 vCPUs", job);
@@ -962,9 +1002,7 @@ fn main() -> ExitCode {
         report.kernel = image.kernel_version.clone();
         // Build before anything boots, so the build competes with nothing.
         tandem_image()?;
-        if !o.skip.iter().any(|s| s == "single") {
-            run_compare(&o, &image, &mut report, &work)?;
-        }
+        run_compare(&o, &image, &mut report, &work)?;
         if !o.skip.iter().any(|s| s == "pair") {
             report.pair = Some(run_pair(&o, &work)?);
         }
