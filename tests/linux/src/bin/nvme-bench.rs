@@ -890,6 +890,7 @@ fn render(o: &Options, report: &Report) -> String {
             );
             let _ = writeln!(s, "|---|---:|---:|---:|---:|");
         }
+        let mut gains = Vec::new();
         for job in ["randread-4k", "randwrite-4k"]
             .into_iter()
             .filter(|_| !report.jobs.is_empty())
@@ -903,8 +904,36 @@ fn render(o: &Options, report: &Report) -> String {
                 "| {job} IOPS (best seen) | {one:.0} | {two:.0} | {:.2}× | {t:.0} |",
                 two / one.max(1.0)
             );
+            gains.push((job, one, two, t));
         }
         s.push('\n');
+        if !gains.is_empty() {
+            let share = report
+                .scaling
+                .iter()
+                .map(Measured::target_cpu_share)
+                .fold(0.0, f64::max);
+            let text: Vec<String> = gains
+                .iter()
+                .map(|(job, one, two, t)| {
+                    format!(
+                        "{job} {:.2}× (tandem on one vCPU: {:.2}× nvmet-tcp on two)",
+                        two / one.max(1.0),
+                        t / two.max(1.0)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "What a second vCPU gives on this 2-core machine: nvmet-tcp, whose I/O work runs per queue on \
+                 each CPU, {}; its QEMU used at most {:.0} % of a host core with 2 vCPUs, with the other \
+                 half of the machine taken by other work and the generator. tandem runs one event loop on one \
+                 vCPU: a second vCPU gives it nothing it can use, so one host core's worth of emulated CPU is \
+                 its ceiling per node, and the figures above are that ceiling.\n",
+                text.join(", "),
+                share * 100.0
+            );
+        }
     }
 
     if let Some(p) = &report.pair {
@@ -1079,6 +1108,95 @@ mod tests {
             Some(60.0)
         );
         assert_eq!(window_avg(after, after, "apply-time", "apply-time "), None);
+    }
+
+    fn row(target: &str, job: &str, c: u32, d: u32, iops: f64) -> Measured {
+        let spec = tandem_qemu::nvme_load::JobSpec::named(job, c, d).unwrap();
+        Measured {
+            target: target.into(),
+            result: JobResult {
+                spec_name: job.into(),
+                description: spec.describe(),
+                connections: spec.connections,
+                depth: spec.depth,
+                rate: None,
+                block_size: spec.block_size,
+                ios: (iops * 10.0) as u64,
+                bytes: (iops * 10.0) as u64 * spec.block_size as u64,
+                seconds: 10.0,
+                latency: tandem_qemu::nvme_load::Latency {
+                    mean_us: 1e6 / iops,
+                    p50_us: 1e6 / iops,
+                    p90_us: 2e6 / iops,
+                    p99_us: 3e6 / iops,
+                    p999_us: 4e6 / iops,
+                    max_us: 5e6 / iops,
+                    cdf: vec![(0.0, 1e5 / iops), (0.5, 1e6 / iops), (1.0, 5e6 / iops)],
+                },
+                errors: 0,
+                first_error: None,
+                verify_failures: 0,
+                first_verify_failure: None,
+                generator_cpu_s: 0.5,
+                wall_s: 11.0,
+            },
+            target_cpu_s: 9.0,
+            frames: Some((1000, 1000)),
+        }
+    }
+
+    #[test]
+    fn the_whole_report_renders_and_draws() {
+        let o = parse_args(&[]).unwrap();
+        let mut r = Report::default();
+        for (t, k) in [("nvmet-tcp", 1.0), ("tandem", 2.0)] {
+            for job in JOBS {
+                r.jobs.push(row(t, job, 2, 32, 1000.0 * k));
+            }
+            let mut open = row(t, "randread-4k", 2, 32, 500.0);
+            open.result.rate = Some(500);
+            r.open_loop.push(open);
+            for c in [1, 2] {
+                for d in [1, 4, 32] {
+                    r.sweep
+                        .push(row(t, "randread-4k", c, d, 100.0 * d as f64 * k));
+                }
+            }
+        }
+        r.scaling
+            .push(row("nvmet-tcp 2 vCPUs", "randread-4k", 2, 32, 1500.0));
+        r.scaling
+            .push(row("nvmet-tcp 2 vCPUs", "randwrite-4k", 2, 32, 1400.0));
+        r.pair = Some(PairReport {
+            replicated: vec![
+                row("replicated", "qd1-randwrite-4k", 1, 1, 1000.0),
+                row("replicated", "randwrite-4k", 2, 32, 4000.0),
+            ],
+            alone: vec![
+                row("primary alone", "qd1-randwrite-4k", 1, 1, 2000.0),
+                row("primary alone", "randwrite-4k", 2, 32, 8000.0),
+            ],
+            ping_ms: (0.2, 0.25),
+            node_times: Some((150.0, 500.0, 100.0)),
+            primary: NodeName::A,
+        });
+        let text = render(&o, &r);
+        for needle in [
+            "| randread-4k 2 × QD32 IOPS | 1000  | 2000  | 2.00× | ≥ 1.5× | yes |",
+            "| QD1 random read p50 | 1000 µs | 500 µs | 0.50× | ≤ 0.8× | yes |",
+            "| 0.50× | ≥ 0.8× | no |",
+            "randwrite-4k 1.40×",
+            "450 µs",
+            "![IOPS against queue depth]",
+            "![4 KiB random read latency CDF]",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        let dir = std::env::temp_dir().join(format!("nvme-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        charts(&r, &dir).unwrap();
+        assert!(dir.join(IOPS_CHART).exists() && dir.join(CDF_CHART).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
