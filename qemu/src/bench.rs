@@ -155,11 +155,7 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-pub(crate) fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
-}
+pub(crate) use crate::sys::clock_ticks_per_second;
 
 fn median<T: Copy + Into<f64>>(sorted: &[T]) -> f64 {
     let n = sorted.len();

@@ -10,7 +10,10 @@
 //!   the console ([`ConsoleClient`]) and QMP ([`Qmp`]), kills QEMU on drop;
 //! - [`accel`]: KVM or TCG; [`image`]: building the image;
 //! - [`layout`] (pure), [`pairnet`] and [`pair`]: the HA pair and its
-//!   witness in the background (`up`, `down`, `status`, `fault`, `console`).
+//!   witness in the background (`up`, `down`, `status`, `fault`, `console`);
+//! - [`sys`]: every libc call, behind safe functions (the only `unsafe`).
+
+#![deny(unsafe_code)]
 
 pub mod accel;
 pub mod bench;
@@ -27,6 +30,7 @@ pub mod pair;
 pub mod pairkey;
 pub mod pairnet;
 pub mod qmp;
+pub mod sys;
 pub mod vm;
 
 pub use accel::{Accel, AccelChoice};

@@ -1,9 +1,11 @@
 //! `cargo tandem <command>`: build and run the tandem image under QEMU.
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tandem_qemu::cli::{self, BenchOptions, Command, RunOptions, UpArgs};
+use tandem_qemu::sys;
 use tandem_qemu::{
     Accel, ConsoleMode, Error, ImageExit, KernelCmdline, NetBackend, Node, PairLayout, PortForward,
     Result, TempDir, VmSpec, accel, bench, disk, image, node, nvme_load, pair, pairnet,
@@ -151,29 +153,20 @@ fn run(options: RunOptions) -> Result<ExitCode> {
 /// Set by SIGINT, SIGTERM or SIGHUP while QEMU runs.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn request_stop(_signal: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::SeqCst);
-}
-
 /// Waits for QEMU to exit. A SIGINT, SIGTERM or SIGHUP sent to the launcher
 /// is passed on to QEMU as SIGTERM (QEMU then shuts down cleanly), so the
 /// launcher is still there to clean up after it. (Ctrl-C in the terminal
 /// reaches QEMU directly as well: it is in the same process group.)
 fn wait_forwarding_signals(node: &mut Node) -> Result<std::process::ExitStatus> {
-    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(signal, handler) };
-    }
+    sys::on_stop_signals(&STOP_REQUESTED);
     let mut forwarded = false;
     loop {
         if let Some(status) = node.try_exit()? {
             return Ok(status);
         }
         if STOP_REQUESTED.load(Ordering::SeqCst) && !forwarded {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our
-            // live, unreaped child.
-            unsafe { libc::kill(node.pid() as libc::pid_t, libc::SIGTERM) };
+            // Our live, unreaped child.
+            sys::send_signal(node.pid(), sys::SIGTERM);
             forwarded = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -237,14 +230,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         append,
         ready_timeout: std::time::Duration::from_secs(args.ready_timeout_secs),
     };
-    extern "C" fn interrupt_up(_signal: libc::c_int) {
-        pair::STOP_REQUESTED.store(true, Ordering::SeqCst);
-    }
-    let handler = interrupt_up as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(signal, handler) };
-    }
+    sys::on_stop_signals(&pair::STOP_REQUESTED);
     let report = pair::up(&image, &options)?;
     let (out, err) = pair::render_up(&report);
     eprint!("{err}");

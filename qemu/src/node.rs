@@ -15,6 +15,7 @@ use crate::console::{
 };
 use crate::error::{Error, Result};
 use crate::qmp::Qmp;
+use crate::sys::{self, ChildTie};
 use crate::vm::{ConsoleMode, QEMU_PROGRAM, VmSpec};
 
 /// Longest path a unix socket address holds (sun_path, with its NUL).
@@ -132,28 +133,14 @@ impl Node {
         }
         let die_with_parent = spec.die_with_parent;
         let detach_session = !die_with_parent && spec.console == ConsoleMode::Socket;
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, signal, getppid, setsid, _exit)
-        // between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                // The launcher may catch or ignore these while QEMU runs;
-                // QEMU starts from the defaults (an ignored signal would stay
-                // ignored across exec).
-                for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                    libc::signal(signal, libc::SIG_DFL);
-                }
-                if die_with_parent {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                } else if detach_session {
-                    libc::setsid();
-                }
-                Ok(())
-            });
-        }
+        let tie = if die_with_parent {
+            ChildTie::DiesWithParent
+        } else if detach_session {
+            ChildTie::OwnSession
+        } else {
+            ChildTie::None
+        };
+        sys::prepare_child(&mut command, tie);
         let started = Instant::now();
         let child = command
             .spawn()

@@ -1021,22 +1021,7 @@ fn run_worker(
     Ok(r)
 }
 
-/// Waits until `fd` is readable (true) or writable when `want_write`, or
-/// `timeout` passes.
-fn poll(fd: i32, want_write: bool, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN | if want_write { libc::POLLOUT } else { 0 },
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
-    let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
-}
+use crate::sys::poll;
 
 // ------------------------------------------------------------ a job
 

@@ -26,6 +26,7 @@ use crate::layout::{
 use crate::node::Node;
 use crate::pairnet::{self, Uplinks};
 use crate::qmp::Qmp;
+use crate::sys::{self, RawTerminal};
 use crate::vm::{ConsoleMode, NetBackend, VmSpec};
 
 /// Memory of the witness: it holds no data.
@@ -168,10 +169,9 @@ fn process_is_ours(pid: u32, pid_file: &Path) -> bool {
 }
 
 /// Sends `signal` to `pid` and waits until it is gone (or a zombie).
-fn signal_and_wait(pid: u32, pid_file: &Path, signal: libc::c_int, timeout: Duration) -> bool {
-    // SAFETY: kill has no memory-safety preconditions; the pid was just
-    // checked to be our QEMU.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
+fn signal_and_wait(pid: u32, pid_file: &Path, signal: sys::c_int, timeout: Duration) -> bool {
+    // The pid was just checked to be our QEMU.
+    sys::send_signal(pid, signal);
     let deadline = Instant::now() + timeout;
     while process_is_ours(pid, pid_file) {
         if Instant::now() >= deadline {
@@ -277,8 +277,7 @@ pub struct UpReport {
 /// made it and nothing else runs); the logs stay in DIR.
 pub fn up(image: &Path, options: &UpOptions) -> Result<UpReport> {
     options.layout.validate()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !sys::is_root() {
         return Err(Error::Setup(
             "`up` needs root: it creates a network namespace with bridges, taps \
              and veth pairs for the pair's segments"
@@ -625,8 +624,8 @@ pub fn down(dir: &Path) -> Result<DownReport> {
         let files = setup.files(node);
         if let Some(pid) = setup.running_pid(node) {
             let pid_file = files.pid_file();
-            if !signal_and_wait(pid, &pid_file, libc::SIGTERM, EXIT_TIMEOUT)
-                && !signal_and_wait(pid, &pid_file, libc::SIGKILL, EXIT_TIMEOUT)
+            if !signal_and_wait(pid, &pid_file, sys::SIGTERM, EXIT_TIMEOUT)
+                && !signal_and_wait(pid, &pid_file, sys::SIGKILL, EXIT_TIMEOUT)
             {
                 return Err(Error::Node {
                     node: node.to_string(),
@@ -774,7 +773,7 @@ pub fn fault(dir: &Path, fault: Fault, node: NodeName, nic: Option<usize>) -> Re
     };
     let files = setup.files(node);
     if fault == Fault::Kill {
-        if !signal_and_wait(pid, &files.pid_file(), libc::SIGKILL, EXIT_TIMEOUT) {
+        if !signal_and_wait(pid, &files.pid_file(), sys::SIGKILL, EXIT_TIMEOUT) {
             return Err(in_node(Error::Setup(format!(
                 "QEMU (pid {pid}) did not end after SIGKILL"
             ))));
@@ -880,11 +879,10 @@ pub fn console(dir: &Path, node: NodeName) -> Result<()> {
     let socket = setup.files(node).console_socket();
     let mut client = ConsoleClient::connect(&socket, CONTROL_TIMEOUT)?;
     let mut writer = client.writer()?;
-    // SAFETY: isatty only inspects the descriptor.
-    let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    let interactive = sys::stdin_is_terminal();
     let _raw = if interactive {
         eprintln!("tandem: console of {node} (Ctrl-] quits)\r");
-        Some(RawTerminal::enter()?)
+        Some(RawTerminal::enter().map_err(|e| Error::io("putting the terminal in raw mode", e))?)
     } else {
         None
     };
@@ -968,39 +966,6 @@ pub fn console(dir: &Path, node: NodeName) -> Result<()> {
                 });
             }
         }
-    }
-}
-
-/// The terminal in raw mode until dropped.
-struct RawTerminal {
-    saved: libc::termios,
-}
-
-impl RawTerminal {
-    fn enter() -> Result<RawTerminal> {
-        // SAFETY: termios is plain data; tcgetattr fills it.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer to a termios; stdin is a terminal.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
-            return Err(Error::io(
-                "reading the terminal mode",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let mut raw = saved;
-        // SAFETY: valid pointers to termios values.
-        unsafe {
-            libc::cfmakeraw(&mut raw);
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
-        }
-        Ok(RawTerminal { saved })
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        // SAFETY: restores the mode read in `enter`.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
     }
 }
 
