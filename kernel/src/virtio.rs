@@ -204,6 +204,72 @@ pub struct NetConfig {
     pub mtu: ReadOnly<u16>,
 }
 
+/// The header in front of every frame a virtio-net queue carries (virtio
+/// 1.2 §5.1.6; with VERSION_1 always 12 bytes, `num_buffers` included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetHeader {
+    pub flags: u8,
+    pub gso_type: u8,
+    /// Bytes of headers copied in front of each segment (GSO).
+    pub hdr_len: u16,
+    /// Payload bytes per segment (GSO).
+    pub gso_size: u16,
+    /// Where the checksum to complete starts, and where in it it goes
+    /// ([`NetHeader::F_NEEDS_CSUM`]).
+    pub csum_start: u16,
+    pub csum_offset: u16,
+    /// Receive buffers the frame spans ([`NetFeatures::MRG_RXBUF`]).
+    pub num_buffers: u16,
+}
+
+impl NetHeader {
+    pub const LEN: usize = 12;
+    /// The checksum from `csum_start` on is left to complete (sending), or
+    /// was left by a sender on this host (receiving).
+    pub const F_NEEDS_CSUM: u8 = 1;
+    /// The device checked the frame's checksums.
+    pub const F_DATA_VALID: u8 = 2;
+    pub const GSO_NONE: u8 = 0;
+    pub const GSO_TCPV4: u8 = 1;
+
+    /// The header at the start of `bytes`; `None` if they are shorter.
+    pub fn parse(bytes: &[u8]) -> Option<NetHeader> {
+        let b = bytes.get(..Self::LEN)?;
+        let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        Some(NetHeader {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+            num_buffers: u16_at(10),
+        })
+    }
+
+    /// Writes the header into the first [`NetHeader::LEN`] bytes of `out`.
+    pub fn emit(&self, out: &mut [u8]) {
+        out[0] = self.flags;
+        out[1] = self.gso_type;
+        for (at, value) in [
+            (2, self.hdr_len),
+            (4, self.gso_size),
+            (6, self.csum_start),
+            (8, self.csum_offset),
+            (10, self.num_buffers),
+        ] {
+            out[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    /// The device vouched for the frame's checksums, or a sender on this
+    /// host left them to the receiver (the device took the frame from it
+    /// unaltered).
+    pub fn checksums_trusted(&self) -> bool {
+        self.flags & (Self::F_NEEDS_CSUM | Self::F_DATA_VALID) != 0
+    }
+}
+
 /// `status` bit: the link is up (with [`NetFeatures::STATUS`]).
 pub const NET_S_LINK_UP: u16 = 1;
 
@@ -295,6 +361,39 @@ mod tests {
         assert_eq!(offset_of!(NetConfig, status), 6);
         assert_eq!(offset_of!(NetConfig, max_virtqueue_pairs), 8);
         assert_eq!(offset_of!(NetConfig, mtu), 10);
+    }
+
+    #[test]
+    fn the_net_header_is_laid_out_as_the_specification_says() {
+        let header = NetHeader {
+            flags: NetHeader::F_NEEDS_CSUM,
+            gso_type: NetHeader::GSO_TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 3,
+        };
+        let mut bytes = [0xffu8; NetHeader::LEN + 2];
+        header.emit(&mut bytes);
+        assert_eq!(
+            bytes[..NetHeader::LEN],
+            [1, 1, 66, 0, 0xa8, 5, 34, 0, 16, 0, 3, 0]
+        );
+        assert_eq!(
+            bytes[NetHeader::LEN..],
+            [0xff, 0xff],
+            "nothing written past it"
+        );
+        assert_eq!(NetHeader::parse(&bytes), Some(header));
+        assert_eq!(NetHeader::parse(&bytes[..NetHeader::LEN - 1]), None);
+        assert!(header.checksums_trusted());
+        let valid = NetHeader {
+            flags: NetHeader::F_DATA_VALID,
+            ..NetHeader::default()
+        };
+        assert!(valid.checksums_trusted());
+        assert!(!NetHeader::default().checksums_trusted());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures};
+use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures, NetHeader};
 use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, Pushed, ReceivedFrame, SegmentBatch, Segmentation};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
@@ -38,16 +38,13 @@ const BUFFER_LEN: usize = 2048;
 const QUEUE_RECEIVE: u16 = 0;
 const QUEUE_TRANSMIT: u16 = 1;
 /// virtio-net header (VERSION_1: `num_buffers` included).
-const HEADER_LEN: usize = 12;
+const HEADER_LEN: usize = NetHeader::LEN;
 /// Large transmit buffers kept for reuse.
 const SPARE_BATCH_BUFFERS: usize = 8;
 /// A segmentation batch's buffer: the device header and the largest IPv4
 /// packet with its Ethernet header.
 const BATCH_BUFFER_LEN: usize = HEADER_LEN + 14 + 65536;
 
-const HDR_F_NEEDS_CSUM: u8 = 1;
-const HDR_F_DATA_VALID: u8 = 2;
-const HDR_GSO_TCPV4: u8 = 1;
 /// The most buffers one received frame may span (a 64 KiB segment takes 33).
 const MAX_MERGED_BUFFERS: usize = 64;
 
@@ -209,16 +206,19 @@ impl NetQueues {
 
     /// Hands `buffer[..len]` (virtio-net header first) to the device.
     fn submit(&mut self, mut buffer: Vec<u8>, len: usize, segmentation: Option<Segmentation>) -> Result<(), FrameError> {
-        let header = &mut buffer[..HEADER_LEN];
-        header.fill(0);
-        if let Some(s) = segmentation {
-            header[0] = HDR_F_NEEDS_CSUM;
-            header[1] = HDR_GSO_TCPV4;
-            header[2..4].copy_from_slice(&(s.header_len as u16).to_le_bytes());
-            header[4..6].copy_from_slice(&(s.segment_size as u16).to_le_bytes());
-            header[6..8].copy_from_slice(&(s.checksum_start as u16).to_le_bytes());
-            header[8..10].copy_from_slice(&(s.checksum_offset as u16).to_le_bytes());
-        }
+        let header = match segmentation {
+            Some(s) => NetHeader {
+                flags: NetHeader::F_NEEDS_CSUM,
+                gso_type: NetHeader::GSO_TCPV4,
+                hdr_len: s.header_len as u16,
+                gso_size: s.segment_size as u16,
+                csum_start: s.checksum_start as u16,
+                csum_offset: s.checksum_offset as u16,
+                num_buffers: 0,
+            },
+            None => NetHeader::default(),
+        };
+        header.emit(&mut buffer[..HEADER_LEN]);
         // SAFETY: the buffer is a heap allocation that moves into
         // `sending[token]` and is neither touched nor freed until the device
         // returns that token (`reclaim_sent`).
@@ -297,13 +297,13 @@ impl FrameQueues for NetQueues {
             Ok(received) => received,
             Err(error) => return Some(Err(error)),
         };
-        if len < HEADER_LEN {
+        // `pop_received` checked that the device wrote no more than the buffer.
+        let Some(header) = NetHeader::parse(&buffer[..len]) else {
             // The device is done with it; a bad length only loses the frame.
             let _ = self.post_receive(buffer);
             return Some(Err(FrameError::Device));
-        }
-        let flags = buffer[0];
-        let buffers = if self.merged_receive { usize::from(u16::from_le_bytes([buffer[10], buffer[11]])) } else { 1 };
+        };
+        let buffers = if self.merged_receive { usize::from(header.num_buffers) } else { 1 };
         let frame = if buffers <= 1 {
             ReceivedFrame::new(buffer.into_boxed_slice(), HEADER_LEN, len - HEADER_LEN)
         } else {
@@ -312,10 +312,7 @@ impl FrameQueues for NetQueues {
                 Err(error) => return Some(Err(error)),
             }
         };
-        // NEEDS_CSUM: a sender on this host left the checksum to the
-        // receiver (the device took the frame from it unaltered).
-        let trusted = flags & (HDR_F_NEEDS_CSUM | HDR_F_DATA_VALID) != 0;
-        Some(Ok(if trusted { frame.with_trusted_checksums() } else { frame }))
+        Some(Ok(if header.checksums_trusted() { frame.with_trusted_checksums() } else { frame }))
     }
 
     fn recycle(&mut self, frame: ReceivedFrame) -> Result<(), FrameError> {
