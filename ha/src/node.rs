@@ -286,6 +286,59 @@ pub enum Action {
     /// Print the handshake's outcome on the console (`Display` of
     /// [`Handshake`]).
     HandshakeDecided(Handshake),
+    /// Print the outcome of an online verification (`Display` of
+    /// [`VerifyProgress`]).
+    VerifyFinished(VerifyProgress),
+}
+
+/// Progress or outcome of an online verification (`verify`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyProgress {
+    pub total_regions: u64,
+    pub checked_regions: u64,
+    /// Regions whose two copies differ: marked out of sync, then resynced.
+    pub differing_regions: u64,
+    pub running: bool,
+    /// Stopped before the end (the stream broke, the role was lost).
+    pub interrupted: bool,
+}
+
+impl fmt::Display for VerifyProgress {
+    /// `tandem: verify done: <K> of <T> regions differ …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.interrupted {
+            write!(
+                f,
+                "tandem: verify interrupted after {} of {} regions: {} differ",
+                self.checked_regions, self.total_regions, self.differing_regions
+            )
+        } else if self.differing_regions > 0 {
+            write!(
+                f,
+                "tandem: verify done: {} of {} regions differ (marked out of sync; resync started)",
+                self.differing_regions, self.total_regions
+            )
+        } else {
+            write!(
+                f,
+                "tandem: verify done: {} regions, no difference",
+                self.total_regions
+            )
+        }
+    }
+}
+
+/// Online verification under way (primary): regions are read here,
+/// their digest sent to the peer, which compares it with its own copy.
+#[derive(Debug)]
+struct Verify {
+    cursor: u64,
+    reading: BTreeSet<u64>,
+    in_flight: BTreeSet<u64>,
+    tokens: u64,
+    refilled: Instant,
+    checked: u64,
+    found: Bitmap,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -418,6 +471,9 @@ struct Resync {
     /// Regions being read for resync (their host writes wait).
     reading: BTreeSet<u64>,
     in_flight: BTreeSet<u64>,
+    /// Regions a refused write marked again while their chunk was on the
+    /// wire: that chunk's acknowledgement must not clear them.
+    redo: BTreeSet<u64>,
     tokens: u64,
     refilled: Instant,
     done_sent: bool,
@@ -431,6 +487,9 @@ enum ApplyKind {
     /// primary role: it will still land, so replicated and resync data for
     /// the same range must wait for it.
     Orphan(u64),
+    /// A read for online verification: after the writes before it, before
+    /// the writes after it.
+    Verify,
 }
 
 #[derive(Clone, Debug)]
@@ -539,6 +598,8 @@ pub struct Status {
     pub blank: bool,
     /// The outcome of the last handshake with the peer.
     pub handshake: Option<Verdict>,
+    /// Online verification under way, or its last outcome.
+    pub verify: Option<VerifyProgress>,
 }
 
 fn fmt_age(f: &mut fmt::Formatter<'_>, d: Option<Duration>) -> fmt::Result {
@@ -625,6 +686,25 @@ impl fmt::Display for Status {
         }
         if let Some(v) = self.handshake {
             writeln!(f, "    handshake:{v}")?;
+        }
+        if let Some(v) = self.verify {
+            let per_mille = v.checked_regions * 1000 / v.total_regions.max(1);
+            writeln!(
+                f,
+                "    verify:{}.{}% ({} of {} regions checked) differing:{}{}",
+                per_mille / 10,
+                per_mille % 10,
+                v.checked_regions,
+                v.total_regions,
+                v.differing_regions,
+                if v.running {
+                    ""
+                } else if v.interrupted {
+                    " interrupted"
+                } else {
+                    " done"
+                }
+            )?;
         }
         let g = self.generations;
         writeln!(
@@ -737,6 +817,11 @@ pub struct DataNode {
     resync_source_generation: u64,
     /// Mixed into new generation identifiers.
     generation_counter: u64,
+    /// Online verification under way (primary), and the last outcome.
+    verify: Option<Verify>,
+    verify_result: Option<VerifyProgress>,
+    /// Secondary: verification digests waiting for their region's read.
+    verify_checks: BTreeMap<u64, u64>,
     last_bitmap_flush: Instant,
     next_heartbeat: Instant,
     history: VecDeque<RoleChange>,
@@ -930,6 +1015,9 @@ impl DataNode {
             peer_behind: None,
             resync_source_generation: 0,
             generation_counter: 0,
+            verify: None,
+            verify_result: None,
+            verify_checks: BTreeMap::new(),
             last_bitmap_flush: now,
             next_heartbeat: now,
             history: VecDeque::new(),
@@ -1325,6 +1413,7 @@ impl DataNode {
         self.demote_progress(now);
         self.check_replication(now);
         self.pump_resync(now);
+        self.pump_verify(now);
         self.persist_bitmap();
         self.update_ana(now);
     }
@@ -1593,7 +1682,14 @@ impl DataNode {
                 .iter()
                 .any(|&reg| overlaps(offset, len, reg * rs, rs))
         });
+        let verify_reading = self.verify.as_ref().is_some_and(|v| {
+            let rs = self.layout.region_size as u64;
+            v.reading
+                .iter()
+                .any(|&reg| overlaps(offset, len, reg * rs, rs))
+        });
         resync_reading
+            || verify_reading
             || self
                 .writes
                 .values()
@@ -1853,6 +1949,7 @@ impl DataNode {
         self.demote_preflush = None;
         self.handed_over_to = None;
         self.resync = None;
+        self.stop_verify(true);
         if self.candidacy.is_some() {
             self.candidacy = None;
         }
@@ -2601,7 +2698,8 @@ impl DataNode {
             data_bytes: self.layout.data_bytes,
             features: stream::feature::WRITE_ZEROES
                 | stream::feature::DEALLOCATE
-                | stream::feature::GENERATIONS,
+                | stream::feature::GENERATIONS
+                | stream::feature::VERIFY,
             data: Some(HelloData {
                 pair_id: self.cfg.pair_id,
                 generations: self.generations,
@@ -2650,6 +2748,8 @@ impl DataNode {
             ..StreamState::default()
         };
         self.resync = None;
+        self.stop_verify(true);
+        self.verify_checks.clear();
         self.unacked.clear();
         // The peer's flush may not cover writes it took on the old
         // connection: flush again on the next one.
@@ -2853,6 +2953,46 @@ impl DataNode {
                 }
             }
             Body::ResyncAck { offset, status, .. } => self.on_resync_ack(offset, status),
+            Body::VerifyRequest {
+                offset,
+                len,
+                digest,
+            } => {
+                let rec = self.voter.record;
+                let ok = self.role != Role::Primary
+                    && f.epoch == rec.epoch
+                    && rec.primary == Some(self.peer)
+                    && offset
+                        .checked_add(len as u64)
+                        .is_some_and(|e| e <= self.layout.data_bytes)
+                    && !self.verify_checks.contains_key(&offset);
+                if !ok {
+                    let epoch = self.voter.epoch;
+                    self.send_frame(
+                        epoch,
+                        0,
+                        Body::VerifyReply {
+                            offset,
+                            len,
+                            equal: false,
+                        },
+                    );
+                } else {
+                    self.verify_checks.insert(offset, digest);
+                    let apply = Apply {
+                        kind: ApplyKind::Verify,
+                        offset,
+                        data: Vec::new(),
+                        len: len as u64,
+                        content: Content::Data,
+                        force_unit_access: false,
+                    };
+                    if !self.enqueue_apply(apply) {
+                        return false;
+                    }
+                }
+            }
+            Body::VerifyReply { offset, equal, .. } => self.on_verify_reply(now, offset, equal),
             Body::Flush => {
                 let rec = self.voter.record;
                 if self.role != Role::Primary
@@ -2907,6 +3047,214 @@ impl DataNode {
             }
         }
         true
+    }
+
+    /// Operator (primary): online verification. Every region is read on
+    /// both nodes in the background, at the resync rate, and their digests
+    /// compared; regions that differ are marked out of sync and resynced
+    /// when the verification ends.
+    pub fn verify(&mut self, now: Instant) -> Result<(), CommandError> {
+        if self.role != Role::Primary {
+            return Err(CommandError::NotPrimary);
+        }
+        if self.verify.is_some() || self.demote.is_some() || self.candidacy.is_some() {
+            return Err(CommandError::Busy);
+        }
+        let peer_verifies = self
+            .stream
+            .peer_hello
+            .is_some_and(|h| h.features & stream::feature::VERIFY != 0);
+        if !self.stream_ready()
+            || self.peer_degraded()
+            || self.resync.is_some()
+            || self.peer_behind.is_some()
+            || !peer_verifies
+        {
+            return Err(CommandError::PeerNotReady);
+        }
+        self.verify = Some(Verify {
+            cursor: 0,
+            reading: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            tokens: self.layout.region_size as u64,
+            refilled: now,
+            checked: 0,
+            found: Bitmap::new(self.layout.region_count),
+        });
+        self.verify_result = None;
+        self.progress(now);
+        Ok(())
+    }
+
+    fn verify_progress(&self) -> Option<VerifyProgress> {
+        match &self.verify {
+            Some(v) => Some(VerifyProgress {
+                total_regions: self.layout.region_count,
+                checked_regions: v.checked,
+                differing_regions: v.found.count(),
+                running: true,
+                interrupted: false,
+            }),
+            None => self.verify_result,
+        }
+    }
+
+    /// Ends the verification: `interrupted` before its end.
+    fn stop_verify(&mut self, interrupted: bool) {
+        if self.verify.is_none() {
+            return;
+        }
+        let mut p = self.verify_progress().unwrap_or(VerifyProgress {
+            total_regions: 0,
+            checked_regions: 0,
+            differing_regions: 0,
+            running: false,
+            interrupted,
+        });
+        p.running = false;
+        p.interrupted = interrupted;
+        self.verify = None;
+        self.verify_result = Some(p);
+        self.actions.push(Action::VerifyFinished(p));
+    }
+
+    fn pump_verify(&mut self, now: Instant) {
+        if self.verify.is_none() {
+            return;
+        }
+        if self.role != Role::Primary || !self.stream_ready() || self.peer_degraded() {
+            return self.stop_verify(true);
+        }
+        let rate = self.cfg.resync_rate;
+        let max_in_flight = self.cfg.resync_max_in_flight.max(1) as usize;
+        let rs = self.layout.region_size as u64;
+        let Some(mut v) = self.verify.take() else {
+            return;
+        };
+        let elapsed = now.saturating_since(v.refilled).as_micros();
+        v.tokens = v.tokens.saturating_add(
+            (rate as u128 * elapsed as u128 / 1_000_000).min(u64::MAX as u128) as u64,
+        );
+        v.tokens = v.tokens.min((rate / 10).max(rs * max_in_flight as u64));
+        v.refilled = now;
+        while v.reading.len() + v.in_flight.len() < max_in_flight
+            && v.tokens >= rs
+            && v.cursor < self.layout.region_count
+        {
+            let r = v.cursor;
+            // A region with a host write under way is checked once the
+            // write is done on both nodes.
+            if self
+                .writes
+                .values()
+                .any(|w| w.admitted && overlaps(w.offset, w.len, r * rs, rs))
+            {
+                break;
+            }
+            v.reading.insert(r);
+            v.cursor += 1;
+            v.tokens -= rs;
+            let (offset, len) = self.region_range(r);
+            self.actions.push(Action::ReadForResync { offset, len });
+        }
+        let done =
+            v.cursor >= self.layout.region_count && v.reading.is_empty() && v.in_flight.is_empty();
+        self.verify = Some(v);
+        if !done {
+            return;
+        }
+        let found = self
+            .verify
+            .as_ref()
+            .map(|v| v.found.clone())
+            .unwrap_or_else(|| Bitmap::new(0));
+        self.stop_verify(false);
+        if found.count() > 0 && self.resync.is_none() {
+            // The next resync repairs them: start it now, from this node.
+            let total = found.count();
+            self.resync = Some(Resync {
+                pending: found,
+                total,
+                cursor: 0,
+                reading: BTreeSet::new(),
+                in_flight: BTreeSet::new(),
+                redo: BTreeSet::new(),
+                tokens: rs,
+                refilled: now,
+                done_sent: false,
+            });
+        }
+    }
+
+    /// A read for verification finished: on the primary, its digest goes to
+    /// the peer; on the secondary, it is compared with the primary's.
+    /// Returns false if the read was not one.
+    fn on_verify_read_done(&mut self, offset: u64, data: Option<&[u8]>) -> bool {
+        let rs = self.layout.region_size as u64;
+        let r = offset / rs;
+        let (_, len) = self.region_range(r);
+        if self.verify.as_mut().is_some_and(|v| v.reading.remove(&r)) {
+            let digest = data
+                .filter(|d| d.len() == len as usize)
+                .map(|d| crate::wire::CRC64.checksum(d));
+            match digest {
+                Some(digest) => {
+                    if let Some(v) = self.verify.as_mut() {
+                        v.in_flight.insert(r);
+                    }
+                    let epoch = self.voter.record.epoch;
+                    self.send_frame(epoch, 0, Body::VerifyRequest { offset, len, digest });
+                }
+                None => {
+                    // Unreadable here: counted as differing.
+                    if let Some(v) = self.verify.as_mut() {
+                        v.checked += 1;
+                        v.found.set(r);
+                    }
+                    self.set_bit(r);
+                }
+            }
+            self.start_deferred();
+            return true;
+        }
+        if self.role != Role::Primary
+            && let Some(len) = self.finish_apply(ApplyKind::Verify, offset)
+        {
+            if let Some(digest) = self.verify_checks.remove(&offset) {
+                let equal = data.is_some_and(|d| {
+                    d.len() as u64 == len && crate::wire::CRC64.checksum(d) == digest
+                });
+                let epoch = self.voter.epoch;
+                self.send_frame(
+                    epoch,
+                    0,
+                    Body::VerifyReply {
+                        offset,
+                        len: len as u32,
+                        equal,
+                    },
+                );
+            }
+            return true;
+        }
+        false
+    }
+
+    fn on_verify_reply(&mut self, now: Instant, offset: u64, equal: bool) {
+        let rs = self.layout.region_size as u64;
+        let r = offset / rs;
+        let Some(v) = self.verify.as_mut() else {
+            return;
+        };
+        if !v.in_flight.remove(&r) {
+            return;
+        }
+        v.checked += 1;
+        if !equal {
+            v.found.set(r);
+            self.set_bit(r);
+        }
+        let _ = now;
     }
 
     /// What this node and its peer decide, from the peer's Hello.
@@ -3057,6 +3405,9 @@ impl DataNode {
                 if rz.pending.set(r) {
                     rz.total += 1;
                 }
+                if rz.in_flight.contains(&r) {
+                    rz.redo.insert(r);
+                }
             }
             rz.done_sent = false;
         }
@@ -3145,6 +3496,10 @@ impl DataNode {
                     data: a.data,
                     force_unit_access: a.force_unit_access,
                 },
+                ApplyKind::Verify => Action::ReadForResync {
+                    offset: a.offset,
+                    len: a.len as u32,
+                },
                 ApplyKind::Resync | ApplyKind::Orphan(_) => Action::ApplyResync {
                     offset: a.offset,
                     data: a.data,
@@ -3220,6 +3575,7 @@ impl DataNode {
             cursor: 0,
             reading: BTreeSet::new(),
             in_flight: BTreeSet::new(),
+            redo: BTreeSet::new(),
             tokens: self.layout.region_size as u64,
             refilled: now,
             done_sent: false,
@@ -3310,6 +3666,9 @@ impl DataNode {
 
     /// Primary: the resync read at `offset` finished; `data` is its content.
     pub fn on_resync_read_done(&mut self, now: Instant, offset: u64, data: Option<&[u8]>) {
+        if self.on_verify_read_done(offset, data) {
+            return self.progress(now);
+        }
         let rs = self.layout.region_size as u64;
         let r = offset / rs;
         let (_, len) = self.region_range(r);
@@ -3340,7 +3699,9 @@ impl DataNode {
         if !rz.in_flight.remove(&r) {
             return;
         }
-        if status != AckStatus::Ok {
+        // The chunk predates a write the peer refused: the region stays
+        // marked, to be copied again.
+        if rz.redo.remove(&r) || status != AckStatus::Ok {
             return;
         }
         rz.pending.clear(r);
@@ -3378,6 +3739,7 @@ impl DataNode {
         let eligible = self.role == Role::Primary
             && !self.peer_degraded()
             && self.resync.is_none()
+            && self.verify.is_none()
             && self.peer_behind.is_none()
             && self.stream_ready()
             && self.clean_cycle.is_none();
@@ -3415,7 +3777,11 @@ impl DataNode {
             Some(false) => {}
             // A resync started meanwhile (or the peer found behind) needs
             // every bit it may copy: the cycle ends without clearing any.
-            Some(true) if f.peer_acked && (self.resync.is_some() || self.peer_behind.is_some()) => {}
+            Some(true)
+                if f.peer_acked
+                    && (self.resync.is_some()
+                        || self.verify.is_some()
+                        || self.peer_behind.is_some()) => {}
             Some(true) if f.peer_acked => {
                 let candidates = self
                     .clean_cycle
@@ -3610,6 +3976,7 @@ impl DataNode {
             generations: self.generations,
             blank: self.blank,
             handshake: self.handshake,
+            verify: self.verify_progress(),
             resync: self.resync.as_ref().map(|r| ResyncProgress {
                 total_regions: r.total,
                 remaining_regions: r.pending.count(),

@@ -270,3 +270,43 @@ fn a_version_1_disk_is_upgraded_in_place_when_opened() {
     assert_eq!(sb.generations, tandem_ha::generations::Generations::initial(77));
     assert_eq!(sb.data_state, DataState::UpToDate);
 }
+
+#[test]
+fn verify_finds_a_region_changed_behind_the_pairs_back_and_the_resync_repairs_it() {
+    let mut s = started(40);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    assert!(s.with_data(q, |d, now| d.verify(now)).is_err(), "verify runs on the primary");
+    // Nothing differs: verification finds nothing.
+    s.with_data(p, |d, now| d.verify(now)).unwrap();
+    assert!(s.with_data(p, |d, now| d.verify(now)).is_err(), "one at a time");
+    assert!(
+        s.run_until(10_000 * MS, |s| s
+            .data(p)
+            .status(Instant::ZERO)
+            .verify
+            .is_some_and(|v| !v.running)),
+        "{}",
+        s.log_tail()
+    );
+    let v = s.data(p).status(Instant::ZERO).verify.unwrap();
+    assert_eq!((v.differing_regions, v.interrupted), (0, false), "{v:?}");
+    assert_eq!(v.checked_regions, s.data(p).layout().region_count);
+    // Change one block of the secondary's disk behind the pair's back.
+    s.host.enabled = false;
+    s.run_for(500 * MS);
+    let victim = 5 * BLOCK;
+    s.nodes[q.index()].disk.insert(victim, vec![0xa5; BLOCK as usize]);
+    s.with_data(p, |d, now| d.verify(now)).unwrap();
+    assert!(s.run_until(10_000 * MS, |s| s
+        .data(p)
+        .status(Instant::ZERO)
+        .verify
+        .is_some_and(|v| !v.running)));
+    let v = s.data(p).status(Instant::ZERO).verify.unwrap();
+    assert_eq!(v.differing_regions, 1, "{v:?}\n{}", s.log_tail());
+    assert!(s.log.iter().any(|l| l.contains("verify done: 1 of")));
+    // The resync repairs it: both replicas identical (final_verify).
+    s.host.enabled = true;
+    settle(&mut s);
+}

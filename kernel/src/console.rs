@@ -26,6 +26,8 @@ commands:
   promote / demote                      planned switchover (pair data nodes)
   fence / unfence                       stop serving and never become primary / undo
   invalidate                            discard this node's data: full resync from the peer
+  verify                                on the primary: compare both nodes' data in the
+                                        background; differing regions are resynced
   discard-my-data                       resolve a refused handshake (split brain, unrelated
                                         data) by discarding this node's data
   history                               role changes with reasons and times
@@ -53,6 +55,8 @@ pub enum Command {
     Unfence,
     /// Discard this node's data (`invalidate`, `discard-my-data`).
     Invalidate,
+    /// Online verification (`verify`).
+    Verify,
     History,
 }
 
@@ -105,6 +109,7 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "unfence" => no_arguments(Command::Unfence, "unfence", &mut words),
         "history" => no_arguments(Command::History, "history", &mut words),
         "invalidate" => no_arguments(Command::Invalidate, "invalidate", &mut words),
+        "verify" => no_arguments(Command::Verify, "verify", &mut words),
         "discard-my-data" => no_arguments(Command::Invalidate, "discard-my-data", &mut words),
         "log" => {
             let bad = CommandError::BadArgument { command: "log", usage: LOG_USAGE };
@@ -235,6 +240,7 @@ mod tests {
         assert_eq!(parse("demote"), Ok(Command::Demote));
         assert_eq!(parse("fence"), Ok(Command::Fence));
         assert_eq!(parse("invalidate"), Ok(Command::Invalidate));
+        assert_eq!(parse("verify"), Ok(Command::Verify));
         assert_eq!(parse("discard-my-data"), Ok(Command::Invalidate));
         assert!(parse("invalidate now").is_err());
         assert_eq!(parse("unfence"), Ok(Command::Unfence));

@@ -343,6 +343,7 @@ impl Machine {
             Command::Promote => pair.promote(now),
             Command::Demote => pair.demote(now),
             Command::Invalidate => pair.invalidate(now),
+            Command::Verify => pair.verify(now),
             Command::Fence => {
                 pair.fence(now);
                 Ok(())
@@ -376,7 +377,7 @@ impl Machine {
                 },
                 None => println!("error: nvme: the target is not running"),
             },
-            Ok(command @ (Command::Promote | Command::Demote | Command::Fence | Command::Unfence | Command::Invalidate)) => self.pair_command(command),
+            Ok(command @ (Command::Promote | Command::Demote | Command::Fence | Command::Unfence | Command::Invalidate | Command::Verify)) => self.pair_command(command),
             Ok(Command::History) => match self.pair.as_ref() {
                 Some(Pair::Data(pair)) => print!("{}", pair.history()),
                 _ => println!("error: history: this machine is not a data node of a pair"),

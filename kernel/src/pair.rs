@@ -731,6 +731,9 @@ impl DataPair {
                     Action::HandshakeDecided(handshake) => {
                         let _ = writeln!(console, "{handshake}");
                     }
+                    Action::VerifyFinished(outcome) => {
+                        let _ = writeln!(console, "{outcome}");
+                    }
                 }
             }
         }
@@ -986,6 +989,10 @@ impl DataPair {
 
     pub fn demote(&mut self, now_micros: u64) -> Result<(), String> {
         self.node.demote(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+    }
+
+    pub fn verify(&mut self, now_micros: u64) -> Result<(), String> {
+        self.node.verify(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
     }
 
     pub fn invalidate(&mut self, now_micros: u64) -> Result<(), String> {

@@ -21,6 +21,9 @@ use crate::types::{EpochRecord, opt_node_from_u8, opt_node_to_u8};
 
 /// CRC-32C (Castagnoli, as iSCSI and NVMe/TCP use it).
 pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// The digest of online verification (`crc`'s `CRC_64_XZ`): 64 bits, so
+/// that two different regions practically never compare equal by chance.
+pub const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
 
 /// Reads big-endian fields from a slice whose length was checked beforehand;
 /// out-of-range reads return zero instead of panicking (they cannot happen

@@ -49,6 +49,8 @@ pub mod kind {
     pub const FLUSH_ACK: u8 = 11;
     pub const WRITE_ZEROES: u8 = 12;
     pub const DEALLOCATE: u8 = 13;
+    pub const VERIFY_REQUEST: u8 = 14;
+    pub const VERIFY_REPLY: u8 = 15;
 }
 
 /// Bits of a Hello's `features` byte: what the sender understands beyond
@@ -63,6 +65,8 @@ pub mod feature {
     /// ResyncDone the source's current generation. A node that sets it
     /// refuses a peer that does not.
     pub const GENERATIONS: u8 = 4;
+    /// VerifyRequest and VerifyReply frames (kinds 14, 15).
+    pub const VERIFY: u8 = 8;
 }
 
 /// Length of a Hello's payload without the data generations, and with them.
@@ -187,6 +191,14 @@ pub enum Body<'a> {
     /// `current`: the source's current generation, which the target takes
     /// when it becomes UpToDate (0 from a peer without the feature).
     ResyncDone { current: u64 },
+    /// Online verification: the receiver reads `len` bytes at `offset`
+    /// (after every write sent before this frame) and compares their
+    /// CRC-64 with `digest`. Sent only to a peer that announced
+    /// [`feature::VERIFY`].
+    VerifyRequest { offset: u64, len: u32, digest: u64 },
+    /// The answer: `equal` is false when the digests differ (or the read
+    /// failed).
+    VerifyReply { offset: u64, len: u32, equal: bool },
     /// Make every write this receiver has acknowledged durable; `seq` numbers
     /// the flush.
     Flush,
@@ -447,6 +459,28 @@ impl<'a> Frame<'a> {
                 current: if payload.len() >= 8 { r.u64() } else { 0 },
             },
             kind::FLUSH => Body::Flush,
+            kind::VERIFY_REQUEST => {
+                need(24)?;
+                let offset = r.u64();
+                let len = r.u32();
+                r.skip(4);
+                let digest = r.u64();
+                if len == 0 || len as usize > MAX_DATA {
+                    return Err(Error::InvalidField("verify.len"));
+                }
+                Body::VerifyRequest { offset, len, digest }
+            }
+            kind::VERIFY_REPLY => {
+                need(16)?;
+                let offset = r.u64();
+                let len = r.u32();
+                let equal = match r.u8() {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Error::InvalidField("verify_reply.equal")),
+                };
+                Body::VerifyReply { offset, len, equal }
+            }
             kind::FLUSH_ACK => {
                 need(8)?;
                 let status =
@@ -552,6 +586,14 @@ impl<'a> Frame<'a> {
                 kind::RESYNC_DONE
             }
             Body::Flush => kind::FLUSH,
+            Body::VerifyRequest { offset, len, digest } => {
+                w.u64(*offset).u32(*len).zeros(4).u64(*digest);
+                kind::VERIFY_REQUEST
+            }
+            Body::VerifyReply { offset, len, equal } => {
+                w.u64(*offset).u32(*len).u8(*equal as u8).zeros(3);
+                kind::VERIFY_REPLY
+            }
             Body::FlushAck { status } => {
                 w.u8(*status as u8).zeros(7);
                 kind::FLUSH_ACK
@@ -751,6 +793,16 @@ mod tests {
                 bits: &[0xff, 0x1f],
             },
             Body::BitmapDone,
+            Body::VerifyRequest {
+                offset: 1 << 20,
+                len: 65536,
+                digest: 0xfeed_beef_0102_0304,
+            },
+            Body::VerifyReply {
+                offset: 1 << 20,
+                len: 65536,
+                equal: false,
+            },
             Body::ResyncData {
                 offset: 1 << 20,
                 data: &data[..10],

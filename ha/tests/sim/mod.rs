@@ -858,6 +858,10 @@ impl Sim {
                 let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, c);
                 self.log.push(line);
             }
+            Action::VerifyFinished(v) => {
+                let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, v);
+                self.log.push(line);
+            }
             Action::HandshakeDecided(h) => {
                 let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, h);
                 self.log.push(line);
