@@ -1869,7 +1869,11 @@ impl DataNode {
         for (id, w) in &self.writes {
             match w.local {
                 Some(false) => done.push((*id, IoResult::MediaError)),
-                Some(true) if w.peer_acked || !w.needs_peer || degraded_ok => {
+                // A write admitted while the peer was Outdated completes
+                // without it only while no recovery is under way: once the
+                // peer is about to be recorded UpToDate it must hold every
+                // acknowledged write.
+                Some(true) if w.peer_acked || (!w.needs_peer && !self.recovering()) || degraded_ok => {
                     done.push((*id, IoResult::Ok))
                 }
                 _ => {}
@@ -3388,7 +3392,10 @@ impl DataNode {
     /// local disk alone, as the record allows, and its regions go back into
     /// the resync instead of holding the recovery up.
     fn refused_by_outdated_peer(&mut self, seq: u64) {
-        if !self.peer_degraded() || self.candidacy.is_some() {
+        // Also during the peer-recovered election: the write then waits for
+        // it (it is sent again if the record commits) or, if the election
+        // fails, completes here with its regions back in the resync.
+        if !self.peer_degraded() {
             return;
         }
         let Some((offset, len)) = self.unacked.remove(&seq) else {

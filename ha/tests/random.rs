@@ -31,12 +31,32 @@ fn chaos(seed: u64, steps: usize) {
     s.wait_primary(5_000 * MS);
     s.host.enabled = true;
     s.torn_crash_per_mille = 30;
+    // Every third seed: metadata writes up to 25 times slower than data
+    // writes, so that writes admitted while the peer was Outdated are
+    // still waiting for their bitmap when the recovery starts.
+    if seed % 3 == 0 {
+        s.slow_metadata = 25;
+    }
     let mut fenced: Option<NodeId> = None;
     for _ in 0..steps {
         let d = r.range(20, 400) * MS;
         s.run_for(d);
         let pick = |r: &mut Rng| NodeId::ALL[r.below(3) as usize];
-        match r.below(12) {
+        match r.below(14) {
+            12 => {
+                // The operator discards the secondary's data: full resync.
+                if let Some(p) = s.primary() {
+                    let q = p.peer();
+                    if s.nodes[q.index()].alive() && s.nodes[q.index()].paused_since.is_none() {
+                        let _ = s.with_data(q, |d, now| d.invalidate(now));
+                    }
+                }
+            }
+            13 => {
+                if let Some(p) = s.primary() {
+                    let _ = s.with_data(p, |d, now| d.verify(now));
+                }
+            }
             0 | 1 => {
                 let (a, b) = (pick(&mut r), pick(&mut r));
                 if a != b {

@@ -1760,3 +1760,82 @@ fn in_sync_writes_mark_activity_extents_and_degraded_writes_their_regions() {
     d.a.host_write(ms(d.now), 1, 2 << 20, 4096, false).unwrap();
     assert_eq!(d.a.dirty_regions(), before + 1);
 }
+
+/// Primary A with B recorded Outdated (no stream), region 0 written alone,
+/// then the stream connected: B is resyncing from A. Returns the time.
+fn primary_a_resyncing_region_0(t: &mut Trio) -> Instant {
+    t.step(400);
+    assert_eq!(t.a.record().outdated, Some(NodeId::B), "{:?}", t.log);
+    let now = ms(t.now);
+    write_through(t, 1, 0);
+    t.stream = true;
+    t.a.on_stream_connected(now);
+    t.b.on_stream_connected(now);
+    t.step(t.now + 5);
+    now
+}
+
+/// Host write `id` of 4 KiB at `offset` on A, its bitmap made durable and
+/// its local write done; returns its replication `seq`, if it was sent.
+fn write_through(t: &mut Trio, id: u64, offset: u64) -> Option<u64> {
+    let now = ms(t.now);
+    t.a.host_write(now, id, offset, 4096, false).unwrap();
+    let mut acts: Vec<Action> = t.a.drain_actions().collect();
+    if let Some(generation) = acts.iter().find_map(|a| match a {
+        Action::PersistBitmap { generation, .. } => Some(*generation),
+        _ => None,
+    }) {
+        t.a.on_bitmap_persisted(now, generation, true);
+        acts.extend(t.a.drain_actions());
+    }
+    let seq = acts.iter().find_map(|a| match a {
+        Action::ReplicateWrite { id: w, frame_prefix } if *w == id => Some(u64::from_be_bytes(
+            frame_prefix[24..32].try_into().unwrap(),
+        )),
+        _ => None,
+    });
+    t.a.on_local_write_done(now, id, true);
+    t.a.drain_actions().for_each(drop);
+    seq
+}
+
+#[test]
+fn a_resync_ack_does_not_clear_a_region_a_refused_write_marked_again() {
+    let mut t = Trio::new();
+    let now = primary_a_resyncing_region_0(&mut t);
+    let resync = t.a.status(now).resync.expect("a resync to B");
+    assert_eq!(resync.remaining_regions, 1, "{resync:?}");
+    // Region 0's chunk goes on the wire.
+    t.a.on_resync_read_done(now, 0, Some(&[7; 65536]));
+    t.a.drain_actions().for_each(drop);
+    // A write over it, sent after the chunk, refused by the Outdated B.
+    let seq = write_through(&mut t, 2, 4096).expect("replicated");
+    let b_epoch = t.b.promised_epoch();
+    let refusal = Frame {
+        sender: NodeId::B,
+        epoch: b_epoch,
+        seq,
+        body: Body::WriteAck {
+            status: AckStatus::Fenced,
+        },
+    };
+    t.a.on_stream_bytes(now, &refusal.emit());
+    // Then the chunk's acknowledgement: the chunk predates the write.
+    let ack = Frame {
+        sender: NodeId::B,
+        epoch: b_epoch,
+        seq: 0,
+        body: Body::ResyncAck {
+            offset: 0,
+            len: 65536,
+            status: AckStatus::Ok,
+        },
+    };
+    t.a.on_stream_bytes(now, &ack.emit());
+    let resync = t.a.status(now).resync.expect("still resyncing");
+    assert_eq!(
+        resync.remaining_regions, 1,
+        "region 0 must be copied again: B refused a write to it"
+    );
+    assert!(t.a.dirty_regions() >= 1);
+}

@@ -307,6 +307,9 @@ pub struct Sim {
     /// after it is executed.
     pub torn_crash_per_mille: u64,
     pub torn_crashes: u64,
+    /// A bitmap persist takes up to this many times the longest data
+    /// write.
+    pub slow_metadata: u64,
 }
 
 pub fn timing() -> Timing {
@@ -373,6 +376,7 @@ impl Sim {
             disk_max: 2 * MS,
             checks: 0,
             torn_crash_per_mille: 0,
+            slow_metadata: 1,
             torn_crashes: 0,
         };
         for id in NodeId::ALL {
@@ -806,7 +810,18 @@ impl Sim {
                 self.nodes[idx(id)].meta.insert(offset, bytes);
             }
             Action::PersistBitmap { generation, blocks } => {
-                self.disk_later(id, inc, DiskKind::BitmapPersist { generation, blocks });
+                // Metadata writes may take much longer than data writes
+                // (a busy or throttled disk): writes wait for them.
+                let max = self.disk_max * self.slow_metadata.max(1);
+                let delay = self.rng.range(self.disk_min, max);
+                self.deliver(
+                    delay,
+                    id,
+                    Input::Disk {
+                        incarnation: inc,
+                        kind: DiskKind::BitmapPersist { generation, blocks },
+                    },
+                );
             }
             Action::FlushDisk { flush } => {
                 self.disk_later(id, inc, DiskKind::Flush { flush });
