@@ -96,8 +96,10 @@ fn a_replaced_blank_disk_takes_a_full_resync_and_never_stands_before_it_ends() {
     c.wait_role(Name::A, "primary", 0, ROLE_TIMEOUT);
     c.wait_io_flows(at, Duration::from_secs(120));
     c.wait_in_sync(Name::A, Duration::from_secs(300));
-    let b = c.status(Name::B);
-    assert!(own_line(&b, Name::B).contains("disk:UpToDate"), "{b}");
+    // b learns the record that names it UpToDate right after a commits it.
+    c.wait_status(Name::B, "b UpToDate", ROLE_TIMEOUT, |s| {
+        own_line(s, Name::B).contains("disk:UpToDate")
+    });
     c.hold();
     c.finish(None);
 }
@@ -176,6 +178,79 @@ fn invalidate_on_the_secondary_then_a_switchover_loses_nothing() {
     eprintln!("full resync after invalidate: {total:?} regions");
     c.hold();
     c.switchover(Name::A, false);
+    c.hold();
+    c.finish(None);
+}
+
+/// Issue 13, test (b): b restarted on a copy of its disk taken 15 s
+/// earlier, while a kept writing: detected (the generations differ), a full
+/// resync from a, nothing lost.
+#[test]
+fn a_node_restarted_on_an_older_copy_of_its_disk_is_resynced_in_full() {
+    let Some(_guard) = lock() else { return };
+    let mut c = Cluster::start("gens-copy");
+    c.start_io();
+    c.hold();
+    let disk = c.disks[1].clone();
+    let copy = disk.with_extension("copy");
+    c.event("kill -9 b, copy its disk, restart it");
+    c.kill(Name::B);
+    std::fs::copy(&disk, &copy).unwrap();
+    c.restart(Name::B);
+    c.wait_in_sync(Name::A, Duration::from_secs(120));
+    // b in sync with a while a keeps writing: no bitmap will remember
+    // these 15 s once the clean cycles ran.
+    std::thread::sleep(Duration::from_secs(15));
+    c.event("kill -9 b, restart it on the copy of 15 s ago");
+    c.kill(Name::B);
+    std::fs::copy(&copy, &disk).unwrap();
+    let _ = std::fs::remove_file(&copy);
+    c.restart(Name::B);
+    let status = c.wait_status(Name::B, "a handshake", ROLE_TIMEOUT, |s| {
+        s.contains("handshake:")
+    });
+    assert!(
+        handshake_line(&status).contains("full-resync from-peer"),
+        "{status}"
+    );
+    c.wait_in_sync(Name::A, Duration::from_secs(300));
+    c.hold();
+    c.finish(None);
+}
+
+/// Issue 13, test (c): b started with a disk that belongs to another pair
+/// (its metadata names another pair id than b's configuration): refused
+/// with a clear line, b serves nothing, a keeps serving.
+#[test]
+fn a_node_started_with_another_pairs_disk_is_refused_and_the_primary_keeps_serving() {
+    let Some(_guard) = lock() else { return };
+    let mut c = Cluster::start("gens-other-pair");
+    c.start_io();
+    c.hold();
+    c.event("kill -9 b, restart it configured for another pair");
+    c.kill(Name::B);
+    let spec = &mut c.member_mut(Name::B).spec;
+    let original = spec.boot.clone();
+    if let tandem_qemu::Boot::Kernel { cmdline, .. } = &mut spec.boot {
+        cmdline.push_str(" pair_id=424242");
+    }
+    c.restart(Name::B);
+    let deadline = Instant::now() + ROLE_TIMEOUT;
+    while !c.member(Name::B).log().contains("the pair cannot start") {
+        assert!(Instant::now() < deadline, "{}", c.member(Name::B).log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = c.member(Name::B).log();
+    assert!(log.contains("disk belongs to another pair"), "{log}");
+    let at = epoch_ms();
+    c.wait_io_flows(at, ROLE_TIMEOUT);
+    c.hold();
+    assert_eq!(c.serving(), Name::A);
+    c.event("restart b with its own configuration");
+    c.kill(Name::B);
+    c.member_mut(Name::B).spec.boot = original;
+    c.restart(Name::B);
+    c.wait_in_sync(Name::A, Duration::from_secs(300));
     c.hold();
     c.finish(None);
 }
