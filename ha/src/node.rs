@@ -815,6 +815,10 @@ pub struct DataNode {
     peer_behind: Option<bool>,
     /// Sync target: the source's current generation, from its ResyncDone.
     resync_source_generation: u64,
+    /// The last handshake refused the peer while this node was not
+    /// primary: it does not stand until a handshake succeeds (or it
+    /// restarts).
+    refused_standing: bool,
     /// Mixed into new generation identifiers.
     generation_counter: u64,
     /// Online verification under way (primary), and the last outcome.
@@ -1014,6 +1018,7 @@ impl DataNode {
             handshake: None,
             peer_behind: None,
             resync_source_generation: 0,
+            refused_standing: false,
             generation_counter: 0,
             verify: None,
             verify_result: None,
@@ -2080,6 +2085,14 @@ impl DataNode {
         if self.data_state != DataState::UpToDate || self.voter.record.outdated == Some(self.me) {
             return;
         }
+        // Refused by the handshake while not primary (split brain,
+        // unrelated data, another pair's disk): its data must not take over
+        // from the peer's by itself, unless the pair's record already names
+        // the peer Outdated (then this node's data is the pair's, and the
+        // peer can never stand); otherwise the operator decides.
+        if self.refused_standing && self.voter.record.outdated != Some(self.peer) {
+            return;
+        }
         let handover = self.handover_from_peer;
         if !handover {
             if now < self.next_candidacy_at
@@ -2812,6 +2825,8 @@ impl DataNode {
                     }));
                 }
                 self.handshake = Some(verdict);
+                self.refused_standing =
+                    matches!(verdict.decision, Decision::Refuse(_)) && self.role != Role::Primary;
                 if matches!(verdict.decision, Decision::Refuse(_)) {
                     // Nothing changes on either side; the stream is closed
                     // (and the same verdict met again on every reconnection

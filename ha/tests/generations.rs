@@ -155,6 +155,14 @@ fn split_brain_is_refused_until_the_operator_discards_one_side() {
     assert!(other.run_until(3_000 * MS, |s| s.primary() == Some(q)));
     other.run_for(800 * MS);
     let diverged = other.disk_image(q);
+    // The pair's own history is the longer one (as a real split brain's
+    // would be: epochs grow across the pair): two switchovers here.
+    for from in [p, q] {
+        s.with_data(from, |d, now| d.demote(now)).unwrap();
+        assert!(s.run_until(3_000 * MS, |s| s.primary() == Some(from.peer())));
+        assert!(s.run_until(3_000 * MS, |s| s.in_sync()));
+    }
+    assert!(s.data(p).epoch() > other.data(q).epoch());
     // Here p writes alone too.
     s.kill(q);
     s.run_for(800 * MS);
@@ -176,6 +184,13 @@ fn split_brain_is_refused_until_the_operator_discards_one_side() {
         s.log.iter().any(|l| l.contains("discard-my-data")),
         "the operator is told how to resolve it"
     );
+    // The primary dies: the refused node does not take over with its
+    // diverged data.
+    s.kill(p);
+    s.run_for(3_000 * MS);
+    assert_eq!(s.primary(), None, "{}", s.log_tail());
+    s.restart(p);
+    assert!(s.run_until(5_000 * MS, |s| s.primary() == Some(p)), "{}", s.log_tail());
     s.with_data(q, |d, now| d.invalidate(now)).unwrap();
     settle(&mut s);
 }
