@@ -1839,3 +1839,149 @@ fn a_resync_ack_does_not_clear_a_region_a_refused_write_marked_again() {
     );
     assert!(t.a.dirty_regions() >= 1);
 }
+
+#[test]
+fn a_clean_cycle_does_not_clear_a_region_a_resync_started_meanwhile_needs() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary, "{:?}", t.log);
+    assert_eq!(t.a.record().outdated, None);
+    // Settle the resync of the first connection (nothing to copy).
+    t.step(600);
+    // One write, acknowledged by B: its activity extent stays marked.
+    let seq = write_through(&mut t, 1, 0).expect("replicated");
+    let ack = Frame {
+        sender: NodeId::B,
+        epoch: t.b.promised_epoch(),
+        seq,
+        body: Body::WriteAck {
+            status: AckStatus::Ok,
+        },
+    };
+    t.a.on_stream_bytes(ms(t.now), &ack.emit());
+    t.a.drain_actions().for_each(drop);
+    let marked = t.a.dirty_regions();
+    assert!(marked > 1, "{marked}");
+    // A clean cycle starts: the untouched marked regions are candidates,
+    // both disks are being flushed.
+    t.disk_flushes.clear();
+    t.step(t.now + 2_100);
+    let a_flush = t.disk_flush_of(NodeId::A);
+    let b_flush = t.disk_flush_of(NodeId::B);
+    // Meanwhile B sends its bitmap again (as after adopting a record that
+    // names A primary): a resync of the union starts.
+    let now = ms(t.now);
+    let done = Frame {
+        sender: NodeId::B,
+        epoch: t.b.record().epoch,
+        seq: 0,
+        body: Body::BitmapDone,
+    };
+    t.a.on_stream_bytes(now, &done.emit());
+    assert!(t.a.status(now).resync.is_some(), "a resync started");
+    // The cycle's flushes complete.
+    t.a.on_disk_flush_done(now, a_flush, true);
+    t.b.on_disk_flush_done(now, b_flush, true);
+    t.step(t.now + 1);
+    assert_eq!(
+        t.a.dirty_regions(),
+        marked,
+        "the clean cycle cleared regions the running resync still has to copy"
+    );
+}
+
+#[test]
+fn a_write_admitted_while_degraded_waits_for_the_peer_once_the_recovery_started() {
+    let mut t = Trio::new();
+    // Region 0 dirty, B resyncing it (see the helper).
+    let now = primary_a_resyncing_region_0(&mut t);
+    // W, admitted while B is Outdated and no recovery is under way: it
+    // waits for its bitmap persist.
+    t.a.host_write(now, 7, 4 * 65536, 4096, false).unwrap();
+    let generation = t
+        .a
+        .drain_actions()
+        .find_map(|a| match a {
+            Action::PersistBitmap { generation, .. } => Some(generation),
+            _ => None,
+        })
+        .expect("W's region is marked first");
+    // Region 0 copied: the resync is done, the recovery starts.
+    t.a.on_resync_read_done(now, 0, Some(&[7; 65536]));
+    let ack = Frame {
+        sender: NodeId::B,
+        epoch: t.b.promised_epoch(),
+        seq: 0,
+        body: Body::ResyncAck {
+            offset: 0,
+            len: 65536,
+            status: AckStatus::Ok,
+        },
+    };
+    t.a.on_stream_bytes(now, &ack.emit());
+    assert!(
+        t.a.drain_actions()
+            .any(|a| matches!(&a, Action::SendStream { bytes } if bytes[5] == 9)),
+        "ResyncDone sent"
+    );
+    // W's bitmap is durable, W is written here and sent to B.
+    t.a.on_bitmap_persisted(now, generation, true);
+    t.a.on_local_write_done(now, 7, true);
+    let acts: Vec<Action> = t.a.drain_actions().collect();
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 7, .. })),
+        "W was acknowledged without B while B is about to be recorded UpToDate: {acts:?}"
+    );
+}
+
+#[test]
+fn a_peer_with_another_disk_size_or_pair_is_refused_at_the_handshake() {
+    let hello = |t: &Trio, data_bytes: u64, pair_id: u64| {
+        let rec = t.a.record();
+        Frame {
+            sender: NodeId::B,
+            epoch: rec.epoch,
+            seq: 0,
+            body: Body::Hello(Hello {
+                role: Role::Secondary,
+                data_state: DataState::UpToDate,
+                record: rec,
+                region_size: 65536,
+                // The same number of regions: only the sizes differ.
+                region_count: t.a.layout().region_count,
+                data_bytes,
+                features: feature::GENERATIONS,
+                data: Some(HelloData {
+                    pair_id,
+                    ..in_sync_data().unwrap()
+                }),
+            }),
+        }
+        .emit()
+    };
+    for (bytes, pair, why) in [
+        (None, 7, "another pair"),
+        (Some(4096), PAIR, "the two disks differ in size"),
+    ] {
+        let mut t = Trio::new();
+        t.step(50);
+        let now = ms(t.now);
+        t.a.on_stream_connected(now);
+        t.a.drain_actions().for_each(drop);
+        let size = t.a.data_bytes() - bytes.unwrap_or(0);
+        t.a.on_stream_bytes(now, &hello(&t, size, pair));
+        let acts: Vec<Action> = t.a.drain_actions().collect();
+        assert!(acts.contains(&Action::CloseStream), "{why}: {acts:?}");
+        let notice = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::HandshakeDecided(h) => Some(h.to_string()),
+                _ => None,
+            })
+            .expect("a console line");
+        assert!(notice.contains("refused"), "{notice}");
+        assert!(notice.contains("to resolve"), "{notice}");
+        let status = t.a.status(now).to_string();
+        assert!(status.contains("handshake:refused"), "{status}");
+    }
+}
