@@ -775,6 +775,10 @@ pub struct DataNode {
     bitmap_persisting: Option<u64>,
     /// Regions whose bit was set in a generation not yet durable.
     bits_not_durable: BTreeMap<u64, u64>,
+    /// Every region was marked at once (a full resync) in this generation:
+    /// until it is durable, no region's bit counts as durable (one entry
+    /// instead of one per region of a large disk).
+    all_marked_generation: Option<u64>,
     /// Admitted writes waiting for their bits to be durable, in order.
     awaiting_bitmap: VecDeque<u64>,
     /// Regions written since the current clean interval began.
@@ -983,6 +987,7 @@ impl DataNode {
             bitmap_durable: 0,
             bitmap_persisting: None,
             bits_not_durable: BTreeMap::new(),
+            all_marked_generation: None,
             awaiting_bitmap: VecDeque::new(),
             clean_cycle: None,
             flushes: BTreeMap::new(),
@@ -1188,10 +1193,18 @@ impl DataNode {
         if ok {
             self.bitmap_durable = generation;
             self.bits_not_durable.retain(|_, g| *g > generation);
+            if self.all_marked_generation.is_some_and(|g| g <= generation) {
+                self.all_marked_generation = None;
+            }
             self.start_awaiting_writes();
         } else {
             // The blocks are written again with the next persist; the writes
             // that waited for them fail (their bits may not be on disk).
+            if self.all_marked_generation.is_some() {
+                for b in 0..self.layout.bitmap_blocks {
+                    self.dirty_blocks.insert(b);
+                }
+            }
             for r in self.bits_not_durable.keys().copied().collect::<Vec<_>>() {
                 self.dirty_blocks.insert(self.layout.block_of_region(r));
             }
@@ -1213,6 +1226,16 @@ impl DataNode {
             self.bits_not_durable.insert(region, self.bitmap_generation);
         }
     }
+    /// Marks every region (a full resync), in one generation.
+    fn mark_all_regions(&mut self) {
+        self.bitmap.set_all();
+        for b in 0..self.layout.bitmap_blocks {
+            self.dirty_blocks.insert(b);
+        }
+        self.bitmap_generation += 1;
+        self.all_marked_generation = Some(self.bitmap_generation);
+    }
+
     fn clear_bit(&mut self, region: u64) {
         if self.bitmap.clear(region) {
             self.dirty_blocks
@@ -1744,6 +1767,9 @@ impl DataNode {
     }
 
     fn bits_durable(&self, offset: u64, len: u64) -> bool {
+        if self.all_marked_generation.is_some() {
+            return false;
+        }
         self.bits_not_durable.is_empty()
             || self
                 .layout
@@ -3367,9 +3393,7 @@ impl DataNode {
                 }
                 // Every region, persisted now: the copy resumes from here
                 // after a restart of either node.
-                for r in 0..self.layout.region_count {
-                    self.set_bit(r);
-                }
+                self.mark_all_regions();
                 self.persist_bitmap();
             }
         }
@@ -3582,11 +3606,6 @@ impl DataNode {
         while let Some(j) = peer_bm.next_set(i) {
             self.set_bit(j);
             i = j + 1;
-        }
-        if self.peer_behind == Some(true) {
-            for r in 0..self.layout.region_count {
-                self.set_bit(r);
-            }
         }
         self.persist_bitmap();
         let pending = self.bitmap.clone();
