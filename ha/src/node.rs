@@ -600,6 +600,10 @@ pub struct Status {
     pub handshake: Option<Verdict>,
     /// Online verification under way, or its last outcome.
     pub verify: Option<VerifyProgress>,
+    /// The data area (namespace) size, and the peer's from its last Hello:
+    /// the handshake refuses a peer whose size differs.
+    pub data_bytes: u64,
+    pub peer_data_bytes: Option<u64>,
 }
 
 fn fmt_age(f: &mut fmt::Formatter<'_>, d: Option<Duration>) -> fmt::Result {
@@ -716,6 +720,11 @@ impl fmt::Display for Status {
             g.history[1],
             if self.blank { " blank" } else { "" }
         )?;
+        write!(f, "  size:{}B", self.data_bytes)?;
+        if let Some(p) = self.peer_data_bytes {
+            write!(f, " peer-size:{p}B")?;
+        }
+        writeln!(f)?;
         write!(f, "  witness reachable:{}", self.witness_reachable)?;
         for l in 0..self.links as usize {
             write!(f, " {}:", self.link_names[l])?;
@@ -825,6 +834,8 @@ pub struct DataNode {
     refused_standing: bool,
     /// Mixed into new generation identifiers.
     generation_counter: u64,
+    /// The peer's data size from its last Hello (`status`).
+    last_peer_data_bytes: Option<u64>,
     /// Online verification under way (primary), and the last outcome.
     verify: Option<Verify>,
     verify_result: Option<VerifyProgress>,
@@ -1025,6 +1036,7 @@ impl DataNode {
             resync_source_generation: 0,
             refused_standing: false,
             generation_counter: 0,
+            last_peer_data_bytes: None,
             verify: None,
             verify_result: None,
             verify_checks: BTreeMap::new(),
@@ -2843,6 +2855,7 @@ impl DataNode {
     fn on_frame(&mut self, now: Instant, f: Frame<'_>) -> bool {
         match f.body {
             Body::Hello(h) => {
+                self.last_peer_data_bytes = Some(h.data_bytes);
                 let verdict = self.handshake_verdict(&h);
                 if self.handshake != Some(verdict) {
                     self.actions.push(Action::HandshakeDecided(Handshake {
@@ -4018,6 +4031,8 @@ impl DataNode {
             blank: self.blank,
             handshake: self.handshake,
             verify: self.verify_progress(),
+            data_bytes: self.layout.data_bytes,
+            peer_data_bytes: self.last_peer_data_bytes,
             resync: self.resync.as_ref().map(|r| ResyncProgress {
                 total_regions: r.total,
                 remaining_regions: r.pending.count(),
