@@ -200,7 +200,11 @@ fn invalidate_on_the_secondary_then_a_switchover_loses_nothing() {
 
 /// Issue 13, test (b): b restarted on a copy of its disk taken 15 s
 /// earlier, while a kept writing: detected (the generations differ), a full
-/// resync from a, nothing lost.
+/// resync from a, nothing lost. The copy is taken while b is down and a
+/// writes alone (a new generation); b then returns, catches up and runs in
+/// sync for 15 s before it is put back on the copy. (A copy taken and put
+/// back within one connected period carries the generation of that period
+/// and is not told from the current disk: docs/on-disk-format.md.)
 #[test]
 fn a_node_restarted_on_an_older_copy_of_its_disk_is_resynced_in_full() {
     let Some(_guard) = lock() else { return };
@@ -209,16 +213,22 @@ fn a_node_restarted_on_an_older_copy_of_its_disk_is_resynced_in_full() {
     c.hold();
     let disk = c.disks[1].clone();
     let copy = disk.with_extension("copy");
-    c.event("kill -9 b, copy its disk, restart it");
+    let b_outdated = |s: &str| {
+        s.lines()
+            .any(|l| l.trim_start().starts_with("b role:") && l.contains("disk:Outdated"))
+    };
+    c.event("kill -9 b, copy its disk while a writes alone, restart it");
     c.kill(Name::B);
+    c.wait_status(Name::A, "records b Outdated", ROLE_TIMEOUT, b_outdated);
     std::fs::copy(&disk, &copy).unwrap();
     c.restart(Name::B);
     c.wait_in_sync(Name::A, Duration::from_secs(120));
     // b in sync with a while a keeps writing: no bitmap will remember
     // these 15 s once the clean cycles ran.
     std::thread::sleep(Duration::from_secs(15));
-    c.event("kill -9 b, restart it on the copy of 15 s ago");
+    c.event("kill -9 b, restart it on the copy of its disk");
     c.kill(Name::B);
+    c.wait_status(Name::A, "records b Outdated", ROLE_TIMEOUT, b_outdated);
     std::fs::copy(&copy, &disk).unwrap();
     let _ = std::fs::remove_file(&copy);
     c.restart(Name::B);
