@@ -131,6 +131,12 @@ pub struct NvmeSettings {
     pub lba_bytes: u32,
     /// `io_queues=N`: most I/O queues per controller.
     pub max_io_queues: u16,
+    /// `dhchap=<host NQN>,<host secret>[,<controller secret>]` (repeatable):
+    /// hosts that must authenticate with DH-HMAC-CHAP.
+    pub dhchap_hosts: Vec<tandem_nvme::auth::DhchapHost>,
+    /// `dhchap_hash=` / `dhchap_dhgroup=`: the hash function and DH group
+    /// the controller picks first when the host offers them.
+    pub dhchap_preferences: tandem_nvme::auth::Preferences,
 }
 
 impl Default for NvmeSettings {
@@ -150,6 +156,8 @@ impl Default for NvmeSettings {
             peer_portals: Vec::new(),
             lba_bytes: 512,
             max_io_queues: 8,
+            dhchap_hosts: Vec::new(),
+            dhchap_preferences: tandem_nvme::auth::Preferences::default(),
         }
     }
 }
@@ -282,6 +290,32 @@ impl Config {
                     return Err(ConfigError::new(key, "NQN[,NQN...] (each starting with nqn.)", value));
                 }
                 self.nvme.allowed_hosts = hosts;
+            }
+            "dhchap" => {
+                let host = parse_dhchap(value)?;
+                if self.nvme.dhchap_hosts.iter().any(|h| h.host_nqn == host.host_nqn) {
+                    return Err(ConfigError::secret(key, "one dhchap= per host NQN"));
+                }
+                self.nvme.dhchap_hosts.push(host);
+            }
+            "dhchap_hash" => {
+                let hash = match value {
+                    "sha256" => tandem_nvme::auth::HashId::Sha256,
+                    "sha384" => tandem_nvme::auth::HashId::Sha384,
+                    "sha512" => tandem_nvme::auth::HashId::Sha512,
+                    _ => return Err(ConfigError::new(key, "one of sha256, sha384, sha512", value)),
+                };
+                let hashes = &mut self.nvme.dhchap_preferences.hashes;
+                hashes.retain(|h| *h != hash);
+                hashes.insert(0, hash);
+            }
+            "dhchap_dhgroup" => {
+                let group = tandem_nvme::auth::DhGroup::parse(value).ok_or_else(|| {
+                    ConfigError::new(key, "one of null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144, ffdhe8192", value)
+                })?;
+                let groups = &mut self.nvme.dhchap_preferences.groups;
+                groups.retain(|g| *g != group);
+                groups.insert(0, group);
             }
             "ana" => {
                 self.nvme.ana_state = AnaSetting::parse(value)
@@ -521,6 +555,11 @@ impl ConfigError {
         Self { key: key.to_string(), expected: Some(expected), got: got.to_string() }
     }
 
+    /// An error about a value that holds a secret: the value is not shown.
+    fn secret(key: &str, expected: &'static str) -> Self {
+        Self { key: key.to_string(), expected: Some(expected), got: String::from("<secret not shown>") }
+    }
+
     fn unknown_key(key: &str) -> Self {
         Self { key: key.to_string(), expected: None, got: String::new() }
     }
@@ -533,6 +572,44 @@ impl fmt::Display for ConfigError {
             None => write!(f, "{}: unknown key (see the README for the keys)", self.key),
         }
     }
+}
+
+/// `dhchap=<host NQN>,<host secret>[,<controller secret>]`; errors never
+/// show the secrets.
+fn parse_dhchap(value: &str) -> Result<tandem_nvme::auth::DhchapHost, ConfigError> {
+    use tandem_nvme::auth::{DhchapHost, DhchapSecret};
+    const KEY: &str = "dhchap";
+    const FORM: &str = "<host NQN>,<host secret>[,<controller secret>] (secrets as nvme gen-dhchap-key prints them)";
+    let mut parts = value.split(',');
+    let (Some(nqn), Some(host)) = (parts.next(), parts.next()) else {
+        return Err(ConfigError::secret(KEY, FORM));
+    };
+    let ctrl = parts.next();
+    if parts.next().is_some() {
+        return Err(ConfigError::secret(KEY, FORM));
+    }
+    if !nqn.starts_with("nqn.") || nqn.len() > 223 {
+        return Err(ConfigError::new(KEY, "a host NQN (starting with nqn.) first", nqn));
+    }
+    let secret = |text: &str, which: &'static str| {
+        DhchapSecret::parse(text).map_err(|e| {
+            ConfigError::secret(
+                KEY,
+                match (which, e) {
+                    ("host", tandem_nvme::auth::SecretError::Crc) => "a host secret whose CRC matches (mistyped?)",
+                    ("host", _) => "a host secret DHHC-1:<00..03>:<base64 of a 32, 48 or 64-byte key and its CRC>:",
+                    (_, tandem_nvme::auth::SecretError::Crc) => "a controller secret whose CRC matches (mistyped?)",
+                    _ => "a controller secret DHHC-1:<00..03>:<base64 of a 32, 48 or 64-byte key and its CRC>:",
+                },
+            )
+        })
+    };
+    let host_secret = secret(host, "host")?;
+    let ctrl_secret = ctrl.map(|c| secret(c, "controller")).transpose()?;
+    if ctrl_secret.as_ref() == Some(&host_secret) {
+        return Err(ConfigError::secret(KEY, "a controller secret different from the host secret"));
+    }
+    Ok(DhchapHost { host_nqn: nqn.to_string(), host_secret, ctrl_secret })
 }
 
 /// The words of a command line, for the ready and status lines.
@@ -659,6 +736,47 @@ mod tests {
         ] {
             assert_eq!(Config::parse(word).unwrap_err().key, key, "{word}");
         }
+    }
+
+    const HOST_SECRET: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+    const CTRL_SECRET: &str = "DHHC-1:01:AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8ge/xg:";
+
+    #[test]
+    fn dhchap_keys() {
+        let config = Config::parse(&alloc::format!(
+            "dhchap=nqn.h1,{HOST_SECRET} dhchap=nqn.h2,{HOST_SECRET},{CTRL_SECRET} dhchap_hash=sha512 dhchap_dhgroup=null"
+        ))
+        .unwrap();
+        let nvme = &config.nvme;
+        assert_eq!(nvme.dhchap_hosts.len(), 2);
+        assert_eq!(nvme.dhchap_hosts[0].host_nqn, "nqn.h1");
+        assert!(nvme.dhchap_hosts[0].ctrl_secret.is_none());
+        assert!(nvme.dhchap_hosts[1].ctrl_secret.is_some());
+        assert_eq!(nvme.dhchap_preferences.hashes[0], tandem_nvme::auth::HashId::Sha512);
+        assert_eq!(nvme.dhchap_preferences.hashes.len(), 3);
+        assert_eq!(nvme.dhchap_preferences.groups[0], tandem_nvme::auth::DhGroup::Null);
+    }
+
+    #[test]
+    fn bad_dhchap_values_are_rejected_without_showing_the_secret() {
+        let typo = HOST_SECRET.replace("AAEC", "AAED");
+        for word in [
+            String::from("dhchap=nqn.h1"),
+            alloc::format!("dhchap=bob,{HOST_SECRET}"),
+            alloc::format!("dhchap=nqn.h1,{typo}"),
+            alloc::format!("dhchap=nqn.h1,{HOST_SECRET},{HOST_SECRET}"),
+            alloc::format!("dhchap=nqn.h1,{HOST_SECRET},DHHC-1:07:abcd:"),
+            alloc::format!("dhchap=nqn.h1,{HOST_SECRET},{CTRL_SECRET},x"),
+            alloc::format!("dhchap=nqn.h1,{HOST_SECRET} dhchap=nqn.h1,{CTRL_SECRET}"),
+        ] {
+            let error = Config::parse(&word).unwrap_err();
+            assert_eq!(error.key, "dhchap", "{word}");
+            let shown = alloc::format!("{error}");
+            assert!(!shown.contains("AAEC") && !shown.contains("AQEC") && !shown.contains("AAED"), "{shown}");
+        }
+        assert!(alloc::format!("{}", Config::parse(&alloc::format!("dhchap=nqn.h1,{typo}")).unwrap_err()).contains("CRC"));
+        assert_eq!(Config::parse("dhchap_hash=md5").unwrap_err().key, "dhchap_hash");
+        assert_eq!(Config::parse("dhchap_dhgroup=ffdhe1024").unwrap_err().key, "dhchap_dhgroup");
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub fn ana_state(setting: AnaSetting) -> AnaState {
 }
 
 impl NvmeService {
+    /// Mixes entropy from the hardware into the target's random generator
+    /// (challenges and DH exponents of in-band authentication).
+    pub fn seed_random(&mut self, entropy: &[u8]) {
+        self.target.seed_random(entropy);
+    }
+
     /// Builds the target over `disks`, with a portal per addressed NIC.
     /// `pair_data_bytes`: with an HA pair, only disk0 is served, with this
     /// size (the rest holds the pair's metadata). `crc32c`: a faster
@@ -95,6 +101,8 @@ impl NvmeService {
         config.cntlid_min = settings.cntlid_min;
         config.cntlid_max = settings.cntlid_max;
         config.allowed_hosts = settings.allowed_hosts.clone();
+        config.dhchap_hosts = settings.dhchap_hosts.clone();
+        config.dhchap_preferences = settings.dhchap_preferences.clone();
         config.ana_groups = alloc::vec![(settings.ana_group, ana_state(settings.ana_state))];
         config.limits.max_io_queues = settings.max_io_queues;
         // Keep command data well inside the heap: a quarter of it at most.

@@ -81,8 +81,13 @@ pub(crate) mod fctype {
     pub const PROPERTY_SET: u8 = 0x00;
     pub const CONNECT: u8 = 0x01;
     pub const PROPERTY_GET: u8 = 0x04;
+    pub const AUTH_SEND: u8 = 0x05;
+    pub const AUTH_RECEIVE: u8 = 0x06;
     pub const DISCONNECT: u8 = 0x08;
 }
+
+/// Connect response DW0: authentication transaction required (AUTHREQ.ATR).
+pub(crate) const CONNECT_AUTHREQ_ATR: u64 = 1 << 17;
 
 /// Controller registers reachable by Property Get/Set.
 pub(crate) mod prop {

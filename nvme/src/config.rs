@@ -3,6 +3,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::auth::{DhchapHost, Preferences};
 use crate::error::Error;
 
 /// The well-known NQN of the discovery subsystem.
@@ -155,6 +156,12 @@ pub struct TargetConfig {
     /// This node's portals and the peer's, listed by the discovery log.
     pub portals: Vec<Portal>,
     pub peer_portals: Vec<Portal>,
+    /// Hosts that must authenticate (DH-HMAC-CHAP) before any other command
+    /// of theirs is served, on every queue; one entry per host NQN.
+    pub dhchap_hosts: Vec<DhchapHost>,
+    /// The hash functions and DH groups the controller picks from, most
+    /// preferred first, among those the host offers.
+    pub dhchap_preferences: Preferences,
     /// Accept header / data digests when the host asks.
     pub allow_header_digest: bool,
     pub allow_data_digest: bool,
@@ -174,6 +181,8 @@ impl TargetConfig {
             cntlid_min: 1,
             cntlid_max: 0xFFEF,
             allowed_hosts: Vec::new(),
+            dhchap_hosts: Vec::new(),
+            dhchap_preferences: Preferences::default(),
             volatile_write_cache: true,
             portals: Vec::new(),
             peer_portals: Vec::new(),
@@ -280,6 +289,23 @@ impl TargetConfig {
                     "a namespace names an ANA group that is not configured",
                 ));
             }
+        }
+        for (i, h) in self.dhchap_hosts.iter().enumerate() {
+            if !nqn_ok(&h.host_nqn) {
+                return Err(Error::InvalidConfig(
+                    "DH-HMAC-CHAP host NQNs must be 1..=255 bytes",
+                ));
+            }
+            if self.dhchap_hosts[..i].iter().any(|o| o.host_nqn == h.host_nqn) {
+                return Err(Error::InvalidConfig(
+                    "one DH-HMAC-CHAP entry per host NQN",
+                ));
+            }
+        }
+        if self.dhchap_preferences.hashes.is_empty() || self.dhchap_preferences.groups.is_empty() {
+            return Err(Error::InvalidConfig(
+                "DH-HMAC-CHAP needs at least one hash function and one DH group",
+            ));
         }
         for h in &self.allowed_hosts {
             if !nqn_ok(h) {

@@ -191,7 +191,24 @@ pub struct Connection {
     responses_queued: usize,
     stats: QueueStats,
     error: Option<Error>,
+    /// In-band authentication of this queue, when its host must authenticate.
+    auth: Option<QueueAuthState>,
 }
+
+/// A queue whose host must authenticate: which `dhchap_hosts` entry, the
+/// transaction, and since when (it must finish within the handshake timeout).
+#[derive(Debug)]
+struct QueueAuthState {
+    host: usize,
+    transaction: crate::auth::QueueAuth,
+    since: Instant,
+    /// A failure was already reported on the console.
+    reported: bool,
+}
+
+/// Largest Authentication Receive allocation length served (a Challenge with
+/// ffdhe8192 and SHA-512 is 1104 bytes; Linux asks for 4096).
+const MAX_AUTH_RECEIVE: u32 = 16 * 1024;
 
 impl Connection {
     /// A new connection to `target`, accepted at `now`.
@@ -226,6 +243,7 @@ impl Connection {
             responses_queued: 0,
             stats: QueueStats::default(),
             error: None,
+            auth: None,
         }
     }
 
@@ -667,6 +685,20 @@ impl Connection {
             }
             return self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
         };
+        let is_auth_command = s.opcode() == OPCODE_FABRICS
+            && matches!(s.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECEIVE);
+        if is_auth_command {
+            return self.on_auth_command(t, b, &s, &data);
+        }
+        if self
+            .auth
+            .as_ref()
+            .is_some_and(|a| !a.transaction.authenticated())
+        {
+            // Until the host has authenticated on this queue, every other
+            // command is aborted (NVMe Base 2.0 §8.13.4).
+            return self.respond(cid, Status::AUTHENTICATION_REQUIRED, 0);
+        }
         if s.opcode() == OPCODE_FABRICS {
             return self.on_fabrics(t, b, &s);
         }
@@ -711,12 +743,27 @@ impl Connection {
             Ok((b, reply)) => {
                 self.binding = Some(b);
                 self.sq_head = 1 % b.depth;
+                let host = match (b.kind, t.controller(b.cntlid, b.instance)) {
+                    (SubsystemKind::Nvm, Some(c)) => t.dhchap_host(&c.host_nqn),
+                    _ => None,
+                };
+                if let Some(host) = host {
+                    self.auth = Some(QueueAuthState {
+                        host,
+                        transaction: crate::auth::QueueAuth::new(),
+                        since: now,
+                        reported: false,
+                    });
+                }
                 if let Reply::Complete {
                     status,
-                    result,
+                    mut result,
                     data,
                 } = reply
                 {
+                    if host.is_some() {
+                        result |= admin::CONNECT_AUTHREQ_ATR;
+                    }
                     self.reply(cid, status, result, data);
                 }
             }
@@ -765,6 +812,80 @@ impl Connection {
         } = reply
         {
             self.reply(cid, status, result, data);
+        }
+    }
+
+    /// Authentication Send / Receive (DH-HMAC-CHAP, NVMe Base 2.0 §6.2–6.3).
+    fn on_auth_command(&mut self, t: &mut Target, b: QueueBinding, s: &Sqe, data: &[u8]) {
+        let cid = s.cid();
+        let Some(auth) = self.auth.as_mut() else {
+            // This host is not configured to authenticate.
+            return self.respond(cid, Status::INVALID_OPCODE, 0);
+        };
+        // SECP, SPSP1, SPSP0 (bytes 43, 42, 41), TL / AL (DW11).
+        if s.u8_at(43) != crate::auth::SECP_DHCHAP || s.u8_at(42) != 1 || s.u8_at(41) != 1 {
+            return self.respond(cid, Status::INVALID_FIELD, 0);
+        }
+        let length = s.u32_at(44);
+        let Some(host) = t.config.dhchap_hosts.get(auth.host) else {
+            return self.respond(cid, Status::INTERNAL_ERROR, 0);
+        };
+        let ctx = crate::auth::AuthContext {
+            host,
+            subsys_nqn: &t.config.subsystem_nqn,
+            prefs: &t.config.dhchap_preferences,
+        };
+        let outcome = if s.fctype() == fctype::AUTH_SEND {
+            if length == 0 || length as usize != data.len() {
+                return self.respond(cid, Status::INVALID_FIELD, 0);
+            }
+            let outcome = auth.transaction.on_send(data, &ctx);
+            self.respond(cid, Status::SUCCESS, 0);
+            outcome
+        } else {
+            if length == 0 || length > MAX_AUTH_RECEIVE {
+                return self.respond(cid, Status::INVALID_FIELD, 0);
+            }
+            let (mut message, outcome) = auth.transaction.on_receive(&ctx, &mut t.random);
+            // The whole allocation length is transferred, zero-padded.
+            message.resize(length as usize, 0);
+            self.reply(cid, Status::SUCCESS, 0, Some(message));
+            outcome
+        };
+        let host_nqn = host.host_nqn.clone();
+        match outcome {
+            crate::auth::AuthOutcome::Continue => {}
+            crate::auth::AuthOutcome::Authenticated {
+                hash,
+                group,
+                bidirectional,
+            } => {
+                t.stats.authentications += 1;
+                log::info!(
+                    "nvme: host {host_nqn} authenticated on queue {} of controller {} (DH-HMAC-CHAP {} {}{})",
+                    b.qid,
+                    b.cntlid,
+                    hash.name(),
+                    group.name(),
+                    if bidirectional { ", bidirectional" } else { "" }
+                );
+            }
+            crate::auth::AuthOutcome::Failed(why) => {
+                t.stats.authentication_failures += 1;
+                if let Some(a) = self.auth.as_mut() {
+                    a.reported = true;
+                }
+                log::warn!(
+                    "nvme: host {host_nqn} failed authentication on queue {} of controller {}: {why}",
+                    b.qid,
+                    b.cntlid
+                );
+                // The answer goes out, then the queue (and with the admin
+                // queue, the controller) is gone: never a connection.
+                self.release(t);
+                self.state = ConnectionState::Closing;
+                self.drop_work();
+            }
         }
     }
 
@@ -1267,7 +1388,16 @@ impl Connection {
         }
         match self.binding {
             Some(b) => {
+                if let Some(a) = &self.auth
+                    && !a.transaction.authenticated()
+                    && now >= a.since.add_millis(t.config.limits.handshake_timeout_ms)
+                {
+                    self.report_unauthenticated(t, "no authentication within the handshake timeout");
+                    self.error = Some(Error::ConnectionClosed);
+                    return self.shut(t, ConnectionState::Closing);
+                }
                 if t.expire_if_silent(b.cntlid, b.instance, now) {
+                    self.report_unauthenticated(t, "the controller expired before the host authenticated");
                     log::info!(
                         "nvme: queue {} of controller {} closed: controller gone",
                         b.qid,
@@ -1298,10 +1428,21 @@ impl Connection {
             return None;
         }
         match self.binding {
-            Some(b) => t
-                .controller(b.cntlid, b.instance)
-                .filter(|c| c.kato_ms != 0)
-                .map(|c| c.last_activity.add_millis(c.kato_ms as u64 + 1)),
+            Some(b) => {
+                let kato = t
+                    .controller(b.cntlid, b.instance)
+                    .filter(|c| c.kato_ms != 0)
+                    .map(|c| c.last_activity.add_millis(c.kato_ms as u64 + 1));
+                let auth = self
+                    .auth
+                    .as_ref()
+                    .filter(|a| !a.transaction.authenticated())
+                    .map(|a| a.since.add_millis(t.config.limits.handshake_timeout_ms));
+                match (kato, auth) {
+                    (Some(k), Some(a)) => Some(k.min(a)),
+                    (k, a) => k.or(a),
+                }
+            }
             None => Some(
                 self.created
                     .add_millis(t.config.limits.handshake_timeout_ms),
@@ -1374,12 +1515,33 @@ impl Connection {
     }
 
     fn shut(&mut self, t: &mut Target, state: ConnectionState) {
+        self.report_unauthenticated(t, "the queue ended before the host authenticated (no secret?)");
         self.release(t);
         self.drop_work();
         self.state = state;
         if state == ConnectionState::Closed {
             self.out.clear();
             self.out_pos = 0;
+        }
+    }
+
+    /// A queue that ends before its host authenticated is a failed
+    /// authentication too (e.g. a host without the secret, which gives up
+    /// without sending anything): one console line.
+    fn report_unauthenticated(&mut self, t: &mut Target, why: &str) {
+        let Some(a) = self.auth.as_mut() else { return };
+        if a.reported || a.transaction.authenticated() || self.released {
+            return;
+        }
+        a.reported = true;
+        t.stats.authentication_failures += 1;
+        let host = t.config.dhchap_hosts.get(a.host).map_or("?", |h| h.host_nqn.as_str());
+        if let Some(b) = self.binding {
+            log::warn!(
+                "nvme: host {host} failed authentication on queue {} of controller {}: {why}",
+                b.qid,
+                b.cntlid
+            );
         }
     }
 

@@ -297,6 +297,34 @@ impl Initiator {
         cid
     }
 
+    /// Authentication Send (DH-HMAC-CHAP): `message` in the capsule.
+    pub fn auth_send(&mut self, message: Vec<u8>) -> u16 {
+        let cid = self.next_cid();
+        let sqe = SqeBuilder::fabrics(0x05, cid)
+            .u8_at(41, 1)
+            .u8_at(42, 1)
+            .u8_at(43, 0xE9)
+            .u32_at(44, message.len() as u32)
+            .sgl(message.len() as u32, true)
+            .build();
+        self.submit(sqe, Some(message), true);
+        cid
+    }
+
+    /// Authentication Receive (DH-HMAC-CHAP) of up to `len` bytes.
+    pub fn auth_receive(&mut self, len: u32) -> u16 {
+        let cid = self.next_cid();
+        let sqe = SqeBuilder::fabrics(0x06, cid)
+            .u8_at(41, 1)
+            .u8_at(42, 1)
+            .u8_at(43, 0xE9)
+            .u32_at(44, len)
+            .sgl(len, false)
+            .build();
+        self.submit(sqe, None, false);
+        cid
+    }
+
     /// Enables the controller the way Linux does (IOSQES 6, IOCQES 4, EN).
     pub fn enable(&mut self) -> u16 {
         self.property_set(0x14, (6 << 16) | (4 << 20) | 1)

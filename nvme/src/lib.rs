@@ -4,6 +4,7 @@
 //! - [`wire`]: NVMe/TCP PDUs ([`wire::Packet`]/[`wire::Repr`]), submission and
 //!   completion queue entries, status codes. Checked parsing; never panics on
 //!   untrusted bytes.
+//! - [`auth`]: NVMe in-band authentication (DH-HMAC-CHAP), per queue.
 //! - [`Target`]: configuration and the state shared by all connections
 //!   (controllers, ANA groups, events).
 //! - [`Connection`]: one TCP connection = one NVMe queue. Bytes in (split
@@ -22,6 +23,7 @@
 extern crate alloc;
 
 mod admin;
+pub mod auth;
 pub mod block;
 pub mod config;
 mod connection;

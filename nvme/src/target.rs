@@ -115,6 +115,10 @@ pub struct TargetStats {
     pub write_commands: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Queues whose host authenticated (DH-HMAC-CHAP), and authentications
+    /// that failed (each also a console line).
+    pub authentications: u64,
+    pub authentication_failures: u64,
 }
 
 /// The NVMe/TCP target shared by all connections of one node.
@@ -135,11 +139,26 @@ pub struct Target {
     /// Shared with each connection so that draining output, which needs no
     /// `&mut Target`, can release it.
     pub(crate) data_in_use: Arc<AtomicU64>,
+    /// Challenges and DH exponents of in-band authentication.
+    pub(crate) random: crate::auth::Drbg,
 }
 
 const MAX_EVENTS: usize = 256;
 
 impl Target {
+    /// Mixes entropy (from the hardware) into the random bit generator the
+    /// challenges and DH exponents of in-band authentication come from. The
+    /// caller must do so before the first connection when `dhchap_hosts` is
+    /// not empty.
+    pub fn seed_random(&mut self, entropy: &[u8]) {
+        self.random.reseed(entropy);
+    }
+
+    /// The DH-HMAC-CHAP entry of `host_nqn`, if that host must authenticate.
+    pub(crate) fn dhchap_host(&self, host_nqn: &str) -> Option<usize> {
+        self.config.dhchap_hosts.iter().position(|h| h.host_nqn == host_nqn)
+    }
+
     /// Checks the configuration and builds the target.
     pub fn new(config: TargetConfig) -> Result<Self, Error> {
         config.validate()?;
@@ -166,6 +185,7 @@ impl Target {
             stats: TargetStats::default(),
             discovery_generation: 1,
             data_in_use: Arc::new(AtomicU64::new(0)),
+            random: crate::auth::Drbg::new(b"tandem nvme: seed with Target::seed_random"),
         })
     }
 

@@ -10,5 +10,6 @@ pub mod netdev;
 pub mod pci;
 pub mod power;
 mod runtime;
+pub mod random;
 pub mod serial;
 pub mod virtio;

@@ -44,6 +44,8 @@ impl Status {
     pub const CONNECT_CONTROLLER_BUSY: Status = s(COMMAND_SPECIFIC, 0x81, true);
     pub const CONNECT_INVALID_PARAMETERS: Status = s(COMMAND_SPECIFIC, 0x82, true);
     pub const CONNECT_INVALID_HOST: Status = s(COMMAND_SPECIFIC, 0x84, true);
+    /// The queue must authenticate first (NVMe Base 2.0: SCT 1h, SC 91h).
+    pub const AUTHENTICATION_REQUIRED: Status = s(COMMAND_SPECIFIC, 0x91, true);
 
     pub const WRITE_FAULT: Status = s(MEDIA, 0x80, false);
     pub const UNRECOVERED_READ_ERROR: Status = s(MEDIA, 0x81, false);
