@@ -22,7 +22,7 @@ use virtio_drivers::transport::DeviceType;
 
 use crate::hw::netdev::NetQueues;
 use crate::hw::pci::{self, SharedTransport};
-use crate::hw::{clock, cpu, crc, memory, power, random, serial};
+use crate::hw::{clock, cpu, crc, memory, power, serial};
 use crate::{print, println};
 
 type NetPort = tandem_kernel::port::NetPort<NetQueues>;
@@ -329,7 +329,7 @@ impl Machine {
         let crc32c = crc::has_sse42().then(|| Crc32c::with_update(crc::update));
         match NvmeService::new(&nvme_settings, &self.nets, &self.disks, used + free, pair_data_bytes, crc32c) {
             Ok(mut service) => {
-                service.seed_random(&random::entropy());
+                service.seed_random(&clock::boot_entropy());
                 self.nvme = Some(service);
             }
             Err(error) => println!("tandem: error: the NVMe/TCP target cannot start: {error}"),

@@ -10,6 +10,5 @@ pub mod netdev;
 pub mod pci;
 pub mod power;
 mod runtime;
-pub mod random;
 pub mod serial;
 pub mod virtio;
