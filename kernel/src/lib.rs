@@ -24,3 +24,6 @@ pub mod port;
 pub mod storage;
 pub mod takeover;
 pub mod virtio;
+
+#[cfg(test)]
+mod tests;

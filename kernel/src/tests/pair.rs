@@ -1,0 +1,175 @@
+//! An HA pair — data nodes a and b and a witness — with the host on the
+//! front-end segment: host I/O through the pair, and the address takeover.
+
+use tandem_net::smoltcp::wire::{
+    ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
+};
+
+use super::fakes::{FakeDisk, Network};
+use super::{pattern, Host, Node, World, NQN};
+
+const FRONT: usize = 0;
+const REPLICATION: usize = 1;
+const TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
+const DISK_BYTES: usize = 32 << 20;
+
+fn front_address(node: usize) -> [u8; 4] {
+    [10, 77, 0, node as u8 + 1]
+}
+
+/// A pair in sync: the world, and the index of the primary.
+fn pair() -> (World, usize) {
+    let mut network = Network::default();
+    let mut nodes = Vec::new();
+    for (index, name) in ["a", "b"].into_iter().enumerate() {
+        let (me, peer) = (index + 1, 2 - index);
+        let cmdline = format!(
+            "net0=10.77.0.{me}/24 net1=10.78.0.{me}/24 node={name} peer=10.77.0.{peer} peer_repl=10.78.0.{peer} \
+             witness=10.77.0.3 witness_repl=10.78.0.3 nqn={NQN} cntlid={}-{} status_port=0 {TIMING}",
+            me * 1000,
+            me * 1000 + 999
+        );
+        nodes.push(Node::boot(&mut network, me as u8, &cmdline, &[FRONT, REPLICATION], vec![FakeDisk::new(DISK_BYTES)], 0));
+    }
+    let witness = format!(
+        "net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2 \
+         node_a_repl=10.78.0.1 node_b_repl=10.78.0.2 status_port=0 {TIMING}"
+    );
+    nodes.push(Node::boot(&mut network, 3, &witness, &[FRONT, REPLICATION], Vec::new(), 0));
+    let host = Host::new(&mut network, FRONT, "10.77.0.9/24", 0);
+    let mut world = World { now: 0, network, nodes, host };
+    world.run_until(30, "a primary and a secondary in sync", |world| {
+        let roles: Vec<Option<&str>> = world.nodes[..2].iter().map(Node::role).collect();
+        let Some(primary) = roles.iter().position(|role| *role == Some("primary")) else { return false };
+        roles[1 - primary] == Some("secondary") && world.nodes[primary].pair_status(world.now).contains("replication:Established")
+    });
+    let primary = world.nodes[..2].iter().position(|node| node.role() == Some("primary")).expect("a primary");
+    (world, primary)
+}
+
+/// Whether `disk` holds `data` at `offset`.
+fn holds(disk: &FakeDisk, offset: u64, data: &[u8]) -> bool {
+    disk.read(offset, data.len()) == data
+}
+
+#[test]
+fn a_host_write_on_the_primary_completes_only_once_on_both_disks() {
+    let (mut world, primary) = pair();
+    let secondary = 1 - primary;
+    let (primary_disk, secondary_disk) = (world.nodes[primary].disks[0].clone(), world.nodes[secondary].disks[0].clone());
+    let address = front_address(primary);
+    let (_, cntlid) = world.admin_queue(address);
+    let io = world.io_queue(address, cntlid, 1);
+
+    // The secondary's disk holds its writes: the primary's own write is done,
+    // the data has crossed the replication stream, and still the host waits.
+    secondary_disk.hold(true);
+    let first = pattern(4096, 1);
+    let cid = world.initiator(io).write(1, 8, first.clone(), 512, false);
+    world.run_until(5, "the write on the primary's disk and at the secondary's", |_| {
+        holds(&primary_disk, 8 * 512, &first) && secondary_disk.queued() > 0
+    });
+    world.run_for_millis(50);
+    assert!(!world.completed(io, cid), "completed before the secondary's disk wrote it");
+    secondary_disk.hold(false);
+    world.ok(io, cid);
+    assert!(holds(&secondary_disk, 8 * 512, &first), "the replicated write is on the secondary's disk");
+
+    // And the other way round: the peer has it, the primary's disk not yet.
+    primary_disk.hold(true);
+    let second = pattern(8192, 2);
+    let cid = world.initiator(io).write(1, 64, second.clone(), 512, false);
+    world.run_until(5, "the write on the secondary's disk", |_| holds(&secondary_disk, 64 * 512, &second));
+    world.run_for_millis(50);
+    assert!(!world.completed(io, cid), "completed before the primary's own disk wrote it");
+    assert!(primary_disk.queued() > 0);
+    primary_disk.hold(false);
+    world.ok(io, cid);
+    assert!(holds(&primary_disk, 64 * 512, &second));
+
+    // A read on the primary comes from its disk.
+    let cid = world.initiator(io).read(1, 64, 16, 512);
+    let (_, read) = world.ok(io, cid);
+    assert_eq!(read, second);
+}
+
+#[test]
+fn a_failed_local_write_on_the_primary_fails_the_host_write() {
+    let (mut world, primary) = pair();
+    let address = front_address(primary);
+    let (_, cntlid) = world.admin_queue(address);
+    let io = world.io_queue(address, cntlid, 1);
+    world.nodes[primary].disks[0].0.borrow_mut().fail_writes = true;
+    let cid = world.initiator(io).write(1, 8, pattern(4096, 3), 512, false);
+    let (cqe, _) = world.completion(io, cid);
+    assert_eq!(cqe.status, tandem_nvme::wire::Status::WRITE_FAULT);
+}
+
+/// The frames a NIC sent, parsed: (ARP packets as (operation, sender MAC,
+/// sender address)), (TCP segments as (destination MAC, source address,
+/// source port, destination address, destination port, ACK, RST)).
+type ArpSeen = (ArpOperation, [u8; 6], Ipv4Address);
+type TcpSeen = ([u8; 6], Ipv4Address, u16, Ipv4Address, u16, bool);
+
+fn frames_sent(frames: &[Vec<u8>]) -> (Vec<ArpSeen>, Vec<TcpSeen>) {
+    let (mut arps, mut segments) = (Vec::new(), Vec::new());
+    for frame in frames {
+        let Ok(ethernet) = EthernetFrame::new_checked(&frame[..]) else { continue };
+        match ethernet.ethertype() {
+            EthernetProtocol::Arp => {
+                if let Ok(arp) = ArpPacket::new_checked(ethernet.payload()) {
+                    let mac: [u8; 6] = arp.source_hardware_addr().try_into().unwrap();
+                    let address = Ipv4Address::from_octets(arp.source_protocol_addr().try_into().unwrap());
+                    arps.push((arp.operation(), mac, address));
+                }
+            }
+            EthernetProtocol::Ipv4 => {
+                let Ok(ip) = Ipv4Packet::new_checked(ethernet.payload()) else { continue };
+                if ip.next_header() != IpProtocol::Tcp {
+                    continue;
+                }
+                let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { continue };
+                segments.push((ethernet.dst_addr().0, ip.src_addr(), tcp.src_port(), ip.dst_addr(), tcp.dst_port(), tcp.ack() && !tcp.syn()));
+            }
+            _ => {}
+        }
+    }
+    (arps, segments)
+}
+
+#[test]
+fn a_takeover_claim_sends_gratuitous_arp_and_tickles_the_peer_s_connections() {
+    let (mut world, primary) = pair();
+    let survivor = 1 - primary;
+    let address = front_address(primary);
+    let (admin, _) = world.admin_queue(address);
+    let host_port = world.host.local_port(admin);
+    // The primary reports its host connection to the survivor.
+    world.run_until(5, "the connection reported to the peer", |world| {
+        world.nodes[survivor].pair_status(world.now).contains("peer reported 1 connections")
+    });
+
+    // The primary dies (its NICs go silent); the survivor takes over.
+    world.nodes[primary].set_running(false);
+    let sent_before = world.nodes[survivor].wires[0].borrow().sent.len();
+    world.run_until(10, "the takeover claim", |world| world.nodes[survivor].console.contains("tandem: takeover claim 10.77.0."));
+    world.run_for_millis(1500);
+    let survivor_node = &world.nodes[survivor];
+    let line = survivor_node.console.lines().find(|line| line.starts_with("tandem: takeover claim")).unwrap();
+    assert!(line.contains(&format!("{}", Ipv4Address::from_octets(address))), "{line}");
+    let mac = survivor_node.nets[0].nic.device().mac_address();
+    let claimed = Ipv4Address::from_octets(address);
+    let (arps, segments) = frames_sent(&survivor_node.wires[0].borrow().sent[sent_before..]);
+    assert!(
+        arps.iter().any(|(operation, sender_mac, sender)| *operation == ArpOperation::Request && *sender_mac == mac && *sender == claimed),
+        "a gratuitous ARP for the claimed address, from the survivor's MAC: {arps:?}"
+    );
+    let host = world.host.address();
+    let host_mac = [2, 0, 0, 0, 0x99, 0];
+    assert!(
+        segments.iter().any(|(to_mac, from, from_port, to, to_port, ack)| {
+            *to_mac == host_mac && *from == claimed && *from_port == 4420 && *to == host && *to_port == host_port && *ack
+        }),
+        "a tickle (an ACK from the claimed portal) for the host's connection: {segments:?}"
+    );
+}
