@@ -256,11 +256,52 @@ pub struct DataPair {
     disk_tags: BTreeMap<Tag, DiskPurpose>,
     next_id: u64,
     next_tag: Tag,
+    copies: PayloadCopies,
     /// Host requests finished, for the NVMe service.
     completions: Vec<Completion>,
     ana_group: u32,
     ana: HaAna,
     takeover: AddressTakeover,
+}
+
+/// What became of the host writes' data on this node: how many bytes of
+/// it were copied in memory on its way to the disk and the peer (the
+/// network stack's own socket buffers and frames aside). The NVMe
+/// connection copies each write's data once, out of its socket.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PayloadCopies {
+    /// Host writes with data, and their bytes.
+    pub writes: u64,
+    pub bytes: u64,
+    /// Of them, sent to the peer.
+    pub replicated: u64,
+    /// Bytes copied.
+    pub copied: u64,
+}
+
+impl PayloadCopies {
+    fn count_host_write(&mut self, len: usize) {
+        self.writes += 1;
+        self.bytes += len as u64;
+        self.copied += len as u64;
+    }
+}
+
+impl core::fmt::Display for PayloadCopies {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.writes == 0 {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "    payload-copies writes:{} bytes:{} replicated:{} copied:{}B ({} B per write)",
+            self.writes,
+            self.bytes,
+            self.replicated,
+            self.copied,
+            self.copied / self.writes
+        )
+    }
 }
 
 pub struct WitnessMember {
@@ -375,6 +416,7 @@ impl DataPair {
             next_id: 1,
             next_tag: 1,
             completions: Vec::new(),
+            copies: PayloadCopies::default(),
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
             takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
@@ -426,6 +468,8 @@ impl DataPair {
                 if let Err(error) = self.node.host_write(now, id, offset, data.len() as u64, force_unit_access) {
                     return Some(refused(error));
                 }
+                // The NVMe connection's one copy, out of the socket.
+                self.copies.count_host_write(data.len());
                 self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, payload: Payload::Data(data), force_unit_access });
                 None
             }
@@ -613,7 +657,9 @@ impl DataPair {
                     }
                     Action::ReplicateWrite { id, frame_prefix } => {
                         let zeroes;
-                        let data: &[u8] = match self.writes.get(&id).map(|write| &write.payload) {
+                        let payload = self.writes.get(&id).map(|write| &write.payload);
+                        let with_data = matches!(payload, Some(Payload::Data(_)));
+                        let data: &[u8] = match payload {
                             Some(Payload::Data(data)) => data,
                             // (A Deallocate never goes as a Write; were it
                             // asked to, zeroes are content it may have.)
@@ -627,6 +673,10 @@ impl DataPair {
                             self.stream.outbox.extend(frame_prefix);
                             self.stream.outbox.extend(data.iter().copied());
                             self.stream.outbox.extend(trailer);
+                            if with_data {
+                                self.copies.replicated += 1;
+                                self.copies.copied += data.len() as u64;
+                            }
                         }
                     }
                     Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
@@ -660,7 +710,10 @@ impl DataPair {
                             // may still need it.
                             let offset = write.offset;
                             let op = match &write.payload {
-                                Payload::Data(data) => DiskOp::write(offset, data.clone(), write.force_unit_access),
+                                Payload::Data(data) => {
+                                    self.copies.copied += data.len() as u64;
+                                    DiskOp::write(offset, data.clone(), write.force_unit_access)
+                                }
                                 Payload::Zeroes { len } => DiskOp::zero(offset, *len, false),
                                 Payload::Deallocate { len } => DiskOp::discard([(offset, *len)]),
                             };
@@ -966,8 +1019,9 @@ impl DataPair {
 
     pub fn status(&self, now_micros: u64) -> String {
         alloc::format!(
-            "{}{}\n{}\n{}",
+            "{}{}{}\n{}\n{}",
             self.node.status(ha_now(now_micros)),
+            self.copies,
             self.links.channel.counters(),
             self.stream.counters,
             self.takeover.status_text(now_micros)
