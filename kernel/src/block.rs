@@ -6,6 +6,7 @@
 //! `tandem_ha`'s); the constructors of [`DiskOp`] are the one place they
 //! become sectors.
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
 
 use tandem_nvme::BlockOp;
@@ -18,6 +19,11 @@ pub type Tag = u64;
 
 /// Why a disk request failed (the virtio driver's own error).
 pub use virtio_drivers::Error as DiskError;
+
+/// A write's data, shared with whoever else still reads it (the
+/// replication stream sends the same bytes the disk writes): never copied
+/// on its way to the device.
+pub type WriteData = Rc<Vec<u8>>;
 
 /// A range of [`SECTOR`]-byte sectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +38,7 @@ pub enum DiskOp {
     Read { sector: u64, bytes: usize },
     /// With `flush_after` (forced unit access) the write completes only once
     /// it is durable.
-    Write { sector: u64, data: Vec<u8>, flush_after: bool },
+    Write { sector: u64, data: WriteData, flush_after: bool },
     /// Zero `sectors` sectors: the device's write-zeroes command where it
     /// has one, zero-filled writes otherwise. With `unmap` the device may
     /// deallocate them instead (they still read as zeroes).
@@ -58,7 +64,7 @@ impl DiskOp {
     }
 
     /// Writes `data` at byte `offset`.
-    pub fn write(offset: u64, data: Vec<u8>, flush_after: bool) -> Self {
+    pub fn write(offset: u64, data: WriteData, flush_after: bool) -> Self {
         DiskOp::Write { sector: offset / SECTOR, data, flush_after }
     }
 
@@ -78,7 +84,7 @@ impl DiskOp {
     pub fn from_block_op(op: BlockOp) -> Self {
         match op {
             BlockOp::Read { offset, len } => DiskOp::read(offset, len as usize),
-            BlockOp::Write { offset, data, force_unit_access } => DiskOp::write(offset, data, force_unit_access),
+            BlockOp::Write { offset, data, force_unit_access } => DiskOp::write(offset, Rc::new(data), force_unit_access),
             BlockOp::Flush => DiskOp::Flush,
             BlockOp::WriteZeroes { offset, len, deallocate } => DiskOp::zero(offset, len, deallocate),
             // The device discards them where it can (their content is unspecified either way).

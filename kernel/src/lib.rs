@@ -18,6 +18,7 @@ pub mod backend;
 pub mod block;
 pub mod config;
 pub mod console;
+pub mod outbox;
 pub mod pair;
 pub mod pattern;
 pub mod port;

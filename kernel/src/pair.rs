@@ -9,6 +9,7 @@
 //! replication stream is TCP `ha_port - 1` on link 0, opened by node `a`.
 
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -29,7 +30,8 @@ use tandem_net::{FrameQueues, Listener};
 use tandem_nvme::{AnaState, BlockError, BlockOp, BlockOutcome, BlockRequest, RequestId};
 
 use crate::backend::{BlockBackend, Completion, ConnectionId};
-use crate::block::{BlockQueue, DiskError, DiskOp, DiskResult, Tag};
+use crate::block::{BlockQueue, DiskError, DiskOp, DiskResult, Tag, WriteData};
+use crate::outbox::{self, Chunk, Outbox};
 use crate::port::NetPort;
 use crate::storage::NvmeService;
 use crate::takeover::{self, AddressTakeover};
@@ -176,7 +178,7 @@ struct Stream {
     listener: Option<Listener>,
     socket: Option<SocketHandle>,
     connected: bool,
-    outbox: VecDeque<u8>,
+    outbox: Outbox,
     retry_at_ms: u64,
     next_local_port: u16,
     /// The authentication of `socket` (docs/ha-protocol.md §4a); the
@@ -209,7 +211,8 @@ struct HostWrite {
 
 /// What a host write puts on the disks.
 enum Payload {
-    Data(Vec<u8>),
+    /// Shared by the local disk request and the replication stream.
+    Data(WriteData),
     Zeroes { len: u64 },
     Deallocate { len: u64 },
 }
@@ -383,7 +386,7 @@ impl DataPair {
             listener: (!connects).then(|| Listener::new(stream_port, 2 + STREAM_PENDING, STREAM_BUFFER_BYTES)),
             socket: None,
             connected: false,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             retry_at_ms: 0,
             next_local_port: 49152,
             session: None,
@@ -470,7 +473,7 @@ impl DataPair {
                 }
                 // The NVMe connection's one copy, out of the socket.
                 self.copies.count_host_write(data.len());
-                self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, payload: Payload::Data(data), force_unit_access });
+                self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, payload: Payload::Data(Rc::new(data)), force_unit_access });
                 None
             }
             BlockOp::Flush => {
@@ -651,37 +654,40 @@ impl DataPair {
                     // MAC); nothing goes out before the handshake ended.
                     Action::SendStream { bytes } => {
                         if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes])) {
-                            self.stream.outbox.extend(bytes);
-                            self.stream.outbox.extend(trailer);
+                            self.stream.outbox.push(Chunk::Bytes(bytes));
+                            self.stream.outbox.push(Chunk::Bytes(trailer.to_vec()));
                         }
                     }
                     Action::ReplicateWrite { id, frame_prefix } => {
-                        let zeroes;
-                        let payload = self.writes.get(&id).map(|write| &write.payload);
-                        let with_data = matches!(payload, Some(Payload::Data(_)));
-                        let data: &[u8] = match payload {
-                            Some(Payload::Data(data)) => data,
+                        // The MAC covers the data where it is; the outbox
+                        // shares it with the local disk request.
+                        let mut parts: Vec<&[u8]> = vec![&frame_prefix];
+                        let data = match self.writes.get(&id).map(|write| &write.payload) {
+                            Some(Payload::Data(data)) => {
+                                parts.push(data);
+                                Chunk::Shared(Rc::clone(data))
+                            }
                             // (A Deallocate never goes as a Write; were it
                             // asked to, zeroes are content it may have.)
                             Some(Payload::Zeroes { len } | Payload::Deallocate { len }) => {
-                                zeroes = vec![0u8; *len as usize];
-                                &zeroes
+                                parts.extend(outbox::zeroes(*len as usize));
+                                Chunk::Zeroes(*len as usize)
                             }
-                            None => &[],
+                            None => Chunk::Bytes(Vec::new()),
                         };
-                        if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&frame_prefix, data])) {
-                            self.stream.outbox.extend(frame_prefix);
-                            self.stream.outbox.extend(data.iter().copied());
-                            self.stream.outbox.extend(trailer);
-                            if with_data {
+                        let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&parts));
+                        if let Some(trailer) = trailer {
+                            if matches!(data, Chunk::Shared(_)) {
                                 self.copies.replicated += 1;
-                                self.copies.copied += data.len() as u64;
                             }
+                            self.stream.outbox.push(Chunk::Bytes(frame_prefix));
+                            self.stream.outbox.push(data);
+                            self.stream.outbox.push(Chunk::Bytes(trailer.to_vec()));
                         }
                     }
                     Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
                     Action::PersistMetadata { offset, bytes } => {
-                        if let DiskResult::Failed(error) = disk.run_now(DiskOp::write(offset, bytes, true)) {
+                        if let DiskResult::Failed(error) = disk.run_now(DiskOp::write(offset, Rc::new(bytes), true)) {
                             // The crate waits for nothing more than this write;
                             // without it the node must not go on as if persisted.
                             panic!("ha: metadata write at {offset} failed: {error:?}");
@@ -691,7 +697,7 @@ impl DataPair {
                         self.bitmap_persist = Some((generation, blocks.len(), true));
                         for (offset, bytes) in blocks {
                             let tag = self.tag(DiskPurpose::BitmapBlock { generation });
-                            disk.submit(tag, DiskOp::write(offset, bytes, true));
+                            disk.submit(tag, DiskOp::write(offset, Rc::new(bytes), true));
                         }
                     }
                     Action::FlushDisk { flush } => {
@@ -710,10 +716,7 @@ impl DataPair {
                             // may still need it.
                             let offset = write.offset;
                             let op = match &write.payload {
-                                Payload::Data(data) => {
-                                    self.copies.copied += data.len() as u64;
-                                    DiskOp::write(offset, data.clone(), write.force_unit_access)
-                                }
+                                Payload::Data(data) => DiskOp::write(offset, Rc::clone(data), write.force_unit_access),
                                 Payload::Zeroes { len } => DiskOp::zero(offset, *len, false),
                                 Payload::Deallocate { len } => DiskOp::discard([(offset, *len)]),
                             };
@@ -749,7 +752,7 @@ impl DataPair {
                         // Like the primary's own write: in the disk's volatile
                         // cache unless the host asked for forced unit access;
                         // the host's Flush reaches this disk as a Flush frame.
-                        disk.submit(tag, DiskOp::write(offset, data, force_unit_access));
+                        disk.submit(tag, DiskOp::write(offset, Rc::new(data), force_unit_access));
                     }
                     Action::ApplyReplicatedZeroes { seq, offset, len } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
@@ -765,7 +768,7 @@ impl DataPair {
                     }
                     Action::ApplyResync { offset, data } => {
                         let tag = self.tag(DiskPurpose::ResyncWrite { offset });
-                        disk.submit(tag, DiskOp::write(offset, data, true));
+                        disk.submit(tag, DiskOp::write(offset, Rc::new(data), true));
                     }
                     Action::AnaChanged(state) => {
                         self.ana = state;
@@ -834,7 +837,7 @@ impl DataPair {
         socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(4 * STREAM_KEEPALIVE_MILLIS)));
         // The connecting side's Finish goes before any frame.
         if let Some(session) = self.stream.session.as_mut() {
-            self.stream.outbox.extend(session.take_finish());
+            self.stream.outbox.push(Chunk::Bytes(session.take_finish()));
         }
         self.stream.connected = true;
         self.stream.counters.established += 1;
@@ -966,9 +969,12 @@ impl DataPair {
         }
         let mut received = Vec::new();
         while socket.can_recv() {
-            match socket.recv(|bytes| (bytes.len(), bytes.to_vec())) {
-                Ok(bytes) if !bytes.is_empty() => received.extend(bytes),
-                _ => break,
+            match socket.recv(|bytes| {
+                received.extend_from_slice(bytes);
+                (bytes.len(), bytes.len())
+            }) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         if !received.is_empty() || (!self.stream.connected && self.stream.session.is_some()) {
@@ -999,11 +1005,10 @@ impl DataPair {
         let Some(handle) = self.stream.socket else { return true };
         let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
         while !self.stream.outbox.is_empty() && socket.can_send() {
-            let (front, _) = self.stream.outbox.as_slices();
-            match socket.send_slice(front) {
+            match socket.send_slice(self.stream.outbox.front()) {
                 Ok(0) | Err(_) => break,
                 Ok(sent) => {
-                    self.stream.outbox.drain(..sent);
+                    self.stream.outbox.advance(sent);
                     busy = true;
                 }
             }

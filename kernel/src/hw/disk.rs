@@ -18,10 +18,12 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
+use core::ops::Range;
 
 use tandem_kernel::virtio::{BlkConfig, BlkFeatures, DeviceFeatures};
 use virtio_drivers::config::read_config;
@@ -33,7 +35,7 @@ use super::dma::KernelHal;
 use super::pci::SharedTransport;
 use super::virtio::{NotifyGate, negotiate};
 
-pub use tandem_kernel::block::{DiskOp, DiskResult, SectorRange, Tag};
+pub use tandem_kernel::block::{DiskOp, DiskResult, SectorRange, Tag, WriteData};
 use tandem_kernel::block::{BlockQueue, SECTOR};
 
 const SECTOR_SIZE: usize = SECTOR as usize;
@@ -189,9 +191,26 @@ struct Request {
     header: [u8; 16],
     /// The discard / write-zeroes segment.
     segment: [u8; 16],
+    /// A read's buffer, which the device writes.
     data: Vec<u8>,
+    /// What a write hands the device, which only reads it.
+    written: Option<SharedSlice>,
     status: [u8; 1],
     owner: Owner,
+}
+
+/// A piece of a buffer that others share (and may read meanwhile); the
+/// reference keeps it allocated, unmoved and unchanged while the device
+/// reads it.
+struct SharedSlice {
+    data: WriteData,
+    range: Range<usize>,
+}
+
+impl SharedSlice {
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.range.clone()]
+    }
 }
 
 impl Request {
@@ -199,7 +218,13 @@ impl Request {
         let mut header = [0u8; 16];
         header[0..4].copy_from_slice(&request_type.to_le_bytes());
         header[8..16].copy_from_slice(&sector.to_le_bytes());
-        Box::new(Self { kind, header, segment: [0; 16], data, status: [0xff], owner })
+        Box::new(Self { kind, header, segment: [0; 16], data, written: None, status: [0xff], owner })
+    }
+
+    fn write(sector: u64, written: SharedSlice, owner: Owner) -> Box<Self> {
+        let mut request = Self::new(Kind::Write, T_OUT, sector, Vec::new(), owner);
+        request.written = Some(written);
+        request
     }
 
     /// Hands the request to the device.
@@ -208,7 +233,7 @@ impl Request {
     /// `self` must stay allocated, unmoved and untouched until [`Request::complete`]
     /// is called with the returned token.
     unsafe fn add<const SIZE: usize>(&mut self, queue: &mut VirtQueue<KernelHal, SIZE>, segment_bytes: usize) -> Result<u16, Error> {
-        let Request { kind, header, segment, data, status, .. } = self;
+        let Request { kind, header, segment, data, written, status, .. } = self;
         // SAFETY: the caller keeps every buffer in place until `complete`.
         unsafe {
             match kind {
@@ -216,7 +241,7 @@ impl Request {
                 Kind::Discard | Kind::WriteZeroes => queue.add(&[&header[..], &segment[..]], &mut [&mut status[..]]),
                 Kind::Write => {
                     let mut inputs: Vec<&[u8]> = vec![&header[..]];
-                    inputs.extend(data.chunks(segment_bytes));
+                    inputs.extend(written.as_ref().map_or(&[][..], SharedSlice::bytes).chunks(segment_bytes));
                     queue.add(&inputs, &mut [&mut status[..]])
                 }
                 Kind::Read => {
@@ -233,7 +258,7 @@ impl Request {
     /// # Safety
     /// `token` must be the one [`Request::add`] returned for this request.
     unsafe fn complete<const SIZE: usize>(&mut self, queue: &mut VirtQueue<KernelHal, SIZE>, token: u16, segment_bytes: usize) -> Result<u32, Error> {
-        let Request { kind, header, segment, data, status, .. } = self;
+        let Request { kind, header, segment, data, written, status, .. } = self;
         // SAFETY: the same buffers that started this token.
         unsafe {
             match kind {
@@ -241,7 +266,7 @@ impl Request {
                 Kind::Discard | Kind::WriteZeroes => queue.pop_used(token, &[&header[..], &segment[..]], &mut [&mut status[..]]),
                 Kind::Write => {
                     let mut inputs: Vec<&[u8]> = vec![&header[..]];
-                    inputs.extend(data.chunks(segment_bytes));
+                    inputs.extend(written.as_ref().map_or(&[][..], SharedSlice::bytes).chunks(segment_bytes));
                     queue.pop_used(token, &inputs, &mut [&mut status[..]])
                 }
                 Kind::Read => {
@@ -257,7 +282,7 @@ impl Request {
 /// What a job still has to hand to the device.
 enum Work {
     Read { sector: u64, bytes: usize, next: usize },
-    Write { sector: u64, data: Vec<u8>, next: usize },
+    Write { sector: u64, data: WriteData, next: usize },
     WriteZeroes { next: u64, end: u64, unmap: bool },
     ZeroFill { next: u64, end: u64 },
     Discard { ranges: VecDeque<SectorRange> },
@@ -311,7 +336,8 @@ pub struct Disk {
     awaiting_flush: Vec<JobId>,
     next_job: JobId,
     completed: Vec<(Tag, DiskResult)>,
-    zeroes: Vec<u8>,
+    /// Zeroes for the zero-filled writes, shared by all of them.
+    zeroes: WriteData,
     /// Decides when the device is told of requests added.
     notifications: NotifyGate,
     next_sync_tag: Tag,
@@ -394,7 +420,7 @@ impl Disk {
             awaiting_flush: Vec::new(),
             next_job: 0,
             completed: Vec::new(),
-            zeroes: Vec::new(),
+            zeroes: Rc::new(Vec::new()),
             notifications,
             next_sync_tag: 0,
             counters: DiskCounters::default(),
@@ -527,7 +553,9 @@ impl Disk {
         let segment_bytes = self.limits.segment_bytes();
         // SAFETY: the request is a heap allocation that moves into
         // `in_flight[token]` and is neither touched nor freed until the
-        // device returns that token (`collect_finished`).
+        // device returns that token (`collect_finished`). A write's shared
+        // buffer stays allocated through the request's reference, and
+        // unchanged: an `Rc` gives no one a mutable borrow while shared.
         let added = on_ring!(&mut self.ring, queue => unsafe { request.add(queue, segment_bytes) });
         let token = match added {
             Ok(token) => token,
@@ -584,9 +612,9 @@ impl Disk {
             Work::Write { sector, data, next } => {
                 let len = (data.len() - *next).min(request_bytes);
                 let part_sector = *sector + (*next / SECTOR_SIZE) as u64;
-                let part = if *next == 0 && len == data.len() { core::mem::take(data) } else { data[*next..*next + len].to_vec() };
+                let part = SharedSlice { data: Rc::clone(data), range: *next..*next + len };
                 *next += len;
-                (Request::new(Kind::Write, T_OUT, part_sector, part, owner(0)), *next >= data.len())
+                (Request::write(part_sector, part, owner(0)), *next >= data.len())
             }
             Work::WriteZeroes { next, end, unmap } => {
                 let sectors = (*end - *next).min(zeroes_chunk);
@@ -601,9 +629,9 @@ impl Disk {
                 let sectors = (*end - *next).min((ZERO_FILL_BYTES.min(request_bytes) / SECTOR_SIZE) as u64);
                 let len = sectors as usize * SECTOR_SIZE;
                 if self.zeroes.len() < len {
-                    self.zeroes = vec![0; ZERO_FILL_BYTES];
+                    self.zeroes = Rc::new(vec![0; ZERO_FILL_BYTES]);
                 }
-                let request = Request::new(Kind::Write, T_OUT, *next, self.zeroes[..len].to_vec(), owner(0));
+                let request = Request::write(*next, SharedSlice { data: Rc::clone(&self.zeroes), range: 0..len }, owner(0));
                 self.counters.zero_fills += 1;
                 *next += sectors;
                 (request, *next >= *end)
@@ -810,7 +838,7 @@ impl Disk {
         if self.busy() {
             return Err(Error::NotReady);
         }
-        match self.run_now(DiskOp::Write { sector, data: buffer.to_vec(), flush_after: false }) {
+        match self.run_now(DiskOp::Write { sector, data: Rc::new(buffer.to_vec()), flush_after: false }) {
             DiskResult::Failed(error) => Err(error),
             _ => Ok(()),
         }

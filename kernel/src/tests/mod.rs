@@ -74,15 +74,16 @@ impl Node {
         let mut settings = config.nvme.clone();
         let mut pair_data_bytes = None;
         let boot_stamp = 0x5eed ^ u64::from(self.nets.first().map_or(0, |port| port.nic.device().mac_address()[4]));
+        let entropy = boot_stamp.to_le_bytes();
         match config.ha.role {
             HaRole::Standalone => {}
             HaRole::Witness => {
-                let witness = WitnessMember::start(config, &mut self.nets, now, boot_stamp).expect("the witness starts");
+                let witness = WitnessMember::start(config, &mut self.nets, now, boot_stamp, &entropy).expect("the witness starts");
                 self.pair = Some(Pair::Witness(witness));
                 return;
             }
             HaRole::Data(node) => {
-                let pair = DataPair::start(config, node, &mut self.nets, &mut self.disks[0], now, boot_stamp).expect("the pair starts");
+                let pair = DataPair::start(config, node, &mut self.nets, &mut self.disks[0], now, boot_stamp, &entropy).expect("the pair starts");
                 pair_data_bytes = Some(pair.data_bytes());
                 self.pair = Some(Pair::Data(pair));
                 settings.ana_state = AnaSetting::Inaccessible;

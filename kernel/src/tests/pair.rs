@@ -10,7 +10,8 @@ use super::{pattern, Host, Node, World, NQN};
 
 const FRONT: usize = 0;
 const REPLICATION: usize = 1;
-const TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
+const TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500 \
+                      pair_key=5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 const DISK_BYTES: usize = 32 << 20;
 
 fn front_address(node: usize) -> [u8; 4] {
@@ -91,6 +92,11 @@ fn a_host_write_on_the_primary_completes_only_once_on_both_disks() {
     let cid = world.initiator(io).read(1, 64, 16, 512);
     let (_, read) = world.ok(io, cid);
     assert_eq!(read, second);
+
+    // Each write's data was copied once, out of the host's socket: the disk
+    // request and the replication stream share it.
+    let status = world.nodes[primary].pair_status(world.now);
+    assert!(status.contains("payload-copies writes:2 bytes:12288 replicated:2 copied:12288B"), "{status}");
 }
 
 #[test]
