@@ -1164,6 +1164,13 @@ impl DataNode {
         self.generations
     }
 
+    /// The last handshake with the peer was a refusal: it will be the same
+    /// until the operator acts, so reconnecting may slow down.
+    pub fn handshake_refused(&self) -> bool {
+        self.handshake
+            .is_some_and(|v| matches!(v.decision, Decision::Refuse(_)))
+    }
+
     fn persist_superblock(&mut self) {
         self.sb_sequence += 1;
         let sb = self.superblock();

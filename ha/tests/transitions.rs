@@ -1984,5 +1984,6 @@ fn a_peer_with_another_disk_size_or_pair_is_refused_at_the_handshake() {
         let status = t.a.status(now).to_string();
         assert!(status.contains("handshake:refused"), "{status}");
         assert!(status.contains(&format!("peer-size:{size}B")), "{status}");
+        assert!(t.a.handshake_refused());
     }
 }

@@ -40,6 +40,9 @@ const UDP_PACKETS: usize = 32;
 const UDP_BYTES: usize = 32 * 1024;
 const STREAM_BUFFER_BYTES: usize = 256 * 1024;
 const RECONNECT_MILLIS: u64 = 100;
+/// After a refused handshake (split brain, unrelated data, another pair's
+/// disk): the same refusal comes back until the operator acts.
+const REFUSED_RECONNECT_MILLIS: u64 = 5_000;
 const STREAM_KEEPALIVE_MILLIS: u64 = 500;
 /// A replication connection must complete its handshake within this.
 const STREAM_HANDSHAKE_MILLIS: u64 = 1000;
@@ -819,7 +822,15 @@ impl DataPair {
             log::info!("ha: replication stream closed ({why})");
             self.node.on_stream_closed(ha_now(now_micros));
         }
-        self.stream.retry_at_ms = now_micros / 1000 + RECONNECT_MILLIS;
+        self.stream.retry_at_ms = now_micros / 1000 + self.reconnect_millis();
+    }
+
+    fn reconnect_millis(&self) -> u64 {
+        if self.node.handshake_refused() {
+            REFUSED_RECONNECT_MILLIS
+        } else {
+            RECONNECT_MILLIS
+        }
     }
 
     /// The stream's socket is authenticated: the node may use it.
@@ -955,7 +966,7 @@ impl DataPair {
                     Err(error) => log::debug!("ha: cannot connect the replication stream: {error}"),
                 }
             }
-            self.stream.retry_at_ms = now_ms + RECONNECT_MILLIS;
+            self.stream.retry_at_ms = now_ms + self.reconnect_millis();
         }
         let Some(handle) = self.stream.socket else { return busy };
         let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
