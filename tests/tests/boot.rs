@@ -148,6 +148,11 @@ fn bad_command_line_values_give_one_error_line_and_exit_3() {
         ("net0=10.0.0.300/24", "net0"),
         ("status_port=http", "status_port"),
         ("frobnicate=1", "frobnicate"),
+        // A pair member needs the pair's key; a bad key is refused without
+        // being shown.
+        ("node=a peer=10.0.0.2", "pair_key"),
+        ("role=witness node_a=10.0.0.1 node_b=10.0.0.2", "pair_key"),
+        ("pair_key=0123456789abcdef0123456789abcdef", "pair_key"),
     ] {
         let dir = TempDir::new("badcmd").unwrap();
         let spec = tcg_vm("badcmd", dir.path(), cmdline).nic(0, user_nic(&[]));
@@ -172,5 +177,6 @@ fn bad_command_line_values_give_one_error_line_and_exit_3() {
             !log.contains("tandem: ready") && !log.contains("tandem: panic"),
             "{cmdline}:\n{log}"
         );
+        assert!(!log.contains("0123456789abcdef"), "the key was printed:\n{log}");
     }
 }
