@@ -655,10 +655,16 @@ impl DataPair {
                     Action::SendDatagram { to, link, bytes } => self.links.send(nets, to, link, &bytes),
                     // Every frame is followed by its trailer (frame number and
                     // MAC); nothing goes out before the handshake ended.
+                    // (The crate sends one frame per action; were there more,
+                    // each gets its own trailer.)
                     Action::SendStream { bytes } => {
-                        if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes])) {
-                            self.stream.outbox.push(Chunk::Bytes(bytes));
+                        let mut rest = &bytes[..];
+                        while let Ok(len) = tandem_ha::wire::stream::frame_len(rest) {
+                            let Some((frame, after)) = rest.split_at_checked(len) else { break };
+                            let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[frame])) else { break };
+                            self.stream.outbox.push(Chunk::Bytes(frame.to_vec()));
                             self.stream.outbox.push(Chunk::Bytes(trailer.to_vec()));
+                            rest = after;
                         }
                     }
                     Action::ReplicateWrite { id, frame_prefix } => {
