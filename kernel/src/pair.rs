@@ -44,8 +44,10 @@ const RECONNECT_MILLIS: u64 = 100;
 /// disk): the same refusal comes back until the operator acts.
 const REFUSED_RECONNECT_MILLIS: u64 = 5_000;
 const STREAM_KEEPALIVE_MILLIS: u64 = 500;
-/// A replication connection must complete its handshake within this.
-const STREAM_HANDSHAKE_MILLIS: u64 = 1000;
+/// A replication connection must complete its handshake within twice the
+/// failure timeout, and at least this (a slow machine's genuine peer must
+/// get in; strangers are pushed out by newer connections anyway).
+const STREAM_HANDSHAKE_MIN_MILLIS: u64 = 1000;
 /// Accepted connections in their handshake at once (besides the stream):
 /// a newer one pushes the oldest out, so strangers cannot keep the peer out.
 const STREAM_PENDING: usize = 2;
@@ -189,6 +191,8 @@ struct Stream {
     session: Option<StreamSession>,
     /// When `socket`'s handshake started (the connecting side).
     handshake_since_ms: u64,
+    /// How long a handshake may take.
+    handshake_limit_ms: u64,
     /// Node b: accepted connections still in their handshake, with when
     /// they were accepted. None replaces the stream before it proved the key.
     pending: Vec<(SocketHandle, StreamSession, u64)>,
@@ -394,6 +398,7 @@ impl DataPair {
             next_local_port: 49152,
             session: None,
             handshake_since_ms: 0,
+            handshake_limit_ms: (2 * config.ha.failure_timeout_ms).max(STREAM_HANDSHAKE_MIN_MILLIS),
             pending: Vec::new(),
             me,
             peer_node: me.peer(),
@@ -893,7 +898,7 @@ impl DataPair {
             }
             let failure = match &verdict {
                 Err(error) => Some(Some(*error)),
-                Ok(None) if now_ms.saturating_sub(*since_ms) > STREAM_HANDSHAKE_MILLIS || !socket.may_recv() => Some(None),
+                Ok(None) if now_ms.saturating_sub(*since_ms) > self.stream.handshake_limit_ms || !socket.may_recv() => Some(None),
                 _ => None,
             };
             if let Some(error) = failure {
@@ -1005,7 +1010,7 @@ impl DataPair {
                     if !result.frames.is_empty() {
                         busy = true;
                         self.node.on_stream_bytes(now, &result.frames);
-                    } else if !self.stream.connected && now_ms.saturating_sub(self.stream.handshake_since_ms) > STREAM_HANDSHAKE_MILLIS {
+                    } else if !self.stream.connected && now_ms.saturating_sub(self.stream.handshake_since_ms) > self.stream.handshake_limit_ms {
                         self.stream.counters.timeout += 1;
                         self.close_stream(nets, now_micros, "handshake timed out");
                         return true;
