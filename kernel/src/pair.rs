@@ -663,6 +663,14 @@ impl DataPair {
                     // (The crate sends one frame per action; were there more,
                     // each gets its own trailer.)
                     Action::SendStream { bytes } => {
+                        // One frame (what the crate sends): kept as it is, not copied.
+                        if tandem_ha::wire::stream::frame_len(&bytes) == Ok(bytes.len()) {
+                            if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes])) {
+                                self.stream.outbox.push(Chunk::Bytes(bytes));
+                                self.stream.outbox.push(Chunk::Bytes(trailer.to_vec()));
+                            }
+                            continue;
+                        }
                         let mut rest = &bytes[..];
                         while let Ok(len) = tandem_ha::wire::stream::frame_len(rest) {
                             let Some((frame, after)) = rest.split_at_checked(len) else { break };
