@@ -143,6 +143,8 @@ struct Report {
     /// nvmet-tcp with 2 vCPUs.
     scaling: Vec<Measured>,
     pair: Option<PairReport>,
+    /// Jobs that failed (the target stalled or refused), as reported.
+    failures: Vec<String>,
     wall: Duration,
     load_start: String,
     load_end: String,
@@ -187,6 +189,19 @@ fn run_compare(o: &Options, image: &GuestImage, report: &mut Report, work: &Path
     let _ = std::fs::remove_file(&nvmet_disk);
     let _ = std::fs::remove_file(&tandem_disk);
     Ok(())
+}
+
+/// A job's result, or `None` with its failure recorded for the report
+/// (one target stalling must not cost the rest of the run).
+fn kept(report: &mut Report, target: &str, job: &str, m: Result<Measured>) -> Option<Measured> {
+    match m {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("nvme-bench: {job} on {target} failed: {e}");
+            report.failures.push(format!("{job} on {target}: {e}"));
+            None
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -260,8 +275,10 @@ fn side_by_side(
                     s,
                     &job_args(job, o.connections, o.depth, o.runtime, &[]),
                     work,
-                )?;
-                report.jobs.push(m);
+                );
+                if let Some(m) = kept(report, &s.name, job, m) {
+                    report.jobs.push(m);
+                }
             }
         }
         // The same fixed load on both: half what the slower one did at
@@ -281,9 +298,10 @@ fn side_by_side(
                 o.runtime,
                 &["--rate", &rate],
             );
-            report
-                .open_loop
-                .push(native::run_job(&netns, s, &args, work)?);
+            let m = native::run_job(&netns, s, &args, work);
+            if let Some(m) = kept(report, &s.name, "randread-4k open loop", m) {
+                report.open_loop.push(m);
+            }
         }
         if !o.skip.iter().any(|s| s == "sweep") {
             for connections in [1, 2] {
@@ -302,7 +320,11 @@ fn side_by_side(
                             o.sweep_runtime,
                             &["--quiet"],
                         );
-                        report.sweep.push(native::run_job(&netns, s, &args, work)?);
+                        let m = native::run_job(&netns, s, &args, work);
+                        let what = format!("randread-4k {connections} × QD{depth}");
+                        if let Some(m) = kept(report, &s.name, &what, m) {
+                            report.sweep.push(m);
+                        }
                     }
                 }
             }
@@ -359,9 +381,10 @@ fn scaling(
                         o.depth, s.name
                     );
                     let args = job_args(job, connections, o.depth, o.runtime, &[]);
-                    report
-                        .scaling
-                        .push(native::run_job(netns, &s, &args, work)?);
+                    let m = native::run_job(netns, &s, &args, work);
+                    if let Some(m) = kept(report, &s.name, job, m) {
+                        report.scaling.push(m);
+                    }
                 }
             }
             Ok(())
@@ -823,6 +846,16 @@ fn render(o: &Options, report: &Report) -> String {
     }
     s.push('\n');
 
+    if !report.failures.is_empty() {
+        let _ = writeln!(
+            s,
+            "Jobs that failed in this run (left out of the tables):\n"
+        );
+        for f in &report.failures {
+            let _ = writeln!(s, "- {f}");
+        }
+        s.push('\n');
+    }
     let _ = writeln!(s, "### Every job\n");
     s.push_str(&native::render_jobs(&report.jobs));
     s.push('\n');
