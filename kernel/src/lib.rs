@@ -4,7 +4,7 @@
 //! protocol crates — the NVMe/TCP service ([`storage`]), the HA pair's
 //! executor ([`pair`]), the NVMe service's block backends ([`backend`]:
 //! the local disks or the pair) and the pair's address takeover
-//! ([`takeover`]) — over two
+//! ([`takeover`]), and the TSC rate measurement ([`tsc`]) — over two
 //! narrow device traits: a NIC's frame queues ([`tandem_net::FrameQueues`],
 //! through [`port::NetPort`]) and a disk's request queue
 //! ([`block::BlockQueue`]). The hardware layer and the event loop live in
@@ -24,6 +24,7 @@ pub mod pattern;
 pub mod port;
 pub mod storage;
 pub mod takeover;
+pub mod tsc;
 pub mod virtio;
 
 #[cfg(test)]

@@ -58,12 +58,19 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     }
     logger::set_level(config.log_level);
     log::info!(
-        "tandem {} booting ({:?}, heap {} MiB, TSC {} MHz)",
+        "tandem {} booting ({:?}, heap {} MiB, TSC {} MHz ±{} ppm)",
         env!("CARGO_PKG_VERSION"),
         boot.protocol,
         (heap.end - heap.start) >> 20,
-        hw::clock::tsc_mhz()
+        hw::clock::tsc_mhz(),
+        hw::clock::tsc_error_ppm()
     );
+    // The pair's leases assume clocks within 0.1 % of each other's rate.
+    match hw::clock::tsc_error_ppm() {
+        u64::MAX => log::warn!("the TSC rate could not be measured against the PIT: timers and leases may be off"),
+        ppm if ppm > 1000 => log::warn!("the TSC rate is known only within {ppm} ppm: timers and leases may be off"),
+        _ => {}
+    }
     hw::cpu::init_pic();
     machine::Machine::start(config).run()
 }

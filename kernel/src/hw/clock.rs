@@ -1,10 +1,12 @@
-//! A monotonic clock from the TSC, calibrated against PIT channel 2.
+//! A monotonic clock from the TSC, its rate measured against PIT channel 2
+//! (the measurement itself is `tandem_kernel::tsc`, tested on the host).
 //!
 //! `now_micros()` counts from this boot's kernel entry. Durations only:
 //! nothing compares these values across machines.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use tandem_kernel::tsc;
 use x86_64::instructions::port::Port;
 
 static TSC_PER_MICROSECOND_X1024: AtomicU64 = AtomicU64::new(0);
@@ -12,49 +14,71 @@ static TSC_PER_MICROSECOND_X1024: AtomicU64 = AtomicU64::new(0);
 /// reset (which does not reset the TSC everywhere).
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 
-const PIT_HZ: u64 = 1_193_182;
-const CALIBRATION_MICROSECONDS: u64 = 10_000;
 
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Measures the TSC rate against PIT channel 2: the lowest of three 10 ms
-/// measurements, because the only error is noticing the PIT's end late (a
-/// preempted virtual CPU), which makes a measurement too high.
+/// Error bound of the TSC rate, in parts per million (for the boot line).
+static TSC_ERROR_PPM: AtomicU64 = AtomicU64::new(0);
+
+/// Measures the TSC rate against PIT channel 2 ([`tandem_kernel::tsc`]:
+/// from bracketed readings of the counter, so that a preempted virtual CPU
+/// does not make the clock run slow).
 pub fn calibrate() {
     BOOT_TSC.store(rdtsc(), Ordering::Relaxed);
-    let ticks = (0..3).map(|_| measure_window()).min().unwrap_or(1);
-    let per_us_x1024 = (ticks.max(1) * 1024 / CALIBRATION_MICROSECONDS).max(1);
-    TSC_PER_MICROSECOND_X1024.store(per_us_x1024, Ordering::Relaxed);
+    let rate = tsc::measure(&mut PitChannel2::new());
+    let (per_us_x1024, error_ppm) = match rate {
+        Some(rate) => (rate.per_us_x1024, rate.error_ppm),
+        // No PIT that counts: the clock is as good as this guess.
+        None => (FALLBACK_TSC_MHZ * 1024, u64::MAX),
+    };
+    TSC_PER_MICROSECOND_X1024.store(per_us_x1024.max(1), Ordering::Relaxed);
+    TSC_ERROR_PPM.store(error_ppm, Ordering::Relaxed);
 }
 
-fn measure_window() -> u64 {
-    let count = (PIT_HZ * CALIBRATION_MICROSECONDS / 1_000_000) as u16;
-    // SAFETY: PIT channel 2 and port 0x61 are used only here, before the
-    // timer interrupt is set up.
-    let ticks = unsafe {
-        let mut gate = Port::<u8>::new(0x61);
-        let mut command = Port::<u8>::new(0x43);
-        let mut channel2 = Port::<u8>::new(0x42);
-        let gate_value = gate.read();
-        gate.write((gate_value & !0x02) | 0x01); // gate on, speaker off
-        command.write(0b1011_0000); // channel 2, lobyte/hibyte, mode 0
-        channel2.write(count as u8);
-        channel2.write((count >> 8) as u8);
-        // Restart the count by toggling the gate.
-        let gate_value = gate.read();
-        gate.write(gate_value & !0x01);
-        gate.write(gate_value | 0x01);
-        let start = rdtsc();
-        let mut spins = 0u64;
-        while gate.read() & 0x20 == 0 && spins < 100_000_000 {
-            spins += 1;
+/// The TSC rate assumed when the PIT cannot be measured.
+const FALLBACK_TSC_MHZ: u64 = 2000;
+
+/// PIT channel 2, gated on with the speaker off, used only by [`calibrate`]
+/// (before the timer interrupt is set up).
+struct PitChannel2 {
+    gate: Port<u8>,
+    command: Port<u8>,
+    channel2: Port<u8>,
+}
+
+impl PitChannel2 {
+    fn new() -> Self {
+        Self { gate: Port::new(0x61), command: Port::new(0x43), channel2: Port::new(0x42) }
+    }
+}
+
+impl tsc::PitTimer for PitChannel2 {
+    fn start(&mut self, count: u16) {
+        // SAFETY: PIT channel 2 and port 0x61 are used only here, before the
+        // timer interrupt is set up.
+        unsafe {
+            let gate_value = self.gate.read();
+            self.gate.write((gate_value & !0x02) | 0x01); // gate on, speaker off
+            self.command.write(0b1011_0000); // channel 2, lobyte/hibyte, mode 0
+            self.channel2.write(count as u8);
+            self.channel2.write((count >> 8) as u8);
         }
-        rdtsc() - start
-    };
-    ticks
+    }
+
+    fn read(&mut self) -> tsc::PitReading {
+        let tsc_before = rdtsc();
+        // SAFETY: as in `start`. Read-back command: latch channel 2's count
+        // and status together; the status comes first, then the count.
+        let (status, low, high) = unsafe {
+            self.command.write(0b1100_1000);
+            (self.channel2.read(), self.channel2.read(), self.channel2.read())
+        };
+        let tsc_after = rdtsc();
+        tsc::PitReading { tsc_before, tsc_after, count: u16::from_le_bytes([low, high]), out: status & 0x80 != 0 }
+    }
 }
 
 /// Microseconds since this boot's kernel entry.
@@ -67,6 +91,12 @@ pub fn now_micros() -> u64 {
 /// TSC ticks per microsecond (for the status report).
 pub fn tsc_mhz() -> u64 {
     TSC_PER_MICROSECOND_X1024.load(Ordering::Relaxed) / 1024
+}
+
+/// The bound of the TSC rate's error, in parts per million (`u64::MAX`
+/// when it could not be measured).
+pub fn tsc_error_ppm() -> u64 {
+    TSC_ERROR_PPM.load(Ordering::Relaxed)
 }
 
 /// A value that differs on every boot (the TSC at kernel entry).
