@@ -204,6 +204,66 @@ pub struct NetConfig {
     pub mtu: ReadOnly<u16>,
 }
 
+/// A virtio-blk request's type (virtio 1.2 §5.2.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BlkRequestType {
+    In = 0,
+    Out = 1,
+    Flush = 4,
+    Discard = 11,
+    WriteZeroes = 13,
+}
+
+/// The header that starts every virtio-blk request (virtio 1.2 §5.2.6:
+/// type, reserved, sector; 16 bytes, little-endian).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkRequestHeader {
+    pub request_type: BlkRequestType,
+    /// The first sector (512 bytes) of a read or write; 0 otherwise.
+    pub sector: u64,
+}
+
+impl BlkRequestHeader {
+    pub const LEN: usize = 16;
+
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        bytes[0..4].copy_from_slice(&(self.request_type as u32).to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.sector.to_le_bytes());
+        bytes
+    }
+}
+
+/// One range of a discard or write-zeroes request (virtio 1.2 §5.2.6:
+/// sector, sectors, flags; 16 bytes, little-endian).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlkRangeSegment {
+    pub sector: u64,
+    pub sectors: u32,
+    /// [`BlkRangeSegment::UNMAP`] or 0.
+    pub flags: u32,
+}
+
+impl BlkRangeSegment {
+    pub const LEN: usize = 16;
+    /// Write zeroes: the device may deallocate the range instead.
+    pub const UNMAP: u32 = 1;
+
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        bytes[0..8].copy_from_slice(&self.sector.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.sectors.to_le_bytes());
+        bytes[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        bytes
+    }
+}
+
+/// The status byte the device writes at the end of a virtio-blk request.
+pub const BLK_S_OK: u8 = 0;
+pub const BLK_S_IOERR: u8 = 1;
+pub const BLK_S_UNSUPP: u8 = 2;
+
 /// The header in front of every frame a virtio-net queue carries (virtio
 /// 1.2 §5.1.6; with VERSION_1 always 12 bytes, `num_buffers` included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -361,6 +421,34 @@ mod tests {
         assert_eq!(offset_of!(NetConfig, status), 6);
         assert_eq!(offset_of!(NetConfig, max_virtqueue_pairs), 8);
         assert_eq!(offset_of!(NetConfig, mtu), 10);
+    }
+
+    #[test]
+    fn block_requests_are_laid_out_as_the_specification_says() {
+        let header = BlkRequestHeader {
+            request_type: BlkRequestType::Out,
+            sector: 0x0102_0304_0506_0708,
+        };
+        assert_eq!(
+            header.to_bytes(),
+            [1, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+        );
+        let flush = BlkRequestHeader {
+            request_type: BlkRequestType::Flush,
+            sector: 0,
+        };
+        assert_eq!(flush.to_bytes()[..4], [4, 0, 0, 0]);
+        assert_eq!(BlkRequestType::Discard as u32, 11);
+        assert_eq!(BlkRequestType::WriteZeroes as u32, 13);
+        let segment = BlkRangeSegment {
+            sector: 9,
+            sectors: 0x100,
+            flags: BlkRangeSegment::UNMAP,
+        };
+        assert_eq!(
+            segment.to_bytes(),
+            [9, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0]
+        );
     }
 
     #[test]

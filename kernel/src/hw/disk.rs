@@ -25,7 +25,9 @@ use alloc::vec::Vec;
 use core::fmt::Write as _;
 use core::ops::Range;
 
-use tandem_kernel::virtio::{BlkConfig, BlkFeatures, DeviceFeatures};
+use tandem_kernel::virtio::{
+    BLK_S_OK, BLK_S_UNSUPP, BlkConfig, BlkFeatures, BlkRangeSegment, BlkRequestHeader, BlkRequestType, DeviceFeatures,
+};
 use virtio_drivers::config::read_config;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
@@ -59,14 +61,6 @@ const FEATURE_NAMES: [(BlkFeatures, &str); 9] = [
 ];
 
 // Request types and statuses (virtio 1.2 §5.2.6).
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
-const S_OK: u8 = 0;
-const S_UNSUPP: u8 = 2;
 
 /// What the device offered and what was negotiated.
 #[derive(Debug, Clone, Copy)]
@@ -188,9 +182,9 @@ enum Kind {
 /// writes moves.
 struct Request {
     kind: Kind,
-    header: [u8; 16],
+    header: [u8; BlkRequestHeader::LEN],
     /// The discard / write-zeroes segment.
-    segment: [u8; 16],
+    segment: [u8; BlkRangeSegment::LEN],
     /// A read's buffer, which the device writes.
     data: Vec<u8>,
     /// What a write hands the device, which only reads it.
@@ -214,15 +208,13 @@ impl SharedSlice {
 }
 
 impl Request {
-    fn new(kind: Kind, request_type: u32, sector: u64, data: Vec<u8>, owner: Owner) -> Box<Self> {
-        let mut header = [0u8; 16];
-        header[0..4].copy_from_slice(&request_type.to_le_bytes());
-        header[8..16].copy_from_slice(&sector.to_le_bytes());
-        Box::new(Self { kind, header, segment: [0; 16], data, written: None, status: [0xff], owner })
+    fn new(kind: Kind, request_type: BlkRequestType, sector: u64, data: Vec<u8>, owner: Owner) -> Box<Self> {
+        let header = BlkRequestHeader { request_type, sector }.to_bytes();
+        Box::new(Self { kind, header, segment: [0; BlkRangeSegment::LEN], data, written: None, status: [0xff], owner })
     }
 
     fn write(sector: u64, written: SharedSlice, owner: Owner) -> Box<Self> {
-        let mut request = Self::new(Kind::Write, T_OUT, sector, Vec::new(), owner);
+        let mut request = Self::new(Kind::Write, BlkRequestType::Out, sector, Vec::new(), owner);
         request.written = Some(written);
         request
     }
@@ -352,7 +344,7 @@ const SYNC_TAG_BASE: Tag = 1 << 62;
 const SYNC_TIMEOUT_MICROS: u64 = 30_000_000;
 
 fn status_error(status: u8) -> Error {
-    if status == S_UNSUPP { Error::Unsupported } else { Error::IoError }
+    if status == BLK_S_UNSUPP { Error::Unsupported } else { Error::IoError }
 }
 
 impl Disk {
@@ -598,11 +590,11 @@ impl Disk {
         let owner = |offset: usize| Owner::Part { job: id, offset };
         let (request, done) = match &mut job.work {
             Work::Issued => return None,
-            Work::Flush => (Request::new(Kind::Flush, T_FLUSH, 0, Vec::new(), owner(0)), true),
+            Work::Flush => (Request::new(Kind::Flush, BlkRequestType::Flush, 0, Vec::new(), owner(0)), true),
             Work::Read { sector, bytes, next } => {
                 let len = (*bytes - *next).min(request_bytes);
                 let part_sector = *sector + (*next / SECTOR_SIZE) as u64;
-                let request = Request::new(Kind::Read, T_IN, part_sector, vec![0; len], owner(*next));
+                let request = Request::new(Kind::Read, BlkRequestType::In, part_sector, vec![0; len], owner(*next));
                 if len < *bytes && job.read.is_none() {
                     job.read = Some(vec![0; *bytes]);
                 }
@@ -618,10 +610,9 @@ impl Disk {
             }
             Work::WriteZeroes { next, end, unmap } => {
                 let sectors = (*end - *next).min(zeroes_chunk);
-                let mut request = Request::new(Kind::WriteZeroes, T_WRITE_ZEROES, 0, Vec::new(), owner(0));
-                request.segment[0..8].copy_from_slice(&next.to_le_bytes());
-                request.segment[8..12].copy_from_slice(&(sectors as u32).to_le_bytes());
-                request.segment[12..16].copy_from_slice(&(if *unmap { WRITE_ZEROES_FLAG_UNMAP } else { 0 }).to_le_bytes());
+                let mut request = Request::new(Kind::WriteZeroes, BlkRequestType::WriteZeroes, 0, Vec::new(), owner(0));
+                let flags = if *unmap { BlkRangeSegment::UNMAP } else { 0 };
+                request.segment = BlkRangeSegment { sector: *next, sectors: sectors as u32, flags }.to_bytes();
                 *next += sectors;
                 (request, *next >= *end)
             }
@@ -642,9 +633,8 @@ impl Disk {
                     return None;
                 };
                 let sectors = range.sectors.min(discard_chunk);
-                let mut request = Request::new(Kind::Discard, T_DISCARD, 0, Vec::new(), owner(0));
-                request.segment[0..8].copy_from_slice(&range.sector.to_le_bytes());
-                request.segment[8..12].copy_from_slice(&(sectors as u32).to_le_bytes());
+                let mut request = Request::new(Kind::Discard, BlkRequestType::Discard, 0, Vec::new(), owner(0));
+                request.segment = BlkRangeSegment { sector: range.sector, sectors: sectors as u32, flags: 0 }.to_bytes();
                 range.sector += sectors;
                 range.sectors -= sectors;
                 if range.sectors == 0 {
@@ -665,7 +655,7 @@ impl Disk {
         // Durability first: those writes are done and wait for nothing else.
         if !self.awaiting_flush.is_empty() && self.has_room(2) {
             let jobs = core::mem::take(&mut self.awaiting_flush);
-            let request = Request::new(Kind::Flush, T_FLUSH, 0, Vec::new(), Owner::Durability(jobs));
+            let request = Request::new(Kind::Flush, BlkRequestType::Flush, 0, Vec::new(), Owner::Durability(jobs));
             if let Err((request, error)) = self.start(request)
                 && let Owner::Durability(jobs) = request.owner
             {
@@ -738,7 +728,7 @@ impl Disk {
             }
             self.in_flight_count -= 1;
             let status = request.status[0];
-            let outcome = if status == S_OK { Ok(()) } else { Err(status_error(status)) };
+            let outcome = if status == BLK_S_OK { Ok(()) } else { Err(status_error(status)) };
             match core::mem::replace(&mut request.owner, Owner::Durability(Vec::new())) {
                 Owner::Durability(jobs) => {
                     for id in jobs {
