@@ -43,7 +43,7 @@ use tandem_qemu::{Accel, ConsoleClient, Node, NodeName, PairLayout, Subnet, VmSp
 use crate::image::guest_dir;
 use crate::scenario::create_disk;
 use crate::tandem::tandem_image;
-use crate::{GuestConfig, GuestImage, NetBackend, Netns, RunningGuest};
+use crate::{GuestConfig, GuestImage, NetBackend, Netns, Release, RunningGuest};
 
 /// The pair's subsystem NQN.
 pub const NQN: &str = "nqn.2026-11.io.tandem.test:ha";
@@ -290,6 +290,10 @@ pub struct ClusterOptions {
     pub extra: String,
     /// Size of each data node's disk.
     pub disk_bytes: u64,
+    /// The Linux host's release (default: [`Release::from_env`]).
+    pub host_release: Option<Release>,
+    /// More `nvme connect` options for the host (e.g. DH-HMAC-CHAP secrets).
+    pub host_connect_opts: String,
 }
 
 impl Default for ClusterOptions {
@@ -298,6 +302,8 @@ impl Default for ClusterOptions {
             timing: HA_TIMING.into(),
             extra: String::new(),
             disk_bytes: DISK_BYTES,
+            host_release: None,
+            host_connect_opts: String::new(),
         }
     }
 }
@@ -357,7 +363,8 @@ impl Cluster {
 
     /// [`Cluster::start`] with these options.
     pub fn start_with(label: &'static str, options: ClusterOptions) -> Cluster {
-        let image = GuestImage::ensure().unwrap_or_else(|e| panic!("{e}"));
+        let release = options.host_release.unwrap_or_else(Release::from_env);
+        let image = GuestImage::ensure_release(release).unwrap_or_else(|e| panic!("{e}"));
         let tandem = tandem_image().unwrap_or_else(|e| panic!("{e}"));
         let ackcheck = build_ackcheck();
         let layout = layout();
@@ -432,7 +439,10 @@ impl Cluster {
         .env("B_ADDR", host_path_address(&layout, Name::B))
         .env("SUBNQN", &layout.nqn)
         // Reconnect a lost path every second, forever (a node comes back).
-        .env("CONNECT_OPTS", "--reconnect-delay=1 --ctrl-loss-tmo=-1")
+        .env(
+            "CONNECT_OPTS",
+            format!("--reconnect-delay=1 --ctrl-loss-tmo=-1 {}", options.host_connect_opts),
+        )
         .env("CK_OFFSET", CK_OFFSET)
         .env("CK_BLOCKS", CK_BLOCKS)
         .in_netns(&netns)
