@@ -23,6 +23,12 @@ use crate::voter::{OwnView, VoteAsk, Voter};
 use crate::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal, flags};
 use crate::wire::stream::{self, AckStatus, Body, Frame, Hello, HelloData, hello_flag};
 
+mod dirty_log;
+mod ids;
+
+use dirty_log::{DirtyLog, Persisted};
+use ids::{BitmapGeneration, FlushId, Region};
+
 /// The timers of the protocol. All are measured on the local clock only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -426,12 +432,6 @@ struct PendingFlush {
     sent: bool,
 }
 
-#[derive(Clone, Debug)]
-struct CleanCycle {
-    flush: u64,
-    candidates: Vec<u64>,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
     ticket: u64,
@@ -774,25 +774,11 @@ pub struct DataNode {
     peer_state: DataState,
     admin_fenced: bool,
     sb_sequence: u64,
-    bitmap: Bitmap,
-    dirty_blocks: BTreeSet<u32>,
-    /// Generation of the newest bit set in memory, the newest durable one,
-    /// and the one being persisted: writes wait for the generation of their
-    /// bits (group commit: one persist serves every write that waited).
-    bitmap_generation: u64,
-    bitmap_durable: u64,
-    bitmap_persisting: Option<u64>,
-    /// Regions whose bit was set in a generation not yet durable.
-    bits_not_durable: BTreeMap<u64, u64>,
-    /// Every region was marked at once (a full resync) in this generation:
-    /// until it is durable, no region's bit counts as durable (one entry
-    /// instead of one per region of a large disk).
-    all_marked_generation: Option<u64>,
+    /// The dirty bitmap: its marks, their persistence (writes wait for the
+    /// generation of their bits) and the clean cycle.
+    dirty: DirtyLog,
     /// Admitted writes waiting for their bits to be durable, in order.
     awaiting_bitmap: VecDeque<u64>,
-    /// Regions written since the current clean interval began.
-    touched: Bitmap,
-    clean_cycle: Option<CleanCycle>,
     flushes: BTreeMap<u64, PendingFlush>,
     next_flush: u64,
     role: Role,
@@ -859,6 +845,23 @@ fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
     a_off < b_off.saturating_add(b_len) && b_off < a_off.saturating_add(a_len)
 }
 
+/// Whether a host write pending or unacknowledged by the peer covers part
+/// of region `r`.
+fn region_busy(
+    layout: &Layout,
+    writes: &BTreeMap<u64, PendingWrite>,
+    unacked: &BTreeMap<u64, (u64, u64)>,
+    r: Region,
+) -> bool {
+    let rs = layout.region_size as u64;
+    writes
+        .values()
+        .any(|w| overlaps(w.offset, w.len, r.0 * rs, rs))
+        || unacked
+            .values()
+            .any(|&(o, l)| overlaps(o, l, r.0 * rs, rs))
+}
+
 impl DataNode {
     /// Formats a fresh disk of `disk_bytes` with 64 KiB regions.
     pub fn format(
@@ -907,7 +910,7 @@ impl DataNode {
         // The bitmap first, as barriers: a valid superblock then always comes
         // with a valid bitmap.
         for b in 0..layout.bitmap_blocks {
-            let bytes = emit_bitmap_block(&n.bitmap, b);
+            let bytes = emit_bitmap_block(n.dirty.bitmap(), b);
             n.actions.push(Action::PersistMetadata {
                 offset: layout.bitmap_block_offset(b),
                 bytes,
@@ -991,16 +994,8 @@ impl DataNode {
             peer_state: sb.peer_state,
             admin_fenced: sb.admin_fenced,
             sb_sequence: sb.sequence,
-            touched: Bitmap::new(bitmap.len()),
-            bitmap,
-            dirty_blocks: BTreeSet::new(),
-            bitmap_generation: 0,
-            bitmap_durable: 0,
-            bitmap_persisting: None,
-            bits_not_durable: BTreeMap::new(),
-            all_marked_generation: None,
+            dirty: DirtyLog::new(sb.layout, bitmap),
             awaiting_bitmap: VecDeque::new(),
-            clean_cycle: None,
             flushes: BTreeMap::new(),
             next_flush: 1,
             role,
@@ -1092,7 +1087,7 @@ impl DataNode {
         self.counters
     }
     pub fn dirty_regions(&self) -> u64 {
-        self.bitmap.count()
+        self.dirty.count()
     }
     /// True when host I/O is accepted right now.
     pub fn is_serving(&self, now: Instant) -> bool {
@@ -1184,82 +1179,33 @@ impl DataNode {
     /// Starts persisting the changed bitmap blocks unless a persist is
     /// outstanding (the next one then carries everything changed meanwhile).
     fn persist_bitmap(&mut self) {
-        if self.bitmap_persisting.is_some() || self.dirty_blocks.is_empty() {
+        let Some((generation, blocks)) = self.dirty.start_persist() else {
             return;
-        }
-        let blocks: Vec<(u64, Vec<u8>)> = core::mem::take(&mut self.dirty_blocks)
-            .into_iter()
-            .map(|b| {
-                (
-                    self.layout.bitmap_block_offset(b),
-                    emit_bitmap_block(&self.bitmap, b),
-                )
-            })
-            .collect();
-        let generation = self.bitmap_generation;
-        self.bitmap_persisting = Some(generation);
+        };
         self.counters.bitmap_persists += 1;
-        self.actions
-            .push(Action::PersistBitmap { generation, blocks });
+        self.actions.push(Action::PersistBitmap {
+            generation: generation.0,
+            blocks,
+        });
     }
 
     /// The bitmap persist of `generation` finished.
     pub fn on_bitmap_persisted(&mut self, now: Instant, generation: u64, ok: bool) {
-        if self.bitmap_persisting != Some(generation) {
-            return;
-        }
-        self.bitmap_persisting = None;
-        if ok {
-            self.bitmap_durable = generation;
-            self.bits_not_durable.retain(|_, g| *g > generation);
-            if self.all_marked_generation.is_some_and(|g| g <= generation) {
-                self.all_marked_generation = None;
-            }
-            self.start_awaiting_writes();
-        } else {
-            // The blocks are written again with the next persist; the writes
-            // that waited for them fail (their bits may not be on disk).
-            if self.all_marked_generation.is_some() {
-                for b in 0..self.layout.bitmap_blocks {
-                    self.dirty_blocks.insert(b);
-                }
-            }
-            for r in self.bits_not_durable.keys().copied().collect::<Vec<_>>() {
-                self.dirty_blocks.insert(self.layout.block_of_region(r));
-            }
-            for id in core::mem::take(&mut self.awaiting_bitmap) {
-                if let Some(w) = self.writes.get_mut(&id) {
-                    w.local = Some(false);
-                    w.admitted = false;
+        match self.dirty.on_persisted(BitmapGeneration(generation), ok) {
+            None => return,
+            Some(Persisted::Durable) => self.start_awaiting_writes(),
+            Some(Persisted::Failed) => {
+                // The writes that waited for the blocks fail (their bits
+                // may not be on disk).
+                for id in core::mem::take(&mut self.awaiting_bitmap) {
+                    if let Some(w) = self.writes.get_mut(&id) {
+                        w.local = Some(false);
+                        w.admitted = false;
+                    }
                 }
             }
         }
         self.progress(now);
-    }
-
-    fn set_bit(&mut self, region: u64) {
-        if self.bitmap.set(region) {
-            self.dirty_blocks
-                .insert(self.layout.block_of_region(region));
-            self.bitmap_generation += 1;
-            self.bits_not_durable.insert(region, self.bitmap_generation);
-        }
-    }
-    /// Marks every region (a full resync), in one generation.
-    fn mark_all_regions(&mut self) {
-        self.bitmap.set_all();
-        for b in 0..self.layout.bitmap_blocks {
-            self.dirty_blocks.insert(b);
-        }
-        self.bitmap_generation += 1;
-        self.all_marked_generation = Some(self.bitmap_generation);
-    }
-
-    fn clear_bit(&mut self, region: u64) {
-        if self.bitmap.clear(region) {
-            self.dirty_blocks
-                .insert(self.layout.block_of_region(region));
-        }
     }
 
     // ----- events and ANA -----
@@ -1385,10 +1331,10 @@ impl DataNode {
         let epoch = self.voter.record.epoch;
         let mut first = 0;
         const RUN: u64 = 8192;
-        while let Some(j) = self.bitmap.next_set(first) {
+        while let Some(j) = self.dirty.bitmap().next_set(first) {
             let start = j / RUN * RUN;
-            let count = RUN.min(self.bitmap.len() - start);
-            let bits = self.bitmap.export(start, count);
+            let count = RUN.min(self.dirty.bitmap().len() - start);
+            let bits = self.dirty.bitmap().export(start, count);
             self.send_frame(
                 epoch,
                 0,
@@ -1769,15 +1715,14 @@ impl DataNode {
             return;
         };
         for r in self.marked_regions(w.offset, w.len) {
-            self.set_bit(r);
-            self.touched.set(r);
+            self.dirty.mark_written(Region(r));
         }
         if let Some(w) = self.writes.get_mut(&id) {
             w.admitted = true;
         }
         // The bitmap must be durable before the data can differ between
         // the two disks.
-        if self.bits_durable(w.offset, w.len) {
+        if self.dirty.durable(w.offset, w.len) {
             self.issue_write(id);
         } else {
             self.awaiting_bitmap.push_back(id);
@@ -1785,22 +1730,11 @@ impl DataNode {
         }
     }
 
-    fn bits_durable(&self, offset: u64, len: u64) -> bool {
-        if self.all_marked_generation.is_some() {
-            return false;
-        }
-        self.bits_not_durable.is_empty()
-            || self
-                .layout
-                .regions(offset, len)
-                .all(|r| !self.bits_not_durable.contains_key(&r))
-    }
-
     fn start_awaiting_writes(&mut self) {
         let waiting = core::mem::take(&mut self.awaiting_bitmap);
         for id in waiting {
             match self.writes.get(&id).copied() {
-                Some(w) if self.bits_durable(w.offset, w.len) => self.issue_write(id),
+                Some(w) if self.dirty.durable(w.offset, w.len) => self.issue_write(id),
                 Some(_) => self.awaiting_bitmap.push_back(id),
                 None => {}
             }
@@ -2534,11 +2468,7 @@ impl DataNode {
         match self.flushes.get(&flush) {
             Some(f) if f.local == Some(true) && f.peer_acked => {
                 self.flushes.remove(&flush);
-                let mut i = 0;
-                while let Some(r) = self.bitmap.next_set(i) {
-                    self.clear_bit(r);
-                    i = r + 1;
-                }
+                self.dirty.clear_all();
                 self.persist_bitmap();
             }
             // A failed local flush: hand over anyway, the marks stay.
@@ -3096,18 +3026,7 @@ impl DataNode {
                     self.resynced_in_epoch = Some(self.voter.record.epoch);
                     self.resync_source_generation = current;
                     // Our own dirty regions are now equal to the primary's.
-                    let regions: Vec<u64> = {
-                        let mut v = Vec::new();
-                        let mut i = 0;
-                        while let Some(j) = self.bitmap.next_set(i) {
-                            v.push(j);
-                            i = j + 1;
-                        }
-                        v
-                    };
-                    for r in regions {
-                        self.clear_bit(r);
-                    }
+                    self.dirty.clear_all();
                 }
             }
         }
@@ -3276,7 +3195,7 @@ impl DataNode {
                         v.checked += 1;
                         v.found.set(r);
                     }
-                    self.set_bit(r);
+                    self.dirty.mark(Region(r));
                 }
             }
             self.start_deferred();
@@ -3317,7 +3236,7 @@ impl DataNode {
         v.checked += 1;
         if !equal {
             v.found.set(r);
-            self.set_bit(r);
+            self.dirty.mark(Region(r));
         }
         let _ = now;
     }
@@ -3413,7 +3332,7 @@ impl DataNode {
                 }
                 // Every region, persisted now: the copy resumes from here
                 // after a restart of either node.
-                self.mark_all_regions();
+                self.dirty.mark_all();
                 self.persist_bitmap();
             }
         }
@@ -3624,11 +3543,11 @@ impl DataNode {
         self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
         let mut i = 0;
         while let Some(j) = peer_bm.next_set(i) {
-            self.set_bit(j);
+            self.dirty.mark(Region(j));
             i = j + 1;
         }
         self.persist_bitmap();
-        let pending = self.bitmap.clone();
+        let pending = self.dirty.bitmap().clone();
         let total = pending.count();
         self.resync = Some(Resync {
             pending,
@@ -3775,20 +3694,13 @@ impl DataNode {
                 .values()
                 .any(|&(o, l)| overlaps(o, l, r * rs, rs));
         if !busy {
-            self.clear_bit(r);
+            self.dirty.clear(Region(r));
         }
     }
 
     /// A region is busy while a write over it is pending or unacknowledged.
     fn region_busy(&self, r: u64) -> bool {
-        let rs = self.layout.region_size as u64;
-        self.writes
-            .values()
-            .any(|w| overlaps(w.offset, w.len, r * rs, rs))
-            || self
-                .unacked
-                .values()
-                .any(|&(o, l)| overlaps(o, l, r * rs, rs))
+        region_busy(&self.layout, &self.writes, &self.unacked, Region(r))
     }
 
     /// Every interval: the regions no write touched during the last interval
@@ -3803,68 +3715,59 @@ impl DataNode {
             && self.verify.is_none()
             && self.peer_behind.is_none()
             && self.stream_ready()
-            && self.clean_cycle.is_none();
+            && self.dirty.clean_flush().is_none();
         if !eligible {
-            if self.clean_cycle.is_none() {
-                self.touched.clear_all();
+            if self.dirty.clean_flush().is_none() {
+                self.dirty.new_interval();
             }
             return;
         }
-        let mut candidates = Vec::new();
-        let mut i = 0;
-        while let Some(j) = self.bitmap.next_set(i) {
-            if !self.touched.get(j) && !self.region_busy(j) {
-                candidates.push(j);
-            }
-            i = j + 1;
-        }
-        self.touched.clear_all();
+        let candidates = self.dirty.clean_candidates(|r| self.region_busy(r.0));
+        self.dirty.new_interval();
         if candidates.is_empty() {
             return;
         }
         let flush = self.new_flush(now, FlushPurpose::Clean, true);
-        self.clean_cycle = Some(CleanCycle { flush, candidates });
+        self.dirty.start_clean(FlushId(flush), candidates);
     }
 
     fn finish_clean_cycle(&mut self) {
-        let Some(flush) = self.clean_cycle.as_ref().map(|c| c.flush) else {
+        let Some(flush) = self.dirty.clean_flush() else {
             return;
         };
-        let Some(f) = self.flushes.get(&flush).copied() else {
-            self.clean_cycle = None;
+        let Some(f) = self.flushes.get(&flush.0).copied() else {
+            self.dirty.abandon_clean();
             return;
         };
         match f.local {
-            Some(false) => {}
+            Some(false) => {
+                self.dirty.abandon_clean();
+            }
             // A resync started meanwhile (or the peer found behind) needs
             // every bit it may copy: the cycle ends without clearing any.
             Some(true)
                 if f.peer_acked
                     && (self.resync.is_some()
                         || self.verify.is_some()
-                        || self.peer_behind.is_some()) => {}
+                        || self.peer_behind.is_some()) =>
+            {
+                self.dirty.abandon_clean();
+            }
             Some(true) if f.peer_acked => {
-                let candidates = self
-                    .clean_cycle
-                    .as_ref()
-                    .map(|c| c.candidates.clone())
-                    .unwrap_or_default();
-                for r in candidates {
-                    if !self.touched.get(r) && !self.region_busy(r) && self.bitmap.get(r) {
-                        self.clear_bit(r);
-                        self.counters.regions_cleaned += 1;
-                    }
-                }
+                let (layout, writes, unacked) = (&self.layout, &self.writes, &self.unacked);
+                let cleared = self
+                    .dirty
+                    .finish_clean(|r| region_busy(layout, writes, unacked, r));
+                self.counters.regions_cleaned += cleared;
             }
             _ => return,
         }
-        self.flushes.remove(&flush);
-        self.clean_cycle = None;
+        self.flushes.remove(&flush.0);
     }
 
     fn abandon_clean_cycle(&mut self) {
-        if let Some(c) = self.clean_cycle.take() {
-            self.flushes.remove(&c.flush);
+        if let Some(flush) = self.dirty.abandon_clean() {
+            self.flushes.remove(&flush.0);
         }
     }
 
@@ -4026,10 +3929,10 @@ impl DataNode {
             out_of_sync_bytes: if replication == ReplicationState::Established {
                 0
             } else {
-                self.bitmap.count() * self.layout.region_size as u64
+                self.dirty.count() * self.layout.region_size as u64
             },
             active_bytes: if replication == ReplicationState::Established {
-                self.bitmap.count() * self.layout.region_size as u64
+                self.dirty.count() * self.layout.region_size as u64
             } else {
                 0
             },

@@ -1,0 +1,27 @@
+//! The numbers a data node keeps apart. Each is a newtype, so that a
+//! replication sequence number cannot be passed where a host write id is
+//! expected, nor a region where a bitmap generation is.
+//!
+//! The kernel still sees plain `u64`s in [`super::Action`] and the `on_*`
+//! methods; the node wraps them as they come in.
+
+/// A region of the dirty bitmap: its index (`region_size` bytes each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Region(pub u64);
+
+/// A generation of the in-memory dirty bitmap: it grows by one for every
+/// bit set, and a persist makes every generation up to its own durable
+/// (group commit). Not the data generations of [`crate::generations`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct BitmapGeneration(pub u64);
+
+impl BitmapGeneration {
+    pub(crate) fn next(self) -> BitmapGeneration {
+        BitmapGeneration(self.0 + 1)
+    }
+}
+
+/// A flush of the local disk (and the peer's), numbered by the node; a
+/// Flush frame carries it as its sequence number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FlushId(pub u64);
