@@ -24,9 +24,11 @@ use crate::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal
 use crate::wire::stream::{self, AckStatus, Body, Frame, Hello, HelloData, hello_flag};
 
 mod dirty_log;
+mod flushes;
 mod ids;
 
 use dirty_log::{DirtyLog, Persisted};
+use flushes::{FlushPurpose, Flushes};
 use ids::{BitmapGeneration, FlushId, Region};
 
 /// The timers of the protocol. All are measured on the local clock only.
@@ -361,7 +363,7 @@ struct Candidacy {
 struct Demote {
     started: Instant,
     /// The flush of both disks that precedes the handover.
-    flush: Option<u64>,
+    flush: Option<FlushId>,
     handover_sent: bool,
 }
 
@@ -405,31 +407,6 @@ enum Content {
     /// where the peer understands it, else not at all (the peer's blocks
     /// keep their content, which is one a deallocated block may have).
     Deallocate,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FlushPurpose {
-    /// A host Flush command.
-    Host(u64),
-    /// A clean cycle: bits can be cleared once both disks flushed.
-    Clean,
-    /// Secondary: a Flush frame from the primary, numbered `seq`.
-    Peer(u64),
-    /// A primary asked to hand over, while it still serves: most of what
-    /// the handover's own flush would write is then on disk already.
-    PreHandover,
-    /// A drained primary before it hands over.
-    Handover,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct PendingFlush {
-    purpose: FlushPurpose,
-    at: Instant,
-    local: Option<bool>,
-    peer_acked: bool,
-    needs_peer: bool,
-    sent: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -779,8 +756,7 @@ pub struct DataNode {
     dirty: DirtyLog,
     /// Admitted writes waiting for their bits to be durable, in order.
     awaiting_bitmap: VecDeque<u64>,
-    flushes: BTreeMap<u64, PendingFlush>,
-    next_flush: u64,
+    flushes: Flushes,
     role: Role,
     candidacy: Option<Candidacy>,
     next_candidacy_at: Instant,
@@ -790,7 +766,7 @@ pub struct DataNode {
     demote: Option<Demote>,
     /// A switchover asked for, its pre-flush (both disks) under way while
     /// host I/O still flows: the flush, and when it started.
-    demote_preflush: Option<(u64, Instant)>,
+    demote_preflush: Option<(FlushId, Instant)>,
     lease: Lease,
     writes: BTreeMap<u64, PendingWrite>,
     seq_to_id: BTreeMap<u64, u64>,
@@ -996,8 +972,7 @@ impl DataNode {
             sb_sequence: sb.sequence,
             dirty: DirtyLog::new(sb.layout, bitmap),
             awaiting_bitmap: VecDeque::new(),
-            flushes: BTreeMap::new(),
-            next_flush: 1,
+            flushes: Flushes::default(),
             role,
             candidacy: None,
             next_candidacy_at: now,
@@ -1897,23 +1872,12 @@ impl DataNode {
         self.deferred.clear();
         self.awaiting_bitmap.clear();
         self.abandon_clean_cycle();
-        let host_flushes: Vec<(u64, u64)> = self
-            .flushes
-            .iter()
-            .filter_map(|(n, f)| match f.purpose {
-                FlushPurpose::Host(id) => Some((*n, id)),
-                _ => None,
-            })
-            .collect();
-        for (n, id) in host_flushes {
-            self.flushes.remove(&n);
+        for id in self.flushes.end_own() {
             self.actions.push(Action::CompleteFlush {
                 id,
                 result: IoResult::PathError,
             });
         }
-        self.flushes
-            .retain(|_, f| matches!(f.purpose, FlushPurpose::Peer(_)));
         let ids: Vec<u64> = self.reads.keys().copied().collect();
         for id in ids {
             self.actions.push(Action::CompleteRead {
@@ -2283,12 +2247,7 @@ impl DataNode {
             for w in self.writes.values_mut() {
                 w.needs_peer = true;
             }
-            for f in self.flushes.values_mut() {
-                if matches!(f.purpose, FlushPurpose::Host(_)) && !f.needs_peer {
-                    f.needs_peer = true;
-                    f.sent = false;
-                }
-            }
+            self.flushes.host_flushes_need_peer();
             self.send_pending_flushes();
         }
         if self.stream.connected {
@@ -2373,9 +2332,7 @@ impl DataNode {
             !self.stream.connected && now.saturating_since(self.stream.since) >= t.failure_timeout;
         let stuck = self.writes.values().any(|w| {
             w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= t.failure_timeout
-        }) || self.flushes.values().any(|f| {
-            f.needs_peer && !f.peer_acked && now.saturating_since(f.at) >= t.failure_timeout
-        });
+        }) || self.flushes.peer_stuck(now, t.failure_timeout);
         if peer_silent || stream_down || stuck {
             self.stand(now, ElectionReason::OutdatePeer, Some(self.peer));
         }
@@ -2417,10 +2374,10 @@ impl DataNode {
     /// does all the work) and starts the drain.
     fn preflush_progress(&mut self, now: Instant) {
         let Some((flush, started)) = self.demote_preflush else { return };
-        let done = match self.flushes.get(&flush) {
+        let done = match self.flushes.get(flush) {
             Some(f) => {
                 f.local == Some(false)
-                    || (f.local == Some(true) && f.peer_acked)
+                    || f.done_on_both()
                     || now.saturating_since(started) >= self.timing().failure_timeout
             }
             None => true,
@@ -2428,7 +2385,7 @@ impl DataNode {
         if !done {
             return;
         }
-        self.flushes.remove(&flush);
+        self.flushes.remove(flush);
         self.demote_preflush = None;
         if self.role == Role::Primary {
             self.demote = Some(Demote {
@@ -2446,10 +2403,7 @@ impl DataNode {
             || !self.writes.is_empty()
             || !self.reads.is_empty()
             || !self.unacked.is_empty()
-            || self
-                .flushes
-                .values()
-                .any(|f| matches!(f.purpose, FlushPurpose::Host(_)))
+            || self.flushes.any_host()
         {
             return;
         }
@@ -2465,15 +2419,15 @@ impl DataNode {
             });
             return;
         };
-        match self.flushes.get(&flush) {
-            Some(f) if f.local == Some(true) && f.peer_acked => {
-                self.flushes.remove(&flush);
+        match self.flushes.get(flush) {
+            Some(f) if f.done_on_both() => {
+                self.flushes.remove(flush);
                 self.dirty.clear_all();
                 self.persist_bitmap();
             }
             // A failed local flush: hand over anyway, the marks stay.
             Some(f) if f.local == Some(false) => {
-                self.flushes.remove(&flush);
+                self.flushes.remove(flush);
             }
             _ => return,
         }
@@ -2723,9 +2677,7 @@ impl DataNode {
         if self.role == Role::Primary {
             self.resend_writes(&resend);
         }
-        for f in self.flushes.values_mut() {
-            f.sent = false;
-        }
+        self.flushes.unsend_all();
         self.progress(now);
     }
 
@@ -2746,9 +2698,7 @@ impl DataNode {
         // The peer's flush may not cover writes it took on the old
         // connection: flush again on the next one.
         self.abandon_clean_cycle();
-        for f in self.flushes.values_mut() {
-            f.sent = false;
-        }
+        self.flushes.unsend_all();
         self.progress(now);
     }
 
@@ -2996,7 +2946,7 @@ impl DataNode {
                 {
                     // Covers every write this node acknowledged: they
                     // completed before this frame arrived.
-                    self.new_flush(now, FlushPurpose::Peer(f.seq), false);
+                    self.new_flush(now, FlushPurpose::Peer(FlushId(f.seq)), false);
                 } else {
                     let epoch = self.voter.epoch;
                     self.send_frame(
@@ -3010,11 +2960,7 @@ impl DataNode {
             }
             Body::FlushAck { status } => {
                 if status == AckStatus::Ok {
-                    if let Some(fl) = self.flushes.get_mut(&f.seq)
-                        && fl.sent
-                    {
-                        fl.peer_acked = true;
-                    }
+                    self.flushes.on_peer_ack(FlushId(f.seq));
                 } else {
                     self.observe_epoch(f.epoch);
                 }
@@ -3728,14 +3674,14 @@ impl DataNode {
             return;
         }
         let flush = self.new_flush(now, FlushPurpose::Clean, true);
-        self.dirty.start_clean(FlushId(flush), candidates);
+        self.dirty.start_clean(flush, candidates);
     }
 
     fn finish_clean_cycle(&mut self) {
         let Some(flush) = self.dirty.clean_flush() else {
             return;
         };
-        let Some(f) = self.flushes.get(&flush.0).copied() else {
+        let Some(f) = self.flushes.get(flush).copied() else {
             self.dirty.abandon_clean();
             return;
         };
@@ -3762,12 +3708,12 @@ impl DataNode {
             }
             _ => return,
         }
-        self.flushes.remove(&flush.0);
+        self.flushes.remove(flush);
     }
 
     fn abandon_clean_cycle(&mut self) {
         if let Some(flush) = self.dirty.abandon_clean() {
-            self.flushes.remove(&flush.0);
+            self.flushes.remove(flush);
         }
     }
 
@@ -3784,21 +3730,9 @@ impl DataNode {
         Ok(())
     }
 
-    fn new_flush(&mut self, now: Instant, purpose: FlushPurpose, needs_peer: bool) -> u64 {
-        let flush = self.next_flush;
-        self.next_flush += 1;
-        self.flushes.insert(
-            flush,
-            PendingFlush {
-                purpose,
-                at: now,
-                local: None,
-                peer_acked: false,
-                needs_peer,
-                sent: false,
-            },
-        );
-        self.actions.push(Action::FlushDisk { flush });
+    fn new_flush(&mut self, now: Instant, purpose: FlushPurpose, needs_peer: bool) -> FlushId {
+        let flush = self.flushes.start(now, purpose, needs_peer);
+        self.actions.push(Action::FlushDisk { flush: flush.0 });
         self.send_pending_flushes();
         flush
     }
@@ -3810,31 +3744,22 @@ impl DataNode {
             return;
         }
         let epoch = self.voter.record.epoch;
-        let unsent: Vec<u64> = self
-            .flushes
-            .iter()
-            .filter(|(_, f)| f.needs_peer && !f.sent && !f.peer_acked)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in unsent {
-            if let Some(f) = self.flushes.get_mut(&n) {
-                f.sent = true;
-            }
-            self.send_frame(epoch, n, Body::Flush);
+        for n in self.flushes.take_unsent() {
+            self.send_frame(epoch, n.0, Body::Flush);
         }
     }
 
     /// The local disk flush `flush` finished.
     pub fn on_disk_flush_done(&mut self, now: Instant, flush: u64, ok: bool) {
-        let Some(f) = self.flushes.get_mut(&flush) else {
+        let flush = FlushId(flush);
+        let Some(purpose) = self.flushes.on_local_done(flush, ok) else {
             return;
         };
-        f.local = Some(ok);
-        if let FlushPurpose::Peer(seq) = f.purpose {
-            self.flushes.remove(&flush);
+        if let FlushPurpose::Peer(seq) = purpose {
+            self.flushes.remove(flush);
             let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
-            self.send_frame(epoch, seq, Body::FlushAck { status });
+            self.send_frame(epoch, seq.0, Body::FlushAck { status });
         }
         self.progress(now);
     }
@@ -3845,24 +3770,7 @@ impl DataNode {
             return;
         }
         let degraded_ok = self.peer_degraded() && !self.recovering();
-        let done: Vec<(u64, u64, IoResult)> = self
-            .flushes
-            .iter()
-            .filter_map(|(n, f)| {
-                let FlushPurpose::Host(id) = f.purpose else {
-                    return None;
-                };
-                match f.local {
-                    Some(false) => Some((*n, id, IoResult::MediaError)),
-                    Some(true) if f.peer_acked || !f.needs_peer || degraded_ok => {
-                        Some((*n, id, IoResult::Ok))
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
-        for (n, id, result) in done {
-            self.flushes.remove(&n);
+        for (id, result) in self.flushes.take_completed_host(degraded_ok) {
             self.actions.push(Action::CompleteFlush { id, result });
         }
     }
