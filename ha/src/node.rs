@@ -23,13 +23,15 @@ use crate::voter::{OwnView, VoteAsk, Voter};
 use crate::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal, flags};
 use crate::wire::stream::{self, AckStatus, Body, Frame, Hello, HelloData, hello_flag};
 
+mod apply;
 mod dirty_log;
 mod flushes;
 mod ids;
 
+use apply::{Apply, ApplyKind, ApplyQueue};
 use dirty_log::{DirtyLog, Persisted};
 use flushes::{FlushPurpose, Flushes};
-use ids::{BitmapGeneration, FlushId, Region};
+use ids::{BitmapGeneration, FlushId, Region, Seq, WriteId};
 
 /// The timers of the protocol. All are measured on the local clock only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -456,37 +458,6 @@ struct Resync {
     done_sent: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ApplyKind {
-    Write(u64),
-    Resync,
-    /// A host write issued to the local disk before this node lost the
-    /// primary role: it will still land, so replicated and resync data for
-    /// the same range must wait for it.
-    Orphan(u64),
-    /// A read for online verification: after the writes before it, before
-    /// the writes after it.
-    Verify,
-}
-
-#[derive(Clone, Debug)]
-struct Apply {
-    kind: ApplyKind,
-    offset: u64,
-    /// Empty unless `content` is `Data`.
-    data: Vec<u8>,
-    len: u64,
-    content: Content,
-    force_unit_access: bool,
-}
-
-impl Apply {
-    fn data(kind: ApplyKind, offset: u64, data: Vec<u8>, force_unit_access: bool) -> Apply {
-        let len = data.len() as u64;
-        Apply { kind, offset, data, len, content: Content::Data, force_unit_access }
-    }
-}
-
 /// Replication state for status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicationState {
@@ -776,8 +747,8 @@ pub struct DataNode {
     reads: BTreeMap<u64, PendingRead>,
     stream: StreamState,
     resync: Option<Resync>,
-    applying: Vec<(ApplyKind, u64, u64)>,
-    apply_queue: VecDeque<Apply>,
+    /// Secondary: replicated data waiting for overlapping writes.
+    applies: ApplyQueue,
     resynced_in_epoch: Option<u64>,
     /// The data generations (persisted) and the blank flag.
     generations: Generations,
@@ -810,12 +781,6 @@ pub struct DataNode {
     actions: Vec<Action>,
     counters: Counters,
 }
-
-/// Replicated data held by a secondary while an overlapping write is on its
-/// disk; beyond this the peer is misbehaving and the stream is reset.
-const MAX_QUEUED_APPLY_BYTES: usize = 64 << 20;
-/// What a queued entry counts for at least: at most 1024 entries wait.
-const APPLY_ENTRY_BYTES: usize = 64 << 10;
 
 fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
     a_off < b_off.saturating_add(b_len) && b_off < a_off.saturating_add(a_len)
@@ -996,8 +961,7 @@ impl DataNode {
                 ..StreamState::default()
             },
             resync: None,
-            applying: Vec::new(),
-            apply_queue: VecDeque::new(),
+            applies: ApplyQueue::default(),
             resynced_in_epoch: None,
             generations: sb.generations,
             blank: sb.blank,
@@ -1808,12 +1772,7 @@ impl DataNode {
             if w.needs_peer && w.seq.is_some() {
                 self.stream.write_times.local.record(now - w.at);
             }
-        } else if let Some(pos) = self
-            .applying
-            .iter()
-            .position(|&(k, _, _)| k == ApplyKind::Orphan(id))
-        {
-            self.applying.remove(pos);
+        } else if self.applies.release_orphan(WriteId(id)) {
             self.issue_applies();
         }
         self.progress(now);
@@ -1855,8 +1814,7 @@ impl DataNode {
     fn fail_all_io(&mut self) {
         for (id, w) in &self.writes {
             if w.started && w.local.is_none() {
-                self.applying
-                    .push((ApplyKind::Orphan(*id), w.offset, w.len));
+                self.applies.hold_orphan(WriteId(*id), w.offset, w.len);
             }
         }
         self.unacked.clear();
@@ -2803,7 +2761,7 @@ impl DataNode {
                     );
                 } else {
                     self.become_inconsistent_if_outdated();
-                    let apply = Apply::data(ApplyKind::Write(f.seq), offset, data.to_vec(), force_unit_access);
+                    let apply = Apply::data(ApplyKind::Write(Seq(f.seq)), offset, data.to_vec(), force_unit_access);
                     if !self.enqueue_apply(apply) {
                         return false;
                     }
@@ -2828,14 +2786,7 @@ impl DataNode {
                     );
                 } else {
                     self.become_inconsistent_if_outdated();
-                    let apply = Apply {
-                        kind: ApplyKind::Write(f.seq),
-                        offset,
-                        data: Vec::new(),
-                        len,
-                        content,
-                        force_unit_access: false,
-                    };
+                    let apply = Apply::range(ApplyKind::Write(Seq(f.seq)), offset, len, content);
                     if !self.enqueue_apply(apply) {
                         return false;
                     }
@@ -2924,14 +2875,7 @@ impl DataNode {
                     );
                 } else {
                     self.verify_checks.insert(offset, digest);
-                    let apply = Apply {
-                        kind: ApplyKind::Verify,
-                        offset,
-                        data: Vec::new(),
-                        len: len as u64,
-                        content: Content::Data,
-                        force_unit_access: false,
-                    };
+                    let apply = Apply::range(ApplyKind::Verify, offset, len as u64, Content::Data);
                     if !self.enqueue_apply(apply) {
                         return false;
                     }
@@ -3371,16 +3315,9 @@ impl DataNode {
     /// Returns false (the stream must be reset) if the peer has sent more
     /// overlapping data than the queue may hold.
     fn enqueue_apply(&mut self, a: Apply) -> bool {
-        // Each entry counts as at least APPLY_ENTRY_BYTES: a peer's
-        // WriteZeroes frames carry no data but still take memory and time
-        // (every entry is checked against the ones before it) while they
-        // wait.
-        let cost = |q: &Apply| q.data.len().max(APPLY_ENTRY_BYTES);
-        let queued: usize = self.apply_queue.iter().map(cost).sum();
-        if queued + cost(&a) > MAX_QUEUED_APPLY_BYTES {
+        if self.applies.push(a).is_err() {
             return false;
         }
-        self.apply_queue.push_back(a);
         self.issue_applies();
         true
     }
@@ -3388,41 +3325,22 @@ impl DataNode {
     /// Issues queued secondary writes, keeping overlapping ones in stream
     /// order (the disk may reorder concurrent writes).
     fn issue_applies(&mut self) {
-        let mut i = 0;
-        while i < self.apply_queue.len() {
-            let (off, len) = (self.apply_queue[i].offset, self.apply_queue[i].len);
-            let busy = self
-                .applying
-                .iter()
-                .any(|&(_, o, l)| overlaps(off, len, o, l))
-                || self
-                    .apply_queue
-                    .iter()
-                    .take(i)
-                    .any(|q| overlaps(off, len, q.offset, q.len));
-            if busy {
-                i += 1;
-                continue;
-            }
-            let Some(a) = self.apply_queue.remove(i) else {
-                break;
-            };
-            self.applying.push((a.kind, a.offset, a.len));
+        for a in self.applies.take_ready() {
             self.actions.push(match a.kind {
                 ApplyKind::Write(seq) if a.content == Content::Zeroes => Action::ApplyReplicatedZeroes {
-                    seq,
+                    seq: seq.0,
                     offset: a.offset,
                     len: a.len,
                 },
                 ApplyKind::Write(seq) if a.content == Content::Deallocate => {
                     Action::ApplyReplicatedDeallocate {
-                        seq,
+                        seq: seq.0,
                         offset: a.offset,
                         len: a.len,
                     }
                 }
                 ApplyKind::Write(seq) => Action::ApplyReplicatedWrite {
-                    seq,
+                    seq: seq.0,
                     offset: a.offset,
                     data: a.data,
                     force_unit_access: a.force_unit_access,
@@ -3440,18 +3358,14 @@ impl DataNode {
     }
 
     fn finish_apply(&mut self, kind: ApplyKind, offset: u64) -> Option<u64> {
-        let pos = self
-            .applying
-            .iter()
-            .position(|&(k, o, _)| k == kind && o == offset)?;
-        let (_, _, len) = self.applying.remove(pos);
+        let len = self.applies.finish(kind, offset)?;
         self.issue_applies();
         Some(len)
     }
 
     /// Secondary: the replicated write `seq` reached the disk (or failed).
     pub fn on_replicated_write_done(&mut self, now: Instant, seq: u64, offset: u64, ok: bool) {
-        if self.finish_apply(ApplyKind::Write(seq), offset).is_some() {
+        if self.finish_apply(ApplyKind::Write(Seq(seq)), offset).is_some() {
             let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
             self.send_frame(epoch, seq, Body::WriteAck { status });

@@ -5,6 +5,16 @@
 //! The kernel still sees plain `u64`s in [`super::Action`] and the `on_*`
 //! methods; the node wraps them as they come in.
 
+/// A host write, named by the kernel (its NVMe command's tag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct WriteId(pub u64);
+
+/// A write's (or flush's) number on the replication stream: the primary
+/// numbers what it sends from 1 on each connection; the peer's
+/// acknowledgement carries the number back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Seq(pub u64);
+
 /// A region of the dirty bitmap: its index (`region_size` bytes each).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Region(pub u64);
