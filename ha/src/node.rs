@@ -27,11 +27,13 @@ mod apply;
 mod dirty_log;
 mod flushes;
 mod ids;
+mod resync;
 
 use apply::{Apply, ApplyKind, ApplyQueue};
 use dirty_log::{DirtyLog, Persisted};
 use flushes::{FlushPurpose, Flushes};
 use ids::{BitmapGeneration, FlushId, Region, Seq, WriteId};
+use resync::{Pace, Pacer, ResyncPump};
 
 /// The timers of the protocol. All are measured on the local clock only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,8 +347,7 @@ struct Verify {
     cursor: u64,
     reading: BTreeSet<u64>,
     in_flight: BTreeSet<u64>,
-    tokens: u64,
-    refilled: Instant,
+    pacer: Pacer,
     checked: u64,
     found: Bitmap,
 }
@@ -440,22 +441,6 @@ pub struct WriteTimes {
     pub peer: DurationStats,
     /// Secondary: from a replicated write's arrival to its acknowledgement.
     pub applied: DurationStats,
-}
-
-#[derive(Debug)]
-struct Resync {
-    pending: Bitmap,
-    total: u64,
-    cursor: u64,
-    /// Regions being read for resync (their host writes wait).
-    reading: BTreeSet<u64>,
-    in_flight: BTreeSet<u64>,
-    /// Regions a refused write marked again while their chunk was on the
-    /// wire: that chunk's acknowledgement must not clear them.
-    redo: BTreeSet<u64>,
-    tokens: u64,
-    refilled: Instant,
-    done_sent: bool,
 }
 
 /// Replication state for status.
@@ -746,7 +731,7 @@ pub struct DataNode {
     deferred: VecDeque<u64>,
     reads: BTreeMap<u64, PendingRead>,
     stream: StreamState,
-    resync: Option<Resync>,
+    resync: Option<ResyncPump>,
     /// Secondary: replicated data waiting for overlapping writes.
     applies: ApplyQueue,
     resynced_in_epoch: Option<u64>,
@@ -1610,9 +1595,8 @@ impl DataNode {
     fn write_blocked(&self, offset: u64, len: u64) -> bool {
         let resync_reading = self.resync.as_ref().is_some_and(|r| {
             let rs = self.layout.region_size as u64;
-            r.reading
-                .iter()
-                .any(|&reg| overlaps(offset, len, reg * rs, rs))
+            r.reading()
+                .any(|reg| overlaps(offset, len, reg.0 * rs, rs))
         });
         let verify_reading = self.verify.as_ref().is_some_and(|v| {
             let rs = self.layout.region_size as u64;
@@ -2950,8 +2934,7 @@ impl DataNode {
             cursor: 0,
             reading: BTreeSet::new(),
             in_flight: BTreeSet::new(),
-            tokens: self.layout.region_size as u64,
-            refilled: now,
+            pacer: Pacer::new(self.layout.region_size as u64, now),
             checked: 0,
             found: Bitmap::new(self.layout.region_count),
         });
@@ -2999,20 +2982,14 @@ impl DataNode {
         if self.role != Role::Primary || !self.stream_ready() || self.peer_degraded() {
             return self.stop_verify(true);
         }
-        let rate = self.cfg.resync_rate;
-        let max_in_flight = self.cfg.resync_max_in_flight.max(1) as usize;
-        let rs = self.layout.region_size as u64;
+        let pace = self.resync_pace();
+        let (max_in_flight, rs) = (pace.max_in_flight, pace.region_size);
         let Some(mut v) = self.verify.take() else {
             return;
         };
-        let elapsed = now.saturating_since(v.refilled).as_micros();
-        v.tokens = v.tokens.saturating_add(
-            (rate as u128 * elapsed as u128 / 1_000_000).min(u64::MAX as u128) as u64,
-        );
-        v.tokens = v.tokens.min((rate / 10).max(rs * max_in_flight as u64));
-        v.refilled = now;
+        v.pacer.refill(now, pace.rate, pace.burst());
         while v.reading.len() + v.in_flight.len() < max_in_flight
-            && v.tokens >= rs
+            && v.pacer.has(rs)
             && v.cursor < self.layout.region_count
         {
             let r = v.cursor;
@@ -3027,7 +3004,7 @@ impl DataNode {
             }
             v.reading.insert(r);
             v.cursor += 1;
-            v.tokens -= rs;
+            v.pacer.spend(rs);
             let (offset, len) = self.region_range(r);
             self.actions.push(Action::ReadForResync { offset, len });
         }
@@ -3045,18 +3022,7 @@ impl DataNode {
         self.stop_verify(false);
         if found.count() > 0 && self.resync.is_none() {
             // The next resync repairs them: start it now, from this node.
-            let total = found.count();
-            self.resync = Some(Resync {
-                pending: found,
-                total,
-                cursor: 0,
-                reading: BTreeSet::new(),
-                in_flight: BTreeSet::new(),
-                redo: BTreeSet::new(),
-                tokens: rs,
-                refilled: now,
-                done_sent: false,
-            });
+            self.resync = Some(ResyncPump::new(found, rs, now));
         }
     }
 
@@ -3277,14 +3243,8 @@ impl DataNode {
         let regions = self.layout.regions(offset, len);
         if let Some(rz) = self.resync.as_mut() {
             for r in regions {
-                if rz.pending.set(r) {
-                    rz.total += 1;
-                }
-                if rz.in_flight.contains(&r) {
-                    rz.redo.insert(r);
-                }
+                rz.remark(Region(r));
             }
-            rz.done_sent = false;
         }
     }
 
@@ -3408,18 +3368,7 @@ impl DataNode {
         }
         self.persist_bitmap();
         let pending = self.dirty.bitmap().clone();
-        let total = pending.count();
-        self.resync = Some(Resync {
-            pending,
-            total,
-            cursor: 0,
-            reading: BTreeSet::new(),
-            in_flight: BTreeSet::new(),
-            redo: BTreeSet::new(),
-            tokens: self.layout.region_size as u64,
-            refilled: now,
-            done_sent: false,
-        });
+        self.resync = Some(ResyncPump::new(pending, self.layout.region_size as u64, now));
     }
 
     fn region_range(&self, r: u64) -> (u64, u32) {
@@ -3431,67 +3380,40 @@ impl DataNode {
         )
     }
 
+    /// The pace of resync and verification reads.
+    fn resync_pace(&self) -> Pace {
+        Pace {
+            rate: self.cfg.resync_rate,
+            max_in_flight: self.cfg.resync_max_in_flight.max(1) as usize,
+            region_size: self.layout.region_size as u64,
+        }
+    }
+
     fn pump_resync(&mut self, now: Instant) {
         if self.role != Role::Primary || !self.stream_ready() {
             return;
         }
-        let rate = self.cfg.resync_rate;
-        let max_in_flight = self.cfg.resync_max_in_flight.max(1) as usize;
-        let rs = self.layout.region_size as u64;
-        // Out of `self` while the host writes are consulted.
-        let Some(mut rz) = self.resync.take() else {
-            return;
-        };
-        let elapsed = now.saturating_since(rz.refilled).as_micros();
-        rz.tokens = rz.tokens.saturating_add(
-            (rate as u128 * elapsed as u128 / 1_000_000).min(u64::MAX as u128) as u64,
-        );
-        rz.tokens = rz.tokens.min((rate / 10).max(rs * max_in_flight as u64));
-        rz.refilled = now;
-        // Reads and chunks on the wire together stay within the limit.
-        while rz.reading.len() + rz.in_flight.len() < max_in_flight && rz.tokens >= rs {
-            // Next dirty region with no host write in flight over it.
-            let mut candidate = None;
-            let mut from = rz.cursor;
-            for _ in 0..2 {
-                let mut i = from;
-                while let Some(j) = rz.pending.next_set(i) {
-                    let busy = rz.in_flight.contains(&j)
-                        || rz.reading.contains(&j)
-                        || self
-                            .writes
-                            .values()
-                            .any(|w| w.admitted && overlaps(w.offset, w.len, j * rs, rs));
-                    if !busy {
-                        candidate = Some(j);
-                        break;
-                    }
-                    i = j + 1;
-                }
-                if candidate.is_some() {
-                    break;
-                }
-                from = 0;
-            }
-            let Some(r) = candidate else {
-                break;
-            };
-            rz.reading.insert(r);
-            rz.cursor = r + 1;
-            rz.tokens -= rs;
-            let (offset, len) = self.region_range(r);
-            self.actions.push(Action::ReadForResync { offset, len });
-        }
-        self.resync = Some(rz);
+        let pace = self.resync_pace();
+        let rs = pace.region_size;
+        let writes = &self.writes;
         let Some(rz) = self.resync.as_mut() else {
             return;
         };
-        if rz.pending.count() == 0
-            && rz.in_flight.is_empty()
-            && rz.reading.is_empty()
-            && !rz.done_sent
-        {
-            rz.done_sent = true;
+        // Not a region with a host write in flight over it.
+        let reads = rz.next_reads(now, pace, |r| {
+            writes
+                .values()
+                .any(|w| w.admitted && overlaps(w.offset, w.len, r.0 * rs, rs))
+        });
+        let finished = rz.finished();
+        for r in reads {
+            let (offset, len) = self.region_range(r.0);
+            self.actions.push(Action::ReadForResync { offset, len });
+        }
+        if finished {
+            if let Some(rz) = self.resync.as_mut() {
+                rz.done_sent = true;
+            }
             let epoch = self.voter.record.epoch;
             let current = self.generations.current;
             self.send_frame(epoch, 0, Body::ResyncDone { current });
@@ -3515,16 +3437,13 @@ impl DataNode {
         let Some(rz) = self.resync.as_mut() else {
             return self.progress(now);
         };
-        if !rz.reading.remove(&r) {
+        let data = data.filter(|d| d.len() == len as usize);
+        if !rz.on_read(Region(r), data.is_some()) {
             return self.progress(now);
         }
-        match data {
-            Some(d) if d.len() == len as usize => {
-                rz.in_flight.insert(r);
-                let epoch = self.voter.record.epoch;
-                self.send_frame(epoch, 0, Body::ResyncData { offset, data: d });
-            }
-            _ => {}
+        if let Some(d) = data {
+            let epoch = self.voter.record.epoch;
+            self.send_frame(epoch, 0, Body::ResyncData { offset, data: d });
         }
         self.start_deferred();
         self.progress(now);
@@ -3536,24 +3455,8 @@ impl DataNode {
         let Some(rz) = self.resync.as_mut() else {
             return;
         };
-        if !rz.in_flight.remove(&r) {
-            return;
-        }
-        // The chunk predates a write the peer refused: the region stays
-        // marked, to be copied again.
-        if rz.redo.remove(&r) || status != AckStatus::Ok {
-            return;
-        }
-        rz.pending.clear(r);
-        let busy = self
-            .writes
-            .values()
-            .any(|w| overlaps(w.offset, w.len, r * rs, rs))
-            || self
-                .unacked
-                .values()
-                .any(|&(o, l)| overlaps(o, l, r * rs, rs));
-        if !busy {
+        // Copied: the mark goes unless a host write covers the region.
+        if rz.on_ack(Region(r), status == AckStatus::Ok) && !self.region_busy(r) {
             self.dirty.clear(Region(r));
         }
     }
@@ -3766,8 +3669,8 @@ impl DataNode {
             data_bytes: self.layout.data_bytes,
             peer_data_bytes: self.last_peer_data_bytes,
             resync: self.resync.as_ref().map(|r| ResyncProgress {
-                total_regions: r.total,
-                remaining_regions: r.pending.count(),
+                total_regions: r.total(),
+                remaining_regions: r.remaining(),
             }),
             election: self.candidacy.map(|c| (c.epoch, c.reason)),
         }
