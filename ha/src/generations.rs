@@ -152,8 +152,11 @@ pub enum Refusal {
     PrimaryIsBehind,
     /// The peer's disk carries another pair's id.
     OtherPair,
-    /// The disks' geometries differ (region size, or data size).
+    /// The disks' geometries differ (region size), or the two nodes served
+    /// namespaces of different sizes.
     Geometry,
+    /// A disk is smaller than the pair's agreed namespace size.
+    DiskTooSmall,
 }
 
 impl Refusal {
@@ -165,6 +168,7 @@ impl Refusal {
             Refusal::PrimaryIsBehind => "primary-is-behind",
             Refusal::OtherPair => "other-pair",
             Refusal::Geometry => "disk-geometry",
+            Refusal::DiskTooSmall => "disk-too-small",
         }
     }
 }
@@ -373,7 +377,10 @@ pub fn resolution(refusal: Refusal) -> &'static str {
             "check pair_id= on both nodes, or run discard-my-data on the node whose disk came from another pair"
         }
         Refusal::Geometry => {
-            "give both nodes disks of the same size, or discard-my-data on the node whose disk is to be reformatted"
+            "the disks differ in region size, or the two nodes served namespaces of different sizes: give the node whose data is to be thrown away a blank disk (it takes the pair's size and a full copy)"
+        }
+        Refusal::DiskTooSmall => {
+            "give the node with the smaller disk one at least as large as the pair's namespace (status shows size: and peer-size:); the namespace the hosts see never shrinks"
         }
         Refusal::PrimaryIsBehind => {
             "the peer holds newer data than the primary: demote or fence the primary, or run discard-my-data on the peer to keep the primary's data"

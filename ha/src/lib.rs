@@ -11,6 +11,7 @@
 //!   `Packet`/`Repr` style, checked parsing that never panics on peer bytes.
 //! - [`metadata`] and [`bitmap`]: the on-disk metadata area at the end of each
 //!   data disk (two superblock copies, checksummed dirty-region bitmap blocks).
+//! - [`sizes`]: the namespace size the two data nodes agree on.
 //! - [`node`]: the data node state machine (roles, epochs, leases, elections,
 //!   synchronous replication, resync, switchover, fencing, ANA state).
 //! - [`witness`]: the witness state machine (votes and lease grants, no data).
@@ -30,6 +31,7 @@ pub mod error;
 pub mod generations;
 pub mod metadata;
 pub mod node;
+pub mod sizes;
 pub mod takeover;
 pub mod time;
 pub mod types;

@@ -25,8 +25,9 @@ use crate::wire::{CRC32C, Reader, Writer};
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"TANDEMHA";
 pub const BITMAP_MAGIC: u32 = 0x5444_424d; // "TDBM"
 /// Version of the superblock. Version 2 added the data generations and the
-/// blank flag; a version 1 superblock is read and rewritten as version 2.
-pub const FORMAT_VERSION: u16 = 2;
+/// blank flag, version 3 the agreed namespace size; an older superblock is
+/// read and rewritten in the current version.
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest superblock version still read (and upgraded in place).
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// Version of the bitmap blocks (unchanged since version 1).
@@ -110,6 +111,9 @@ impl Layout {
     }
 }
 
+/// The highest superblock sequence number read: higher is refused.
+pub const MAX_SEQUENCE: u64 = 1 << 62;
+
 /// Superblock flag bits.
 pub const FLAG_ADMIN_FENCED: u8 = 1 << 0;
 /// Formatted on an empty disk and never paired since (version 2).
@@ -140,6 +144,9 @@ pub struct Superblock {
     pub generations: Generations,
     /// Formatted on an empty disk and never paired since (version 2).
     pub blank: bool,
+    /// The namespace size agreed with the peer, at most `layout.data_bytes`;
+    /// 0: not agreed yet (version 3; see [`crate::sizes`]).
+    pub agreed_bytes: u64,
     /// The version this copy was read as ([`FORMAT_VERSION`] when written).
     pub version: u16,
 }
@@ -180,6 +187,7 @@ impl Superblock {
         for h in self.generations.history {
             Writer(&mut out).u64(h);
         }
+        Writer(&mut out).u64(self.agreed_bytes);
         out.resize(BLOCK_SIZE, 0);
         let crc = CRC32C.checksum(&out[..SUPERBLOCK_LEN]);
         out[12..16].copy_from_slice(&crc.to_be_bytes());
@@ -211,6 +219,12 @@ impl Superblock {
             return Err(Error::BadChecksum);
         }
         let sequence = r.u64();
+        if sequence > MAX_SEQUENCE {
+            // Never reached by counting (one write per microsecond would
+            // take 290,000 years): a damaged or forged copy, which would
+            // make the next write's sequence wrap and lose to this one.
+            return Err(Error::InvalidField("superblock.sequence"));
+        }
         let pair_id = r.u64();
         let node = NodeId::from_u8(r.u8())
             .filter(|n| n.is_data_node())
@@ -255,6 +269,15 @@ impl Superblock {
             // version 1 would have resynced in full holds no data.
             generations = Generations::initial(pair_id);
         }
+        let agreed_bytes = if version >= 3 {
+            r.u64()
+        } else if flags & FLAG_BLANK != 0 || generations.current == 0 {
+            // Before version 3 both disks of a pair had the same size and
+            // served all of it; a disk without data had not agreed one.
+            0
+        } else {
+            data_bytes
+        };
         let layout = Layout {
             disk_bytes,
             data_bytes,
@@ -264,6 +287,9 @@ impl Superblock {
         };
         if Layout::new(disk_bytes, region_size) != Ok(layout) {
             return Err(Error::InvalidField("superblock.layout"));
+        }
+        if agreed_bytes > data_bytes || agreed_bytes % BLOCK_SIZE as u64 != 0 {
+            return Err(Error::InvalidField("superblock.agreed_bytes"));
         }
         if record.epoch > epoch {
             return Err(Error::InvalidField("superblock.record.epoch"));
@@ -282,6 +308,7 @@ impl Superblock {
             layout,
             generations,
             blank: flags & FLAG_BLANK != 0,
+            agreed_bytes,
             version,
         })
     }
@@ -378,19 +405,65 @@ mod tests {
                 history: [55, 33],
             },
             blank: false,
+            agreed_bytes: (1 << 30) - 3 * 4096 - 65536,
             version: FORMAT_VERSION,
         }
     }
 
-    /// A version 1 superblock as version 1 wrote it.
-    fn emit_v1(s: &Superblock) -> Vec<u8> {
+    /// A superblock as an older version wrote it: its version, and zeros
+    /// from where the fields it did not have begin.
+    fn emit_old(s: &Superblock, version: u16) -> Vec<u8> {
         let mut b = s.emit();
-        b[8..10].copy_from_slice(&1u16.to_be_bytes());
-        b[104..SUPERBLOCK_LEN].fill(0);
+        b[8..10].copy_from_slice(&version.to_be_bytes());
+        b[if version == 1 { 104 } else { 136 }..SUPERBLOCK_LEN].fill(0);
         b[12..16].fill(0);
         let crc = CRC32C.checksum(&b[..SUPERBLOCK_LEN]);
         b[12..16].copy_from_slice(&crc.to_be_bytes());
         b
+    }
+
+    /// A version 1 superblock as version 1 wrote it.
+    fn emit_v1(s: &Superblock) -> Vec<u8> {
+        emit_old(s, 1)
+    }
+
+    #[test]
+    fn version_2_is_read_with_its_whole_data_area_agreed() {
+        let s = sb(5);
+        let v2 = Superblock::parse(&emit_old(&s, 2)).unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(v2.generations, s.generations);
+        assert_eq!(v2.agreed_bytes, s.layout.data_bytes);
+        assert_eq!(
+            Superblock { agreed_bytes: s.agreed_bytes, version: FORMAT_VERSION, ..v2 },
+            s
+        );
+        // A blank disk, or one without data, had agreed nothing.
+        for (blank, current) in [(true, 0), (false, 0)] {
+            let mut t = sb(5);
+            t.blank = blank;
+            t.generations.current = current;
+            assert_eq!(Superblock::parse(&emit_old(&t, 2)).unwrap().agreed_bytes, 0);
+        }
+        let again = Superblock::parse(&v2.emit()).unwrap();
+        assert_eq!(again.version, FORMAT_VERSION);
+        assert_eq!(again.agreed_bytes, s.layout.data_bytes);
+    }
+
+    #[test]
+    fn an_agreed_size_beyond_the_data_area_or_unaligned_is_refused() {
+        for bad in [(1 << 30) - 3 * 4096 + 4096, 4097, u64::MAX] {
+            let mut s = sb(5);
+            s.agreed_bytes = bad;
+            assert_eq!(
+                Superblock::parse(&s.emit()),
+                Err(Error::InvalidField("superblock.agreed_bytes")),
+                "{bad}"
+            );
+        }
+        let mut s = sb(5);
+        s.agreed_bytes = 0;
+        assert_eq!(Superblock::parse(&s.emit()), Ok(s));
     }
 
     #[test]
@@ -400,7 +473,12 @@ mod tests {
         assert_eq!(v1.version, 1);
         assert_eq!(v1.generations, Generations::initial(s.pair_id));
         assert_eq!(
-            Superblock { generations: s.generations, version: FORMAT_VERSION, ..v1 },
+            Superblock {
+                generations: s.generations,
+                agreed_bytes: s.agreed_bytes,
+                version: FORMAT_VERSION,
+                ..v1
+            },
             s
         );
         // What version 1 would have resynced in full holds no data.
@@ -417,9 +495,9 @@ mod tests {
         blank.blank = true;
         assert!(Superblock::parse(&emit_v1(&blank)).is_err());
         assert!(Superblock::parse(&blank.emit()).unwrap().blank);
-        let mut v3 = s.emit();
-        v3[8..10].copy_from_slice(&3u16.to_be_bytes());
-        assert!(matches!(Superblock::parse(&v3), Err(Error::UnsupportedVersion(3)) | Err(Error::BadChecksum)));
+        let mut v4 = s.emit();
+        v4[8..10].copy_from_slice(&4u16.to_be_bytes());
+        assert!(matches!(Superblock::parse(&v4), Err(Error::UnsupportedVersion(4)) | Err(Error::BadChecksum)));
     }
 
     #[test]
@@ -449,6 +527,12 @@ mod tests {
             assert!(Superblock::parse(&c).is_err(), "byte {i}");
         }
         assert_eq!(Superblock::parse(&b[..100]), Err(Error::Truncated));
+        // A sequence that could wrap is refused.
+        assert_eq!(Superblock::parse(&sb(MAX_SEQUENCE).emit()).map(|s| s.sequence), Ok(MAX_SEQUENCE));
+        assert_eq!(
+            Superblock::parse(&sb(MAX_SEQUENCE + 1).emit()),
+            Err(Error::InvalidField("superblock.sequence"))
+        );
     }
 
     #[test]

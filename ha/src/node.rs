@@ -17,6 +17,7 @@ use crate::Error;
 use crate::bitmap::Bitmap;
 use crate::generations::{self, DataView, Decision, Generations, Refusal as HandshakeRefusal, Side, Verdict};
 use crate::metadata::{Layout, Superblock, emit_bitmap_block, load_bitmap_block};
+use crate::sizes::{self, SizeView, Sizes};
 use crate::time::{Duration, DurationStats, Instant};
 use crate::types::{AnaState, DataState, EpochRecord, LinkId, MAX_LINKS, NodeId, Role};
 use crate::voter::{OwnView, VoteAsk, Voter};
@@ -216,6 +217,8 @@ impl fmt::Display for RoleChange {
 pub struct Handshake {
     pub peer: NodeId,
     pub verdict: Verdict,
+    /// Both disks' sizes, printed with a refusal about sizes.
+    pub sizes: Sizes,
 }
 
 impl fmt::Display for Handshake {
@@ -224,6 +227,9 @@ impl fmt::Display for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "tandem: handshake with {}: {}", self.peer, self.verdict)?;
         if let Decision::Refuse(r) = self.verdict.decision {
+            if matches!(r, HandshakeRefusal::DiskTooSmall | HandshakeRefusal::Geometry) {
+                write!(f, "\ntandem: {}", self.sizes)?;
+            }
             write!(
                 f,
                 "\ntandem: both nodes keep their data as it is; to resolve: {}",
@@ -533,8 +539,11 @@ pub struct Status {
     pub handshake: Option<Verdict>,
     /// Online verification under way, or its last outcome.
     pub verify: Option<VerifyProgress>,
-    /// The data area (namespace) size, and the peer's from its last Hello:
-    /// the handshake refuses a peer whose size differs.
+    /// The namespace size agreed with the peer (None: not yet, a blank
+    /// disk that has not met its peer), this disk's data area, and the
+    /// peer's from its last Hello: a peer whose disk is smaller than the
+    /// agreed size is refused.
+    pub namespace_bytes: Option<u64>,
     pub data_bytes: u64,
     pub peer_data_bytes: Option<u64>,
 }
@@ -653,7 +662,11 @@ impl fmt::Display for Status {
             g.history[1],
             if self.blank { " blank" } else { "" }
         )?;
-        write!(f, "  size:{}B", self.data_bytes)?;
+        match self.namespace_bytes {
+            Some(n) => write!(f, "  size:{n}B")?,
+            None => f.write_str("  size:not-agreed")?,
+        }
+        write!(f, " disk-size:{}B", self.data_bytes)?;
         if let Some(p) = self.peer_data_bytes {
             write!(f, " peer-size:{p}B")?;
         }
@@ -738,6 +751,8 @@ pub struct DataNode {
     /// The data generations (persisted) and the blank flag.
     generations: Generations,
     blank: bool,
+    /// The namespace size agreed with the peer (persisted; 0: not yet).
+    agreed_bytes: u64,
     /// The outcome of the last handshake.
     handshake: Option<Verdict>,
     /// The peer must be resynced from this node (from the handshake): in
@@ -765,6 +780,25 @@ pub struct DataNode {
     ana: AnaState,
     actions: Vec<Action>,
     counters: Counters,
+}
+
+/// What the peer's Hello says about its disk's size: a peer of the version
+/// before agreed sizes serves its whole data area once it holds data.
+fn peer_size_view(h: &Hello) -> SizeView {
+    let agreed = match h.data {
+        Some(d) => d.agreed_bytes.unwrap_or(
+            if d.flags & hello_flag::BLANK != 0 || d.generations.current == 0 {
+                0
+            } else {
+                h.data_bytes
+            },
+        ),
+        None => h.data_bytes,
+    };
+    SizeView {
+        capacity: h.data_bytes,
+        agreed,
+    }
 }
 
 fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
@@ -807,6 +841,10 @@ impl DataNode {
         initial: InitialData,
         now: Instant,
     ) -> Result<DataNode, Error> {
+        let agreed_bytes = match initial {
+            InitialData::UpToDate => layout.data_bytes,
+            InitialData::Inconsistent | InitialData::Blank => 0,
+        };
         let (data_state, generations, blank) = match initial {
             InitialData::UpToDate => (
                 DataState::UpToDate,
@@ -830,6 +868,7 @@ impl DataNode {
             layout,
             generations,
             blank,
+            agreed_bytes,
             version: crate::metadata::FORMAT_VERSION,
         };
         let mut n = Self::from_parts(cfg, sb, Bitmap::new(layout.region_count), now)?;
@@ -950,6 +989,7 @@ impl DataNode {
             resynced_in_epoch: None,
             generations: sb.generations,
             blank: sb.blank,
+            agreed_bytes: sb.agreed_bytes,
             handshake: None,
             peer_behind: None,
             resync_source_generation: 0,
@@ -997,9 +1037,25 @@ impl DataNode {
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
-    /// The namespace size in bytes (the disk minus the metadata area).
+    /// The bytes host I/O and replication cover: the namespace size agreed
+    /// with the peer, or until one is agreed the disk's data area (the disk
+    /// minus the metadata area).
     pub fn data_bytes(&self) -> u64 {
-        self.layout.data_bytes
+        if self.agreed_bytes != 0 {
+            self.agreed_bytes
+        } else {
+            self.layout.data_bytes
+        }
+    }
+    /// The namespace size agreed with the peer; None until this disk met
+    /// its peer (a blank disk): its namespace must not be shown to hosts
+    /// before then, since the peer's disk may be smaller.
+    pub fn namespace_bytes(&self) -> Option<u64> {
+        (self.agreed_bytes != 0).then_some(self.agreed_bytes)
+    }
+    /// Regions of [`DataNode::data_bytes`] (the last one may be partial).
+    fn data_regions(&self) -> u64 {
+        self.data_bytes().div_ceil(self.layout.region_size as u64)
     }
     pub fn ana_state(&self) -> AnaState {
         self.ana
@@ -1059,6 +1115,7 @@ impl DataNode {
             layout: self.layout,
             generations: self.generations,
             blank: self.blank,
+            agreed_bytes: self.agreed_bytes,
             version: crate::metadata::FORMAT_VERSION,
         }
     }
@@ -1483,7 +1540,7 @@ impl DataNode {
         if len == 0
             || offset
                 .checked_add(len)
-                .is_none_or(|end| end > self.layout.data_bytes)
+                .is_none_or(|end| end > self.data_bytes())
         {
             return Err(HostIoError::OutOfRange);
         }
@@ -1628,7 +1685,7 @@ impl DataNode {
             .end
             .div_ceil(extent)
             .saturating_mul(extent)
-            .min(self.layout.region_count);
+            .min(self.data_regions());
         first..end
     }
 
@@ -2587,12 +2644,14 @@ impl DataNode {
             features: stream::feature::WRITE_ZEROES
                 | stream::feature::DEALLOCATE
                 | stream::feature::GENERATIONS
-                | stream::feature::VERIFY,
+                | stream::feature::VERIFY
+                | stream::feature::SIZES,
             data: Some(HelloData {
                 pair_id: self.cfg.pair_id,
                 generations: self.generations,
                 new_generation: self.stream.offered_generation,
                 flags: if self.blank { hello_flag::BLANK } else { 0 },
+                agreed_bytes: Some(self.agreed_bytes),
             }),
         };
         self.send_frame(self.voter.record.epoch, 0, Body::Hello(hello));
@@ -2685,11 +2744,15 @@ impl DataNode {
         match f.body {
             Body::Hello(h) => {
                 self.last_peer_data_bytes = Some(h.data_bytes);
-                let verdict = self.handshake_verdict(&h);
+                let (verdict, size) = self.handshake_verdict(&h);
                 if self.handshake != Some(verdict) {
                     self.actions.push(Action::HandshakeDecided(Handshake {
                         peer: self.peer,
                         verdict,
+                        sizes: Sizes {
+                            mine: self.size_view(),
+                            peer: peer_size_view(&h),
+                        },
                     }));
                 }
                 self.handshake = Some(verdict);
@@ -2701,9 +2764,16 @@ impl DataNode {
                     // until the operator resolves it).
                     return false;
                 }
+                if self.agreed_bytes == 0
+                    && let Some(size) = size
+                {
+                    // The first meeting fixes the namespace size for good.
+                    self.agreed_bytes = size;
+                    self.persist_superblock();
+                }
                 self.apply_verdict(now, &h, verdict.decision);
                 self.stream.peer_hello = Some(h);
-                self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
+                self.stream.peer_bitmap = Some(Bitmap::new(self.data_regions()));
                 if h.record == self.voter.record {
                     self.peer_state = h.data_state;
                 }
@@ -2797,7 +2867,13 @@ impl DataNode {
                 bit_count,
                 bits,
             } => {
-                if first_region.saturating_add(bit_count as u64) > self.layout.region_count {
+                // The peer's bitmap covers its own disk; bits beyond the
+                // namespace are ignored (never set once a size is agreed).
+                let peer_regions = self
+                    .stream
+                    .peer_hello
+                    .map_or(self.layout.region_count, |h| h.region_count);
+                if first_region.saturating_add(bit_count as u64) > peer_regions {
                     return false;
                 }
                 if let Some(b) = self.stream.peer_bitmap.as_mut() {
@@ -2844,7 +2920,7 @@ impl DataNode {
                     && rec.primary == Some(self.peer)
                     && offset
                         .checked_add(len as u64)
-                        .is_some_and(|e| e <= self.layout.data_bytes)
+                        .is_some_and(|e| e <= self.data_bytes())
                     && !self.verify_checks.contains_key(&offset);
                 if !ok {
                     let epoch = self.voter.epoch;
@@ -2936,7 +3012,7 @@ impl DataNode {
             in_flight: BTreeSet::new(),
             pacer: Pacer::new(self.layout.region_size as u64, now),
             checked: 0,
-            found: Bitmap::new(self.layout.region_count),
+            found: Bitmap::new(self.data_regions()),
         });
         self.verify_result = None;
         self.progress(now);
@@ -2946,7 +3022,7 @@ impl DataNode {
     fn verify_progress(&self) -> Option<VerifyProgress> {
         match &self.verify {
             Some(v) => Some(VerifyProgress {
-                total_regions: self.layout.region_count,
+                total_regions: self.data_regions(),
                 checked_regions: v.checked,
                 differing_regions: v.found.count(),
                 running: true,
@@ -2990,7 +3066,7 @@ impl DataNode {
         v.pacer.refill(now, pace.rate, pace.burst());
         while v.reading.len() + v.in_flight.len() < max_in_flight
             && v.pacer.has(rs)
-            && v.cursor < self.layout.region_count
+            && v.cursor < self.data_regions()
         {
             let r = v.cursor;
             // A region with a host write under way is checked once the
@@ -3009,7 +3085,7 @@ impl DataNode {
             self.actions.push(Action::ReadForResync { offset, len });
         }
         let done =
-            v.cursor >= self.layout.region_count && v.reading.is_empty() && v.in_flight.is_empty();
+            v.cursor >= self.data_regions() && v.reading.is_empty() && v.in_flight.is_empty();
         self.verify = Some(v);
         if !done {
             return;
@@ -3097,11 +3173,25 @@ impl DataNode {
         let _ = now;
     }
 
-    /// What this node and its peer decide, from the peer's Hello.
-    fn handshake_verdict(&self, h: &Hello) -> Verdict {
-        let refuse = |r: HandshakeRefusal, reason: &'static str| Verdict {
-            decision: Decision::Refuse(r),
-            reason,
+    /// What this disk says about its size in the handshake.
+    fn size_view(&self) -> SizeView {
+        SizeView {
+            capacity: self.layout.data_bytes,
+            agreed: self.agreed_bytes,
+        }
+    }
+
+    /// What this node and its peer decide, from the peer's Hello, and the
+    /// namespace size they agree on (unless refused).
+    fn handshake_verdict(&self, h: &Hello) -> (Verdict, Option<u64>) {
+        let refuse = |r: HandshakeRefusal, reason: &'static str| {
+            (
+                Verdict {
+                    decision: Decision::Refuse(r),
+                    reason,
+                },
+                None,
+            )
         };
         let Some(d) = h.data else {
             return refuse(
@@ -3115,12 +3205,20 @@ impl DataNode {
         if h.region_size != self.layout.region_size {
             return refuse(HandshakeRefusal::Geometry, "the peer's disk has another region size");
         }
-        if h.data_bytes != self.layout.data_bytes || h.region_count != self.layout.region_count {
+        if d.agreed_bytes.is_none() && h.data_bytes != self.layout.data_bytes {
+            // A peer of the version before agreed sizes refuses this too.
             return refuse(
                 HandshakeRefusal::Geometry,
-                "the two disks differ in size",
+                "the two disks differ in size and the peer's version needs equal sizes",
             );
         }
+        let size = match sizes::agree(self.size_view(), peer_size_view(h)) {
+            Ok(size) => size,
+            Err(e @ sizes::SizeRefusal::AgreedSizesDiffer) => {
+                return refuse(HandshakeRefusal::Geometry, e.reason());
+            }
+            Err(e) => return refuse(HandshakeRefusal::DiskTooSmall, e.reason()),
+        };
         let me = DataView {
             generations: self.generations,
             data_state: self.data_state,
@@ -3133,7 +3231,7 @@ impl DataNode {
             blank: d.flags & hello_flag::BLANK != 0,
             primary: h.role == Role::Primary,
         };
-        generations::decide(&me, &peer)
+        (generations::decide(&me, &peer), Some(size))
     }
 
     /// Carries out this node's part of the handshake's decision.
@@ -3188,7 +3286,7 @@ impl DataNode {
                 }
                 // Every region, persisted now: the copy resumes from here
                 // after a restart of either node.
-                self.dirty.mark_all();
+                self.dirty.mark_all(self.data_regions());
                 self.persist_bitmap();
             }
         }
@@ -3262,7 +3360,7 @@ impl DataNode {
                 .is_none_or(|v| v == self.peer || (v == self.me && self.candidacy.is_none()))
             && offset
                 .checked_add(len)
-                .is_some_and(|e| e <= self.layout.data_bytes)
+                .is_some_and(|e| e <= self.data_bytes())
     }
 
     fn become_inconsistent_if_outdated(&mut self) {
@@ -3360,14 +3458,17 @@ impl DataNode {
         let Some(peer_bm) = self.stream.peer_bitmap.take() else {
             return;
         };
-        self.stream.peer_bitmap = Some(Bitmap::new(self.layout.region_count));
+        self.stream.peer_bitmap = Some(Bitmap::new(self.data_regions()));
         let mut i = 0;
         while let Some(j) = peer_bm.next_set(i) {
             self.dirty.mark(Region(j));
             i = j + 1;
         }
         self.persist_bitmap();
-        let pending = self.dirty.bitmap().clone();
+        // Only the namespace is copied (a larger disk's bits beyond it are
+        // never set; this keeps it so).
+        let mut pending = Bitmap::new(self.data_regions());
+        pending.union_with(self.dirty.bitmap());
         self.resync = Some(ResyncPump::new(pending, self.layout.region_size as u64, now));
     }
 
@@ -3376,7 +3477,7 @@ impl DataNode {
         let off = r * rs;
         (
             off,
-            rs.min(self.layout.data_bytes.saturating_sub(off)) as u32,
+            rs.min(self.data_bytes().saturating_sub(off)) as u32,
         )
     }
 
@@ -3666,6 +3767,7 @@ impl DataNode {
             blank: self.blank,
             handshake: self.handshake,
             verify: self.verify_progress(),
+            namespace_bytes: self.namespace_bytes(),
             data_bytes: self.layout.data_bytes,
             peer_data_bytes: self.last_peer_data_bytes,
             resync: self.resync.as_ref().map(|r| ResyncProgress {

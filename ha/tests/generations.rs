@@ -325,3 +325,107 @@ fn verify_finds_a_region_changed_behind_the_pairs_back_and_the_resync_repairs_it
     s.host.enabled = true;
     settle(&mut s);
 }
+
+/// The namespace size of a pair on disks of `DISK_BYTES`.
+fn pair_size() -> u64 {
+    Layout::new(DISK_BYTES, 65536).unwrap().data_bytes
+}
+
+#[test]
+fn a_larger_replacement_disk_joins_and_serves_the_pairs_size() {
+    let mut s = started(41);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    assert_eq!(s.data(p).namespace_bytes(), Some(pair_size()));
+    s.replace_disk_blank_sized(q, DISK_BYTES + (1 << 20));
+    // Before it met its peer, its namespace size is not known.
+    assert_eq!(s.data(q).namespace_bytes(), None);
+    settle(&mut s);
+    assert_eq!(
+        decision(&s, q),
+        Some(Decision::FullResync { source: Side::Peer })
+    );
+    for n in [p, q] {
+        assert_eq!(s.data(n).namespace_bytes(), Some(pair_size()), "{n}");
+        assert_eq!(s.data(n).data_bytes(), pair_size(), "{n}");
+    }
+    assert!(s.data(q).layout().data_bytes > pair_size());
+    // Only the pair's regions were copied.
+    let st = s.data(q).status(Instant::ZERO).to_string();
+    assert!(
+        st.contains(&format!("size:{}B disk-size:{}B", pair_size(), s.data(q).layout().data_bytes)),
+        "{st}"
+    );
+    // It survives a restart (the size is in its metadata), and serves as
+    // primary at the pair's size.
+    s.restart(q);
+    settle(&mut s);
+    assert_eq!(s.data(q).namespace_bytes(), Some(pair_size()));
+    s.host.enabled = true;
+    s.kill(p);
+    assert_eq!(s.wait_primary(3_000 * MS), q);
+    let acked = s.host.writes_acked;
+    s.run_for(1_000 * MS);
+    assert!(s.host.writes_acked > acked, "{}", s.log_tail());
+    s.restart(p);
+    settle(&mut s);
+}
+
+#[test]
+fn a_smaller_replacement_disk_is_refused_and_the_primary_keeps_serving() {
+    let mut s = started(42);
+    let p = s.primary().unwrap();
+    let q = p.peer();
+    s.replace_disk_blank_sized(q, DISK_BYTES - (256 << 10));
+    s.run_for(2_000 * MS);
+    assert_eq!(
+        decision(&s, q),
+        Some(Decision::Refuse(Refusal::DiskTooSmall)),
+        "{}",
+        s.log_tail()
+    );
+    assert_eq!(
+        decision(&s, p),
+        Some(Decision::Refuse(Refusal::DiskTooSmall))
+    );
+    let line = s
+        .log
+        .iter()
+        .find(|l| l.contains(&format!("{q}: tandem: handshake with {p}: refused disk-too-small")))
+        .unwrap_or_else(|| panic!("no console line\n{}", s.log_tail()));
+    assert!(line.contains("this node's disk is smaller than the pair's namespace"), "{line}");
+    assert!(line.contains(&format!("namespace {} bytes", pair_size())), "{line}");
+    assert!(line.contains("to resolve"), "{line}");
+    // Nothing changed: the primary serves, the small disk never stands.
+    assert_eq!(s.primary(), Some(p));
+    assert_eq!(s.data(q).namespace_bytes(), None);
+    assert_eq!(s.data(q).data_state(), DataState::Inconsistent);
+    let acked = s.host.writes_acked;
+    s.run_for(500 * MS);
+    assert!(s.host.writes_acked > acked);
+    s.kill(p);
+    s.run_for(2_000 * MS);
+    assert_eq!(s.primary(), None, "{}", s.log_tail());
+    // A disk of the right size resolves it.
+    s.restart(p);
+    s.replace_disk_blank_sized(q, DISK_BYTES);
+    settle(&mut s);
+}
+
+#[test]
+fn two_blank_disks_of_different_sizes_make_a_pair_of_the_smaller_size() {
+    let mut s = Sim::new(43);
+    s.kill(NodeId::A);
+    s.kill(NodeId::B);
+    s.replace_disk_blank_sized(NodeId::A, DISK_BYTES + (512 << 10));
+    s.replace_disk_blank_sized(NodeId::B, DISK_BYTES);
+    s.wait_primary(5_000 * MS);
+    assert!(s.run_until(3_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
+    assert_eq!(decision(&s, NodeId::A), Some(Decision::NewPair));
+    for n in [NodeId::A, NodeId::B] {
+        assert_eq!(s.data(n).namespace_bytes(), Some(pair_size()), "{n}");
+    }
+    s.host.enabled = true;
+    s.run_for(500 * MS);
+    settle(&mut s);
+}

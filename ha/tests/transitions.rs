@@ -458,6 +458,7 @@ fn in_sync_data() -> Option<HelloData> {
         generations: Generations::initial(PAIR),
         new_generation: 1,
         flags: 0,
+        agreed_bytes: None,
     })
 }
 

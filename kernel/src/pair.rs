@@ -18,7 +18,7 @@ use core::fmt::Write;
 use tandem_ha::auth::channel::ControlChannel;
 use tandem_ha::auth::stream::{StreamCounters, StreamSession};
 use tandem_ha::auth::{Keys, NonceSource};
-use tandem_ha::metadata::{Layout, BLOCK_SIZE};
+use tandem_ha::metadata::{Layout, Superblock, BLOCK_SIZE};
 use tandem_ha::node::{Action, Config as NodeConfig, DataNode, HostIoError, InitialData, IoResult, Timing, DEFAULT_REGION_SIZE};
 use tandem_ha::witness::{Witness, WitnessConfig};
 use tandem_ha::{AnaState as HaAna, Duration, Instant, LinkId, NodeId};
@@ -272,6 +272,18 @@ pub struct DataPair {
     ana_group: u32,
     ana: HaAna,
     takeover: AddressTakeover,
+    /// Hosts are admitted to the namespace (its size agreed with the peer),
+    /// or told to come back later (gated) until it is.
+    hosts: HostAdmission,
+}
+
+/// Whether hosts may connect yet: not before this node's namespace size is
+/// agreed with its peer (a blank disk may be larger than the pair's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HostAdmission {
+    Unset,
+    Gated,
+    Admitted,
 }
 
 /// What became of the host writes' data on this node: how many bytes of
@@ -367,6 +379,17 @@ impl DataPair {
             log::info!("ha: disk0 has no pair metadata: formatted blank for pair {:#x} as node {} (it serves once it met its peer)", node_config.pair_id, me.name());
             DataNode::format_with_layout(node_config, layout, InitialData::Blank, now)
         } else {
+            // Metadata found where this disk's size puts it must describe
+            // this disk (a copy of another disk's metadata, or a damaged
+            // one, could claim any size).
+            if let Ok(sb) = Superblock::load(&slot0, &slot1)
+                && sb.layout != layout
+            {
+                return Err(alloc::format!(
+                    "disk0 metadata describes a disk of {} bytes with {}-byte regions, this disk has {disk_bytes} bytes: not opened",
+                    sb.layout.disk_bytes, sb.layout.region_size
+                ));
+            }
             let bitmap = read_blocks(disk, layout.bitmap_block_offset(0), layout.bitmap_blocks as usize * BLOCK_SIZE)?;
             DataNode::open(node_config, &slot0, &slot1, &bitmap, now)
         }
@@ -431,6 +454,7 @@ impl DataPair {
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
             takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
+            hosts: HostAdmission::Unset,
         })
     }
 
@@ -578,7 +602,38 @@ impl DataPair {
         }
         busy |= self.pump_stream(nets, now_micros);
         busy |= self.poll_takeover(nets, nvme, console, now_micros);
+        self.admit_hosts_once_sized(nvme, console);
         busy
+    }
+
+    /// Hosts connect only once the namespace has its final size: a blank
+    /// disk learns it from its peer (the pair's size, or the smaller of two
+    /// blank disks), and a host must never see it change.
+    fn admit_hosts_once_sized(&mut self, nvme: &mut NvmeService, console: &mut dyn Write) {
+        if self.hosts == HostAdmission::Admitted {
+            return;
+        }
+        let target = nvme.target_mut();
+        match self.node.namespace_bytes() {
+            None if self.hosts == HostAdmission::Unset => {
+                target.set_admitting_hosts(false);
+                self.hosts = HostAdmission::Gated;
+                let _ = writeln!(console, "tandem: nvme: hosts wait (Controller Busy) until this node's namespace size is agreed with its peer (blank disk)");
+            }
+            None => {}
+            Some(bytes) => {
+                let gated = self.hosts == HostAdmission::Gated;
+                let namespaces: Vec<(u32, u8)> = target.config().namespaces.iter().map(|ns| (ns.nsid, ns.lba_shift)).collect();
+                for (nsid, lba_shift) in namespaces {
+                    let _ = target.set_namespace_blocks(nsid, bytes >> lba_shift);
+                }
+                target.set_admitting_hosts(true);
+                self.hosts = HostAdmission::Admitted;
+                if gated {
+                    let _ = writeln!(console, "tandem: nvme: namespace size {bytes} bytes agreed with the peer; hosts admitted");
+                }
+            }
+        }
     }
 
     /// Hands finished disk requests to the crate and starts queued ones.

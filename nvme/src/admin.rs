@@ -208,6 +208,10 @@ pub(crate) fn connect(
         if req_cntlid != 0xFFFF {
             return invalid(true, connect::CNTLID);
         }
+        if kind == SubsystemKind::Nvm && !t.admitting_hosts {
+            log::info!("nvme: host {hostnqn} asked to connect: busy (not admitting hosts yet), it retries later");
+            return Err(Reply::status(Status::CONNECT_CONTROLLER_BUSY_RETRY));
+        }
         let Some((cntlid, instance)) =
             t.create_controller(kind, String::from(hostnqn), host_id, kato, now)
         else {

@@ -133,6 +133,8 @@ pub struct Target {
     next_instance: u64,
     events: VecDeque<TargetEvent>,
     not_ready: Vec<u32>,
+    /// Hosts may connect to the NVM subsystem (see `set_admitting_hosts`).
+    pub(crate) admitting_hosts: bool,
     pub(crate) stats: TargetStats,
     pub(crate) discovery_generation: u64,
     /// Data bytes held by all connections (see `Limits::total_data_budget`).
@@ -182,6 +184,7 @@ impl Target {
             next_instance: 1,
             events: VecDeque::new(),
             not_ready: Vec::new(),
+            admitting_hosts: true,
             stats: TargetStats::default(),
             discovery_generation: 1,
             data_in_use: Arc::new(AtomicU64::new(0)),
@@ -269,6 +272,33 @@ impl Target {
         if !ready {
             self.not_ready.push(nsid);
         }
+        Ok(())
+    }
+
+    /// While false, a host's Connect of an admin queue to the NVM subsystem
+    /// fails with Controller Busy, without Do Not Retry: the host retries
+    /// later (Linux: every `reconnect_delay`). For a namespace whose size is
+    /// not known yet (an HA node that has not met its peer): a host must
+    /// not see a size that would change under it. Controllers already
+    /// connected are not affected; discovery is always admitted.
+    pub fn set_admitting_hosts(&mut self, admitting: bool) {
+        self.admitting_hosts = admitting;
+    }
+
+    pub fn admitting_hosts(&self) -> bool {
+        self.admitting_hosts
+    }
+
+    /// Changes a namespace's size (in logical blocks). Meant for before any
+    /// host was admitted: connected hosts are not told.
+    pub fn set_namespace_blocks(&mut self, nsid: u32, blocks: u64) -> Result<(), Error> {
+        let ns = self
+            .config
+            .namespaces
+            .iter_mut()
+            .find(|n| n.nsid == nsid)
+            .ok_or(Error::NoSuchNamespace(nsid))?;
+        ns.blocks = blocks;
         Ok(())
     }
 

@@ -222,6 +222,32 @@ fn refused_host_gets_connect_invalid_host() {
 }
 
 #[test]
+fn a_target_not_admitting_hosts_says_busy_until_it_does_with_the_size_it_then_has() {
+    let mut h = Harness::new(config());
+    h.target.set_admitting_hosts(false);
+    let mut l = h.link(false, false);
+    h.initialize(&mut l);
+    let cid = l
+        .host
+        .connect(0, 31, 5000, HOSTID, 0xFFFF, SUBNQN, HOSTNQN, false);
+    let (cqe, _) = h.expect_status(&mut l, cid, Status::CONNECT_CONTROLLER_BUSY_RETRY);
+    assert!(!cqe.status.dnr, "the host must retry");
+    assert_eq!(h.target.controllers().count(), 0);
+    // Discovery still answers.
+    let mut d = h.link(false, false);
+    h.admin_for(&mut d, 0, DISCOVERY_NQN, HOSTNQN);
+    // The size is settled, then hosts are admitted and see it.
+    h.target.set_namespace_blocks(1, NS1_BLOCKS - 8).unwrap();
+    assert!(h.target.set_namespace_blocks(77, 1).is_err());
+    h.target.set_admitting_hosts(true);
+    let mut ok = h.link(false, false);
+    h.admin(&mut ok, 5000);
+    let cid = ok.host.identify(0x00, 1, 0);
+    let (_, d) = h.ok(&mut ok, cid);
+    assert_eq!(le64(&d, 0), NS1_BLOCKS - 8);
+}
+
+#[test]
 fn cntlid_range_exhaustion_is_controller_busy() {
     let mut c = config();
     c.cntlid_min = 0x100;

@@ -113,9 +113,12 @@ impl DirtyLog {
         self.touched.set(r.0);
     }
 
-    /// Marks every region (a full resync), in one generation.
-    pub(crate) fn mark_all(&mut self) {
-        self.bitmap.set_all();
+    /// Marks every region below `regions` (a full resync of the namespace,
+    /// which a larger disk's bitmap outgrows), in one generation.
+    pub(crate) fn mark_all(&mut self, regions: u64) {
+        for r in 0..regions.min(self.bitmap.len()) {
+            self.bitmap.set(r);
+        }
         for b in 0..self.layout.bitmap_blocks {
             self.dirty_blocks.insert(b);
         }
@@ -341,7 +344,7 @@ mod tests {
         d.mark(Region(1));
         let (g, _) = d.start_persist().unwrap();
         d.on_persisted(g, true);
-        d.mark_all();
+        d.mark_all(d.layout.region_count);
         assert_eq!(d.count(), d.layout.region_count);
         assert!(!d.durable(range(1).0, range(1).1), "even one marked before");
         let (g, blocks) = d.start_persist().unwrap();

@@ -67,11 +67,17 @@ pub mod feature {
     pub const GENERATIONS: u8 = 4;
     /// VerifyRequest and VerifyReply frames (kinds 14, 15).
     pub const VERIFY: u8 = 8;
+    /// The Hello's data extension is followed by the sender's agreed
+    /// namespace size ([`super::HelloData::agreed_bytes`]); set only with
+    /// [`GENERATIONS`]. A peer without it serves its whole data area.
+    pub const SIZES: u8 = 16;
 }
 
 /// Length of a Hello's payload without the data generations, and with them.
 pub const HELLO_BASE_LEN: usize = 48;
 pub const HELLO_LEN: usize = HELLO_BASE_LEN + 56;
+/// Length of a Hello's payload with the agreed size too.
+pub const HELLO_SIZES_LEN: usize = HELLO_LEN + 8;
 
 /// Bits of [`HelloData::flags`].
 pub mod hello_flag {
@@ -140,6 +146,9 @@ pub struct HelloData {
     pub new_generation: u64,
     /// [`hello_flag`] bits.
     pub flags: u8,
+    /// The sender's agreed namespace size (0: not agreed yet), present with
+    /// [`feature::SIZES`].
+    pub agreed_bytes: Option<u64>,
 }
 
 /// A decoded stream frame. Data-carrying frames borrow from the input.
@@ -357,6 +366,13 @@ impl<'a> Frame<'a> {
                     let history = [r.u64(), r.u64()];
                     let new_generation = r.u64();
                     let flags = r.u8();
+                    r.skip(7);
+                    let agreed_bytes = if features & feature::SIZES != 0 {
+                        need(HELLO_SIZES_LEN)?;
+                        Some(r.u64())
+                    } else {
+                        None
+                    };
                     Some(HelloData {
                         pair_id,
                         generations: Generations {
@@ -366,6 +382,7 @@ impl<'a> Frame<'a> {
                         },
                         new_generation,
                         flags,
+                        agreed_bytes,
                     })
                 } else {
                     None
@@ -520,6 +537,7 @@ impl<'a> Frame<'a> {
                         generations: Generations::NONE,
                         new_generation: 0,
                         flags: 0,
+                        agreed_bytes: None,
                     });
                     let g = d.generations;
                     w.u64(d.pair_id)
@@ -530,6 +548,9 @@ impl<'a> Frame<'a> {
                         .u64(d.new_generation)
                         .u8(d.flags)
                         .zeros(7);
+                    if h.features & feature::SIZES != 0 {
+                        w.u64(d.agreed_bytes.unwrap_or(0));
+                    }
                 }
                 kind::HELLO
             }
@@ -763,6 +784,23 @@ mod tests {
                     },
                     new_generation: 15,
                     flags: hello_flag::BLANK,
+                    agreed_bytes: None,
+                }),
+            }),
+            Body::Hello(Hello {
+                role: Role::Secondary,
+                data_state: DataState::Inconsistent,
+                record: rec,
+                region_size: 65536,
+                region_count: 2000,
+                data_bytes: 2000 * 65536,
+                features: feature::GENERATIONS | feature::SIZES,
+                data: Some(HelloData {
+                    pair_id: 0xabcdef,
+                    generations: Generations::NONE,
+                    new_generation: 16,
+                    flags: 0,
+                    agreed_bytes: Some(1234 * 65536),
                 }),
             }),
             Body::Config(rec),

@@ -159,6 +159,8 @@ pub struct SimNode {
     held: VecDeque<Input>,
     pub disk: BTreeMap<u64, Vec<u8>>,
     pub meta: BTreeMap<u64, Vec<u8>>,
+    /// The size of its disk (its metadata is at the end).
+    pub disk_bytes: u64,
     incarnation: u64,
     write_data: BTreeMap<u64, Vec<u8>>,
     read_data: BTreeMap<u64, Vec<u8>>,
@@ -393,6 +395,7 @@ impl Sim {
                 held: VecDeque::new(),
                 disk: BTreeMap::new(),
                 meta: BTreeMap::new(),
+                disk_bytes: DISK_BYTES,
                 incarnation: 0,
                 write_data: BTreeMap::new(),
                 read_data: BTreeMap::new(),
@@ -439,12 +442,13 @@ impl Sim {
             Member::Witness(Witness::new(wc, local).unwrap())
         } else if let Some(initial) = format {
             let cfg = self.cfg(id);
-            let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
+            let disk_bytes = self.nodes[idx(id)].disk_bytes;
+            let layout = tandem_ha::metadata::Layout::new(disk_bytes, 65536).unwrap();
             Member::Data(DataNode::format_with_layout(cfg, layout, initial, local).unwrap())
         } else {
             let cfg = self.cfg(id);
             let n = &self.nodes[idx(id)];
-            let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
+            let layout = tandem_ha::metadata::Layout::new(n.disk_bytes, 65536).unwrap();
             let get = |off: u64| {
                 n.meta
                     .get(&off)
@@ -1064,16 +1068,24 @@ impl Sim {
     /// Stops data node `n` (if running), replaces its disk by a blank one
     /// (a failed disk swapped for a new one) and boots it.
     pub fn replace_disk_blank(&mut self, n: NodeId) {
+        let bytes = self.nodes[idx(n)].disk_bytes;
+        self.replace_disk_blank_sized(n, bytes);
+    }
+
+    /// As [`Sim::replace_disk_blank`], with a disk of `bytes`.
+    pub fn replace_disk_blank_sized(&mut self, n: NodeId, bytes: u64) {
         self.log.push(format!(
-            "{:>8.3}ms replace {}'s disk by a blank one",
+            "{:>8.3}ms replace {}'s disk by a blank one of {} bytes",
             self.now as f64 / 1000.0,
-            n
+            n,
+            bytes
         ));
         if self.nodes[idx(n)].member.is_some() {
             self.kill(n);
         }
         self.nodes[idx(n)].disk.clear();
         self.nodes[idx(n)].meta.clear();
+        self.nodes[idx(n)].disk_bytes = bytes;
         self.boot_with(n, Some(InitialData::Blank));
     }
 
@@ -1625,7 +1637,7 @@ impl Sim {
 }
 
 fn persisted_record(n: &SimNode) -> Option<tandem_ha::EpochRecord> {
-    let layout = tandem_ha::metadata::Layout::new(DISK_BYTES, 65536).unwrap();
+    let layout = tandem_ha::metadata::Layout::new(n.disk_bytes, 65536).unwrap();
     let s0 = n.meta.get(&layout.superblock_offset(0))?;
     let s1 = n.meta.get(&layout.superblock_offset(1))?;
     tandem_ha::metadata::Superblock::load(s0, s1)

@@ -20,6 +20,12 @@ fn front_address(node: usize) -> [u8; 4] {
 
 /// A pair in sync: the world, and the index of the primary.
 fn pair() -> (World, usize) {
+    pair_on_disks([DISK_BYTES, DISK_BYTES])
+}
+
+/// The pair's members on blank disks of these sizes, and the host, booted
+/// (node b only when `boot_b`).
+fn booted(disk_bytes: [usize; 2], boot_b: bool) -> World {
     let mut network = Network::default();
     let mut nodes = Vec::new();
     for (index, name) in ["a", "b"].into_iter().enumerate() {
@@ -30,7 +36,9 @@ fn pair() -> (World, usize) {
             me * 1000,
             me * 1000 + 999
         );
-        nodes.push(Node::boot(&mut network, me as u8, &cmdline, &[FRONT, REPLICATION], vec![FakeDisk::new(DISK_BYTES)], 0));
+        let mut node = Node::boot(&mut network, me as u8, &cmdline, &[FRONT, REPLICATION], vec![FakeDisk::new(disk_bytes[index])], 0);
+        node.running = index == 0 || boot_b;
+        nodes.push(node);
     }
     let witness = format!(
         "net0=10.77.0.3/24 net1=10.78.0.3/24 role=witness node_a=10.77.0.1 node_b=10.77.0.2 \
@@ -38,7 +46,12 @@ fn pair() -> (World, usize) {
     );
     nodes.push(Node::boot(&mut network, 3, &witness, &[FRONT, REPLICATION], Vec::new(), 0));
     let host = Host::new(&mut network, FRONT, "10.77.0.9/24", 0);
-    let mut world = World { now: 0, network, nodes, host };
+    World { now: 0, network, nodes, host }
+}
+
+/// A pair on blank disks of these sizes, in sync.
+fn pair_on_disks(disk_bytes: [usize; 2]) -> (World, usize) {
+    let mut world = booted(disk_bytes, true);
     world.run_until(30, "a primary and a secondary in sync", |world| {
         let roles: Vec<Option<&str>> = world.nodes[..2].iter().map(Node::role).collect();
         let Some(primary) = roles.iter().position(|role| *role == Some("primary")) else { return false };
@@ -178,4 +191,42 @@ fn a_takeover_claim_sends_gratuitous_arp_and_tickles_the_peer_s_connections() {
         }),
         "a tickle (an ACK from the claimed portal) for the host's connection: {segments:?}"
     );
+}
+
+/// The namespace size (in 512-byte blocks) node `to` reports to a host.
+fn namespace_blocks(world: &mut World, to: [u8; 4]) -> u64 {
+    let (admin, _) = world.admin_queue(to);
+    let cid = world.initiator(admin).identify(0x00, 1, 0);
+    let (_, data) = world.ok(admin, cid);
+    u64::from_le_bytes(data[..8].try_into().unwrap())
+}
+
+#[test]
+fn disks_of_different_sizes_serve_the_smaller_one_and_hosts_wait_until_it_is_agreed() {
+    // Node a alone on a blank disk larger than b's: it does not know the
+    // pair's size yet, so hosts are told to come back later.
+    let mut world = booted([DISK_BYTES + (8 << 20), DISK_BYTES], false);
+    world.run_for_millis(500);
+    let connection = world.host.connect(front_address(0));
+    world.run_until(10, "ICResp", |world| {
+        world.host.connections[connection].events.iter().any(|e| matches!(e, tandem_nvme::host::HostEvent::Initialized { .. }))
+    });
+    let cid = world.initiator(connection).connect(0, 31, 0, [7; 16], 0xFFFF, NQN, "nqn.2014-08.org.nvmexpress:uuid:glue-host", false);
+    let (cqe, _) = world.completion(connection, cid);
+    assert_eq!(cqe.status, tandem_nvme::wire::Status::CONNECT_CONTROLLER_BUSY_RETRY, "{}", world.consoles());
+    assert!(world.nodes[0].console.contains("tandem: nvme: hosts wait (Controller Busy) until this node's namespace size is agreed"));
+    assert!(world.nodes[0].pair_status(world.now).contains("size:not-agreed"));
+    // Node b boots: the pair serves the smaller disk's data area, on both
+    // nodes.
+    world.nodes[1].running = true;
+    world.run_until(30, "a primary and a secondary in sync", |world| {
+        world.nodes[..2].iter().any(|node| node.role() == Some("primary") && node.pair_status(world.now).contains("replication:Established"))
+    });
+    assert!(world.nodes[0].console.contains("hosts admitted"), "{}", world.consoles());
+    let small = tandem_ha::metadata::Layout::new(DISK_BYTES as u64, 65536).unwrap().data_bytes;
+    for node in 0..2 {
+        let status = world.nodes[node].pair_status(world.now);
+        assert!(status.contains(&format!("size:{small}B")), "{status}");
+        assert_eq!(namespace_blocks(&mut world, front_address(node)), small / 512, "node {node}");
+    }
 }

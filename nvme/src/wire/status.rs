@@ -42,6 +42,8 @@ impl Status {
     pub const FEATURE_NOT_CHANGEABLE: Status = s(COMMAND_SPECIFIC, 0x0E, true);
     pub const CONNECT_INCOMPATIBLE_FORMAT: Status = s(COMMAND_SPECIFIC, 0x80, true);
     pub const CONNECT_CONTROLLER_BUSY: Status = s(COMMAND_SPECIFIC, 0x81, true);
+    /// Controller Busy for a while only: the host may retry (DNR clear).
+    pub const CONNECT_CONTROLLER_BUSY_RETRY: Status = s(COMMAND_SPECIFIC, 0x81, false);
     pub const CONNECT_INVALID_PARAMETERS: Status = s(COMMAND_SPECIFIC, 0x82, true);
     pub const CONNECT_INVALID_HOST: Status = s(COMMAND_SPECIFIC, 0x84, true);
     /// The queue must authenticate first (NVMe Base 2.0: SCT 1h, SC 91h).
