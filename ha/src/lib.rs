@@ -15,6 +15,8 @@
 //! - [`node`]: the data node state machine (roles, epochs, leases, elections,
 //!   synchronous replication, resync, switchover, fencing, ANA state).
 //! - [`witness`]: the witness state machine (votes and lease grants, no data).
+//! - [`hostpath`]: whether a data node can serve hosts (its front-end),
+//!   judged with hysteresis and reported in heartbeats.
 //! - [`takeover`]: when a primary takes over its silent peer's front-end
 //!   addresses and when it gives them back.
 //!
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod bitmap;
 pub mod error;
 pub mod generations;
+pub mod hostpath;
 pub mod metadata;
 pub mod node;
 pub mod sizes;

@@ -28,7 +28,9 @@ mod apply;
 mod dirty_log;
 mod flushes;
 mod frames;
+mod host_path;
 mod ids;
+mod replication_bound;
 mod resync;
 
 use apply::{Apply, ApplyKind, ApplyQueue};
@@ -114,6 +116,16 @@ pub struct Config {
     pub activity_extent_regions: u32,
     /// How `status` names each link (e.g. the NIC that carries it).
     pub link_names: [&'static str; MAX_LINKS],
+    /// Replicated data sent to the peer and not yet acknowledged, at most
+    /// (bytes of write data on the stream): beyond it writes wait for the
+    /// peer's acknowledgements, or, with the peer recorded Outdated, the
+    /// stream is given up (a resync catches the peer up).
+    pub max_unacked_bytes: u64,
+    /// The links hosts reach this node on (bit per link; 0: every link but
+    /// the replication link 0). See [`crate::hostpath`].
+    pub front_end_links: u8,
+    /// Hysteresis of the host-path verdict (`None`: derived from `timing`).
+    pub host_path_timing: Option<crate::hostpath::HostPathTiming>,
 }
 
 impl Config {
@@ -130,6 +142,9 @@ impl Config {
             history_len: 64,
             activity_extent_regions: 64,
             link_names: ["link0", "link1", "link2", "link3"],
+            max_unacked_bytes: 64 << 20,
+            front_end_links: 0,
+            host_path_timing: None,
         }
     }
 }
@@ -171,6 +186,11 @@ pub enum CommandError {
     NotInSync,
     /// The primary's data cannot be discarded while it serves.
     IsPrimary,
+    /// The peer reports that its front-end is lost: hosts could not reach it
+    /// as primary.
+    PeerHasNoHostPath,
+    /// This node's front-end is lost: hosts could not reach it as primary.
+    NoHostPath,
 }
 
 impl fmt::Display for CommandError {
@@ -188,6 +208,10 @@ impl fmt::Display for CommandError {
             CommandError::IsPrimary => {
                 "this node is primary: its data cannot be discarded (demote it first)"
             }
+            CommandError::PeerHasNoHostPath => {
+                "the peer's front-end is down: hosts could not reach it"
+            }
+            CommandError::NoHostPath => "this node's front-end is down: hosts could not reach it",
         })
     }
 }
@@ -547,6 +571,12 @@ pub struct Status {
     pub namespace_bytes: Option<u64>,
     pub data_bytes: u64,
     pub peer_data_bytes: Option<u64>,
+    /// This node's host path (`None` while the kernel reports no front-end
+    /// link state), and the peer's as its last heartbeat told.
+    pub host_path: Option<crate::wire::control::HostPathReport>,
+    pub peer_host_path: Option<crate::wire::control::HostPathReport>,
+    /// The peer is heard and reports that it cannot serve hosts.
+    pub peer_host_path_lost: bool,
 }
 
 fn fmt_age(f: &mut fmt::Formatter<'_>, d: Option<Duration>) -> fmt::Result {
@@ -672,6 +702,7 @@ impl fmt::Display for Status {
             write!(f, " peer-size:{p}B")?;
         }
         writeln!(f)?;
+        crate::hostpath::fmt_status(f, self.node, self.host_path, self.peer_host_path)?;
         write!(f, "  witness reachable:{}", self.witness_reachable)?;
         for l in 0..self.links as usize {
             write!(f, " {}:", self.link_names[l])?;
@@ -692,6 +723,8 @@ pub struct Counters {
     pub bitmap_persists: u64,
     /// Bits cleared by clean cycles.
     pub regions_cleaned: u64,
+    /// Streams given up because the Outdated peer did not drain them.
+    pub stream_overflows: u64,
 }
 
 /// Region size of the dirty bitmap unless configured otherwise.
@@ -737,10 +770,22 @@ pub struct DataNode {
     /// A switchover asked for, its pre-flush (both disks) under way while
     /// host I/O still flows: the flush, and when it started.
     demote_preflush: Option<(FlushId, Instant)>,
+    /// Why the switchover under way was started (the old primary's role
+    /// change names it): `switchover` or `host-path-lost`.
+    handover_reason: &'static str,
+    /// What the node judges of its own front-end ([`crate::hostpath`]).
+    host_path: crate::hostpath::HostPathMonitor,
+    /// When this node last became primary (host-path handovers are spaced
+    /// from it).
+    primary_since: Instant,
     lease: Lease,
     writes: BTreeMap<u64, PendingWrite>,
     seq_to_id: BTreeMap<u64, u64>,
-    unacked: BTreeMap<u64, (u64, u64)>,
+    unacked: replication_bound::Unacked,
+    /// Writes waiting for the peer's acknowledgements (the bound above), in
+    /// order; and a stream to give up because it does not drain.
+    held_for_stream: VecDeque<u64>,
+    stream_overflow: bool,
     next_seq: u64,
     deferred: VecDeque<u64>,
     reads: BTreeMap<u64, PendingRead>,
@@ -811,7 +856,7 @@ fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
 fn region_busy(
     layout: &Layout,
     writes: &BTreeMap<u64, PendingWrite>,
-    unacked: &BTreeMap<u64, (u64, u64)>,
+    unacked: &replication_bound::Unacked,
     r: Region,
 ) -> bool {
     let rs = layout.region_size as u64;
@@ -971,13 +1016,24 @@ impl DataNode {
             handed_over_to: None,
             demote: None,
             demote_preflush: None,
+            handover_reason: "switchover",
+            host_path: crate::hostpath::HostPathMonitor::new(
+                cfg.host_path_timing.unwrap_or(crate::hostpath::HostPathTiming::derived(
+                    cfg.timing.heartbeat_interval,
+                    cfg.timing.failure_timeout,
+                )),
+                now,
+            ),
+            primary_since: now,
             lease: Lease {
                 next_round: 1,
                 ..Lease::default()
             },
             writes: BTreeMap::new(),
             seq_to_id: BTreeMap::new(),
-            unacked: BTreeMap::new(),
+            unacked: replication_bound::Unacked::default(),
+            held_for_stream: VecDeque::new(),
+            stream_overflow: false,
             next_seq: 1,
             deferred: VecDeque::new(),
             reads: BTreeMap::new(),
@@ -1299,6 +1355,7 @@ impl DataNode {
             echo: self.voter.knowledge[to.index()]
                 .heartbeat
                 .map_or(0, |h| h.incarnation),
+            host_path: self.host_path.report(),
         }
     }
 
@@ -1337,6 +1394,7 @@ impl DataNode {
     /// bitmap flushing. Call at least at [`DataNode::next_deadline`].
     pub fn tick(&mut self, now: Instant) {
         self.check_lease(now);
+        self.update_host_path(now);
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.timing().heartbeat_interval;
             self.send_heartbeats(now);
@@ -1365,6 +1423,7 @@ impl DataNode {
         if self.lease.want_round && self.role == Role::Primary {
             self.start_lease_round(now);
         }
+        self.host_path_handover(now);
         self.maybe_stand(now);
         if now.saturating_since(self.last_bitmap_flush) >= self.cfg.bitmap_flush_interval {
             self.last_bitmap_flush = now;
@@ -1382,6 +1441,7 @@ impl DataNode {
     /// Work that follows any event: completions, replication checks, resync.
     fn progress(&mut self, now: Instant) {
         self.check_lease(now);
+        self.relieve_stream(now);
         self.try_complete_writes(now);
         self.try_complete_flushes(now);
         self.try_complete_reads(now);
@@ -1723,9 +1783,16 @@ impl DataNode {
     }
 
     fn issue_write(&mut self, id: u64) {
+        self.issue_write_from(id, false)
+    }
+
+    fn issue_write_from(&mut self, id: u64, from_queue: bool) {
         let Some(w) = self.writes.get(&id).copied() else {
             return;
         };
+        if self.hold_for_stream(id, &w, from_queue) {
+            return;
+        }
         if self.stream_ready() && !self.peer_takes(&w) {
             // A Deallocate the peer cannot take is left out on both nodes,
             // so that both keep returning what they returned before.
@@ -1738,12 +1805,13 @@ impl DataNode {
         }
         self.actions.push(Action::SubmitLocalWrite { id });
         let mut seq = None;
-        if self.stream_ready() {
+        if self.stream_ready() && !self.stream_overflow {
             let s = self.next_seq;
             self.next_seq += 1;
             seq = Some(s);
             self.seq_to_id.insert(s, id);
-            self.unacked.insert(s, (w.offset, w.len));
+            let wire = self.replication_wire_bytes(&w);
+            self.unacked.insert(s, (w.offset, w.len), wire);
             self.replicate(id, s, &w);
         }
         if let Some(w) = self.writes.get_mut(&id) {
@@ -1972,7 +2040,7 @@ impl DataNode {
         }
         if self.role == Role::Primary && rec.primary != Some(self.me) {
             let why = if self.demote.is_some() {
-                "switchover"
+                self.handover_reason
             } else {
                 "deposed"
             };
@@ -2037,6 +2105,11 @@ impl DataNode {
             return;
         }
         let handover = self.handover_from_peer;
+        // Without a front-end it could serve no host (a handover offered by
+        // the primary, which saw this node's report, is still taken).
+        if !handover && self.host_path.lost() {
+            return;
+        }
         if !handover {
             if now < self.next_candidacy_at
                 || now < self.primary_seen + self.timing().failure_timeout + self.stand_stagger(now)
@@ -2235,6 +2308,7 @@ impl DataNode {
             // first request was sent.
             self.lease.until = Some(c.started + self.timing().lease_duration);
             self.lease.confirmed = self.lease.next_round.saturating_sub(1);
+            self.primary_since = now;
             self.set_role(now, Role::Primary, c.reason.name());
         } else {
             self.push_role_change(now, c.reason.name());
@@ -2295,7 +2369,8 @@ impl DataNode {
             let s = self.next_seq;
             self.next_seq += 1;
             self.seq_to_id.insert(s, *id);
-            self.unacked.insert(s, (w.offset, w.len));
+            let wire = self.replication_wire_bytes(&w);
+            self.unacked.insert(s, (w.offset, w.len), wire);
             self.replicate(*id, s, &w);
             if let Some(w) = self.writes.get_mut(id) {
                 w.seq = Some(s);
@@ -2363,6 +2438,10 @@ impl DataNode {
         if !ready {
             return Err(CommandError::PeerNotReady);
         }
+        if self.peer_host_path_lost(now) {
+            return Err(CommandError::PeerHasNoHostPath);
+        }
+        self.handover_reason = "switchover";
         let flush = self.new_flush(now, FlushPurpose::PreHandover, true);
         self.demote_preflush = Some((flush, now));
         self.progress(now);
@@ -2455,6 +2534,9 @@ impl DataNode {
         }
         if self.candidacy.is_some() {
             return Err(CommandError::Busy);
+        }
+        if self.host_path.lost() {
+            return Err(CommandError::NoHostPath);
         }
         let peer = self.voter.knowledge[self.peer.index()];
         let peer_serving = peer.alive(now, self.timing().failure_timeout)
@@ -3533,6 +3615,9 @@ impl DataNode {
                 remaining_regions: r.remaining(),
             }),
             election: self.candidacy.map(|c| (c.epoch, c.reason)),
+            host_path: self.host_path.report(),
+            peer_host_path: peer_k.heartbeat.and_then(|h| h.host_path),
+            peer_host_path_lost: self.peer_host_path_lost(now),
         }
     }
 }

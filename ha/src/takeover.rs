@@ -5,8 +5,11 @@
 //! with gratuitous ARP, tickle the hosts' connections, release).
 //!
 //! A node claims while it is primary and serving and has heard nothing from
-//! its peer on any link for the failure timeout; it releases as soon as the
-//! peer is heard again on any link, or when it stops being primary. After a
+//! its peer on any link for the failure timeout, or while its peer, heard,
+//! reports that its front-end is lost (its host path, §17: hosts cannot
+//! reach it, and their connections to it hang until reset); it releases as
+//! soon as the peer is heard again on any link with a front-end, or when it
+//! stops being primary. After a
 //! claim it works in rounds spaced out over a few seconds: Linux answers an
 //! out-of-window segment at most once per `tcp_invalid_ratelimit` (500 ms)
 //! per connection, and a first round may find a host's MAC address unknown.
@@ -35,6 +38,11 @@ pub struct PeerView<'a> {
     /// Time since the peer was last heard on each configured link (`None`:
     /// never since this node started).
     pub peer_heard: &'a [Option<crate::Duration>],
+    /// The peer is heard and reports its front-end lost.
+    pub peer_host_path_lost: bool,
+    /// This node's own front-end is lost (when it comes back, the node
+    /// announces its addresses).
+    pub host_path_lost: bool,
 }
 
 /// What to do now; several may be set at once.
@@ -62,6 +70,7 @@ pub struct Takeover {
     next_round: usize,
     last_role: Option<Role>,
     peer_was_heard: bool,
+    host_path_was_lost: bool,
     announce_from: Option<Instant>,
     next_announce: usize,
 }
@@ -75,9 +84,19 @@ impl Takeover {
             next_round: 0,
             last_role: None,
             peer_was_heard: false,
+            host_path_was_lost: false,
             announce_from: None,
             next_announce: 0,
         }
+    }
+
+    /// Announce the node's own addresses again, on the schedule of
+    /// [`ANNOUNCE_OFFSETS_MS`]: its front-end NIC's link came back, and the
+    /// peer may hold its addresses (claimed while the host path was lost),
+    /// which would keep the witness's and the hosts' frames away from it.
+    pub fn announce_from(&mut self, now: Instant) {
+        self.announce_from = Some(now);
+        self.next_announce = 0;
     }
 
     pub fn claimed(&self) -> bool {
@@ -103,7 +122,12 @@ impl Takeover {
             .peer_heard
             .iter()
             .any(|age| age.is_some_and(|age| age < self.failure_timeout));
-        if self.last_role.is_some_and(|role| role != view.role) || (heard && !self.peer_was_heard) {
+        let front_end_back = self.host_path_was_lost && !view.host_path_lost;
+        self.host_path_was_lost = view.host_path_lost;
+        if self.last_role.is_some_and(|role| role != view.role)
+            || (heard && !self.peer_was_heard)
+            || front_end_back
+        {
             self.announce_from = Some(now);
             self.next_announce = 0;
         }
@@ -123,7 +147,7 @@ impl Takeover {
                 self.announce_from = None;
             }
         }
-        let silent = self.peer_silent(now, view.peer_heard);
+        let silent = self.peer_silent(now, view.peer_heard) || view.peer_host_path_lost;
         match self.claimed_at {
             None => {
                 if view.role == Role::Primary && view.serving && silent {
@@ -172,6 +196,8 @@ mod tests {
             role,
             serving: true,
             peer_heard: heard,
+            peer_host_path_lost: false,
+            host_path_lost: false,
         }
     }
 
@@ -197,10 +223,10 @@ mod tests {
             !t.update(ms(10_000), view(Role::Secondary, &ages(5000, 5000)))
                 .claim
         );
+        let silent = ages(5000, 5000);
         let not_serving = PeerView {
-            role: Role::Primary,
             serving: false,
-            peer_heard: &ages(5000, 5000),
+            ..view(Role::Primary, &silent)
         };
         assert!(!t.update(ms(10_000), not_serving).claim);
         let decision = t.update(ms(10_000), view(Role::Primary, &ages(2000, 2500)));
@@ -333,5 +359,55 @@ mod tests {
                 .announce_own,
             "heard again"
         );
+    }
+
+    #[test]
+    fn a_heard_peer_that_lost_its_front_end_is_claimed_until_it_has_one_again() {
+        let mut t = Takeover::new(TIMEOUT, ms(0));
+        let heard = ages(10, 3000);
+        assert!(!t.update(ms(5000), view(Role::Primary, &heard)).claim);
+        let lost = PeerView {
+            peer_host_path_lost: true,
+            ..view(Role::Primary, &heard)
+        };
+        let claim = t.update(ms(5010), lost);
+        assert!(claim.claim);
+        assert_eq!(claim.round, Some(0));
+        assert_eq!(t.update(ms(5060), lost).round, Some(1), "tickles follow");
+        assert!(!t.update(ms(5070), lost).release);
+        let back = t.update(ms(9000), view(Role::Primary, &ages(10, 10)));
+        assert!(back.release && !t.claimed());
+    }
+
+    #[test]
+    fn a_node_whose_front_end_returns_announces_its_addresses() {
+        let mut t = Takeover::new(TIMEOUT, ms(0));
+        let heard = ages(10, 10);
+        t.update(ms(1), view(Role::Secondary, &heard));
+        for at in [301, 1001, 2000] {
+            t.update(ms(at), view(Role::Secondary, &heard));
+        }
+        let lost = PeerView {
+            host_path_lost: true,
+            ..view(Role::Secondary, &heard)
+        };
+        assert!(!t.update(ms(3000), lost).announce_own);
+        assert!(!t.update(ms(4000), lost).announce_own);
+        assert!(t.update(ms(5000), view(Role::Secondary, &heard)).announce_own);
+        assert!(t.update(ms(5300), view(Role::Secondary, &heard)).announce_own);
+    }
+
+    #[test]
+    fn an_announcement_can_be_asked_for() {
+        let mut t = Takeover::new(TIMEOUT, ms(0));
+        let heard = ages(10, 10);
+        for at in [1, 301, 1001, 3000] {
+            t.update(ms(at), view(Role::Secondary, &heard));
+        }
+        assert!(!t.update(ms(4000), view(Role::Secondary, &heard)).announce_own);
+        t.announce_from(ms(5000));
+        assert!(t.update(ms(5000), view(Role::Secondary, &heard)).announce_own);
+        assert!(t.update(ms(5300), view(Role::Secondary, &heard)).announce_own);
+        assert!(t.update(ms(6000), view(Role::Secondary, &heard)).announce_own);
     }
 }

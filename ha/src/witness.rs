@@ -177,6 +177,7 @@ impl Witness {
                 echo: self.voter.knowledge[to.index()]
                     .heartbeat
                     .map_or(0, |h| h.incarnation),
+                host_path: None,
             };
             for l in 0..self.cfg.links {
                 self.send(to, LinkId(l), Message::Heartbeat(hb));

@@ -7,8 +7,10 @@ use tandem_ha::node::{
     Action, CommandError, Config, DataNode, HostIoError, InitialData, IoResult, Timing,
 };
 use tandem_ha::voter::{OwnView, VoteAsk, Voter};
-use tandem_ha::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal};
 use tandem_ha::generations::Generations;
+use tandem_ha::wire::control::{
+    Datagram, ElectionReason, Heartbeat, HostPathReport, Message, Refusal,
+};
 use tandem_ha::wire::stream::{AckStatus, Body, Frame, Hello, HelloData, feature};
 use tandem_ha::witness::{Witness, WitnessConfig};
 use tandem_ha::{AnaState, DataState, Duration, EpochRecord, Error, Instant, LinkId, NodeId, Role};
@@ -107,6 +109,7 @@ fn hb(role: Role, record: EpochRecord, flags: u8) -> Heartbeat {
         record,
         incarnation: 7,
         echo: 0,
+        host_path: None,
     }
 }
 
@@ -1039,6 +1042,15 @@ fn adversarial_valid_messages_never_panic() {
                     record: rec,
                     incarnation: r.n(),
                     echo: [0, 999, 12345][(r.n() % 3) as usize],
+                    host_path: [
+                        None,
+                        Some(HostPathReport {
+                            can_serve: r.n() % 2 == 0,
+                            nic_up: r.n() % 2 == 0,
+                            hears_peer: r.n() % 2 == 0,
+                            hears_witness: r.n() % 2 == 0,
+                        }),
+                    ][(r.n() % 2) as usize],
                 }),
                 1 => Message::LeaseRequest {
                     round: r.pick(&epochs),
@@ -1987,4 +1999,103 @@ fn a_peer_with_another_disk_size_or_pair_is_refused_at_the_handshake() {
         assert!(status.contains(&format!("peer-size:{size}B")), "{status}");
         assert!(t.a.handshake_refused());
     }
+}
+
+/// A peer that died without closing its stream (a half-open connection)
+/// while the host writes as fast as the primary's disk allows, for 2 s: what
+/// the primary asks the kernel to hold for the stream stays within
+/// `max_unacked_bytes` and the one resend of the unacknowledged writes in the
+/// new epoch (back-pressure until the peer is recorded Outdated, then the
+/// stream is given up), the host's writes go on, nothing panics.
+#[test]
+fn unthrottled_writes_against_a_dead_peer_keep_the_stream_bounded() {
+    let mut t = Trio::with_stream();
+    t.step(400);
+    assert_eq!(t.a.role(), Role::Primary);
+    assert_eq!(t.a.record().outdated, None, "{:?}", t.log);
+    let bound = Config::new(NodeId::A, PAIR, 1).max_unacked_bytes;
+    const SLOTS: u64 = 16;
+    const LEN: u64 = 128 << 10;
+    let mut next_id = 1000;
+    let mut in_flight: std::collections::BTreeMap<u64, u64> = Default::default();
+    let mut local_pending: Vec<u64> = Vec::new();
+    let mut outbox: u64 = 0;
+    let mut max_outbox: u64 = 0;
+    let mut completed = 0u64;
+    let mut closed = 0;
+    let start = t.now;
+    // B is dead from now on: it hears nothing and says nothing; A's stream
+    // to it stays "connected" and never drains.
+    while t.now < start + 2_000 {
+        t.now += 1;
+        let now = ms(t.now);
+        for id in local_pending.drain(..) {
+            t.a.on_local_write_done(now, id, true);
+        }
+        t.a.tick(now);
+        t.w.tick(now);
+        for slot in 0..SLOTS {
+            if !in_flight.values().any(|s| *s == slot) {
+                let id = next_id;
+                next_id += 1;
+                if t.a.host_write(now, id, slot * LEN, LEN, false).is_ok() {
+                    in_flight.insert(id, slot);
+                }
+            }
+        }
+        for _ in 0..10 {
+            let mut to_a = Vec::new();
+            for a in t.w.drain_actions() {
+                if let Action::SendDatagram { to: NodeId::A, link, bytes } = a {
+                    to_a.push((link, bytes));
+                }
+            }
+            let acts: Vec<Action> = t.a.drain_actions().collect();
+            if acts.is_empty() && to_a.is_empty() {
+                break;
+            }
+            for a in acts {
+                match a {
+                    Action::SendDatagram { to: NodeId::Witness, link, bytes } => {
+                        t.w.on_datagram(now, link, &bytes)
+                    }
+                    Action::SendStream { bytes } => outbox += bytes.len() as u64,
+                    Action::ReplicateWrite { frame_prefix, .. } => {
+                        outbox += frame_prefix.len() as u64 + LEN
+                    }
+                    Action::CloseStream => {
+                        outbox = 0;
+                        closed += 1;
+                    }
+                    Action::SubmitLocalWrite { id } => local_pending.push(id),
+                    Action::PersistBitmap { generation, .. } => {
+                        t.a.on_bitmap_persisted(now, generation, true)
+                    }
+                    Action::FlushDisk { flush } => t.a.on_disk_flush_done(now, flush, true),
+                    Action::CompleteWrite { id, result } => {
+                        assert_eq!(result, IoResult::Ok, "{:?}", t.log);
+                        in_flight.remove(&id);
+                        completed += 1;
+                    }
+                    _ => {}
+                }
+            }
+            for (link, bytes) in to_a {
+                t.a.on_datagram(now, link, &bytes);
+            }
+            max_outbox = max_outbox.max(outbox);
+        }
+    }
+    assert_eq!(t.a.role(), Role::Primary, "{:?}", t.log);
+    assert_eq!(t.a.record().outdated, Some(NodeId::B), "B recorded Outdated");
+    assert!(closed >= 1, "the stream that does not drain is given up");
+    assert_eq!(t.a.counters().stream_overflows, 1);
+    assert!(
+        max_outbox <= 2 * bound + (1 << 20),
+        "the stream held {max_outbox} bytes (bound {bound})"
+    );
+    eprintln!("stream held at most {max_outbox} bytes; {completed} writes completed");
+    // 16 writes of 128 KiB every 2 ms (disk, then the host's next write),
+    // less the failure timeout.
+    assert!(completed > 8 * 1_700, "only {completed} writes completed");
 }

@@ -37,6 +37,9 @@ const STATUS_BUFFER_BYTES: usize = 4096;
 const NEIGHBOR_REPLAY_MICROS: u64 = 5_000_000;
 /// Sectors per virtio-blk request for the pattern commands (64 KiB).
 const PATTERN_CHUNK_SECTORS: u64 = 128;
+/// How often a data node reads its front-end NIC's link state (a device
+/// access: cheap enough at this rate even under TCG).
+const LINK_CHECK_MICROS: u64 = 20_000;
 
 pub struct Machine {
     nets: Vec<NetPort>,
@@ -56,6 +59,8 @@ pub struct Machine {
     irq_rounds: [u64; 16],
     /// Time spent halted, waiting for an interrupt.
     halted_micros: u64,
+    /// When the front-end NIC's link state is read next.
+    next_link_check_micros: u64,
 }
 
 fn instant(micros: u64) -> Instant {
@@ -125,7 +130,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, local_disks: LocalDisks::new(), pair: None, irq_rounds: [0; 16], halted_micros: 0 }
+        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, local_disks: LocalDisks::new(), pair: None, irq_rounds: [0; 16], halted_micros: 0, next_link_check_micros: 0 }
     }
 
     pub fn run(mut self) -> ! {
@@ -165,6 +170,14 @@ impl Machine {
                 };
                 busy |= nvme.poll(&mut self.nets, backend, &mut self.disks, now);
                 if let (Some(Pair::Data(pair)), Some(disk)) = (self.pair.as_mut(), self.disks.first_mut()) {
+                    if now >= self.next_link_check_micros {
+                        self.next_link_check_micros = now + LINK_CHECK_MICROS;
+                        let nics = pair.front_end_nics(&self.nets);
+                        if !nics.is_empty() {
+                            let up = nics.iter().any(|&nic| self.net_transports[nic].net_link_up());
+                            pair.set_front_end_link(up, &mut serial::Console, now);
+                        }
+                    }
                     busy |= pair.poll(&mut self.nets, disk, nvme, &mut serial::Console, now);
                 }
                 // Bytes the NVMe service queued go out in this round.

@@ -275,6 +275,10 @@ pub struct DataPair {
     /// Hosts are admitted to the namespace (its size agreed with the peer),
     /// or told to come back later (gated) until it is.
     hosts: HostAdmission,
+    /// The front-end NIC's link, as last reported, and the node's host-path
+    /// verdict, as last printed.
+    front_end_link: Option<bool>,
+    host_path_lost: bool,
 }
 
 /// Whether hosts may connect yet: not before this node's namespace size is
@@ -455,11 +459,40 @@ impl DataPair {
             ana: HaAna::Inaccessible,
             takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
             hosts: HostAdmission::Unset,
+            front_end_link: None,
+            host_path_lost: false,
         })
     }
 
     pub fn data_bytes(&self) -> u64 {
         self.node.data_bytes()
+    }
+
+    /// The NICs hosts reach the pair on, whose link state the node's host
+    /// path depends on (`docs/ha-protocol.md` §17): those in the subnet of a
+    /// peer portal (the hosts' segments), else link 1's (the front-end).
+    pub fn front_end_nics<Q: FrameQueues>(&self, nets: &[NetPort<Q>]) -> Vec<usize> {
+        let peer_portals = self.takeover.peer_portals();
+        let nics: Vec<usize> = (0..nets.len()).filter(|&nic| peer_portals.iter().any(|address| nets[nic].nic.in_subnet(*address))).collect();
+        if nics.is_empty() {
+            self.links.sockets[1].map(|(nic, _)| nic).into_iter().collect()
+        } else {
+            nics
+        }
+    }
+
+    /// The front-end NICs' link state (up: any is), sampled by the machine.
+    pub fn set_front_end_link(&mut self, up: bool, console: &mut dyn Write, now_micros: u64) {
+        if self.front_end_link != Some(up) {
+            if self.front_end_link.is_some() || !up {
+                let _ = writeln!(console, "tandem: front-end link {}", if up { "up" } else { "down" });
+            }
+            if up && self.front_end_link.is_some() {
+                self.takeover.front_end_link_up(now_micros);
+            }
+            self.front_end_link = Some(up);
+        }
+        self.node.set_front_end_nic(ha_now(now_micros), up);
     }
 
     fn path_error(&self) -> BlockError {
@@ -603,6 +636,10 @@ impl DataPair {
         busy |= self.pump_stream(nets, now_micros);
         busy |= self.poll_takeover(nets, nvme, console, now_micros);
         self.admit_hosts_once_sized(nvme, console);
+        if self.node.host_path_lost() != self.host_path_lost {
+            self.host_path_lost = self.node.host_path_lost();
+            let _ = writeln!(console, "tandem: host path {}", if self.host_path_lost { "lost" } else { "back" });
+        }
         busy
     }
 

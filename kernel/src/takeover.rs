@@ -90,6 +90,17 @@ impl AddressTakeover {
         self.me.peer()
     }
 
+    /// The front-end NIC's link came back: announce this node's addresses
+    /// (the peer may hold them).
+    pub fn front_end_link_up(&mut self, now_micros: u64) {
+        self.decision.announce_from(Instant::from_micros(now_micros));
+    }
+
+    /// The peer's portal addresses (`peer=`).
+    pub fn peer_portals(&self) -> &[Ipv4Address] {
+        &self.peer_portals
+    }
+
     /// A connection-list datagram from a link. Anything wrong is dropped and
     /// counted.
     pub fn on_datagram(&mut self, bytes: &[u8]) {
@@ -147,11 +158,17 @@ impl AddressTakeover {
         self.next_decision_micros = now_micros + DECIDE_MICROS;
         let status = status();
         let links = (status.links as usize).min(status.peer_heard.len());
-        let view = PeerView { role: status.role, serving: status.serving, peer_heard: &status.peer_heard[..links] };
+        let view = PeerView {
+            role: status.role,
+            serving: status.serving,
+            peer_heard: &status.peer_heard[..links],
+            peer_host_path_lost: status.peer_host_path_lost,
+            host_path_lost: status.host_path.is_some_and(|path| !path.can_serve),
+        };
         let decision = self.decision.update(Instant::from_micros(now_micros), view);
         if decision.release {
             busy = true;
-            let why = if status.role == tandem_ha::Role::Primary { "peer heard" } else { "no longer primary" };
+            let why = if status.role == tandem_ha::Role::Primary { "peer heard, front-end up" } else { "no longer primary" };
             for (nic, address) in core::mem::take(&mut self.claimed) {
                 nets[nic].nic.release_address(address);
                 replay_neighbors(&mut nets[nic]);
@@ -160,7 +177,7 @@ impl AddressTakeover {
         }
         if decision.claim {
             busy = true;
-            self.claim(nets, console);
+            self.claim(nets, console, if status.peer_host_path_lost { "peer's front-end lost" } else { "peer silent" });
         }
         if decision.announce_own {
             announce_own(nets, now_micros);
@@ -172,7 +189,7 @@ impl AddressTakeover {
         (busy, report)
     }
 
-    fn claim<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write) {
+    fn claim<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write, why: &str) {
         for address in self.peer_portals.clone() {
             let Some(nic) = nets.iter().position(|port| port.nic.in_subnet(address)) else {
                 log::warn!("takeover: no NIC in the subnet of the peer's {address}");
@@ -183,7 +200,7 @@ impl AddressTakeover {
                     replay_neighbors(&mut nets[nic]);
                     self.claimed.push((nic, address));
                     let connections = self.peer_connections_on(address).count();
-                    let _ = writeln!(console, "tandem: takeover claim {address} on net{nic} (peer silent), tickled {connections} connections");
+                    let _ = writeln!(console, "tandem: takeover claim {address} on net{nic} ({why}), tickled {connections} connections");
                 }
                 Err(error) => {
                     let _ = writeln!(console, "tandem: takeover of {address} on net{nic} failed: {error}");

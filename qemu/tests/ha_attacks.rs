@@ -336,6 +336,7 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
                 record: EpochRecord { epoch: u64::MAX - 1, primary: Some(from), outdated: Some(to) },
                 incarnation: 1,
                 echo: 0,
+                host_path: None,
             };
             for _ in 0..3 {
                 push(from, to, Message::Heartbeat(heartbeat), u64::MAX, version_2);

@@ -306,3 +306,92 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         assert!(!node.console_log().contains("tandem: panic"), "{}", node.console_log());
     }
 }
+
+/// The primary's front-end links go down (QMP `set_link`, as `cargo tandem
+/// fault link-down` does) while the pair still hears each other on the
+/// replication link: the primary judges its host path lost and hands over
+/// as in a planned switchover, the new primary claims its portal address and
+/// resets the host's connection to it; when the links return the old primary
+/// reports a host path again and gets its address back, and stays Secondary
+/// (no failback).
+#[test]
+fn primary_s_front_end_cut_hands_over_and_its_host_connections_are_reset() {
+    if !is_root() {
+        skip("pair_takeover", "network namespaces need root");
+        return;
+    }
+    let mut pair = Pair::start("hostpath");
+    let first = pair.primary();
+    let primary_seen = Instant::now();
+    let second = 1 - first;
+    let cut_portal = portal(first);
+    let cut_address = cut_portal.ip().to_string();
+
+    let (connected_tx, connected_rx) = mpsc::channel();
+    let idle = pair.ns.spawn(move || {
+        let (mut admin, cntlid) = Queue::admin_over(tcp_to(cut_portal), NQN, HOST, 30_000);
+        connected_tx.send(cntlid).unwrap();
+        wait_reset(admin.stream(), Duration::from_secs(90))
+    });
+    connected_rx.recv_timeout(Duration::from_secs(60)).expect("the host connected to the primary");
+    let mut console = pair.nodes[second].console(Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = status(&mut console);
+        if text.contains("peer reported 1 connections") {
+            assert!(text.contains("host-path: ok (nic:up peer:heard witness:heard)"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the primary never reported the connection:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Host-path handovers are spaced by ten failure timeouts (20 s here)
+    // from the node's becoming primary.
+    std::thread::sleep(Duration::from_secs(21).saturating_sub(primary_seen.elapsed()));
+
+    let mut qmp = pair.nodes[first].qmp(Duration::from_secs(20)).unwrap();
+    let cut_at = Instant::now();
+    for nic in ["nic0", "nic2"] {
+        qmp.set_link(nic, false).unwrap();
+    }
+    let lost = pair.nodes[first]
+        .wait_for_line("host path lost", Duration::from_secs(30), |l| l.starts_with("tandem: host path lost"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[first].console_log()));
+    let _ = lost;
+    pair.nodes[first]
+        .wait_for_line("the handover", Duration::from_secs(30), |l| l.starts_with("tandem: role secondary ") && l.ends_with("reason host-path-lost"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[first].console_log()));
+    let claim = pair.nodes[second]
+        .wait_for_line("the claim", Duration::from_secs(30), |l| l.starts_with(&format!("tandem: takeover claim {cut_address} ")))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
+    assert!(claim.contains("(peer's front-end lost)") && claim.contains("tickled 1 connections"), "{claim}");
+    let reset = idle.join().unwrap().unwrap_or_else(|e| panic!("the connection was not reset: {e}\n{}", pair.nodes[second].console_log()));
+    let log = pair.nodes[second].console_log();
+    assert!(last_role_is_primary(&log), "{log}");
+    eprintln!("front-end cut -> host connection reset {:?}", reset - cut_at);
+    // hb_interval=100 hb_timeout=2000: the loss is believed after 200 ms,
+    // the switchover and the claim take a few hundred more; a kill takes
+    // the failure timeout and an election first (the other test's 6 s).
+    assert!(reset - cut_at < Duration::from_secs(4), "reset {:?} after the cut", reset - cut_at);
+
+    // The links return: the old primary's host path is back after twice the
+    // failure timeout, the survivor releases the address, nothing fails back.
+    for nic in ["nic0", "nic2"] {
+        qmp.set_link(nic, true).unwrap();
+    }
+    pair.nodes[first]
+        .wait_for_line("host path back", Duration::from_secs(30), |l| l.starts_with("tandem: host path back"))
+        .unwrap_or_else(|e| {
+            let mut first_console = pair.nodes[first].console(Duration::from_secs(20)).unwrap();
+            panic!("{e}\n{}\n--- status of the old primary:\n{}\n--- of the new:\n{}", pair.nodes[first].console_log(), status(&mut first_console), status(&mut console))
+        });
+    pair.nodes[second]
+        .wait_for_line("the release", Duration::from_secs(30), |l| l.starts_with(&format!("tandem: takeover release {cut_address} ")))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(last_role_is_primary(&pair.nodes[second].console_log()));
+    assert!(!last_role_is_primary(&pair.nodes[first].console_log()));
+    for node in &pair.nodes {
+        assert!(!node.console_log().contains("tandem: panic"), "{}", node.console_log());
+    }
+}

@@ -263,6 +263,7 @@ mod tests {
                 },
                 incarnation: 1,
                 echo: 0,
+                host_path: None,
             }),
         }
         .emit()

@@ -243,6 +243,66 @@ pub struct Heartbeat {
     /// The receiver's incarnation as last heard by the sender (0 if none):
     /// proves the heartbeat was sent after the receiver started.
     pub echo: u64,
+    /// The sender's host path (data nodes that judge it; `None` from the
+    /// witness, from a node that does not, and from a sender that predates
+    /// the field).
+    pub host_path: Option<HostPathReport>,
+}
+
+/// Version of the host-path field appended to the heartbeat.
+pub const HOST_PATH_VERSION: u8 = 1;
+/// Heartbeat payload without the host-path field, and with it.
+pub const HEARTBEAT_BASE_LEN: usize = 40;
+pub const HEARTBEAT_LEN: usize = HEARTBEAT_BASE_LEN + 8;
+
+/// Host-path field flag bits.
+pub mod host_path_flags {
+    /// The sender's verdict: it can serve hosts.
+    pub const CAN_SERVE: u8 = 1 << 0;
+    /// Its front-end NIC's link is up.
+    pub const NIC_UP: u8 = 1 << 1;
+    /// It hears its peer on a front-end link.
+    pub const HEARS_PEER: u8 = 1 << 2;
+    /// It hears the witness on a front-end link.
+    pub const HEARS_WITNESS: u8 = 1 << 3;
+}
+
+/// A data node's view of its own front-end (`docs/ha-protocol.md` §17):
+/// the verdict, with the signals it was drawn from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPathReport {
+    pub can_serve: bool,
+    pub nic_up: bool,
+    pub hears_peer: bool,
+    pub hears_witness: bool,
+}
+
+impl HostPathReport {
+    fn flags(&self) -> u8 {
+        use host_path_flags::*;
+        let mut f = 0;
+        for (set, bit) in [
+            (self.can_serve, CAN_SERVE),
+            (self.nic_up, NIC_UP),
+            (self.hears_peer, HEARS_PEER),
+            (self.hears_witness, HEARS_WITNESS),
+        ] {
+            if set {
+                f |= bit;
+            }
+        }
+        f
+    }
+
+    fn from_flags(f: u8) -> HostPathReport {
+        use host_path_flags::*;
+        HostPathReport {
+            can_serve: f & CAN_SERVE != 0,
+            nic_up: f & NIC_UP != 0,
+            hears_peer: f & HEARS_PEER != 0,
+            hears_witness: f & HEARS_WITNESS != 0,
+        }
+    }
 }
 
 /// The message carried by a control datagram.
@@ -322,6 +382,15 @@ impl Datagram {
                 let record = r.record()?;
                 let incarnation = r.u64();
                 let echo = r.u64();
+                // The host-path field: absent from older senders; a later
+                // version of it is not understood and taken as absent.
+                let host_path = if payload.len() >= HEARTBEAT_LEN {
+                    let version = r.u8();
+                    let f = r.u8();
+                    (version == HOST_PATH_VERSION).then(|| HostPathReport::from_flags(f))
+                } else {
+                    None
+                };
                 Message::Heartbeat(Heartbeat {
                     role,
                     data_state,
@@ -332,6 +401,7 @@ impl Datagram {
                     record,
                     incarnation,
                     echo,
+                    host_path,
                 })
             }
             kind::LEASE_REQUEST => {
@@ -415,6 +485,10 @@ impl Datagram {
                     .record(&h.record)
                     .u64(h.incarnation)
                     .u64(h.echo);
+                match h.host_path {
+                    Some(p) => w.u8(HOST_PATH_VERSION).u8(p.flags()).zeros(6),
+                    None => w.zeros(8),
+                };
                 kind::HEARTBEAT
             }
             Message::LeaseRequest { round, record } => {
@@ -500,6 +574,24 @@ mod tests {
                 record: rec,
                 incarnation: 0xdead_beef,
                 echo: 42,
+                host_path: Some(HostPathReport {
+                    can_serve: false,
+                    nic_up: true,
+                    hears_peer: false,
+                    hears_witness: true,
+                }),
+            }),
+            Message::Heartbeat(Heartbeat {
+                role: Role::Witness,
+                data_state: DataState::UpToDate,
+                peer_state: DataState::UpToDate,
+                flags: 0,
+                voted_for: None,
+                vote_outdated: None,
+                record: rec,
+                incarnation: 1,
+                echo: 0,
+                host_path: None,
             }),
             Message::LeaseRequest {
                 round: 99,
@@ -596,6 +688,28 @@ mod tests {
                 max: MAX_PAYLOAD as u64
             })
         );
+    }
+
+    #[test]
+    fn a_heartbeat_without_the_host_path_field_or_with_a_later_version_of_it_has_none() {
+        let Message::Heartbeat(hb) = samples()[0].message else { unreachable!() };
+        let d = Datagram { sender: NodeId::A, link: LinkId(1), epoch: 3, message: Message::Heartbeat(hb) };
+        let full = d.emit();
+        assert_eq!(full.len(), HEADER_LEN + HEARTBEAT_LEN);
+        // An older sender's 40-byte heartbeat.
+        let mut old = full[..HEADER_LEN + HEARTBEAT_BASE_LEN].to_vec();
+        old[16..18].copy_from_slice(&(HEARTBEAT_BASE_LEN as u16).to_be_bytes());
+        let crc = compute_crc(&old);
+        old[20..24].copy_from_slice(&crc.to_be_bytes());
+        let Ok(Datagram { message: Message::Heartbeat(parsed), .. }) = Datagram::parse(&old) else { panic!() };
+        assert_eq!(parsed, Heartbeat { host_path: None, ..hb });
+        // A later version of the field.
+        let mut later = full.clone();
+        later[HEADER_LEN + HEARTBEAT_BASE_LEN] = HOST_PATH_VERSION + 1;
+        let crc = compute_crc(&later);
+        later[20..24].copy_from_slice(&crc.to_be_bytes());
+        let Ok(Datagram { message: Message::Heartbeat(parsed), .. }) = Datagram::parse(&later) else { panic!() };
+        assert_eq!(parsed.host_path, None);
     }
 
     #[test]

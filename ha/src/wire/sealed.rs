@@ -263,6 +263,7 @@ mod tests {
                 },
                 incarnation: 5,
                 echo: 6,
+                host_path: None,
             }),
         }
         .emit()
@@ -304,13 +305,13 @@ mod tests {
         assert_eq!(sealed[5], control::kind::HEARTBEAT);
         assert_eq!(sealed[6], 0);
         assert_eq!(sealed[7], 1);
-        assert_eq!(&sealed[16..18], &[0, 40]);
+        assert_eq!(&sealed[16..18], &[0, control::HEARTBEAT_LEN as u8]);
         assert_eq!(sealed[18], 1);
         assert_eq!(&sealed[24..32], &0x1111u64.to_be_bytes());
         assert_eq!(&sealed[32..40], &0x2222u64.to_be_bytes());
         assert_eq!(&sealed[40..48], &9u64.to_be_bytes());
-        assert_eq!(sealed.len(), 48 + 40 + 32);
-        assert!(key().verify(&[&sealed[..88]], &sealed[88..]));
+        assert_eq!(sealed.len(), 48 + control::HEARTBEAT_LEN + 32);
+        assert!(key().verify(&[&sealed[..48 + control::HEARTBEAT_LEN]], &sealed[48 + control::HEARTBEAT_LEN..]));
         let listed = seal(&list(), &auth(), &key()).unwrap();
         assert_eq!(&listed[..4], b"TDCN");
         assert_eq!(listed[5], 0);

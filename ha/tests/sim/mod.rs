@@ -312,6 +312,12 @@ pub struct Sim {
     /// A bitmap persist takes up to this many times the longest data
     /// write.
     pub slow_metadata: u64,
+    /// The link state of each data node's front-end NIC, as its kernel
+    /// reports it (`set_front_end_nic`). While it is down, the host reaches
+    /// the node no more: its commands and their completions are lost, and the
+    /// host retries them elsewhere (as after the reset a takeover's tickle
+    /// brings).
+    pub front_end_nic: [bool; 2],
 }
 
 pub fn timing() -> Timing {
@@ -380,6 +386,7 @@ impl Sim {
             torn_crash_per_mille: 0,
             slow_metadata: 1,
             torn_crashes: 0,
+            front_end_nic: [true; 2],
         };
         for id in NodeId::ALL {
             sim.nodes.push(SimNode {
@@ -464,6 +471,10 @@ impl Sim {
             Member::Data(DataNode::open(cfg, &s0, &s1, &bm, local).unwrap())
         };
         let n = &mut self.nodes[idx(id)];
+        let mut member = member;
+        if let Member::Data(d) = &mut member {
+            d.set_front_end_nic(local, self.front_end_nic[idx(id)]);
+        }
         n.member = Some(member);
         n.stream_conn = None;
         n.inbox.clear();
@@ -540,7 +551,9 @@ impl Sim {
             }
             Event::Deliver { to, input } => {
                 let n = &mut self.nodes[idx(to)];
-                if n.member.is_none() {
+                let host_input = matches!(input, Input::Host { .. } | Input::HostFlush { .. });
+                let unreachable = to.is_data_node() && !self.front_end_nic[idx(to)];
+                if n.member.is_none() || (host_input && unreachable) {
                     match input {
                         Input::Host { id, .. } => self.host_complete(id, None),
                         Input::HostFlush { id } => {
@@ -831,6 +844,7 @@ impl Sim {
                 self.disk_later(id, inc, DiskKind::Flush { flush });
             }
             Action::CompleteFlush { id: fid, result } => {
+                let result = if self.front_end_nic[idx(id)] { result } else { IoResult::PathError };
                 self.host_flush_complete(fid, result);
             }
             Action::SubmitLocalWrite { id: wid } => {
@@ -845,13 +859,15 @@ impl Sim {
                 let n = &mut self.nodes[idx(id)];
                 n.write_data.remove(&wid);
                 n.host_ops.remove(&wid);
-                self.host_complete(wid, Some((result, None)));
+                let outcome = self.front_end_nic[idx(id)].then_some((result, None));
+                self.host_complete(wid, outcome);
             }
             Action::CompleteRead { id: rid, result } => {
                 let n = &mut self.nodes[idx(id)];
                 let data = n.read_data.remove(&rid);
                 n.host_ops.remove(&rid);
-                self.host_complete(rid, Some((result, data)));
+                let outcome = self.front_end_nic[idx(id)].then_some((result, data));
+                self.host_complete(rid, outcome);
             }
             Action::ApplyReplicatedWrite {
                 seq, offset, data, ..
@@ -1000,6 +1016,49 @@ impl Sim {
             link,
             a,
             b,
+            if up { "up" } else { "down" }
+        ));
+    }
+
+    /// Cuts (or mends) data node `n`'s front-end: its NIC's link goes down,
+    /// so link 1 to every other member goes too, and the host reaches it no
+    /// more (its commands in flight fail and are retried, as after a reset).
+    pub fn set_front_end(&mut self, n: NodeId, up: bool) {
+        self.front_end_nic[idx(n)] = up;
+        for o in NodeId::ALL {
+            if o != n {
+                self.set_link(1, n, o, up);
+            }
+        }
+        if !up {
+            let ids: Vec<u64> = self
+                .host
+                .in_flight
+                .iter()
+                .filter(|(_, (t, _, _))| *t == n)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.host_complete(id, None);
+            }
+            let flushes: Vec<u64> = self
+                .host
+                .flushes_in_flight
+                .iter()
+                .filter(|(_, t)| **t == n)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in flushes {
+                self.host_flush_complete(id, IoResult::PathError);
+            }
+        }
+        if self.nodes[idx(n)].data().is_some() && self.nodes[idx(n)].paused_since.is_none() {
+            self.with_data(n, |d, now| d.set_front_end_nic(now, up));
+        }
+        self.log.push(format!(
+            "{:>8.3}ms front-end of {} {}",
+            self.now as f64 / 1000.0,
+            n,
             if up { "up" } else { "down" }
         ));
     }
