@@ -30,7 +30,7 @@ mod flushes;
 mod frames;
 mod host_path;
 mod ids;
-mod replication_bound;
+pub mod replication_bound;
 mod resync;
 
 use apply::{Apply, ApplyKind, ApplyQueue};
@@ -725,6 +725,8 @@ pub struct Counters {
     pub regions_cleaned: u64,
     /// Streams given up because the Outdated peer did not drain them.
     pub stream_overflows: u64,
+    /// Recoveries ended because the peer left a write unanswered.
+    pub stuck_recoveries: u64,
 }
 
 /// Region size of the dirty bitmap unless configured otherwise.
@@ -2390,6 +2392,9 @@ impl DataNode {
         }
         let t = self.timing();
         if self.peer_degraded() {
+            if self.recovery_stuck(now) {
+                return;
+            }
             let resync_done = self.resync.as_ref().is_some_and(|r| r.done_sent);
             if resync_done && self.stream_ready() && self.unacked.is_empty() {
                 self.stand(now, ElectionReason::PeerRecovered, None);

@@ -2099,3 +2099,33 @@ fn unthrottled_writes_against_a_dead_peer_keep_the_stream_bounded() {
     // less the failure timeout.
     assert!(completed > 8 * 1_700, "only {completed} writes completed");
 }
+
+/// During a recovery a write the peer leaves unanswered for the failure
+/// timeout ends the recovery (the stream is closed, the write completes on
+/// A alone, B stays Outdated), instead of waiting for the stream's TCP abort.
+#[test]
+fn a_write_stuck_during_a_recovery_ends_it_after_the_failure_timeout() {
+    let mut t = Trio::new();
+    let now = primary_a_resyncing_region_0(&mut t);
+    t.a.on_resync_read_done(now, 0, Some(&[7; 65536]));
+    let ack = Frame {
+        sender: NodeId::B,
+        epoch: t.b.promised_epoch(),
+        seq: 0,
+        body: Body::ResyncAck { offset: 0, len: 65536, status: AckStatus::Ok },
+    };
+    t.a.on_stream_bytes(now, &ack.emit());
+    t.a.drain_actions().for_each(drop);
+    // B's disk hangs: the stream stays up, nothing more comes back.
+    t.stream = false;
+    write_through(&mut t, 7, 4 * 65536);
+    assert_eq!(t.a.status(now).in_flight_writes, 1, "W waits for B");
+    t.step(t.now + 90);
+    assert_eq!(t.a.status(ms(t.now)).in_flight_writes, 1, "not before the failure timeout");
+    assert_eq!(t.a.counters().stuck_recoveries, 0);
+    t.step(t.now + 20);
+    assert_eq!(t.a.counters().stuck_recoveries, 1, "{:?}", t.log);
+    assert_eq!(t.a.status(ms(t.now)).in_flight_writes, 0, "W completed on A alone");
+    assert_eq!(t.a.role(), Role::Primary);
+    assert_eq!(t.a.record().outdated, Some(NodeId::B));
+}

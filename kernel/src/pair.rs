@@ -39,11 +39,9 @@ use crate::takeover::{self, AddressTakeover};
 const UDP_PACKETS: usize = 32;
 const UDP_BYTES: usize = 32 * 1024;
 const STREAM_BUFFER_BYTES: usize = 256 * 1024;
-const RECONNECT_MILLIS: u64 = 100;
 /// After a refused handshake (split brain, unrelated data, another pair's
 /// disk): the same refusal comes back until the operator acts.
 const REFUSED_RECONNECT_MILLIS: u64 = 5_000;
-const STREAM_KEEPALIVE_MILLIS: u64 = 500;
 /// A replication connection must complete its handshake within twice the
 /// failure timeout, and at least this (a slow machine's genuine peer must
 /// get in; strangers are pushed out by newer connections anyway).
@@ -193,6 +191,8 @@ struct Stream {
     handshake_since_ms: u64,
     /// How long a handshake may take.
     handshake_limit_ms: u64,
+    /// Reconnect wait, keep-alive and abort, from the pair's timing.
+    timers: tandem_ha::node::replication_bound::StreamTimers,
     /// Node b: accepted connections still in their handshake, with when
     /// they were accepted. None replaces the stream before it proved the key.
     pending: Vec<(SocketHandle, StreamSession, u64)>,
@@ -426,6 +426,7 @@ impl DataPair {
             session: None,
             handshake_since_ms: 0,
             handshake_limit_ms: (2 * config.ha.failure_timeout_ms).max(STREAM_HANDSHAKE_MIN_MILLIS),
+            timers: timing(&config.ha).stream_timers(),
             pending: Vec::new(),
             me,
             peer_node: me.peer(),
@@ -936,11 +937,13 @@ impl DataPair {
         self.stream.retry_at_ms = now_micros / 1000 + self.reconnect_millis();
     }
 
+    /// Wait before the next connection attempt: one heartbeat interval, or
+    /// longer after a refused handshake.
     fn reconnect_millis(&self) -> u64 {
         if self.node.handshake_refused() {
             REFUSED_RECONNECT_MILLIS
         } else {
-            RECONNECT_MILLIS
+            self.stream.timers.reconnect.as_millis()
         }
     }
 
@@ -955,8 +958,9 @@ impl DataPair {
         // Keep-alives keep an idle stream alive; the timeout drops a
         // stream whose peer went away without a FIN (the heartbeats
         // decide about the peer itself).
-        socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_millis(STREAM_KEEPALIVE_MILLIS)));
-        socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_millis(4 * STREAM_KEEPALIVE_MILLIS)));
+        let timers = self.stream.timers;
+        socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_micros(timers.keep_alive.as_micros())));
+        socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_micros(timers.abort.as_micros())));
         // The connecting side's Finish goes before any frame.
         if let Some(session) = self.stream.session.as_mut() {
             self.stream.outbox.push(Chunk::Bytes(session.take_finish()));

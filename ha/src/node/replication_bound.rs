@@ -116,3 +116,79 @@ impl DataNode {
         }
     }
 }
+
+/// The replication stream's TCP timers, derived from the pair's timing so
+/// that a slow timing (under TCG) does not abort streams that are merely
+/// slow, and a fast one notices a dead peer's half-open stream soon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTimers {
+    /// Wait between connection attempts: one heartbeat interval.
+    pub reconnect: crate::time::Duration,
+    /// TCP keep-alive period on an idle stream: half the failure timeout,
+    /// so that an idle stream's peer is probed before it would be failed.
+    pub keep_alive: crate::time::Duration,
+    /// A stream that received nothing (data, acknowledgement or keep-alive
+    /// answer) for this long is aborted: twice the failure timeout, after
+    /// the heartbeats have decided about the peer (a peer-outdated election
+    /// does not wait for it).
+    pub abort: crate::time::Duration,
+}
+
+impl super::Timing {
+    pub fn stream_timers(&self) -> StreamTimers {
+        let timeout = self.failure_timeout.as_micros();
+        StreamTimers {
+            reconnect: self.heartbeat_interval,
+            keep_alive: crate::time::Duration::from_micros(timeout / 2),
+            abort: crate::time::Duration::from_micros(2 * timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Timing;
+    use crate::time::Duration;
+
+    #[test]
+    fn stream_timers_follow_the_timing() {
+        let t = Timing::DEFAULT.stream_timers();
+        assert_eq!(t.reconnect, Duration::from_millis(50));
+        assert_eq!(t.keep_alive, Duration::from_millis(250));
+        assert_eq!(t.abort, Duration::from_millis(1000));
+        let tcg = Timing {
+            heartbeat_interval: Duration::from_millis(100),
+            failure_timeout: Duration::from_millis(2000),
+            ..Timing::DEFAULT
+        }
+        .stream_timers();
+        assert_eq!(tcg.reconnect, Duration::from_millis(100));
+        assert_eq!(tcg.keep_alive, Duration::from_millis(1000));
+        assert_eq!(tcg.abort, Duration::from_millis(4000));
+    }
+}
+
+impl DataNode {
+    /// During a recovery (the Outdated peer resynced, its acknowledgement
+    /// needed again) a write or flush the peer leaves unanswered for the
+    /// failure timeout ends the recovery: the stream is closed, the peer
+    /// stays Outdated, the writes complete on this node (their regions stay
+    /// marked for the next resync). Without this only the stream's TCP
+    /// abort would release them. True when it did.
+    pub(super) fn recovery_stuck(&mut self, now: Instant) -> bool {
+        if !self.recovering() || !self.stream.connected {
+            return false;
+        }
+        let timeout = self.timing().failure_timeout;
+        let stuck = self.writes.values().any(|w| {
+            w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= timeout
+        }) || self.flushes.peer_stuck(now, timeout);
+        if !stuck {
+            return false;
+        }
+        self.counters.stuck_recoveries += 1;
+        self.actions.push(Action::CloseStream);
+        self.on_stream_closed(now);
+        true
+    }
+}
