@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_ha::auth::{Keys, PairKey};
-use tandem_ha::wire::control::{Datagram, ElectionReason, Heartbeat, Message, Refusal, flags};
+use tandem_ha::wire::control::{Datagram, ElectionReason, Heartbeat, HostPathReport, Message, Refusal, flags};
 use tandem_ha::wire::sealed::{AuthFields, seal};
 use tandem_ha::wire::stream::{Body, Frame, Hello};
 use tandem_ha::{DataState, EpochRecord, LinkId, NodeId, Role};
@@ -325,7 +325,11 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
     for version_2 in [false, true] {
         for (from, to) in [(secondary, primary), (primary, secondary), (primary, NodeId::Witness), (secondary, NodeId::Witness)] {
             // The highest epoch, serving, a record naming the sender primary
-            // and the receiver Outdated.
+            // and the receiver Outdated; the sender claiming a host path
+            // (what a host-path handover to it needs) and, from the primary,
+            // claiming it lost its own (what would make the secondary wait
+            // for a handover).
+            let lost = from == primary;
             let heartbeat = Heartbeat {
                 role: Role::Primary,
                 data_state: DataState::UpToDate,
@@ -336,7 +340,7 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
                 record: EpochRecord { epoch: u64::MAX - 1, primary: Some(from), outdated: Some(to) },
                 incarnation: 1,
                 echo: 0,
-                host_path: None,
+                host_path: Some(HostPathReport { can_serve: !lost, nic_up: !lost, hears_peer: !lost, hears_witness: !lost }),
             };
             for _ in 0..3 {
                 push(from, to, Message::Heartbeat(heartbeat), u64::MAX, version_2);
