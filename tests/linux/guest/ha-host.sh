@@ -9,6 +9,14 @@
 #   start-io   fio (random 4 KiB writes with crc32c verify_backlog, rate
 #              limited, per-I/O latency log with epoch timestamps) and
 #              ackcheck (the acknowledged-write checker) in the background
+#   start-ck   ackcheck alone (an application that goes on after an I/O
+#              error and logs it: the all-paths-down measurement)
+#   reconnect [OPTS]
+#              disconnects both paths and connects them again with these
+#              `nvme connect` options instead of CONNECT_OPTS (none: the
+#              defaults of `nvme connect`)
+#   settings   the host's timeouts as the kernel applied them (sysfs)
+#   dmesg      the kernel's nvme lines, after the guest's uptime and clock
 #   io-alive   fails unless both are still running
 #   stop-io    stops both; fio's end status and ackcheck's read-back report
 #   verify     ackcheck verify: every checker block read back again
@@ -48,17 +56,45 @@ paths() {
   done
 }
 
+connect_both() {
+  connect "$A_ADDR"
+  connect "$B_ADDR"
+  tg_retry 30 tg_nvme_dev "$SUBNQN" >/dev/null || tg_fail "no namespace head for $SUBNQN"
+  dev="$(tg_nvme_dev "$SUBNQN")"
+  head="${dev#/dev/}"
+  echo "namespace head $dev; iopolicy $(cat /sys/class/nvme-subsystem/*/iopolicy 2>/dev/null | head -n 1)"
+  # Both paths must be there before the test starts failing nodes.
+  tg_retry 30 sh -c "[ \$(ls -d /sys/class/nvme/nvme*/nvme*c*n* 2>/dev/null | wc -l) -ge 2 ]" ||
+    tg_fail "only one path to $SUBNQN"
+  paths
+}
+
+head_gone() { ! tg_nvme_dev "$SUBNQN" >/dev/null; }
+
+reconnect() {
+  CONNECT_OPTS="$*"
+  nvme disconnect -n "$SUBNQN" || return 1
+  tg_retry 30 head_gone
+  echo "=== connect both portals with: ${CONNECT_OPTS:-(nvme connect's defaults)}"
+  connect_both
+}
+
+settings() {
+  p=/sys/module/nvme_core/parameters
+  echo "kernel $(uname -r); nvme_core: multipath=$(cat $p/multipath) io_timeout=$(cat $p/io_timeout) admin_timeout=$(cat $p/admin_timeout) max_retries=$(cat $p/max_retries)"
+  echo "iopolicy=$(cat /sys/class/nvme-subsystem/*/iopolicy 2>/dev/null | head -n 1)"
+  for c in /sys/class/nvme/nvme*; do
+    [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$SUBNQN" ] || continue
+    line="${c##*/}:"
+    for a in ctrl_loss_tmo reconnect_delay fast_io_fail_tmo kato queue_count sqsize; do
+      [ -e "$c/$a" ] && line="$line $a=$(cat "$c/$a")"
+    done
+    echo "$line"
+  done
+}
+
 echo "=== connect both portals"
-connect "$A_ADDR"
-connect "$B_ADDR"
-tg_retry 30 tg_nvme_dev "$SUBNQN" >/dev/null || tg_fail "no namespace head for $SUBNQN"
-dev="$(tg_nvme_dev "$SUBNQN")"
-head="${dev#/dev/}"
-echo "namespace head $dev; iopolicy $(cat /sys/class/nvme-subsystem/*/iopolicy 2>/dev/null | head -n 1)"
-# Both paths must be there before the test starts failing nodes.
-tg_retry 30 sh -c "[ \$(ls -d /sys/class/nvme/nvme*/nvme*c*n* 2>/dev/null | wc -l) -ge 2 ]" ||
-  tg_fail "only one path to $SUBNQN"
-paths
+connect_both
 tg_mark connected
 
 fio_pid=""
@@ -78,8 +114,20 @@ start_io() {
   io_alive
 }
 
+start_ck() {
+  rm -f "$TG_SHARE/stop-io"
+  "$ck" run "$dev" "$CK_OFFSET" "$CK_BLOCKS" "$TG_SHARE/ackcheck.log" "$TG_SHARE/stop-io" \
+      /tmp/ackcheck.state "$CK_RATE" >/tmp/ackcheck.out 2>&1 &
+  ck_pid=$!
+  sleep 1
+  io_alive
+}
+
 io_alive() {
-  [ -n "$fio_pid" ] && kill -0 "$fio_pid" 2>/dev/null || { cat /tmp/fio.out; echo "fio is not running"; return 1; }
+  # fio runs unless only the checker was started (start-ck).
+  [ -z "$fio_pid" ] && [ -n "$ck_pid" ] ||
+    { [ -n "$fio_pid" ] && kill -0 "$fio_pid" 2>/dev/null; } ||
+    { cat /tmp/fio.out; echo "fio is not running"; return 1; }
   [ -n "$ck_pid" ] && kill -0 "$ck_pid" 2>/dev/null || { cat /tmp/ackcheck.out; echo "ackcheck is not running"; return 1; }
   echo "io running"
 }
@@ -140,6 +188,10 @@ while :; do
     fs-make) fs_make ;;
     fs-check) fs_check ;;
     start-io) start_io ;;
+    start-ck) start_ck ;;
+    reconnect|reconnect\ *) reconnect ${cmd#reconnect} ;;
+    settings) settings ;;
+    dmesg) echo "uptime $(cut -d' ' -f1 /proc/uptime) now $("$ck" now)"; dmesg | grep -i nvme ;;
     io-alive) io_alive ;;
     stop-io) stop_io ;;
     clock) "$ck" now ;;

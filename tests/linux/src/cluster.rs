@@ -738,6 +738,12 @@ impl Cluster {
         }
     }
 
+    /// A time of this machine (ms since the epoch) on the guest's clock,
+    /// the clock of the host's logs (after [`Cluster::measure_clock`]).
+    pub fn on_guest(&self, host_ms: u64) -> u64 {
+        (host_ms as i64 + self.clock_offset_ms).max(0) as u64
+    }
+
     pub fn start_io(&mut self) {
         self.measure_clock();
         self.host_ok("start-io", Duration::from_secs(60));
