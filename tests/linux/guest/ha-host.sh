@@ -47,12 +47,13 @@ connect() {
 paths() {
   for c in /sys/class/nvme/nvme*; do
     [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$SUBNQN" ] || continue
-    n="${c##*/}"
+    # Not `n`: that is the command counter of the loop below.
+    ctl="${c##*/}"
     ana=""
     for p in "$c"/nvme*c*n*; do
       [ -e "$p/ana_state" ] && ana="$ana ${p##*/}=$(cat "$p/ana_state")"
     done
-    echo "$n: cntlid=$(cat "$c/cntlid") state=$(cat "$c/state") $(cat "$c/address" | tr ',' ' ')$ana"
+    echo "$ctl: cntlid=$(cat "$c/cntlid") state=$(cat "$c/state") $(cat "$c/address" | tr ',' ' ')$ana"
   done
 }
 
