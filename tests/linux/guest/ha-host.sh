@@ -72,12 +72,30 @@ connect_both() {
 
 head_gone() { ! tg_nvme_dev "$SUBNQN" >/dev/null; }
 
+# reconnect [OPTION | sysfs:ATTR=VALUE]...: options for `nvme connect`;
+# sysfs:ATTR=VALUE is written to each controller's sysfs attribute once
+# connected (what an older nvme-cli has no option for, e.g. nvme-cli 2.4
+# and fast_io_fail_tmo).
 reconnect() {
-  CONNECT_OPTS="$*"
+  CONNECT_OPTS=""
+  sets=""
+  for w in "$@"; do
+    case "$w" in
+      sysfs:*) sets="$sets ${w#sysfs:}" ;;
+      *) CONNECT_OPTS="$CONNECT_OPTS $w" ;;
+    esac
+  done
   nvme disconnect -n "$SUBNQN" || return 1
   tg_retry 30 head_gone
-  echo "=== connect both portals with: ${CONNECT_OPTS:-(nvme connect's defaults)}"
+  echo "=== connect both portals with:${CONNECT_OPTS:- (nvme connect's defaults)}"
   connect_both
+  for s in $sets; do
+    for c in /sys/class/nvme/nvme*; do
+      [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$SUBNQN" ] || continue
+      echo "${s#*=}" >"$c/${s%%=*}" || return 1
+      echo "${c##*/}: ${s%%=*} set to $(cat "$c/${s%%=*}")"
+    done
+  done
 }
 
 settings() {

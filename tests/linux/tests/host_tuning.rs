@@ -30,10 +30,19 @@
 use std::time::Duration;
 
 use tandem_linux_guest::cluster::{Cluster, Name, ROLE_TIMEOUT, epoch_ms, lock};
+use tandem_linux_guest::Release;
 use tandem_linux_guest::image::guest_dir;
 
-/// The options `docs/host-tuning.md` recommends (its reasons are there).
-const RECOMMENDED: &str = "--reconnect-delay=1 --ctrl-loss-tmo=-1 --fast-io-fail-tmo=30";
+/// The options `docs/host-tuning.md` recommends (its reasons are there):
+/// nvme-cli 2.13 (Debian 13) takes `--fast_io_fail_tmo`; nvme-cli 2.4
+/// (Debian 12) has no option for it, so it is written to the controllers'
+/// sysfs attribute after connecting (the host script's `sysfs:` words).
+fn recommended(release: Release) -> &'static str {
+    match release {
+        Release::Debian13 => "--reconnect-delay=1 --ctrl-loss-tmo=-1 --fast_io_fail_tmo=30",
+        _ => "--reconnect-delay=1 --ctrl-loss-tmo=-1 sysfs:fast_io_fail_tmo=30",
+    }
+}
 
 /// One line of the checker's log: (time in ms on the guest's clock, ok).
 fn completions(log: &str) -> Vec<(u64, bool)> {
@@ -125,7 +134,8 @@ fn all_paths_down() {
     c.measure_clock();
     let mut faults = Vec::new();
     let mut notes = Vec::new();
-    for (setting, opts) in [("nvme connect defaults", ""), ("recommended", RECOMMENDED)] {
+    let recommended = recommended(Release::from_env());
+    for (setting, opts) in [("nvme connect defaults", ""), ("recommended", recommended)] {
         c.event(&format!("reconnect with {setting}"));
         let out = c.host_ok(&format!("reconnect {opts}"), Duration::from_secs(180));
         notes.push(format!("## {setting}: `nvme connect {opts}`\n{out}"));
