@@ -17,6 +17,8 @@
 //! - [`witness`]: the witness state machine (votes and lease grants, no data).
 //! - [`hostpath`]: whether a data node can serve hosts (its front-end),
 //!   judged with hysteresis and reported in heartbeats.
+//! - [`announce`]: when ARP for a front-end address goes out, and when a
+//!   node that may have been deposed answers for its own address again.
 //! - [`takeover`]: when a primary takes over its silent peer's front-end
 //!   addresses and when it gives them back.
 //!
@@ -27,6 +29,7 @@
 
 extern crate alloc;
 
+pub mod announce;
 pub mod auth;
 pub mod bitmap;
 pub mod error;
