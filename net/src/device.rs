@@ -137,6 +137,11 @@ pub struct NicCounters {
     pub rx_checksum_errors: Cell<u64>,
     /// Frames not sent: the transmit queue was full or the device failed.
     pub tx_errors: Cell<u64>,
+    /// ARP packets from a quiet address, not sent ([`FrameDevice::set_quiet`]).
+    pub arp_withheld: Cell<u64>,
+    /// ARP packets from another station announcing a guarded address
+    /// ([`FrameDevice::guard_address`]).
+    pub address_conflicts: Cell<u64>,
 }
 
 fn bump(counter: &Cell<u64>, by: u64) {
@@ -154,6 +159,13 @@ pub struct FrameDevice<Q: FrameQueues> {
     injected: VecDeque<Vec<u8>>,
     /// The device segments large TCP frames ([`FrameQueues::segments_large_frames`]).
     large_frames: bool,
+    /// This NIC's own addresses, watched for other stations announcing them.
+    guarded: Vec<smoltcp::wire::Ipv4Address>,
+    /// Addresses no ARP goes out from (a guarded address another station
+    /// announced, until the node knows it may answer for it again).
+    quiet: Vec<smoltcp::wire::Ipv4Address>,
+    /// The newest conflict not yet taken: (address, the other station's MAC).
+    conflict: Option<(smoltcp::wire::Ipv4Address, [u8; 6])>,
 }
 
 impl<Q: FrameQueues> FrameDevice<Q> {
@@ -167,6 +179,54 @@ impl<Q: FrameQueues> FrameDevice<Q> {
             arp: crate::frames::ArpSnoop::default(),
             injected: VecDeque::new(),
             large_frames,
+            guarded: Vec::new(),
+            quiet: Vec::new(),
+            conflict: None,
+        }
+    }
+
+    /// Watches `address` (one of this NIC's own): an ARP packet from another
+    /// station with it as sender address makes the NIC quiet on it at once,
+    /// before the stack sees the packet (and could answer it), and is kept
+    /// for [`FrameDevice::take_conflict`].
+    pub fn guard_address(&mut self, address: smoltcp::wire::Ipv4Address) {
+        if !self.guarded.contains(&address) {
+            self.guarded.push(address);
+        }
+    }
+
+    /// No ARP packet with `address` as sender address goes out while quiet
+    /// (neither the stack's answers and requests nor frames sent with
+    /// [`crate::Nic::send_frame`]); other frames do.
+    pub fn set_quiet(&mut self, address: smoltcp::wire::Ipv4Address, quiet: bool) {
+        self.quiet.retain(|known| *known != address);
+        if quiet {
+            self.quiet.push(address);
+        }
+    }
+
+    pub fn is_quiet(&self, address: smoltcp::wire::Ipv4Address) -> bool {
+        self.quiet.contains(&address)
+    }
+
+    /// The newest announcement of a guarded address by another station
+    /// since the last call: (address, that station's MAC address).
+    pub fn take_conflict(&mut self) -> Option<(smoltcp::wire::Ipv4Address, [u8; 6])> {
+        self.conflict.take()
+    }
+
+    /// A received frame: ARP from another station for a guarded address?
+    fn watch_conflicts(&mut self, frame: &[u8]) {
+        if self.guarded.is_empty() {
+            return;
+        }
+        let Some((_, sender_mac, sender)) = crate::frames::arp_sender(frame) else { return };
+        if sender_mac != self.mac && self.guarded.contains(&sender) {
+            bump(&self.counters.address_conflicts, 1);
+            self.conflict = Some((sender, sender_mac));
+            if !self.quiet.contains(&sender) {
+                self.quiet.push(sender);
+            }
         }
     }
 
@@ -234,8 +294,8 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if let Some(frame) = self.injected.pop_front() {
-            let (queues, counters, large_frames) = (&self.queues, &self.counters, self.large_frames);
-            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters, large_frames }));
+            let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, &self.quiet[..]);
+            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters, large_frames, quiet }));
         }
         loop {
             match self.queues.get_mut().take_received()? {
@@ -249,8 +309,9 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
                     }
                     crate::stretch_ack::scale_announced_mss(frame.frame_mut());
                     self.arp.learn(frame.frame());
-                    let (queues, counters, large_frames) = (&self.queues, &self.counters, self.large_frames);
-                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters, large_frames }));
+                    self.watch_conflicts(frame.frame());
+                    let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, &self.quiet[..]);
+                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters, large_frames, quiet }));
                 }
                 Err(error) => {
                     bump(&self.counters.rx_errors, 1);
@@ -262,7 +323,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         if self.queues.get_mut().can_transmit() {
-            Some(FrameTxToken { queues: &self.queues, counters: &self.counters, large_frames: self.large_frames })
+            Some(FrameTxToken { queues: &self.queues, counters: &self.counters, large_frames: self.large_frames, quiet: &self.quiet })
         } else {
             None
         }
@@ -315,6 +376,7 @@ pub struct FrameTxToken<'a, Q: FrameQueues> {
     queues: &'a RefCell<Q>,
     counters: &'a NicCounters,
     large_frames: bool,
+    quiet: &'a [smoltcp::wire::Ipv4Address],
 }
 
 impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
@@ -326,6 +388,13 @@ impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
         let (result, queued) = match queues.transmit_buffer(len) {
             Some(buffer) => {
                 let result = f(buffer);
+                if !self.quiet.is_empty()
+                    && crate::frames::arp_sender(buffer).is_some_and(|(_, _, sender)| self.quiet.contains(&sender))
+                {
+                    // Left unqueued: the next frame reuses the buffer.
+                    bump(&self.counters.arp_withheld, 1);
+                    return result;
+                }
                 if self.large_frames {
                     // smoltcp announces the MSS of its (large) MTU.
                     crate::stretch_ack::clamp_announced_mss(buffer);
@@ -530,6 +599,76 @@ mod tests {
             let expected = if replay { EthernetProtocol::Ipv4 } else { EthernetProtocol::Arp };
             assert_eq!(kinds, [expected], "replay {replay}");
         }
+    }
+
+    /// A node resumed after its peer took its address over: the peer's
+    /// announcement makes the NIC quiet on that address before smoltcp
+    /// sees it, so neither its answer to that announcement nor its answers
+    /// to the hosts' ARP requests go out; TCP does. Opened again, it
+    /// answers.
+    #[test]
+    fn another_station_announcing_a_guarded_address_quiets_its_arp() {
+        use crate::frames;
+        use crate::{Nic, NicAddressing};
+        use smoltcp::wire::{ArpOperation, Ipv4Address, Ipv4Cidr};
+        const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+        const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+        let ours = Ipv4Address::new(10, 79, 0, 1);
+        let host = Ipv4Address::new(10, 79, 0, 20);
+        let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ours, 24), gateway: None };
+        let mut nic = Nic::new("net2", FrameDevice::new(FakeQueues::new(64)), [2, 0, 0, 0, 0, 1], addressing, Instant::from_millis(0));
+        nic.device_mut().guard_address(ours);
+        let arp_sent = |nic: &mut Nic<FrameDevice<FakeQueues>>| -> Vec<(ArpOperation, Ipv4Address)> {
+            core::mem::take(&mut nic.device_mut().queues.get_mut().sent)
+                .iter()
+                .filter_map(|f| frames::arp_sender(f))
+                .map(|(op, _, sender)| (op, sender))
+                .collect()
+        };
+        // Open: a host's request is answered.
+        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.poll(Instant::from_millis(10));
+        assert_eq!(arp_sent(&mut nic), [(ArpOperation::Reply, ours)]);
+        // Our own announcement is no conflict.
+        nic.device_mut().queues.get_mut().incoming.push(frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours));
+        nic.poll(Instant::from_millis(15));
+        assert!(nic.device_mut().take_conflict().is_none());
+        let _ = arp_sent(&mut nic);
+        // The peer announces our address (request and reply), then the host asks.
+        nic.device_mut().queues.get_mut().incoming.push(frames::gratuitous_arp(PEER_MAC, ours));
+        nic.device_mut().queues.get_mut().incoming.push(frames::gratuitous_arp_reply(PEER_MAC, ours));
+        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.poll(Instant::from_millis(20));
+        assert_eq!(arp_sent(&mut nic), [], "nothing answered for a quiet address");
+        assert_eq!(nic.device_mut().take_conflict(), Some((ours, PEER_MAC)));
+        assert!(nic.device().is_quiet(ours));
+        assert!(nic.device().counters().arp_withheld.get() >= 1);
+        assert_eq!(nic.device().counters().address_conflicts.get(), 2);
+        // Frames sent by hand from the quiet address are withheld too.
+        nic.send_frame(Instant::from_millis(21), &frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours));
+        assert_eq!(arp_sent(&mut nic), []);
+        // Opened: answers again.
+        nic.device_mut().set_quiet(ours, false);
+        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.poll(Instant::from_millis(30));
+        assert_eq!(arp_sent(&mut nic), [(ArpOperation::Reply, ours)]);
+    }
+
+    #[test]
+    fn a_gratuitous_reply_names_the_address_and_mac_twice() {
+        use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, Ipv4Address};
+        let mac = [2, 0, 0, 0, 0, 7];
+        let address = Ipv4Address::new(10, 79, 0, 1);
+        let frame = crate::frames::gratuitous_arp_reply(mac, address);
+        let ethernet = EthernetFrame::new_checked(&frame[..]).unwrap();
+        assert_eq!(ethernet.dst_addr(), EthernetAddress::BROADCAST);
+        let repr = ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_hardware_addr, target_protocol_addr } = repr else {
+            panic!("not IPv4 ARP")
+        };
+        assert_eq!(operation, ArpOperation::Reply);
+        assert_eq!((source_hardware_addr, target_hardware_addr), (EthernetAddress(mac), EthernetAddress(mac)));
+        assert_eq!((source_protocol_addr, target_protocol_addr), (address, address));
     }
 
     #[test]

@@ -47,6 +47,42 @@ pub fn gratuitous_arp(mac: [u8; 6], address: Ipv4Address) -> Vec<u8> {
     )
 }
 
+/// A gratuitous ARP reply (sender and target address both `address`,
+/// sender and target MAC address both `mac`), broadcast: hosts that heed
+/// replies rather than requests (and Linux, which takes a reply as
+/// gratuitous only when its target MAC address is its sender's) point
+/// `address` at `mac`.
+pub fn gratuitous_arp_reply(mac: [u8; 6], address: Ipv4Address) -> Vec<u8> {
+    arp_frame(
+        mac,
+        EthernetAddress::BROADCAST,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(mac),
+            source_protocol_addr: address,
+            target_hardware_addr: EthernetAddress(mac),
+            target_protocol_addr: address,
+        },
+    )
+}
+
+/// The sender of an ARP packet in an Ethernet frame: (operation, sender MAC
+/// address, sender address), or `None` if the frame is not ARP over IPv4.
+pub fn arp_sender(frame: &[u8]) -> Option<(ArpOperation, [u8; 6], Ipv4Address)> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    if ethernet.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    let packet = ArpPacket::new_checked(ethernet.payload()).ok()?;
+    match ArpRepr::parse(&packet).ok()? {
+        ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, .. } => {
+            Some((operation, source_hardware_addr.0, source_protocol_addr))
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 /// A broadcast ARP request for `target`, from `sender` (whose cache entry
 /// the target updates or creates on the way).
 pub fn arp_request(mac: [u8; 6], sender: Ipv4Address, target: Ipv4Address) -> Vec<u8> {
