@@ -164,6 +164,9 @@ pub struct FrameDevice<Q: FrameQueues> {
     /// Addresses no ARP goes out from (a guarded address another station
     /// announced, until the node knows it may answer for it again).
     quiet: Vec<smoltcp::wire::Ipv4Address>,
+    /// ARP to these addresses goes out even from a quiet address (the pair's
+    /// members: the node must still reach them to learn where it stands).
+    quiet_exempt: Vec<smoltcp::wire::Ipv4Address>,
     /// The newest conflict not yet taken: (address, the other station's MAC).
     conflict: Option<(smoltcp::wire::Ipv4Address, [u8; 6])>,
 }
@@ -181,6 +184,7 @@ impl<Q: FrameQueues> FrameDevice<Q> {
             large_frames,
             guarded: Vec::new(),
             quiet: Vec::new(),
+            quiet_exempt: Vec::new(),
             conflict: None,
         }
     }
@@ -205,6 +209,12 @@ impl<Q: FrameQueues> FrameDevice<Q> {
         }
     }
 
+    /// ARP asking for or answering these addresses goes out even from a
+    /// quiet address.
+    pub fn set_quiet_exempt(&mut self, targets: Vec<smoltcp::wire::Ipv4Address>) {
+        self.quiet_exempt = targets;
+    }
+
     pub fn is_quiet(&self, address: smoltcp::wire::Ipv4Address) -> bool {
         self.quiet.contains(&address)
     }
@@ -220,7 +230,7 @@ impl<Q: FrameQueues> FrameDevice<Q> {
         if self.guarded.is_empty() {
             return;
         }
-        let Some((_, sender_mac, sender)) = crate::frames::arp_sender(frame) else { return };
+        let Some(crate::frames::ArpHeader { sender_mac, sender, .. }) = crate::frames::arp_header(frame) else { return };
         if sender_mac != self.mac && self.guarded.contains(&sender) {
             bump(&self.counters.address_conflicts, 1);
             self.conflict = Some((sender, sender_mac));
@@ -294,8 +304,8 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if let Some(frame) = self.injected.pop_front() {
-            let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, &self.quiet[..]);
-            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters, large_frames, quiet }));
+            let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, (&self.quiet[..], &self.quiet_exempt[..]));
+            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters, large_frames, quiet: quiet.0, quiet_exempt: quiet.1 }));
         }
         loop {
             match self.queues.get_mut().take_received()? {
@@ -310,8 +320,8 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
                     crate::stretch_ack::scale_announced_mss(frame.frame_mut());
                     self.arp.learn(frame.frame());
                     self.watch_conflicts(frame.frame());
-                    let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, &self.quiet[..]);
-                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters, large_frames, quiet }));
+                    let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, (&self.quiet[..], &self.quiet_exempt[..]));
+                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters, large_frames, quiet: quiet.0, quiet_exempt: quiet.1 }));
                 }
                 Err(error) => {
                     bump(&self.counters.rx_errors, 1);
@@ -323,7 +333,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         if self.queues.get_mut().can_transmit() {
-            Some(FrameTxToken { queues: &self.queues, counters: &self.counters, large_frames: self.large_frames, quiet: &self.quiet })
+            Some(FrameTxToken { queues: &self.queues, counters: &self.counters, large_frames: self.large_frames, quiet: &self.quiet, quiet_exempt: &self.quiet_exempt })
         } else {
             None
         }
@@ -377,6 +387,7 @@ pub struct FrameTxToken<'a, Q: FrameQueues> {
     counters: &'a NicCounters,
     large_frames: bool,
     quiet: &'a [smoltcp::wire::Ipv4Address],
+    quiet_exempt: &'a [smoltcp::wire::Ipv4Address],
 }
 
 impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
@@ -389,7 +400,8 @@ impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
             Some(buffer) => {
                 let result = f(buffer);
                 if !self.quiet.is_empty()
-                    && crate::frames::arp_sender(buffer).is_some_and(|(_, _, sender)| self.quiet.contains(&sender))
+                    && crate::frames::arp_header(buffer)
+                        .is_some_and(|arp| self.quiet.contains(&arp.sender) && !self.quiet_exempt.contains(&arp.target))
                 {
                     // Left unqueued: the next frame reuses the buffer.
                     bump(&self.counters.arp_withheld, 1);
@@ -621,8 +633,8 @@ mod tests {
         let arp_sent = |nic: &mut Nic<FrameDevice<FakeQueues>>| -> Vec<(ArpOperation, Ipv4Address)> {
             core::mem::take(&mut nic.device_mut().queues.get_mut().sent)
                 .iter()
-                .filter_map(|f| frames::arp_sender(f))
-                .map(|(op, _, sender)| (op, sender))
+                .filter_map(|f| frames::arp_header(f))
+                .map(|arp| (arp.operation, arp.sender))
                 .collect()
         };
         // Open: a host's request is answered.
@@ -647,6 +659,13 @@ mod tests {
         // Frames sent by hand from the quiet address are withheld too.
         nic.send_frame(Instant::from_millis(21), &frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours));
         assert_eq!(arp_sent(&mut nic), []);
+        // The pair's members are still answered and asked.
+        let witness = Ipv4Address::new(10, 79, 0, 3);
+        nic.device_mut().set_quiet_exempt(vec![witness]);
+        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request([2, 0, 0, 0, 0, 3], witness, ours));
+        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.poll(Instant::from_millis(25));
+        assert_eq!(arp_sent(&mut nic), [(ArpOperation::Reply, ours)], "the witness only");
         // Opened: answers again.
         nic.device_mut().set_quiet(ours, false);
         nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));

@@ -66,18 +66,30 @@ pub fn gratuitous_arp_reply(mac: [u8; 6], address: Ipv4Address) -> Vec<u8> {
     )
 }
 
-/// The sender of an ARP packet in an Ethernet frame: (operation, sender MAC
-/// address, sender address), or `None` if the frame is not ARP over IPv4.
-pub fn arp_sender(frame: &[u8]) -> Option<(ArpOperation, [u8; 6], Ipv4Address)> {
+/// The addresses of an ARP packet (IPv4 over Ethernet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpHeader {
+    pub operation: ArpOperation,
+    pub sender_mac: [u8; 6],
+    pub sender: Ipv4Address,
+    pub target: Ipv4Address,
+}
+
+/// The ARP packet in an Ethernet frame, or `None` if the frame is not ARP
+/// over IPv4.
+pub fn arp_header(frame: &[u8]) -> Option<ArpHeader> {
     let ethernet = EthernetFrame::new_checked(frame).ok()?;
     if ethernet.ethertype() != EthernetProtocol::Arp {
         return None;
     }
     let packet = ArpPacket::new_checked(ethernet.payload()).ok()?;
     match ArpRepr::parse(&packet).ok()? {
-        ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, .. } => {
-            Some((operation, source_hardware_addr.0, source_protocol_addr))
-        }
+        ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } => Some(ArpHeader {
+            operation,
+            sender_mac: source_hardware_addr.0,
+            sender: source_protocol_addr,
+            target: target_protocol_addr,
+        }),
         #[allow(unreachable_patterns)]
         _ => None,
     }

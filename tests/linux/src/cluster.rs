@@ -241,6 +241,8 @@ pub struct Cluster {
     /// set from the RTC at boot, to the second).
     clock_offset_ms: i64,
     started: Instant,
+    /// The workload's closing report, once stopped.
+    io_report: Option<String>,
 }
 
 fn host_path_address(layout: &PairLayout, name: Name) -> String {
@@ -459,6 +461,7 @@ impl Cluster {
             events: Vec::new(),
             clock_offset_ms: 0,
             started: Instant::now(),
+            io_report: None,
         };
         cluster.wait_role(Name::A, "primary", 0, ROLE_TIMEOUT);
         cluster.wait_role(Name::B, "secondary", 0, ROLE_TIMEOUT);
@@ -815,7 +818,12 @@ impl Cluster {
 
     /// Stops the workload: fio must report no error, ackcheck's read-back
     /// no lost, stale or corrupt block.
+    /// A second call returns the first one's report (a test may read the
+    /// stalls before [`Cluster::finish`]).
     pub fn stop_io(&mut self) -> String {
+        if let Some(report) = &self.io_report {
+            return report.clone();
+        }
         self.event("I/O stopped");
         let (ok, output) = self.host_command("stop-io", Duration::from_secs(180));
         eprintln!("{output}");
@@ -826,6 +834,7 @@ impl Cluster {
             output.contains("stale=0 lost=0 corrupt=0 unreadable=0"),
             "ackcheck report:\n{output}"
         );
+        self.io_report = Some(output.clone());
         output
     }
 
