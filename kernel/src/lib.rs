@@ -19,6 +19,7 @@ pub mod block;
 pub mod config;
 pub mod console;
 pub mod outbox;
+pub mod own_address;
 pub mod pair;
 pub mod pattern;
 pub mod port;

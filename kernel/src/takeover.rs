@@ -11,6 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use tandem_ha::announce::{Announcement, ArpSchedule};
 use tandem_ha::node::Status;
 use tandem_ha::takeover::{PeerView, Takeover, ROUND_OFFSETS_MS};
 use tandem_ha::wire::connections::{ConnectionEntry, ConnectionList, MAX_ENTRIES};
@@ -21,6 +22,7 @@ use tandem_net::FrameQueues;
 use tandem_net::smoltcp::time::Instant as NetInstant;
 use tandem_net::smoltcp::wire::{IpAddress, Ipv4Address};
 
+use crate::own_address::OwnAddresses;
 use crate::port::NetPort;
 use crate::storage::NvmeService;
 
@@ -53,6 +55,10 @@ pub struct AddressTakeover {
     next_decision_micros: u64,
     /// (NIC, address) claimed now.
     claimed: Vec<(usize, Ipv4Address)>,
+    /// The claimed addresses' announcements, from the claim.
+    claim_announcement: Option<Announcement>,
+    /// This node's own addresses: their announcements and their gate.
+    own_addresses: OwnAddresses,
     announced_own: bool,
     tickles_sent: u64,
 }
@@ -81,6 +87,8 @@ impl AddressTakeover {
             fingerprint: (0, 0),
             next_decision_micros: 0,
             claimed: Vec::new(),
+            claim_announcement: None,
+            own_addresses: OwnAddresses::new(config),
             announced_own: false,
             tickles_sent: 0,
         }
@@ -138,10 +146,10 @@ impl AddressTakeover {
         status: impl FnOnce() -> Status,
     ) -> (bool, Option<Vec<u8>>) {
         let now_ms = now_micros / 1000;
-        let mut busy = false;
+        let mut busy = self.own_addresses.watch(nets, console, now_micros);
         if !self.announced_own {
             self.announced_own = true;
-            announce_own(nets, now_micros);
+            self.own_addresses.announce(now_micros);
         }
         let report = self.report(nets, nvme, now_ms);
         // New connections to a claimed address are refused: the host must
@@ -169,6 +177,7 @@ impl AddressTakeover {
         if decision.release {
             busy = true;
             let why = if status.role == tandem_ha::Role::Primary { "peer heard, front-end up" } else { "no longer primary" };
+            self.claim_announcement = None;
             for (nic, address) in core::mem::take(&mut self.claimed) {
                 nets[nic].nic.release_address(address);
                 replay_neighbors(&mut nets[nic]);
@@ -178,9 +187,17 @@ impl AddressTakeover {
         if decision.claim {
             busy = true;
             self.claim(nets, console, if status.peer_host_path_lost { "peer's front-end lost" } else { "peer silent" });
+            self.claim_announcement = Some(Announcement::start(ArpSchedule::linux_default(), Instant::from_micros(now_micros)));
         }
         if decision.announce_own {
-            announce_own(nets, now_micros);
+            self.own_addresses.announce(now_micros);
+        }
+        busy |= self.own_addresses.decide(nets, console, now_micros, &status);
+        if let Some(announcement) = self.claim_announcement.as_mut() {
+            if announcement.poll(Instant::from_micros(now_micros)) {
+                busy = true;
+                self.announce_claimed(nets, now_micros);
+            }
         }
         if let Some(round) = decision.round {
             busy = true;
@@ -213,10 +230,32 @@ impl AddressTakeover {
         self.peer_list.iter().flat_map(|list| list.entries.iter()).filter(move |e| Ipv4Address::from_octets(e.local_address) == address)
     }
 
-    /// Gratuitous ARP for every claimed address; in round 0 an ARP request
-    /// (from the claimed address) to every host the peer reported, so that
-    /// this node and its smoltcp learn their MAC addresses; in later rounds a
-    /// tickle for every connection the peer reported on a claimed address.
+    /// The claimed addresses' announcement: a gratuitous ARP request and
+    /// reply for each, and an ordinary ARP request from it to every host the
+    /// peer reported on it (for hosts that drop gratuitous ARP; it also
+    /// teaches this node and its smoltcp the host's MAC address).
+    fn announce_claimed<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64) {
+        let now = NetInstant::from_micros(now_micros as i64);
+        for (nic, address) in self.claimed.clone() {
+            let port = &mut nets[nic];
+            let mac = port.nic.device().mac_address();
+            port.nic.send_frame(now, &frames::gratuitous_arp(mac, address));
+            port.nic.send_frame(now, &frames::gratuitous_arp_reply(mac, address));
+            let mut asked: Vec<Ipv4Address> = Vec::new();
+            for entry in self.peer_connections_on(address) {
+                let Some(next_hop) = next_hop(port, Ipv4Address::from_octets(entry.host_address)) else { continue };
+                if !asked.contains(&next_hop) {
+                    asked.push(next_hop);
+                    port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
+                }
+            }
+        }
+    }
+
+    /// A tickle for every connection the peer reported on a claimed address
+    /// whose host's MAC address this node knows (round 0 follows the first
+    /// announcement at once: a host's answer goes where its neighbour entry
+    /// now points); an ARP request to the others.
     fn round<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64, round: usize) {
         let now = NetInstant::from_micros(now_micros as i64);
         let mut tickled = 0;
@@ -224,22 +263,22 @@ impl AddressTakeover {
         for (nic, address) in self.claimed.clone() {
             let port = &mut nets[nic];
             let mac = port.nic.device().mac_address();
-            port.nic.send_frame(now, &frames::gratuitous_arp(mac, address));
             for entry in self.peer_connections_on(address) {
                 let host = Ipv4Address::from_octets(entry.host_address);
-                let next_hop = if port.nic.in_subnet(host) { Some(host) } else { port.nic.gateway() };
-                let Some(next_hop) = next_hop else { continue };
-                let host_mac = port.nic.device().arp_neighbor(next_hop);
-                if (round == 0 || host_mac.is_none()) && !asked.contains(&next_hop) {
-                    asked.push(next_hop);
-                    port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
-                }
-                if let (Some(host_mac), true) = (host_mac, round > 0) {
-                    let from = Endpoint { address, port: entry.local_port };
-                    let to = Endpoint { address: host, port: entry.host_port };
-                    if port.nic.send_frame(now, &frames::tickle_ack(mac, host_mac, from, to)) {
-                        tickled += 1;
+                let Some(next_hop) = next_hop(port, host) else { continue };
+                match port.nic.device().arp_neighbor(next_hop) {
+                    Some(host_mac) => {
+                        let from = Endpoint { address, port: entry.local_port };
+                        let to = Endpoint { address: host, port: entry.host_port };
+                        if port.nic.send_frame(now, &frames::tickle_ack(mac, host_mac, from, to)) {
+                            tickled += 1;
+                        }
                     }
+                    None if !asked.contains(&next_hop) => {
+                        asked.push(next_hop);
+                        port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
+                    }
+                    None => {}
                 }
             }
         }
@@ -304,20 +343,16 @@ impl AddressTakeover {
             self.last_drop.as_ref().map(|why| alloc::format!(" (last: {why})")).unwrap_or_default(),
             self.tickles_sent
         );
+        text.push_str(&self.own_addresses.status_text());
+        text.push('\n');
         text
     }
 }
 
-/// Gratuitous ARP for every NIC's own address: hosts whose caches a takeover
-/// pointed elsewhere come back to this node.
-fn announce_own<Q: FrameQueues>(nets: &mut [NetPort<Q>], now_micros: u64) {
-    let now = NetInstant::from_micros(now_micros as i64);
-    for port in nets.iter_mut() {
-        if let Some(own) = port.nic.address() {
-            let mac = port.nic.device().mac_address();
-            port.nic.send_frame(now, &frames::gratuitous_arp(mac, own.address()));
-        }
-    }
+/// The next hop towards `host` from a NIC: the host on its subnet, else its
+/// gateway.
+fn next_hop<Q: FrameQueues>(port: &NetPort<Q>, host: Ipv4Address) -> Option<Ipv4Address> {
+    if port.nic.in_subnet(host) { Some(host) } else { port.nic.gateway() }
 }
 
 /// smoltcp forgot its neighbours with the address change: tell it again.

@@ -362,8 +362,14 @@ pub fn up(image: &Path, options: &UpOptions) -> Result<UpReport> {
     }
 }
 
-/// HA timers `up` passes under TCG (milliseconds).
-pub const TCG_HA_TIMING: &str = "hb_interval=100 hb_timeout=2000 lease=1500";
+/// HA timers `up` passes under TCG (milliseconds): twice the image's
+/// heartbeat interval and 1.5–1.6 times its failure timeout and lease, for
+/// guests that a busy host deschedules, but a takeover that still resets a
+/// Linux host's connections to a dead node before that host sends it a Keep
+/// Alive — which Linux, with Traffic Based Keep Alive, does at the second
+/// KATO/4 tick after the last completion (1.25–2.5 s with the default KATO
+/// of 5 s), and then waits a whole KATO for (`docs/benchmarks.md`).
+pub const TCG_HA_TIMING: &str = "hb_interval=100 hb_timeout=800 lease=600";
 
 fn start_missing(
     image: &Path,
@@ -374,9 +380,9 @@ fn start_missing(
     let mut reports = Vec::new();
     let mut disks_created = Vec::new();
     for (i, node) in NodeName::ALL.into_iter().enumerate() {
-        // The image's default HA timers suit KVM; three TCG guests on a busy
-        // host get descheduled for longer than a 400 ms lease. Words the
-        // user appends still win (they come later).
+        // The image's default HA timers suit KVM; TCG guests on a busy host
+        // get descheduled for longer (see TCG_HA_TIMING). Words the user
+        // appends still win (they come later).
         let extra = match options.accel {
             Accel::Tcg => format!("{TCG_HA_TIMING} {}", options.append[i]),
             _ => options.append[i].clone(),

@@ -47,6 +47,10 @@ pub struct Node {
     pub console: String,
     /// Polled each round (a stopped node is a killed one).
     pub running: bool,
+    /// How far this node's clock is behind the world's: a paused machine's
+    /// clock does not advance while it is stopped.
+    pub clock_lag: u64,
+    paused_at: Option<u64>,
 }
 
 impl Node {
@@ -64,7 +68,7 @@ impl Node {
             nets.push(NetPort::new(nic, None::<Listener>));
             wires.push(wire);
         }
-        let mut node = Node { nets, wires, disks, nvme: None, local_disks: LocalDisks::new(), pair: None, console: String::new(), running: true };
+        let mut node = Node { nets, wires, disks, nvme: None, local_disks: LocalDisks::new(), pair: None, console: String::new(), running: true, clock_lag: 0, paused_at: None };
         node.start_services(&config, now);
         node
     }
@@ -129,6 +133,21 @@ impl Node {
             Some(Pair::Data(pair)) => pair.status(now),
             _ => String::new(),
         }
+    }
+
+    /// Stops the machine as QEMU's `stop` does: no polling, its clock
+    /// stands still, frames sent to it wait in its NICs' queues.
+    pub fn pause(&mut self, now: u64) {
+        self.running = false;
+        self.paused_at = Some(now);
+    }
+
+    /// Lets a paused machine run on from where its clock stood.
+    pub fn resume(&mut self, now: u64) {
+        if let Some(at) = self.paused_at.take() {
+            self.clock_lag += now - at;
+        }
+        self.running = true;
     }
 
     /// Unplugs (or plugs back) every NIC, and stops (or starts) polling.
@@ -220,7 +239,7 @@ impl World {
     pub fn round(&mut self) {
         self.now += ROUND_MICROS;
         for node in self.nodes.iter_mut().filter(|node| node.running) {
-            node.poll(self.now);
+            node.poll(self.now - node.clock_lag);
         }
         self.host.poll(self.now);
         self.network.deliver();

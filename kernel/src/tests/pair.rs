@@ -230,3 +230,116 @@ fn disks_of_different_sizes_serve_the_smaller_one_and_hosts_wait_until_it_is_agr
         assert_eq!(namespace_blocks(&mut world, front_address(node)), small / 512, "node {node}");
     }
 }
+
+/// The ARP packets in `frames` sent from `mac`, parsed.
+fn arp_from(frames: &[Vec<u8>], mac: [u8; 6]) -> Vec<tandem_net::frames::ArpHeader> {
+    frames.iter().filter_map(|frame| tandem_net::frames::arp_header(frame)).filter(|arp| arp.sender_mac == mac).collect()
+}
+
+/// Gratuitous ARP requests and replies for `address` among `arps`.
+fn gratuitous(arps: &[tandem_net::frames::ArpHeader], address: Ipv4Address) -> (usize, usize) {
+    let of = |operation| arps.iter().filter(|arp| arp.operation == operation && arp.sender == address && arp.target == address).count();
+    (of(ArpOperation::Request), of(ArpOperation::Reply))
+}
+
+/// A primary with a host connection on its front-end address, reported to
+/// its peer: (world, primary, survivor, the host's admin connection).
+fn pair_with_a_reported_connection() -> (World, usize, usize, usize) {
+    let (mut world, primary) = pair();
+    let survivor = 1 - primary;
+    let (admin, _) = world.admin_queue(front_address(primary));
+    world.run_until(5, "the connection reported to the peer", |world| {
+        world.nodes[survivor].pair_status(world.now).contains("peer reported 1 connections")
+    });
+    (world, primary, survivor, admin)
+}
+
+/// The claim announces the address as a gratuitous ARP request and a
+/// gratuitous reply (target MAC address its sender's, as Linux wants of a
+/// gratuitous reply), with an ordinary ARP request to the reported host,
+/// at 0 and 50 ms and then twice more, each more than Linux's locktime
+/// (1 s) after the one before.
+#[test]
+fn a_claim_announces_the_address_as_request_and_reply_repeated_past_locktime() {
+    let (mut world, primary, survivor, _) = pair_with_a_reported_connection();
+    let claimed = Ipv4Address::from_octets(front_address(primary));
+    let host = world.host.address();
+    let mac = world.nodes[survivor].nets[FRONT].nic.device().mac_address();
+    let wire = world.nodes[survivor].wires[FRONT].clone();
+    // Nothing announces the peer's address before the claim.
+    let claim_index = wire.borrow().sent.len();
+    world.nodes[primary].set_running(false);
+    world.run_until(10, "the takeover claim", |world| world.nodes[survivor].console.contains("tandem: takeover claim"));
+    let mut counts = Vec::new();
+    let mut elapsed = 0;
+    for until in [100, 1100, 1300, 2300, 2600, 6000] {
+        world.run_for_millis(until - elapsed);
+        elapsed = until;
+        let arps = arp_from(&wire.borrow().sent[claim_index..], mac);
+        let (requests, replies) = gratuitous(&arps, claimed);
+        let to_host = arps.iter().filter(|arp| arp.operation == ArpOperation::Request && arp.sender == claimed && arp.target == host).count();
+        assert!(to_host >= replies, "an ordinary request to the host with each announcement: {arps:?}");
+        counts.push((until, requests, replies));
+    }
+    let seen: Vec<(u64, usize, usize)> = counts;
+    assert_eq!(
+        seen,
+        [(100, 2, 2), (1100, 2, 2), (1300, 3, 3), (2300, 3, 3), (2600, 4, 4), (6000, 4, 4)],
+        "(ms after the claim, gratuitous requests, gratuitous replies)"
+    );
+}
+
+/// A primary paused until its peer has taken its address over, then
+/// resumed: its clock stood still, so its lease looks fresh, and the
+/// host's ARP request waiting in its queue would be answered at once. The
+/// peer's announcement, waiting in the same queue, quiets the address
+/// first: no ARP for it leaves the node (except to the pair's members)
+/// until it has learned that it was deposed and heard its peer; then it
+/// announces the address and answers the host again.
+#[test]
+fn a_resumed_primary_answers_no_arp_for_its_address_until_it_knows_it_was_deposed() {
+    let (mut world, primary, survivor, _) = pair_with_a_reported_connection();
+    let own = Ipv4Address::from_octets(front_address(primary));
+    let host = world.host.address();
+    let host_mac = [2, 0, 0, 0, 0x99, 0];
+    world.nodes[primary].pause(world.now);
+    world.run_until(10, "the takeover claim", |world| world.nodes[survivor].console.contains("tandem: takeover claim"));
+    world.run_for_millis(500);
+    // The host asks for the paused node's address (its entry expired).
+    let wire = world.nodes[primary].wires[FRONT].clone();
+    wire.borrow_mut().incoming.push_back(tandem_net::frames::arp_request(host_mac, host, own));
+    let mac = world.nodes[primary].nets[FRONT].nic.device().mac_address();
+    let from = wire.borrow().sent.len();
+    world.nodes[primary].resume(world.now);
+    let end = world.now + 5_000_000;
+    let answered_again = "tandem: own addresses answered again";
+    while !world.nodes[primary].console.contains(answered_again) {
+        assert!(world.now < end, "the resumed node never answered for its address again\n{}", world.consoles());
+        world.round();
+        let opened = world.nodes[primary].console.contains(answered_again);
+        let arps = arp_from(&wire.borrow().sent[from..], mac);
+        if !opened {
+            let to_hosts: Vec<_> = arps.iter().filter(|arp| arp.sender == own && arp.target != own && arp.target == host).collect();
+            assert!(to_hosts.is_empty(), "ARP for {own} while it may be stale ({:?}): {to_hosts:?}", world.nodes[primary].role());
+            assert_eq!(gratuitous(&arps, own), (0, 0), "an announcement while it may be stale");
+        }
+    }
+    let console = &world.nodes[primary].console;
+    assert!(console.contains(&format!("tandem: {own} announced by")), "{console}");
+    let opened_at = console.find(answered_again).unwrap();
+    let deposed_at = console.rfind("tandem: role secondary").expect("secondary");
+    assert!(deposed_at < opened_at, "answered again before it knew its role:\n{console}");
+    assert!(!world.nodes[survivor].console.contains("tandem: role fenced"), "{}", world.consoles());
+    // Then it announces its address and answers the host.
+    world.run_for_millis(100);
+    let arps = arp_from(&wire.borrow().sent[from..], mac);
+    assert_eq!(gratuitous(&arps, own), (2, 2), "announced (0 and 50 ms): {arps:?}");
+    let before = wire.borrow().sent.len();
+    wire.borrow_mut().incoming.push_back(tandem_net::frames::arp_request(host_mac, host, own));
+    world.run_for_millis(10);
+    let arps = arp_from(&wire.borrow().sent[before..], mac);
+    assert!(
+        arps.iter().any(|arp| arp.operation == ArpOperation::Reply && arp.sender == own && arp.target == host),
+        "the host answered again: {arps:?}"
+    );
+}
