@@ -222,6 +222,9 @@ impl Member {
 pub struct Event {
     pub what: String,
     pub at_ms: u64,
+    /// The guest's clock offset as last measured ([`Cluster::measure_clock`]):
+    /// the guest's clock drifts under TCG, a long run measures it again.
+    pub clock_offset_ms: i64,
 }
 
 /// The trio, its segments and the Linux host.
@@ -522,6 +525,7 @@ impl Cluster {
         self.events.push(Event {
             what: what.to_string(),
             at_ms: epoch_ms(),
+            clock_offset_ms: self.clock_offset_ms,
         });
     }
 
@@ -860,18 +864,19 @@ impl Cluster {
             .iter()
             .position(|e| e.what == "I/O stopped")
             .unwrap_or(self.events.len());
-        // Host times on the guest's clock.
-        let on_guest = |ms: u64| (ms as i64 + self.clock_offset_ms).max(0) as u64;
+        // Host times on the guest's clock, with the offset measured last
+        // before the event.
+        let on_guest = |event: &Event| (event.at_ms as i64 + event.clock_offset_ms).max(0) as u64;
         for (i, event) in self.events.iter().enumerate().take(stopped) {
             if !event.what.starts_with(prefix) {
                 continue;
             }
-            let at = on_guest(event.at_ms);
+            let at = on_guest(event);
             // Up to the next step, at most 20 s: the stall follows the event.
             let to = self
                 .events
                 .get(i + 1)
-                .map(|e| on_guest(e.at_ms))
+                .map(on_guest)
                 .unwrap_or(u64::MAX)
                 .min(at + 20_000);
             // The baseline window starts once the workload runs; the others

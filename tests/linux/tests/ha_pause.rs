@@ -37,6 +37,7 @@ fn kill_step(c: &mut Cluster, primary: Name) -> Name {
     let survivor = primary.peer();
     c.wait_in_sync(primary, Duration::from_secs(180));
     let since = c.role_count(survivor);
+    c.measure_clock();
     c.event(&format!("kill -9 {} (primary)", primary.as_str()));
     let at = epoch_ms();
     c.kill(primary);
@@ -62,6 +63,7 @@ fn pause_step(c: &mut Cluster, primary: Name) -> Name {
     let since_primary = c.role_count(primary);
     let since_survivor = c.role_count(survivor);
     let claims_before = claims(c, survivor);
+    c.measure_clock();
     c.event(&format!("pause {} (primary)", primary.as_str()));
     let at = epoch_ms();
     c.qmp(primary, "stop", |q| q.stop());
