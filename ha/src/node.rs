@@ -30,6 +30,7 @@ mod flushes;
 mod frames;
 mod host_path;
 mod ids;
+mod lease;
 pub mod replication_bound;
 mod resync;
 
@@ -37,6 +38,7 @@ use apply::{Apply, ApplyKind, ApplyQueue};
 use dirty_log::{DirtyLog, Persisted};
 use flushes::{FlushPurpose, Flushes};
 use ids::{BitmapGeneration, FlushId, Region, Seq, WriteId};
+use lease::Lease;
 use resync::{Pace, Pacer, ResyncPump};
 
 /// The timers of the protocol. All are measured on the local clock only.
@@ -399,16 +401,6 @@ struct Demote {
     /// The flush of both disks that precedes the handover.
     flush: Option<FlushId>,
     handover_sent: bool,
-}
-
-#[derive(Debug, Default)]
-struct Lease {
-    until: Option<Instant>,
-    rounds: VecDeque<(u64, Instant, u64)>,
-    next_round: u64,
-    confirmed: u64,
-    last_grant: Option<Instant>,
-    want_round: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1027,10 +1019,7 @@ impl DataNode {
                 now,
             ),
             primary_since: now,
-            lease: Lease {
-                next_round: 1,
-                ..Lease::default()
-            },
+            lease: Lease::default(),
             writes: BTreeMap::new(),
             seq_to_id: BTreeMap::new(),
             unacked: replication_bound::Unacked::default(),
@@ -1133,12 +1122,12 @@ impl DataNode {
         self.role == Role::Primary
             && self.demote.is_none()
             && self.data_state == DataState::UpToDate
-            && self.lease.until.is_some_and(|u| now < u)
+            && self.lease.valid(now)
     }
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self) -> Instant {
         let mut t = self.next_heartbeat;
-        if let Some(u) = self.lease.until
+        if let Some(u) = self.lease.until()
             && self.role == Role::Primary
             && u < t
         {
@@ -1422,7 +1411,7 @@ impl DataNode {
                 }
             }
         }
-        if self.lease.want_round && self.role == Role::Primary {
+        if self.lease.wants_round() && self.role == Role::Primary {
             self.start_lease_round(now);
         }
         self.host_path_handover(now);
@@ -1435,7 +1424,7 @@ impl DataNode {
     }
 
     fn check_lease(&mut self, now: Instant) {
-        if self.role == Role::Primary && self.lease.until.is_none_or(|u| now >= u) {
+        if self.role == Role::Primary && !self.lease.valid(now) {
             self.lose_primary(now, Role::Fenced, "lease-expired");
         }
     }
@@ -1458,15 +1447,7 @@ impl DataNode {
     // ----- leases and reads -----
 
     fn start_lease_round(&mut self, now: Instant) {
-        let round = self.lease.next_round;
-        self.lease.next_round += 1;
-        self.lease.want_round = false;
-        self.lease
-            .rounds
-            .push_back((round, now, self.voter.record.epoch));
-        while self.lease.rounds.len() > 64 {
-            self.lease.rounds.pop_front();
-        }
+        let round = self.lease.start_round(now, self.voter.record.epoch);
         let rec = self.voter.record;
         for to in [self.peer, NodeId::Witness] {
             self.send_all_links(to, Message::LeaseRequest { round, record: rec });
@@ -1484,14 +1465,13 @@ impl DataNode {
         if self.role != Role::Primary {
             return;
         }
-        let Some(&(_, sent, rec_epoch)) = self.lease.rounds.iter().find(|(r, _, _)| *r == round)
-        else {
+        let Some(sent_round) = self.lease.round(round) else {
             return;
         };
         if !granted {
             // A refusal of a round sent under an older record says nothing
             // about the current one (datagrams are reordered).
-            if rec_epoch == self.voter.record.epoch
+            if sent_round.epoch == self.voter.record.epoch
                 && matches!(refusal, Refusal::NotPrimary | Refusal::StaleRecord)
             {
                 // Someone knows a newer record: stop serving at once.
@@ -1502,15 +1482,8 @@ impl DataNode {
         if dg.epoch != self.voter.epoch {
             return;
         }
-        let until = sent + self.timing().lease_duration;
-        if self.lease.until.is_none_or(|u| until > u) {
-            self.lease.until = Some(until);
-        }
-        if self.lease.last_grant.is_none_or(|g| sent > g) {
-            self.lease.last_grant = Some(sent);
-        }
-        self.lease.confirmed = self.lease.confirmed.max(round);
-        if self.lease.want_round {
+        self.lease.granted(sent_round, self.timing().lease_duration);
+        if self.lease.wants_round() {
             self.start_lease_round(now);
         }
     }
@@ -1528,15 +1501,11 @@ impl DataNode {
     ) -> Result<(), HostIoError> {
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
-        // The ticket is the next round to be started: only a round started
-        // after the read arrived can confirm it.
-        let ticket = self.lease.next_round;
-        let recent_outstanding = self.lease.rounds.back().is_some_and(|&(r, at, _)| {
-            r > self.lease.confirmed && now.saturating_since(at) < self.timing().heartbeat_interval
-        });
-        if recent_outstanding {
-            self.lease.want_round = true;
-        } else {
+        // Only a round started after the read arrived can confirm it.
+        let (ticket, start_now) = self
+            .lease
+            .read_ticket(now, self.timing().heartbeat_interval);
+        if start_now {
             self.start_lease_round(now);
         }
         self.reads.insert(
@@ -1562,7 +1531,7 @@ impl DataNode {
         if !self.is_serving(now) && self.demote.is_none() {
             return;
         }
-        let confirmed = self.lease.confirmed;
+        let confirmed = self.lease.confirmed();
         let done: Vec<(u64, bool)> = self
             .reads
             .iter()
@@ -1891,7 +1860,7 @@ impl DataNode {
     }
 
     fn try_complete_writes(&mut self, now: Instant) {
-        if self.role != Role::Primary || self.lease.until.is_none_or(|u| now >= u) {
+        if self.role != Role::Primary || !self.lease.valid(now) {
             return;
         }
         let degraded_ok = self.peer_degraded() && !self.recovering();
@@ -1965,8 +1934,7 @@ impl DataNode {
             return;
         }
         self.fail_all_io();
-        self.lease.until = None;
-        self.lease.want_round = false;
+        self.lease.end();
         self.demote = None;
         self.demote_preflush = None;
         self.handed_over_to = None;
@@ -2308,8 +2276,8 @@ impl DataNode {
         if self.role != Role::Primary {
             // The votes are grants: each voter promised at or after the
             // first request was sent.
-            self.lease.until = Some(c.started + self.timing().lease_duration);
-            self.lease.confirmed = self.lease.next_round.saturating_sub(1);
+            self.lease
+                .granted_by_election(c.started, self.timing().lease_duration);
             self.primary_since = now;
             self.set_role(now, Role::Primary, c.reason.name());
         } else {
@@ -3529,7 +3497,7 @@ impl DataNode {
 
     fn try_complete_flushes(&mut self, now: Instant) {
         self.finish_clean_cycle();
-        if self.role != Role::Primary || self.lease.until.is_none_or(|u| now >= u) {
+        if self.role != Role::Primary || !self.lease.valid(now) {
             return;
         }
         let degraded_ok = self.peer_degraded() && !self.recovering();
@@ -3579,12 +3547,12 @@ impl DataNode {
             serving: self.is_serving(now),
             lease_remaining: self
                 .lease
-                .until
+                .until()
                 .filter(|_| self.role == Role::Primary)
                 .map(|u| u.saturating_since(now)),
             lease_age: self
                 .lease
-                .last_grant
+                .last_grant()
                 .filter(|_| self.role == Role::Primary)
                 .map(|g| now.saturating_since(g)),
             links: self.cfg.links,
