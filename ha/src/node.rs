@@ -26,6 +26,7 @@ use crate::wire::stream::{self, AckStatus, Body, Frame, Hello, HelloData, hello_
 
 mod apply;
 mod dirty_log;
+mod election;
 mod flushes;
 mod frames;
 mod host_path;
@@ -36,6 +37,7 @@ mod resync;
 
 use apply::{Apply, ApplyKind, ApplyQueue};
 use dirty_log::{DirtyLog, Persisted};
+use election::Candidacy;
 use flushes::{FlushPurpose, Flushes};
 use ids::{BitmapGeneration, FlushId, Region, Seq, WriteId};
 use lease::Lease;
@@ -383,16 +385,6 @@ struct Verify {
     pacer: Pacer,
     checked: u64,
     found: Bitmap,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Candidacy {
-    epoch: u64,
-    outdated: Option<NodeId>,
-    reason: ElectionReason,
-    started: Instant,
-    last_sent: Instant,
-    votes: u8,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1393,7 +1385,7 @@ impl DataNode {
                 self.start_lease_round(now);
             }
             if let Some(c) = self.candidacy {
-                if now.saturating_since(c.started) >= self.timing().failure_timeout {
+                if c.expired(now, self.timing().failure_timeout) {
                     self.abandon_candidacy(now);
                 } else {
                     self.send_vote_requests(now);
@@ -2134,14 +2126,7 @@ impl DataNode {
         self.voter.voted_for = Some(self.me);
         self.voter.vote_outdated = outdated;
         self.persist_superblock();
-        self.candidacy = Some(Candidacy {
-            epoch,
-            outdated,
-            reason,
-            started: now,
-            last_sent: now,
-            votes: 0,
-        });
+        self.candidacy = Some(Candidacy::new(epoch, outdated, reason, now));
         self.send_vote_requests(now);
         self.update_ana(now);
     }
@@ -2216,15 +2201,9 @@ impl DataNode {
             self.observe_epoch(dg.epoch);
             return;
         };
-        if granted && dg.epoch == c.epoch {
-            c.votes |= 1 << dg.sender.index();
+        if granted && c.count_vote(dg.sender, dg.epoch) {
             self.candidacy = Some(c);
-            let enough = if c.reason == ElectionReason::PeerRecovered {
-                c.votes & (1 << self.peer.index()) != 0
-            } else {
-                c.votes != 0
-            };
-            if enough {
+            if c.elected(self.peer) {
                 self.commit(now, c);
             }
             return;
