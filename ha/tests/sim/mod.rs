@@ -1,6 +1,11 @@
 //! A deterministic simulator of a tandem pair: nodes `a`, `b`, the witness,
 //! a fake network (per-link loss, delay, duplication, reordering, partitions),
-//! a TCP-like replication stream, disks with reordering completions, node
+//! a TCP-like replication stream (in order within a connection; after a
+//! break, each node notices it when its close arrives — up to
+//! `stream_close_jitter` later than its peer — so the frames still in flight
+//! on the old connection reach it after the pair may have reconnected, and
+//! what it writes into the broken connection is lost; a new connection
+//! replaces one not yet noticed broken), disks with reordering completions, node
 //! kill/restart from persisted metadata, and pause (the node's clock stops
 //! and its inbox fills up). A model host writes and reads blocks, follows the
 //! ANA state, retries on path errors and checks every completion:
@@ -318,6 +323,20 @@ pub struct Sim {
     /// host retries them elsewhere (as after the reset a takeover's tickle
     /// brings).
     pub front_end_nic: [bool; 2],
+    /// A node notices that its replication connection broke up to this
+    /// much later than its peer (a half-open connection): meanwhile the
+    /// peer may reconnect, and the frames still in flight on the old
+    /// connection reach the node after the pair's new connection exists.
+    pub stream_close_jitter: u64,
+    /// Stream bytes a node took from a connection that was no longer the
+    /// pair's current one (it had not noticed the break yet).
+    pub late_stream_deliveries: u64,
+    /// Stream bytes dropped because the node had already closed or
+    /// replaced that connection.
+    pub stale_stream_drops: u64,
+    /// `peer-recovered` records committed while host writes were in
+    /// flight on the primary.
+    pub peer_recovered_with_writes: u64,
 }
 
 pub fn timing() -> Timing {
@@ -387,6 +406,10 @@ impl Sim {
             slow_metadata: 1,
             torn_crashes: 0,
             front_end_nic: [true; 2],
+            stream_close_jitter: 0,
+            late_stream_deliveries: 0,
+            stale_stream_drops: 0,
+            peer_recovered_with_writes: 0,
         };
         for id in NodeId::ALL {
             sim.nodes.push(SimNode {
@@ -606,12 +629,26 @@ impl Sim {
             (Member::Data(d), input) => match input {
                 Input::Datagram { link, bytes } => d.on_datagram(local, link, &bytes),
                 Input::Stream { conn, bytes } => {
-                    if self.conn == Some(conn) {
+                    // The bytes of the connection this node has open, even
+                    // if the pair has moved on (it has not noticed yet); a
+                    // connection it closed or replaced is gone with its
+                    // bytes, as a socket is.
+                    if n.stream_conn == Some(conn) {
+                        if self.conn != Some(conn) {
+                            self.late_stream_deliveries += 1;
+                        }
                         d.on_stream_bytes(local, &bytes)
+                    } else {
+                        self.stale_stream_drops += 1;
                     }
                 }
                 Input::StreamOpen { conn } => {
                     if self.conn == Some(conn) {
+                        // A new connection replaces one not yet noticed
+                        // broken (the kernel closes the old one first).
+                        if n.stream_conn.take().is_some() {
+                            d.on_stream_closed(local);
+                        }
                         n.stream_conn = Some(conn);
                         d.on_stream_connected(local)
                     }
@@ -890,6 +927,15 @@ impl Sim {
             }
             Action::AnaChanged(s) => self.nodes[idx(id)].ana = s,
             Action::RoleChanged(c) => {
+                if c.reason == "peer-recovered"
+                    && self
+                        .host
+                        .in_flight
+                        .values()
+                        .any(|(t, op, _)| *t == id && matches!(op, HostOp::Write { .. }))
+                {
+                    self.peer_recovered_with_writes += 1;
+                }
                 let line = format!("{:>8.3}ms {}: {}", self.now as f64 / 1000.0, id, c);
                 self.log.push(line);
             }
@@ -972,14 +1018,32 @@ impl Sim {
     fn close_stream(&mut self) {
         if let Some(c) = self.conn.take() {
             for to in [NodeId::A, NodeId::B] {
-                let at = self.stream_last[idx(to)].max(self.now) + 10;
+                let late = self.rng.below(self.stream_close_jitter + 1);
+                let at = self.stream_last[idx(to)].max(self.now) + 10 + late;
                 self.deliver(at - self.now, to, Input::StreamClose { conn: c });
             }
         }
     }
 
+    /// The replication connection breaks (a reset, a middlebox dropping
+    /// it) with every link up: the nodes reconnect at once.
+    pub fn break_stream(&mut self) {
+        if self.conn.is_some() {
+            self.log
+                .push(format!("{:>8.3}ms stream reset", self.now as f64 / 1000.0));
+            self.close_stream();
+        }
+    }
+
     fn stream_send(&mut self, from: NodeId, bytes: Vec<u8>) {
-        let Some(c) = self.conn else { return };
+        // On the connection the sender has open. Written after that
+        // connection broke (the sender has not noticed yet), the bytes are
+        // lost; written before, they are in flight and reach the peer if
+        // it still has the connection open when they arrive.
+        let Some(c) = self.nodes[idx(from)].stream_conn else { return };
+        if self.conn != Some(c) {
+            return;
+        }
         let to = from.peer();
         let mut rest = &bytes[..];
         while !rest.is_empty() {
