@@ -1030,15 +1030,25 @@ impl Cluster {
     /// The stalls of events named `stall_prefix` go to the benchmark notes.
     pub fn finish(mut self, stall_prefix: Option<&str>) {
         let report = self.stop_io();
+        self.finish_stopped(report, stall_prefix, true);
+    }
+
+    /// [`Cluster::finish`] once the workload was stopped ([`Cluster::stop_io`]
+    /// gave `report`). With `read_other_copy` the role is switched over and
+    /// everything read back on the other node too; without (the other node
+    /// cannot serve hosts) its copy is checked by the replica oracle alone.
+    pub fn finish_stopped(mut self, report: String, stall_prefix: Option<&str>, read_other_copy: bool) {
         let primary = self.serving();
         self.wait_in_sync(primary, Duration::from_secs(120));
         self.check_replicas_identical();
         self.verify(primary.as_str());
-        // The other node's copy: switch over, read everything back there.
-        self.switchover(primary, false);
-        let primary = primary.peer();
-        assert_eq!(self.serving(), primary);
-        self.verify(primary.as_str());
+        if read_other_copy {
+            // The other node's copy: switch over, read everything back there.
+            self.switchover(primary, false);
+            let primary = primary.peer();
+            assert_eq!(self.serving(), primary);
+            self.verify(primary.as_str());
+        }
         self.check_no_split_brain();
         eprintln!("{}\n{report}", self.role_report());
         for prefix in [
@@ -1050,6 +1060,7 @@ impl Cluster {
             "repl link down",
             "witness",
             "secondary",
+            "front-end",
         ] {
             for (what, fio, ck) in self.stalls(prefix) {
                 eprintln!("stall: {what}: fio max gap {fio:?} ms, ackcheck max gap {ck:?} ms");
