@@ -14,7 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_linux_guest::cluster::{Cluster, HOLD, Name, ROLE_TIMEOUT, epoch_ms, lock, own_line};
+use tandem_linux_guest::cluster::{
+    Cluster, DEFAULT_TIMING, HOLD, Name, ROLE_TIMEOUT, epoch_ms, lock, own_line,
+};
 
 /// A node hands its role over for its host path only once it has been
 /// primary for ten failure timeouts (§17, damping).
@@ -224,4 +226,101 @@ fn primary_front_end_cut_for_good_leaves_the_host_working_on_the_peer() {
     assert!(cut < 10_000, "the front-end cut stalled the host {cut} ms");
     // a cannot serve hosts: its copy is checked by the replica oracle.
     c.finish_stopped(report, Some("front-end cut"), false);
+}
+
+fn median_max(values: &[u64]) -> (u64, u64) {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    (
+        v.get(v.len() / 2).copied().unwrap_or(0),
+        v.last().copied().unwrap_or(0),
+    )
+}
+
+/// The stall figures for docs/benchmarks.md (not a test), at the image's
+/// default timing (hb_interval 50 ms, hb_timeout 500 ms: handovers spaced
+/// 5 s): `TANDEM_HA_RUNS` (default 10) cuts of the primary's front-end
+/// (net0 and net2), each restored once the peer serves, then
+/// `TANDEM_HA_KILLS` (default 3) kills of the primary in the same run (each
+/// followed by the killed node's restart and resync), with fio and ackcheck
+/// running. Prints each stall, median and max.
+/// `cargo test -p tandem-linux-guest --test ha_hostpath -- --ignored front_end_cut_stall_figures --nocapture`
+#[test]
+#[ignore = "benchmark (about 6 min): run with --ignored front_end_cut_stall_figures"]
+fn front_end_cut_stall_figures() {
+    let Some(_guard) = lock() else { return };
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (runs, kills) = (env("TANDEM_HA_RUNS", 10), env("TANDEM_HA_KILLS", 3));
+    let spacing = Duration::from_millis(5000 + 1000);
+    let mut c = Cluster::start_with_timing("hostpath-stalls", DEFAULT_TIMING);
+    let mut primary_at = Instant::now();
+    c.start_io();
+    c.hold();
+    let mut primary = Name::A;
+    for _ in 0..runs {
+        c.wait_in_sync(primary, Duration::from_secs(120));
+        std::thread::sleep(spacing.saturating_sub(primary_at.elapsed()));
+        let what = format!("front-end cut {} (primary)", primary.as_str());
+        cut_front_end_and_wait_handover(&mut c, primary, &what);
+        primary_at = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let back_before = console_lines(&c, primary, "tandem: host path back");
+        c.event(&format!("front-end back {}", primary.as_str()));
+        set_front_end(&mut c, primary, true);
+        wait_console_line(
+            &mut c,
+            primary,
+            "tandem: host path back",
+            back_before,
+            ROLE_TIMEOUT,
+        );
+        primary = primary.peer();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for _ in 0..kills {
+        let survivor = primary.peer();
+        c.wait_in_sync(primary, Duration::from_secs(180));
+        let since = c.role_count(survivor);
+        c.event(&format!("kill -9 {} (primary)", primary.as_str()));
+        let at = epoch_ms();
+        c.kill(primary);
+        c.wait_role(survivor, "primary", since, ROLE_TIMEOUT);
+        c.wait_io_flows(at, Duration::from_secs(90));
+        std::thread::sleep(Duration::from_secs(4));
+        c.event(&format!("restart {}", primary.as_str()));
+        c.restart(primary);
+        c.wait_in_sync(survivor, Duration::from_secs(180));
+        primary = survivor;
+    }
+    c.stop_io();
+    let mut lines = Vec::new();
+    for (kind, prefix) in [
+        ("baseline", "I/O started"),
+        ("front-end cut of the primary", "front-end cut"),
+        ("kill -9 of the primary", "kill"),
+    ] {
+        let stalls = c.stalls(prefix);
+        let fio: Vec<u64> = stalls.iter().filter_map(|s| s.1).collect();
+        let ck: Vec<u64> = stalls.iter().filter_map(|s| s.2).collect();
+        let (fm, fx) = median_max(&fio);
+        let (cm, cx) = median_max(&ck);
+        lines.push(format!(
+            "{kind}: {} runs: fio max gap median {fm} ms, max {fx} ms; ackcheck median {cm} ms, max {cx} ms; fio each {fio:?}; ackcheck each {ck:?}",
+            fio.len()
+        ));
+    }
+    lines.push(format!("role changes:\n{}", c.role_report()));
+    let text = lines.join("\n");
+    eprintln!("{text}");
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-front-end-cut-figures.txt"),
+        &text,
+    );
+    c.check_no_split_brain();
+    c.host_command("exit", Duration::from_secs(30));
 }
