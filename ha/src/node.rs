@@ -39,7 +39,7 @@ use apply::{Apply, ApplyKind, ApplyQueue};
 use dirty_log::{DirtyLog, Persisted};
 use election::Candidacy;
 use flushes::{FlushPurpose, Flushes};
-use ids::{BitmapGeneration, FlushId, Region, Seq, WriteId};
+use ids::{BitmapGeneration, Extent, FlushId, Region, Seq, WriteId};
 use lease::Lease;
 use resync::{Pace, Pacer, ResyncPump};
 
@@ -406,7 +406,8 @@ struct PendingWrite {
     admitted: bool,
     /// Issued to the local disk and the stream.
     started: bool,
-    seq: Option<u64>,
+    /// Its number on the replication stream, once sent on this connection.
+    seq: Option<Seq>,
     local: Option<bool>,
     peer_acked: bool,
     needs_peer: bool,
@@ -766,13 +767,13 @@ pub struct DataNode {
     primary_since: Instant,
     lease: Lease,
     writes: BTreeMap<u64, PendingWrite>,
-    seq_to_id: BTreeMap<u64, u64>,
+    seq_to_id: BTreeMap<Seq, WriteId>,
     unacked: replication_bound::Unacked,
     /// Writes waiting for the peer's acknowledgements (the bound above), in
     /// order; and a stream to give up because it does not drain.
     held_for_stream: VecDeque<u64>,
     stream_overflow: bool,
-    next_seq: u64,
+    next_seq: Seq,
     deferred: VecDeque<u64>,
     reads: BTreeMap<u64, PendingRead>,
     stream: StreamState,
@@ -851,7 +852,7 @@ fn region_busy(
         .any(|w| overlaps(w.offset, w.len, r.0 * rs, rs))
         || unacked
             .values()
-            .any(|&(o, l)| overlaps(o, l, r.0 * rs, rs))
+            .any(|e| e.overlaps(Extent::new(r.0 * rs, rs)))
 }
 
 impl DataNode {
@@ -1017,7 +1018,7 @@ impl DataNode {
             unacked: replication_bound::Unacked::default(),
             held_for_stream: VecDeque::new(),
             stream_overflow: false,
-            next_seq: 1,
+            next_seq: Seq(1),
             deferred: VecDeque::new(),
             reads: BTreeMap::new(),
             stream: StreamState {
@@ -1769,13 +1770,7 @@ impl DataNode {
         self.actions.push(Action::SubmitLocalWrite { id });
         let mut seq = None;
         if self.stream_ready() && !self.stream_overflow {
-            let s = self.next_seq;
-            self.next_seq += 1;
-            seq = Some(s);
-            self.seq_to_id.insert(s, id);
-            let wire = self.replication_wire_bytes(&w);
-            self.unacked.insert(s, (w.offset, w.len), wire);
-            self.replicate(id, s, &w);
+            seq = Some(self.send_write(id, &w));
         }
         if let Some(w) = self.writes.get_mut(&id) {
             w.started = true;
@@ -1795,8 +1790,21 @@ impl DataNode {
             || self.peer_features() & stream::feature::DEALLOCATE != 0
     }
 
+    /// Numbers host write `id` for the stream, sends it, and counts it
+    /// unacknowledged.
+    fn send_write(&mut self, id: u64, w: &PendingWrite) -> Seq {
+        let s = self.next_seq;
+        self.next_seq = s.next();
+        self.seq_to_id.insert(s, WriteId(id));
+        let wire = self.replication_wire_bytes(w);
+        self.unacked.insert(s, Extent::new(w.offset, w.len), wire);
+        self.replicate(id, s, w);
+        s
+    }
+
     /// Sends host write `id` to the peer as write `seq`.
-    fn replicate(&mut self, id: u64, seq: u64, w: &PendingWrite) {
+    fn replicate(&mut self, id: u64, seq: Seq, w: &PendingWrite) {
+        let seq = seq.0;
         let epoch = self.voter.record.epoch;
         let (offset, len) = (w.offset, w.len);
         match w.content {
@@ -2315,12 +2323,7 @@ impl DataNode {
                 }
                 continue;
             }
-            let s = self.next_seq;
-            self.next_seq += 1;
-            self.seq_to_id.insert(s, *id);
-            let wire = self.replication_wire_bytes(&w);
-            self.unacked.insert(s, (w.offset, w.len), wire);
-            self.replicate(*id, s, &w);
+            let s = self.send_write(*id, &w);
             if let Some(w) = self.writes.get_mut(id) {
                 w.seq = Some(s);
             }
@@ -3115,22 +3118,22 @@ impl DataNode {
     /// own, or had not yet learned our record): the write completes on the
     /// local disk alone, as the record allows, and its regions go back into
     /// the resync instead of holding the recovery up.
-    fn refused_by_outdated_peer(&mut self, seq: u64) {
+    fn refused_by_outdated_peer(&mut self, seq: Seq) {
         // Also during the peer-recovered election: the write then waits for
         // it (it is sent again if the record commits) or, if the election
         // fails, completes here with its regions back in the resync.
         if !self.peer_degraded() {
             return;
         }
-        let Some((offset, len)) = self.unacked.remove(&seq) else {
+        let Some(sent) = self.unacked.remove(&seq) else {
             return;
         };
         if let Some(id) = self.seq_to_id.get(&seq).copied()
-            && let Some(w) = self.writes.get_mut(&id)
+            && let Some(w) = self.writes.get_mut(&id.0)
         {
             w.needs_peer = false;
         }
-        let regions = self.layout.regions(offset, len);
+        let regions = self.layout.regions(sent.offset, sent.len);
         if let Some(rz) = self.resync.as_mut() {
             for r in regions {
                 rz.remark(Region(r));
@@ -3543,7 +3546,7 @@ impl DataNode {
             replication,
             in_flight_writes: self.writes.len(),
             write_times: self.stream.write_times,
-            unacked_bytes: self.unacked.values().map(|&(_, l)| l).sum(),
+            unacked_bytes: self.unacked.values().map(|e| e.len).sum(),
             out_of_sync_bytes: if replication == ReplicationState::Established {
                 0
             } else {

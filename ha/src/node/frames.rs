@@ -184,18 +184,18 @@ impl DataNode {
 
     /// Primary: the peer wrote (or refused) replicated write `seq`.
     fn on_write_ack(&mut self, now: Instant, epoch: u64, seq: Seq, status: AckStatus) {
-        if let Some(id) = self.seq_to_id.get(&seq.0).copied()
+        if let Some(id) = self.seq_to_id.get(&seq).copied()
             && status == AckStatus::Ok
-            && let Some(w) = self.writes.get_mut(&id)
+            && let Some(w) = self.writes.get_mut(&id.0)
         {
             w.peer_acked = true;
             self.stream.write_times.peer.record(now - w.at);
         }
         if status == AckStatus::Ok {
-            self.unacked.remove(&seq.0);
+            self.unacked.remove(&seq);
         } else {
             self.observe_epoch(epoch);
-            self.refused_by_outdated_peer(seq.0);
+            self.refused_by_outdated_peer(seq);
         }
     }
 

@@ -15,6 +15,31 @@ pub(crate) struct WriteId(pub u64);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Seq(pub u64);
 
+impl Seq {
+    /// The number after this one.
+    pub(crate) fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+/// A byte range of the data area: `len` bytes at `offset`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+impl Extent {
+    pub(crate) fn new(offset: u64, len: u64) -> Extent {
+        Extent { offset, len }
+    }
+
+    /// The two share at least one byte.
+    pub(crate) fn overlaps(&self, other: Extent) -> bool {
+        super::overlaps(self.offset, self.len, other.offset, other.len)
+    }
+}
+
 /// A region of the dirty bitmap: its index (`region_size` bytes each).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Region(pub u64);

@@ -14,28 +14,29 @@
 
 use alloc::collections::BTreeMap;
 
+use super::ids::{Extent, Seq};
 use super::{Action, Content, DataNode, PendingWrite};
 use crate::time::Instant;
 use crate::wire::stream;
 
-/// Replicated writes sent and not yet acknowledged: `seq → (offset, len)`,
+/// Replicated writes sent and not yet acknowledged: the range each wrote,
 /// and the bytes they put on the stream.
 #[derive(Debug, Default)]
 pub(super) struct Unacked {
-    ranges: BTreeMap<u64, (u64, u64)>,
-    wire: BTreeMap<u64, u64>,
+    ranges: BTreeMap<Seq, Extent>,
+    wire: BTreeMap<Seq, u64>,
     wire_bytes: u64,
 }
 
 impl Unacked {
-    pub(super) fn insert(&mut self, seq: u64, range: (u64, u64), wire_bytes: u64) {
+    pub(super) fn insert(&mut self, seq: Seq, range: Extent, wire_bytes: u64) {
         self.ranges.insert(seq, range);
         if let Some(old) = self.wire.insert(seq, wire_bytes) {
             self.wire_bytes -= old;
         }
         self.wire_bytes += wire_bytes;
     }
-    pub(super) fn remove(&mut self, seq: &u64) -> Option<(u64, u64)> {
+    pub(super) fn remove(&mut self, seq: &Seq) -> Option<Extent> {
         if let Some(wire) = self.wire.remove(seq) {
             self.wire_bytes -= wire;
         }
@@ -49,8 +50,8 @@ impl Unacked {
     pub(super) fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
-    /// `(offset, len)` of each.
-    pub(super) fn values(&self) -> impl Iterator<Item = &(u64, u64)> {
+    /// The range of each.
+    pub(super) fn values(&self) -> impl Iterator<Item = &Extent> {
         self.ranges.values()
     }
     pub(super) fn wire_bytes(&self) -> u64 {
