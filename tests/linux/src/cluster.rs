@@ -800,15 +800,17 @@ impl Cluster {
         times
     }
 
-    /// Waits until the checker logged a completion after `since_ms`: I/O
-    /// flows again.
+    /// Waits until the checker logged a completion after `since_ms` (this
+    /// machine's clock; the checker's are the guest's, converted with the
+    /// offset measured last): I/O flows again.
     pub fn wait_io_flows(&mut self, since_ms: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let on_guest = (since_ms as i64 + self.clock_offset_ms).max(0) as u64;
         loop {
             if self
                 .ackcheck_completions()
                 .last()
-                .is_some_and(|t| *t > since_ms + 1000)
+                .is_some_and(|t| *t > on_guest + 1000)
             {
                 return;
             }
