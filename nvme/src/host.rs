@@ -117,6 +117,17 @@ impl Initiator {
         self.maxh2cdata
     }
 
+    /// Bytes of C2HData received so far for command `cid`, not yet handed
+    /// out with its completion.
+    pub fn data_received(&self, cid: u16) -> usize {
+        self.reads.get(&cid).map_or(0, Vec::len)
+    }
+
+    /// Bytes received and not yet decoded: the part of a PDU still arriving.
+    pub fn undecoded(&self) -> usize {
+        self.rx.len() - self.rx_start
+    }
+
     /// A fresh command ID.
     pub fn next_cid(&mut self) -> u16 {
         let c = self.next_cid;

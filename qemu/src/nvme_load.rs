@@ -32,7 +32,8 @@ use crate::error::{Error, Result};
 pub const DEFAULT_PORT: u16 = 4420;
 /// How long a TCP connect and each setup command may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the run, outstanding commands get this long to complete.
+/// After the run, outstanding commands get this long to complete (by
+/// default; [`JobSpec::drain`]).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A blocked write to the target fails after this long.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,6 +152,9 @@ pub struct JobSpec {
     pub verify: bool,
     /// Bytes at the start of the namespace the job works on (`None`: all).
     pub range: Option<u64>,
+    /// After the run, how long outstanding commands get to complete before
+    /// the job fails naming them.
+    pub drain: Duration,
 }
 
 /// The named jobs, in the order a full run takes them (writes first, so
@@ -188,6 +192,7 @@ impl JobSpec {
             ramp: Duration::from_secs(1),
             verify: false,
             range: None,
+            drain: DRAIN_TIMEOUT,
         })
     }
 
@@ -788,8 +793,11 @@ fn run_worker(
         verify_failures: 0,
         first_verify_failure: None,
     };
-    let drain_deadline = plan.end + DRAIN_TIMEOUT;
+    let drain_deadline = plan.end + spec.drain;
     let fd = q.stream.as_raw_fd();
+    // What the socket carried, for the message when commands never finish.
+    let mut bytes_in = 0u64;
+    let mut last_in: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if abort.load(Ordering::Relaxed) {
@@ -869,9 +877,10 @@ fn run_worker(
             return Err(Error::TargetFailed {
                 target: q.target.clone(),
                 reason: format!(
-                    "{} commands still outstanding {} s after the run ended",
+                    "{} commands still outstanding {:.1} s after the run ended: {}",
                     inflight.len(),
-                    DRAIN_TIMEOUT.as_secs()
+                    spec.drain.as_secs_f64(),
+                    stall_report(&q, &inflight, &plan, now, bytes_in, last_in, out.len() - out_at)
                 ),
             });
         }
@@ -929,6 +938,8 @@ fn run_worker(
                 }
                 Ok(n) => {
                     q.host.feed(&q.buf[..n]);
+                    bytes_in += n as u64;
+                    last_in = Some(Instant::now());
                     if n < q.buf.len() {
                         break;
                     }
@@ -1022,6 +1033,48 @@ fn run_worker(
 }
 
 use crate::sys::poll;
+
+/// What a worker knows about commands that never finished: each one's age
+/// and how much of a read's data arrived, and what the socket carried (so
+/// that a stalled target, a stalled connection and a lost completion tell
+/// themselves apart).
+fn stall_report(
+    q: &Queue,
+    inflight: &HashMap<u16, InFlight>,
+    plan: &Plan,
+    now: Instant,
+    bytes_in: u64,
+    last_in: Option<Instant>,
+    unsent: usize,
+) -> String {
+    let mut commands: Vec<(&u16, &InFlight)> = inflight.iter().collect();
+    commands.sort_by_key(|(cid, io)| (io.started, io.unit, **cid));
+    let block_bytes = plan.unit_blocks as usize * plan.lba_size as usize;
+    let list: Vec<String> = commands
+        .iter()
+        .map(|(cid, io)| {
+            let slba = io.unit * plan.unit_blocks;
+            let age = now.duration_since(io.started).as_secs_f64();
+            if io.read {
+                format!(
+                    "read of LBA {slba} (cid {cid}, {age:.1} s, {} of {block_bytes} data bytes arrived)",
+                    q.host.data_received(**cid)
+                )
+            } else {
+                format!("write of LBA {slba} (cid {cid}, {age:.1} s)")
+            }
+        })
+        .collect();
+    let last = match last_in {
+        Some(t) => format!("the last {:.1} s ago", now.duration_since(t).as_secs_f64()),
+        None => "none since the run started".into(),
+    };
+    format!(
+        "{}; the connection received {bytes_in} bytes, {last} ({} bytes of a PDU pending), and has {unsent} bytes unsent",
+        list.join(", "),
+        q.host.undecoded()
+    )
+}
 
 // ------------------------------------------------------------ a job
 

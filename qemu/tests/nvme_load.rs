@@ -20,10 +20,12 @@ const NQN: &str = "nqn.2026-11.io.tandem.test:loopback";
 const BLOCKS: u64 = 16384;
 const LBA: u64 = 512;
 
-/// A target on 127.0.0.1; `corrupt` flips a bit in every read it serves.
+/// A target on 127.0.0.1; `corrupt` flips a bit in every read it serves;
+/// with `hold`, reads never leave the disk.
 struct LoopbackTarget {
     port: u16,
     corrupt: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
 }
 
 fn now(start: std::time::Instant) -> NvmeInstant {
@@ -35,7 +37,9 @@ fn serve(
     target: Arc<Mutex<Target>>,
     disk: Arc<Mutex<Vec<u8>>>,
     corrupt: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
 ) {
+    let mut held = Vec::new();
     let start = std::time::Instant::now();
     let mut conn = Connection::new(&target.lock().unwrap(), now(start));
     // Answers go out in several writes: without this, Nagle holds the
@@ -59,6 +63,10 @@ fn serve(
         let used = conn.receive(&mut t, now(start), &pending);
         pending.drain(..used);
         while let Some(req) = conn.next_block_request() {
+            if hold.load(Ordering::Relaxed) && matches!(req.op, BlockOp::Read { .. }) {
+                held.push(req);
+                continue;
+            }
             let outcome = match req.op {
                 BlockOp::Read { offset, len } => {
                     let d = disk.lock().unwrap();
@@ -109,16 +117,21 @@ impl LoopbackTarget {
         let target = Arc::new(Mutex::new(Target::new(cfg).unwrap()));
         let disk = Arc::new(Mutex::new(vec![0u8; (BLOCKS * LBA) as usize]));
         let corrupt = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicBool::new(false));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let c = corrupt.clone();
+        let (c, h) = (corrupt.clone(), hold.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (t, d, c) = (target.clone(), disk.clone(), c.clone());
-                std::thread::spawn(move || serve(stream, t, d, c));
+                let (t, d, c, h) = (target.clone(), disk.clone(), c.clone(), h.clone());
+                std::thread::spawn(move || serve(stream, t, d, c, h));
             }
         });
-        LoopbackTarget { port, corrupt }
+        LoopbackTarget {
+            port,
+            corrupt,
+            hold,
+        }
     }
 
     fn target(&self) -> nvme_load::Target {
@@ -178,6 +191,33 @@ fn every_job_runs_and_verified_data_reads_back() {
         "{} I/Os at 400/s for 1 s",
         r.ios
     );
+}
+
+/// Commands that never complete fail the job after its drain time, and the
+/// error names each one and how much of its data arrived.
+#[test]
+fn commands_that_never_complete_are_named() {
+    let lo = LoopbackTarget::start();
+    lo.hold.store(true, Ordering::Relaxed);
+    let mut spec = job("read-128k", 1, 2, false);
+    spec.runtime = Duration::from_millis(300);
+    spec.drain = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let e = nvme_load::run_job(&lo.target(), &spec, None::<&mut Vec<u8>>).unwrap_err();
+    assert!(matches!(e, Error::TargetFailed { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("2 commands still outstanding 0.5 s after the run ended"),
+        "{text}"
+    );
+    assert!(text.contains("read of LBA 0 (cid "), "{text}");
+    assert!(text.contains("read of LBA 256 (cid "), "{text}");
+    assert!(
+        text.contains("0 of 131072 data bytes arrived"),
+        "{text}"
+    );
+    assert!(text.contains("the connection received "), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
 
 #[test]
