@@ -383,7 +383,7 @@ impl Machine {
             Ok(Command::Help) => println!("{}", console::HELP),
             Ok(Command::Status) => print!("{}", self.status_text()),
             Ok(Command::Nvme) => match self.nvme.as_ref() {
-                Some(nvme) => print!("{}", nvme.describe()),
+                Some(nvme) => print!("{}", nvme.describe(&self.nets)),
                 None => println!("error: nvme: the target is not running"),
             },
             Ok(Command::NvmeAna { group, state }) => match self.nvme.as_mut() {

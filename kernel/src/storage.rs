@@ -327,8 +327,10 @@ impl NvmeService {
         busy
     }
 
-    /// The `nvme` console command's text.
-    pub fn describe(&self) -> String {
+    /// The `nvme` console command's text. Each connection's line ends with
+    /// its TCP state and where its bytes wait: in the socket's send and
+    /// receive buffers, and answers not yet handed to the socket.
+    pub fn describe<Q: FrameQueues>(&self, nets: &[NetPort<Q>]) -> String {
         let config = self.target.config();
         let mut text = alloc::format!("subsystem {} serial {} model {}\n", config.subsystem_nqn, config.serial, config.model);
         for namespace in &config.namespaces {
@@ -352,11 +354,16 @@ impl NvmeService {
         }
         for entry in &self.connections {
             let info = entry.connection.info();
-            let _ = writeln!(
+            let _ = write!(
                 text,
                 "  connection {} net{} cntlid={:?} qid={:?} depth={} outstanding={} hdgst={} ddgst={} {:?}",
                 entry.id, entry.nic, info.cntlid, info.qid, info.depth, info.outstanding, info.header_digest, info.data_digest, info.stats
             );
+            if let Some(port) = nets.get(entry.nic) {
+                let socket = port.nic.sockets().get::<tcp::Socket>(entry.handle);
+                let _ = write!(text, " tcp={} sendq={} recvq={}", socket.state(), socket.send_queue(), socket.recv_queue());
+            }
+            let _ = writeln!(text, " unsent={}", entry.connection.output_len());
         }
         let stats = self.target.stats();
         let _ = writeln!(

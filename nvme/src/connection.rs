@@ -1296,6 +1296,11 @@ impl Connection {
         !self.out.is_empty()
     }
 
+    /// Bytes waiting to be sent (not yet taken by [`Connection::consume_output`]).
+    pub fn output_len(&self) -> usize {
+        self.out.iter().map(|item| item.chunk.bytes().len()).sum::<usize>() - self.out_pos
+    }
+
     /// The next contiguous bytes to send (empty if none). Call
     /// [`Connection::consume_output`] with how many the socket took.
     pub fn output(&self) -> &[u8] {

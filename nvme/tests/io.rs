@@ -866,3 +866,30 @@ fn target_wide_budget_is_shared_and_returned() {
     assert_eq!(h.target.data_in_use(), 0);
     let _ = c3;
 }
+
+#[test]
+fn output_len_counts_the_bytes_still_to_send() {
+    let mut h = Harness::default();
+    let (_a, mut q, _) = h.setup();
+    assert_eq!(q.conn.output_len(), 0);
+    q.auto_complete = false;
+    let cid = q.host.read(1, 0, 16, 512);
+    h.pump(&mut q);
+    let req = q.held.pop().expect("the read at the disk");
+    let id = req.id;
+    let outcome = h.backend.execute(req);
+    let now = h.now();
+    q.conn
+        .complete_block(&mut h.target, now, id, outcome)
+        .unwrap();
+    // C2HData header, the data, the response capsule.
+    assert_eq!(q.conn.output_len(), 24 + 8192 + 24);
+    q.conn.consume_output(10);
+    assert_eq!(q.conn.output_len(), 24 + 8192 + 24 - 10);
+    q.conn.consume_output(24 + 8192 - 10);
+    assert_eq!(q.conn.output_len(), 24);
+    let mut rest = [0u8; 64];
+    assert_eq!(q.conn.write_output(&mut rest), 24);
+    assert_eq!(q.conn.output_len(), 0);
+    let _ = cid;
+}

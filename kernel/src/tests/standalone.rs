@@ -53,6 +53,12 @@ fn completions_reach_the_connection_that_asked() {
     assert_eq!(cid_one, cid_two);
     world.run_for_millis(20);
     assert!(!world.completed(first, cid_one) && !world.completed(second, cid_two), "nothing completes before the disk");
+    // The console shows each command at the disk, and that nothing waits
+    // in a socket or in the connection.
+    let node = &world.nodes[0];
+    let text = node.nvme.as_ref().unwrap().describe(&node.nets);
+    let waiting = text.lines().filter(|l| l.contains("outstanding=1") && l.ends_with("tcp=ESTABLISHED sendq=0 recvq=0 unsent=0")).count();
+    assert_eq!(waiting, 2, "{text}");
     disk.hold(false);
     let (_, read_one) = world.ok(first, cid_one);
     let (_, read_two) = world.ok(second, cid_two);
