@@ -6,9 +6,11 @@
 #
 # Commands:
 #   paths      each path's controller, address, state and ANA state
-#   start-io   fio (random 4 KiB writes with crc32c verify_backlog, rate
-#              limited, per-I/O latency log with epoch timestamps) and
-#              ackcheck (the acknowledged-write checker) in the background
+#   start-io [ENGINE]
+#              fio (random 4 KiB writes with crc32c verify_backlog, rate
+#              limited, per-I/O latency log with epoch timestamps; fio's
+#              ioengine ENGINE, io_uring by default) and ackcheck (the
+#              acknowledged-write checker) in the background
 #   start-ck   ackcheck alone (an application that goes on after an I/O
 #              error and logs it: the all-paths-down measurement)
 #   reconnect [OPTS]
@@ -121,7 +123,7 @@ ck_pid=""
 
 start_io() {
   rm -f "$TG_SHARE/stop-io" /tmp/fio_lat.*.log
-  fio --name=ha --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite \
+  fio --name=ha --filename="$dev" --ioengine="${1:-io_uring}" --direct=1 --rw=randwrite \
       --bs=4k --size="$FIO_SIZE" --iodepth=8 --time_based --runtime=7200 \
       --verify=crc32c --verify_backlog=128 --verify_fatal=1 --rate_iops="$FIO_RATE" \
       --write_lat_log=/tmp/fio --log_unix_epoch=1 >/tmp/fio.out 2>&1 &
@@ -211,6 +213,7 @@ while :; do
     reconnect|reconnect\ *) reconnect ${cmd#reconnect} ;;
     settings) settings ;;
     dmesg) echo "uptime $(cut -d' ' -f1 /proc/uptime) now $("$ck" now)"; dmesg | grep -i nvme ;;
+    start-io\ *) set -- $cmd; start_io "$2" ;;
     io-alive) io_alive ;;
     stop-io) stop_io ;;
     clock) "$ck" now ;;

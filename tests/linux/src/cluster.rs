@@ -757,6 +757,15 @@ impl Cluster {
         self.event("I/O started");
     }
 
+    /// As [`Cluster::start_io`], fio with the ioengine `engine` (e.g.
+    /// `libaio`: its writes are queued by multipath while no path serves,
+    /// where Linux 6.1 fails io_uring's with EAGAIN, docs/benchmarks.md).
+    pub fn start_io_with(&mut self, engine: &str) {
+        self.measure_clock();
+        self.host_ok(&format!("start-io {engine}"), Duration::from_secs(60));
+        self.event(&format!("I/O started (fio {engine})"));
+    }
+
     /// Lets the workload run for `HOLD`, then checks that fio and ackcheck
     /// are still running (no error ended them).
     pub fn hold(&mut self) {
