@@ -745,7 +745,7 @@ pub struct DataNode {
     /// generation of their bits) and the clean cycle.
     dirty: DirtyLog,
     /// Admitted writes waiting for their bits to be durable, in order.
-    awaiting_bitmap: VecDeque<u64>,
+    awaiting_bitmap: VecDeque<WriteId>,
     flushes: Flushes,
     role: Role,
     candidacy: Option<Candidacy>,
@@ -766,15 +766,15 @@ pub struct DataNode {
     /// from it).
     primary_since: Instant,
     lease: Lease,
-    writes: BTreeMap<u64, PendingWrite>,
+    writes: BTreeMap<WriteId, PendingWrite>,
     seq_to_id: BTreeMap<Seq, WriteId>,
     unacked: replication_bound::Unacked,
     /// Writes waiting for the peer's acknowledgements (the bound above), in
     /// order; and a stream to give up because it does not drain.
-    held_for_stream: VecDeque<u64>,
+    held_for_stream: VecDeque<WriteId>,
     stream_overflow: bool,
     next_seq: Seq,
-    deferred: VecDeque<u64>,
+    deferred: VecDeque<WriteId>,
     reads: BTreeMap<u64, PendingRead>,
     stream: StreamState,
     resync: Option<ResyncPump>,
@@ -842,7 +842,7 @@ fn overlaps(a_off: u64, a_len: u64, b_off: u64, b_len: u64) -> bool {
 /// of region `r`.
 fn region_busy(
     layout: &Layout,
-    writes: &BTreeMap<u64, PendingWrite>,
+    writes: &BTreeMap<WriteId, PendingWrite>,
     unacked: &replication_bound::Unacked,
     r: Region,
 ) -> bool {
@@ -1647,6 +1647,7 @@ impl DataNode {
         force_unit_access: bool,
         content: Content,
     ) -> Result<(), HostIoError> {
+        let id = WriteId(id);
         self.check_lease(now);
         self.check_host_io(now, offset, len)?;
         let needs_peer = !self.peer_degraded() || self.recovering();
@@ -1715,7 +1716,7 @@ impl DataNode {
     }
 
     /// Marks the write's regions; issues it once the marks are durable.
-    fn start_write(&mut self, id: u64) {
+    fn start_write(&mut self, id: WriteId) {
         let Some(w) = self.writes.get(&id).copied() else {
             return;
         };
@@ -1746,11 +1747,11 @@ impl DataNode {
         }
     }
 
-    fn issue_write(&mut self, id: u64) {
+    fn issue_write(&mut self, id: WriteId) {
         self.issue_write_from(id, false)
     }
 
-    fn issue_write_from(&mut self, id: u64, from_queue: bool) {
+    fn issue_write_from(&mut self, id: WriteId, from_queue: bool) {
         let Some(w) = self.writes.get(&id).copied() else {
             return;
         };
@@ -1767,7 +1768,7 @@ impl DataNode {
             }
             return;
         }
-        self.actions.push(Action::SubmitLocalWrite { id });
+        self.actions.push(Action::SubmitLocalWrite { id: id.0 });
         let mut seq = None;
         if self.stream_ready() && !self.stream_overflow {
             seq = Some(self.send_write(id, &w));
@@ -1792,10 +1793,10 @@ impl DataNode {
 
     /// Numbers host write `id` for the stream, sends it, and counts it
     /// unacknowledged.
-    fn send_write(&mut self, id: u64, w: &PendingWrite) -> Seq {
+    fn send_write(&mut self, id: WriteId, w: &PendingWrite) -> Seq {
         let s = self.next_seq;
         self.next_seq = s.next();
-        self.seq_to_id.insert(s, WriteId(id));
+        self.seq_to_id.insert(s, id);
         let wire = self.replication_wire_bytes(w);
         self.unacked.insert(s, Extent::new(w.offset, w.len), wire);
         self.replicate(id, s, w);
@@ -1803,7 +1804,7 @@ impl DataNode {
     }
 
     /// Sends host write `id` to the peer as write `seq`.
-    fn replicate(&mut self, id: u64, seq: Seq, w: &PendingWrite) {
+    fn replicate(&mut self, id: WriteId, seq: Seq, w: &PendingWrite) {
         let seq = seq.0;
         let epoch = self.voter.record.epoch;
         let (offset, len) = (w.offset, w.len);
@@ -1821,7 +1822,10 @@ impl DataNode {
         }
         let frame_prefix =
             stream::write_frame_prefix(self.me, epoch, seq, offset, len as usize, w.force_unit_access);
-        self.actions.push(Action::ReplicateWrite { id, frame_prefix });
+        self.actions.push(Action::ReplicateWrite {
+            id: id.0,
+            frame_prefix,
+        });
     }
 
     fn start_deferred(&mut self) {
@@ -1848,12 +1852,13 @@ impl DataNode {
 
     /// The local disk write of host write `id` finished.
     pub fn on_local_write_done(&mut self, now: Instant, id: u64, ok: bool) {
+        let id = WriteId(id);
         if let Some(w) = self.writes.get_mut(&id) {
             w.local = Some(ok);
             if w.needs_peer && w.seq.is_some() {
                 self.stream.write_times.local.record(now - w.at);
             }
-        } else if self.applies.release_orphan(WriteId(id)) {
+        } else if self.applies.release_orphan(id) {
             self.issue_applies();
         }
         self.progress(now);
@@ -1885,7 +1890,7 @@ impl DataNode {
             {
                 self.seq_to_id.remove(&s);
             }
-            self.actions.push(Action::CompleteWrite { id, result });
+            self.actions.push(Action::CompleteWrite { id: id.0, result });
         }
         if any {
             self.start_deferred();
@@ -1895,14 +1900,14 @@ impl DataNode {
     fn fail_all_io(&mut self) {
         for (id, w) in &self.writes {
             if w.started && w.local.is_none() {
-                self.applies.hold_orphan(WriteId(*id), w.offset, w.len);
+                self.applies.hold_orphan(*id, w.offset, w.len);
             }
         }
         self.unacked.clear();
-        let ids: Vec<u64> = self.writes.keys().copied().collect();
+        let ids: Vec<WriteId> = self.writes.keys().copied().collect();
         for id in ids {
             self.actions.push(Action::CompleteWrite {
-                id,
+                id: id.0,
                 result: IoResult::PathError,
             });
         }
@@ -2282,7 +2287,7 @@ impl DataNode {
             self.send_pending_flushes();
         }
         if self.stream.connected {
-            let resend: Vec<u64> = self
+            let resend: Vec<WriteId> = self
                 .writes
                 .iter()
                 .filter(|(_, w)| w.started && !w.peer_acked)
@@ -2296,7 +2301,7 @@ impl DataNode {
         self.update_ana(now);
     }
 
-    fn resend_writes(&mut self, ids: &[u64]) {
+    fn resend_writes(&mut self, ids: &[WriteId]) {
         for id in ids {
             let Some(w) = self.writes.get(id).copied() else {
                 continue;
@@ -2702,7 +2707,7 @@ impl DataNode {
         // by their bitmap bits; pending ones are sent again.
         self.unacked.clear();
         self.seq_to_id.clear();
-        let resend: Vec<u64> = self
+        let resend: Vec<WriteId> = self
             .writes
             .iter()
             .filter(|(_, w)| w.started && !w.peer_acked)
@@ -3129,7 +3134,7 @@ impl DataNode {
             return;
         };
         if let Some(id) = self.seq_to_id.get(&seq).copied()
-            && let Some(w) = self.writes.get_mut(&id.0)
+            && let Some(w) = self.writes.get_mut(&id)
         {
             w.needs_peer = false;
         }

@@ -99,7 +99,7 @@ impl DataNode {
         }
         if self.role == Role::Primary {
             // Writes submitted before the hello went unsent.
-            let unsent: Vec<u64> = self
+            let unsent: Vec<super::ids::WriteId> = self
                 .writes
                 .iter()
                 .filter(|(_, w)| w.started && w.seq.is_none() && !w.peer_acked)
@@ -186,7 +186,7 @@ impl DataNode {
     fn on_write_ack(&mut self, now: Instant, epoch: u64, seq: Seq, status: AckStatus) {
         if let Some(id) = self.seq_to_id.get(&seq).copied()
             && status == AckStatus::Ok
-            && let Some(w) = self.writes.get_mut(&id.0)
+            && let Some(w) = self.writes.get_mut(&id)
         {
             w.peer_acked = true;
             self.stream.write_times.peer.record(now - w.at);

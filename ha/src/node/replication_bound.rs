@@ -14,7 +14,7 @@
 
 use alloc::collections::BTreeMap;
 
-use super::ids::{Extent, Seq};
+use super::ids::{Extent, Seq, WriteId};
 use super::{Action, Content, DataNode, PendingWrite};
 use crate::time::Instant;
 use crate::wire::stream;
@@ -71,7 +71,7 @@ impl DataNode {
 
     /// True when write `w` must wait for the peer's acknowledgements before
     /// it is issued (it is then queued).
-    pub(super) fn hold_for_stream(&mut self, id: u64, w: &PendingWrite, from_queue: bool) -> bool {
+    pub(super) fn hold_for_stream(&mut self, id: WriteId, w: &PendingWrite, from_queue: bool) -> bool {
         if !self.stream_ready() || !self.peer_takes(w) {
             return false;
         }
