@@ -23,6 +23,7 @@ pub mod own_address;
 pub mod pair;
 pub mod pattern;
 pub mod port;
+pub mod profile;
 pub mod storage;
 pub mod takeover;
 pub mod tsc;

@@ -8,6 +8,7 @@ use core::fmt::Write;
 use tandem_kernel::config::Config;
 use tandem_kernel::console::{self, Command, LineEditor, PatternRange};
 use tandem_kernel::pattern;
+use tandem_kernel::profile::{self, Spent};
 use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::time::Instant;
 use tandem_net::{FrameDevice, Listener, Nic, NicAddressing, NicEvent};
@@ -57,6 +58,7 @@ pub struct Machine {
     /// Rounds of the loop that found each IRQ line raised: with the idle
     /// wake-ups, where the machine's wake-ups come from (`status`).
     irq_rounds: [u64; 16],
+    loop_time: LoopTime,
     /// Time spent halted, waiting for an interrupt.
     halted_micros: u64,
     /// When the front-end NIC's link state is read next.
@@ -130,7 +132,7 @@ impl Machine {
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, local_disks: LocalDisks::new(), pair: None, irq_rounds: [0; 16], halted_micros: 0, next_link_check_micros: 0 }
+        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, local_disks: LocalDisks::new(), pair: None, irq_rounds: [0; 16], loop_time: LoopTime::default(), halted_micros: 0, next_link_check_micros: 0 }
     }
 
     pub fn run(mut self) -> ! {
@@ -161,14 +163,18 @@ impl Machine {
                 last_console_micros = now;
                 busy |= self.poll_console();
             }
+            let started = profile::now_nanos();
             busy |= self.poll_network(now);
+            self.loop_time.network.add_since(started, 0);
             if let Some(nvme) = self.nvme.as_mut() {
                 // Host I/O goes to the pair when there is one, else to the disks.
                 let backend: &mut dyn BlockBackend<Disk> = match self.pair.as_mut() {
                     Some(Pair::Data(pair)) => pair,
                     _ => &mut self.local_disks,
                 };
+                let started = profile::now_nanos();
                 busy |= nvme.poll(&mut self.nets, backend, &mut self.disks, now);
+                self.loop_time.nvme.add_since(started, 0);
                 if let (Some(Pair::Data(pair)), Some(disk)) = (self.pair.as_mut(), self.disks.first_mut()) {
                     if now >= self.next_link_check_micros {
                         self.next_link_check_micros = now + LINK_CHECK_MICROS;
@@ -178,21 +184,27 @@ impl Machine {
                             pair.set_front_end_link(up, &mut serial::Console, now);
                         }
                     }
+                    let started = profile::now_nanos();
                     busy |= pair.poll(&mut self.nets, disk, nvme, &mut serial::Console, now);
+                    self.loop_time.pair.add_since(started, 0);
                 }
                 // Bytes the NVMe service queued go out in this round.
+                let started = profile::now_nanos();
                 for port in &mut self.nets {
                     busy |= port.nic.poll(instant(now)).0;
                 }
+                self.loop_time.transmit.add_since(started, 0);
             }
             if let Some(Pair::Witness(witness)) = self.pair.as_mut() {
                 busy |= witness.poll(&mut self.nets, &mut serial::Console, now);
             }
             self.check_ready(now);
             // Frames held back for segmentation offload go out now.
+            let started = profile::now_nanos();
             for port in &mut self.nets {
                 port.nic.device_mut().flush();
             }
+            self.loop_time.flush.add_since(started, 0);
             if !busy && !self.nets.iter().any(|port| port.nic.device().has_rx()) {
                 let halted_at = clock::now_micros();
                 cpu::wait_for_interrupt();
@@ -435,6 +447,7 @@ impl Machine {
             let _ = write!(text, " irq{line}={rounds}");
         }
         text.push('\n');
+        let _ = writeln!(text, "{}", self.loop_time);
         for (port, transport) in self.nets.iter().zip(&self.net_transports) {
             let counters = port.nic.device().counters();
             let notifications = port.nic.device().notifications();
@@ -532,5 +545,32 @@ impl Machine {
         } else {
             println!("disk {}: verified {} sectors", range.disk, range.count);
         }
+    }
+}
+
+/// The event loop's busy time by step, in µs over all rounds: the NICs'
+/// receive pass, the NVMe service, the pair, the NICs' transmit pass, the
+/// segmentation batches' flush.
+#[derive(Default)]
+struct LoopTime {
+    network: Spent,
+    nvme: Spent,
+    pair: Spent,
+    transmit: Spent,
+    flush: Spent,
+}
+
+impl core::fmt::Display for LoopTime {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "loop-time rounds={} network={}us nvme={}us pair={}us transmit={}us flush={}us",
+            self.network.count,
+            self.network.micros(),
+            self.nvme.micros(),
+            self.pair.micros(),
+            self.transmit.micros(),
+            self.flush.micros()
+        )
     }
 }

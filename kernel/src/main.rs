@@ -31,6 +31,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     hw::serial::init();
     hw::cpu::init_idt();
     hw::clock::calibrate();
+    tandem_kernel::profile::install_clock(hw::clock::now_nanos);
     logger::init();
 
     let Some(heap) =

@@ -33,6 +33,7 @@ use crate::backend::{BlockBackend, Completion, ConnectionId};
 use crate::block::{BlockQueue, DiskError, DiskOp, DiskResult, Tag, WriteData};
 use crate::outbox::{self, Chunk, Outbox};
 use crate::port::NetPort;
+use crate::profile::{self, Spent};
 use crate::storage::NvmeService;
 use crate::takeover::{self, AddressTakeover};
 
@@ -267,6 +268,7 @@ pub struct DataPair {
     next_id: u64,
     next_tag: Tag,
     copies: PayloadCopies,
+    mac_time: StreamMacTime,
     /// Host requests finished, for the NVMe service.
     completions: Vec<Completion>,
     ana_group: u32,
@@ -326,6 +328,30 @@ impl core::fmt::Display for PayloadCopies {
             self.replicated,
             self.copied,
             self.copied / self.writes
+        )
+    }
+}
+
+/// The replication stream's MACs: frames sealed (trailer computed) and
+/// bytes received and checked, and the time they took.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamMacTime {
+    pub sealed: Spent,
+    pub opened: Spent,
+}
+
+impl core::fmt::Display for StreamMacTime {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.sealed.count == 0 && self.opened.count == 0 {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "    stream-mac sealed:{} ({} ns/KiB) opened:{} ({} ns/KiB)",
+            self.sealed,
+            self.sealed.nanos_per_kib(),
+            self.opened,
+            self.opened.nanos_per_kib()
         )
     }
 }
@@ -456,6 +482,7 @@ impl DataPair {
             next_tag: 1,
             completions: Vec::new(),
             copies: PayloadCopies::default(),
+            mac_time: StreamMacTime::default(),
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
             takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
@@ -758,7 +785,10 @@ impl DataPair {
                     Action::SendStream { bytes } => {
                         // One frame (what the crate sends): kept as it is, not copied.
                         if tandem_ha::wire::stream::frame_len(&bytes) == Ok(bytes.len()) {
-                            if let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes])) {
+                            let started = profile::now_nanos();
+                            let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes]));
+                            self.mac_time.sealed.add_since(started, bytes.len());
+                            if let Some(trailer) = trailer {
                                 self.stream.outbox.push(Chunk::Bytes(bytes));
                                 self.stream.outbox.push(Chunk::Bytes(trailer.to_vec()));
                             }
@@ -767,7 +797,10 @@ impl DataPair {
                         let mut rest = &bytes[..];
                         while let Ok(len) = tandem_ha::wire::stream::frame_len(rest) {
                             let Some((frame, after)) = rest.split_at_checked(len) else { break };
-                            let Some(trailer) = self.stream.session.as_mut().and_then(|session| session.trailer(&[frame])) else { break };
+                            let started = profile::now_nanos();
+                            let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&[frame]));
+                            self.mac_time.sealed.add_since(started, frame.len());
+                            let Some(trailer) = trailer else { break };
                             self.stream.outbox.push(Chunk::Bytes(frame.to_vec()));
                             self.stream.outbox.push(Chunk::Bytes(trailer.to_vec()));
                             rest = after;
@@ -790,7 +823,9 @@ impl DataPair {
                             }
                             None => Chunk::Bytes(Vec::new()),
                         };
+                        let started = profile::now_nanos();
                         let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&parts));
+                        self.mac_time.sealed.add_since(started, parts.iter().map(|part| part.len()).sum());
                         if let Some(trailer) = trailer {
                             if matches!(data, Chunk::Shared(_)) {
                                 self.copies.replicated += 1;
@@ -1105,7 +1140,10 @@ impl DataPair {
         }
         if !received.is_empty() || (!self.stream.connected && self.stream.session.is_some()) {
             let Some(session) = self.stream.session.as_mut() else { return busy };
-            match session.receive(&received) {
+            let started = profile::now_nanos();
+            let outcome = session.receive(&received);
+            self.mac_time.opened.add_since(started, received.len());
+            match outcome {
                 Ok(result) if result.authenticated => {
                     self.stream_established(nets, now, result.frames);
                     busy = true;
@@ -1150,9 +1188,10 @@ impl DataPair {
 
     pub fn status(&self, now_micros: u64) -> String {
         alloc::format!(
-            "{}{}{}\n{}\n{}",
+            "{}{}{}{}\n{}\n{}",
             self.node.status(ha_now(now_micros)),
             self.copies,
+            self.mac_time,
             self.links.channel.counters(),
             self.stream.counters,
             self.takeover.status_text(now_micros)

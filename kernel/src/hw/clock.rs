@@ -88,6 +88,13 @@ pub fn now_micros() -> u64 {
     ((ticks as u128 * 1024) / rate as u128) as u64
 }
 
+/// Nanoseconds since this boot's kernel entry (for measuring short steps).
+pub fn now_nanos() -> u64 {
+    let rate = TSC_PER_MICROSECOND_X1024.load(Ordering::Relaxed).max(1);
+    let ticks = rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed));
+    ((ticks as u128 * 1024 * 1000) / rate as u128) as u64
+}
+
 /// TSC ticks per microsecond (for the status report).
 pub fn tsc_mhz() -> u64 {
     TSC_PER_MICROSECOND_X1024.load(Ordering::Relaxed) / 1024

@@ -324,7 +324,7 @@ fn print_node_figures(c: &mut Cluster, primary: Name, prefix: &str) {
     for node in [primary, primary.peer()] {
         for line in c.status(node).lines() {
             let line = line.trim();
-            let wanted = ["uptime", "write-time", "apply-time", "payload-copies", "wakeups", "net", "reads="];
+            let wanted = ["uptime", "loop-time", "write-time", "apply-time", "payload-copies", "stream-mac", "wakeups", "net", "reads="];
             if wanted.iter().any(|w| line.starts_with(w)) {
                 eprintln!("{prefix} {}: {line}", node.as_str());
             }
