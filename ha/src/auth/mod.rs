@@ -4,7 +4,9 @@
 //! kernel command line). Nothing is ever keyed with it directly: [`Keys`]
 //! derives one key per purpose with BLAKE3's key derivation mode, so a MAC
 //! computed for one purpose is never valid for another. The MACs are keyed
-//! BLAKE3 (`blake3::keyed_hash`, a PRF with a 256-bit key and tag).
+//! BLAKE3 (`blake3::keyed_hash`, a PRF with a 256-bit key and tag), except
+//! the replication stream's frames, which carry Poly1305 tags under one-time
+//! keys derived with it ([`stream`] says why).
 //!
 //! Why keyed BLAKE3 and not HMAC-SHA-256: one well-kept `no_std` crate (the
 //! BLAKE3 team's reference implementation) gives the MAC and the key
@@ -16,7 +18,8 @@
 //!   of `docs/ha-protocol.md` §3a): MAC, receiver binding, per-boot session
 //!   nonces echoed by the receiver, sequence numbers with a window.
 //! - [`stream`]: the replication stream's handshake (mutual challenge and
-//!   response with fresh nonces, per-connection keys) and its per-frame MACs.
+//!   response with fresh nonces, per-connection keys) and its per-frame
+//!   Poly1305 tags under one-time keys.
 
 pub mod channel;
 pub mod stream;
@@ -32,7 +35,7 @@ pub const MAC_LEN: usize = 32;
 /// implementation must use exactly these strings.
 pub mod context {
     pub const CONTROL: &str = "tandem 2026-12 pair control datagrams v2";
-    pub const STREAM: &str = "tandem 2026-12 pair replication stream v3";
+    pub const STREAM: &str = "tandem 2026-12 pair replication stream v4";
     pub const NONCE: &str = "tandem 2026-12 pair nonce generator";
 }
 
