@@ -32,6 +32,6 @@ pub use listener::Listener;
 pub use stretch_ack::ACK_DELAY;
 pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
 pub use device::{FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, NicCounters, ReceivedFrame};
-pub use segment_batch::{Pushed, SegmentBatch, Segmentation};
+pub use segment_batch::{FLOWS, FlowBatches, FlowPush, Pushed, SegmentBatch, Segmentation};
 
 pub use smoltcp;

@@ -276,6 +276,111 @@ impl SegmentBatch {
     }
 }
 
+/// Same addresses and ports: segments of one TCP connection (whatever their
+/// acknowledgement, window or flags).
+fn same_connection(a: &[u8], b: &[u8]) -> bool {
+    let (Some((_, ia, ta)), Some((_, ib, tb))) = (layers(a), layers(b)) else {
+        return false;
+    };
+    (ia.src_addr(), ia.dst_addr(), ta.src_port(), ta.dst_port())
+        == (ib.src_addr(), ib.dst_addr(), tb.src_port(), tb.dst_port())
+}
+
+/// How many TCP connections gather a batch at once.
+pub const FLOWS: usize = 4;
+
+/// What [`FlowBatches::push`] asks of the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowPush {
+    /// Taken into a batch; nothing to send yet.
+    Taken,
+    /// Taken, and batch `n` is complete: send it now ([`FlowBatches::take`]).
+    Complete(usize),
+    /// Send batch `n` first ([`FlowBatches::take`]), then offer the frame
+    /// again: it belongs to that batch's connection but does not continue
+    /// it, or every slot is in use.
+    SendFirst(usize),
+    /// Send the frame as it is: a lone segment of a connection with no batch.
+    Alone,
+    /// Not a data segment (ARP, UDP, a bare ACK, a FIN without data …): send
+    /// every batch ([`FlowBatches::take_any`]), then the frame as it is.
+    NotTaken,
+}
+
+/// Segmentation batches of up to [`FLOWS`] TCP connections at once. smoltcp
+/// sends one segment of each connection in turn, so the segments of two
+/// busy connections alternate: a single batch would end at every segment
+/// and the device would get one frame per segment. Each connection keeps
+/// its order: one of its segments that does not continue its batch sends
+/// that batch first.
+pub struct FlowBatches {
+    batches: [SegmentBatch; FLOWS],
+    /// The slot to give up next when every one is in use.
+    victim: usize,
+}
+
+impl FlowBatches {
+    pub fn new(prefix: usize) -> Self {
+        Self {
+            batches: core::array::from_fn(|_| SegmentBatch::new(prefix)),
+            victim: 0,
+        }
+    }
+
+    /// Offers the next frame to send; `spare` gives a buffer to a batch about
+    /// to start (a reused one, so that batches need no allocation).
+    pub fn push(&mut self, frame: &[u8], spare: &mut dyn FnMut() -> Vec<u8>) -> FlowPush {
+        if parse_segment(frame).is_none() {
+            return if self.batches.iter().all(SegmentBatch::is_empty) {
+                FlowPush::Alone
+            } else {
+                FlowPush::NotTaken
+            };
+        }
+        let mut free = None;
+        for (index, batch) in self.batches.iter_mut().enumerate() {
+            if batch.is_empty() {
+                free = free.or(Some(index));
+                continue;
+            }
+            match batch.push(frame) {
+                Pushed::Taken => return FlowPush::Taken,
+                Pushed::TakenAndComplete => return FlowPush::Complete(index),
+                Pushed::NotTaken => {
+                    let start = batch.prefix;
+                    if same_connection(frame, &batch.buffer[start..]) {
+                        return FlowPush::SendFirst(index);
+                    }
+                }
+            }
+        }
+        let Some(index) = free else {
+            let victim = self.victim;
+            self.victim = (victim + 1) % FLOWS;
+            return FlowPush::SendFirst(victim);
+        };
+        let batch = &mut self.batches[index];
+        if batch.needs_buffer() {
+            batch.provide_buffer(spare());
+        }
+        match batch.push(frame) {
+            Pushed::Taken => FlowPush::Taken,
+            Pushed::TakenAndComplete => FlowPush::Complete(index),
+            Pushed::NotTaken => FlowPush::Alone,
+        }
+    }
+
+    /// Ends batch `index` (see [`SegmentBatch::take`]).
+    pub fn take(&mut self, index: usize) -> Option<(Vec<u8>, Option<Segmentation>)> {
+        self.batches.get_mut(index)?.take()
+    }
+
+    /// Ends some batch, while any is open.
+    pub fn take_any(&mut self) -> Option<(Vec<u8>, Option<Segmentation>)> {
+        self.batches.iter_mut().find_map(SegmentBatch::take)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,5 +657,69 @@ mod tests {
             "IPv4 length past the frame"
         );
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn alternating_connections_each_get_their_batch() {
+        let mut batches = FlowBatches::new(12);
+        let mut spare = || Vec::new();
+        let other = |seq: u32, payload: usize, flags: u8| {
+            let mut f = segment(seq, payload, flags);
+            f[36..38].copy_from_slice(&40001u16.to_be_bytes());
+            f
+        };
+        for i in 0..3u32 {
+            assert_eq!(batches.push(&segment(1000 + i * 1448, 1448, 0x10), &mut spare), FlowPush::Taken);
+            assert_eq!(batches.push(&other(5000 + i * 1448, 1448, 0x10), &mut spare), FlowPush::Taken);
+        }
+        assert_eq!(batches.push(&segment(1000 + 3 * 1448, 100, 0x18), &mut spare), FlowPush::Complete(0));
+        let (first, seg) = batches.take(0).expect("the first connection's batch");
+        assert_eq!(seg.map(|s| s.segment_size), Some(1448));
+        assert_eq!(first.len() - 12, 66 + 3 * 1448 + 100);
+        assert_eq!(batches.push(&other(5000 + 3 * 1448, 100, 0x18), &mut spare), FlowPush::Complete(1));
+        let (second, _) = batches.take(1).expect("the second connection's batch");
+        assert_eq!(be16(&second[12..], 36), 40001);
+        assert_eq!(second.len() - 12, 66 + 3 * 1448 + 100);
+        assert!(batches.take_any().is_none());
+    }
+
+    #[test]
+    fn a_connection_keeps_its_order_and_other_frames_flush_the_batches() {
+        let mut batches = FlowBatches::new(12);
+        let mut spare = || Vec::new();
+        assert_eq!(batches.push(&segment(1000, 1448, 0x10), &mut spare), FlowPush::Taken);
+        // The same connection, not continuing it (a gap, a new window): that
+        // batch goes first.
+        assert_eq!(batches.push(&segment(9000, 1448, 0x10), &mut spare), FlowPush::SendFirst(0));
+        let mut new_window = segment(2448, 1448, 0x10);
+        new_window[48..50].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(batches.push(&new_window, &mut spare), FlowPush::SendFirst(0));
+        assert!(batches.take(0).is_some());
+        assert_eq!(batches.push(&new_window, &mut spare), FlowPush::Taken);
+        // A bare ACK or a FIN without data: every batch goes first.
+        assert_eq!(batches.push(&segment(3896, 0, 0x11), &mut spare), FlowPush::NotTaken);
+        assert!(batches.take_any().is_some());
+        assert!(batches.take_any().is_none());
+        assert_eq!(batches.push(&segment(3896, 0, 0x11), &mut spare), FlowPush::Alone);
+        // A lone PSH segment starts nothing.
+        assert_eq!(batches.push(&segment(3896, 100, 0x18), &mut spare), FlowPush::Alone);
+    }
+
+    #[test]
+    fn more_connections_than_slots_give_up_a_batch_in_turn() {
+        let mut batches = FlowBatches::new(12);
+        let mut spare = || Vec::new();
+        let port = |p: u16| {
+            let mut f = segment(1000, 1448, 0x10);
+            f[36..38].copy_from_slice(&p.to_be_bytes());
+            f
+        };
+        for p in 0..FLOWS as u16 {
+            assert_eq!(batches.push(&port(40000 + p), &mut spare), FlowPush::Taken);
+        }
+        assert_eq!(batches.push(&port(50000), &mut spare), FlowPush::SendFirst(0));
+        assert!(batches.take(0).is_some());
+        assert_eq!(batches.push(&port(50000), &mut spare), FlowPush::Taken);
+        assert_eq!(batches.push(&port(50001), &mut spare), FlowPush::SendFirst(1));
     }
 }

@@ -6,8 +6,10 @@
 //! When the device offers TCP segmentation offload (HOST_TSO4 with CSUM, as
 //! QEMU does over a tap), consecutive full-sized segments of one TCP flow go
 //! to the device as one large frame that it cuts back into the very same
-//! segments ([`SegmentBatch`]): under emulation every frame costs the device,
-//! the host and the peer far more than its bytes do.
+//! segments ([`FlowBatches`], one batch per connection for up to four: the
+//! stack sends one segment of each busy connection in turn): under
+//! emulation every frame costs the device, the host and the peer far more
+//! than its bytes do.
 //!
 //! When it offers receive offload (GUEST_TSO4 with GUEST_CSUM and
 //! MRG_RXBUF), the host hands over a peer's large TCP segments whole, spread
@@ -22,7 +24,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures, NetHeader};
-use tandem_net::{FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, Pushed, ReceivedFrame, SegmentBatch, Segmentation};
+use tandem_net::{FLOWS, FlowBatches, FlowPush, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, ReceivedFrame, Segmentation};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
@@ -64,7 +66,7 @@ pub struct NetQueues {
     /// The buffer lent out by `transmit_buffer`.
     filling: Option<Vec<u8>>,
     /// `None` without segmentation offload.
-    batch: Option<SegmentBatch>,
+    batches: Option<FlowBatches>,
     /// Received frames may span several buffers (MRG_RXBUF).
     merged_receive: bool,
     receive_gate: NotifyGate,
@@ -104,7 +106,7 @@ impl NetQueues {
             free: Vec::new(),
             free_large: Vec::new(),
             filling: None,
-            batch: offload.then(|| SegmentBatch::new(HEADER_LEN)),
+            batches: offload.then(|| FlowBatches::new(HEADER_LEN)),
             merged_receive: features.contains(NetFeatures::MRG_RXBUF),
             receive_gate,
             send_gate,
@@ -259,23 +261,31 @@ impl NetQueues {
         }
     }
 
-    /// Offers a frame to the segmentation batch (given a reused buffer first).
-    fn push_to_batch(&mut self, frame: &[u8]) -> Pushed {
-        let Some(batch) = self.batch.as_mut() else { return Pushed::NotTaken };
-        if batch.needs_buffer() {
-            let spare = self.free_large.pop().unwrap_or_else(|| Vec::with_capacity(BATCH_BUFFER_LEN));
-            batch.provide_buffer(spare);
-        }
-        batch.push(frame)
+    /// Offers a frame to the segmentation batches (a batch that starts gets
+    /// a reused buffer).
+    fn push_to_batches(&mut self, frame: &[u8]) -> FlowPush {
+        let Some(batches) = self.batches.as_mut() else { return FlowPush::Alone };
+        let free_large = &mut self.free_large;
+        batches.push(frame, &mut || free_large.pop().unwrap_or_else(|| Vec::with_capacity(BATCH_BUFFER_LEN)))
     }
 
-    /// Sends the batch being gathered, if any.
-    fn send_batch(&mut self) -> Result<(), FrameError> {
-        let Some((buffer, segmentation)) = self.batch.as_mut().and_then(SegmentBatch::take) else {
+    /// Sends batch `index`, if it is open.
+    fn send_batch(&mut self, index: usize) -> Result<(), FrameError> {
+        let Some((buffer, segmentation)) = self.batches.as_mut().and_then(|batches| batches.take(index)) else {
             return Ok(());
         };
         let len = buffer.len();
         self.submit(buffer, len, segmentation)
+    }
+
+    /// Sends every open batch.
+    fn send_batches(&mut self) -> Result<(), FrameError> {
+        let mut result = Ok(());
+        while let Some((buffer, segmentation)) = self.batches.as_mut().and_then(FlowBatches::take_any) {
+            let len = buffer.len();
+            result = result.and(self.submit(buffer, len, segmentation));
+        }
+        result
     }
 }
 
@@ -326,12 +336,12 @@ impl FrameQueues for NetQueues {
     fn can_transmit(&mut self) -> bool {
         // A reclaim error leaves the queue as full as it was.
         let _ = self.reclaim_sent();
-        // Room for this frame and for a batch it may end.
-        self.send.available_desc() >= 2
+        // Room for this frame and for the batches it may end.
+        self.send.available_desc() >= 1 + FLOWS
     }
 
     fn transmit_buffer(&mut self, len: usize) -> Option<&mut [u8]> {
-        let largest = if self.batch.is_some() { MAX_SEGMENTED_FRAME_LEN } else { MAX_FRAME_LEN };
+        let largest = if self.batches.is_some() { MAX_SEGMENTED_FRAME_LEN } else { MAX_FRAME_LEN };
         if len > largest || !self.can_transmit() {
             return None;
         }
@@ -351,24 +361,34 @@ impl FrameQueues for NetQueues {
             self.recycle_transmit(buffer);
             return Err(FrameError::Device);
         }
-        if self.batch.is_some() {
-            match self.push_to_batch(&buffer[HEADER_LEN..total]) {
-                Pushed::Taken => {
-                    self.recycle_transmit(buffer);
-                    return Ok(());
-                }
-                Pushed::TakenAndComplete => {
-                    self.recycle_transmit(buffer);
-                    return self.send_batch();
-                }
-                Pushed::NotTaken => {
-                    // Order on the wire is kept: the batch goes first.
-                    let sent = self.send_batch();
-                    if self.push_to_batch(&buffer[HEADER_LEN..total]) != Pushed::NotTaken {
+        if self.batches.is_some() {
+            // At most two offers: the second comes after the batch in the
+            // way was sent, and that slot is then free.
+            for _ in 0..2 {
+                match self.push_to_batches(&buffer[HEADER_LEN..total]) {
+                    FlowPush::Taken => {
                         self.recycle_transmit(buffer);
-                        return sent;
+                        return Ok(());
                     }
-                    sent?;
+                    FlowPush::Complete(index) => {
+                        self.recycle_transmit(buffer);
+                        return self.send_batch(index);
+                    }
+                    // Order on the wire is kept within each connection.
+                    FlowPush::SendFirst(index) => {
+                        if let Err(error) = self.send_batch(index) {
+                            self.recycle_transmit(buffer);
+                            return Err(error);
+                        }
+                    }
+                    FlowPush::Alone => break,
+                    FlowPush::NotTaken => {
+                        if let Err(error) = self.send_batches() {
+                            self.recycle_transmit(buffer);
+                            return Err(error);
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -381,7 +401,7 @@ impl FrameQueues for NetQueues {
     }
 
     fn flush(&mut self) {
-        let _ = self.send_batch();
+        let _ = self.send_batches();
     }
 
     fn notifications(&self) -> (u64, u64) {
@@ -389,7 +409,7 @@ impl FrameQueues for NetQueues {
     }
 
     fn segments_large_frames(&self) -> bool {
-        self.batch.is_some()
+        self.batches.is_some()
     }
 }
 
