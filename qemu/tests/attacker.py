@@ -152,7 +152,8 @@ def stream(address, port, data_hex):
 
 def stream_handshake(address, port):
     conn = socket.create_connection((address, int(port)), timeout=10)
-    header = b"TDSA" + bytes([1, 1, 0, 0])
+    # Handshake version 2 (stream version 4, docs/ha-protocol.md §4a).
+    header = b"TDSA" + bytes([2, 1, 0, 0])
     conn.sendall(header + os.urandom(32))
     conn.settimeout(10)
     response = b""
@@ -161,7 +162,7 @@ def stream_handshake(address, port):
         if not chunk:
             break
         response += chunk
-    finish = b"TDSA" + bytes([1, 3, 0, 0]) + os.urandom(32)
+    finish = b"TDSA" + bytes([2, 3, 0, 0]) + os.urandom(32)
     try:
         conn.sendall(finish)
     except OSError:
