@@ -64,6 +64,11 @@ fn data_node_spec(pair_dir: &std::path::Path, ns: &Netns, index: usize, disk_pat
 
 impl Pair {
     fn start(label: &str) -> Pair {
+        Pair::start_on_disks(label, [64 << 20, 64 << 20])
+    }
+
+    /// The pair on fresh disks of these sizes (a's, b's).
+    fn start_on_disks(label: &str, disk_bytes: [u64; 2]) -> Pair {
         let ns = Netns::new(label);
         ns.exec("ip", &["link", "set", "lo", "multicast", "on"]);
         let dir = TempDir::new(label).unwrap();
@@ -73,7 +78,7 @@ impl Pair {
         let mut ports = Vec::new();
         for index in 0..2 {
             let path = dir.path().join(format!("{}.img", ["a", "b"][index]));
-            disk::create_sparse(&path, 64 << 20).unwrap();
+            disk::create_sparse(&path, disk_bytes[index]).unwrap();
             // Another test may take a free port before QEMU binds it: pick
             // another one then.
             let mut attempts = 0;
@@ -285,4 +290,71 @@ fn primary_killed_the_secondary_takes_over_and_the_returning_node_resyncs() {
     assert!(!last_role_is_primary(&pair.nodes[first].console_log()), "the returning node must not be primary:\n{}", pair.nodes[first].console_log());
     assert!(last_role_is_primary(&pair.nodes[second].console_log()));
     let _ = &pair.witness;
+}
+
+/// The data area of a 64 MiB disk: the disk minus the pair's metadata (two
+/// superblock slots and one bitmap block, docs/on-disk-format.md).
+const DATA_BYTES_64M: u64 = (64 << 20) - 3 * 4096;
+
+/// The namespace size (bytes, 512-byte blocks) a node's portal reports.
+fn namespace_bytes(ns: &Netns, port: u16) -> u64 {
+    ns.run_in(move || {
+        let (mut admin, _) = Queue::admin(port, NQN, HOST, 30_000);
+        let data = admin.identify(0x00, 1);
+        tandem_tests::nvme::le64(&data, 0) * 512
+    })
+}
+
+#[test]
+fn disks_of_different_sizes_serve_the_smaller_one_and_a_smaller_replacement_is_refused() {
+    if !is_root() {
+        skip("pair_sizes", "network namespaces need root");
+        return;
+    }
+    // a's disk is larger than b's: the pair serves b's data area.
+    let mut pair = Pair::start_on_disks("sizes", [80 << 20, 64 << 20]);
+    let primary = pair.primary(1);
+    let secondary = 1 - primary;
+    wait_for_role(&mut pair.nodes[secondary], "secondary", Duration::from_secs(30));
+    for node in 0..2 {
+        assert_eq!(namespace_bytes(&pair.ns, pair.ports[node]), DATA_BYTES_64M, "node {node}'s namespace");
+        let mut console = pair.nodes[node].console(Duration::from_secs(10)).unwrap();
+        let status = console.command("status", Duration::from_secs(10)).unwrap().join("\n");
+        assert!(status.contains(&format!("size:{DATA_BYTES_64M}B")), "{status}");
+    }
+    // The namespace's last blocks take a write, on both disks.
+    let last = DATA_BYTES_64M / 512 - 8;
+    let data = pattern(4096, 9);
+    write_retrying(&pair.ns, pair.ports[primary], last, data.clone(), Duration::from_secs(30));
+    for path in &pair.disks {
+        let mut file = vec![0u8; data.len()];
+        File::open(path).unwrap().read_exact_at(&mut file, last * 512).unwrap();
+        assert_eq!(file, data, "the namespace's last blocks in {}", path.display());
+    }
+
+    // The secondary's disk is replaced by a smaller blank one: refused,
+    // with the sizes on its console; the primary keeps serving.
+    pair.nodes[secondary].kill();
+    let path = pair.disks[secondary].clone();
+    std::fs::remove_file(&path).unwrap();
+    disk::create_sparse(&path, 48 << 20).unwrap();
+    let port = pair.ports[secondary];
+    let spec = data_node_spec(pair.dir.path(), &pair.ns, secondary, &path, port, pair.segments);
+    let name = ["a", "b"][secondary];
+    let _ = std::fs::rename(pair.dir.path().join(format!("{name}.console.log")), pair.dir.path().join(format!("{name}.before-kill.log")));
+    pair.nodes[secondary] = Node::spawn(spec).unwrap();
+    pair.nodes[secondary].wait_ready(READY_TIMEOUT).unwrap();
+    let line = pair.nodes[secondary]
+        .wait_for_line("a size refusal", Duration::from_secs(60), |line| line.contains("refused disk-too-small"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[secondary].console_log()));
+    assert!(line.contains("this node's disk is smaller than the pair's namespace"), "{line}");
+    let log = pair.nodes[secondary].console_log();
+    assert!(log.contains(&format!("namespace {DATA_BYTES_64M} bytes")), "{log}");
+    assert!(log.contains("hosts wait (Controller Busy)"), "{log}");
+    assert!(!last_role_is_primary(&log));
+    write_retrying(&pair.ns, pair.ports[primary], 64, pattern(4096, 10), Duration::from_secs(30));
+    assert!(last_role_is_primary(&pair.nodes[primary].console_log()));
+    for node in &pair.nodes {
+        assert!(!node.console_log().contains("tandem: panic"));
+    }
 }
