@@ -458,7 +458,7 @@ impl Machine {
             };
             let _ = writeln!(
                 text,
-                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{} bad-checksum={} notifies={}/{}",
+                "{} mac={} ip={} gw={} link={} rx={}/{}B tx={}/{}B errors={}/{} bad-checksum={} notifies={}/{} tx-renotified={}",
                 port.nic.name(),
                 mac_text(port.nic.device().mac_address()),
                 address,
@@ -473,6 +473,7 @@ impl Machine {
                 counters.rx_checksum_errors.get(),
                 notifications.0,
                 notifications.1,
+                port.nic.device().transmit_renotified(),
             );
         }
         match self.pair.as_ref() {

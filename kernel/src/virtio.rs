@@ -395,10 +395,72 @@ impl Notifications {
     }
 }
 
+/// How long a queue's device may hold buffers without returning any before
+/// it is notified again ([`StallWatch`]).
+pub const STALL_MICROS: u64 = 1_000_000;
+
+/// Notices a queue whose device holds buffers and has returned none for
+/// [`STALL_MICROS`]: the device is then notified again. A notification that
+/// never arrived would otherwise stop the queue for good (the driver adds
+/// nothing more to a full queue, so it never decides to notify again),
+/// whatever lost it; notifying a device that is merely slow costs one VM
+/// exit and changes nothing. Counted, and said on the console by the caller.
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    /// Since when buffers have been held without one coming back.
+    since: Option<u64>,
+    /// Notifications sent again.
+    renotified: u64,
+}
+
+impl StallWatch {
+    /// Called whenever the driver looks at the queue: `held` — the device
+    /// holds buffers; `returned` — it gave some back since the last call.
+    /// True if the device should be notified again now.
+    pub fn check(&mut self, now_micros: u64, held: bool, returned: bool) -> bool {
+        if !held || returned {
+            self.since = held.then_some(now_micros);
+            return false;
+        }
+        let since = *self.since.get_or_insert(now_micros);
+        if now_micros.saturating_sub(since) < STALL_MICROS {
+            return false;
+        }
+        self.since = Some(now_micros);
+        self.renotified += 1;
+        true
+    }
+
+    /// Notifications sent again so far.
+    pub fn renotified(&self) -> u64 {
+        self.renotified
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use core::mem::offset_of;
+
+    #[test]
+    fn a_device_that_returns_nothing_for_a_second_is_notified_again() {
+        let mut watch = StallWatch::default();
+        assert!(!watch.check(0, false, false), "nothing held");
+        assert!(!watch.check(10, true, false), "held from now on");
+        assert!(!watch.check(10 + STALL_MICROS - 1, true, false), "not yet");
+        assert!(watch.check(10 + STALL_MICROS, true, false), "a second without a buffer back");
+        assert!(!watch.check(10 + STALL_MICROS + 1, true, false), "once per second");
+        assert!(watch.check(10 + 2 * STALL_MICROS, true, false));
+        assert_eq!(watch.renotified(), 2);
+        // Buffers coming back restart the second; an empty queue stops it.
+        assert!(!watch.check(5 * STALL_MICROS, true, true));
+        assert!(!watch.check(6 * STALL_MICROS - 1, true, false));
+        assert!(!watch.check(6 * STALL_MICROS, false, false));
+        assert!(!watch.check(9 * STALL_MICROS, true, false));
+        assert!(!watch.check(10 * STALL_MICROS - 1, true, false));
+        assert!(watch.check(10 * STALL_MICROS, true, false));
+        assert_eq!(watch.renotified(), 3);
+    }
 
     #[test]
     fn configuration_fields_are_where_the_specification_puts_them() {

@@ -117,6 +117,11 @@ pub trait FrameQueues {
     fn notifications(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// Times the device held frames to send and sent none for a while, and
+    /// was notified again.
+    fn transmit_renotified(&self) -> u64 {
+        0
+    }
     /// True if the device takes TCP frames of up to
     /// [`MAX_SEGMENTED_FRAME_LEN`] and cuts them into wire-sized segments
     /// (through [`crate::SegmentBatch`]).
@@ -256,6 +261,11 @@ impl<Q: FrameQueues> FrameDevice<Q> {
     /// Notifications sent to the device: receive queue, transmit queue.
     pub fn notifications(&self) -> (u64, u64) {
         self.queues.borrow().notifications()
+    }
+
+    /// See [`FrameQueues::transmit_renotified`].
+    pub fn transmit_renotified(&self) -> u64 {
+        self.queues.borrow().transmit_renotified()
     }
 
     /// True if a received frame is waiting.

@@ -27,6 +27,7 @@ use core::ops::Range;
 
 use tandem_kernel::virtio::{
     BLK_S_OK, BLK_S_UNSUPP, BlkConfig, BlkFeatures, BlkRangeSegment, BlkRequestHeader, BlkRequestType, DeviceFeatures,
+    StallWatch,
 };
 use virtio_drivers::config::read_config;
 use virtio_drivers::queue::VirtQueue;
@@ -332,6 +333,8 @@ pub struct Disk {
     zeroes: WriteData,
     /// Decides when the device is told of requests added.
     notifications: NotifyGate,
+    /// Notices a device that holds requests and finishes none.
+    watch: StallWatch,
     next_sync_tag: Tag,
     pub counters: DiskCounters,
 }
@@ -414,6 +417,7 @@ impl Disk {
             completed: Vec::new(),
             zeroes: Rc::new(Vec::new()),
             notifications,
+            watch: StallWatch::default(),
             next_sync_tag: 0,
             counters: DiskCounters::default(),
         })
@@ -526,7 +530,18 @@ impl Disk {
     }
 
     fn step(&mut self) {
+        let before = self.in_flight_count;
         self.collect_finished();
+        let finished = self.in_flight_count < before;
+        if self.watch.check(super::clock::now_micros(), self.in_flight_count > 0, finished) {
+            log::warn!(
+                "virtio-blk: the device finished none of {} requests for a second; notified it again ({} times so far)",
+                self.in_flight_count,
+                self.watch.renotified()
+            );
+            self.transport.notify(QUEUE);
+            self.counters.notifications += 1;
+        }
         self.start_waiting();
         self.collect_finished();
         if !self.awaiting_flush.is_empty() {

@@ -23,7 +23,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures, NetHeader};
+use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures, NetHeader, StallWatch};
 use tandem_net::{FLOWS, FlowBatches, FlowPush, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, ReceivedFrame, Segmentation};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
@@ -59,6 +59,14 @@ pub struct NetQueues {
     receiving: Vec<Option<Vec<u8>>>,
     /// Frames the device is sending: buffer and the length handed over, by token.
     sending: Vec<Option<(Vec<u8>, usize)>>,
+    /// How many of `sending` are taken.
+    sending_count: usize,
+    /// Notices a transmit queue the device stopped taking frames from.
+    send_watch: StallWatch,
+    /// The same for the receive queue: the device needs a notification
+    /// only once it ran out of buffers, and may be waiting for a lost one.
+    /// (An idle link looks the same: it costs a notification a second.)
+    receive_watch: StallWatch,
     /// Frame-sized transmit buffers ready for reuse (allocated on demand).
     free: Vec<Vec<u8>>,
     /// Large ones, for segmentation batches.
@@ -103,6 +111,9 @@ impl NetQueues {
             mac,
             receiving: (0..QUEUE_SIZE).map(|_| None).collect(),
             sending: (0..QUEUE_SIZE).map(|_| None).collect(),
+            sending_count: 0,
+            send_watch: StallWatch::default(),
+            receive_watch: StallWatch::default(),
             free: Vec::new(),
             free_large: Vec::new(),
             filling: None,
@@ -188,14 +199,32 @@ impl NetQueues {
         Ok(ReceivedFrame::assembled(frame))
     }
 
-    /// Takes back what the device finished sending.
+    /// Takes back what the device finished sending; notifies the device
+    /// again if it holds frames and has sent none for a while
+    /// ([`StallWatch`]).
     fn reclaim_sent(&mut self) -> Result<(), FrameError> {
+        let before = self.sending_count;
+        let reclaimed = self.reclaim_used();
+        let returned = self.sending_count < before;
+        if self.send_watch.check(super::clock::now_micros(), self.sending_count > 0, returned) {
+            log::warn!(
+                "virtio-net: the device sent none of {} queued frames for a second; notified it again ({} times so far)",
+                self.sending_count,
+                self.send_watch.renotified()
+            );
+            self.transport.notify(QUEUE_TRANSMIT);
+        }
+        reclaimed
+    }
+
+    fn reclaim_used(&mut self) -> Result<(), FrameError> {
         while let Some(token) = self.send.peek_used() {
             let Some((buffer, len)) = self.sending.get_mut(usize::from(token)).and_then(Option::take) else {
                 return Err(FrameError::Device);
             };
             // SAFETY: the same buffer and length that started this token.
             let done = unsafe { self.send.pop_used(token, &[&buffer[..len]], &mut []) };
+            self.sending_count -= 1;
             if done.is_err() {
                 // The device still owns it; never reuse or free it.
                 core::mem::forget(buffer);
@@ -234,6 +263,7 @@ impl NetQueues {
                 match self.sending.get_mut(usize::from(token)) {
                     Some(slot @ None) => {
                         *slot = Some((buffer, len));
+                        self.sending_count += 1;
                         Ok(())
                     }
                     _ => {
@@ -303,7 +333,11 @@ impl FrameQueues for NetQueues {
     }
 
     fn take_received(&mut self) -> Option<Result<ReceivedFrame, FrameError>> {
-        let (buffer, len) = match self.pop_received()? {
+        let received = self.pop_received();
+        if self.receive_watch.check(super::clock::now_micros(), true, received.is_some()) {
+            self.transport.notify(QUEUE_RECEIVE);
+        }
+        let (buffer, len) = match received? {
             Ok(received) => received,
             Err(error) => return Some(Err(error)),
         };
@@ -406,6 +440,10 @@ impl FrameQueues for NetQueues {
 
     fn notifications(&self) -> (u64, u64) {
         (self.receive_gate.sent(), self.send_gate.sent())
+    }
+
+    fn transmit_renotified(&self) -> u64 {
+        self.send_watch.renotified()
     }
 
     fn segments_large_frames(&self) -> bool {
