@@ -11,8 +11,11 @@
 #              limited, per-I/O latency log with epoch timestamps; fio's
 #              ioengine ENGINE, io_uring by default) and ackcheck (the
 #              acknowledged-write checker) in the background
-#   start-ck   ackcheck alone (an application that goes on after an I/O
-#              error and logs it: the all-paths-down measurement)
+#   start-ck [OFFSET]
+#              ackcheck alone (an application that goes on after an I/O
+#              error and logs it: the all-paths-down measurement), on its
+#              blocks from OFFSET (default CK_OFFSET): a fresh area for each
+#              run, since a write that failed leaves an older run's block
 #   reconnect [OPTS]
 #              disconnects both paths and connects them again with these
 #              `nvme connect` options instead of CONNECT_OPTS (none: the
@@ -128,6 +131,7 @@ start_io() {
       --verify=crc32c --verify_backlog=128 --verify_fatal=1 --rate_iops="$FIO_RATE" \
       --write_lat_log=/tmp/fio --log_unix_epoch=1 >/tmp/fio.out 2>&1 &
   fio_pid=$!
+  ck_offset="$CK_OFFSET"
   "$ck" run "$dev" "$CK_OFFSET" "$CK_BLOCKS" "$TG_SHARE/ackcheck.log" "$TG_SHARE/stop-io" \
       /tmp/ackcheck.state "$CK_RATE" >/tmp/ackcheck.out 2>&1 &
   ck_pid=$!
@@ -137,11 +141,20 @@ start_io() {
 
 start_ck() {
   rm -f "$TG_SHARE/stop-io"
-  "$ck" run "$dev" "$CK_OFFSET" "$CK_BLOCKS" "$TG_SHARE/ackcheck.log" "$TG_SHARE/stop-io" \
+  ck_offset="${1:-$CK_OFFSET}"
+  "$ck" run "$dev" "$ck_offset" "$CK_BLOCKS" "$TG_SHARE/ackcheck.log" "$TG_SHARE/stop-io" \
       /tmp/ackcheck.state "$CK_RATE" >/tmp/ackcheck.out 2>&1 &
   ck_pid=$!
   sleep 1
   io_alive
+}
+
+# The kernel's nvme lines, after the guest's uptime and its clock (the
+# checker's): maps the lines' uptime stamps to the checker log's times.
+kernel_lines() {
+  read -r up _ </proc/uptime
+  echo "uptime $up now $("$ck" now)"
+  dmesg | grep -i nvme
 }
 
 io_alive() {
@@ -209,15 +222,15 @@ while :; do
     fs-make) fs_make ;;
     fs-check) fs_check ;;
     start-io) start_io ;;
-    start-ck) start_ck ;;
+    start-ck|start-ck\ *) start_ck ${cmd#start-ck} ;;
     reconnect|reconnect\ *) reconnect ${cmd#reconnect} ;;
     settings) settings ;;
-    dmesg) echo "uptime $(cut -d' ' -f1 /proc/uptime) now $("$ck" now)"; dmesg | grep -i nvme ;;
+    dmesg) kernel_lines ;;
     start-io\ *) set -- $cmd; start_io "$2" ;;
     io-alive) io_alive ;;
     stop-io) stop_io ;;
     clock) "$ck" now ;;
-    verify) "$ck" verify "$dev" "$CK_OFFSET" "$CK_BLOCKS" /tmp/ackcheck.state ;;
+    verify) "$ck" verify "$dev" "${ck_offset:-$CK_OFFSET}" "$CK_BLOCKS" /tmp/ackcheck.state ;;
     exit) echo "=== PASS"; tg_mark "done-$n"; exit 0 ;;
     *) echo "unknown command $cmd"; false ;;
   esac >"$TG_SHARE/res-$n" 2>&1
