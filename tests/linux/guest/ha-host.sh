@@ -92,7 +92,7 @@ reconnect() {
   done
   nvme disconnect -n "$SUBNQN" || return 1
   tg_retry 30 head_gone
-  echo "=== connect both portals with:${CONNECT_OPTS:- (nvme connect's defaults)}"
+  echo "=== connect both portals with:${CONNECT_OPTS:- (the defaults of nvme connect)}"
   connect_both
   for s in $sets; do
     for c in /sys/class/nvme/nvme*; do
