@@ -179,6 +179,23 @@ fn can_connect(address: Ipv4Addr, port: u16, timeout: Duration) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from((address, port)), timeout).is_ok()
 }
 
+/// Whether a listener at `address:port` accepts a connection and keeps it
+/// open, waiting for the host's first PDU, as a serving portal does. A
+/// connection that is not accepted, or is reset or closed at once (the
+/// peer's address claimed by the new primary, which refuses hosts under
+/// its peer's name), is not served.
+fn portal_serves(address: Ipv4Addr, port: u16, timeout: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::from((address, port)), timeout) else {
+        return false;
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(_) => false,
+        Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
 /// Retries a TCP connection, once a second, until it is accepted — or, with
 /// `refusal_answers`, refused or reset (answered, not left to time out) — or
 /// `limit` passes (the host's neighbour entry may need a moment after a link
@@ -319,8 +336,10 @@ fn up_serves_portals_takes_faults_and_down_removes_everything() {
         "no net0 line\n{piped}"
     );
 
-    // link-down on the front-end: the guest sees it, and this machine's
-    // path to the portal is cut; link-up restores both.
+    // link-down on the front-end: the guest sees it, and this machine gets
+    // no NVMe service at a's portal (the link is cut; if a was primary, b
+    // takes a's address over after the handover and refuses hosts there);
+    // link-up restores both.
     let down = setup.run(&["fault", "link-down", "a", "net0"]);
     assert_eq!(down.code, Some(0), "{down}");
     {
@@ -331,8 +350,8 @@ fn up_serves_portals_takes_faults_and_down_removes_everything() {
         let net1 = nic_line(&mut console, 1);
         assert!(net1.contains("link=up"), "only net0 was cut: {net1}");
         assert!(
-            !can_connect(a, 4420, Duration::from_secs(2)),
-            "a:4420 reachable with net0 down"
+            !portal_serves(a, 4420, Duration::from_secs(2)),
+            "a:4420 served with net0 down"
         );
         let up = setup.run(&["fault", "link-up", "a"]);
         assert_eq!(up.code, Some(0), "{up}");
