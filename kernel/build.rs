@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let script = manifest.join("../boot/linker.ld").canonicalize().expect("boot/linker.ld exists");
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let script = manifest
+        .join("../boot/linker.ld")
+        .canonicalize()
+        .expect("boot/linker.ld exists");
     for arg in [
         "-nostartfiles",
         "-nostdlib",

@@ -307,7 +307,11 @@ unsafe fn copy_cmdline(info: &mut BootInfo, address: u64, skip_first_word: bool)
     let buffer = unsafe { &mut *(&raw mut CMDLINE_COPY) };
     for (slot, byte) in buffer.iter_mut().zip(bytes) {
         // Keep the command line plain ASCII so that it is always valid UTF-8.
-        *slot = if byte.is_ascii() && !byte.is_ascii_control() { *byte } else { b' ' };
+        *slot = if byte.is_ascii() && !byte.is_ascii_control() {
+            *byte
+        } else {
+            b' '
+        };
     }
     let copied = &buffer[..bytes.len()];
     info.cmdline = core::str::from_utf8(copied).unwrap_or("").trim();

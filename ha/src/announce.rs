@@ -81,13 +81,22 @@ pub struct Announcement {
 
 impl Announcement {
     pub fn start(schedule: ArpSchedule, now: Instant) -> Self {
-        Self { schedule, from: now, sent: 0 }
+        Self {
+            schedule,
+            from: now,
+            sent: 0,
+        }
     }
 
     /// True when an announcement is due now.
     pub fn poll(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_since(self.from);
-        let due = self.schedule.offsets().iter().take_while(|offset| **offset <= elapsed).count();
+        let due = self
+            .schedule
+            .offsets()
+            .iter()
+            .take_while(|offset| **offset <= elapsed)
+            .count();
         let send = due > self.sent;
         self.sent = due;
         send
@@ -168,11 +177,17 @@ impl OwnAddressGate {
     /// True (once) when the node may answer for its addresses again; the
     /// caller then announces them.
     pub fn update(&mut self, now: Instant, view: GateView<'_>) -> bool {
-        let Some((since, _)) = self.quiet else { return false };
+        let Some((since, _)) = self.quiet else {
+            return false;
+        };
         let quiet_for = now.saturating_since(since);
         let current = match view.role {
             Role::Primary => view.lease_age.is_some_and(|age| age < quiet_for),
-            _ => view.members_heard.iter().flatten().any(|age| *age < quiet_for),
+            _ => view
+                .members_heard
+                .iter()
+                .flatten()
+                .any(|age| *age < quiet_for),
         };
         if current {
             self.quiet = None;
@@ -234,7 +249,12 @@ mod tests {
 
     /// Every announcement of the schedule from `start`, as a host sees it:
     /// gratuitous request and reply, then an ordinary request.
-    fn announce(entry: &mut LinuxNeighbour, schedule: &ArpSchedule, start: Instant, until: Instant) {
+    fn announce(
+        entry: &mut LinuxNeighbour,
+        schedule: &ArpSchedule,
+        start: Instant,
+        until: Instant,
+    ) {
         let mut run = Announcement::start(*schedule, start);
         let mut t = start;
         while t <= until {
@@ -280,14 +300,20 @@ mod tests {
         let schedule = ArpSchedule::linux_default();
         let start = ms(10_000);
         let last = start + schedule.span();
-        let latest = Instant::from_micros(start.as_micros() + schedule.span().as_micros() - LINUX_LOCKTIME.as_micros());
+        let latest = Instant::from_micros(
+            start.as_micros() + schedule.span().as_micros() - LINUX_LOCKTIME.as_micros(),
+        );
         for gratuitous_override in [true, false] {
             let mut competitor = ms(9_000);
             while competitor < latest {
                 // Before the first announcement, the old owner's update made
                 // the entry what it is; after it, the update tries to take
                 // the entry back.
-                let mut entry = LinuxNeighbour { mac: OLD, updated: competitor.min(start), gratuitous_override };
+                let mut entry = LinuxNeighbour {
+                    mac: OLD,
+                    updated: competitor.min(start),
+                    gratuitous_override,
+                };
                 let mut run = Announcement::start(schedule, start);
                 let mut t = start;
                 while t <= last {
@@ -302,7 +328,8 @@ mod tests {
                     t = t + d(1);
                 }
                 assert_eq!(
-                    entry.mac, NEW,
+                    entry.mac,
+                    NEW,
                     "competing update at {} ms, gratuitous override {gratuitous_override}",
                     competitor.as_micros() / 1000
                 );
@@ -317,21 +344,44 @@ mod tests {
     #[test]
     fn announcements_within_locktime_do_not_override_a_recent_update() {
         let start = ms(10_000);
-        let mut entry = LinuxNeighbour { mac: OLD, updated: ms(9_900), gratuitous_override: false };
-        let tight = ArpSchedule { offsets: [d(0), d(50), d(300), d(900)] };
+        let mut entry = LinuxNeighbour {
+            mac: OLD,
+            updated: ms(9_900),
+            gratuitous_override: false,
+        };
+        let tight = ArpSchedule {
+            offsets: [d(0), d(50), d(300), d(900)],
+        };
         announce(&mut entry, &tight, start, start + d(3000));
         assert_eq!(entry.mac, OLD);
-        let mut entry = LinuxNeighbour { mac: OLD, updated: ms(9_900), gratuitous_override: false };
-        announce(&mut entry, &ArpSchedule::linux_default(), start, start + d(3000));
+        let mut entry = LinuxNeighbour {
+            mac: OLD,
+            updated: ms(9_900),
+            gratuitous_override: false,
+        };
+        announce(
+            &mut entry,
+            &ArpSchedule::linux_default(),
+            start,
+            start + d(3000),
+        );
         assert_eq!(entry.mac, NEW);
         // With gratuitous override (Linux's default) the first one is enough.
-        let mut entry = LinuxNeighbour { mac: OLD, updated: ms(9_990), gratuitous_override: true };
+        let mut entry = LinuxNeighbour {
+            mac: OLD,
+            updated: ms(9_990),
+            gratuitous_override: true,
+        };
         entry.arp(start, NEW, true);
         assert_eq!(entry.mac, NEW);
     }
 
     fn view(role: Role, lease_age: Option<u64>, heard: &[Option<Duration>]) -> GateView<'_> {
-        GateView { role, lease_age: lease_age.map(d), members_heard: heard }
+        GateView {
+            role,
+            lease_age: lease_age.map(d),
+            members_heard: heard,
+        }
     }
 
     #[test]
@@ -339,7 +389,10 @@ mod tests {
         let mut gate = OwnAddressGate::new();
         assert!(gate.open());
         let heard = [Some(d(5)), Some(d(5))];
-        assert!(!gate.update(ms(100), view(Role::Primary, Some(10), &heard)), "nothing to reopen");
+        assert!(
+            !gate.update(ms(100), view(Role::Primary, Some(10), &heard)),
+            "nothing to reopen"
+        );
         gate.on_conflict(ms(200));
         assert!(!gate.open());
         assert_eq!(gate.quiet(), Some((ms(200), QuietReason::Conflict)));
@@ -371,7 +424,10 @@ mod tests {
         let fresh = [Some(d(100)), Some(d(3)), None, None];
         assert!(gate.update(ms(1060), view(Role::Secondary, None, &fresh)));
         assert!(gate.open());
-        assert!(!gate.update(ms(1070), view(Role::Secondary, None, &fresh)), "opens once");
+        assert!(
+            !gate.update(ms(1070), view(Role::Secondary, None, &fresh)),
+            "opens once"
+        );
     }
 
     /// A forged announcement against a primary that is still primary: quiet
@@ -381,9 +437,15 @@ mod tests {
         let mut gate = OwnAddressGate::new();
         gate.on_conflict(ms(5000));
         let heard = [Some(d(1)), Some(d(1))];
-        assert!(!gate.update(ms(5020), view(Role::Primary, Some(30), &heard)), "heard is not enough for a primary");
+        assert!(
+            !gate.update(ms(5020), view(Role::Primary, Some(30), &heard)),
+            "heard is not enough for a primary"
+        );
         assert!(!gate.update(ms(5040), view(Role::Primary, None, &heard)));
-        assert!(gate.update(ms(5060), view(Role::Primary, Some(40), &heard)), "a grant for a round sent at 5020");
+        assert!(
+            gate.update(ms(5060), view(Role::Primary, Some(40), &heard)),
+            "a grant for a round sent at 5020"
+        );
     }
 
     #[test]

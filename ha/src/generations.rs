@@ -182,9 +182,13 @@ pub enum Decision {
     /// crash may have left differing).
     InSync,
     /// Copy the regions the source's bitmap marks (and the target's).
-    BitmapResync { source: Side },
+    BitmapResync {
+        source: Side,
+    },
     /// Copy every region.
-    FullResync { source: Side },
+    FullResync {
+        source: Side,
+    },
     Refuse(Refusal),
 }
 
@@ -391,8 +395,8 @@ pub fn resolution(refusal: Refusal) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec::Vec;
     use Decision::*;
+    use alloc::vec::Vec;
 
     fn view(current: u64, bitmap: u64, history: [u64; 2], state: DataState) -> DataView {
         DataView {
@@ -495,32 +499,96 @@ mod tests {
             // Two blank disks: a new pair.
             (blank, blank, NewPair),
             // A blank (replaced) disk meets a peer with history.
-            (blank, view(7, 5, [0, 0], U), FullResync { source: Side::Peer }),
-            (view(7, 0, [0, 0], U), blank, FullResync { source: Side::Me }),
+            (
+                blank,
+                view(7, 5, [0, 0], U),
+                FullResync { source: Side::Peer },
+            ),
+            (
+                view(7, 0, [0, 0], U),
+                blank,
+                FullResync { source: Side::Me },
+            ),
             // Discarded data (invalidate) on both: nothing to copy from.
-            (view(0, 0, [0, 0], I), view(0, 0, [0, 0], I), Refuse(Refusal::NoConsistentData)),
+            (
+                view(0, 0, [0, 0], I),
+                view(0, 0, [0, 0], I),
+                Refuse(Refusal::NoConsistentData),
+            ),
             // Same generation.
             (view(7, 0, [5, 0], U), view(7, 0, [5, 0], U), InSync),
-            (view(7, 0, [0, 0], O), view(7, 0, [0, 0], U), BitmapResync { source: Side::Peer }),
-            (view(7, 0, [0, 0], I), view(7, 5, [0, 0], U), BitmapResync { source: Side::Peer }),
+            (
+                view(7, 0, [0, 0], O),
+                view(7, 0, [0, 0], U),
+                BitmapResync { source: Side::Peer },
+            ),
+            (
+                view(7, 0, [0, 0], I),
+                view(7, 5, [0, 0], U),
+                BitmapResync { source: Side::Peer },
+            ),
             (view(7, 0, [0, 0], I), view(7, 0, [0, 0], I), InSync),
             // The peer wrote alone since our generation.
-            (view(5, 0, [0, 0], O), view(7, 5, [0, 0], U), BitmapResync { source: Side::Peer }),
-            (view(7, 5, [0, 0], U), view(5, 0, [0, 0], U), BitmapResync { source: Side::Me }),
+            (
+                view(5, 0, [0, 0], O),
+                view(7, 5, [0, 0], U),
+                BitmapResync { source: Side::Peer },
+            ),
+            (
+                view(7, 5, [0, 0], U),
+                view(5, 0, [0, 0], U),
+                BitmapResync { source: Side::Me },
+            ),
             // A restarted full-resync target resumes from the bitmap.
-            (view(5, 0, [0, 0], I), view(7, 5, [0, 0], U), BitmapResync { source: Side::Peer }),
+            (
+                view(5, 0, [0, 0], I),
+                view(7, 5, [0, 0], U),
+                BitmapResync { source: Side::Peer },
+            ),
             // An older copy of our own disk, behind the bitmap.
-            (view(3, 0, [0, 0], U), view(7, 5, [3, 0], U), FullResync { source: Side::Peer }),
-            (view(7, 5, [3, 1], U), view(1, 0, [0, 0], O), FullResync { source: Side::Me }),
+            (
+                view(3, 0, [0, 0], U),
+                view(7, 5, [3, 0], U),
+                FullResync { source: Side::Peer },
+            ),
+            (
+                view(7, 5, [3, 1], U),
+                view(1, 0, [0, 0], O),
+                FullResync { source: Side::Me },
+            ),
             // Both wrote since a common generation.
-            (view(8, 5, [0, 0], U), view(7, 5, [0, 0], U), Refuse(Refusal::SplitBrain)),
-            (view(8, 6, [5, 0], U), view(7, 5, [0, 0], U), Refuse(Refusal::SplitBrain)),
+            (
+                view(8, 5, [0, 0], U),
+                view(7, 5, [0, 0], U),
+                Refuse(Refusal::SplitBrain),
+            ),
+            (
+                view(8, 6, [5, 0], U),
+                view(7, 5, [0, 0], U),
+                Refuse(Refusal::SplitBrain),
+            ),
             // Nothing in common.
-            (view(8, 6, [5, 0], U), view(7, 4, [3, 0], U), Refuse(Refusal::Unrelated)),
-            (view(8, 0, [0, 0], U), view(7, 0, [0, 0], U), Refuse(Refusal::Unrelated)),
+            (
+                view(8, 6, [5, 0], U),
+                view(7, 4, [3, 0], U),
+                Refuse(Refusal::Unrelated),
+            ),
+            (
+                view(8, 0, [0, 0], U),
+                view(7, 0, [0, 0], U),
+                Refuse(Refusal::Unrelated),
+            ),
             // The newer data is itself incomplete.
-            (view(5, 0, [0, 0], U), view(7, 5, [0, 0], I), Refuse(Refusal::NoConsistentData)),
-            (blank, view(7, 0, [0, 0], I), Refuse(Refusal::NoConsistentData)),
+            (
+                view(5, 0, [0, 0], U),
+                view(7, 5, [0, 0], I),
+                Refuse(Refusal::NoConsistentData),
+            ),
+            (
+                blank,
+                view(7, 0, [0, 0], I),
+                Refuse(Refusal::NoConsistentData),
+            ),
         ];
         for (a, b, want) in cases {
             assert_eq!(decide(a, b).decision, *want, "{a:?} vs {b:?}");

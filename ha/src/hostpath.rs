@@ -76,9 +76,11 @@ impl FrontEndSample {
         peer: &Knowledge,
         witness: &Knowledge,
     ) -> FrontEndSample {
-        let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_since(t) < failure_timeout);
+        let recent =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_since(t) < failure_timeout);
         let is_front = |l: usize| front_end & (1 << l) != 0;
-        let hears_on_front = |k: &Knowledge| (0..MAX_LINKS).any(|l| is_front(l) && recent(k.last_heard[l]));
+        let hears_on_front =
+            |k: &Knowledge| (0..MAX_LINKS).any(|l| is_front(l) && recent(k.last_heard[l]));
         let evidence = |k: &Knowledge| {
             (0..MAX_LINKS).any(|l| is_front(l) && k.last_heard[l].is_some())
                 && (0..MAX_LINKS).any(|l| !is_front(l) && recent(k.last_heard[l]))
@@ -162,7 +164,11 @@ impl HostPathMonitor {
         // says nothing. Once the NIC's link has been up for regain_after the
         // path is taken back; a front-end still broken is silent again and
         // lost again a failure timeout later.
-        let raw = if self.verdict { sample.can_serve() } else { sample.nic_up };
+        let raw = if self.verdict {
+            sample.can_serve()
+        } else {
+            sample.nic_up
+        };
         if raw != self.raw {
             self.raw = raw;
             self.raw_since = now;
@@ -323,11 +329,21 @@ mod tests {
     }
 
     fn lost_sample() -> FrontEndSample {
-        FrontEndSample { nic_up: false, hears_peer: false, hears_witness: false, silence_is_evidence: false }
+        FrontEndSample {
+            nic_up: false,
+            hears_peer: false,
+            hears_witness: false,
+            silence_is_evidence: false,
+        }
     }
 
     fn good_sample() -> FrontEndSample {
-        FrontEndSample { nic_up: true, hears_peer: true, hears_witness: true, silence_is_evidence: false }
+        FrontEndSample {
+            nic_up: true,
+            hears_peer: true,
+            hears_witness: true,
+            silence_is_evidence: false,
+        }
     }
 
     #[test]
@@ -394,7 +410,12 @@ mod tests {
     fn a_path_lost_to_silence_is_taken_back_once_the_nic_has_been_up_for_regain_after() {
         let mut m = HostPathMonitor::new(timing(), ms(0));
         m.set_nic_up(true);
-        let silent = FrontEndSample { nic_up: true, hears_peer: false, hears_witness: false, silence_is_evidence: true };
+        let silent = FrontEndSample {
+            nic_up: true,
+            hears_peer: false,
+            hears_witness: false,
+            silence_is_evidence: true,
+        };
         m.update(ms(0), silent);
         m.update(ms(100), silent);
         assert!(m.lost());

@@ -435,7 +435,11 @@ mod tests {
         assert_eq!(v2.generations, s.generations);
         assert_eq!(v2.agreed_bytes, s.layout.data_bytes);
         assert_eq!(
-            Superblock { agreed_bytes: s.agreed_bytes, version: FORMAT_VERSION, ..v2 },
+            Superblock {
+                agreed_bytes: s.agreed_bytes,
+                version: FORMAT_VERSION,
+                ..v2
+            },
             s
         );
         // A blank disk, or one without data, had agreed nothing.
@@ -497,7 +501,10 @@ mod tests {
         assert!(Superblock::parse(&blank.emit()).unwrap().blank);
         let mut v4 = s.emit();
         v4[8..10].copy_from_slice(&4u16.to_be_bytes());
-        assert!(matches!(Superblock::parse(&v4), Err(Error::UnsupportedVersion(4)) | Err(Error::BadChecksum)));
+        assert!(matches!(
+            Superblock::parse(&v4),
+            Err(Error::UnsupportedVersion(4)) | Err(Error::BadChecksum)
+        ));
     }
 
     #[test]
@@ -528,7 +535,10 @@ mod tests {
         }
         assert_eq!(Superblock::parse(&b[..100]), Err(Error::Truncated));
         // A sequence that could wrap is refused.
-        assert_eq!(Superblock::parse(&sb(MAX_SEQUENCE).emit()).map(|s| s.sequence), Ok(MAX_SEQUENCE));
+        assert_eq!(
+            Superblock::parse(&sb(MAX_SEQUENCE).emit()).map(|s| s.sequence),
+            Ok(MAX_SEQUENCE)
+        );
         assert_eq!(
             Superblock::parse(&sb(MAX_SEQUENCE + 1).emit()),
             Err(Error::InvalidField("superblock.sequence"))

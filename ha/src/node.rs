@@ -15,7 +15,9 @@ use core::fmt;
 
 use crate::Error;
 use crate::bitmap::Bitmap;
-use crate::generations::{self, DataView, Decision, Generations, Refusal as HandshakeRefusal, Side, Verdict};
+use crate::generations::{
+    self, DataView, Decision, Generations, Refusal as HandshakeRefusal, Side, Verdict,
+};
 use crate::metadata::{Layout, Superblock, emit_bitmap_block, load_bitmap_block};
 use crate::sizes::{self, SizeView, Sizes};
 use crate::time::{Duration, DurationStats, Instant};
@@ -256,7 +258,10 @@ impl fmt::Display for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "tandem: handshake with {}: {}", self.peer, self.verdict)?;
         if let Decision::Refuse(r) = self.verdict.decision {
-            if matches!(r, HandshakeRefusal::DiskTooSmall | HandshakeRefusal::Geometry) {
+            if matches!(
+                r,
+                HandshakeRefusal::DiskTooSmall | HandshakeRefusal::Geometry
+            ) {
                 write!(f, "\ntandem: {}", self.sizes)?;
             }
             write!(
@@ -1005,10 +1010,11 @@ impl DataNode {
             demote_preflush: None,
             handover_reason: "switchover",
             host_path: crate::hostpath::HostPathMonitor::new(
-                cfg.host_path_timing.unwrap_or(crate::hostpath::HostPathTiming::derived(
-                    cfg.timing.heartbeat_interval,
-                    cfg.timing.failure_timeout,
-                )),
+                cfg.host_path_timing
+                    .unwrap_or(crate::hostpath::HostPathTiming::derived(
+                        cfg.timing.heartbeat_interval,
+                        cfg.timing.failure_timeout,
+                    )),
                 now,
             ),
             primary_since: now,
@@ -1678,8 +1684,7 @@ impl DataNode {
     fn write_blocked(&self, offset: u64, len: u64) -> bool {
         let resync_reading = self.resync.as_ref().is_some_and(|r| {
             let rs = self.layout.region_size as u64;
-            r.reading()
-                .any(|reg| overlaps(offset, len, reg.0 * rs, rs))
+            r.reading().any(|reg| overlaps(offset, len, reg.0 * rs, rs))
         });
         let verify_reading = self.verify.as_ref().is_some_and(|v| {
             let rs = self.layout.region_size as u64;
@@ -1787,8 +1792,7 @@ impl DataNode {
     /// Whether `w` goes to the peer at all: a Deallocate only to a peer
     /// that understands Deallocate frames.
     fn peer_takes(&self, w: &PendingWrite) -> bool {
-        w.content != Content::Deallocate
-            || self.peer_features() & stream::feature::DEALLOCATE != 0
+        w.content != Content::Deallocate || self.peer_features() & stream::feature::DEALLOCATE != 0
     }
 
     /// Numbers host write `id` for the stream, sends it, and counts it
@@ -1820,8 +1824,14 @@ impl DataNode {
             }
             Content::Zeroes | Content::Data => {}
         }
-        let frame_prefix =
-            stream::write_frame_prefix(self.me, epoch, seq, offset, len as usize, w.force_unit_access);
+        let frame_prefix = stream::write_frame_prefix(
+            self.me,
+            epoch,
+            seq,
+            offset,
+            len as usize,
+            w.force_unit_access,
+        );
         self.actions.push(Action::ReplicateWrite {
             id: id.0,
             frame_prefix,
@@ -1877,7 +1887,9 @@ impl DataNode {
                 // without it only while no recovery is under way: once the
                 // peer is about to be recorded UpToDate it must hold every
                 // acknowledged write.
-                Some(true) if w.peer_acked || (!w.needs_peer && !self.recovering()) || degraded_ok => {
+                Some(true)
+                    if w.peer_acked || (!w.needs_peer && !self.recovering()) || degraded_ok =>
+                {
                     done.push((*id, IoResult::Ok))
                 }
                 _ => {}
@@ -1890,7 +1902,8 @@ impl DataNode {
             {
                 self.seq_to_id.remove(&s);
             }
-            self.actions.push(Action::CompleteWrite { id: id.0, result });
+            self.actions
+                .push(Action::CompleteWrite { id: id.0, result });
         }
         if any {
             self.start_deferred();
@@ -1988,8 +2001,16 @@ impl DataNode {
                     current: self.resync_source_generation,
                     bitmap: 0,
                     history: [
-                        if old.current != 0 { old.current } else { old.history[0] },
-                        if old.current != 0 { old.history[0] } else { old.history[1] },
+                        if old.current != 0 {
+                            old.current
+                        } else {
+                            old.history[0]
+                        },
+                        if old.current != 0 {
+                            old.history[0]
+                        } else {
+                            old.history[1]
+                        },
                     ],
                 };
             }
@@ -2412,7 +2433,9 @@ impl DataNode {
     /// takes longer than the failure timeout: the handover's own flush then
     /// does all the work) and starts the drain.
     fn preflush_progress(&mut self, now: Instant) {
-        let Some((flush, started)) = self.demote_preflush else { return };
+        let Some((flush, started)) = self.demote_preflush else {
+            return;
+        };
         let done = match self.flushes.get(flush) {
             Some(f) => {
                 f.local == Some(false)
@@ -2919,7 +2942,15 @@ impl DataNode {
                         v.in_flight.insert(r);
                     }
                     let epoch = self.voter.record.epoch;
-                    self.send_frame(epoch, 0, Body::VerifyRequest { offset, len, digest });
+                    self.send_frame(
+                        epoch,
+                        0,
+                        Body::VerifyRequest {
+                            offset,
+                            len,
+                            digest,
+                        },
+                    );
                 }
                 None => {
                     // Unreadable here: counted as differing.
@@ -3000,10 +3031,16 @@ impl DataNode {
             );
         };
         if d.pair_id != self.cfg.pair_id {
-            return refuse(HandshakeRefusal::OtherPair, "the peer's disk belongs to another pair");
+            return refuse(
+                HandshakeRefusal::OtherPair,
+                "the peer's disk belongs to another pair",
+            );
         }
         if h.region_size != self.layout.region_size {
-            return refuse(HandshakeRefusal::Geometry, "the peer's disk has another region size");
+            return refuse(
+                HandshakeRefusal::Geometry,
+                "the peer's disk has another region size",
+            );
         }
         if d.agreed_bytes.is_none() && h.data_bytes != self.layout.data_bytes {
             // A peer of the version before agreed sizes refuses this too.
@@ -3185,11 +3222,13 @@ impl DataNode {
     fn issue_applies(&mut self) {
         for a in self.applies.take_ready() {
             self.actions.push(match a.kind {
-                ApplyKind::Write(seq) if a.content == Content::Zeroes => Action::ApplyReplicatedZeroes {
-                    seq: seq.0,
-                    offset: a.offset,
-                    len: a.len,
-                },
+                ApplyKind::Write(seq) if a.content == Content::Zeroes => {
+                    Action::ApplyReplicatedZeroes {
+                        seq: seq.0,
+                        offset: a.offset,
+                        len: a.len,
+                    }
+                }
                 ApplyKind::Write(seq) if a.content == Content::Deallocate => {
                     Action::ApplyReplicatedDeallocate {
                         seq: seq.0,
@@ -3223,7 +3262,10 @@ impl DataNode {
 
     /// Secondary: the replicated write `seq` reached the disk (or failed).
     pub fn on_replicated_write_done(&mut self, now: Instant, seq: u64, offset: u64, ok: bool) {
-        if self.finish_apply(ApplyKind::Write(Seq(seq)), offset).is_some() {
+        if self
+            .finish_apply(ApplyKind::Write(Seq(seq)), offset)
+            .is_some()
+        {
             let status = AckStatus::of_disk(ok);
             let epoch = self.voter.epoch;
             self.send_frame(epoch, seq, Body::WriteAck { status });
@@ -3269,16 +3311,17 @@ impl DataNode {
         // never set; this keeps it so).
         let mut pending = Bitmap::new(self.data_regions());
         pending.union_with(self.dirty.bitmap());
-        self.resync = Some(ResyncPump::new(pending, self.layout.region_size as u64, now));
+        self.resync = Some(ResyncPump::new(
+            pending,
+            self.layout.region_size as u64,
+            now,
+        ));
     }
 
     fn region_range(&self, r: u64) -> (u64, u32) {
         let rs = self.layout.region_size as u64;
         let off = r * rs;
-        (
-            off,
-            rs.min(self.data_bytes().saturating_sub(off)) as u32,
-        )
+        (off, rs.min(self.data_bytes().saturating_sub(off)) as u32)
     }
 
     /// The pace of resync and verification reads.

@@ -133,15 +133,31 @@ mod tests {
             // A larger replacement takes the pair's size.
             (v(2 * G, 0), v(G, G), Ok(G)),
             // A smaller one is refused, whichever side it is on.
-            (v(G - 4096, 0), v(G, G), Err(SizeRefusal::TooSmall(TooSmall::Me))),
-            (v(G, G), v(G - 4096, 0), Err(SizeRefusal::TooSmall(TooSmall::Peer))),
+            (
+                v(G - 4096, 0),
+                v(G, G),
+                Err(SizeRefusal::TooSmall(TooSmall::Me)),
+            ),
+            (
+                v(G, G),
+                v(G - 4096, 0),
+                Err(SizeRefusal::TooSmall(TooSmall::Peer)),
+            ),
             // A pair that met keeps its size, even on larger disks.
             (v(2 * G, G), v(3 * G, G), Ok(G)),
             // Two disks that served different sizes never pair.
-            (v(2 * G, G), v(2 * G, 2 * G), Err(SizeRefusal::AgreedSizesDiffer)),
+            (
+                v(2 * G, G),
+                v(2 * G, 2 * G),
+                Err(SizeRefusal::AgreedSizesDiffer),
+            ),
             // A disk smaller than the size it records itself (cannot be
             // written by this crate, but is refused if read).
-            (v(G, 2 * G), v(4 * G, 0), Err(SizeRefusal::TooSmall(TooSmall::Me))),
+            (
+                v(G, 2 * G),
+                v(4 * G, 0),
+                Err(SizeRefusal::TooSmall(TooSmall::Me)),
+            ),
         ];
         for (me, peer, want) in cases {
             assert_eq!(agree(me, peer), want, "{me:?} {peer:?}");
@@ -151,7 +167,10 @@ mod tests {
 
     #[test]
     fn the_console_line_names_both_sizes() {
-        let s = Sizes { mine: v(4096 * 10, 0), peer: v(4096 * 20, 4096 * 20) };
+        let s = Sizes {
+            mine: v(4096 * 10, 0),
+            peer: v(4096 * 20, 4096 * 20),
+        };
         assert_eq!(
             s.to_string(),
             "disk data area 40960 bytes here (no namespace size agreed yet), 81920 bytes on the peer (namespace 81920 bytes)"

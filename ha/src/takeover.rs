@@ -393,8 +393,14 @@ mod tests {
         };
         assert!(!t.update(ms(3000), lost).announce_own);
         assert!(!t.update(ms(4000), lost).announce_own);
-        assert!(t.update(ms(5000), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(5300), view(Role::Secondary, &heard)).announce_own);
+        assert!(
+            t.update(ms(5000), view(Role::Secondary, &heard))
+                .announce_own
+        );
+        assert!(
+            t.update(ms(5300), view(Role::Secondary, &heard))
+                .announce_own
+        );
     }
 
     #[test]
@@ -404,10 +410,22 @@ mod tests {
         for at in [1, 301, 1001, 3000] {
             t.update(ms(at), view(Role::Secondary, &heard));
         }
-        assert!(!t.update(ms(4000), view(Role::Secondary, &heard)).announce_own);
+        assert!(
+            !t.update(ms(4000), view(Role::Secondary, &heard))
+                .announce_own
+        );
         t.announce_from(ms(5000));
-        assert!(t.update(ms(5000), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(5300), view(Role::Secondary, &heard)).announce_own);
-        assert!(t.update(ms(6000), view(Role::Secondary, &heard)).announce_own);
+        assert!(
+            t.update(ms(5000), view(Role::Secondary, &heard))
+                .announce_own
+        );
+        assert!(
+            t.update(ms(5300), view(Role::Secondary, &heard))
+                .announce_own
+        );
+        assert!(
+            t.update(ms(6000), view(Role::Secondary, &heard))
+                .announce_own
+        );
     }
 }

@@ -102,11 +102,9 @@ impl core::fmt::Display for DurationStats {
     /// `avg:310us max:2100us n:42`, or `none`.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match (self.mean(), self.max()) {
-            (Some(mean), Some(max)) => write!(
-                f,
-                "avg:{}us max:{}us n:{}",
-                mean.0, max.0, self.count
-            ),
+            (Some(mean), Some(max)) => {
+                write!(f, "avg:{}us max:{}us n:{}", mean.0, max.0, self.count)
+            }
             _ => f.write_str("none"),
         }
     }

@@ -66,7 +66,10 @@ fn a_replaced_blank_disk_takes_a_full_resync_and_never_stands_before_it_ends() {
     );
     let st = s.data(p).status(Instant::ZERO);
     assert!(st.full_resync);
-    assert_eq!(st.resync.unwrap().total_regions, s.data(p).layout().region_count);
+    assert_eq!(
+        st.resync.unwrap().total_regions,
+        s.data(p).layout().region_count
+    );
     assert_eq!(s.data(q).data_state(), DataState::Inconsistent);
     assert_eq!(s.nodes[q.index()].ana, AnaState::Inaccessible);
     // The source dies in the middle of the copy: the half-copied node
@@ -81,7 +84,10 @@ fn a_replaced_blank_disk_takes_a_full_resync_and_never_stands_before_it_ends() {
     s.restart(p);
     settle(&mut s);
     assert_eq!(s.data(q).data_state(), DataState::UpToDate);
-    assert_eq!(s.data(q).generations().current, s.data(p).generations().current);
+    assert_eq!(
+        s.data(q).generations().current,
+        s.data(p).generations().current
+    );
 }
 
 #[test]
@@ -92,11 +98,12 @@ fn a_full_resync_resumes_after_the_target_restarts() {
     s.resync_rate = 128 << 10;
     s.replace_disk_blank(q);
     let total = s.data(p).layout().region_count;
-    assert!(s.run_until(10_000 * MS, |s| s
-        .data(p)
-        .status(Instant::ZERO)
-        .resync
-        .is_some_and(|r| r.remaining_regions < total / 2)));
+    assert!(s.run_until(10_000 * MS, |s| {
+        s.data(p)
+            .status(Instant::ZERO)
+            .resync
+            .is_some_and(|r| r.remaining_regions < total / 2)
+    }));
     s.run_for(50 * MS);
     s.host.enabled = false;
     s.restart(q);
@@ -111,7 +118,10 @@ fn a_full_resync_resumes_after_the_target_restarts() {
         s.in_sync()
     }));
     let resumed = resumed.expect("the copy resumed");
-    assert!(resumed < total, "the copy started over: {resumed} of {total}");
+    assert!(
+        resumed < total,
+        "the copy started over: {resumed} of {total}"
+    );
     assert_eq!(
         decision(&s, q),
         Some(Decision::BitmapResync { source: Side::Peer })
@@ -128,7 +138,11 @@ fn a_node_restarted_on_an_older_copy_of_its_disk_is_resynced_in_full() {
     s.run_for(800 * MS);
     let old = s.disk_image(q);
     s.restart(q);
-    assert!(s.run_until(10_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
+    assert!(
+        s.run_until(10_000 * MS, |s| s.in_sync()),
+        "{}",
+        s.log_tail()
+    );
     // Written while both were in sync: no bitmap remembers these regions
     // once the clean cycles ran.
     s.run_for(2_000 * MS);
@@ -190,7 +204,11 @@ fn split_brain_is_refused_until_the_operator_discards_one_side() {
     s.run_for(3_000 * MS);
     assert_eq!(s.primary(), None, "{}", s.log_tail());
     s.restart(p);
-    assert!(s.run_until(5_000 * MS, |s| s.primary() == Some(p)), "{}", s.log_tail());
+    assert!(
+        s.run_until(5_000 * MS, |s| s.primary() == Some(p)),
+        "{}",
+        s.log_tail()
+    );
     s.with_data(q, |d, now| d.invalidate(now)).unwrap();
     settle(&mut s);
 }
@@ -203,7 +221,11 @@ fn invalidate_on_the_secondary_copies_everything_then_a_switchover_loses_nothing
     assert!(s.with_data(p, |d, now| d.invalidate(now)).is_err());
     s.with_data(q, |d, now| d.invalidate(now)).unwrap();
     assert!(s.run_until(3_000 * MS, |s| s.data(p).status(Instant::ZERO).full_resync));
-    assert!(s.run_until(20_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
+    assert!(
+        s.run_until(20_000 * MS, |s| s.in_sync()),
+        "{}",
+        s.log_tail()
+    );
     s.with_data(p, |d, now| d.demote(now)).unwrap();
     assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(q)));
     s.final_verify();
@@ -245,8 +267,9 @@ fn a_blank_disk_alone_never_stands() {
 fn a_version_1_disk_is_upgraded_in_place_when_opened() {
     let cfg = Config::new(NodeId::A, 77, 1);
     let layout = Layout::new(4 << 20, 65536).unwrap();
-    let mut n = DataNode::format_with_layout(cfg.clone(), layout, InitialData::UpToDate, Instant::ZERO)
-        .unwrap();
+    let mut n =
+        DataNode::format_with_layout(cfg.clone(), layout, InitialData::UpToDate, Instant::ZERO)
+            .unwrap();
     let mut disk = std::collections::BTreeMap::new();
     for a in n.drain_actions() {
         if let Action::PersistMetadata { offset, bytes } = a {
@@ -282,7 +305,10 @@ fn a_version_1_disk_is_upgraded_in_place_when_opened() {
     assert_eq!(written.len(), 1, "one superblock write upgrades the disk");
     let sb = Superblock::parse(&written[0].1).unwrap();
     assert_eq!(sb.version, FORMAT_VERSION);
-    assert_eq!(sb.generations, tandem_ha::generations::Generations::initial(77));
+    assert_eq!(
+        sb.generations,
+        tandem_ha::generations::Generations::initial(77)
+    );
     assert_eq!(sb.data_state, DataState::UpToDate);
 }
 
@@ -291,10 +317,16 @@ fn verify_finds_a_region_changed_behind_the_pairs_back_and_the_resync_repairs_it
     let mut s = started(40);
     let p = s.primary().unwrap();
     let q = p.peer();
-    assert!(s.with_data(q, |d, now| d.verify(now)).is_err(), "verify runs on the primary");
+    assert!(
+        s.with_data(q, |d, now| d.verify(now)).is_err(),
+        "verify runs on the primary"
+    );
     // Nothing differs: verification finds nothing.
     s.with_data(p, |d, now| d.verify(now)).unwrap();
-    assert!(s.with_data(p, |d, now| d.verify(now)).is_err(), "one at a time");
+    assert!(
+        s.with_data(p, |d, now| d.verify(now)).is_err(),
+        "one at a time"
+    );
     assert!(
         s.run_until(10_000 * MS, |s| s
             .data(p)
@@ -311,13 +343,16 @@ fn verify_finds_a_region_changed_behind_the_pairs_back_and_the_resync_repairs_it
     s.host.enabled = false;
     s.run_for(500 * MS);
     let victim = 5 * BLOCK;
-    s.nodes[q.index()].disk.insert(victim, vec![0xa5; BLOCK as usize]);
+    s.nodes[q.index()]
+        .disk
+        .insert(victim, vec![0xa5; BLOCK as usize]);
     s.with_data(p, |d, now| d.verify(now)).unwrap();
-    assert!(s.run_until(10_000 * MS, |s| s
-        .data(p)
-        .status(Instant::ZERO)
-        .verify
-        .is_some_and(|v| !v.running)));
+    assert!(s.run_until(10_000 * MS, |s| {
+        s.data(p)
+            .status(Instant::ZERO)
+            .verify
+            .is_some_and(|v| !v.running)
+    }));
     let v = s.data(p).status(Instant::ZERO).verify.unwrap();
     assert_eq!(v.differing_regions, 1, "{v:?}\n{}", s.log_tail());
     assert!(s.log.iter().any(|l| l.contains("verify done: 1 of")));
@@ -353,7 +388,11 @@ fn a_larger_replacement_disk_joins_and_serves_the_pairs_size() {
     // Only the pair's regions were copied.
     let st = s.data(q).status(Instant::ZERO).to_string();
     assert!(
-        st.contains(&format!("size:{}B disk-size:{}B", pair_size(), s.data(q).layout().data_bytes)),
+        st.contains(&format!(
+            "size:{}B disk-size:{}B",
+            pair_size(),
+            s.data(q).layout().data_bytes
+        )),
         "{st}"
     );
     // It survives a restart (the size is in its metadata), and serves as
@@ -391,10 +430,20 @@ fn a_smaller_replacement_disk_is_refused_and_the_primary_keeps_serving() {
     let line = s
         .log
         .iter()
-        .find(|l| l.contains(&format!("{q}: tandem: handshake with {p}: refused disk-too-small")))
+        .find(|l| {
+            l.contains(&format!(
+                "{q}: tandem: handshake with {p}: refused disk-too-small"
+            ))
+        })
         .unwrap_or_else(|| panic!("no console line\n{}", s.log_tail()));
-    assert!(line.contains("this node's disk is smaller than the pair's namespace"), "{line}");
-    assert!(line.contains(&format!("namespace {} bytes", pair_size())), "{line}");
+    assert!(
+        line.contains("this node's disk is smaller than the pair's namespace"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("namespace {} bytes", pair_size())),
+        "{line}"
+    );
     assert!(line.contains("to resolve"), "{line}");
     // Nothing changed: the primary serves, the small disk never stands.
     assert_eq!(s.primary(), Some(p));

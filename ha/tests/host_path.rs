@@ -17,7 +17,11 @@ fn steady_at(seed: u64, timing: Timing) -> Sim {
     assert!(s.run_until(5_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
     s.host.enabled = true;
     s.run_for(12 * timing.failure_timeout.as_micros());
-    assert!(s.host.writes_acked > 100, "host made no progress\n{}", s.log_tail());
+    assert!(
+        s.host.writes_acked > 100,
+        "host made no progress\n{}",
+        s.log_tail()
+    );
     s
 }
 
@@ -48,7 +52,11 @@ fn primary_that_loses_its_front_end_hands_over_sooner_than_a_kill_would() {
     s.host.max_stall = 0;
     s.set_front_end(p, false);
     let t0 = s.now;
-    assert!(s.run_until(2_000 * MS, |s| s.primary() == Some(q)), "{}", s.log_tail());
+    assert!(
+        s.run_until(2_000 * MS, |s| s.primary() == Some(q)),
+        "{}",
+        s.log_tail()
+    );
     let handover = s.now - t0;
     s.run_for(1_000 * MS);
     let stall = s.host.max_stall;
@@ -64,7 +72,11 @@ fn primary_that_loses_its_front_end_hands_over_sooner_than_a_kill_would() {
     // The loss is believed after two heartbeat intervals; the switchover
     // takes a few milliseconds: well before the failure timeout a kill needs.
     let timeout = Timing::DEFAULT.failure_timeout.as_micros();
-    assert!(handover < timeout / 2, "handover after {} ms", handover / MS);
+    assert!(
+        handover < timeout / 2,
+        "handover after {} ms",
+        handover / MS
+    );
     assert!(stall < timeout, "host stall {} ms", stall / MS);
 
     // The front-end comes back: nothing moves (no failback), and the old
@@ -73,8 +85,15 @@ fn primary_that_loses_its_front_end_hands_over_sooner_than_a_kill_would() {
     s.run_for(3_000 * MS);
     assert_eq!(s.primary(), Some(q));
     let st = s.data(q).status(local_now(&s));
-    assert!(!st.peer_host_path_lost && st.peer_host_path.is_some_and(|h| h.can_serve), "{st}");
-    eprintln!("front-end cut: handover after {} ms, host stall {} ms", handover / MS, stall / MS);
+    assert!(
+        !st.peer_host_path_lost && st.peer_host_path.is_some_and(|h| h.can_serve),
+        "{st}"
+    );
+    eprintln!(
+        "front-end cut: handover after {} ms, host stall {} ms",
+        handover / MS,
+        stall / MS
+    );
     s.final_verify();
 }
 
@@ -103,8 +122,14 @@ fn a_secondary_without_a_front_end_never_stands() {
     assert_eq!(s.primary(), Some(p), "the primary keeps its role");
     assert!(s.data(q).host_path_lost());
     // A planned switchover to it is refused, on either side.
-    assert_eq!(s.with_data(p, |d, now| d.demote(now)), Err(CommandError::PeerHasNoHostPath));
-    assert_eq!(s.with_data(q, |d, now| d.promote(now)), Err(CommandError::NoHostPath));
+    assert_eq!(
+        s.with_data(p, |d, now| d.demote(now)),
+        Err(CommandError::PeerHasNoHostPath)
+    );
+    assert_eq!(
+        s.with_data(q, |d, now| d.promote(now)),
+        Err(CommandError::NoHostPath)
+    );
     // The primary dies: the survivor cannot serve hosts, so it does not
     // stand.
     s.kill(p);
@@ -114,11 +139,23 @@ fn a_secondary_without_a_front_end_never_stands() {
     // Its front-end returns: after regain_after it stands and serves.
     s.set_front_end(q, true);
     let t0 = s.now;
-    assert!(s.run_until(5_000 * MS, |s| s.primary() == Some(q)), "{}", s.log_tail());
+    assert!(
+        s.run_until(5_000 * MS, |s| s.primary() == Some(q)),
+        "{}",
+        s.log_tail()
+    );
     let regain = failure_timeout(&s) * 2;
-    assert!(s.now - t0 >= regain, "stood {} ms after its front-end returned", (s.now - t0) / MS);
+    assert!(
+        s.now - t0 >= regain,
+        "stood {} ms after its front-end returned",
+        (s.now - t0) / MS
+    );
     s.restart(p);
-    assert!(s.run_until(10_000 * MS, |s| s.in_sync()), "{}", s.log_tail());
+    assert!(
+        s.run_until(10_000 * MS, |s| s.in_sync()),
+        "{}",
+        s.log_tail()
+    );
     s.final_verify();
 }
 
@@ -159,11 +196,19 @@ fn flapping_front_ends_hand_over_at_most_once_per_spacing() {
         s.run_for(300 * MS);
     }
     assert_eq!(s.primary(), Some(b), "{}", s.log_tail());
-    assert!(s.data(a).host_path_lost(), "a flapping front-end stays lost");
+    assert!(
+        s.data(a).host_path_lost(),
+        "a flapping front-end stays lost"
+    );
     let handovers = |s: &Sim| {
         [a, b]
             .iter()
-            .map(|&n| s.data(n).history().filter(|c| c.reason == "host-path-lost").count())
+            .map(|&n| {
+                s.data(n)
+                    .history()
+                    .filter(|c| c.reason == "host-path-lost")
+                    .count()
+            })
             .sum::<usize>()
     };
     assert_eq!(handovers(&s), 1);
@@ -171,20 +216,42 @@ fn flapping_front_ends_hand_over_at_most_once_per_spacing() {
     // than the spacing, so it keeps the role until the spacing has passed.
     s.run_for(500 * MS);
     assert!(!s.data(a).host_path_lost());
-    let b_since = s.data(b).history().filter(|c| c.role == Role::Primary).last().unwrap().at;
+    let b_since = s
+        .data(b)
+        .history()
+        .filter(|c| c.role == Role::Primary)
+        .last()
+        .unwrap()
+        .at;
     s.set_front_end(b, false);
     let cut = s.now;
-    assert!(s.run_until(10_000 * MS, |s| s.primary() == Some(a)), "{}", s.log_tail());
+    assert!(
+        s.run_until(10_000 * MS, |s| s.primary() == Some(a)),
+        "{}",
+        s.log_tail()
+    );
     let handed_back = s.now;
     s.run_for(100 * MS);
     assert_eq!(handovers(&s), 2, "{}", s.log_tail());
-    let back = s.data(b).history().filter(|c| c.reason == "host-path-lost").last().unwrap().at;
+    let back = s
+        .data(b)
+        .history()
+        .filter(|c| c.reason == "host-path-lost")
+        .last()
+        .unwrap()
+        .at;
     assert!(
         back.saturating_since(b_since).as_micros() >= spacing,
         "b handed back {} ms after it became primary",
         back.saturating_since(b_since).as_millis()
     );
-    assert!(handed_back - cut < spacing, "not later than the spacing needed");
-    eprintln!("second handover {} ms after the first began", (handed_back - t0) / MS);
+    assert!(
+        handed_back - cut < spacing,
+        "not later than the spacing needed"
+    );
+    eprintln!(
+        "second handover {} ms after the first began",
+        (handed_back - t0) / MS
+    );
     s.final_verify();
 }

@@ -64,7 +64,11 @@ fn a_resumed_old_primary_opens_only_once_deposed_and_the_peer_heard() {
         let mut gate = OwnAddressGate::new();
         s.resume_host_first(p, 30 * MS);
         conflict(&mut s, p, &mut gate);
-        assert_eq!(s.data(p).role(), Role::Primary, "seed {seed}: still primary by its own reckoning");
+        assert_eq!(
+            s.data(p).role(),
+            Role::Primary,
+            "seed {seed}: still primary by its own reckoning"
+        );
         let mut opened = None;
         for step in 0..2_000 {
             let (open, role, epoch) = look(&mut s, p, &mut gate);

@@ -225,7 +225,9 @@ fn reconnections(seed: u64, steps: usize) -> (u64, u64) {
         s.run_for(r.range(5, 150) * MS);
         // Often a failover right after a recovery: the survivor must hold
         // every write the primary acknowledged.
-        let recovered = s.log[seen..].iter().any(|l| l.contains("reason peer-recovered"));
+        let recovered = s.log[seen..]
+            .iter()
+            .any(|l| l.contains("reason peer-recovered"));
         if recovered && r.chance(600) {
             if let Some(p) = s.primary() {
                 s.kill(p);
@@ -288,6 +290,12 @@ fn stream_frames_delayed_across_reconnections_with_fixed_seeds() {
         recovered += p;
     }
     // The schedules reach what they are for.
-    assert!(late > 0, "no frame of an old connection arrived after a reconnection");
-    assert!(recovered > 0, "no peer-recovered with host writes in flight");
+    assert!(
+        late > 0,
+        "no frame of an old connection arrived after a reconnection"
+    );
+    assert!(
+        recovered > 0,
+        "no peer-recovered with host writes in flight"
+    );
 }

@@ -404,7 +404,9 @@ fn either_node_takes_over_from_a_dead_peer_equally_fast() {
         s.now - t0
     };
     let (by_a, by_b) = (takeover(NodeId::A), takeover(NodeId::B));
-    let heartbeat = tandem_ha::node::Timing::DEFAULT.heartbeat_interval.as_micros();
+    let heartbeat = tandem_ha::node::Timing::DEFAULT
+        .heartbeat_interval
+        .as_micros();
     assert!(
         by_a.abs_diff(by_b) <= 2 * heartbeat,
         "a took over in {} ms, b in {} ms",

@@ -2,12 +2,12 @@
 //! refusal), the fencing token on replicated writes, metadata persistence and
 //! restart, commands, host I/O admission, events and ANA outputs.
 
+use tandem_ha::generations::Generations;
 use tandem_ha::metadata::{BLOCK_SIZE, Layout, Superblock};
 use tandem_ha::node::{
     Action, CommandError, Config, DataNode, HostIoError, InitialData, IoResult, Timing,
 };
 use tandem_ha::voter::{OwnView, VoteAsk, Voter};
-use tandem_ha::generations::Generations;
 use tandem_ha::wire::control::{
     Datagram, ElectionReason, Heartbeat, HostPathReport, Message, Refusal,
 };
@@ -1289,13 +1289,25 @@ fn switchover_flushes_both_disks_before_it_stops_serving() {
     for preflush_completes in [true, false] {
         let mut t = Trio::with_stream();
         t.step(400);
-        assert_eq!((t.a.role(), t.b.role()), (Role::Primary, Role::Secondary), "{:?}", t.log);
+        assert_eq!(
+            (t.a.role(), t.b.role()),
+            (Role::Primary, Role::Secondary),
+            "{:?}",
+            t.log
+        );
         t.disk_flushes.clear();
         t.a.demote(ms(t.now)).unwrap();
-        assert_eq!(t.a.demote(ms(t.now)), Err(CommandError::Busy), "one switchover at a time");
+        assert_eq!(
+            t.a.demote(ms(t.now)),
+            Err(CommandError::Busy),
+            "one switchover at a time"
+        );
         t.step(t.now + 5);
         let (pre_a, pre_b) = (t.disk_flush_of(NodeId::A), t.disk_flush_of(NodeId::B));
-        assert!(t.a.is_serving(ms(t.now)), "host I/O flows during the pre-flush");
+        assert!(
+            t.a.is_serving(ms(t.now)),
+            "host I/O flows during the pre-flush"
+        );
         t.disk_flushes.clear();
         if preflush_completes {
             t.a.on_disk_flush_done(ms(t.now), pre_a, true);
@@ -1303,17 +1315,32 @@ fn switchover_flushes_both_disks_before_it_stops_serving() {
             t.step(t.now + 5);
         } else {
             t.step(t.now + 90);
-            assert!(t.a.is_serving(ms(t.now)), "still within the failure timeout");
+            assert!(
+                t.a.is_serving(ms(t.now)),
+                "still within the failure timeout"
+            );
             t.step(t.now + 15);
         }
         assert!(!t.a.is_serving(ms(t.now)), "drained for the handover");
-        assert_eq!(t.a.role(), Role::Primary, "the handover waits for its own flush");
+        assert_eq!(
+            t.a.role(),
+            Role::Primary,
+            "the handover waits for its own flush"
+        );
         let (last_a, last_b) = (t.disk_flush_of(NodeId::A), t.disk_flush_of(NodeId::B));
-        assert!(last_a != pre_a && last_b != pre_b, "a second flush of both disks");
+        assert!(
+            last_a != pre_a && last_b != pre_b,
+            "a second flush of both disks"
+        );
         t.a.on_disk_flush_done(ms(t.now), last_a, true);
         t.b.on_disk_flush_done(ms(t.now), last_b, true);
         t.step(t.now + 50);
-        assert_eq!((t.a.role(), t.b.role()), (Role::Secondary, Role::Primary), "{:?}", t.log);
+        assert_eq!(
+            (t.a.role(), t.b.role()),
+            (Role::Secondary, Role::Primary),
+            "{:?}",
+            t.log
+        );
     }
 }
 
@@ -1368,7 +1395,9 @@ fn write_zeroes_goes_as_one_frame_to_a_peer_that_announced_it() {
     let acts = admitted(&mut t.a, now);
     assert!(acts.contains(&Action::SubmitLocalWrite { id: 7 }));
     assert!(
-        !acts.iter().any(|a| matches!(a, Action::ReplicateWrite { .. })),
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::ReplicateWrite { .. })),
         "no zero bytes on the stream"
     );
     let frames = stream_frames(&acts);
@@ -1384,7 +1413,14 @@ fn write_zeroes_goes_as_one_frame_to_a_peer_that_announced_it() {
         }
     );
     // B zeroes its disk and acknowledges like a write.
-    t.b.on_stream_bytes(now, &Frame { body: zeroes.body.clone(), ..zeroes.clone() }.emit());
+    t.b.on_stream_bytes(
+        now,
+        &Frame {
+            body: zeroes.body.clone(),
+            ..zeroes.clone()
+        }
+        .emit(),
+    );
     let acts: Vec<Action> = t.b.drain_actions().collect();
     assert!(acts.contains(&Action::ApplyReplicatedZeroes {
         seq: zeroes.seq,
@@ -1401,8 +1437,15 @@ fn b_done_and_a_completes(t: &mut Trio, now: Instant, seq: u64, offset: u64, id:
     t.b.on_replicated_write_done(now, seq, offset, true);
     let acks = stream_frames(&t.b.drain_actions().collect::<Vec<_>>());
     assert_eq!(
-        acks.iter().map(|f| (f.seq, f.body.clone())).collect::<Vec<_>>(),
-        [(seq, Body::WriteAck { status: AckStatus::Ok })]
+        acks.iter()
+            .map(|f| (f.seq, f.body.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            seq,
+            Body::WriteAck {
+                status: AckStatus::Ok
+            }
+        )]
     );
     t.a.on_stream_bytes(now, &acks[0].emit());
     t.a.on_local_write_done(now, id, true);
@@ -1480,7 +1523,9 @@ fn deallocate_across_a_reconnection_waits_for_the_new_peers_hello_and_ack() {
     t.a.on_local_write_done(now, 9, true);
     let acts: Vec<Action> = t.a.drain_actions().collect();
     assert!(
-        !acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 9, .. })),
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::CompleteWrite { id: 9, .. })),
         "completed without the peer"
     );
     assert!(
@@ -1492,7 +1537,11 @@ fn deallocate_across_a_reconnection_waits_for_the_new_peers_hello_and_ack() {
     let rec = t.a.record();
     t.a.on_stream_bytes(now, &hello_from_b(&t, 3));
     let acts: Vec<Action> = t.a.drain_actions().collect();
-    assert!(!acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 9, .. })));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::CompleteWrite { id: 9, .. }))
+    );
     let frame = stream_frames(&acts)
         .into_iter()
         .find(|f| matches!(f.body, Body::Deallocate { .. }))
@@ -1534,7 +1583,9 @@ fn deallocate_with_a_peer_that_did_not_announce_it_touches_neither_disk() {
     assert!(
         !acts.iter().any(|a| matches!(
             a,
-            Action::SubmitLocalWrite { .. } | Action::ReplicateWrite { .. } | Action::SendStream { .. }
+            Action::SubmitLocalWrite { .. }
+                | Action::ReplicateWrite { .. }
+                | Action::SendStream { .. }
         )),
         "nothing to either disk"
     );
@@ -1553,7 +1604,10 @@ fn write_zeroes_goes_as_zero_data_to_a_peer_that_did_not_announce_it() {
     let prefix = acts
         .iter()
         .find_map(|a| match a {
-            Action::ReplicateWrite { id: 8, frame_prefix } => Some(frame_prefix.clone()),
+            Action::ReplicateWrite {
+                id: 8,
+                frame_prefix,
+            } => Some(frame_prefix.clone()),
             _ => None,
         })
         .expect("a Write of zeroes");
@@ -1597,7 +1651,12 @@ fn secondary_refuses_write_zeroes_from_a_lower_epoch_or_past_the_end() {
                 .iter()
                 .map(|f| (f.seq, f.body.clone()))
                 .collect::<Vec<_>>(),
-            [(seq, Body::WriteAck { status: AckStatus::Fenced })]
+            [(
+                seq,
+                Body::WriteAck {
+                    status: AckStatus::Fenced
+                }
+            )]
         );
     }
 }
@@ -1631,14 +1690,26 @@ fn a_peer_piling_up_overlapping_write_zeroes_gets_its_stream_closed() {
     b.drain_actions().for_each(drop);
     let mut closed_after = None;
     for seq in 2..3000 {
-        b.on_stream_bytes(now, &frame(seq, Body::WriteZeroes { offset: 0, len: 4096 }));
+        b.on_stream_bytes(
+            now,
+            &frame(
+                seq,
+                Body::WriteZeroes {
+                    offset: 0,
+                    len: 4096,
+                },
+            ),
+        );
         if b.drain_actions().any(|a| a == Action::CloseStream) {
             closed_after = Some(seq);
             break;
         }
     }
     let closed_after = closed_after.expect("the stream is closed");
-    assert!((1000..1100).contains(&closed_after), "closed after {closed_after} frames");
+    assert!(
+        (1000..1100).contains(&closed_after),
+        "closed after {closed_after} frames"
+    );
 }
 
 #[test]
@@ -1802,9 +1873,10 @@ fn write_through(t: &mut Trio, id: u64, offset: u64) -> Option<u64> {
         acts.extend(t.a.drain_actions());
     }
     let seq = acts.iter().find_map(|a| match a {
-        Action::ReplicateWrite { id: w, frame_prefix } if *w == id => Some(u64::from_be_bytes(
-            frame_prefix[24..32].try_into().unwrap(),
-        )),
+        Action::ReplicateWrite {
+            id: w,
+            frame_prefix,
+        } if *w == id => Some(u64::from_be_bytes(frame_prefix[24..32].try_into().unwrap())),
         _ => None,
     });
     t.a.on_local_write_done(now, id, true);
@@ -1911,14 +1983,13 @@ fn a_write_admitted_while_degraded_waits_for_the_peer_once_the_recovery_started(
     // W, admitted while B is Outdated and no recovery is under way: it
     // waits for its bitmap persist.
     t.a.host_write(now, 7, 4 * 65536, 4096, false).unwrap();
-    let generation = t
-        .a
-        .drain_actions()
-        .find_map(|a| match a {
-            Action::PersistBitmap { generation, .. } => Some(generation),
-            _ => None,
-        })
-        .expect("W's region is marked first");
+    let generation =
+        t.a.drain_actions()
+            .find_map(|a| match a {
+                Action::PersistBitmap { generation, .. } => Some(generation),
+                _ => None,
+            })
+            .expect("W's region is marked first");
     // Region 0 copied: the resync is done, the recovery starts.
     t.a.on_resync_read_done(now, 0, Some(&[7; 65536]));
     let ack = Frame {
@@ -1942,7 +2013,9 @@ fn a_write_admitted_while_degraded_waits_for_the_peer_once_the_recovery_started(
     t.a.on_local_write_done(now, 7, true);
     let acts: Vec<Action> = t.a.drain_actions().collect();
     assert!(
-        !acts.iter().any(|a| matches!(a, Action::CompleteWrite { id: 7, .. })),
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::CompleteWrite { id: 7, .. })),
         "W was acknowledged without B while B is about to be recorded UpToDate: {acts:?}"
     );
 }
@@ -2046,7 +2119,12 @@ fn unthrottled_writes_against_a_dead_peer_keep_the_stream_bounded() {
         for _ in 0..10 {
             let mut to_a = Vec::new();
             for a in t.w.drain_actions() {
-                if let Action::SendDatagram { to: NodeId::A, link, bytes } = a {
+                if let Action::SendDatagram {
+                    to: NodeId::A,
+                    link,
+                    bytes,
+                } = a
+                {
                     to_a.push((link, bytes));
                 }
             }
@@ -2056,9 +2134,11 @@ fn unthrottled_writes_against_a_dead_peer_keep_the_stream_bounded() {
             }
             for a in acts {
                 match a {
-                    Action::SendDatagram { to: NodeId::Witness, link, bytes } => {
-                        t.w.on_datagram(now, link, &bytes)
-                    }
+                    Action::SendDatagram {
+                        to: NodeId::Witness,
+                        link,
+                        bytes,
+                    } => t.w.on_datagram(now, link, &bytes),
                     Action::SendStream { bytes } => outbox += bytes.len() as u64,
                     Action::ReplicateWrite { frame_prefix, .. } => {
                         outbox += frame_prefix.len() as u64 + LEN
@@ -2087,7 +2167,11 @@ fn unthrottled_writes_against_a_dead_peer_keep_the_stream_bounded() {
         }
     }
     assert_eq!(t.a.role(), Role::Primary, "{:?}", t.log);
-    assert_eq!(t.a.record().outdated, Some(NodeId::B), "B recorded Outdated");
+    assert_eq!(
+        t.a.record().outdated,
+        Some(NodeId::B),
+        "B recorded Outdated"
+    );
     assert!(closed >= 1, "the stream that does not drain is given up");
     assert_eq!(t.a.counters().stream_overflows, 1);
     assert!(
@@ -2112,7 +2196,11 @@ fn a_write_stuck_during_a_recovery_ends_it_after_the_failure_timeout() {
         sender: NodeId::B,
         epoch: t.b.promised_epoch(),
         seq: 0,
-        body: Body::ResyncAck { offset: 0, len: 65536, status: AckStatus::Ok },
+        body: Body::ResyncAck {
+            offset: 0,
+            len: 65536,
+            status: AckStatus::Ok,
+        },
     };
     t.a.on_stream_bytes(now, &ack.emit());
     t.a.drain_actions().for_each(drop);
@@ -2121,11 +2209,19 @@ fn a_write_stuck_during_a_recovery_ends_it_after_the_failure_timeout() {
     write_through(&mut t, 7, 4 * 65536);
     assert_eq!(t.a.status(now).in_flight_writes, 1, "W waits for B");
     t.step(t.now + 90);
-    assert_eq!(t.a.status(ms(t.now)).in_flight_writes, 1, "not before the failure timeout");
+    assert_eq!(
+        t.a.status(ms(t.now)).in_flight_writes,
+        1,
+        "not before the failure timeout"
+    );
     assert_eq!(t.a.counters().stuck_recoveries, 0);
     t.step(t.now + 20);
     assert_eq!(t.a.counters().stuck_recoveries, 1, "{:?}", t.log);
-    assert_eq!(t.a.status(ms(t.now)).in_flight_writes, 0, "W completed on A alone");
+    assert_eq!(
+        t.a.status(ms(t.now)).in_flight_writes,
+        0,
+        "W completed on A alone"
+    );
     assert_eq!(t.a.role(), Role::Primary);
     assert_eq!(t.a.record().outdated, Some(NodeId::B));
 }

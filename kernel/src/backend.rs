@@ -25,7 +25,13 @@ pub struct Completion {
 pub trait BlockBackend<D: BlockQueue> {
     /// Takes a block request of `connection`. Its completion comes back from
     /// [`BlockBackend::take_completions`], possibly at once (a refusal).
-    fn submit(&mut self, disks: &mut [D], connection: ConnectionId, request: BlockRequest, now_micros: u64);
+    fn submit(
+        &mut self,
+        disks: &mut [D],
+        connection: ConnectionId,
+        request: BlockRequest,
+        now_micros: u64,
+    );
     /// The requests finished since the last call (after starting what was
     /// submitted, where the backend's own work allows).
     fn take_completions(&mut self, disks: &mut [D]) -> Vec<Completion>;
@@ -48,10 +54,23 @@ impl LocalDisks {
 }
 
 impl<D: BlockQueue> BlockBackend<D> for LocalDisks {
-    fn submit(&mut self, disks: &mut [D], connection: ConnectionId, request: BlockRequest, _now_micros: u64) {
-        let Some(disk) = (request.nsid as usize).checked_sub(1).and_then(|index| disks.get_mut(index)) else {
+    fn submit(
+        &mut self,
+        disks: &mut [D],
+        connection: ConnectionId,
+        request: BlockRequest,
+        _now_micros: u64,
+    ) {
+        let Some(disk) = (request.nsid as usize)
+            .checked_sub(1)
+            .and_then(|index| disks.get_mut(index))
+        else {
             let outcome = BlockOutcome::Failed(BlockError::NotReady);
-            self.refused.push(Completion { connection, request: request.id, outcome });
+            self.refused.push(Completion {
+                connection,
+                request: request.id,
+                outcome,
+            });
             return;
         };
         let tag = self.next_tag;
@@ -64,7 +83,9 @@ impl<D: BlockQueue> BlockBackend<D> for LocalDisks {
         let mut completions = core::mem::take(&mut self.refused);
         for (index, disk) in disks.iter_mut().enumerate() {
             for (tag, result) in disk.poll() {
-                let Some((connection, request)) = self.pending.remove(&tag) else { continue };
+                let Some((connection, request)) = self.pending.remove(&tag) else {
+                    continue;
+                };
                 let outcome = match result {
                     DiskResult::Done => BlockOutcome::Done,
                     DiskResult::ReadData(data) => BlockOutcome::ReadData(data),
@@ -73,7 +94,11 @@ impl<D: BlockQueue> BlockBackend<D> for LocalDisks {
                         BlockOutcome::Failed(BlockError::Media)
                     }
                 };
-                completions.push(Completion { connection, request, outcome });
+                completions.push(Completion {
+                    connection,
+                    request,
+                    outcome,
+                });
             }
         }
         completions

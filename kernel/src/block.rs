@@ -35,17 +35,30 @@ pub struct SectorRange {
 /// One disk request.
 #[derive(Debug)]
 pub enum DiskOp {
-    Read { sector: u64, bytes: usize },
+    Read {
+        sector: u64,
+        bytes: usize,
+    },
     /// With `flush_after` (forced unit access) the write completes only once
     /// it is durable.
-    Write { sector: u64, data: WriteData, flush_after: bool },
+    Write {
+        sector: u64,
+        data: WriteData,
+        flush_after: bool,
+    },
     /// Zero `sectors` sectors: the device's write-zeroes command where it
     /// has one, zero-filled writes otherwise. With `unmap` the device may
     /// deallocate them instead (they still read as zeroes).
-    Zero { sector: u64, sectors: u64, unmap: bool },
+    Zero {
+        sector: u64,
+        sectors: u64,
+        unmap: bool,
+    },
     /// The content of the ranges is no longer needed (NVMe Deallocate):
     /// the device's discard where it has one, nothing otherwise.
-    Discard { ranges: Vec<SectorRange> },
+    Discard {
+        ranges: Vec<SectorRange>,
+    },
     /// Makes every write completed before it durable.
     Flush,
 }
@@ -60,23 +73,40 @@ pub enum DiskResult {
 impl DiskOp {
     /// Reads `len` bytes at byte `offset`.
     pub fn read(offset: u64, len: usize) -> Self {
-        DiskOp::Read { sector: offset / SECTOR, bytes: len }
+        DiskOp::Read {
+            sector: offset / SECTOR,
+            bytes: len,
+        }
     }
 
     /// Writes `data` at byte `offset`.
     pub fn write(offset: u64, data: WriteData, flush_after: bool) -> Self {
-        DiskOp::Write { sector: offset / SECTOR, data, flush_after }
+        DiskOp::Write {
+            sector: offset / SECTOR,
+            data,
+            flush_after,
+        }
     }
 
     /// Zeroes `len` bytes at byte `offset`.
     pub fn zero(offset: u64, len: u64, unmap: bool) -> Self {
-        DiskOp::Zero { sector: offset / SECTOR, sectors: len / SECTOR, unmap }
+        DiskOp::Zero {
+            sector: offset / SECTOR,
+            sectors: len / SECTOR,
+            unmap,
+        }
     }
 
     /// Discards byte ranges given as (offset, len).
     pub fn discard(ranges: impl IntoIterator<Item = (u64, u64)>) -> Self {
         DiskOp::Discard {
-            ranges: ranges.into_iter().map(|(offset, len)| SectorRange { sector: offset / SECTOR, sectors: len / SECTOR }).collect(),
+            ranges: ranges
+                .into_iter()
+                .map(|(offset, len)| SectorRange {
+                    sector: offset / SECTOR,
+                    sectors: len / SECTOR,
+                })
+                .collect(),
         }
     }
 
@@ -84,11 +114,21 @@ impl DiskOp {
     pub fn from_block_op(op: BlockOp) -> Self {
         match op {
             BlockOp::Read { offset, len } => DiskOp::read(offset, len as usize),
-            BlockOp::Write { offset, data, force_unit_access } => DiskOp::write(offset, Rc::new(data), force_unit_access),
+            BlockOp::Write {
+                offset,
+                data,
+                force_unit_access,
+            } => DiskOp::write(offset, Rc::new(data), force_unit_access),
             BlockOp::Flush => DiskOp::Flush,
-            BlockOp::WriteZeroes { offset, len, deallocate } => DiskOp::zero(offset, len, deallocate),
+            BlockOp::WriteZeroes {
+                offset,
+                len,
+                deallocate,
+            } => DiskOp::zero(offset, len, deallocate),
             // The device discards them where it can (their content is unspecified either way).
-            BlockOp::Deallocate { ranges } => DiskOp::discard(ranges.iter().map(|range| (range.offset, range.len))),
+            BlockOp::Deallocate { ranges } => {
+                DiskOp::discard(ranges.iter().map(|range| (range.offset, range.len)))
+            }
         }
     }
 }
@@ -122,17 +162,69 @@ mod tests {
 
     #[test]
     fn nvme_block_ops_become_sector_addressed_disk_ops() {
-        let read = DiskOp::from_block_op(BlockOp::Read { offset: 8192, len: 4096 });
-        assert!(matches!(read, DiskOp::Read { sector: 16, bytes: 4096 }));
-        let write = DiskOp::from_block_op(BlockOp::Write { offset: 1024, data: alloc::vec![7; 512], force_unit_access: true });
-        assert!(matches!(write, DiskOp::Write { sector: 2, ref data, flush_after: true } if data.len() == 512));
-        let zero = DiskOp::from_block_op(BlockOp::WriteZeroes { offset: 512, len: 4096, deallocate: true });
-        assert!(matches!(zero, DiskOp::Zero { sector: 1, sectors: 8, unmap: true }));
-        let discard = DiskOp::from_block_op(BlockOp::Deallocate {
-            ranges: alloc::vec![ByteRange { offset: 0, len: 1024 }, ByteRange { offset: 4096, len: 512 }],
+        let read = DiskOp::from_block_op(BlockOp::Read {
+            offset: 8192,
+            len: 4096,
         });
-        let DiskOp::Discard { ranges } = discard else { panic!("a discard") };
-        assert_eq!(ranges, [SectorRange { sector: 0, sectors: 2 }, SectorRange { sector: 8, sectors: 1 }]);
-        assert!(matches!(DiskOp::from_block_op(BlockOp::Flush), DiskOp::Flush));
+        assert!(matches!(
+            read,
+            DiskOp::Read {
+                sector: 16,
+                bytes: 4096
+            }
+        ));
+        let write = DiskOp::from_block_op(BlockOp::Write {
+            offset: 1024,
+            data: alloc::vec![7; 512],
+            force_unit_access: true,
+        });
+        assert!(
+            matches!(write, DiskOp::Write { sector: 2, ref data, flush_after: true } if data.len() == 512)
+        );
+        let zero = DiskOp::from_block_op(BlockOp::WriteZeroes {
+            offset: 512,
+            len: 4096,
+            deallocate: true,
+        });
+        assert!(matches!(
+            zero,
+            DiskOp::Zero {
+                sector: 1,
+                sectors: 8,
+                unmap: true
+            }
+        ));
+        let discard = DiskOp::from_block_op(BlockOp::Deallocate {
+            ranges: alloc::vec![
+                ByteRange {
+                    offset: 0,
+                    len: 1024
+                },
+                ByteRange {
+                    offset: 4096,
+                    len: 512
+                }
+            ],
+        });
+        let DiskOp::Discard { ranges } = discard else {
+            panic!("a discard")
+        };
+        assert_eq!(
+            ranges,
+            [
+                SectorRange {
+                    sector: 0,
+                    sectors: 2
+                },
+                SectorRange {
+                    sector: 8,
+                    sectors: 1
+                }
+            ]
+        );
+        assert!(matches!(
+            DiskOp::from_block_op(BlockOp::Flush),
+            DiskOp::Flush
+        ));
     }
 }

@@ -184,19 +184,34 @@ impl AnaSetting {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { nics: [None; MAX_NICS], log_level: LevelFilter::Info, status_port: DEFAULT_STATUS_PORT, status_nics: None, nvme: NvmeSettings::default(), ha: HaSettings::default() }
+        Self {
+            nics: [None; MAX_NICS],
+            log_level: LevelFilter::Info,
+            status_port: DEFAULT_STATUS_PORT,
+            status_nics: None,
+            nvme: NvmeSettings::default(),
+            ha: HaSettings::default(),
+        }
     }
 }
 
 impl Config {
     /// Addressing of NIC `index` (DHCP unless configured).
     pub fn nic(&self, index: usize) -> NicAddressing {
-        self.nics.get(index).copied().flatten().unwrap_or(NicAddressing::Dhcp)
+        self.nics
+            .get(index)
+            .copied()
+            .flatten()
+            .unwrap_or(NicAddressing::Dhcp)
     }
 
     /// Indexes of NICs named on the command line.
     pub fn configured_nics(&self) -> impl Iterator<Item = usize> + '_ {
-        self.nics.iter().enumerate().filter(|(_, nic)| nic.is_some()).map(|(index, _)| index)
+        self.nics
+            .iter()
+            .enumerate()
+            .filter(|(_, nic)| nic.is_some())
+            .map(|(index, _)| index)
     }
 
     /// Whether NIC `index` serves the status port. Default: every NIC on a
@@ -232,35 +247,53 @@ impl Config {
                 .ok()
                 .filter(|index| *index < MAX_NICS)
                 .ok_or_else(|| ConfigError::unknown_key(key))?;
-            let addressing = parse_nic(value).ok_or_else(|| ConfigError::new(key, NIC_FORM, value))?;
+            let addressing =
+                parse_nic(value).ok_or_else(|| ConfigError::new(key, NIC_FORM, value))?;
             self.nics[index] = Some(addressing);
             return Ok(());
         }
         match key {
             "log" => {
-                self.log_level = parse_level(value).ok_or_else(|| ConfigError::new(key, LOG_FORM, value))?;
+                self.log_level =
+                    parse_level(value).ok_or_else(|| ConfigError::new(key, LOG_FORM, value))?;
             }
             "status_nics" => {
-                self.status_nics = Some(parse_nic_set(value).ok_or_else(|| ConfigError::new(key, "none, all, or net<N>[,net<N>...] with N 0-7", value))?);
+                self.status_nics = Some(parse_nic_set(value).ok_or_else(|| {
+                    ConfigError::new(key, "none, all, or net<N>[,net<N>...] with N 0-7", value)
+                })?);
             }
             "pair_key" => {
                 // The error says what is wrong with the value, never the value.
-                let key = tandem_ha::auth::PairKey::from_hex(value).map_err(|error| ConfigError {
-                    key: key.to_string(),
-                    expected: Some("64 hexadecimal digits (make one with `openssl rand -hex 32`)"),
-                    got: alloc::format!("a value that {}", match error {
-                        tandem_ha::auth::KeyError::Length(n) => alloc::format!("has {n} characters"),
-                        tandem_ha::auth::KeyError::NotHex(at) => alloc::format!("has a non-hexadecimal character at position {}", at + 1),
-                        tandem_ha::auth::KeyError::AllZero => "is all zeroes".to_string(),
-                    }),
-                })?;
+                let key =
+                    tandem_ha::auth::PairKey::from_hex(value).map_err(|error| ConfigError {
+                        key: key.to_string(),
+                        expected: Some(
+                            "64 hexadecimal digits (make one with `openssl rand -hex 32`)",
+                        ),
+                        got: alloc::format!(
+                            "a value that {}",
+                            match error {
+                                tandem_ha::auth::KeyError::Length(n) =>
+                                    alloc::format!("has {n} characters"),
+                                tandem_ha::auth::KeyError::NotHex(at) => alloc::format!(
+                                    "has a non-hexadecimal character at position {}",
+                                    at + 1
+                                ),
+                                tandem_ha::auth::KeyError::AllZero => "is all zeroes".to_string(),
+                            }
+                        ),
+                    })?;
                 self.ha.pair_key = Some(key);
             }
             "status_port" => {
-                self.status_port = value.parse().map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
+                self.status_port = value
+                    .parse()
+                    .map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
             }
             "nqn" => {
-                let valid = value.len() < 224 && value.starts_with("nqn.") && value != "nqn.2014-08.org.nvmexpress.discovery";
+                let valid = value.len() < 224
+                    && value.starts_with("nqn.")
+                    && value != "nqn.2014-08.org.nvmexpress.discovery";
                 if !valid {
                     return Err(ConfigError::new(key, NQN_FORM, value));
                 }
@@ -269,13 +302,21 @@ impl Config {
             "serial" => self.nvme.serial = ascii_field(key, value, 20)?,
             "model" => self.nvme.model = ascii_field(key, value, 40)?,
             "nvme_port" => {
-                self.nvme.port = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| ConfigError::new(key, "a TCP port 1-65535", value))?;
+                self.nvme.port = value
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| ConfigError::new(key, "a TCP port 1-65535", value))?;
             }
             "discovery_port" => {
-                self.nvme.discovery_port = value.parse().map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
+                self.nvme.discovery_port = value
+                    .parse()
+                    .map_err(|_| ConfigError::new(key, PORT_FORM, value))?;
             }
             "cntlid" => {
-                let range = value.split_once('-').and_then(|(low, high)| Some((low.parse::<u16>().ok()?, high.parse::<u16>().ok()?)));
+                let range = value.split_once('-').and_then(|(low, high)| {
+                    Some((low.parse::<u16>().ok()?, high.parse::<u16>().ok()?))
+                });
                 match range {
                     Some((low, high)) if low >= 1 && low <= high && high <= 0xffef => {
                         self.nvme.cntlid_min = low;
@@ -286,14 +327,26 @@ impl Config {
             }
             "hosts" => {
                 let hosts: Vec<String> = value.split(',').map(|h| h.to_string()).collect();
-                if hosts.iter().any(|h| !h.starts_with("nqn.") || h.len() > 223) {
-                    return Err(ConfigError::new(key, "NQN[,NQN...] (each starting with nqn.)", value));
+                if hosts
+                    .iter()
+                    .any(|h| !h.starts_with("nqn.") || h.len() > 223)
+                {
+                    return Err(ConfigError::new(
+                        key,
+                        "NQN[,NQN...] (each starting with nqn.)",
+                        value,
+                    ));
                 }
                 self.nvme.allowed_hosts = hosts;
             }
             "dhchap" => {
                 let host = parse_dhchap(value)?;
-                if self.nvme.dhchap_hosts.iter().any(|h| h.host_nqn == host.host_nqn) {
+                if self
+                    .nvme
+                    .dhchap_hosts
+                    .iter()
+                    .any(|h| h.host_nqn == host.host_nqn)
+                {
                     return Err(ConfigError::secret(key, "one dhchap= per host NQN"));
                 }
                 self.nvme.dhchap_hosts.push(host);
@@ -303,7 +356,13 @@ impl Config {
                     "sha256" => tandem_nvme::auth::HashId::Sha256,
                     "sha384" => tandem_nvme::auth::HashId::Sha384,
                     "sha512" => tandem_nvme::auth::HashId::Sha512,
-                    _ => return Err(ConfigError::new(key, "one of sha256, sha384, sha512", value)),
+                    _ => {
+                        return Err(ConfigError::new(
+                            key,
+                            "one of sha256, sha384, sha512",
+                            value,
+                        ));
+                    }
                 };
                 let hashes = &mut self.nvme.dhchap_preferences.hashes;
                 hashes.retain(|h| *h != hash);
@@ -311,25 +370,39 @@ impl Config {
             }
             "dhchap_dhgroup" => {
                 let group = tandem_nvme::auth::DhGroup::parse(value).ok_or_else(|| {
-                    ConfigError::new(key, "one of null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144, ffdhe8192", value)
+                    ConfigError::new(
+                        key,
+                        "one of null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144, ffdhe8192",
+                        value,
+                    )
                 })?;
                 let groups = &mut self.nvme.dhchap_preferences.groups;
                 groups.retain(|g| *g != group);
                 groups.insert(0, group);
             }
             "ana" => {
-                self.nvme.ana_state = AnaSetting::parse(value)
-                    .ok_or_else(|| ConfigError::new(key, "one of optimized, non-optimized, inaccessible", value))?;
+                self.nvme.ana_state = AnaSetting::parse(value).ok_or_else(|| {
+                    ConfigError::new(key, "one of optimized, non-optimized, inaccessible", value)
+                })?;
             }
             "ana_group" => {
-                self.nvme.ana_group = value.parse().ok().filter(|g| (1..=128).contains(g)).ok_or_else(|| ConfigError::new(key, "a group ID 1-128", value))?;
+                self.nvme.ana_group = value
+                    .parse()
+                    .ok()
+                    .filter(|g| (1..=128).contains(g))
+                    .ok_or_else(|| ConfigError::new(key, "a group ID 1-128", value))?;
             }
             "nguid" => {
-                self.nvme.nguid = Some(parse_hex16(value).ok_or_else(|| ConfigError::new(key, "32 hexadecimal digits", value))?);
+                self.nvme.nguid = Some(
+                    parse_hex16(value)
+                        .ok_or_else(|| ConfigError::new(key, "32 hexadecimal digits", value))?,
+                );
             }
             "peer" => {
                 let portals: Option<Vec<_>> = value.split(',').map(parse_portal).collect();
-                self.nvme.peer_portals = portals.ok_or_else(|| ConfigError::new(key, "A.B.C.D[:PORT][,A.B.C.D[:PORT]...]", value))?;
+                self.nvme.peer_portals = portals.ok_or_else(|| {
+                    ConfigError::new(key, "A.B.C.D[:PORT][,A.B.C.D[:PORT]...]", value)
+                })?;
             }
             "lba" => {
                 self.nvme.lba_bytes = match value {
@@ -339,7 +412,11 @@ impl Config {
                 };
             }
             "io_queues" => {
-                self.nvme.max_io_queues = value.parse().ok().filter(|q| (1..=64).contains(q)).ok_or_else(|| ConfigError::new(key, "a number 1-64", value))?;
+                self.nvme.max_io_queues = value
+                    .parse()
+                    .ok()
+                    .filter(|q| (1..=64).contains(q))
+                    .ok_or_else(|| ConfigError::new(key, "a number 1-64", value))?;
             }
             "role" => match value {
                 "witness" => self.ha.role = HaRole::Witness,
@@ -361,16 +438,27 @@ impl Config {
             "node_a_repl" => self.ha.node_replication_addresses[0] = Some(address_of(key, value)?),
             "node_b_repl" => self.ha.node_replication_addresses[1] = Some(address_of(key, value)?),
             "pair_id" => {
-                self.ha.pair_id = Some(value.parse().ok().filter(|id| *id != 0).ok_or_else(|| ConfigError::new(key, "a number 1-18446744073709551615", value))?);
+                self.ha.pair_id =
+                    Some(value.parse().ok().filter(|id| *id != 0).ok_or_else(|| {
+                        ConfigError::new(key, "a number 1-18446744073709551615", value)
+                    })?);
             }
             "hb_interval" => self.ha.heartbeat_interval_ms = milliseconds(key, value, 5, 10_000)?,
             "hb_timeout" => self.ha.failure_timeout_ms = milliseconds(key, value, 20, 60_000)?,
             "lease" => self.ha.lease_ms = milliseconds(key, value, 10, 60_000)?,
             "resync_rate" => {
-                self.ha.resync_mib_per_second = value.parse().ok().filter(|r| (1..=10_000).contains(r)).ok_or_else(|| ConfigError::new(key, "MiB/s, 1-10000", value))?;
+                self.ha.resync_mib_per_second = value
+                    .parse()
+                    .ok()
+                    .filter(|r| (1..=10_000).contains(r))
+                    .ok_or_else(|| ConfigError::new(key, "MiB/s, 1-10000", value))?;
             }
             "ha_port" => {
-                self.ha.control_port = value.parse().ok().filter(|p| *p > 1).ok_or_else(|| ConfigError::new(key, "a UDP port 2-65535", value))?;
+                self.ha.control_port = value
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 1)
+                    .ok_or_else(|| ConfigError::new(key, "a UDP port 2-65535", value))?;
             }
             _ => return Err(ConfigError::unknown_key(key)),
         }
@@ -383,18 +471,32 @@ impl Config {
         match ha.role {
             HaRole::Data(_) => {
                 if self.nvme.peer_portals.is_empty() {
-                    return Err(ConfigError::new("peer", "the peer's front-end address (required with node=)", ""));
+                    return Err(ConfigError::new(
+                        "peer",
+                        "the peer's front-end address (required with node=)",
+                        "",
+                    ));
                 }
                 if ha.pair_key.is_none() {
                     return Err(ConfigError::new("pair_key", PAIR_KEY_REQUIRED, ""));
                 }
-                if ha.lease_ms < 2 * ha.heartbeat_interval_ms || ha.failure_timeout_ms < 2 * ha.heartbeat_interval_ms {
-                    return Err(ConfigError::new("lease", "lease and hb_timeout of at least two hb_interval", ""));
+                if ha.lease_ms < 2 * ha.heartbeat_interval_ms
+                    || ha.failure_timeout_ms < 2 * ha.heartbeat_interval_ms
+                {
+                    return Err(ConfigError::new(
+                        "lease",
+                        "lease and hb_timeout of at least two hb_interval",
+                        "",
+                    ));
                 }
             }
             HaRole::Witness => {
                 if ha.node_addresses.iter().any(Option::is_none) {
-                    return Err(ConfigError::new("node_a", "node_a= and node_b= (the data nodes' front-end addresses) with role=witness", ""));
+                    return Err(ConfigError::new(
+                        "node_a",
+                        "node_a= and node_b= (the data nodes' front-end addresses) with role=witness",
+                        "",
+                    ));
                 }
                 if ha.pair_key.is_none() {
                     return Err(ConfigError::new("pair_key", PAIR_KEY_REQUIRED, ""));
@@ -421,7 +523,9 @@ fn parse_nic_set(value: &str) -> Option<u8> {
 }
 
 fn address_of(key: &str, value: &str) -> Result<[u8; 4], ConfigError> {
-    parse_ipv4(value).map(|a| a.octets()).ok_or_else(|| ConfigError::new(key, "an IPv4 address A.B.C.D", value))
+    parse_ipv4(value)
+        .map(|a| a.octets())
+        .ok_or_else(|| ConfigError::new(key, "an IPv4 address A.B.C.D", value))
 }
 
 fn milliseconds(key: &str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -429,14 +533,30 @@ fn milliseconds(key: &str, value: &str, min: u64, max: u64) -> Result<u64, Confi
         .parse()
         .ok()
         .filter(|ms| (min..=max).contains(ms))
-        .ok_or_else(|| ConfigError::new(key, if min < 10 { "milliseconds, 5-10000" } else if max == 60_000 && min == 20 { "milliseconds, 20-60000" } else { "milliseconds, 10-60000" }, value))
+        .ok_or_else(|| {
+            ConfigError::new(
+                key,
+                if min < 10 {
+                    "milliseconds, 5-10000"
+                } else if max == 60_000 && min == 20 {
+                    "milliseconds, 20-60000"
+                } else {
+                    "milliseconds, 10-60000"
+                },
+                value,
+            )
+        })
 }
 
 const NQN_FORM: &str = "an NQN starting with nqn. (at most 223 bytes)";
 
 fn ascii_field(key: &str, value: &str, max: usize) -> Result<String, ConfigError> {
     if value.is_empty() || value.len() > max || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        let expected = if max == 20 { "1-20 printable ASCII characters" } else { "1-40 printable ASCII characters" };
+        let expected = if max == 20 {
+            "1-20 printable ASCII characters"
+        } else {
+            "1-40 printable ASCII characters"
+        };
         return Err(ConfigError::new(key, expected, value));
     }
     Ok(value.to_string())
@@ -529,7 +649,12 @@ fn parse_nic(value: &str) -> Option<NicAddressing> {
         return None;
     }
     let prefix: u8 = prefix.parse().ok()?;
-    if prefix == 0 || prefix > 32 || address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
+    if prefix == 0
+        || prefix > 32
+        || address.is_unspecified()
+        || address.is_broadcast()
+        || address.is_multicast()
+    {
         return None;
     }
     let cidr = Ipv4Cidr::new(address, prefix);
@@ -538,7 +663,10 @@ fn parse_nic(value: &str) -> Option<NicAddressing> {
             return None;
         }
     }
-    Some(NicAddressing::Static { address: cidr, gateway })
+    Some(NicAddressing::Static {
+        address: cidr,
+        gateway,
+    })
 }
 
 /// A command-line key the image cannot use, and why.
@@ -552,23 +680,39 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: &str, expected: &'static str, got: &str) -> Self {
-        Self { key: key.to_string(), expected: Some(expected), got: got.to_string() }
+        Self {
+            key: key.to_string(),
+            expected: Some(expected),
+            got: got.to_string(),
+        }
     }
 
     /// An error about a value that holds a secret: the value is not shown.
     fn secret(key: &str, expected: &'static str) -> Self {
-        Self { key: key.to_string(), expected: Some(expected), got: String::from("<secret not shown>") }
+        Self {
+            key: key.to_string(),
+            expected: Some(expected),
+            got: String::from("<secret not shown>"),
+        }
     }
 
     fn unknown_key(key: &str) -> Self {
-        Self { key: key.to_string(), expected: None, got: String::new() }
+        Self {
+            key: key.to_string(),
+            expected: None,
+            got: String::new(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.expected {
-            Some(expected) => write!(f, "{}: expected {}, got \"{}\"", self.key, expected, self.got),
+            Some(expected) => write!(
+                f,
+                "{}: expected {}, got \"{}\"",
+                self.key, expected, self.got
+            ),
             None => write!(f, "{}: unknown key (see the README for the keys)", self.key),
         }
     }
@@ -589,7 +733,11 @@ fn parse_dhchap(value: &str) -> Result<tandem_nvme::auth::DhchapHost, ConfigErro
         return Err(ConfigError::secret(KEY, FORM));
     }
     if !nqn.starts_with("nqn.") || nqn.len() > 223 {
-        return Err(ConfigError::new(KEY, "a host NQN (starting with nqn.) first", nqn));
+        return Err(ConfigError::new(
+            KEY,
+            "a host NQN (starting with nqn.) first",
+            nqn,
+        ));
     }
     let secret = |text: &str, which: &'static str| {
         DhchapSecret::parse(text).map_err(|e| {
@@ -607,14 +755,24 @@ fn parse_dhchap(value: &str) -> Result<tandem_nvme::auth::DhchapHost, ConfigErro
     let host_secret = secret(host, "host")?;
     let ctrl_secret = ctrl.map(|c| secret(c, "controller")).transpose()?;
     if ctrl_secret.as_ref() == Some(&host_secret) {
-        return Err(ConfigError::secret(KEY, "a controller secret different from the host secret"));
+        return Err(ConfigError::secret(
+            KEY,
+            "a controller secret different from the host secret",
+        ));
     }
-    Ok(DhchapHost { host_nqn: nqn.to_string(), host_secret, ctrl_secret })
+    Ok(DhchapHost {
+        host_nqn: nqn.to_string(),
+        host_secret,
+        ctrl_secret,
+    })
 }
 
 /// The words of a command line, for the ready and status lines.
 pub fn describe(config: &Config) -> Vec<String> {
-    config.configured_nics().map(|index| alloc::format!("net{index}={}", config.nic(index))).collect()
+    config
+        .configured_nics()
+        .map(|index| alloc::format!("net{index}={}", config.nic(index)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -636,7 +794,9 @@ mod tests {
 
     #[test]
     fn static_addresses_with_and_without_gateway() {
-        let config = Config::parse("net0=10.0.0.1/24,gw=10.0.0.254  net1=192.168.77.2/30 net2=dhcp").unwrap();
+        let config =
+            Config::parse("net0=10.0.0.1/24,gw=10.0.0.254  net1=192.168.77.2/30 net2=dhcp")
+                .unwrap();
         assert_eq!(
             config.nic(0),
             NicAddressing::Static {
@@ -644,7 +804,13 @@ mod tests {
                 gateway: Some(Ipv4Address::from_octets([10, 0, 0, 254]))
             }
         );
-        assert_eq!(config.nic(1), NicAddressing::Static { address: cidr([192, 168, 77, 2], 30), gateway: None });
+        assert_eq!(
+            config.nic(1),
+            NicAddressing::Static {
+                address: cidr([192, 168, 77, 2], 30),
+                gateway: None
+            }
+        );
         assert_eq!(config.nic(2), NicAddressing::Dhcp);
         assert_eq!(config.configured_nics().collect::<Vec<_>>(), [0, 1, 2]);
     }
@@ -671,7 +837,10 @@ mod tests {
             let error = Config::parse(bad).unwrap_err();
             assert_eq!(error.key, "net0", "{bad}");
             let line = error.to_string();
-            assert!(line.starts_with("net0: expected dhcp or A.B.C.D/N[,gw=A.B.C.D], got \""), "{line}");
+            assert!(
+                line.starts_with("net0: expected dhcp or A.B.C.D/N[,gw=A.B.C.D], got \""),
+                "{line}"
+            );
         }
     }
 
@@ -680,9 +849,15 @@ mod tests {
         assert_eq!(Config::parse("net8=dhcp").unwrap_err().expected, None);
         assert_eq!(Config::parse("netx=dhcp").unwrap_err().expected, None);
         let error = Config::parse("colour=blue").unwrap_err();
-        assert_eq!(error.to_string(), "colour: unknown key (see the README for the keys)");
+        assert_eq!(
+            error.to_string(),
+            "colour: unknown key (see the README for the keys)"
+        );
         let error = Config::parse("quiet").unwrap_err();
-        assert_eq!(error.to_string(), "quiet: expected key=value, got \"quiet\"");
+        assert_eq!(
+            error.to_string(),
+            "quiet: expected key=value, got \"quiet\""
+        );
     }
 
     #[test]
@@ -691,8 +866,14 @@ mod tests {
         assert_eq!(config.log_level, LevelFilter::Debug);
         assert_eq!(config.status_port, 0);
         assert_eq!(Config::parse("log=loud").unwrap_err().key, "log");
-        assert_eq!(Config::parse("status_port=65536").unwrap_err().key, "status_port");
-        assert_eq!(Config::parse("status_port=-1").unwrap_err().key, "status_port");
+        assert_eq!(
+            Config::parse("status_port=65536").unwrap_err().key,
+            "status_port"
+        );
+        assert_eq!(
+            Config::parse("status_port=-1").unwrap_err().key,
+            "status_port"
+        );
     }
 
     #[test]
@@ -704,13 +885,22 @@ mod tests {
         .unwrap();
         let nvme = &config.nvme;
         assert_eq!(nvme.subsystem_nqn, "nqn.2026-11.io.example:vol");
-        assert_eq!((nvme.serial.as_str(), nvme.model.as_str()), ("ABC123", "box"));
+        assert_eq!(
+            (nvme.serial.as_str(), nvme.model.as_str()),
+            ("ABC123", "box")
+        );
         assert_eq!((nvme.port, nvme.discovery_port), (4421, 0));
         assert_eq!((nvme.cntlid_min, nvme.cntlid_max), (100, 199));
         assert_eq!(nvme.allowed_hosts, ["nqn.a", "nqn.b"]);
-        assert_eq!((nvme.ana_state, nvme.ana_group), (AnaSetting::Inaccessible, 2));
+        assert_eq!(
+            (nvme.ana_state, nvme.ana_group),
+            (AnaSetting::Inaccessible, 2)
+        );
         assert_eq!(nvme.nguid.unwrap()[15], 0xff);
-        assert_eq!(nvme.peer_portals, [([10, 0, 0, 2], 4420), ([10, 0, 0, 3], 4430)]);
+        assert_eq!(
+            nvme.peer_portals,
+            [([10, 0, 0, 2], 4420), ([10, 0, 0, 3], 4430)]
+        );
         assert_eq!((nvme.lba_bytes, nvme.max_io_queues), (4096, 4));
     }
 
@@ -752,9 +942,15 @@ mod tests {
         assert_eq!(nvme.dhchap_hosts[0].host_nqn, "nqn.h1");
         assert!(nvme.dhchap_hosts[0].ctrl_secret.is_none());
         assert!(nvme.dhchap_hosts[1].ctrl_secret.is_some());
-        assert_eq!(nvme.dhchap_preferences.hashes[0], tandem_nvme::auth::HashId::Sha512);
+        assert_eq!(
+            nvme.dhchap_preferences.hashes[0],
+            tandem_nvme::auth::HashId::Sha512
+        );
         assert_eq!(nvme.dhchap_preferences.hashes.len(), 3);
-        assert_eq!(nvme.dhchap_preferences.groups[0], tandem_nvme::auth::DhGroup::Null);
+        assert_eq!(
+            nvme.dhchap_preferences.groups[0],
+            tandem_nvme::auth::DhGroup::Null
+        );
     }
 
     #[test]
@@ -772,11 +968,26 @@ mod tests {
             let error = Config::parse(&word).unwrap_err();
             assert_eq!(error.key, "dhchap", "{word}");
             let shown = alloc::format!("{error}");
-            assert!(!shown.contains("AAEC") && !shown.contains("AQEC") && !shown.contains("AAED"), "{shown}");
+            assert!(
+                !shown.contains("AAEC") && !shown.contains("AQEC") && !shown.contains("AAED"),
+                "{shown}"
+            );
         }
-        assert!(alloc::format!("{}", Config::parse(&alloc::format!("dhchap=nqn.h1,{typo}")).unwrap_err()).contains("CRC"));
-        assert_eq!(Config::parse("dhchap_hash=md5").unwrap_err().key, "dhchap_hash");
-        assert_eq!(Config::parse("dhchap_dhgroup=ffdhe1024").unwrap_err().key, "dhchap_dhgroup");
+        assert!(
+            alloc::format!(
+                "{}",
+                Config::parse(&alloc::format!("dhchap=nqn.h1,{typo}")).unwrap_err()
+            )
+            .contains("CRC")
+        );
+        assert_eq!(
+            Config::parse("dhchap_hash=md5").unwrap_err().key,
+            "dhchap_hash"
+        );
+        assert_eq!(
+            Config::parse("dhchap_dhgroup=ffdhe1024").unwrap_err().key,
+            "dhchap_dhgroup"
+        );
     }
 
     #[test]
@@ -789,15 +1000,57 @@ mod tests {
         assert_eq!(config.ha.role, HaRole::Data(PairNode::B));
         assert_eq!(config.ha.peer_replication, Some([10, 78, 0, 1]));
         assert_eq!(config.ha.witness, Some([10, 77, 0, 3]));
-        assert_eq!((config.ha.heartbeat_interval_ms, config.ha.failure_timeout_ms, config.ha.lease_ms), (20, 300, 200));
-        assert_eq!((config.ha.pair_id, config.ha.resync_mib_per_second), (Some(7), 50));
-        let witness = Config::parse(&format!("role=witness node_a=10.77.0.1 node_b=10.77.0.2 pair_key={KEY}")).unwrap();
+        assert_eq!(
+            (
+                config.ha.heartbeat_interval_ms,
+                config.ha.failure_timeout_ms,
+                config.ha.lease_ms
+            ),
+            (20, 300, 200)
+        );
+        assert_eq!(
+            (config.ha.pair_id, config.ha.resync_mib_per_second),
+            (Some(7), 50)
+        );
+        let witness = Config::parse(&format!(
+            "role=witness node_a=10.77.0.1 node_b=10.77.0.2 pair_key={KEY}"
+        ))
+        .unwrap();
         witness.check_consistency().unwrap();
         assert_eq!(witness.ha.role, HaRole::Witness);
-        assert_eq!(Config::parse("role=witness").unwrap().check_consistency().unwrap_err().key, "node_a");
-        assert_eq!(Config::parse("node=a").unwrap().check_consistency().unwrap_err().key, "peer");
-        assert_eq!(Config::parse(&format!("node=a peer=10.0.0.2 hb_interval=300 pair_key={KEY}")).unwrap().check_consistency().unwrap_err().key, "lease");
-        for (word, key) in [("node=c", "node"), ("role=boss", "role"), ("witness=x", "witness"), ("hb_interval=1", "hb_interval"), ("pair_id=0", "pair_id")] {
+        assert_eq!(
+            Config::parse("role=witness")
+                .unwrap()
+                .check_consistency()
+                .unwrap_err()
+                .key,
+            "node_a"
+        );
+        assert_eq!(
+            Config::parse("node=a")
+                .unwrap()
+                .check_consistency()
+                .unwrap_err()
+                .key,
+            "peer"
+        );
+        assert_eq!(
+            Config::parse(&format!(
+                "node=a peer=10.0.0.2 hb_interval=300 pair_key={KEY}"
+            ))
+            .unwrap()
+            .check_consistency()
+            .unwrap_err()
+            .key,
+            "lease"
+        );
+        for (word, key) in [
+            ("node=c", "node"),
+            ("role=boss", "role"),
+            ("witness=x", "witness"),
+            ("hb_interval=1", "hb_interval"),
+            ("pair_id=0", "pair_id"),
+        ] {
             assert_eq!(Config::parse(word).unwrap_err().key, key, "{word}");
         }
     }
@@ -809,14 +1062,22 @@ mod tests {
         let data = Config::parse("node=a peer=10.0.0.2").unwrap();
         let error = data.check_consistency().unwrap_err();
         assert_eq!(error.key, "pair_key");
-        assert!(error.to_string().starts_with("pair_key: expected the pair's key, 64 hexadecimal digits"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("pair_key: expected the pair's key, 64 hexadecimal digits"),
+            "{error}"
+        );
         let witness = Config::parse("role=witness node_a=10.77.0.1 node_b=10.77.0.2").unwrap();
         assert_eq!(witness.check_consistency().unwrap_err().key, "pair_key");
         Config::parse("").unwrap().check_consistency().unwrap();
         // Bad keys: the line says what is wrong, not what was given.
         for (value, why) in [
             (&KEY[1..], "has 63 characters"),
-            (&"8f1c0a9e55d2b7346e01f3c2a9d8b7e6f5a4c3b2d1e0f9a8b7c6d5e4f3a2b1cz"[..], "non-hexadecimal character at position 64"),
+            (
+                &"8f1c0a9e55d2b7346e01f3c2a9d8b7e6f5a4c3b2d1e0f9a8b7c6d5e4f3a2b1cz"[..],
+                "non-hexadecimal character at position 64",
+            ),
             (&"0".repeat(64)[..], "is all zeroes"),
         ] {
             let error = Config::parse(&format!("pair_key={value}")).unwrap_err();
@@ -827,7 +1088,10 @@ mod tests {
         }
         let config = Config::parse(&format!("node=a peer=10.0.0.2 pair_key={KEY}")).unwrap();
         let shown = format!("{config:?}");
-        assert!(!shown.contains(&KEY[..16]) && !shown.contains("143, 28"), "{shown}");
+        assert!(
+            !shown.contains(&KEY[..16]) && !shown.contains("143, 28"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -838,12 +1102,35 @@ mod tests {
         assert!((0..MAX_NICS).all(|nic| !member.serves_status_on(nic)));
         let witness = Config::parse("role=witness").unwrap();
         assert!(!witness.serves_status_on(0));
-        let chosen = Config::parse(&format!("node=a pair_key={KEY} status_nics=net2,net0")).unwrap();
-        assert_eq!((0..4).map(|nic| chosen.serves_status_on(nic)).collect::<Vec<_>>(), [true, false, true, false]);
-        assert!(!Config::parse("status_nics=all status_port=0").unwrap().serves_status_on(0));
-        assert!(!Config::parse("status_nics=none").unwrap().serves_status_on(0));
-        assert!(Config::parse("role=witness status_nics=all").unwrap().serves_status_on(7));
-        for bad in ["status_nics=", "status_nics=eth0", "status_nics=net8", "status_nics=net0,"] {
+        let chosen =
+            Config::parse(&format!("node=a pair_key={KEY} status_nics=net2,net0")).unwrap();
+        assert_eq!(
+            (0..4)
+                .map(|nic| chosen.serves_status_on(nic))
+                .collect::<Vec<_>>(),
+            [true, false, true, false]
+        );
+        assert!(
+            !Config::parse("status_nics=all status_port=0")
+                .unwrap()
+                .serves_status_on(0)
+        );
+        assert!(
+            !Config::parse("status_nics=none")
+                .unwrap()
+                .serves_status_on(0)
+        );
+        assert!(
+            Config::parse("role=witness status_nics=all")
+                .unwrap()
+                .serves_status_on(7)
+        );
+        for bad in [
+            "status_nics=",
+            "status_nics=eth0",
+            "status_nics=net8",
+            "status_nics=net0,",
+        ] {
             assert_eq!(Config::parse(bad).unwrap_err().key, "status_nics", "{bad}");
         }
     }

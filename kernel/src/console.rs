@@ -7,7 +7,7 @@ use core::fmt;
 
 use log::LevelFilter;
 
-use crate::config::{parse_level, AnaSetting};
+use crate::config::{AnaSetting, parse_level};
 
 /// Longest line the console keeps; further bytes are dropped (and beeped).
 pub const MAX_LINE: usize = 256;
@@ -48,7 +48,10 @@ pub enum Command {
     Poweroff,
     Reboot,
     Nvme,
-    NvmeAna { group: u32, state: AnaSetting },
+    NvmeAna {
+        group: u32,
+        state: AnaSetting,
+    },
     Promote,
     Demote,
     Fence,
@@ -71,7 +74,10 @@ pub struct PatternRange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandError {
     Unknown(String),
-    BadArgument { command: &'static str, usage: &'static str },
+    BadArgument {
+        command: &'static str,
+        usage: &'static str,
+    },
 }
 
 impl fmt::Display for CommandError {
@@ -86,10 +92,17 @@ impl fmt::Display for CommandError {
 const LOG_USAGE: &str = "log <off|error|warn|info|debug|trace>";
 const DISK_USAGE: &str = "disk fill|verify <disk> <lba> <count 1-131072> <seed>";
 
-fn no_arguments(command: Command, name: &'static str, rest: &mut core::str::SplitAsciiWhitespace<'_>) -> Result<Command, CommandError> {
+fn no_arguments(
+    command: Command,
+    name: &'static str,
+    rest: &mut core::str::SplitAsciiWhitespace<'_>,
+) -> Result<Command, CommandError> {
     match rest.next() {
         None => Ok(command),
-        Some(_) => Err(CommandError::BadArgument { command: name, usage: name }),
+        Some(_) => Err(CommandError::BadArgument {
+            command: name,
+            usage: name,
+        }),
     }
 }
 
@@ -112,7 +125,10 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "verify" => no_arguments(Command::Verify, "verify", &mut words),
         "discard-my-data" => no_arguments(Command::Invalidate, "discard-my-data", &mut words),
         "log" => {
-            let bad = CommandError::BadArgument { command: "log", usage: LOG_USAGE };
+            let bad = CommandError::BadArgument {
+                command: "log",
+                usage: LOG_USAGE,
+            };
             let level = words.next().and_then(parse_level).ok_or(bad.clone())?;
             if words.next().is_some() {
                 return Err(bad);
@@ -124,7 +140,12 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         other => {
             let mut word = String::new();
             // Echo at most a screenful of the unknown word, printable only.
-            word.extend(other.chars().take(32).map(|c| if c.is_ascii_graphic() { c } else { '?' }));
+            word.extend(
+                other
+                    .chars()
+                    .take(32)
+                    .map(|c| if c.is_ascii_graphic() { c } else { '?' }),
+            );
             Err(CommandError::Unknown(word))
         }
     }
@@ -133,11 +154,18 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
 const NVME_USAGE: &str = "nvme | nvme ana <group> <optimized|non-optimized|inaccessible>";
 
 fn parse_nvme(words: &mut core::str::SplitAsciiWhitespace<'_>) -> Result<Command, CommandError> {
-    let bad = || CommandError::BadArgument { command: "nvme", usage: NVME_USAGE };
+    let bad = || CommandError::BadArgument {
+        command: "nvme",
+        usage: NVME_USAGE,
+    };
     match words.next() {
         None => Ok(Command::Nvme),
         Some("ana") => {
-            let group = words.next().and_then(|w| w.parse::<u32>().ok()).filter(|g| *g >= 1).ok_or_else(bad)?;
+            let group = words
+                .next()
+                .and_then(|w| w.parse::<u32>().ok())
+                .filter(|g| *g >= 1)
+                .ok_or_else(bad)?;
             let state = words.next().and_then(AnaSetting::parse).ok_or_else(bad)?;
             if words.next().is_some() {
                 return Err(bad());
@@ -149,9 +177,17 @@ fn parse_nvme(words: &mut core::str::SplitAsciiWhitespace<'_>) -> Result<Command
 }
 
 fn parse_disk(words: &mut core::str::SplitAsciiWhitespace<'_>) -> Result<Command, CommandError> {
-    let bad = || CommandError::BadArgument { command: "disk", usage: DISK_USAGE };
+    let bad = || CommandError::BadArgument {
+        command: "disk",
+        usage: DISK_USAGE,
+    };
     let action = words.next().ok_or_else(bad)?;
-    let mut number = || words.next().and_then(|w| w.parse::<u64>().ok()).ok_or_else(bad);
+    let mut number = || {
+        words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .ok_or_else(bad)
+    };
     let disk = number()?;
     let lba = number()?;
     let count = number()?;
@@ -159,7 +195,12 @@ fn parse_disk(words: &mut core::str::SplitAsciiWhitespace<'_>) -> Result<Command
     if words.next().is_some() || count == 0 || count > MAX_PATTERN_SECTORS || disk > 64 {
         return Err(bad());
     }
-    let range = PatternRange { disk: disk as usize, lba, count, seed };
+    let range = PatternRange {
+        disk: disk as usize,
+        lba,
+        count,
+        seed,
+    };
     match action {
         "fill" => Ok(Command::DiskFill(range)),
         "verify" => Ok(Command::DiskVerify(range)),
@@ -187,23 +228,38 @@ impl LineEditor {
         let after_cr = core::mem::replace(&mut self.last_was_cr, byte == b'\r');
         match byte {
             b'\n' if after_cr => EditorOutput::default(),
-            b'\r' | b'\n' => EditorOutput { echo: "\r\n", line: Some(core::mem::take(&mut self.line)) },
+            b'\r' | b'\n' => EditorOutput {
+                echo: "\r\n",
+                line: Some(core::mem::take(&mut self.line)),
+            },
             0x08 | 0x7f => {
                 if self.line.pop().is_some() {
-                    EditorOutput { echo: "\x08 \x08", line: None }
+                    EditorOutput {
+                        echo: "\x08 \x08",
+                        line: None,
+                    }
                 } else {
                     EditorOutput::default()
                 }
             }
             0x15 => {
                 self.line.clear();
-                EditorOutput { echo: "\r\n", line: None }
+                EditorOutput {
+                    echo: "\r\n",
+                    line: None,
+                }
             }
             0x20..=0x7e if self.line.len() < MAX_LINE => {
                 self.line.push(byte as char);
-                EditorOutput { echo: ECHO[(byte - 0x20) as usize], line: None }
+                EditorOutput {
+                    echo: ECHO[(byte - 0x20) as usize],
+                    line: None,
+                }
             }
-            0x20..=0x7e => EditorOutput { echo: "\x07", line: None },
+            0x20..=0x7e => EditorOutput {
+                echo: "\x07",
+                line: None,
+            },
             _ => EditorOutput::default(),
         }
     }
@@ -216,11 +272,11 @@ impl LineEditor {
 
 /// One-character strings for echoing printable ASCII without allocating.
 const ECHO: [&str; 95] = [
-    " ", "!", "\"", "#", "$", "%", "&", "'", "(", ")", "*", "+", ",", "-", ".", "/", "0", "1", "2", "3", "4",
-    "5", "6", "7", "8", "9", ":", ";", "<", "=", ">", "?", "@", "A", "B", "C", "D", "E", "F", "G", "H", "I",
-    "J", "K", "L", "M", "N", "O", "P", "Q", "R", "S", "T", "U", "V", "W", "X", "Y", "Z", "[", "\\", "]", "^",
-    "_", "`", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s",
-    "t", "u", "v", "w", "x", "y", "z", "{", "|", "}", "~",
+    " ", "!", "\"", "#", "$", "%", "&", "'", "(", ")", "*", "+", ",", "-", ".", "/", "0", "1", "2",
+    "3", "4", "5", "6", "7", "8", "9", ":", ";", "<", "=", ">", "?", "@", "A", "B", "C", "D", "E",
+    "F", "G", "H", "I", "J", "K", "L", "M", "N", "O", "P", "Q", "R", "S", "T", "U", "V", "W", "X",
+    "Y", "Z", "[", "\\", "]", "^", "_", "`", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k",
+    "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z", "{", "|", "}", "~",
 ];
 
 #[cfg(test)]
@@ -246,24 +302,43 @@ mod tests {
         assert_eq!(parse("unfence"), Ok(Command::Unfence));
         assert_eq!(parse("history"), Ok(Command::History));
         assert!(parse("promote now").is_err());
-        assert_eq!(parse("nvme ana 1 inaccessible"), Ok(Command::NvmeAna { group: 1, state: AnaSetting::Inaccessible }));
+        assert_eq!(
+            parse("nvme ana 1 inaccessible"),
+            Ok(Command::NvmeAna {
+                group: 1,
+                state: AnaSetting::Inaccessible
+            })
+        );
         assert!(parse("nvme ana 0 optimized").is_err());
         assert!(parse("nvme ana 1 change").is_err());
         assert!(parse("nvme ana 1").is_err());
         assert!(parse("nvme list").is_err());
         assert_eq!(
             parse("disk fill 0 8 16 42"),
-            Ok(Command::DiskFill(PatternRange { disk: 0, lba: 8, count: 16, seed: 42 }))
+            Ok(Command::DiskFill(PatternRange {
+                disk: 0,
+                lba: 8,
+                count: 16,
+                seed: 42
+            }))
         );
         assert_eq!(
             parse("disk verify 1 0 1 0"),
-            Ok(Command::DiskVerify(PatternRange { disk: 1, lba: 0, count: 1, seed: 0 }))
+            Ok(Command::DiskVerify(PatternRange {
+                disk: 1,
+                lba: 0,
+                count: 1,
+                seed: 0
+            }))
         );
     }
 
     #[test]
     fn errors_are_one_line_and_specific() {
-        assert_eq!(parse("frobnicate now").unwrap_err().to_string(), "unknown command 'frobnicate' (try 'help')");
+        assert_eq!(
+            parse("frobnicate now").unwrap_err().to_string(),
+            "unknown command 'frobnicate' (try 'help')"
+        );
         assert_eq!(
             parse("log loud").unwrap_err().to_string(),
             "log: usage: log <off|error|warn|info|debug|trace>"
@@ -277,7 +352,10 @@ mod tests {
         assert!(parse("disk fill 0 0 1").is_err());
         assert!(parse("disk fill 0 -1 1 1").is_err());
         let unknown = parse("\u{1b}[A").unwrap_err().to_string();
-        assert!(!unknown.contains('\u{1b}'), "control characters are not echoed back");
+        assert!(
+            !unknown.contains('\u{1b}'),
+            "control characters are not echoed back"
+        );
         for error in [parse("x").unwrap_err(), parse("disk").unwrap_err()] {
             assert!(!error.to_string().contains('\n'));
         }
@@ -290,7 +368,10 @@ mod tests {
     #[test]
     fn editor_handles_crlf_backspace_and_overflow() {
         let mut editor = LineEditor::default();
-        assert_eq!(feed_all(&mut editor, b"statx\x7fus\r\nhelp\n\r"), ["status", "help", ""]);
+        assert_eq!(
+            feed_all(&mut editor, b"statx\x7fus\r\nhelp\n\r"),
+            ["status", "help", ""]
+        );
         assert_eq!(feed_all(&mut editor, b"abc\x15log\r"), ["log"]);
         let long = [b'a'; MAX_LINE + 50];
         let lines = feed_all(&mut editor, &long);
@@ -298,6 +379,9 @@ mod tests {
         assert_eq!(editor.pending().len(), MAX_LINE);
         assert_eq!(editor.feed(b'a').echo, "\x07");
         assert_eq!(feed_all(&mut editor, b"\r")[0].len(), MAX_LINE);
-        assert_eq!(feed_all(&mut editor, &[0x00, 0x1b, 0xff, b'x', b'\r']), ["x"]);
+        assert_eq!(
+            feed_all(&mut editor, &[0x00, 0x1b, 0xff, b'x', b'\r']),
+            ["x"]
+        );
     }
 }

@@ -19,7 +19,10 @@ impl Log for ConsoleLogger {
         }
         // Libraries' informational chatter (virtio feature lists, DHCP
         // details) only shows at debug level and above.
-        if !record.target().starts_with("tandem") && record.level() > Level::Warn && log::max_level() < LevelFilter::Debug {
+        if !record.target().starts_with("tandem")
+            && record.level() > Level::Warn
+            && log::max_level() < LevelFilter::Debug
+        {
             return;
         }
         let micros = clock::now_micros();

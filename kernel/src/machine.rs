@@ -70,7 +70,10 @@ fn instant(micros: u64) -> Instant {
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    )
 }
 
 impl Machine {
@@ -89,21 +92,36 @@ impl Machine {
             match device.kind {
                 DeviceType::Network => {
                     let index = nets.len();
-                    let name: &'static str = alloc::boxed::Box::leak(format!("net{index}").into_boxed_str());
+                    let name: &'static str =
+                        alloc::boxed::Box::leak(format!("net{index}").into_boxed_str());
                     match NetQueues::new(device.transport.clone()) {
                         Ok(queues) => {
                             let nic = FrameDevice::new(queues);
                             let mac = nic.mac_address();
                             let addressing = config.nic(index);
-                            log::info!("{name}: virtio-net at {} mac {} irq {} {}", device.location, mac_text(mac), device.irq, addressing);
-                            let nic = Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
-                            let status = config
-                                .serves_status_on(index)
-                                .then(|| Listener::new(config.status_port, STATUS_CONNECTIONS, STATUS_BUFFER_BYTES));
+                            log::info!(
+                                "{name}: virtio-net at {} mac {} irq {} {}",
+                                device.location,
+                                mac_text(mac),
+                                device.irq,
+                                addressing
+                            );
+                            let nic =
+                                Nic::new(name, nic, mac, addressing, instant(clock::now_micros()));
+                            let status = config.serves_status_on(index).then(|| {
+                                Listener::new(
+                                    config.status_port,
+                                    STATUS_CONNECTIONS,
+                                    STATUS_BUFFER_BYTES,
+                                )
+                            });
                             nets.push(NetPort::new(nic, status));
                             net_transports.push(device.transport);
                         }
-                        Err(error) => println!("tandem: error: {name}: virtio-net at {} failed: {error:?}", device.location),
+                        Err(error) => println!(
+                            "tandem: error: {name}: virtio-net at {} failed: {error:?}",
+                            device.location
+                        ),
                     }
                 }
                 DeviceType::Block => {
@@ -119,7 +137,10 @@ impl Machine {
                             );
                             disks.push(disk);
                         }
-                        Err(error) => println!("tandem: error: disk{index}: virtio-blk at {} failed: {error:?}", device.location),
+                        Err(error) => println!(
+                            "tandem: error: disk{index}: virtio-blk at {} failed: {error:?}",
+                            device.location
+                        ),
                     }
                 }
                 _ => {}
@@ -127,12 +148,30 @@ impl Machine {
         }
         for index in config.configured_nics() {
             if index >= nets.len() {
-                log::warn!("net{index} is configured but the machine has only {} NIC(s)", nets.len());
+                log::warn!(
+                    "net{index} is configured but the machine has only {} NIC(s)",
+                    nets.len()
+                );
             }
         }
         cpu::unmask_irq(serial::COM1_IRQ);
         cpu::start_tick();
-        Self { nets, net_transports, disks, editor: LineEditor::default(), ready: false, started_micros, config, nvme: None, local_disks: LocalDisks::new(), pair: None, irq_rounds: [0; 16], loop_time: LoopTime::default(), halted_micros: 0, next_link_check_micros: 0 }
+        Self {
+            nets,
+            net_transports,
+            disks,
+            editor: LineEditor::default(),
+            ready: false,
+            started_micros,
+            config,
+            nvme: None,
+            local_disks: LocalDisks::new(),
+            pair: None,
+            irq_rounds: [0; 16],
+            loop_time: LoopTime::default(),
+            halted_micros: 0,
+            next_link_check_micros: 0,
+        }
     }
 
     pub fn run(mut self) -> ! {
@@ -159,7 +198,9 @@ impl Machine {
                 cpu::end_slave_interrupts(irqs);
             }
             let mut busy = false;
-            if irqs & (1 << serial::COM1_IRQ) != 0 || now.saturating_sub(last_console_micros) >= CONSOLE_POLL_MICROS {
+            if irqs & (1 << serial::COM1_IRQ) != 0
+                || now.saturating_sub(last_console_micros) >= CONSOLE_POLL_MICROS
+            {
                 last_console_micros = now;
                 busy |= self.poll_console();
             }
@@ -175,12 +216,16 @@ impl Machine {
                 let started = profile::now_nanos();
                 busy |= nvme.poll(&mut self.nets, backend, &mut self.disks, now);
                 self.loop_time.nvme.add_since(started, 0);
-                if let (Some(Pair::Data(pair)), Some(disk)) = (self.pair.as_mut(), self.disks.first_mut()) {
+                if let (Some(Pair::Data(pair)), Some(disk)) =
+                    (self.pair.as_mut(), self.disks.first_mut())
+                {
                     if now >= self.next_link_check_micros {
                         self.next_link_check_micros = now + LINK_CHECK_MICROS;
                         let nics = pair.front_end_nics(&self.nets);
                         if !nics.is_empty() {
-                            let up = nics.iter().any(|&nic| self.net_transports[nic].net_link_up());
+                            let up = nics
+                                .iter()
+                                .any(|&nic| self.net_transports[nic].net_link_up());
                             pair.set_front_end_link(up, &mut serial::Console, now);
                         }
                     }
@@ -259,10 +304,15 @@ impl Machine {
     /// The status port: every connection gets the status text, then a close.
     fn serve_status(&mut self, index: usize) -> bool {
         let port = &mut self.nets[index];
-        let Some(listener) = port.status.as_mut() else { return false };
+        let Some(listener) = port.status.as_mut() else {
+            return false;
+        };
         let sockets = port.nic.sockets_mut();
         port.status_connections.retain(|handle| {
-            let closed = matches!(sockets.get::<tcp::Socket>(*handle).state(), tcp::State::Closed | tcp::State::TimeWait);
+            let closed = matches!(
+                sockets.get::<tcp::Socket>(*handle).state(),
+                tcp::State::Closed | tcp::State::TimeWait
+            );
             if closed {
                 sockets.remove(*handle);
             }
@@ -280,7 +330,9 @@ impl Machine {
         for handle in accepted {
             let socket = sockets.get_mut::<tcp::Socket>(handle);
             let bytes = text.as_bytes();
-            let sent = socket.send_slice(&bytes[..bytes.len().min(STATUS_BUFFER_BYTES)]).unwrap_or(0);
+            let sent = socket
+                .send_slice(&bytes[..bytes.len().min(STATUS_BUFFER_BYTES)])
+                .unwrap_or(0);
             if sent < bytes.len() {
                 log::debug!("status text cut at {sent} bytes");
             }
@@ -326,7 +378,13 @@ impl Machine {
         match self.config.ha.role {
             HaRole::Standalone => {}
             HaRole::Witness => {
-                match WitnessMember::start(&self.config, &mut self.nets, now, clock::boot_stamp(), &clock::boot_entropy()) {
+                match WitnessMember::start(
+                    &self.config,
+                    &mut self.nets,
+                    now,
+                    clock::boot_stamp(),
+                    &clock::boot_entropy(),
+                ) {
                     Ok(witness) => self.pair = Some(Pair::Witness(witness)),
                     Err(error) => println!("tandem: error: the witness cannot start: {error}"),
                 }
@@ -334,10 +392,21 @@ impl Machine {
             }
             HaRole::Data(node) => {
                 let Some(disk) = self.disks.first_mut() else {
-                    println!("tandem: error: node={} needs a disk (disk0) for the pair's data", if node == PairNode::A { "a" } else { "b" });
+                    println!(
+                        "tandem: error: node={} needs a disk (disk0) for the pair's data",
+                        if node == PairNode::A { "a" } else { "b" }
+                    );
                     return;
                 };
-                match DataPair::start(&self.config, node, &mut self.nets, disk, now, clock::boot_stamp(), &clock::boot_entropy()) {
+                match DataPair::start(
+                    &self.config,
+                    node,
+                    &mut self.nets,
+                    disk,
+                    now,
+                    clock::boot_stamp(),
+                    &clock::boot_entropy(),
+                ) {
                     Ok(pair) => {
                         pair_data_bytes = Some(pair.data_bytes());
                         self.pair = Some(Pair::Data(pair));
@@ -352,7 +421,14 @@ impl Machine {
             }
         }
         let crc32c = crc::has_sse42().then(|| Crc32c::with_update(crc::update));
-        match NvmeService::new(&nvme_settings, &self.nets, &self.disks, used + free, pair_data_bytes, crc32c) {
+        match NvmeService::new(
+            &nvme_settings,
+            &self.nets,
+            &self.disks,
+            used + free,
+            pair_data_bytes,
+            crc32c,
+        ) {
             Ok(mut service) => {
                 service.seed_random(&clock::boot_entropy());
                 self.nvme = Some(service);
@@ -399,13 +475,26 @@ impl Machine {
                 None => println!("error: nvme: the target is not running"),
             },
             Ok(Command::NvmeAna { group, state }) => match self.nvme.as_mut() {
-                Some(nvme) => match nvme.target_mut().set_ana_state(group, storage::ana_state(state)) {
-                    Ok(()) => println!("nvme: ANA group {group} is now {}", storage::ana_state(state).name()),
+                Some(nvme) => match nvme
+                    .target_mut()
+                    .set_ana_state(group, storage::ana_state(state))
+                {
+                    Ok(()) => println!(
+                        "nvme: ANA group {group} is now {}",
+                        storage::ana_state(state).name()
+                    ),
                     Err(error) => println!("error: nvme ana: {error}"),
                 },
                 None => println!("error: nvme: the target is not running"),
             },
-            Ok(command @ (Command::Promote | Command::Demote | Command::Fence | Command::Unfence | Command::Invalidate | Command::Verify)) => self.pair_command(command),
+            Ok(
+                command @ (Command::Promote
+                | Command::Demote
+                | Command::Fence
+                | Command::Unfence
+                | Command::Invalidate
+                | Command::Verify),
+            ) => self.pair_command(command),
             Ok(Command::History) => match self.pair.as_ref() {
                 Some(Pair::Data(pair)) => print!("{}", pair.history()),
                 _ => println!("error: history: this machine is not a data node of a pair"),
@@ -443,7 +532,12 @@ impl Machine {
             free,
             cpu::wakeups()
         );
-        for (line, rounds) in self.irq_rounds.iter().enumerate().filter(|(_, rounds)| **rounds > 0) {
+        for (line, rounds) in self
+            .irq_rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, rounds)| **rounds > 0)
+        {
             let _ = write!(text, " irq{line}={rounds}");
         }
         text.push('\n');
@@ -462,8 +556,15 @@ impl Machine {
                 port.nic.name(),
                 mac_text(port.nic.device().mac_address()),
                 address,
-                port.nic.gateway().map(|g| format!("{g}")).unwrap_or_else(|| String::from("none")),
-                if transport.net_link_up() { "up" } else { "down" },
+                port.nic
+                    .gateway()
+                    .map(|g| format!("{g}"))
+                    .unwrap_or_else(|| String::from("none")),
+                if transport.net_link_up() {
+                    "up"
+                } else {
+                    "down"
+                },
                 counters.rx_packets.get(),
                 counters.rx_bytes.get(),
                 counters.tx_packets.get(),
@@ -499,11 +600,25 @@ impl Machine {
 
     fn disk_pattern(&mut self, range: PatternRange, write: bool) {
         let Some(disk) = self.disks.get_mut(range.disk) else {
-            println!("error: disk: no disk {} (the machine has {})", range.disk, self.disks.len());
+            println!(
+                "error: disk: no disk {} (the machine has {})",
+                range.disk,
+                self.disks.len()
+            );
             return;
         };
-        let Some(end) = range.lba.checked_add(range.count).filter(|end| *end <= disk.sectors()) else {
-            println!("error: disk: sectors {}..{} are beyond disk {} ({} sectors)", range.lba, range.lba.saturating_add(range.count), range.disk, disk.sectors());
+        let Some(end) = range
+            .lba
+            .checked_add(range.count)
+            .filter(|end| *end <= disk.sectors())
+        else {
+            println!(
+                "error: disk: sectors {}..{} are beyond disk {} ({} sectors)",
+                range.lba,
+                range.lba.saturating_add(range.count),
+                range.disk,
+                disk.sectors()
+            );
             return;
         };
         if write && disk.read_only() {
@@ -520,17 +635,27 @@ impl Machine {
                     pattern::fill_sector(sector, range.seed, lba + offset as u64);
                 }
                 if let Err(error) = disk.write_now(lba, bytes) {
-                    println!("error: disk {}: write at lba {lba} failed: {error:?}", range.disk);
+                    println!(
+                        "error: disk {}: write at lba {lba} failed: {error:?}",
+                        range.disk
+                    );
                     return;
                 }
             } else {
                 if let Err(error) = disk.read_now(lba, bytes) {
-                    println!("error: disk {}: read at lba {lba} failed: {error:?}", range.disk);
+                    println!(
+                        "error: disk {}: read at lba {lba} failed: {error:?}",
+                        range.disk
+                    );
                     return;
                 }
                 for (offset, sector) in bytes.chunks_exact(pattern::SECTOR_BYTES).enumerate() {
                     if !pattern::sector_matches(sector, range.seed, lba + offset as u64) {
-                        println!("disk {}: mismatch at lba {}", range.disk, lba + offset as u64);
+                        println!(
+                            "disk {}: mismatch at lba {}",
+                            range.disk,
+                            lba + offset as u64
+                        );
                         return;
                     }
                 }

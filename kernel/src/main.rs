@@ -34,9 +34,11 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     tandem_kernel::profile::install_clock(hw::clock::now_nanos);
     logger::init();
 
-    let Some(heap) =
-        hw::memory::choose_heap(boot.usable_memory(), tandem_boot::image_start(), tandem_boot::image_end())
-    else {
+    let Some(heap) = hw::memory::choose_heap(
+        boot.usable_memory(),
+        tandem_boot::image_start(),
+        tandem_boot::image_end(),
+    ) else {
         let _ = writeln!(EmergencyConsole, "tandem: no usable RAM above the image");
         power::fail(FailureExit::Config)
     };
@@ -47,7 +49,9 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         hw::memory::init_heap(heap)
     };
 
-    let config = match tandem_kernel::config::Config::parse(boot.cmdline()).and_then(|c| c.check_consistency().map(|()| c)) {
+    let config = match tandem_kernel::config::Config::parse(boot.cmdline())
+        .and_then(|c| c.check_consistency().map(|()| c))
+    {
         Ok(config) => config,
         Err(error) => {
             println!("tandem: config error: {error}");
@@ -68,8 +72,12 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     );
     // The pair's leases assume clocks within 0.1 % of each other's rate.
     match hw::clock::tsc_error_ppm() {
-        u64::MAX => log::warn!("the TSC rate could not be measured against the PIT: timers and leases may be off"),
-        ppm if ppm > 1000 => log::warn!("the TSC rate is known only within {ppm} ppm: timers and leases may be off"),
+        u64::MAX => log::warn!(
+            "the TSC rate could not be measured against the PIT: timers and leases may be off"
+        ),
+        ppm if ppm > 1000 => {
+            log::warn!("the TSC rate is known only within {ppm} ppm: timers and leases may be off")
+        }
         _ => {}
     }
     hw::cpu::init_pic();

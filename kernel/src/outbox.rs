@@ -14,7 +14,8 @@ static ZEROES: [u8; 4096] = [0; 4096];
 /// `len` zero bytes as slices of a static buffer (for what reads a run of
 /// zeroes without its being allocated: a MAC).
 pub fn zeroes<'a>(len: usize) -> impl Iterator<Item = &'a [u8]> {
-    (0..len.div_ceil(ZEROES.len())).map(move |index| &ZEROES[..(len - index * ZEROES.len()).min(ZEROES.len())])
+    (0..len.div_ceil(ZEROES.len()))
+        .map(move |index| &ZEROES[..(len - index * ZEROES.len()).min(ZEROES.len())])
 }
 
 /// One piece of the stream.
@@ -82,7 +83,11 @@ impl Outbox {
         if let Some(front) = self.chunks.front()
             && self.sent >= front.len()
         {
-            debug_assert_eq!(self.sent, front.len(), "more sent than the front chunk held");
+            debug_assert_eq!(
+                self.sent,
+                front.len(),
+                "more sent than the front chunk held"
+            );
             self.chunks.pop_front();
             self.sent = 0;
         }
@@ -133,7 +138,11 @@ mod tests {
         let data: WriteData = Rc::new(vec![7; 4096]);
         let mut outbox = Outbox::default();
         outbox.push(Chunk::Shared(data.clone()));
-        assert_eq!(outbox.front().as_ptr(), data.as_ptr(), "sent from the shared buffer, not a copy");
+        assert_eq!(
+            outbox.front().as_ptr(),
+            data.as_ptr(),
+            "sent from the shared buffer, not a copy"
+        );
         assert_eq!(Rc::strong_count(&data), 2);
         outbox.advance(4096);
         assert_eq!(Rc::strong_count(&data), 1, "released once sent");
@@ -144,7 +153,11 @@ mod tests {
         for len in [0, 1, 4095, 4096, 4097, 10_000] {
             let slices: Vec<&[u8]> = zeroes(len).collect();
             assert_eq!(slices.iter().map(|s| s.len()).sum::<usize>(), len);
-            assert!(slices.iter().all(|s| !s.is_empty() && s.iter().all(|b| *b == 0)));
+            assert!(
+                slices
+                    .iter()
+                    .all(|s| !s.is_empty() && s.iter().all(|b| *b == 0))
+            );
         }
     }
 

@@ -14,10 +14,10 @@ use core::fmt::Write;
 use tandem_ha::announce::{Announcement, ArpSchedule, GateView, OwnAddressGate, QuietReason};
 use tandem_ha::node::Status;
 use tandem_ha::{Duration, Instant};
+use tandem_net::FrameQueues;
 use tandem_net::frames;
 use tandem_net::smoltcp::time::Instant as NetInstant;
 use tandem_net::smoltcp::wire::Ipv4Address;
-use tandem_net::FrameQueues;
 
 use crate::config::Config;
 use crate::port::NetPort;
@@ -40,9 +40,21 @@ pub struct OwnAddresses {
 
 impl OwnAddresses {
     pub fn new(config: &Config) -> Self {
-        let mut members: Vec<Ipv4Address> = config.nvme.peer_portals.iter().map(|(address, _)| Ipv4Address::from_octets(*address)).collect();
+        let mut members: Vec<Ipv4Address> = config
+            .nvme
+            .peer_portals
+            .iter()
+            .map(|(address, _)| Ipv4Address::from_octets(*address))
+            .collect();
         members.extend(
-            [config.ha.peer_replication, config.ha.witness, config.ha.witness_replication].into_iter().flatten().map(Ipv4Address::from_octets),
+            [
+                config.ha.peer_replication,
+                config.ha.witness,
+                config.ha.witness_replication,
+            ]
+            .into_iter()
+            .flatten()
+            .map(Ipv4Address::from_octets),
         );
         Self {
             gate: OwnAddressGate::new(),
@@ -60,11 +72,19 @@ impl OwnAddresses {
     /// Announces the node's own addresses on the locktime schedule (from
     /// now), unless the gate is shut; a new start replaces one under way.
     pub fn announce(&mut self, now_micros: u64) {
-        self.announcement = Some(Announcement::start(self.schedule, Instant::from_micros(now_micros)));
+        self.announcement = Some(Announcement::start(
+            self.schedule,
+            Instant::from_micros(now_micros),
+        ));
     }
 
     /// Every round of the loop: conflicts the NICs saw, a gap in the loop.
-    pub fn watch<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write, now_micros: u64) -> bool {
+    pub fn watch<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        console: &mut dyn Write,
+        now_micros: u64,
+    ) -> bool {
         let now = Instant::from_micros(now_micros);
         if !self.guarded {
             self.guarded = true;
@@ -81,7 +101,11 @@ impl OwnAddresses {
             if self.gate.open() {
                 self.gate.on_gap(now, gap, self.failure_timeout);
                 if !self.gate.open() {
-                    let _ = writeln!(console, "tandem: did not run for {} ms: own addresses quiet until the pair is heard", gap.as_millis());
+                    let _ = writeln!(
+                        console,
+                        "tandem: did not run for {} ms: own addresses quiet until the pair is heard",
+                        gap.as_millis()
+                    );
                     busy = true;
                 }
             }
@@ -101,7 +125,10 @@ impl OwnAddresses {
                 busy = true;
             }
         }
-        self.withheld = nets.iter().map(|port| port.nic.device().counters().arp_withheld.get()).sum();
+        self.withheld = nets
+            .iter()
+            .map(|port| port.nic.device().counters().arp_withheld.get())
+            .sum();
         if !self.gate.open() {
             // A conflict quieted one NIC; a gap quiets none: every own
             // address is quiet until the gate opens.
@@ -112,7 +139,13 @@ impl OwnAddresses {
 
     /// With the node's status (every decision round): opens the gate when
     /// the node is current again, and sends the announcements due.
-    pub fn decide<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write, now_micros: u64, status: &Status) -> bool {
+    pub fn decide<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        console: &mut dyn Write,
+        now_micros: u64,
+        status: &Status,
+    ) -> bool {
         let now = Instant::from_micros(now_micros);
         let mut busy = false;
         if !self.gate.open() {
@@ -120,7 +153,11 @@ impl OwnAddresses {
             let mut heard = Vec::with_capacity(2 * links);
             heard.extend_from_slice(&status.peer_heard[..links]);
             heard.extend_from_slice(&status.witness_heard[..links]);
-            let view = GateView { role: status.role, lease_age: status.lease_age, members_heard: &heard };
+            let view = GateView {
+                role: status.role,
+                lease_age: status.lease_age,
+                members_heard: &heard,
+            };
             let why = self.gate.quiet().map(|(_, why)| why);
             if self.gate.update(now, view) {
                 set_quiet(nets, false);
@@ -160,7 +197,11 @@ impl OwnAddresses {
         let (conflicts, stalls) = self.gate.counts();
         alloc::format!(
             "own addresses: {}; conflicts {conflicts}, stalls {stalls}, ARP withheld {}, announcements {}",
-            if self.gate.open() { "answered" } else { "quiet" },
+            if self.gate.open() {
+                "answered"
+            } else {
+                "quiet"
+            },
             self.withheld,
             self.announcements_sent
         )
@@ -184,8 +225,10 @@ pub fn announce_own<Q: FrameQueues>(nets: &mut [NetPort<Q>], now_micros: u64) {
     for port in nets.iter_mut() {
         if let Some(own) = port.nic.address() {
             let mac = port.nic.device().mac_address();
-            port.nic.send_frame(now, &frames::gratuitous_arp(mac, own.address()));
-            port.nic.send_frame(now, &frames::gratuitous_arp_reply(mac, own.address()));
+            port.nic
+                .send_frame(now, &frames::gratuitous_arp(mac, own.address()));
+            port.nic
+                .send_frame(now, &frames::gratuitous_arp_reply(mac, own.address()));
         }
     }
 }

@@ -15,14 +15,17 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use crate::config::{Config, HaSettings, PairNode, derived_id};
 use tandem_ha::auth::channel::ControlChannel;
 use tandem_ha::auth::stream::{StreamCounters, StreamSession};
 use tandem_ha::auth::{Keys, NonceSource};
-use tandem_ha::metadata::{Layout, Superblock, BLOCK_SIZE};
-use tandem_ha::node::{Action, Config as NodeConfig, DataNode, HostIoError, InitialData, IoResult, Timing, DEFAULT_REGION_SIZE};
+use tandem_ha::metadata::{BLOCK_SIZE, Layout, Superblock};
+use tandem_ha::node::{
+    Action, Config as NodeConfig, DEFAULT_REGION_SIZE, DataNode, HostIoError, InitialData,
+    IoResult, Timing,
+};
 use tandem_ha::witness::{Witness, WitnessConfig};
 use tandem_ha::{AnaState as HaAna, Duration, Instant, LinkId, NodeId};
-use crate::config::{derived_id, Config, HaSettings, PairNode};
 use tandem_net::smoltcp::iface::SocketHandle;
 use tandem_net::smoltcp::socket::{tcp, udp};
 use tandem_net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
@@ -83,7 +86,11 @@ fn pair_id(config: &Config) -> u64 {
 /// The pair's keys and this boot's nonces; `None` without `pair_key=`
 /// (which the configuration refuses for a pair member).
 fn pair_keys(config: &Config, entropy: &[u8]) -> Result<(Keys, NonceSource), String> {
-    let key = config.ha.pair_key.as_ref().ok_or_else(|| String::from("no pair_key="))?;
+    let key = config
+        .ha
+        .pair_key
+        .as_ref()
+        .ok_or_else(|| String::from("no pair_key="))?;
     let keys = Keys::derive(key);
     let nonces = NonceSource::new(&keys, entropy);
     Ok((keys, nonces))
@@ -101,7 +108,12 @@ struct Links {
 }
 
 impl Links {
-    fn open<Q: FrameQueues>(nets: &mut [NetPort<Q>], port: u16, addresses: [[Option<[u8; 4]>; 2]; 3], channel: ControlChannel) -> Self {
+    fn open<Q: FrameQueues>(
+        nets: &mut [NetPort<Q>],
+        port: u16,
+        addresses: [[Option<[u8; 4]>; 2]; 3],
+        channel: ControlChannel,
+    ) -> Self {
         let mut sockets = [None, None];
         let nics = [if nets.len() > 1 { 1 } else { 0 }, 0];
         for (link, nic) in nics.into_iter().enumerate() {
@@ -109,46 +121,92 @@ impl Links {
                 continue;
             }
             let mut socket = udp::Socket::new(
-                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
-                udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
+                udp::PacketBuffer::new(
+                    vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                    vec![0; UDP_BYTES],
+                ),
+                udp::PacketBuffer::new(
+                    vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                    vec![0; UDP_BYTES],
+                ),
             );
             // Bound to the NIC's own address: datagrams the witness sends to a
             // peer whose address this node has taken over are not for it.
-            let own = nets[nic].nic.address().map(|cidr| IpAddress::Ipv4(cidr.address()));
-            if socket.bind(tandem_net::smoltcp::wire::IpListenEndpoint { addr: own, port }).is_ok() {
+            let own = nets[nic]
+                .nic
+                .address()
+                .map(|cidr| IpAddress::Ipv4(cidr.address()));
+            if socket
+                .bind(tandem_net::smoltcp::wire::IpListenEndpoint { addr: own, port })
+                .is_ok()
+            {
                 sockets[link] = Some((nic, nets[nic].nic.sockets_mut().add(socket)));
             }
         }
-        Self { sockets, port, addresses, channel }
+        Self {
+            sockets,
+            port,
+            addresses,
+            channel,
+        }
     }
 
     /// The member whose configured address on `link` is `address`.
     fn member_at(&self, link: usize, address: [u8; 4]) -> Option<NodeId> {
-        NodeId::ALL.into_iter().find(|member| self.addresses[member.index()].get(link).copied().flatten() == Some(address))
+        NodeId::ALL.into_iter().find(|member| {
+            self.addresses[member.index()].get(link).copied().flatten() == Some(address)
+        })
     }
 
     /// Sends a control datagram or connection list of the crate (version 1,
     /// sealed here into version 2).
-    fn send<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], to: NodeId, link: LinkId, plain: &[u8]) {
+    fn send<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        to: NodeId,
+        link: LinkId,
+        plain: &[u8],
+    ) {
         let link_index = link.0 as usize;
-        let Some(Some((nic, handle))) = self.sockets.get(link_index) else { return };
-        let Some(Some(address)) = self.addresses.get(to.index()).and_then(|a| a.get(link_index)) else { return };
+        let Some(Some((nic, handle))) = self.sockets.get(link_index) else {
+            return;
+        };
+        let Some(Some(address)) = self
+            .addresses
+            .get(to.index())
+            .and_then(|a| a.get(link_index))
+        else {
+            return;
+        };
         let destination = Ipv4Address::from_octets(*address);
         // A peer whose address this node has taken over is not reachable
         // there: smoltcp would hold the datagram waiting for an ARP answer
         // that never comes, and the socket's later datagrams behind it.
-        if nets[*nic].nic.claimed_addresses().iter().any(|claimed| claimed.address() == destination) {
+        if nets[*nic]
+            .nic
+            .claimed_addresses()
+            .iter()
+            .any(|claimed| claimed.address() == destination)
+        {
             return;
         }
         let endpoint = IpEndpoint::new(IpAddress::Ipv4(destination), self.port);
         let (nic, handle) = (*nic, *handle);
         let Some(bytes) = self.channel.seal(to, plain) else {
-            log::error!("ha: not a control datagram, not sent (to {} on link {})", to.name(), link.0);
+            log::error!(
+                "ha: not a control datagram, not sent (to {} on link {})",
+                to.name(),
+                link.0
+            );
             return;
         };
         let socket = nets[nic].nic.sockets_mut().get_mut::<udp::Socket>(handle);
         if let Err(error) = socket.send_slice(&bytes, endpoint) {
-            log::debug!("ha: datagram to {} on link {} dropped: {error}", to.name(), link.0);
+            log::debug!(
+                "ha: datagram to {} on link {} dropped: {error}",
+                to.name(),
+                link.0
+            );
         }
     }
 
@@ -161,12 +219,18 @@ impl Links {
             let Some((nic, handle)) = entry else { continue };
             loop {
                 let socket = nets[nic].nic.sockets_mut().get_mut::<udp::Socket>(handle);
-                let Ok((bytes, meta)) = socket.recv() else { break };
+                let Ok((bytes, meta)) = socket.recv() else {
+                    break;
+                };
                 let IpAddress::Ipv4(from) = meta.endpoint.addr;
                 let source = self.member_at(link, from.octets());
                 match self.channel.open(LinkId(link as u8), source, bytes) {
                     Ok(plain) => received.push((LinkId(link as u8), plain)),
-                    Err(reason) => log::debug!("ha: control datagram from {} on link {link} dropped: {}", meta.endpoint, reason.name()),
+                    Err(reason) => log::debug!(
+                        "ha: control datagram from {} on link {link} dropped: {}",
+                        meta.endpoint,
+                        reason.name()
+                    ),
                 }
             }
         }
@@ -205,9 +269,14 @@ struct Stream {
 }
 
 enum Origin {
-    Host { connection: u64, request: RequestId },
+    Host {
+        connection: u64,
+        request: RequestId,
+    },
     /// A piece of a Write Zeroes or Deallocate command.
-    Piece { parent: u64 },
+    Piece {
+        parent: u64,
+    },
 }
 
 struct HostWrite {
@@ -221,8 +290,12 @@ struct HostWrite {
 enum Payload {
     /// Shared by the local disk request and the replication stream.
     Data(WriteData),
-    Zeroes { len: u64 },
-    Deallocate { len: u64 },
+    Zeroes {
+        len: u64,
+    },
+    Deallocate {
+        len: u64,
+    },
 }
 
 struct HostRead {
@@ -247,10 +320,19 @@ enum DiskPurpose {
     /// The crate's flush `flush` (a host Flush, a clean cycle, the peer's).
     Flush(u64),
     /// One block of the bitmap persist of `generation`.
-    BitmapBlock { generation: u64 },
-    Replicated { seq: u64, offset: u64 },
-    ResyncRead { offset: u64 },
-    ResyncWrite { offset: u64 },
+    BitmapBlock {
+        generation: u64,
+    },
+    Replicated {
+        seq: u64,
+        offset: u64,
+    },
+    ResyncRead {
+        offset: u64,
+    },
+    ResyncWrite {
+        offset: u64,
+    },
 }
 
 pub struct DataPair {
@@ -399,7 +481,8 @@ impl DataPair {
         // Link 0 is the replication link (net1), link 1 the front-end (net0).
         node_config.link_names = ["repl/net1", "front/net0", "link2", "link3"];
         let disk_bytes = disk.bytes();
-        let layout = Layout::new(disk_bytes, DEFAULT_REGION_SIZE).map_err(|error| alloc::format!("disk0 of {disk_bytes} bytes: {error}"))?;
+        let layout = Layout::new(disk_bytes, DEFAULT_REGION_SIZE)
+            .map_err(|error| alloc::format!("disk0 of {disk_bytes} bytes: {error}"))?;
         let slot0 = read_blocks(disk, layout.superblock_offset(0), BLOCK_SIZE)?;
         let slot1 = read_blocks(disk, layout.superblock_offset(1), BLOCK_SIZE)?;
         let now = ha_now(now_micros);
@@ -425,7 +508,11 @@ impl DataPair {
         }
         .map_err(|error| alloc::format!("disk0 metadata: {error}"))?;
 
-        let peer = config.nvme.peer_portals.first().map(|(address, _)| *address);
+        let peer = config
+            .nvme
+            .peer_portals
+            .first()
+            .map(|(address, _)| *address);
         let me_index = me.index();
         let peer_index = me.peer().index();
         let mut addresses = [[None; 2]; 3];
@@ -443,7 +530,8 @@ impl DataPair {
             peer: addresses[peer_index][0],
             port: stream_port,
             // The stream, the connections in their handshake, one listening.
-            listener: (!connects).then(|| Listener::new(stream_port, 2 + STREAM_PENDING, STREAM_BUFFER_BYTES)),
+            listener: (!connects)
+                .then(|| Listener::new(stream_port, 2 + STREAM_PENDING, STREAM_BUFFER_BYTES)),
             socket: None,
             connected: false,
             outbox: Outbox::default(),
@@ -485,7 +573,12 @@ impl DataPair {
             mac_time: StreamMacTime::default(),
             ana_group: config.nvme.ana_group,
             ana: HaAna::Inaccessible,
-            takeover: AddressTakeover::new(config, me, (boot_stamp ^ now_micros) as u32, now_micros),
+            takeover: AddressTakeover::new(
+                config,
+                me,
+                (boot_stamp ^ now_micros) as u32,
+                now_micros,
+            ),
             hosts: HostAdmission::Unset,
             front_end_link: None,
             host_path_lost: false,
@@ -501,9 +594,18 @@ impl DataPair {
     /// peer portal (the hosts' segments), else link 1's (the front-end).
     pub fn front_end_nics<Q: FrameQueues>(&self, nets: &[NetPort<Q>]) -> Vec<usize> {
         let peer_portals = self.takeover.peer_portals();
-        let nics: Vec<usize> = (0..nets.len()).filter(|&nic| peer_portals.iter().any(|address| nets[nic].nic.in_subnet(*address))).collect();
+        let nics: Vec<usize> = (0..nets.len())
+            .filter(|&nic| {
+                peer_portals
+                    .iter()
+                    .any(|address| nets[nic].nic.in_subnet(*address))
+            })
+            .collect();
         if nics.is_empty() {
-            self.links.sockets[1].map(|(nic, _)| nic).into_iter().collect()
+            self.links.sockets[1]
+                .map(|(nic, _)| nic)
+                .into_iter()
+                .collect()
         } else {
             nics
         }
@@ -513,7 +615,11 @@ impl DataPair {
     pub fn set_front_end_link(&mut self, up: bool, console: &mut dyn Write, now_micros: u64) {
         if self.front_end_link != Some(up) {
             if self.front_end_link.is_some() || !up {
-                let _ = writeln!(console, "tandem: front-end link {}", if up { "up" } else { "down" });
+                let _ = writeln!(
+                    console,
+                    "tandem: front-end link {}",
+                    if up { "up" } else { "down" }
+                );
             }
             if up && self.front_end_link.is_some() {
                 self.takeover.front_end_link_up(now_micros);
@@ -539,10 +645,18 @@ impl DataPair {
 
     /// Takes a host block request (see the [`BlockBackend`] impl). A request
     /// refused at once comes back as its outcome.
-    fn submit<D: BlockQueue>(&mut self, connection: u64, request: BlockRequest, disk: &mut D, now_micros: u64) -> Option<BlockOutcome> {
+    fn submit<D: BlockQueue>(
+        &mut self,
+        connection: u64,
+        request: BlockRequest,
+        disk: &mut D,
+        now_micros: u64,
+    ) -> Option<BlockOutcome> {
         let now = ha_now(now_micros);
         let refused = |error: HostIoError| match error {
-            HostIoError::NotServing(HaAna::Change) => BlockOutcome::Failed(BlockError::AnaTransition),
+            HostIoError::NotServing(HaAna::Change) => {
+                BlockOutcome::Failed(BlockError::AnaTransition)
+            }
             HostIoError::NotServing(_) => BlockOutcome::Failed(BlockError::AnaInaccessible),
             HostIoError::OutOfRange => BlockOutcome::Failed(BlockError::Internal),
         };
@@ -553,20 +667,45 @@ impl DataPair {
                 if let Err(error) = self.node.host_read(now, id, offset, len as u64) {
                     return Some(refused(error));
                 }
-                self.reads.insert(id, HostRead { connection, request: request.id, data: None });
+                self.reads.insert(
+                    id,
+                    HostRead {
+                        connection,
+                        request: request.id,
+                        data: None,
+                    },
+                );
                 let tag = self.tag(DiskPurpose::HostRead(id));
                 disk.submit(tag, DiskOp::read(offset, len as usize));
                 None
             }
-            BlockOp::Write { offset, data, force_unit_access } => {
+            BlockOp::Write {
+                offset,
+                data,
+                force_unit_access,
+            } => {
                 let id = self.next_id;
                 self.next_id += 1;
-                if let Err(error) = self.node.host_write(now, id, offset, data.len() as u64, force_unit_access) {
+                if let Err(error) =
+                    self.node
+                        .host_write(now, id, offset, data.len() as u64, force_unit_access)
+                {
                     return Some(refused(error));
                 }
                 // The NVMe connection's one copy, out of the socket.
                 self.copies.count_host_write(data.len());
-                self.writes.insert(id, HostWrite { origin: Origin::Host { connection, request: request.id }, offset, payload: Payload::Data(Rc::new(data)), force_unit_access });
+                self.writes.insert(
+                    id,
+                    HostWrite {
+                        origin: Origin::Host {
+                            connection,
+                            request: request.id,
+                        },
+                        offset,
+                        payload: Payload::Data(Rc::new(data)),
+                        force_unit_access,
+                    },
+                );
                 None
             }
             BlockOp::Flush => {
@@ -580,11 +719,33 @@ impl DataPair {
             }
             BlockOp::WriteZeroes { offset, len, .. } => {
                 let ranges = VecDeque::from([(offset, offset + len)]);
-                self.start_pieces(PieceCommand { connection, request: request.id, deallocate: false, ranges, failed: false }, now)
+                self.start_pieces(
+                    PieceCommand {
+                        connection,
+                        request: request.id,
+                        deallocate: false,
+                        ranges,
+                        failed: false,
+                    },
+                    now,
+                )
             }
             BlockOp::Deallocate { ranges } => {
-                let ranges = ranges.iter().filter(|r| r.len > 0).map(|r| (r.offset, r.offset + r.len)).collect();
-                self.start_pieces(PieceCommand { connection, request: request.id, deallocate: true, ranges, failed: false }, now)
+                let ranges = ranges
+                    .iter()
+                    .filter(|r| r.len > 0)
+                    .map(|r| (r.offset, r.offset + r.len))
+                    .collect();
+                self.start_pieces(
+                    PieceCommand {
+                        connection,
+                        request: request.id,
+                        deallocate: true,
+                        ranges,
+                        failed: false,
+                    },
+                    now,
+                )
             }
         }
     }
@@ -606,23 +767,45 @@ impl DataPair {
         let Some((offset, end)) = command.ranges.pop_front().filter(|_| !command.failed) else {
             let failed = command.failed;
             self.pieces.remove(&parent);
-            return Some(if failed { BlockOutcome::Failed(self.path_error()) } else { BlockOutcome::Done });
+            return Some(if failed {
+                BlockOutcome::Failed(self.path_error())
+            } else {
+                BlockOutcome::Done
+            });
         };
         let deallocate = command.deallocate;
-        let len = (end - offset).min(if deallocate { DEALLOCATE_PIECE_BYTES } else { ZERO_CHUNK_BYTES });
+        let len = (end - offset).min(if deallocate {
+            DEALLOCATE_PIECE_BYTES
+        } else {
+            ZERO_CHUNK_BYTES
+        });
         if offset + len < end {
             command.ranges.push_front((offset + len, end));
         }
         let id = self.next_id;
         self.next_id += 1;
         let (admitted, payload) = if deallocate {
-            (self.node.host_deallocate(now, id, offset, len), Payload::Deallocate { len })
+            (
+                self.node.host_deallocate(now, id, offset, len),
+                Payload::Deallocate { len },
+            )
         } else {
-            (self.node.host_write_zeroes(now, id, offset, len), Payload::Zeroes { len })
+            (
+                self.node.host_write_zeroes(now, id, offset, len),
+                Payload::Zeroes { len },
+            )
         };
         match admitted {
             Ok(()) => {
-                self.writes.insert(id, HostWrite { origin: Origin::Piece { parent }, offset, payload, force_unit_access: false });
+                self.writes.insert(
+                    id,
+                    HostWrite {
+                        origin: Origin::Piece { parent },
+                        offset,
+                        payload,
+                        force_unit_access: false,
+                    },
+                );
                 None
             }
             Err(_) => {
@@ -666,7 +849,11 @@ impl DataPair {
         self.admit_hosts_once_sized(nvme, console);
         if self.node.host_path_lost() != self.host_path_lost {
             self.host_path_lost = self.node.host_path_lost();
-            let _ = writeln!(console, "tandem: host path {}", if self.host_path_lost { "lost" } else { "back" });
+            let _ = writeln!(
+                console,
+                "tandem: host path {}",
+                if self.host_path_lost { "lost" } else { "back" }
+            );
         }
         busy
     }
@@ -683,19 +870,30 @@ impl DataPair {
             None if self.hosts == HostAdmission::Unset => {
                 target.set_admitting_hosts(false);
                 self.hosts = HostAdmission::Gated;
-                let _ = writeln!(console, "tandem: nvme: hosts wait (Controller Busy) until this node's namespace size is agreed with its peer (blank disk)");
+                let _ = writeln!(
+                    console,
+                    "tandem: nvme: hosts wait (Controller Busy) until this node's namespace size is agreed with its peer (blank disk)"
+                );
             }
             None => {}
             Some(bytes) => {
                 let gated = self.hosts == HostAdmission::Gated;
-                let namespaces: Vec<(u32, u8)> = target.config().namespaces.iter().map(|ns| (ns.nsid, ns.lba_shift)).collect();
+                let namespaces: Vec<(u32, u8)> = target
+                    .config()
+                    .namespaces
+                    .iter()
+                    .map(|ns| (ns.nsid, ns.lba_shift))
+                    .collect();
                 for (nsid, lba_shift) in namespaces {
                     let _ = target.set_namespace_blocks(nsid, bytes >> lba_shift);
                 }
                 target.set_admitting_hosts(true);
                 self.hosts = HostAdmission::Admitted;
                 if gated {
-                    let _ = writeln!(console, "tandem: nvme: namespace size {bytes} bytes agreed with the peer; hosts admitted");
+                    let _ = writeln!(
+                        console,
+                        "tandem: nvme: namespace size {bytes} bytes agreed with the peer; hosts admitted"
+                    );
                 }
             }
         }
@@ -707,11 +905,15 @@ impl DataPair {
         let mut busy = false;
         for (tag, result) in disk.poll() {
             busy = true;
-            let Some(purpose) = self.disk_tags.remove(&tag) else { continue };
+            let Some(purpose) = self.disk_tags.remove(&tag) else {
+                continue;
+            };
             let ok = !matches!(result, DiskResult::Failed(_));
             match purpose {
                 DiskPurpose::HostRead(id) => {
-                    if let (Some(read), DiskResult::ReadData(data)) = (self.reads.get_mut(&id), result) {
+                    if let (Some(read), DiskResult::ReadData(data)) =
+                        (self.reads.get_mut(&id), result)
+                    {
                         read.data = Some(data);
                     }
                     self.node.on_local_read_done(now, id, ok);
@@ -728,18 +930,26 @@ impl DataPair {
                             let all_ok = *all_ok;
                             self.bitmap_persist = None;
                             if !all_ok {
-                                log::error!("ha: bitmap write failed; the writes waiting for it fail");
+                                log::error!(
+                                    "ha: bitmap write failed; the writes waiting for it fail"
+                                );
                             }
                             self.node.on_bitmap_persisted(now, generation, all_ok);
                         }
                     }
                 }
-                DiskPurpose::Replicated { seq, offset } => self.node.on_replicated_write_done(now, seq, offset, ok),
+                DiskPurpose::Replicated { seq, offset } => {
+                    self.node.on_replicated_write_done(now, seq, offset, ok)
+                }
                 DiskPurpose::ResyncRead { offset } => match result {
-                    DiskResult::ReadData(data) => self.node.on_resync_read_done(now, offset, Some(&data)),
+                    DiskResult::ReadData(data) => {
+                        self.node.on_resync_read_done(now, offset, Some(&data))
+                    }
                     _ => self.node.on_resync_read_done(now, offset, None),
                 },
-                DiskPurpose::ResyncWrite { offset } => self.node.on_resync_write_done(now, offset, ok),
+                DiskPurpose::ResyncWrite { offset } => {
+                    self.node.on_resync_write_done(now, offset, ok)
+                }
             }
         }
         busy
@@ -747,9 +957,17 @@ impl DataPair {
 
     /// The front-end address takeover (`crate::takeover`): its connection
     /// report goes to the peer on every link.
-    fn poll_takeover<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], nvme: &NvmeService, console: &mut dyn Write, now_micros: u64) -> bool {
+    fn poll_takeover<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        nvme: &NvmeService,
+        console: &mut dyn Write,
+        now_micros: u64,
+    ) -> bool {
         let node = &self.node;
-        let (busy, report) = self.takeover.poll(nets, nvme, console, now_micros, || node.status(ha_now(now_micros)));
+        let (busy, report) = self.takeover.poll(nets, nvme, console, now_micros, || {
+            node.status(ha_now(now_micros))
+        });
         if let Some(report) = report {
             let peer = self.takeover.peer();
             for link in [LinkId(0), LinkId(1)] {
@@ -777,7 +995,9 @@ impl DataPair {
             any = true;
             for action in actions {
                 match action {
-                    Action::SendDatagram { to, link, bytes } => self.links.send(nets, to, link, &bytes),
+                    Action::SendDatagram { to, link, bytes } => {
+                        self.links.send(nets, to, link, &bytes)
+                    }
                     // Every frame is followed by its trailer (frame number and
                     // MAC); nothing goes out before the handshake ended.
                     // (The crate sends one frame per action; were there more,
@@ -786,7 +1006,11 @@ impl DataPair {
                         // One frame (what the crate sends): kept as it is, not copied.
                         if tandem_ha::wire::stream::frame_len(&bytes) == Ok(bytes.len()) {
                             let started = profile::now_nanos();
-                            let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&[&bytes]));
+                            let trailer = self
+                                .stream
+                                .session
+                                .as_mut()
+                                .and_then(|session| session.trailer(&[&bytes]));
                             self.mac_time.sealed.add_since(started, bytes.len());
                             if let Some(trailer) = trailer {
                                 self.stream.outbox.push(Chunk::Bytes(bytes));
@@ -796,9 +1020,15 @@ impl DataPair {
                         }
                         let mut rest = &bytes[..];
                         while let Ok(len) = tandem_ha::wire::stream::frame_len(rest) {
-                            let Some((frame, after)) = rest.split_at_checked(len) else { break };
+                            let Some((frame, after)) = rest.split_at_checked(len) else {
+                                break;
+                            };
                             let started = profile::now_nanos();
-                            let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&[frame]));
+                            let trailer = self
+                                .stream
+                                .session
+                                .as_mut()
+                                .and_then(|session| session.trailer(&[frame]));
                             self.mac_time.sealed.add_since(started, frame.len());
                             let Some(trailer) = trailer else { break };
                             self.stream.outbox.push(Chunk::Bytes(frame.to_vec()));
@@ -824,8 +1054,14 @@ impl DataPair {
                             None => Chunk::Bytes(Vec::new()),
                         };
                         let started = profile::now_nanos();
-                        let trailer = self.stream.session.as_mut().and_then(|session| session.trailer(&parts));
-                        self.mac_time.sealed.add_since(started, parts.iter().map(|part| part.len()).sum());
+                        let trailer = self
+                            .stream
+                            .session
+                            .as_mut()
+                            .and_then(|session| session.trailer(&parts));
+                        self.mac_time
+                            .sealed
+                            .add_since(started, parts.iter().map(|part| part.len()).sum());
                         if let Some(trailer) = trailer {
                             if matches!(data, Chunk::Shared(_)) {
                                 self.copies.replicated += 1;
@@ -837,7 +1073,9 @@ impl DataPair {
                     }
                     Action::CloseStream => self.close_stream(nets, now_micros, "protocol error"),
                     Action::PersistMetadata { offset, bytes } => {
-                        if let DiskResult::Failed(error) = disk.run_now(DiskOp::write(offset, Rc::new(bytes), true)) {
+                        if let DiskResult::Failed(error) =
+                            disk.run_now(DiskOp::write(offset, Rc::new(bytes), true))
+                        {
                             // The crate waits for nothing more than this write;
                             // without it the node must not go on as if persisted.
                             panic!("ha: metadata write at {offset} failed: {error:?}");
@@ -857,7 +1095,11 @@ impl DataPair {
                     Action::CompleteFlush { id, result } => {
                         if let Some((connection, request)) = self.flushes.remove(&id) {
                             let outcome = self.outcome(result, None);
-                            self.completions.push(Completion { connection, request, outcome });
+                            self.completions.push(Completion {
+                                connection,
+                                request,
+                                outcome,
+                            });
                         }
                     }
                     Action::SubmitLocalWrite { id } => {
@@ -866,7 +1108,9 @@ impl DataPair {
                             // may still need it.
                             let offset = write.offset;
                             let op = match &write.payload {
-                                Payload::Data(data) => DiskOp::write(offset, Rc::clone(data), write.force_unit_access),
+                                Payload::Data(data) => {
+                                    DiskOp::write(offset, Rc::clone(data), write.force_unit_access)
+                                }
                                 Payload::Zeroes { len } => DiskOp::zero(offset, *len, false),
                                 Payload::Deallocate { len } => DiskOp::discard([(offset, *len)]),
                             };
@@ -875,29 +1119,56 @@ impl DataPair {
                         }
                     }
                     Action::CompleteWrite { id, result } => {
-                        let Some(write) = self.writes.remove(&id) else { continue };
+                        let Some(write) = self.writes.remove(&id) else {
+                            continue;
+                        };
                         let outcome = self.outcome(result, None);
                         match write.origin {
-                            Origin::Host { connection, request } => self.completions.push(Completion { connection, request, outcome }),
+                            Origin::Host {
+                                connection,
+                                request,
+                            } => self.completions.push(Completion {
+                                connection,
+                                request,
+                                outcome,
+                            }),
                             Origin::Piece { parent } => {
                                 if !matches!(outcome, BlockOutcome::Done) {
                                     if let Some(command) = self.pieces.get_mut(&parent) {
                                         command.failed = true;
                                     }
                                 }
-                                let target = self.pieces.get(&parent).map(|c| (c.connection, c.request));
-                                if let (Some(done), Some((connection, request))) = (self.next_piece(parent, now), target) {
-                                    self.completions.push(Completion { connection, request, outcome: done });
+                                let target =
+                                    self.pieces.get(&parent).map(|c| (c.connection, c.request));
+                                if let (Some(done), Some((connection, request))) =
+                                    (self.next_piece(parent, now), target)
+                                {
+                                    self.completions.push(Completion {
+                                        connection,
+                                        request,
+                                        outcome: done,
+                                    });
                                 }
                             }
                         }
                     }
                     Action::CompleteRead { id, result } => {
-                        let Some(read) = self.reads.remove(&id) else { continue };
+                        let Some(read) = self.reads.remove(&id) else {
+                            continue;
+                        };
                         let outcome = self.outcome(result, read.data);
-                        self.completions.push(Completion { connection: read.connection, request: read.request, outcome });
+                        self.completions.push(Completion {
+                            connection: read.connection,
+                            request: read.request,
+                            outcome,
+                        });
                     }
-                    Action::ApplyReplicatedWrite { seq, offset, data, force_unit_access } => {
+                    Action::ApplyReplicatedWrite {
+                        seq,
+                        offset,
+                        data,
+                        force_unit_access,
+                    } => {
                         let tag = self.tag(DiskPurpose::Replicated { seq, offset });
                         // Like the primary's own write: in the disk's volatile
                         // cache unless the host asked for forced unit access;
@@ -927,7 +1198,9 @@ impl DataPair {
                             HaAna::Inaccessible => AnaState::Inaccessible,
                             HaAna::Change => AnaState::Change,
                         };
-                        if let Err(error) = nvme.target_mut().set_ana_state(self.ana_group, nvme_state) {
+                        if let Err(error) =
+                            nvme.target_mut().set_ana_state(self.ana_group, nvme_state)
+                        {
                             log::error!("ha: cannot set ANA state: {error}");
                         }
                     }
@@ -956,7 +1229,12 @@ impl DataPair {
         }
     }
 
-    fn close_stream<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now_micros: u64, why: &str) {
+    fn close_stream<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        now_micros: u64,
+        why: &str,
+    ) {
         if let Some(handle) = self.stream.socket.take() {
             let sockets = nets[self.stream.nic].nic.sockets_mut();
             sockets.get_mut::<tcp::Socket>(handle).abort();
@@ -983,9 +1261,19 @@ impl DataPair {
     }
 
     /// The stream's socket is authenticated: the node may use it.
-    fn stream_established<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], now: Instant, frames: Vec<u8>) {
-        let Some(handle) = self.stream.socket else { return };
-        let socket = nets[self.stream.nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
+    fn stream_established<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        now: Instant,
+        frames: Vec<u8>,
+    ) {
+        let Some(handle) = self.stream.socket else {
+            return;
+        };
+        let socket = nets[self.stream.nic]
+            .nic
+            .sockets_mut()
+            .get_mut::<tcp::Socket>(handle);
         socket.set_nagle_enabled(false);
         // Each Write is answered by a WriteAck (and each WriteAck soon
         // followed by the next Write), which carries the ACK.
@@ -994,8 +1282,12 @@ impl DataPair {
         // stream whose peer went away without a FIN (the heartbeats
         // decide about the peer itself).
         let timers = self.stream.timers;
-        socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_micros(timers.keep_alive.as_micros())));
-        socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_micros(timers.abort.as_micros())));
+        socket.set_keep_alive(Some(tandem_net::smoltcp::time::Duration::from_micros(
+            timers.keep_alive.as_micros(),
+        )));
+        socket.set_timeout(Some(tandem_net::smoltcp::time::Duration::from_micros(
+            timers.abort.as_micros(),
+        )));
         // The connecting side's Finish goes before any frame.
         if let Some(session) = self.stream.session.as_mut() {
             self.stream.outbox.push(Chunk::Bytes(session.take_finish()));
@@ -1024,12 +1316,16 @@ impl DataPair {
             let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(*handle);
             let mut verdict = Ok(None);
             while socket.can_recv() && matches!(verdict, Ok(None)) {
-                let Ok(bytes) = socket.recv(|bytes| (bytes.len(), bytes.to_vec())) else { break };
+                let Ok(bytes) = socket.recv(|bytes| (bytes.len(), bytes.to_vec())) else {
+                    break;
+                };
                 if bytes.is_empty() {
                     break;
                 }
                 busy = true;
-                verdict = session.receive(&bytes).map(|received| received.authenticated.then_some(received.frames));
+                verdict = session
+                    .receive(&bytes)
+                    .map(|received| received.authenticated.then_some(received.frames));
             }
             let output = session.take_output();
             if !output.is_empty() {
@@ -1037,7 +1333,12 @@ impl DataPair {
             }
             let failure = match &verdict {
                 Err(error) => Some(Some(*error)),
-                Ok(None) if now_ms.saturating_sub(*since_ms) > self.stream.handshake_limit_ms || !socket.may_recv() => Some(None),
+                Ok(None)
+                    if now_ms.saturating_sub(*since_ms) > self.stream.handshake_limit_ms
+                        || !socket.may_recv() =>
+                {
+                    Some(None)
+                }
                 _ => None,
             };
             if let Some(error) = failure {
@@ -1064,7 +1365,11 @@ impl DataPair {
         if let Some((index, frames)) = authenticated {
             let (handle, session, _) = self.stream.pending.remove(index);
             if self.stream.socket.is_some() {
-                self.close_stream(nets, now_micros, "replaced by a new authenticated connection");
+                self.close_stream(
+                    nets,
+                    now_micros,
+                    "replaced by a new authenticated connection",
+                );
             }
             self.stream.socket = Some(handle);
             self.stream.session = Some(session);
@@ -1093,7 +1398,12 @@ impl DataPair {
                     sockets.remove(oldest);
                     self.stream.counters.timeout += 1;
                 }
-                let session = StreamSession::accept(&self.stream.keys, self.stream.me, self.stream.peer_node, self.stream.nonces.next_bytes());
+                let session = StreamSession::accept(
+                    &self.stream.keys,
+                    self.stream.me,
+                    self.stream.peer_node,
+                    self.stream.nonces.next_bytes(),
+                );
                 self.stream.pending.push((handle, session, now_ms));
                 busy = true;
             }
@@ -1105,8 +1415,15 @@ impl DataPair {
                     tcp::SocketBuffer::new(vec![0; STREAM_BUFFER_BYTES]),
                 );
                 let local_port = self.stream.next_local_port;
-                self.stream.next_local_port = if local_port >= 65000 { 49152 } else { local_port + 1 };
-                let remote = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(peer)), self.stream.port);
+                self.stream.next_local_port = if local_port >= 65000 {
+                    49152
+                } else {
+                    local_port + 1
+                };
+                let remote = IpEndpoint::new(
+                    IpAddress::Ipv4(Ipv4Address::from_octets(peer)),
+                    self.stream.port,
+                );
                 let local = IpEndpoint::new(IpAddress::Ipv4(local.address()), local_port);
                 match nets[nic].nic.connect(socket, remote, local) {
                     Ok(handle) => {
@@ -1118,11 +1435,18 @@ impl DataPair {
             }
             self.stream.retry_at_ms = now_ms + self.reconnect_millis();
         }
-        let Some(handle) = self.stream.socket else { return busy };
+        let Some(handle) = self.stream.socket else {
+            return busy;
+        };
         let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
         // The connecting side opens the handshake once TCP is up.
         if self.stream.session.is_none() && socket.may_send() {
-            let mut session = StreamSession::connect(&self.stream.keys, self.stream.me, self.stream.peer_node, self.stream.nonces.next_bytes());
+            let mut session = StreamSession::connect(
+                &self.stream.keys,
+                self.stream.me,
+                self.stream.peer_node,
+                self.stream.nonces.next_bytes(),
+            );
             let _ = socket.send_slice(&session.take_output());
             self.stream.session = Some(session);
             self.stream.handshake_since_ms = now_ms;
@@ -1139,7 +1463,9 @@ impl DataPair {
             }
         }
         if !received.is_empty() || (!self.stream.connected && self.stream.session.is_some()) {
-            let Some(session) = self.stream.session.as_mut() else { return busy };
+            let Some(session) = self.stream.session.as_mut() else {
+                return busy;
+            };
             let started = profile::now_nanos();
             let outcome = session.receive(&received);
             self.mac_time.opened.add_since(started, received.len());
@@ -1152,7 +1478,10 @@ impl DataPair {
                     if !result.frames.is_empty() {
                         busy = true;
                         self.node.on_stream_bytes(now, &result.frames);
-                    } else if !self.stream.connected && now_ms.saturating_sub(self.stream.handshake_since_ms) > self.stream.handshake_limit_ms {
+                    } else if !self.stream.connected
+                        && now_ms.saturating_sub(self.stream.handshake_since_ms)
+                            > self.stream.handshake_limit_ms
+                    {
                         self.stream.counters.timeout += 1;
                         self.close_stream(nets, now_micros, "handshake timed out");
                         return true;
@@ -1166,7 +1495,9 @@ impl DataPair {
                 }
             }
         }
-        let Some(handle) = self.stream.socket else { return true };
+        let Some(handle) = self.stream.socket else {
+            return true;
+        };
         let socket = nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(handle);
         while !self.stream.outbox.is_empty() && socket.can_send() {
             match socket.send_slice(self.stream.outbox.front()) {
@@ -1177,8 +1508,11 @@ impl DataPair {
                 }
             }
         }
-        let closed = !socket.is_open() || (!socket.may_recv() && socket.recv_queue() == 0 && self.stream.session.is_some());
-        let gave_up = self.stream.session.is_none() && !socket.is_active() && socket.state() != tcp::State::Listen;
+        let closed = !socket.is_open()
+            || (!socket.may_recv() && socket.recv_queue() == 0 && self.stream.session.is_some());
+        let gave_up = self.stream.session.is_none()
+            && !socket.is_active()
+            && socket.state() != tcp::State::Listen;
         if closed || gave_up {
             self.close_stream(nets, now_micros, "connection lost");
             busy = true;
@@ -1202,25 +1536,41 @@ impl DataPair {
         let mut text = String::new();
         for change in self.node.history() {
             let at = change.at.as_micros();
-            let _ = writeln!(text, "[{:5}.{:03}] {} epoch {} reason {}", at / 1_000_000, at / 1000 % 1000, change.role, change.epoch, change.reason);
+            let _ = writeln!(
+                text,
+                "[{:5}.{:03}] {} epoch {} reason {}",
+                at / 1_000_000,
+                at / 1000 % 1000,
+                change.role,
+                change.epoch,
+                change.reason
+            );
         }
         text
     }
 
     pub fn promote(&mut self, now_micros: u64) -> Result<(), String> {
-        self.node.promote(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+        self.node
+            .promote(ha_now(now_micros))
+            .map_err(|error| alloc::format!("{error}"))
     }
 
     pub fn demote(&mut self, now_micros: u64) -> Result<(), String> {
-        self.node.demote(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+        self.node
+            .demote(ha_now(now_micros))
+            .map_err(|error| alloc::format!("{error}"))
     }
 
     pub fn verify(&mut self, now_micros: u64) -> Result<(), String> {
-        self.node.verify(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+        self.node
+            .verify(ha_now(now_micros))
+            .map_err(|error| alloc::format!("{error}"))
     }
 
     pub fn invalidate(&mut self, now_micros: u64) -> Result<(), String> {
-        self.node.invalidate(ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))
+        self.node
+            .invalidate(ha_now(now_micros))
+            .map_err(|error| alloc::format!("{error}"))
     }
 
     pub fn fence(&mut self, now_micros: u64) {
@@ -1235,14 +1585,24 @@ impl DataPair {
 /// The pair as the NVMe service's backend: host I/O goes through the pair
 /// (to disk0 and the peer), its completions come back when the pair says.
 impl<D: BlockQueue> BlockBackend<D> for DataPair {
-    fn submit(&mut self, disks: &mut [D], connection: ConnectionId, request: BlockRequest, now_micros: u64) {
+    fn submit(
+        &mut self,
+        disks: &mut [D],
+        connection: ConnectionId,
+        request: BlockRequest,
+        now_micros: u64,
+    ) {
         let id = request.id;
         let outcome = match disks.first_mut() {
             Some(disk) => DataPair::submit(self, connection, request, disk, now_micros),
             None => Some(BlockOutcome::Failed(BlockError::NotReady)),
         };
         if let Some(outcome) = outcome {
-            self.completions.push(Completion { connection, request: id, outcome });
+            self.completions.push(Completion {
+                connection,
+                request: id,
+                outcome,
+            });
         }
     }
 
@@ -1253,10 +1613,17 @@ impl<D: BlockQueue> BlockBackend<D> for DataPair {
 
 impl WitnessMember {
     /// `entropy`: bytes that differ from boot to boot, for the nonces.
-    pub fn start<Q: FrameQueues>(config: &Config, nets: &mut [NetPort<Q>], now_micros: u64, boot_stamp: u64, entropy: &[u8]) -> Result<Self, String> {
+    pub fn start<Q: FrameQueues>(
+        config: &Config,
+        nets: &mut [NetPort<Q>],
+        now_micros: u64,
+        boot_stamp: u64,
+        entropy: &[u8],
+    ) -> Result<Self, String> {
         let mut witness_config = WitnessConfig::new(boot_stamp ^ now_micros);
         witness_config.timing = timing(&config.ha);
-        let witness = Witness::new(witness_config, ha_now(now_micros)).map_err(|error| alloc::format!("{error}"))?;
+        let witness = Witness::new(witness_config, ha_now(now_micros))
+            .map_err(|error| alloc::format!("{error}"))?;
         let mut addresses = [[None; 2]; 3];
         for (index, address) in config.ha.node_addresses.iter().enumerate() {
             addresses[index] = [config.ha.node_replication_addresses[index], *address];
@@ -1267,7 +1634,12 @@ impl WitnessMember {
         Ok(Self { witness, links })
     }
 
-    pub fn poll<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write, now_micros: u64) -> bool {
+    pub fn poll<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        console: &mut dyn Write,
+        now_micros: u64,
+    ) -> bool {
         let now = ha_now(now_micros);
         let mut busy = false;
         self.witness.tick(now);
@@ -1290,6 +1662,10 @@ impl WitnessMember {
     }
 
     pub fn status(&self, now_micros: u64) -> String {
-        alloc::format!("{}{}\n", self.witness.status(ha_now(now_micros)), self.links.channel.counters())
+        alloc::format!(
+            "{}{}\n",
+            self.witness.status(ha_now(now_micros)),
+            self.links.channel.counters()
+        )
     }
 }

@@ -12,7 +12,11 @@ pub fn word(seed: u64, lba: u64, index: u64) -> u64 {
 
 /// Fills `sector` (512 bytes) with the pattern of `lba`.
 pub fn fill_sector(sector: &mut [u8], seed: u64, lba: u64) {
-    for (index, chunk) in sector.chunks_exact_mut(8).take(WORDS_PER_SECTOR).enumerate() {
+    for (index, chunk) in sector
+        .chunks_exact_mut(8)
+        .take(WORDS_PER_SECTOR)
+        .enumerate()
+    {
         chunk.copy_from_slice(&word(seed, lba, index as u64).to_le_bytes());
     }
 }

@@ -19,6 +19,11 @@ pub struct NetPort<Q: FrameQueues> {
 
 impl<Q: FrameQueues> NetPort<Q> {
     pub fn new(nic: Nic<FrameDevice<Q>>, status: Option<Listener>) -> Self {
-        Self { nic, status, status_connections: Vec::new(), neighbors_replayed_micros: 0 }
+        Self {
+            nic,
+            status,
+            status_connections: Vec::new(),
+            neighbors_replayed_micros: 0,
+        }
     }
 }

@@ -60,9 +60,24 @@ mod tests {
         let mut spent = Spent::default();
         spent.add_since(now_nanos(), 4096);
         spent.add_since(now_nanos(), 4096);
-        assert_eq!(spent, Spent { count: 2, bytes: 8192, nanos: 0 });
+        assert_eq!(
+            spent,
+            Spent {
+                count: 2,
+                bytes: 8192,
+                nanos: 0
+            }
+        );
         assert_eq!(spent.to_string(), "2/8192B/0us");
         assert_eq!(Spent::default().nanos_per_kib(), 0);
-        assert_eq!(Spent { count: 1, bytes: 2048, nanos: 10_000 }.nanos_per_kib(), 5000);
+        assert_eq!(
+            Spent {
+                count: 1,
+                bytes: 2048,
+                nanos: 10_000
+            }
+            .nanos_per_kib(),
+            5000
+        );
     }
 }

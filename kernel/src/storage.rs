@@ -8,15 +8,15 @@ use core::fmt::Write;
 
 use crate::backend::{BlockBackend, Completion};
 use crate::block::{BlockQueue, SECTOR};
-use crate::config::{derived_id, AnaSetting, NvmeSettings};
+use crate::config::{AnaSetting, NvmeSettings, derived_id};
 use crate::port::NetPort;
 use tandem_net::smoltcp::iface::SocketHandle;
 use tandem_net::smoltcp::socket::tcp;
 use tandem_net::smoltcp::wire::IpEndpoint;
 use tandem_net::{FrameQueues, Listener};
 use tandem_nvme::{
-    AnaState, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal, PortalAddress, Target,
-    TargetConfig,
+    AnaState, Connection, ConnectionState, Crc32c, Instant, NamespaceConfig, Portal, PortalAddress,
+    Target, TargetConfig,
 };
 
 /// Live connections per port and NIC.
@@ -106,10 +106,16 @@ impl NvmeService {
         config.ana_groups = alloc::vec![(settings.ana_group, ana_state(settings.ana_state))];
         config.limits.max_io_queues = settings.max_io_queues;
         // Keep command data well inside the heap: a quarter of it at most.
-        config.limits.total_data_budget = (heap_bytes as u64 / 4).min(config.limits.total_data_budget);
-        config.limits.data_budget = (config.limits.data_budget as u64).min(config.limits.total_data_budget / 2) as u32;
+        config.limits.total_data_budget =
+            (heap_bytes as u64 / 4).min(config.limits.total_data_budget);
+        config.limits.data_budget =
+            (config.limits.data_budget as u64).min(config.limits.total_data_budget / 2) as u32;
         let lba_shift = if settings.lba_bytes == 4096 { 12 } else { 9 };
-        let served = if pair_data_bytes.is_some() { &disks[..disks.len().min(1)] } else { disks };
+        let served = if pair_data_bytes.is_some() {
+            &disks[..disks.len().min(1)]
+        } else {
+            disks
+        };
         for (index, disk) in served.iter().enumerate() {
             let nsid = index as u32 + 1;
             let nguid = match settings.nguid {
@@ -149,18 +155,33 @@ impl NvmeService {
             .peer_portals
             .iter()
             .enumerate()
-            .map(|(index, (address, port))| Portal { port_id: 0x100 + index as u16, address: PortalAddress::V4(*address), port: *port })
+            .map(|(index, (address, port))| Portal {
+                port_id: 0x100 + index as u16,
+                address: PortalAddress::V4(*address),
+                port: *port,
+            })
             .collect();
         let mut target = Target::new(config).map_err(|error| alloc::format!("{error}"))?;
         if let Some(crc32c) = crc32c {
             target.set_crc32c(crc32c);
         }
         let listeners = (0..nets.len())
-            .map(|nic| serves(nic).then(|| PortListeners {
-                io: Listener::new(settings.port, MAX_CONNECTIONS, socket_buffer_bytes(heap_bytes, nets.len())),
-                discovery: (settings.discovery_port != 0)
-                    .then(|| Listener::new(settings.discovery_port, MAX_DISCOVERY_CONNECTIONS, 16 * 1024)),
-            }))
+            .map(|nic| {
+                serves(nic).then(|| PortListeners {
+                    io: Listener::new(
+                        settings.port,
+                        MAX_CONNECTIONS,
+                        socket_buffer_bytes(heap_bytes, nets.len()),
+                    ),
+                    discovery: (settings.discovery_port != 0).then(|| {
+                        Listener::new(
+                            settings.discovery_port,
+                            MAX_DISCOVERY_CONNECTIONS,
+                            16 * 1024,
+                        )
+                    }),
+                })
+            })
             .collect();
         Ok(Self {
             target,
@@ -192,16 +213,34 @@ impl NvmeService {
         busy |= self.complete(backend.take_completions(disks), now);
 
         for (nic, listeners) in self.listeners.iter_mut().enumerate() {
-            let Some(listeners) = listeners.as_mut() else { continue };
+            let Some(listeners) = listeners.as_mut() else {
+                continue;
+            };
             let sockets = nets[nic].nic.sockets_mut();
             // Each port has its own bound.
-            let live = |port: u16| self.connections.iter().filter(|c| c.nic == nic && c.port == port).count();
+            let live = |port: u16| {
+                self.connections
+                    .iter()
+                    .filter(|c| c.nic == nic && c.port == port)
+                    .count()
+            };
             let mut accepted: Vec<(u16, SocketHandle)> = Vec::new();
             let port = listeners.io.port();
-            accepted.extend(listeners.io.poll(sockets, live(port)).into_iter().map(|handle| (port, handle)));
+            accepted.extend(
+                listeners
+                    .io
+                    .poll(sockets, live(port))
+                    .into_iter()
+                    .map(|handle| (port, handle)),
+            );
             if let Some(discovery) = listeners.discovery.as_mut() {
                 let port = discovery.port();
-                accepted.extend(discovery.poll(sockets, live(port)).into_iter().map(|handle| (port, handle)));
+                accepted.extend(
+                    discovery
+                        .poll(sockets, live(port))
+                        .into_iter()
+                        .map(|handle| (port, handle)),
+                );
             }
             for (port, handle) in accepted {
                 busy = true;
@@ -210,7 +249,10 @@ impl NvmeService {
                 socket.set_ack_delay(Some(tandem_net::ACK_DELAY));
                 let id = self.next_connection;
                 self.next_connection += 1;
-                log::debug!("nvme: connection {id} from {:?} on net{nic}", socket.remote_endpoint());
+                log::debug!(
+                    "nvme: connection {id} from {:?} on net{nic}",
+                    socket.remote_endpoint()
+                );
                 self.connections.push(NvmeConnection {
                     id,
                     nic,
@@ -224,14 +266,20 @@ impl NvmeService {
         }
 
         for entry in &mut self.connections {
-            let socket = nets[entry.nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle);
+            let socket = nets[entry.nic]
+                .nic
+                .sockets_mut()
+                .get_mut::<tcp::Socket>(entry.handle);
             busy |= pump(&mut self.target, entry, socket, now);
             while let Some(request) = entry.connection.next_block_request() {
                 busy = true;
                 backend.submit(disks, entry.id, request, now_micros);
             }
             // Completions produced above may be ready to go out now.
-            let socket = nets[entry.nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle);
+            let socket = nets[entry.nic]
+                .nic
+                .sockets_mut()
+                .get_mut::<tcp::Socket>(entry.handle);
             busy |= pump(&mut self.target, entry, socket, now);
         }
         // Start what was just submitted without waiting for the next round.
@@ -245,7 +293,10 @@ impl NvmeService {
                 let socket = sockets.get_mut::<tcp::Socket>(entry.handle);
                 finished = matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait);
                 if !finished && now_ms.saturating_sub(closed_at_ms) > CLOSE_LINGER_MS {
-                    log::debug!("nvme: connection {} reset: the host did not close its side", entry.id);
+                    log::debug!(
+                        "nvme: connection {} reset: the host did not close its side",
+                        entry.id
+                    );
                     socket.abort();
                     finished = true;
                 }
@@ -269,9 +320,15 @@ impl NvmeService {
     /// locking hosts out meanwhile.
     fn evict_idle_connections<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>]) {
         for (nic, listeners) in self.listeners.iter().enumerate() {
-            let Some(listeners) = listeners.as_ref() else { continue };
-            let ports = core::iter::once((listeners.io.port(), MAX_CONNECTIONS))
-                .chain(listeners.discovery.as_ref().map(|d| (d.port(), MAX_DISCOVERY_CONNECTIONS)));
+            let Some(listeners) = listeners.as_ref() else {
+                continue;
+            };
+            let ports = core::iter::once((listeners.io.port(), MAX_CONNECTIONS)).chain(
+                listeners
+                    .discovery
+                    .as_ref()
+                    .map(|d| (d.port(), MAX_DISCOVERY_CONNECTIONS)),
+            );
             for (port, max) in ports {
                 let on_port = |c: &&mut NvmeConnection| c.nic == nic && c.port == port;
                 let live = self.connections.iter_mut().filter(on_port).count();
@@ -282,12 +339,22 @@ impl NvmeService {
                     .connections
                     .iter_mut()
                     .filter(on_port)
-                    .filter(|c| c.connection.state() != ConnectionState::Closed && c.connection.info().cntlid.is_none())
+                    .filter(|c| {
+                        c.connection.state() != ConnectionState::Closed
+                            && c.connection.info().cntlid.is_none()
+                    })
                     .min_by_key(|c| c.id);
                 if let Some(entry) = oldest_idle {
-                    log::debug!("nvme: connection {} closed to make room on port {port} of net{nic}", entry.id);
+                    log::debug!(
+                        "nvme: connection {} closed to make room on port {port} of net{nic}",
+                        entry.id
+                    );
                     entry.connection.close(&mut self.target);
-                    nets[nic].nic.sockets_mut().get_mut::<tcp::Socket>(entry.handle).abort();
+                    nets[nic]
+                        .nic
+                        .sockets_mut()
+                        .get_mut::<tcp::Socket>(entry.handle)
+                        .abort();
                 }
             }
         }
@@ -300,12 +367,19 @@ impl NvmeService {
     }
 
     /// The hosts' open TCP connections to the portals: (local end, host end).
-    pub fn host_connections<Q: FrameQueues>(&self, nets: &[NetPort<Q>]) -> Vec<(IpEndpoint, IpEndpoint)> {
+    pub fn host_connections<Q: FrameQueues>(
+        &self,
+        nets: &[NetPort<Q>],
+    ) -> Vec<(IpEndpoint, IpEndpoint)> {
         self.connections
             .iter()
             .filter(|entry| entry.connection.state() != ConnectionState::Closed)
             .filter_map(|entry| {
-                let socket = nets.get(entry.nic)?.nic.sockets().get::<tcp::Socket>(entry.handle);
+                let socket = nets
+                    .get(entry.nic)?
+                    .nic
+                    .sockets()
+                    .get::<tcp::Socket>(entry.handle);
                 if !socket.is_active() {
                     return None;
                 }
@@ -318,9 +392,20 @@ impl NvmeService {
     /// closed while its request was under way). Returns whether there were any.
     fn complete(&mut self, completions: Vec<Completion>, now: Instant) -> bool {
         let busy = !completions.is_empty();
-        for Completion { connection, request, outcome } in completions {
-            let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection) else { continue };
-            if let Err(error) = entry.connection.complete_block(&mut self.target, now, request, outcome) {
+        for Completion {
+            connection,
+            request,
+            outcome,
+        } in completions
+        {
+            let Some(entry) = self.connections.iter_mut().find(|c| c.id == connection) else {
+                continue;
+            };
+            if let Err(error) =
+                entry
+                    .connection
+                    .complete_block(&mut self.target, now, request, outcome)
+            {
                 log::debug!("completion for a closed command: {error}");
             }
         }
@@ -332,9 +417,18 @@ impl NvmeService {
     /// receive buffers, and answers not yet handed to the socket.
     pub fn describe<Q: FrameQueues>(&self, nets: &[NetPort<Q>]) -> String {
         let config = self.target.config();
-        let mut text = alloc::format!("subsystem {} serial {} model {}\n", config.subsystem_nqn, config.serial, config.model);
+        let mut text = alloc::format!(
+            "subsystem {} serial {} model {}\n",
+            config.subsystem_nqn,
+            config.serial,
+            config.model
+        );
         for namespace in &config.namespaces {
-            let state = self.target.ana_state(namespace.ana_group).map(|s| s.name()).unwrap_or("?");
+            let state = self
+                .target
+                .ana_state(namespace.ana_group)
+                .map(|s| s.name())
+                .unwrap_or("?");
             let _ = writeln!(
                 text,
                 "  namespace {} blocks={} lba={} ana_group={} ana={}",
@@ -349,7 +443,11 @@ impl NvmeService {
             let _ = writeln!(
                 text,
                 "  controller {} {:?} host {} kato={} ms io_queues={:?}",
-                controller.cntlid, controller.subsystem, controller.host_nqn, controller.kato_ms, controller.io_queues
+                controller.cntlid,
+                controller.subsystem,
+                controller.host_nqn,
+                controller.kato_ms,
+                controller.io_queues
             );
         }
         for entry in &self.connections {
@@ -357,11 +455,25 @@ impl NvmeService {
             let _ = write!(
                 text,
                 "  connection {} net{} cntlid={:?} qid={:?} depth={} outstanding={} hdgst={} ddgst={} {:?}",
-                entry.id, entry.nic, info.cntlid, info.qid, info.depth, info.outstanding, info.header_digest, info.data_digest, info.stats
+                entry.id,
+                entry.nic,
+                info.cntlid,
+                info.qid,
+                info.depth,
+                info.outstanding,
+                info.header_digest,
+                info.data_digest,
+                info.stats
             );
             if let Some(port) = nets.get(entry.nic) {
                 let socket = port.nic.sockets().get::<tcp::Socket>(entry.handle);
-                let _ = write!(text, " tcp={} sendq={} recvq={}", socket.state(), socket.send_queue(), socket.recv_queue());
+                let _ = write!(
+                    text,
+                    " tcp={} sendq={} recvq={}",
+                    socket.state(),
+                    socket.send_queue(),
+                    socket.recv_queue()
+                );
             }
             let _ = writeln!(text, " unsent={}", entry.connection.output_len());
         }
@@ -386,7 +498,12 @@ const GATHER_BYTES: usize = 16 * 1024;
 const GATHER_MILLIS: u64 = 2;
 
 /// Moves bytes between a socket and its connection. Returns whether any moved.
-fn pump(target: &mut Target, entry: &mut NvmeConnection, socket: &mut tcp::Socket, now: Instant) -> bool {
+fn pump(
+    target: &mut Target,
+    entry: &mut NvmeConnection,
+    socket: &mut tcp::Socket,
+    now: Instant,
+) -> bool {
     let mut moved = false;
     let connection = &mut entry.connection;
     while socket.can_recv() {

@@ -11,14 +11,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use crate::config::Config;
 use tandem_ha::announce::{Announcement, ArpSchedule};
 use tandem_ha::node::Status;
-use tandem_ha::takeover::{PeerView, Takeover, ROUND_OFFSETS_MS};
+use tandem_ha::takeover::{PeerView, ROUND_OFFSETS_MS, Takeover};
 use tandem_ha::wire::connections::{ConnectionEntry, ConnectionList, MAX_ENTRIES};
 use tandem_ha::{Duration, Instant, NodeId};
-use crate::config::Config;
-use tandem_net::frames::{self, Endpoint};
 use tandem_net::FrameQueues;
+use tandem_net::frames::{self, Endpoint};
 use tandem_net::smoltcp::time::Instant as NetInstant;
 use tandem_net::smoltcp::wire::{IpAddress, Ipv4Address};
 
@@ -75,13 +75,26 @@ impl AddressTakeover {
     pub fn new(config: &Config, me: NodeId, boot: u32, now_micros: u64) -> Self {
         Self {
             me,
-            decision: Takeover::new(Duration::from_millis(config.ha.failure_timeout_ms), Instant::from_micros(now_micros)),
-            peer_portals: config.nvme.peer_portals.iter().map(|(address, _)| Ipv4Address::from_octets(*address)).collect(),
+            decision: Takeover::new(
+                Duration::from_millis(config.ha.failure_timeout_ms),
+                Instant::from_micros(now_micros),
+            ),
+            peer_portals: config
+                .nvme
+                .peer_portals
+                .iter()
+                .map(|(address, _)| Ipv4Address::from_octets(*address))
+                .collect(),
             peer_list: None,
             lists_received: 0,
             lists_dropped: 0,
             last_drop: None,
-            own: ConnectionList { sender: me, boot, sequence: 0, entries: Vec::new() },
+            own: ConnectionList {
+                sender: me,
+                boot,
+                sequence: 0,
+                entries: Vec::new(),
+            },
             next_report_ms: 0,
             next_check_ms: 0,
             fingerprint: (0, 0),
@@ -101,7 +114,8 @@ impl AddressTakeover {
     /// The front-end NIC's link came back: announce this node's addresses
     /// (the peer may hold them).
     pub fn front_end_link_up(&mut self, now_micros: u64) {
-        self.decision.announce_from(Instant::from_micros(now_micros));
+        self.decision
+            .announce_from(Instant::from_micros(now_micros));
     }
 
     /// The peer's portal addresses (`peer=`).
@@ -115,8 +129,15 @@ impl AddressTakeover {
         let verdict = match ConnectionList::parse(bytes) {
             Err(error) => Err(alloc::format!("{error}")),
             Ok(list) if list.sender != self.me.peer() => Err(String::from("not from the peer")),
-            Ok(list) => match list.entries.iter().find(|e| !self.peer_portals.contains(&Ipv4Address::from_octets(e.local_address))) {
-                Some(entry) => Err(alloc::format!("connection on {}, not a peer portal", Ipv4Address::from_octets(entry.local_address))),
+            Ok(list) => match list.entries.iter().find(|e| {
+                !self
+                    .peer_portals
+                    .contains(&Ipv4Address::from_octets(e.local_address))
+            }) {
+                Some(entry) => Err(alloc::format!(
+                    "connection on {}, not a peer portal",
+                    Ipv4Address::from_octets(entry.local_address)
+                )),
                 None => Ok(list),
             },
         };
@@ -176,23 +197,43 @@ impl AddressTakeover {
         let decision = self.decision.update(Instant::from_micros(now_micros), view);
         if decision.release {
             busy = true;
-            let why = if status.role == tandem_ha::Role::Primary { "peer heard, front-end up" } else { "no longer primary" };
+            let why = if status.role == tandem_ha::Role::Primary {
+                "peer heard, front-end up"
+            } else {
+                "no longer primary"
+            };
             self.claim_announcement = None;
             for (nic, address) in core::mem::take(&mut self.claimed) {
                 nets[nic].nic.release_address(address);
                 replay_neighbors(&mut nets[nic]);
-                let _ = writeln!(console, "tandem: takeover release {address} on net{nic} ({why})");
+                let _ = writeln!(
+                    console,
+                    "tandem: takeover release {address} on net{nic} ({why})"
+                );
             }
         }
         if decision.claim {
             busy = true;
-            self.claim(nets, console, if status.peer_host_path_lost { "peer's front-end lost" } else { "peer silent" });
-            self.claim_announcement = Some(Announcement::start(ArpSchedule::linux_default(), Instant::from_micros(now_micros)));
+            self.claim(
+                nets,
+                console,
+                if status.peer_host_path_lost {
+                    "peer's front-end lost"
+                } else {
+                    "peer silent"
+                },
+            );
+            self.claim_announcement = Some(Announcement::start(
+                ArpSchedule::linux_default(),
+                Instant::from_micros(now_micros),
+            ));
         }
         if decision.announce_own {
             self.own_addresses.announce(now_micros);
         }
-        busy |= self.own_addresses.decide(nets, console, now_micros, &status);
+        busy |= self
+            .own_addresses
+            .decide(nets, console, now_micros, &status);
         if let Some(announcement) = self.claim_announcement.as_mut() {
             if announcement.poll(Instant::from_micros(now_micros)) {
                 busy = true;
@@ -206,7 +247,12 @@ impl AddressTakeover {
         (busy, report)
     }
 
-    fn claim<Q: FrameQueues>(&mut self, nets: &mut [NetPort<Q>], console: &mut dyn Write, why: &str) {
+    fn claim<Q: FrameQueues>(
+        &mut self,
+        nets: &mut [NetPort<Q>],
+        console: &mut dyn Write,
+        why: &str,
+    ) {
         for address in self.peer_portals.clone() {
             let Some(nic) = nets.iter().position(|port| port.nic.in_subnet(address)) else {
                 log::warn!("takeover: no NIC in the subnet of the peer's {address}");
@@ -217,17 +263,26 @@ impl AddressTakeover {
                     replay_neighbors(&mut nets[nic]);
                     self.claimed.push((nic, address));
                     let connections = self.peer_connections_on(address).count();
-                    let _ = writeln!(console, "tandem: takeover claim {address} on net{nic} ({why}), tickled {connections} connections");
+                    let _ = writeln!(
+                        console,
+                        "tandem: takeover claim {address} on net{nic} ({why}), tickled {connections} connections"
+                    );
                 }
                 Err(error) => {
-                    let _ = writeln!(console, "tandem: takeover of {address} on net{nic} failed: {error}");
+                    let _ = writeln!(
+                        console,
+                        "tandem: takeover of {address} on net{nic} failed: {error}"
+                    );
                 }
             }
         }
     }
 
     fn peer_connections_on(&self, address: Ipv4Address) -> impl Iterator<Item = &ConnectionEntry> {
-        self.peer_list.iter().flat_map(|list| list.entries.iter()).filter(move |e| Ipv4Address::from_octets(e.local_address) == address)
+        self.peer_list
+            .iter()
+            .flat_map(|list| list.entries.iter())
+            .filter(move |e| Ipv4Address::from_octets(e.local_address) == address)
     }
 
     /// The claimed addresses' announcement: a gratuitous ARP request and
@@ -239,14 +294,20 @@ impl AddressTakeover {
         for (nic, address) in self.claimed.clone() {
             let port = &mut nets[nic];
             let mac = port.nic.device().mac_address();
-            port.nic.send_frame(now, &frames::gratuitous_arp(mac, address));
-            port.nic.send_frame(now, &frames::gratuitous_arp_reply(mac, address));
+            port.nic
+                .send_frame(now, &frames::gratuitous_arp(mac, address));
+            port.nic
+                .send_frame(now, &frames::gratuitous_arp_reply(mac, address));
             let mut asked: Vec<Ipv4Address> = Vec::new();
             for entry in self.peer_connections_on(address) {
-                let Some(next_hop) = next_hop(port, Ipv4Address::from_octets(entry.host_address)) else { continue };
+                let Some(next_hop) = next_hop(port, Ipv4Address::from_octets(entry.host_address))
+                else {
+                    continue;
+                };
                 if !asked.contains(&next_hop) {
                     asked.push(next_hop);
-                    port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
+                    port.nic
+                        .send_frame(now, &frames::arp_request(mac, address, next_hop));
                 }
             }
         }
@@ -265,30 +326,51 @@ impl AddressTakeover {
             let mac = port.nic.device().mac_address();
             for entry in self.peer_connections_on(address) {
                 let host = Ipv4Address::from_octets(entry.host_address);
-                let Some(next_hop) = next_hop(port, host) else { continue };
+                let Some(next_hop) = next_hop(port, host) else {
+                    continue;
+                };
                 match port.nic.device().arp_neighbor(next_hop) {
                     Some(host_mac) => {
-                        let from = Endpoint { address, port: entry.local_port };
-                        let to = Endpoint { address: host, port: entry.host_port };
-                        if port.nic.send_frame(now, &frames::tickle_ack(mac, host_mac, from, to)) {
+                        let from = Endpoint {
+                            address,
+                            port: entry.local_port,
+                        };
+                        let to = Endpoint {
+                            address: host,
+                            port: entry.host_port,
+                        };
+                        if port
+                            .nic
+                            .send_frame(now, &frames::tickle_ack(mac, host_mac, from, to))
+                        {
                             tickled += 1;
                         }
                     }
                     None if !asked.contains(&next_hop) => {
                         asked.push(next_hop);
-                        port.nic.send_frame(now, &frames::arp_request(mac, address, next_hop));
+                        port.nic
+                            .send_frame(now, &frames::arp_request(mac, address, next_hop));
                     }
                     None => {}
                 }
             }
         }
         self.tickles_sent += tickled;
-        log::info!("takeover: round {round} (+{} ms): {tickled} tickles, {} ARP requests", ROUND_OFFSETS_MS[round.min(ROUND_OFFSETS_MS.len() - 1)], asked.len());
+        log::info!(
+            "takeover: round {round} (+{} ms): {tickled} tickles, {} ARP requests",
+            ROUND_OFFSETS_MS[round.min(ROUND_OFFSETS_MS.len() - 1)],
+            asked.len()
+        );
     }
 
     /// This node's connection list, when it is due (changed, or the interval
     /// passed).
-    fn report<Q: FrameQueues>(&mut self, nets: &[NetPort<Q>], nvme: &NvmeService, now_ms: u64) -> Option<Vec<u8>> {
+    fn report<Q: FrameQueues>(
+        &mut self,
+        nets: &[NetPort<Q>],
+        nvme: &NvmeService,
+        now_ms: u64,
+    ) -> Option<Vec<u8>> {
         let fingerprint = nvme.connections_fingerprint();
         if now_ms < self.next_check_ms && fingerprint == self.fingerprint {
             return None;
@@ -329,9 +411,17 @@ impl AddressTakeover {
         if self.claimed.is_empty() {
             text.push_str(" claimed none");
         }
-        let since = self.decision.claimed_at().map(|at| Instant::from_micros(now_micros).saturating_since(at).as_millis());
+        let since = self.decision.claimed_at().map(|at| {
+            Instant::from_micros(now_micros)
+                .saturating_since(at)
+                .as_millis()
+        });
         for (nic, address) in &self.claimed {
-            let _ = write!(text, " claimed {address} on net{nic} for {} ms", since.unwrap_or(0));
+            let _ = write!(
+                text,
+                " claimed {address} on net{nic} for {} ms",
+                since.unwrap_or(0)
+            );
         }
         let _ = writeln!(
             text,
@@ -340,7 +430,10 @@ impl AddressTakeover {
             self.own.entries.len(),
             self.lists_received,
             self.lists_dropped,
-            self.last_drop.as_ref().map(|why| alloc::format!(" (last: {why})")).unwrap_or_default(),
+            self.last_drop
+                .as_ref()
+                .map(|why| alloc::format!(" (last: {why})"))
+                .unwrap_or_default(),
             self.tickles_sent
         );
         text.push_str(&self.own_addresses.status_text());
@@ -352,7 +445,11 @@ impl AddressTakeover {
 /// The next hop towards `host` from a NIC: the host on its subnet, else its
 /// gateway.
 fn next_hop<Q: FrameQueues>(port: &NetPort<Q>, host: Ipv4Address) -> Option<Ipv4Address> {
-    if port.nic.in_subnet(host) { Some(host) } else { port.nic.gateway() }
+    if port.nic.in_subnet(host) {
+        Some(host)
+    } else {
+        port.nic.gateway()
+    }
 }
 
 /// smoltcp forgot its neighbours with the address change: tell it again.

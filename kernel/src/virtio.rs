@@ -448,8 +448,14 @@ mod tests {
         assert!(!watch.check(0, false, false), "nothing held");
         assert!(!watch.check(10, true, false), "held from now on");
         assert!(!watch.check(10 + STALL_MICROS - 1, true, false), "not yet");
-        assert!(watch.check(10 + STALL_MICROS, true, false), "a second without a buffer back");
-        assert!(!watch.check(10 + STALL_MICROS + 1, true, false), "once per second");
+        assert!(
+            watch.check(10 + STALL_MICROS, true, false),
+            "a second without a buffer back"
+        );
+        assert!(
+            !watch.check(10 + STALL_MICROS + 1, true, false),
+            "once per second"
+        );
         assert!(watch.check(10 + 2 * STALL_MICROS, true, false));
         assert_eq!(watch.renotified(), 2);
         // Buffers coming back restart the second; an empty queue stops it.

@@ -10,7 +10,10 @@
 //! for are checked here ([`frame_checksums_valid`]) before it sees them.
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities};
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Packet, TcpPacket,
+    UdpPacket,
+};
 
 /// What smoltcp is told: compute checksums when sending, never verify.
 pub fn receive_checksums() -> ChecksumCapabilities {
@@ -26,11 +29,15 @@ pub fn receive_checksums() -> ChecksumCapabilities {
 /// the TCP, UDP or ICMP message it carries, is wrong. Frames too short or
 /// malformed to verify pass: smoltcp's own parsing refuses them.
 pub fn frame_checksums_valid(frame: &[u8]) -> bool {
-    let Ok(ethernet) = EthernetFrame::new_checked(frame) else { return true };
+    let Ok(ethernet) = EthernetFrame::new_checked(frame) else {
+        return true;
+    };
     if ethernet.ethertype() != EthernetProtocol::Ipv4 {
         return true;
     }
-    let Ok(ip) = Ipv4Packet::new_checked(ethernet.payload()) else { return true };
+    let Ok(ip) = Ipv4Packet::new_checked(ethernet.payload()) else {
+        return true;
+    };
     if !ip.verify_checksum() {
         return false;
     }
@@ -39,12 +46,21 @@ pub fn frame_checksums_valid(frame: &[u8]) -> bool {
     if ip.more_frags() || ip.frag_offset() != 0 {
         return true;
     }
-    let (source, destination) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    let (source, destination) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
     let payload = ip.payload();
     match ip.next_header() {
-        IpProtocol::Tcp => TcpPacket::new_checked(payload).ok().is_none_or(|tcp| tcp.verify_checksum(&source, &destination)),
-        IpProtocol::Udp => UdpPacket::new_checked(payload).ok().is_none_or(|udp| udp.verify_checksum(&source, &destination)),
-        IpProtocol::Icmp => Icmpv4Packet::new_checked(payload).ok().is_none_or(|icmp| icmp.verify_checksum()),
+        IpProtocol::Tcp => TcpPacket::new_checked(payload)
+            .ok()
+            .is_none_or(|tcp| tcp.verify_checksum(&source, &destination)),
+        IpProtocol::Udp => UdpPacket::new_checked(payload)
+            .ok()
+            .is_none_or(|udp| udp.verify_checksum(&source, &destination)),
+        IpProtocol::Icmp => Icmpv4Packet::new_checked(payload)
+            .ok()
+            .is_none_or(|icmp| icmp.verify_checksum()),
         _ => true,
     }
 }
@@ -76,11 +92,22 @@ mod tests {
     #[test]
     fn a_udp_datagram_without_checksum_passes_and_one_with_a_wrong_one_does_not() {
         use smoltcp::phy::ChecksumCapabilities;
-        use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Repr, UdpRepr};
+        use smoltcp::wire::{
+            EthernetAddress, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Repr, UdpRepr,
+        };
         let (source, destination) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
         let payload = [7u8; 32];
-        let udp = UdpRepr { src_port: 9, dst_port: 9 };
-        let ip = Ipv4Repr { src_addr: source, dst_addr: destination, next_header: IpProtocol::Udp, payload_len: 8 + payload.len(), hop_limit: 64 };
+        let udp = UdpRepr {
+            src_port: 9,
+            dst_port: 9,
+        };
+        let ip = Ipv4Repr {
+            src_addr: source,
+            dst_addr: destination,
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + payload.len(),
+            hop_limit: 64,
+        };
         let ethernet = EthernetRepr {
             src_addr: EthernetAddress([2, 0, 0, 0, 0, 9]),
             dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
@@ -88,7 +115,10 @@ mod tests {
         };
         let mut frame = alloc::vec![0u8; 14 + 20 + 8 + payload.len()];
         ethernet.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &ChecksumCapabilities::default());
+        ip.emit(
+            &mut Ipv4Packet::new_unchecked(&mut frame[14..]),
+            &ChecksumCapabilities::default(),
+        );
         udp.emit(
             &mut UdpPacket::new_unchecked(&mut frame[34..]),
             &source.into(),
@@ -101,7 +131,10 @@ mod tests {
         frame[34 + 8] ^= 0xff;
         assert!(!frame_checksums_valid(&frame));
         frame[34 + 6..34 + 8].fill(0);
-        assert!(frame_checksums_valid(&frame), "a zero UDP checksum means none");
+        assert!(
+            frame_checksums_valid(&frame),
+            "a zero UDP checksum means none"
+        );
     }
 
     #[test]

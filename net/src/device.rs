@@ -28,8 +28,8 @@ pub const MAX_FRAME_LEN: usize = 1514;
 /// per byte: four times fewer segments for a 128 KiB read or a replicated
 /// write. Only TCP goes past [`MAX_FRAME_LEN`]: nothing else this stack sends
 /// is larger than a wire frame.
-pub const MAX_SEGMENTED_FRAME_LEN: usize =
-    MAX_FRAME_LEN + (crate::stretch_ack::SCALE as usize - 1) * crate::stretch_ack::LOCAL_MSS as usize;
+pub const MAX_SEGMENTED_FRAME_LEN: usize = MAX_FRAME_LEN
+    + (crate::stretch_ack::SCALE as usize - 1) * crate::stretch_ack::LOCAL_MSS as usize;
 
 /// What went wrong moving a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,14 +58,26 @@ impl ReceivedFrame {
     pub fn new(buffer: Box<[u8]>, start: usize, len: usize) -> Self {
         let start = start.min(buffer.len());
         let len = len.min(buffer.len() - start);
-        Self { buffer, start, len, pooled: true, checksums_trusted: false }
+        Self {
+            buffer,
+            start,
+            len,
+            pooled: true,
+            checksums_trusted: false,
+        }
     }
 
     /// A frame the device spread over several of the queue's buffers,
     /// copied together; [`ReceivedFrame::into_buffer`] gives nothing back.
     pub fn assembled(frame: Vec<u8>) -> Self {
         let len = frame.len();
-        Self { buffer: frame.into_boxed_slice(), start: 0, len, pooled: false, checksums_trusted: false }
+        Self {
+            buffer: frame.into_boxed_slice(),
+            start: 0,
+            len,
+            pooled: false,
+            checksums_trusted: false,
+        }
     }
 
     /// Marks the frame's checksums as vouched for by the device (virtio-net's
@@ -235,7 +247,12 @@ impl<Q: FrameQueues> FrameDevice<Q> {
         if self.guarded.is_empty() {
             return;
         }
-        let Some(crate::frames::ArpHeader { sender_mac, sender, .. }) = crate::frames::arp_header(frame) else { return };
+        let Some(crate::frames::ArpHeader {
+            sender_mac, sender, ..
+        }) = crate::frames::arp_header(frame)
+        else {
+            return;
+        };
         if sender_mac != self.mac && self.guarded.contains(&sender) {
             bump(&self.counters.address_conflicts, 1);
             self.conflict = Some((sender, sender_mac));
@@ -314,13 +331,33 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if let Some(frame) = self.injected.pop_front() {
-            let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, (&self.quiet[..], &self.quiet_exempt[..]));
-            return Some((FrameRxToken { queues, counters, frame: RxFrame::Injected(frame) }, FrameTxToken { queues, counters, large_frames, quiet: quiet.0, quiet_exempt: quiet.1 }));
+            let (queues, counters, large_frames, quiet) = (
+                &self.queues,
+                &self.counters,
+                self.large_frames,
+                (&self.quiet[..], &self.quiet_exempt[..]),
+            );
+            return Some((
+                FrameRxToken {
+                    queues,
+                    counters,
+                    frame: RxFrame::Injected(frame),
+                },
+                FrameTxToken {
+                    queues,
+                    counters,
+                    large_frames,
+                    quiet: quiet.0,
+                    quiet_exempt: quiet.1,
+                },
+            ));
         }
         loop {
             match self.queues.get_mut().take_received()? {
                 Ok(mut frame) => {
-                    if !frame.checksums_trusted && !crate::checksum::frame_checksums_valid(frame.frame()) {
+                    if !frame.checksums_trusted
+                        && !crate::checksum::frame_checksums_valid(frame.frame())
+                    {
                         bump(&self.counters.rx_checksum_errors, 1);
                         if let Err(error) = self.queues.get_mut().recycle(frame) {
                             log::warn!("could not recycle a receive buffer: {error:?}");
@@ -330,8 +367,26 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
                     crate::stretch_ack::scale_announced_mss(frame.frame_mut());
                     self.arp.learn(frame.frame());
                     self.watch_conflicts(frame.frame());
-                    let (queues, counters, large_frames, quiet) = (&self.queues, &self.counters, self.large_frames, (&self.quiet[..], &self.quiet_exempt[..]));
-                    return Some((FrameRxToken { queues, counters, frame: RxFrame::Device(frame) }, FrameTxToken { queues, counters, large_frames, quiet: quiet.0, quiet_exempt: quiet.1 }));
+                    let (queues, counters, large_frames, quiet) = (
+                        &self.queues,
+                        &self.counters,
+                        self.large_frames,
+                        (&self.quiet[..], &self.quiet_exempt[..]),
+                    );
+                    return Some((
+                        FrameRxToken {
+                            queues,
+                            counters,
+                            frame: RxFrame::Device(frame),
+                        },
+                        FrameTxToken {
+                            queues,
+                            counters,
+                            large_frames,
+                            quiet: quiet.0,
+                            quiet_exempt: quiet.1,
+                        },
+                    ));
                 }
                 Err(error) => {
                     bump(&self.counters.rx_errors, 1);
@@ -343,7 +398,13 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         if self.queues.get_mut().can_transmit() {
-            Some(FrameTxToken { queues: &self.queues, counters: &self.counters, large_frames: self.large_frames, quiet: &self.quiet, quiet_exempt: &self.quiet_exempt })
+            Some(FrameTxToken {
+                queues: &self.queues,
+                counters: &self.counters,
+                large_frames: self.large_frames,
+                quiet: &self.quiet,
+                quiet_exempt: &self.quiet_exempt,
+            })
         } else {
             None
         }
@@ -351,7 +412,11 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
-        caps.max_transmission_unit = if self.large_frames { MAX_SEGMENTED_FRAME_LEN } else { MAX_FRAME_LEN };
+        caps.max_transmission_unit = if self.large_frames {
+            MAX_SEGMENTED_FRAME_LEN
+        } else {
+            MAX_FRAME_LEN
+        };
         caps.max_burst_size = None;
         caps.medium = Medium::Ethernet;
         caps.checksum = crate::checksum::receive_checksums();
@@ -410,8 +475,9 @@ impl<Q: FrameQueues> TxToken for FrameTxToken<'_, Q> {
             Some(buffer) => {
                 let result = f(buffer);
                 if !self.quiet.is_empty()
-                    && crate::frames::arp_header(buffer)
-                        .is_some_and(|arp| self.quiet.contains(&arp.sender) && !self.quiet_exempt.contains(&arp.target))
+                    && crate::frames::arp_header(buffer).is_some_and(|arp| {
+                        self.quiet.contains(&arp.sender) && !self.quiet_exempt.contains(&arp.target)
+                    })
                 {
                     // Left unqueued: the next frame reuses the buffer.
                     bump(&self.counters.arp_withheld, 1);
@@ -462,7 +528,14 @@ mod tests {
 
     impl FakeQueues {
         fn new(capacity: usize) -> Self {
-            Self { incoming: Vec::new(), posted: 0, sent: Vec::new(), capacity, filling: Vec::new(), trusted: false }
+            Self {
+                incoming: Vec::new(),
+                posted: 0,
+                sent: Vec::new(),
+                capacity,
+                filling: Vec::new(),
+                trusted: false,
+            }
         }
     }
 
@@ -484,7 +557,11 @@ mod tests {
             let mut buffer = vec![0xee; 12 + frame.len() + 8];
             buffer[12..12 + frame.len()].copy_from_slice(&frame);
             let frame = ReceivedFrame::new(buffer.into_boxed_slice(), 12, frame.len());
-            Some(Ok(if self.trusted { frame.with_trusted_checksums() } else { frame }))
+            Some(Ok(if self.trusted {
+                frame.with_trusted_checksums()
+            } else {
+                frame
+            }))
         }
         fn recycle(&mut self, _frame: ReceivedFrame) -> Result<(), FrameError> {
             self.posted += 1;
@@ -532,13 +609,25 @@ mod tests {
             queues.trusted = trusted;
             queues.incoming.push(syn.clone());
             let mut device = FrameDevice::new(queues);
-            let handed_over = device.receive(Instant::ZERO).map(|(rx, _)| rx.consume(|frame| frame.to_vec()));
+            let handed_over = device
+                .receive(Instant::ZERO)
+                .map(|(rx, _)| rx.consume(|frame| frame.to_vec()));
             assert_eq!(handed_over.is_some(), trusted);
-            assert_eq!(device.counters().rx_checksum_errors.get(), u64::from(!trusted));
-            assert_eq!(device.queues.borrow().posted, 1, "the buffer goes back either way");
+            assert_eq!(
+                device.counters().rx_checksum_errors.get(),
+                u64::from(!trusted)
+            );
+            assert_eq!(
+                device.queues.borrow().posted,
+                1,
+                "the buffer goes back either way"
+            );
         }
         let caps = FrameDevice::new(FakeQueues::new(1)).capabilities().checksum;
-        assert!(caps.tcp.tx() && !caps.tcp.rx(), "smoltcp does not verify again");
+        assert!(
+            caps.tcp.tx() && !caps.tcp.rx(),
+            "smoltcp does not verify again"
+        );
     }
 
     #[test]
@@ -559,7 +648,10 @@ mod tests {
             let tx = device.transmit(Instant::ZERO).expect("room in the queue");
             tx.consume(64, |out| out.fill(n));
         }
-        assert!(device.transmit(Instant::ZERO).is_none(), "full queue: no token");
+        assert!(
+            device.transmit(Instant::ZERO).is_none(),
+            "full queue: no token"
+        );
         assert_eq!(device.counters().tx_packets.get(), 3);
         assert_eq!(device.counters().tx_bytes.get(), 192);
         assert_eq!(device.queues.borrow().sent[2], vec![2; 64]);
@@ -570,7 +662,10 @@ mod tests {
         let mut queues = FakeQueues::new(1);
         queues.incoming.push(vec![1; 60]);
         let mut device = FrameDevice::new(queues);
-        device.transmit(Instant::ZERO).expect("room").consume(60, |out| out.fill(7));
+        device
+            .transmit(Instant::ZERO)
+            .expect("room")
+            .consume(60, |out| out.fill(7));
         let (rx, tx) = device.receive(Instant::ZERO).expect("a frame is waiting");
         let built = rx.consume(|_| tx.consume(42, |out| out.len()));
         assert_eq!(built, 42, "the frame is still built");
@@ -594,20 +689,42 @@ mod tests {
         let syn = frames::tcp_segment(
             HOST_MAC,
             [2, 0, 0, 0, 0, 1],
-            frames::Endpoint { address: host, port: 40000 },
-            frames::Endpoint { address: ours, port: 4420 },
+            frames::Endpoint {
+                address: host,
+                port: 40000,
+            },
+            frames::Endpoint {
+                address: ours,
+                port: 4420,
+            },
             TcpControl::Syn,
             1000,
             None,
         );
         for replay in [false, true] {
-            let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ours, 24), gateway: None };
-            let mut nic = Nic::new("net0", FrameDevice::new(FakeQueues::new(64)), [2, 0, 0, 0, 0, 1], addressing, Instant::from_millis(0));
-            let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 1024]), tcp::SocketBuffer::new(vec![0; 1024]));
+            let addressing = NicAddressing::Static {
+                address: Ipv4Cidr::new(ours, 24),
+                gateway: None,
+            };
+            let mut nic = Nic::new(
+                "net0",
+                FrameDevice::new(FakeQueues::new(64)),
+                [2, 0, 0, 0, 0, 1],
+                addressing,
+                Instant::from_millis(0),
+            );
+            let mut listener = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 1024]),
+                tcp::SocketBuffer::new(vec![0; 1024]),
+            );
             listener.listen(4420).unwrap();
             nic.sockets_mut().add(listener);
             // The host asks for our address: smoltcp and the snoop learn its MAC.
-            nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+            nic.device_mut()
+                .queues
+                .get_mut()
+                .incoming
+                .push(frames::arp_request(HOST_MAC, host, ours));
             nic.poll(Instant::from_millis(10));
             nic.claim_address(Ipv4Address::new(10, 79, 0, 1)).unwrap();
             if replay {
@@ -617,8 +734,19 @@ mod tests {
             nic.device_mut().queues.get_mut().incoming.push(syn.clone());
             nic.poll(Instant::from_millis(20));
             let sent = core::mem::take(&mut nic.device_mut().queues.get_mut().sent);
-            let kinds: Vec<EthernetProtocol> = sent.iter().filter_map(|f| EthernetFrame::new_checked(&f[..]).ok().map(|e| e.ethertype())).collect();
-            let expected = if replay { EthernetProtocol::Ipv4 } else { EthernetProtocol::Arp };
+            let kinds: Vec<EthernetProtocol> = sent
+                .iter()
+                .filter_map(|f| {
+                    EthernetFrame::new_checked(&f[..])
+                        .ok()
+                        .map(|e| e.ethertype())
+                })
+                .collect();
+            let expected = if replay {
+                EthernetProtocol::Ipv4
+            } else {
+                EthernetProtocol::Arp
+            };
             assert_eq!(kinds, [expected], "replay {replay}");
         }
     }
@@ -637,67 +765,135 @@ mod tests {
         const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
         let ours = Ipv4Address::new(10, 79, 0, 1);
         let host = Ipv4Address::new(10, 79, 0, 20);
-        let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ours, 24), gateway: None };
-        let mut nic = Nic::new("net2", FrameDevice::new(FakeQueues::new(64)), [2, 0, 0, 0, 0, 1], addressing, Instant::from_millis(0));
-        nic.device_mut().guard_address(ours);
-        let arp_sent = |nic: &mut Nic<FrameDevice<FakeQueues>>| -> Vec<(ArpOperation, Ipv4Address)> {
-            core::mem::take(&mut nic.device_mut().queues.get_mut().sent)
-                .iter()
-                .filter_map(|f| frames::arp_header(f))
-                .map(|arp| (arp.operation, arp.sender))
-                .collect()
+        let addressing = NicAddressing::Static {
+            address: Ipv4Cidr::new(ours, 24),
+            gateway: None,
         };
+        let mut nic = Nic::new(
+            "net2",
+            FrameDevice::new(FakeQueues::new(64)),
+            [2, 0, 0, 0, 0, 1],
+            addressing,
+            Instant::from_millis(0),
+        );
+        nic.device_mut().guard_address(ours);
+        let arp_sent =
+            |nic: &mut Nic<FrameDevice<FakeQueues>>| -> Vec<(ArpOperation, Ipv4Address)> {
+                core::mem::take(&mut nic.device_mut().queues.get_mut().sent)
+                    .iter()
+                    .filter_map(|f| frames::arp_header(f))
+                    .map(|arp| (arp.operation, arp.sender))
+                    .collect()
+            };
         // Open: a host's request is answered.
-        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::arp_request(HOST_MAC, host, ours));
         nic.poll(Instant::from_millis(10));
         assert_eq!(arp_sent(&mut nic), [(ArpOperation::Reply, ours)]);
         // Our own announcement is no conflict.
-        nic.device_mut().queues.get_mut().incoming.push(frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours));
         nic.poll(Instant::from_millis(15));
         assert!(nic.device_mut().take_conflict().is_none());
         let _ = arp_sent(&mut nic);
         // The peer announces our address (request and reply), then the host asks.
-        nic.device_mut().queues.get_mut().incoming.push(frames::gratuitous_arp(PEER_MAC, ours));
-        nic.device_mut().queues.get_mut().incoming.push(frames::gratuitous_arp_reply(PEER_MAC, ours));
-        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::gratuitous_arp(PEER_MAC, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::gratuitous_arp_reply(PEER_MAC, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::arp_request(HOST_MAC, host, ours));
         nic.poll(Instant::from_millis(20));
-        assert_eq!(arp_sent(&mut nic), [], "nothing answered for a quiet address");
+        assert_eq!(
+            arp_sent(&mut nic),
+            [],
+            "nothing answered for a quiet address"
+        );
         assert_eq!(nic.device_mut().take_conflict(), Some((ours, PEER_MAC)));
         assert!(nic.device().is_quiet(ours));
         assert!(nic.device().counters().arp_withheld.get() >= 1);
         assert_eq!(nic.device().counters().address_conflicts.get(), 2);
         // Frames sent by hand from the quiet address are withheld too.
-        nic.send_frame(Instant::from_millis(21), &frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours));
+        nic.send_frame(
+            Instant::from_millis(21),
+            &frames::gratuitous_arp([2, 0, 0, 0, 0, 1], ours),
+        );
         assert_eq!(arp_sent(&mut nic), []);
         // The pair's members are still answered and asked.
         let witness = Ipv4Address::new(10, 79, 0, 3);
         nic.device_mut().set_quiet_exempt(vec![witness]);
-        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request([2, 0, 0, 0, 0, 3], witness, ours));
-        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::arp_request([2, 0, 0, 0, 0, 3], witness, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::arp_request(HOST_MAC, host, ours));
         nic.poll(Instant::from_millis(25));
-        assert_eq!(arp_sent(&mut nic), [(ArpOperation::Reply, ours)], "the witness only");
+        assert_eq!(
+            arp_sent(&mut nic),
+            [(ArpOperation::Reply, ours)],
+            "the witness only"
+        );
         // Opened: answers again.
         nic.device_mut().set_quiet(ours, false);
-        nic.device_mut().queues.get_mut().incoming.push(frames::arp_request(HOST_MAC, host, ours));
+        nic.device_mut()
+            .queues
+            .get_mut()
+            .incoming
+            .push(frames::arp_request(HOST_MAC, host, ours));
         nic.poll(Instant::from_millis(30));
         assert_eq!(arp_sent(&mut nic), [(ArpOperation::Reply, ours)]);
     }
 
     #[test]
     fn a_gratuitous_reply_names_the_address_and_mac_twice() {
-        use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, Ipv4Address};
+        use smoltcp::wire::{
+            ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, Ipv4Address,
+        };
         let mac = [2, 0, 0, 0, 0, 7];
         let address = Ipv4Address::new(10, 79, 0, 1);
         let frame = crate::frames::gratuitous_arp_reply(mac, address);
         let ethernet = EthernetFrame::new_checked(&frame[..]).unwrap();
         assert_eq!(ethernet.dst_addr(), EthernetAddress::BROADCAST);
         let repr = ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).unwrap()).unwrap();
-        let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_hardware_addr, target_protocol_addr } = repr else {
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_hardware_addr,
+            target_protocol_addr,
+        } = repr
+        else {
             panic!("not IPv4 ARP")
         };
         assert_eq!(operation, ArpOperation::Reply);
-        assert_eq!((source_hardware_addr, target_hardware_addr), (EthernetAddress(mac), EthernetAddress(mac)));
-        assert_eq!((source_protocol_addr, target_protocol_addr), (address, address));
+        assert_eq!(
+            (source_hardware_addr, target_hardware_addr),
+            (EthernetAddress(mac), EthernetAddress(mac))
+        );
+        assert_eq!(
+            (source_protocol_addr, target_protocol_addr),
+            (address, address)
+        );
     }
 
     #[test]
@@ -707,6 +903,11 @@ mod tests {
         let frame = ReceivedFrame::new(vec![0; 16].into_boxed_slice(), 40, 100);
         assert!(frame.frame().is_empty());
         assert!(frame.into_buffer().is_some(), "a queue buffer goes back");
-        assert!(ReceivedFrame::assembled(vec![1; 3000]).into_buffer().is_none(), "an assembled frame does not");
+        assert!(
+            ReceivedFrame::assembled(vec![1; 3000])
+                .into_buffer()
+                .is_none(),
+            "an assembled frame does not"
+        );
     }
 }

@@ -13,8 +13,9 @@ use alloc::vec::Vec;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress,
-    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
+    TcpRepr, TcpSeqNumber,
 };
 
 const ETHERNET_HEADER_LEN: usize = 14;
@@ -25,7 +26,12 @@ const TCP_HEADER_LEN: usize = 20;
 fn arp_frame(source: [u8; 6], destination: EthernetAddress, repr: ArpRepr) -> Vec<u8> {
     let mut frame = vec![0u8; ETHERNET_HEADER_LEN + ARP_LEN];
     let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-    EthernetRepr { src_addr: EthernetAddress(source), dst_addr: destination, ethertype: EthernetProtocol::Arp }.emit(&mut ethernet);
+    EthernetRepr {
+        src_addr: EthernetAddress(source),
+        dst_addr: destination,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut ethernet);
     repr.emit(&mut ArpPacket::new_unchecked(ethernet.payload_mut()));
     frame
 }
@@ -84,7 +90,13 @@ pub fn arp_header(frame: &[u8]) -> Option<ArpHeader> {
     }
     let packet = ArpPacket::new_checked(ethernet.payload()).ok()?;
     match ArpRepr::parse(&packet).ok()? {
-        ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } => Some(ArpHeader {
+        ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } => Some(ArpHeader {
             operation,
             sender_mac: source_hardware_addr.0,
             sender: source_protocol_addr,
@@ -112,7 +124,12 @@ pub fn arp_request(mac: [u8; 6], sender: Ipv4Address, target: Ipv4Address) -> Ve
 }
 
 /// An ARP reply: `address` is at `mac`, sent to `to_address` at `to_mac`.
-pub fn arp_reply(mac: [u8; 6], address: Ipv4Address, to_mac: [u8; 6], to_address: Ipv4Address) -> Vec<u8> {
+pub fn arp_reply(
+    mac: [u8; 6],
+    address: Ipv4Address,
+    to_mac: [u8; 6],
+    to_address: Ipv4Address,
+) -> Vec<u8> {
     arp_frame(
         mac,
         EthernetAddress(to_mac),
@@ -148,8 +165,12 @@ pub fn tcp_segment(
     let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN];
     let checksums = ChecksumCapabilities::default();
     let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-    EthernetRepr { src_addr: EthernetAddress(source_mac), dst_addr: EthernetAddress(destination_mac), ethertype: EthernetProtocol::Ipv4 }
-        .emit(&mut ethernet);
+    EthernetRepr {
+        src_addr: EthernetAddress(source_mac),
+        dst_addr: EthernetAddress(destination_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut ethernet);
     let ip = Ipv4Repr {
         src_addr: from.address,
         dst_addr: to.address,
@@ -189,8 +210,14 @@ pub(crate) fn host_syn() -> Vec<u8> {
     tcp_segment(
         [2, 0, 0, 0, 0, 9],
         [2, 0, 0, 0, 0, 1],
-        Endpoint { address: Ipv4Address::new(10, 79, 0, 20), port: 40000 },
-        Endpoint { address: Ipv4Address::new(10, 79, 0, 2), port: 4420 },
+        Endpoint {
+            address: Ipv4Address::new(10, 79, 0, 20),
+            port: 40000,
+        },
+        Endpoint {
+            address: Ipv4Address::new(10, 79, 0, 2),
+            port: 4420,
+        },
         TcpControl::Syn,
         1000,
         None,
@@ -201,8 +228,21 @@ pub(crate) fn host_syn() -> Vec<u8> {
 /// from `from` to `to`, in an Ethernet frame from `source_mac` to
 /// `destination_mac`. To the host it is out of the window, and it answers
 /// with an ACK that tells the connection's real numbers.
-pub fn tickle_ack(source_mac: [u8; 6], destination_mac: [u8; 6], from: Endpoint, to: Endpoint) -> Vec<u8> {
-    tcp_segment(source_mac, destination_mac, from, to, TcpControl::None, 0, Some(0))
+pub fn tickle_ack(
+    source_mac: [u8; 6],
+    destination_mac: [u8; 6],
+    from: Endpoint,
+    to: Endpoint,
+) -> Vec<u8> {
+    tcp_segment(
+        source_mac,
+        destination_mac,
+        from,
+        to,
+        TcpControl::None,
+        0,
+        Some(0),
+    )
 }
 
 /// Entries an [`ArpSnoop`] keeps.
@@ -220,17 +260,27 @@ pub struct ArpSnoop {
 impl ArpSnoop {
     /// Every neighbour learned, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = (Ipv4Address, [u8; 6])> + '_ {
-        (0..ARP_SNOOP_ENTRIES).filter_map(move |i| self.entries[(self.next + i) % ARP_SNOOP_ENTRIES])
+        (0..ARP_SNOOP_ENTRIES)
+            .filter_map(move |i| self.entries[(self.next + i) % ARP_SNOOP_ENTRIES])
     }
 
     /// Looks at a received Ethernet frame; learns its sender if it is ARP.
     pub fn learn(&mut self, frame: &[u8]) {
-        let Ok(ethernet) = EthernetFrame::new_checked(frame) else { return };
+        let Ok(ethernet) = EthernetFrame::new_checked(frame) else {
+            return;
+        };
         if ethernet.ethertype() != EthernetProtocol::Arp {
             return;
         }
-        let Ok(packet) = ArpPacket::new_checked(ethernet.payload()) else { return };
-        let Ok(ArpRepr::EthernetIpv4 { source_hardware_addr, source_protocol_addr, .. }) = ArpRepr::parse(&packet) else {
+        let Ok(packet) = ArpPacket::new_checked(ethernet.payload()) else {
+            return;
+        };
+        let Ok(ArpRepr::EthernetIpv4 {
+            source_hardware_addr,
+            source_protocol_addr,
+            ..
+        }) = ArpRepr::parse(&packet)
+        else {
             return;
         };
         if source_protocol_addr.is_unspecified() || !source_hardware_addr.is_unicast() {
@@ -240,7 +290,12 @@ impl ArpSnoop {
     }
 
     pub fn insert(&mut self, address: Ipv4Address, mac: [u8; 6]) {
-        if let Some(entry) = self.entries.iter_mut().flatten().find(|(known, _)| *known == address) {
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .flatten()
+            .find(|(known, _)| *known == address)
+        {
             entry.1 = mac;
             return;
         }
@@ -249,7 +304,11 @@ impl ArpSnoop {
     }
 
     pub fn lookup(&self, address: Ipv4Address) -> Option<[u8; 6]> {
-        self.entries.iter().flatten().find(|(known, _)| *known == address).map(|(_, mac)| *mac)
+        self.entries
+            .iter()
+            .flatten()
+            .find(|(known, _)| *known == address)
+            .map(|(_, mac)| *mac)
     }
 }
 
@@ -291,18 +350,31 @@ mod tests {
     fn arp_request_asks_for_the_target() {
         let frame = arp_request(OURS, ip(1), ip(20));
         let ethernet = EthernetFrame::new_checked(&frame[..]).unwrap();
-        let ArpRepr::EthernetIpv4 { operation, source_protocol_addr, target_protocol_addr, .. } =
-            ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).unwrap()).unwrap()
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).unwrap()).unwrap()
         else {
             panic!("not Ethernet/IPv4 ARP")
         };
-        assert_eq!((operation, source_protocol_addr, target_protocol_addr), (ArpOperation::Request, ip(1), ip(20)));
+        assert_eq!(
+            (operation, source_protocol_addr, target_protocol_addr),
+            (ArpOperation::Request, ip(1), ip(20))
+        );
     }
 
     #[test]
     fn tickle_is_a_valid_bare_ack_with_good_checksums() {
-        let from = Endpoint { address: ip(1), port: 4420 };
-        let to = Endpoint { address: ip(20), port: 51234 };
+        let from = Endpoint {
+            address: ip(1),
+            port: 4420,
+        };
+        let to = Endpoint {
+            address: ip(20),
+            port: 51234,
+        };
         let frame = tickle_ack(OURS, HOST, from, to);
         assert_eq!(frame.len(), 54);
         let ethernet = EthernetFrame::new_checked(&frame[..]).unwrap();
@@ -311,10 +383,19 @@ mod tests {
         let packet = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
         assert!(packet.verify_checksum());
         let ip_repr = Ipv4Repr::parse(&packet, &ChecksumCapabilities::default()).unwrap();
-        assert_eq!((ip_repr.src_addr, ip_repr.dst_addr, ip_repr.next_header), (ip(1), ip(20), IpProtocol::Tcp));
+        assert_eq!(
+            (ip_repr.src_addr, ip_repr.dst_addr, ip_repr.next_header),
+            (ip(1), ip(20), IpProtocol::Tcp)
+        );
         let segment = TcpPacket::new_checked(packet.payload()).unwrap();
         assert!(segment.verify_checksum(&IpAddress::Ipv4(ip(1)), &IpAddress::Ipv4(ip(20))));
-        let tcp = TcpRepr::parse(&segment, &IpAddress::Ipv4(ip(1)), &IpAddress::Ipv4(ip(20)), &ChecksumCapabilities::default()).unwrap();
+        let tcp = TcpRepr::parse(
+            &segment,
+            &IpAddress::Ipv4(ip(1)),
+            &IpAddress::Ipv4(ip(20)),
+            &ChecksumCapabilities::default(),
+        )
+        .unwrap();
         assert_eq!((tcp.src_port, tcp.dst_port), (4420, 51234));
         assert_eq!(tcp.control, TcpControl::None);
         assert!(segment.ack() && !segment.syn() && !segment.rst() && !segment.fin());
@@ -329,7 +410,18 @@ mod tests {
         assert_eq!(snoop.lookup(ip(20)), Some(HOST));
         assert_eq!(snoop.lookup(ip(21)), None);
         // IPv4 frames, short frames and garbage teach nothing.
-        snoop.learn(&tickle_ack(OURS, HOST, Endpoint { address: ip(9), port: 1 }, Endpoint { address: ip(20), port: 2 }));
+        snoop.learn(&tickle_ack(
+            OURS,
+            HOST,
+            Endpoint {
+                address: ip(9),
+                port: 1,
+            },
+            Endpoint {
+                address: ip(20),
+                port: 2,
+            },
+        ));
         snoop.learn(&[0u8; 10]);
         let mut broken = arp_request(OURS, ip(7), ip(1));
         broken[14] = 9; // hardware type

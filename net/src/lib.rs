@@ -24,14 +24,17 @@ mod checksum;
 mod device;
 pub mod frames;
 mod listener;
-mod stretch_ack;
 mod nic;
 mod segment_batch;
+mod stretch_ack;
 
+pub use device::{
+    FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, NicCounters,
+    ReceivedFrame,
+};
 pub use listener::Listener;
-pub use stretch_ack::ACK_DELAY;
 pub use nic::{ClaimError, Nic, NicAddressing, NicEvent};
-pub use device::{FrameDevice, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, NicCounters, ReceivedFrame};
 pub use segment_batch::{FLOWS, FlowBatches, FlowPush, Pushed, SegmentBatch, Segmentation};
+pub use stretch_ack::ACK_DELAY;
 
 pub use smoltcp;

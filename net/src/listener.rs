@@ -31,7 +31,13 @@ impl Listener {
     /// `max_connections` live connections at most, each with `buffer_bytes`
     /// of receive and of transmit buffer.
     pub fn new(port: u16, max_connections: usize, buffer_bytes: usize) -> Self {
-        Self { port, max_connections, buffer_bytes, listening: Vec::new(), handshaking: Vec::new() }
+        Self {
+            port,
+            max_connections,
+            buffer_bytes,
+            listening: Vec::new(),
+            handshaking: Vec::new(),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -57,20 +63,22 @@ impl Listener {
             }
         });
         let mut accepted = Vec::new();
-        self.handshaking.retain(|handle| match sockets.get::<tcp::Socket>(*handle).state() {
-            tcp::State::SynReceived => true,
-            tcp::State::Established | tcp::State::CloseWait => {
-                accepted.push(*handle);
-                false
-            }
-            // Reset or abandoned during the handshake.
-            _ => {
-                sockets.remove(*handle);
-                false
-            }
-        });
+        self.handshaking
+            .retain(|handle| match sockets.get::<tcp::Socket>(*handle).state() {
+                tcp::State::SynReceived => true,
+                tcp::State::Established | tcp::State::CloseWait => {
+                    accepted.push(*handle);
+                    false
+                }
+                // Reset or abandoned during the handshake.
+                _ => {
+                    sockets.remove(*handle);
+                    false
+                }
+            });
         while self.listening.len() < BACKLOG
-            && live + accepted.len() + self.handshaking.len() + self.listening.len() < self.max_connections
+            && live + accepted.len() + self.handshaking.len() + self.listening.len()
+                < self.max_connections
         {
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; self.buffer_bytes]),

@@ -13,15 +13,24 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NicAddressing {
     Dhcp,
-    Static { address: Ipv4Cidr, gateway: Option<Ipv4Address> },
+    Static {
+        address: Ipv4Cidr,
+        gateway: Option<Ipv4Address>,
+    },
 }
 
 impl fmt::Display for NicAddressing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NicAddressing::Dhcp => f.write_str("dhcp"),
-            NicAddressing::Static { address, gateway: None } => write!(f, "{address}"),
-            NicAddressing::Static { address, gateway: Some(gateway) } => {
+            NicAddressing::Static {
+                address,
+                gateway: None,
+            } => write!(f, "{address}"),
+            NicAddressing::Static {
+                address,
+                gateway: Some(gateway),
+            } => {
                 write!(f, "{address},gw={gateway}")
             }
         }
@@ -31,7 +40,10 @@ impl fmt::Display for NicAddressing {
 /// Something that changed on a NIC during [`Nic::poll`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NicEvent {
-    AddressAcquired { address: Ipv4Cidr, gateway: Option<Ipv4Address> },
+    AddressAcquired {
+        address: Ipv4Cidr,
+        gateway: Option<Ipv4Address>,
+    },
     AddressLost,
 }
 
@@ -76,7 +88,13 @@ pub struct Nic<D: Device> {
 
 impl<D: Device> Nic<D> {
     /// Brings up an interface on `device` with the given addressing.
-    pub fn new(name: &'static str, mut device: D, mac: [u8; 6], addressing: NicAddressing, now: Instant) -> Self {
+    pub fn new(
+        name: &'static str,
+        mut device: D,
+        mac: [u8; 6],
+        addressing: NicAddressing,
+        now: Instant,
+    ) -> Self {
         let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         let iface = Interface::new(config, &mut device, now);
         let mut nic = Self {
@@ -153,7 +171,9 @@ impl<D: Device> Nic<D> {
         // Claimed addresses stay (after the own one, so that smoltcp keeps
         // choosing the own one as the source of outgoing traffic) while they
         // are in the new subnet.
-        self.claimed.retain(|claimed| address.contains_addr(&claimed.address()) && claimed.address() != address.address());
+        self.claimed.retain(|claimed| {
+            address.contains_addr(&claimed.address()) && claimed.address() != address.address()
+        });
         let claimed = self.claimed.clone();
         self.iface.update_ip_addrs(|addrs| {
             for claimed in claimed {
@@ -179,7 +199,8 @@ impl<D: Device> Nic<D> {
 
     /// Whether `address` is in this NIC's subnet (and not its own address).
     pub fn in_subnet(&self, address: Ipv4Address) -> bool {
-        self.address.is_some_and(|own| own.contains_addr(&address) && own.address() != address)
+        self.address
+            .is_some_and(|own| own.contains_addr(&address) && own.address() != address)
     }
 
     /// Answers for `address` too (ARP, TCP, ICMP), besides the NIC's own:
@@ -198,7 +219,8 @@ impl<D: Device> Nic<D> {
             return Ok(());
         }
         let mut full = false;
-        self.iface.update_ip_addrs(|addrs| full = addrs.push(IpCidr::Ipv4(cidr)).is_err());
+        self.iface
+            .update_ip_addrs(|addrs| full = addrs.push(IpCidr::Ipv4(cidr)).is_err());
         if full {
             return Err(ClaimError::Full);
         }
@@ -214,7 +236,9 @@ impl<D: Device> Nic<D> {
         if self.claimed.len() == before {
             return false;
         }
-        self.iface.update_ip_addrs(|addrs| addrs.retain(|cidr| *cidr != IpCidr::Ipv4(Ipv4Cidr::new(address, cidr.prefix_len()))));
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.retain(|cidr| *cidr != IpCidr::Ipv4(Ipv4Cidr::new(address, cidr.prefix_len())))
+        });
         self.abort_connections_on(address);
         true
     }
@@ -229,9 +253,18 @@ impl<D: Device> Nic<D> {
     pub fn abort_connections_on(&mut self, address: Ipv4Address) -> usize {
         let mut aborted = 0;
         for (_, socket) in self.sockets.iter_mut() {
-            let smoltcp::socket::Socket::Tcp(socket) = socket else { continue };
-            let on_address = socket.local_endpoint().is_some_and(|local| local.addr == smoltcp::wire::IpAddress::Ipv4(address));
-            if on_address && !matches!(socket.state(), smoltcp::socket::tcp::State::Closed | smoltcp::socket::tcp::State::Listen) {
+            let smoltcp::socket::Socket::Tcp(socket) = socket else {
+                continue;
+            };
+            let on_address = socket
+                .local_endpoint()
+                .is_some_and(|local| local.addr == smoltcp::wire::IpAddress::Ipv4(address));
+            if on_address
+                && !matches!(
+                    socket.state(),
+                    smoltcp::socket::tcp::State::Closed | smoltcp::socket::tcp::State::Listen
+                )
+            {
                 socket.abort();
                 aborted += 1;
             }
@@ -255,13 +288,16 @@ impl<D: Device> Nic<D> {
     /// Moves packets between the device and the sockets. Returns whether
     /// anything happened and what changed about the address.
     pub fn poll(&mut self, now: Instant) -> (bool, Option<NicEvent>) {
-        let activity = self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::SocketStateChanged;
+        let activity = self.iface.poll(now, &mut self.device, &mut self.sockets)
+            == PollResult::SocketStateChanged;
         let mut event = None;
         if let Some(handle) = self.dhcp {
             let dhcp_event = match self.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
                 None => None,
                 Some(dhcpv4::Event::Configured(config)) => Some((config.address, config.router)),
-                Some(dhcpv4::Event::Deconfigured) => Some((Ipv4Cidr::new(Ipv4Address::UNSPECIFIED, 0), None)),
+                Some(dhcpv4::Event::Deconfigured) => {
+                    Some((Ipv4Cidr::new(Ipv4Address::UNSPECIFIED, 0), None))
+                }
             };
             match dhcp_event {
                 Some((address, _)) if address.address().is_unspecified() => {
@@ -302,9 +338,7 @@ mod tests {
     use alloc::vec::Vec;
     use smoltcp::phy::{DeviceCapabilities, Medium, RxToken, TxToken};
     use smoltcp::socket::tcp;
-    use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, Ipv4Packet, TcpControl, TcpPacket,
-    };
+    use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, TcpControl, TcpPacket};
 
     #[derive(Default)]
     struct Wire {
@@ -356,21 +390,53 @@ mod tests {
     }
 
     fn nic() -> Nic<Wire> {
-        let addressing = NicAddressing::Static { address: Ipv4Cidr::new(ip(2), 24), gateway: None };
-        Nic::new("net2", Wire::default(), OURS, addressing, Instant::from_millis(0))
+        let addressing = NicAddressing::Static {
+            address: Ipv4Cidr::new(ip(2), 24),
+            gateway: None,
+        };
+        Nic::new(
+            "net2",
+            Wire::default(),
+            OURS,
+            addressing,
+            Instant::from_millis(0),
+        )
     }
 
     /// A TCP segment from the host (10.79.0.20:`host_port`) to `to`:4420.
-    fn from_host(to: Ipv4Address, host_port: u16, control: TcpControl, seq: u32, ack: Option<u32>) -> Vec<u8> {
-        let host = frames::Endpoint { address: ip(20), port: host_port };
-        frames::tcp_segment(HOST_MAC, OURS, host, frames::Endpoint { address: to, port: 4420 }, control, seq, ack)
+    fn from_host(
+        to: Ipv4Address,
+        host_port: u16,
+        control: TcpControl,
+        seq: u32,
+        ack: Option<u32>,
+    ) -> Vec<u8> {
+        let host = frames::Endpoint {
+            address: ip(20),
+            port: host_port,
+        };
+        frames::tcp_segment(
+            HOST_MAC,
+            OURS,
+            host,
+            frames::Endpoint {
+                address: to,
+                port: 4420,
+            },
+            control,
+            seq,
+            ack,
+        )
     }
 
     /// A NIC with a socket listening on 4420, as the NVMe service has, and
     /// `claimed` claimed; smoltcp knows the host from its ARP request.
     fn listening_nic(claimed: Ipv4Address) -> Nic<Wire> {
         let mut nic = nic();
-        let mut listener = tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; 1024]), tcp::SocketBuffer::new(alloc::vec![0; 1024]));
+        let mut listener = tcp::Socket::new(
+            tcp::SocketBuffer::new(alloc::vec![0; 1024]),
+            tcp::SocketBuffer::new(alloc::vec![0; 1024]),
+        );
         listener.listen(4420).unwrap();
         nic.sockets_mut().add(listener);
         nic.claim_address(claimed).unwrap();
@@ -390,7 +456,13 @@ mod tests {
                 }
                 let packet = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
                 let segment = TcpPacket::new_checked(packet.payload()).ok()?;
-                Some((packet.src_addr(), segment.rst(), segment.syn(), segment.ack(), segment.seq_number().0 as u32))
+                Some((
+                    packet.src_addr(),
+                    segment.rst(),
+                    segment.syn(),
+                    segment.ack(),
+                    segment.seq_number().0 as u32,
+                ))
             })
             .collect()
     }
@@ -404,9 +476,16 @@ mod tests {
     fn claims_are_bounded_and_checked() {
         let mut nic = nic();
         assert_eq!(nic.claim_address(ip(2)), Err(ClaimError::Own));
-        assert_eq!(nic.claim_address(Ipv4Address::new(10, 80, 0, 1)), Err(ClaimError::OtherSubnet));
+        assert_eq!(
+            nic.claim_address(Ipv4Address::new(10, 80, 0, 1)),
+            Err(ClaimError::OtherSubnet)
+        );
         assert_eq!(nic.claim_address(ip(1)), Ok(()));
-        assert_eq!(nic.claim_address(ip(1)), Ok(()), "claiming twice is one claim");
+        assert_eq!(
+            nic.claim_address(ip(1)),
+            Ok(()),
+            "claiming twice is one claim"
+        );
         // smoltcp's default IFACE_MAX_ADDR_COUNT is 2: the own address and one claimed.
         assert_eq!(nic.claim_address(ip(3)), Err(ClaimError::Full));
         assert_eq!(nic.claimed_addresses(), &[Ipv4Cidr::new(ip(1), 24)]);
@@ -420,24 +499,46 @@ mod tests {
     fn the_host_s_answer_to_a_tickle_is_reset_on_a_claimed_address_only() {
         let mut nic = listening_nic(ip(1));
         // The host's ACK with the real numbers: RST with seq = its ack number.
-        poll(&mut nic, from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)));
-        assert_eq!(sent_segments(&mut nic), [(ip(1), true, false, false, 77_777)]);
+        poll(
+            &mut nic,
+            from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)),
+        );
+        assert_eq!(
+            sent_segments(&mut nic),
+            [(ip(1), true, false, false, 77_777)]
+        );
         // Released: the address is not ours any more and nothing answers.
         nic.release_address(ip(1));
-        poll(&mut nic, from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)));
+        poll(
+            &mut nic,
+            from_host(ip(1), 40000, TcpControl::None, 1_000_000, Some(77_777)),
+        );
         assert!(sent_segments(&mut nic).is_empty());
     }
 
     #[test]
     fn connections_accepted_on_a_claimed_address_are_aborted() {
         let mut nic = listening_nic(ip(1));
-        poll(&mut nic, from_host(ip(1), 40001, TcpControl::Syn, 5000, None));
+        poll(
+            &mut nic,
+            from_host(ip(1), 40001, TcpControl::Syn, 5000, None),
+        );
         let sent = sent_segments(&mut nic);
-        assert!(matches!(sent[..], [(address, false, true, true, _)] if address == ip(1)), "SYN-ACK: {sent:?}");
-        assert_eq!(nic.abort_connections_on(ip(2)), 0, "nothing on the own address");
+        assert!(
+            matches!(sent[..], [(address, false, true, true, _)] if address == ip(1)),
+            "SYN-ACK: {sent:?}"
+        );
+        assert_eq!(
+            nic.abort_connections_on(ip(2)),
+            0,
+            "nothing on the own address"
+        );
         assert_eq!(nic.abort_connections_on(ip(1)), 1);
         nic.poll(Instant::from_millis(20));
         let sent = sent_segments(&mut nic);
-        assert!(matches!(sent[..], [(address, true, false, _, _)] if address == ip(1)), "RST: {sent:?}");
+        assert!(
+            matches!(sent[..], [(address, true, false, _, _)] if address == ip(1)),
+            "RST: {sent:?}"
+        );
     }
 }

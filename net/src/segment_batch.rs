@@ -669,14 +669,26 @@ mod tests {
             f
         };
         for i in 0..3u32 {
-            assert_eq!(batches.push(&segment(1000 + i * 1448, 1448, 0x10), &mut spare), FlowPush::Taken);
-            assert_eq!(batches.push(&other(5000 + i * 1448, 1448, 0x10), &mut spare), FlowPush::Taken);
+            assert_eq!(
+                batches.push(&segment(1000 + i * 1448, 1448, 0x10), &mut spare),
+                FlowPush::Taken
+            );
+            assert_eq!(
+                batches.push(&other(5000 + i * 1448, 1448, 0x10), &mut spare),
+                FlowPush::Taken
+            );
         }
-        assert_eq!(batches.push(&segment(1000 + 3 * 1448, 100, 0x18), &mut spare), FlowPush::Complete(0));
+        assert_eq!(
+            batches.push(&segment(1000 + 3 * 1448, 100, 0x18), &mut spare),
+            FlowPush::Complete(0)
+        );
         let (first, seg) = batches.take(0).expect("the first connection's batch");
         assert_eq!(seg.map(|s| s.segment_size), Some(1448));
         assert_eq!(first.len() - 12, 66 + 3 * 1448 + 100);
-        assert_eq!(batches.push(&other(5000 + 3 * 1448, 100, 0x18), &mut spare), FlowPush::Complete(1));
+        assert_eq!(
+            batches.push(&other(5000 + 3 * 1448, 100, 0x18), &mut spare),
+            FlowPush::Complete(1)
+        );
         let (second, _) = batches.take(1).expect("the second connection's batch");
         assert_eq!(be16(&second[12..], 36), 40001);
         assert_eq!(second.len() - 12, 66 + 3 * 1448 + 100);
@@ -687,22 +699,40 @@ mod tests {
     fn a_connection_keeps_its_order_and_other_frames_flush_the_batches() {
         let mut batches = FlowBatches::new(12);
         let mut spare = || Vec::new();
-        assert_eq!(batches.push(&segment(1000, 1448, 0x10), &mut spare), FlowPush::Taken);
+        assert_eq!(
+            batches.push(&segment(1000, 1448, 0x10), &mut spare),
+            FlowPush::Taken
+        );
         // The same connection, not continuing it (a gap, a new window): that
         // batch goes first.
-        assert_eq!(batches.push(&segment(9000, 1448, 0x10), &mut spare), FlowPush::SendFirst(0));
+        assert_eq!(
+            batches.push(&segment(9000, 1448, 0x10), &mut spare),
+            FlowPush::SendFirst(0)
+        );
         let mut new_window = segment(2448, 1448, 0x10);
         new_window[48..50].copy_from_slice(&2000u16.to_be_bytes());
-        assert_eq!(batches.push(&new_window, &mut spare), FlowPush::SendFirst(0));
+        assert_eq!(
+            batches.push(&new_window, &mut spare),
+            FlowPush::SendFirst(0)
+        );
         assert!(batches.take(0).is_some());
         assert_eq!(batches.push(&new_window, &mut spare), FlowPush::Taken);
         // A bare ACK or a FIN without data: every batch goes first.
-        assert_eq!(batches.push(&segment(3896, 0, 0x11), &mut spare), FlowPush::NotTaken);
+        assert_eq!(
+            batches.push(&segment(3896, 0, 0x11), &mut spare),
+            FlowPush::NotTaken
+        );
         assert!(batches.take_any().is_some());
         assert!(batches.take_any().is_none());
-        assert_eq!(batches.push(&segment(3896, 0, 0x11), &mut spare), FlowPush::Alone);
+        assert_eq!(
+            batches.push(&segment(3896, 0, 0x11), &mut spare),
+            FlowPush::Alone
+        );
         // A lone PSH segment starts nothing.
-        assert_eq!(batches.push(&segment(3896, 100, 0x18), &mut spare), FlowPush::Alone);
+        assert_eq!(
+            batches.push(&segment(3896, 100, 0x18), &mut spare),
+            FlowPush::Alone
+        );
     }
 
     #[test]
@@ -717,9 +747,15 @@ mod tests {
         for p in 0..FLOWS as u16 {
             assert_eq!(batches.push(&port(40000 + p), &mut spare), FlowPush::Taken);
         }
-        assert_eq!(batches.push(&port(50000), &mut spare), FlowPush::SendFirst(0));
+        assert_eq!(
+            batches.push(&port(50000), &mut spare),
+            FlowPush::SendFirst(0)
+        );
         assert!(batches.take(0).is_some());
         assert_eq!(batches.push(&port(50000), &mut spare), FlowPush::Taken);
-        assert_eq!(batches.push(&port(50001), &mut spare), FlowPush::SendFirst(1));
+        assert_eq!(
+            batches.push(&port(50001), &mut spare),
+            FlowPush::SendFirst(1)
+        );
     }
 }

@@ -17,7 +17,9 @@
 //! MSS at least as large as this interface's own ([`LOCAL_MSS`]) is scaled,
 //! so the segments smoltcp sends never exceed what the peer announced.
 
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket,
+};
 
 /// How long a socket that answers every request holds a bare ACK back for
 /// the answer to carry it (smoltcp's own default; Linux waits 40 ms).
@@ -35,7 +37,9 @@ const OPTION_MSS: u8 = 2;
 /// Scales the MSS option of a TCP SYN in `frame` (an Ethernet frame) if it
 /// announces at least [`LOCAL_MSS`], and fixes the checksum. True if it did.
 pub fn scale_announced_mss(frame: &mut [u8]) -> bool {
-    rewrite_announced_mss(frame, |mss| (mss >= LOCAL_MSS).then(|| mss.saturating_mul(SCALE)))
+    rewrite_announced_mss(frame, |mss| {
+        (mss >= LOCAL_MSS).then(|| mss.saturating_mul(SCALE))
+    })
 }
 
 /// Lowers the MSS option of an outgoing TCP SYN in `frame` to [`LOCAL_MSS`]
@@ -46,7 +50,12 @@ pub fn scale_announced_mss(frame: &mut [u8]) -> bool {
 pub fn clamp_announced_mss(frame: &mut [u8]) -> bool {
     // Every frame sent passes here: a quick look first (IPv4 without
     // options, TCP, SYN set), as smoltcp sends them.
-    if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 || frame[23] != 6 || frame[47] & 0x02 == 0 {
+    if frame.len() < 54
+        || frame[12..14] != [0x08, 0x00]
+        || frame[14] != 0x45
+        || frame[23] != 6
+        || frame[47] & 0x02 == 0
+    {
         return false;
     }
     rewrite_announced_mss(frame, |mss| (mss > LOCAL_MSS).then_some(LOCAL_MSS))
@@ -55,16 +64,25 @@ pub fn clamp_announced_mss(frame: &mut [u8]) -> bool {
 /// Replaces the MSS option of a TCP SYN in `frame` with what `new` makes of
 /// it (nothing if `None`), and fixes the checksum. True if it changed it.
 fn rewrite_announced_mss(frame: &mut [u8], new: impl FnOnce(u16) -> Option<u16>) -> bool {
-    let Ok(mut ethernet) = EthernetFrame::new_checked(&mut *frame) else { return false };
+    let Ok(mut ethernet) = EthernetFrame::new_checked(&mut *frame) else {
+        return false;
+    };
     if ethernet.ethertype() != EthernetProtocol::Ipv4 {
         return false;
     }
-    let Ok(mut ip) = Ipv4Packet::new_checked(ethernet.payload_mut()) else { return false };
+    let Ok(mut ip) = Ipv4Packet::new_checked(ethernet.payload_mut()) else {
+        return false;
+    };
     if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
         return false;
     }
-    let (source, destination) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
-    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else { return false };
+    let (source, destination) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
+        return false;
+    };
     if !tcp.syn() {
         return false;
     }
@@ -76,7 +94,9 @@ fn rewrite_announced_mss(frame: &mut [u8], new: impl FnOnce(u16) -> Option<u16>)
             OPTION_END => break,
             OPTION_NOP => at += 1,
             kind => {
-                let Some(&len) = options.get(at + 1) else { break };
+                let Some(&len) = options.get(at + 1) else {
+                    break;
+                };
                 let len = usize::from(len);
                 if len < 2 || at + len > options.len() {
                     break;
@@ -105,7 +125,9 @@ mod tests {
     use alloc::vec;
     use alloc::vec::Vec;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{EthernetAddress, EthernetRepr, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{
+        EthernetAddress, EthernetRepr, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber,
+    };
 
     const HOST: Ipv4Address = Ipv4Address::new(10, 0, 0, 20);
     const OURS: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
@@ -125,22 +147,47 @@ mod tests {
             timestamp: None,
             payload: &[],
         };
-        let ip = Ipv4Repr { src_addr: HOST, dst_addr: OURS, next_header: IpProtocol::Tcp, payload_len: tcp.buffer_len(), hop_limit: 64 };
+        let ip = Ipv4Repr {
+            src_addr: HOST,
+            dst_addr: OURS,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
         let mut frame = vec![0u8; 14 + 20 + tcp.buffer_len()];
         let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr { src_addr: EthernetAddress([2, 0, 0, 0, 0, 9]), dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]), ethertype: EthernetProtocol::Ipv4 }
-            .emit(&mut ethernet);
+        EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 9]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut ethernet);
         let mut packet = Ipv4Packet::new_unchecked(ethernet.payload_mut());
         ip.emit(&mut packet, &ChecksumCapabilities::default());
-        tcp.emit(&mut TcpPacket::new_unchecked(packet.payload_mut()), &HOST.into(), &OURS.into(), &ChecksumCapabilities::default());
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &HOST.into(),
+            &OURS.into(),
+            &ChecksumCapabilities::default(),
+        );
         frame
     }
 
     fn parsed_mss(frame: &[u8]) -> Option<u16> {
         let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
         let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-        assert!(tcp.verify_checksum(&HOST.into(), &OURS.into()), "checksum still right");
-        TcpRepr::parse(&tcp, &HOST.into(), &OURS.into(), &ChecksumCapabilities::default()).unwrap().max_seg_size
+        assert!(
+            tcp.verify_checksum(&HOST.into(), &OURS.into()),
+            "checksum still right"
+        );
+        TcpRepr::parse(
+            &tcp,
+            &HOST.into(),
+            &OURS.into(),
+            &ChecksumCapabilities::default(),
+        )
+        .unwrap()
+        .max_seg_size
     }
 
     #[test]
@@ -159,14 +206,21 @@ mod tests {
         assert!(!clamp_announced_mss(&mut fits));
         assert_eq!(parsed_mss(&fits), Some(1400));
         let mut data = segment(TcpControl::Psh, Some(5840));
-        assert!(!clamp_announced_mss(&mut data), "only a SYN announces an MSS");
+        assert!(
+            !clamp_announced_mss(&mut data),
+            "only a SYN announces an MSS"
+        );
     }
 
     #[test]
     fn a_smaller_mss_a_syn_without_one_and_other_segments_are_left_alone() {
         let mut small = segment(TcpControl::Syn, Some(1400));
         assert!(!scale_announced_mss(&mut small));
-        assert_eq!(parsed_mss(&small), Some(1400), "smoltcp must not send more than the peer takes");
+        assert_eq!(
+            parsed_mss(&small),
+            Some(1400),
+            "smoltcp must not send more than the peer takes"
+        );
         let mut none = segment(TcpControl::Syn, None);
         assert!(!scale_announced_mss(&mut none));
         let mut data = segment(TcpControl::Psh, Some(1460));

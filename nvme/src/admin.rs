@@ -209,7 +209,9 @@ pub(crate) fn connect(
             return invalid(true, connect::CNTLID);
         }
         if kind == SubsystemKind::Nvm && !t.admitting_hosts {
-            log::info!("nvme: host {hostnqn} asked to connect: busy (not admitting hosts yet), it retries later");
+            log::info!(
+                "nvme: host {hostnqn} asked to connect: busy (not admitting hosts yet), it retries later"
+            );
             return Err(Reply::status(Status::CONNECT_CONTROLLER_BUSY_RETRY));
         }
         let Some((cntlid, instance)) =

@@ -296,10 +296,11 @@ impl TargetConfig {
                     "DH-HMAC-CHAP host NQNs must be 1..=255 bytes",
                 ));
             }
-            if self.dhchap_hosts[..i].iter().any(|o| o.host_nqn == h.host_nqn) {
-                return Err(Error::InvalidConfig(
-                    "one DH-HMAC-CHAP entry per host NQN",
-                ));
+            if self.dhchap_hosts[..i]
+                .iter()
+                .any(|o| o.host_nqn == h.host_nqn)
+            {
+                return Err(Error::InvalidConfig("one DH-HMAC-CHAP entry per host NQN"));
             }
         }
         if self.dhchap_preferences.hashes.is_empty() || self.dhchap_preferences.groups.is_empty() {

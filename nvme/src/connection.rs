@@ -1298,7 +1298,11 @@ impl Connection {
 
     /// Bytes waiting to be sent (not yet taken by [`Connection::consume_output`]).
     pub fn output_len(&self) -> usize {
-        self.out.iter().map(|item| item.chunk.bytes().len()).sum::<usize>() - self.out_pos
+        self.out
+            .iter()
+            .map(|item| item.chunk.bytes().len())
+            .sum::<usize>()
+            - self.out_pos
     }
 
     /// The next contiguous bytes to send (empty if none). Call
@@ -1397,12 +1401,18 @@ impl Connection {
                     && !a.transaction.authenticated()
                     && now >= a.since.add_millis(t.config.limits.handshake_timeout_ms)
                 {
-                    self.report_unauthenticated(t, "no authentication within the handshake timeout");
+                    self.report_unauthenticated(
+                        t,
+                        "no authentication within the handshake timeout",
+                    );
                     self.error = Some(Error::ConnectionClosed);
                     return self.shut(t, ConnectionState::Closing);
                 }
                 if t.expire_if_silent(b.cntlid, b.instance, now) {
-                    self.report_unauthenticated(t, "the controller expired before the host authenticated");
+                    self.report_unauthenticated(
+                        t,
+                        "the controller expired before the host authenticated",
+                    );
                     log::info!(
                         "nvme: queue {} of controller {} closed: controller gone",
                         b.qid,
@@ -1520,7 +1530,10 @@ impl Connection {
     }
 
     fn shut(&mut self, t: &mut Target, state: ConnectionState) {
-        self.report_unauthenticated(t, "the queue ended before the host authenticated (no secret?)");
+        self.report_unauthenticated(
+            t,
+            "the queue ended before the host authenticated (no secret?)",
+        );
         self.release(t);
         self.drop_work();
         self.state = state;
@@ -1540,7 +1553,11 @@ impl Connection {
         }
         a.reported = true;
         t.stats.authentication_failures += 1;
-        let host = t.config.dhchap_hosts.get(a.host).map_or("?", |h| h.host_nqn.as_str());
+        let host = t
+            .config
+            .dhchap_hosts
+            .get(a.host)
+            .map_or("?", |h| h.host_nqn.as_str());
         if let Some(b) = self.binding {
             log::warn!(
                 "nvme: host {host} failed authentication on queue {} of controller {}: {why}",

@@ -158,7 +158,10 @@ impl Target {
 
     /// The DH-HMAC-CHAP entry of `host_nqn`, if that host must authenticate.
     pub(crate) fn dhchap_host(&self, host_nqn: &str) -> Option<usize> {
-        self.config.dhchap_hosts.iter().position(|h| h.host_nqn == host_nqn)
+        self.config
+            .dhchap_hosts
+            .iter()
+            .position(|h| h.host_nqn == host_nqn)
     }
 
     /// Checks the configuration and builds the target.

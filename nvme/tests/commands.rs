@@ -438,7 +438,9 @@ fn log_pages() {
     // implies (header + NANAGRPID descriptors + MNAN NSIDs): the piece past
     // the present content reads as zeros, up to that size and no further.
     let max_len = 16 + 2 * 32 + 1024 * 4;
-    let cid = l.host.get_log_page(0x0C, 0, (max_len - 4096) as u32, 4096, 0);
+    let cid = l
+        .host
+        .get_log_page(0x0C, 0, (max_len - 4096) as u32, 4096, 0);
     let (_, d) = h.ok(&mut l, cid);
     assert!(d.len() == max_len - 4096 && d.iter().all(|&b| b == 0));
     let cid = l.host.get_log_page(0x0C, 0, 8, max_len as u64 + 4, 0);

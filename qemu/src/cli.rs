@@ -256,7 +256,11 @@ impl NvmeBenchArgs {
                 for &d in &self.depth {
                     let mut spec = crate::nvme_load::JobSpec::named(name, c, d)
                         .expect("job names are checked when parsing");
-                    if name.starts_with("qd1-") && specs.iter().any(|s: &crate::nvme_load::JobSpec| s.name == *name) {
+                    if name.starts_with("qd1-")
+                        && specs
+                            .iter()
+                            .any(|s: &crate::nvme_load::JobSpec| s.name == *name)
+                    {
                         continue;
                     }
                     spec.rate = self.rate;
@@ -317,7 +321,8 @@ pub fn parse_bench_nvme(args: &[String]) -> Result<NvmeBenchArgs> {
                     "nsid" => target.nsid = number(&name, &value, "a namespace ID")?,
                     "jobs" => {
                         a.jobs = value.split(',').map(|j| j.trim().to_string()).collect();
-                        if let Some(bad) = a.jobs.iter().find(|j| JobSpec::named(j, 1, 1).is_none()) {
+                        if let Some(bad) = a.jobs.iter().find(|j| JobSpec::named(j, 1, 1).is_none())
+                        {
                             return Err(Error::Usage(format!(
                                 "--jobs: unknown job `{bad}` (have: {}, qd1-randwrite-4k)",
                                 JOB_NAMES.join(", ")
@@ -355,7 +360,9 @@ pub fn parse_bench_nvme(args: &[String]) -> Result<NvmeBenchArgs> {
         Error::Usage("bench nvme: --address is required (the target's address)".into())
     })?;
     target.subnqn = subnqn.ok_or_else(|| {
-        Error::Usage("bench nvme: --subnqn is required (the subsystem NQN; `nvme discover` lists it)".into())
+        Error::Usage(
+            "bench nvme: --subnqn is required (the subsystem NQN; `nvme discover` lists it)".into(),
+        )
     })?;
     a.target = target;
     Ok(a)
@@ -780,8 +787,14 @@ mod tests {
                 ("qd1-randread-4k".to_string(), 1, 1),
             ]
         );
-        assert!(specs.iter().all(|s| s.verify && s.runtime.as_secs() == 3 && s.ramp.is_zero()));
-        let Command::BenchNvme(d) = parse(&args("bench nvme --address h --subnqn n --rate 5000")).unwrap() else {
+        assert!(
+            specs
+                .iter()
+                .all(|s| s.verify && s.runtime.as_secs() == 3 && s.ramp.is_zero())
+        );
+        let Command::BenchNvme(d) =
+            parse(&args("bench nvme --address h --subnqn n --rate 5000")).unwrap()
+        else {
             panic!("not bench nvme")
         };
         assert_eq!(d.target.port, 4420);

@@ -150,7 +150,10 @@ impl fmt::Display for Error {
                 reason,
             } => write!(f, "the NVMe/TCP target {target} refused {step}: {reason}"),
             Error::TargetFailed { target, reason } => {
-                write!(f, "the NVMe/TCP target {target} failed during the run: {reason}")
+                write!(
+                    f,
+                    "the NVMe/TCP target {target} failed during the run: {reason}"
+                )
             }
         }
     }

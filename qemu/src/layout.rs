@@ -264,7 +264,10 @@ impl PairLayout {
             )));
         }
         if let Some(host_path) = self.host_path {
-            for (what, other) in [("front-end", self.front_end), ("replication", self.replication)] {
+            for (what, other) in [
+                ("front-end", self.front_end),
+                ("replication", self.replication),
+            ] {
                 if host_path.overlaps(other) {
                     return Err(Error::Usage(format!(
                         "the host path subnet {host_path} and the {what} subnet {other} overlap"
@@ -286,7 +289,8 @@ impl PairLayout {
     /// The data node's address on the host path segment, if there is one.
     pub fn host_path_address(&self, node: NodeName) -> Option<Ipv4Addr> {
         let host_path = self.host_path?;
-        node.has_disk().then(|| host_path.host(node.number().into()))
+        node.has_disk()
+            .then(|| host_path.host(node.number().into()))
     }
 
     /// This machine's address on the front-end segment.
@@ -593,7 +597,9 @@ mod tests {
         assert_eq!(l.host_path_address(NodeName::Witness), None);
         assert_eq!(
             l.cmdline(NodeName::Witness, "").to_string(),
-            PairLayout::default().cmdline(NodeName::Witness, "").to_string()
+            PairLayout::default()
+                .cmdline(NodeName::Witness, "")
+                .to_string()
         );
         let overlapping = PairLayout {
             host_path: Some("10.78.0.0/16".parse().unwrap()),

@@ -246,7 +246,10 @@ fn bench_nvme(args: &cli::NvmeBenchArgs) -> Result<ExitCode> {
     } else {
         for r in results.iter().filter(|r| !r.ok()) {
             if let Some(e) = &r.first_error {
-                eprintln!("tandem: {}: {} commands failed; the first: {e}", r.spec_name, r.errors);
+                eprintln!(
+                    "tandem: {}: {} commands failed; the first: {e}",
+                    r.spec_name, r.errors
+                );
             }
             if let Some(e) = &r.first_verify_failure {
                 eprintln!(

@@ -880,7 +880,15 @@ fn run_worker(
                     "{} commands still outstanding {:.1} s after the run ended: {}",
                     inflight.len(),
                     spec.drain.as_secs_f64(),
-                    stall_report(&q, &inflight, &plan, now, bytes_in, last_in, out.len() - out_at)
+                    stall_report(
+                        &q,
+                        &inflight,
+                        &plan,
+                        now,
+                        bytes_in,
+                        last_in,
+                        out.len() - out_at
+                    )
                 ),
             });
         }

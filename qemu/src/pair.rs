@@ -402,7 +402,13 @@ fn start_missing(
             node: node.to_string(),
             source: Box::new(e),
         };
-        let mut spec = VmSpec::new(node.as_str(), &setup.dir, image, &words.to_string(), options.accel);
+        let mut spec = VmSpec::new(
+            node.as_str(),
+            &setup.dir,
+            image,
+            &words.to_string(),
+            options.accel,
+        );
         spec.memory_mib = if node.has_disk() {
             options.memory_mib
         } else {

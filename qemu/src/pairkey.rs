@@ -69,7 +69,10 @@ mod tests {
         let key = load_or_create(dir.path()).unwrap();
         assert!(is_key(&key), "{key}");
         assert_eq!(load_or_create(dir.path()).unwrap(), key);
-        let mode = std::fs::metadata(dir.path().join(FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_ne!(generate().unwrap(), key);
         std::fs::write(dir.path().join(FILE), "not a key\n").unwrap();

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_ha::auth::{Keys, PairKey};
-use tandem_ha::wire::control::{Datagram, ElectionReason, Heartbeat, HostPathReport, Message, Refusal, flags};
+use tandem_ha::wire::control::{
+    Datagram, ElectionReason, Heartbeat, HostPathReport, Message, Refusal, flags,
+};
 use tandem_ha::wire::sealed::{AuthFields, seal};
 use tandem_ha::wire::stream::{Body, Frame, Hello};
 use tandem_ha::{DataState, EpochRecord, LinkId, NodeId, Role};
@@ -49,7 +51,11 @@ struct Outcome {
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -83,7 +89,10 @@ fn run(program: &str, args: &[&str], limit: Duration) -> Outcome {
         stdout: read(&stdout_path),
         stderr: read(&stderr_path),
     };
-    assert!(status.is_some(), "{program} {args:?} still ran after {limit:?}\n{outcome}");
+    assert!(
+        status.is_some(),
+        "{program} {args:?} still ran after {limit:?}\n{outcome}"
+    );
     outcome
 }
 
@@ -110,8 +119,17 @@ impl Setup {
         let front = format!("10.215.{}.0/24", self.third);
         let repl = format!("10.216.{}.0/24", self.third);
         self.tandem(&[
-            "up", "--accel", "tcg", "--disk-size", "64M", "--front-end-net", &front,
-            "--replication-net", &repl, "--timeout", "90",
+            "up",
+            "--accel",
+            "tcg",
+            "--disk-size",
+            "64M",
+            "--front-end-net",
+            &front,
+            "--replication-net",
+            &repl,
+            "--timeout",
+            "90",
         ])
     }
 
@@ -206,7 +224,9 @@ fn settled_roles(setup: &Setup) -> (&'static str, &'static str, u64) {
         let b = setup.status("b");
         let (role_a, epoch_a) = role_and_epoch(&a, "a");
         let (role_b, epoch_b) = role_and_epoch(&b, "b");
-        let connected = [&a, &b].iter().all(|s| s.iter().any(|l| l.contains("replication:Established")));
+        let connected = [&a, &b]
+            .iter()
+            .all(|s| s.iter().any(|l| l.contains("replication:Established")));
         if epoch_a == epoch_b && connected {
             match (role_a.as_str(), role_b.as_str()) {
                 ("primary", "secondary") => return ("a", "b", epoch_a),
@@ -214,7 +234,10 @@ fn settled_roles(setup: &Setup) -> (&'static str, &'static str, u64) {
                 _ => {}
             }
         }
-        assert!(Instant::now() < deadline, "roles did not settle:\n{a:#?}\n{b:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "roles did not settle:\n{a:#?}\n{b:#?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -224,7 +247,13 @@ fn node_id(name: &str) -> NodeId {
 }
 
 /// A captured or forged frame for the attacker (`inject`).
-fn frame_json(src_mac: &str, dst_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> String {
+fn frame_json(
+    src_mac: &str,
+    dst_mac: &str,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    payload: &[u8],
+) -> String {
     serde_json::json!({
         "src_mac": src_mac, "dst_mac": dst_mac,
         "src_ip": src.to_string(), "dst_ip": dst.to_string(),
@@ -239,7 +268,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap()).collect()
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
 }
 
 struct Captured {
@@ -249,7 +280,10 @@ struct Captured {
 impl Captured {
     fn read(path: &Path) -> Captured {
         let text = std::fs::read_to_string(path).unwrap();
-        let frames = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let frames = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         Captured { frames }
     }
 
@@ -257,7 +291,9 @@ impl Captured {
     fn control(&self) -> Vec<&Value> {
         self.frames
             .iter()
-            .filter(|f| f["dport"] == CONTROL_PORT && f["payload"].as_str().is_some_and(|p| p.len() > 10))
+            .filter(|f| {
+                f["dport"] == CONTROL_PORT && f["payload"].as_str().is_some_and(|p| p.len() > 10)
+            })
             .collect()
     }
 
@@ -284,24 +320,43 @@ impl Captured {
 
     /// Every frame as it was seen, for a byte-for-byte replay.
     fn replay_lines(&self) -> String {
-        self.control().iter().map(|f| serde_json::json!({ "frame": f["frame"] }).to_string() + "\n").collect()
+        self.control()
+            .iter()
+            .map(|f| serde_json::json!({ "frame": f["frame"] }).to_string() + "\n")
+            .collect()
     }
 }
 
 /// The forgeries of one segment: the version-1 attack anyone can build from
 /// the spec, version 2 with a wrong key (but the right nonces, read off the
 /// wire), and genuine datagrams sent again from the attacker's own address.
-fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, attacker_ip: Ipv4Addr) -> String {
+fn forgeries(
+    setup: &Setup,
+    captured: &Captured,
+    primary: &str,
+    link: LinkId,
+    attacker_ip: Ipv4Addr,
+) -> String {
     let address = |node: NodeId| {
         let host = node.to_u8() + 1;
-        if link.0 == 0 { setup.repl(host) } else { setup.front(host) }
+        if link.0 == 0 {
+            setup.repl(host)
+        } else {
+            setup.front(host)
+        }
     };
     let primary = node_id(primary);
     let secondary = primary.peer();
     let wrong_keys = Keys::derive(&PairKey::from_bytes([0x5a; 32]));
     let mut lines = String::new();
     let mut push = |from: NodeId, to: NodeId, message: Message, epoch: u64, version_2: bool| {
-        let plain = Datagram { sender: from, link, epoch, message }.emit();
+        let plain = Datagram {
+            sender: from,
+            link,
+            epoch,
+            message,
+        }
+        .emit();
         let bytes = if version_2 {
             let auth = AuthFields {
                 receiver: to,
@@ -323,7 +378,12 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
         lines += "\n";
     };
     for version_2 in [false, true] {
-        for (from, to) in [(secondary, primary), (primary, secondary), (primary, NodeId::Witness), (secondary, NodeId::Witness)] {
+        for (from, to) in [
+            (secondary, primary),
+            (primary, secondary),
+            (primary, NodeId::Witness),
+            (secondary, NodeId::Witness),
+        ] {
             // The highest epoch, serving, a record naming the sender primary
             // and the receiver Outdated; the sender claiming a host path
             // (what a host-path handover to it needs) and, from the primary,
@@ -337,10 +397,19 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
                 flags: flags::SERVING,
                 voted_for: Some(from),
                 vote_outdated: Some(to),
-                record: EpochRecord { epoch: u64::MAX - 1, primary: Some(from), outdated: Some(to) },
+                record: EpochRecord {
+                    epoch: u64::MAX - 1,
+                    primary: Some(from),
+                    outdated: Some(to),
+                },
                 incarnation: 1,
                 echo: 0,
-                host_path: Some(HostPathReport { can_serve: !lost, nic_up: !lost, hears_peer: !lost, hears_witness: !lost }),
+                host_path: Some(HostPathReport {
+                    can_serve: !lost,
+                    nic_up: !lost,
+                    hears_peer: !lost,
+                    hears_witness: !lost,
+                }),
             };
             for _ in 0..3 {
                 push(from, to, Message::Heartbeat(heartbeat), u64::MAX, version_2);
@@ -349,17 +418,66 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
         // Granted leases and votes for the secondary, and a switchover
         // request to the primary, "from" the witness and the secondary.
         for round in 1..=5 {
-            push(NodeId::Witness, secondary, Message::LeaseReply { round, granted: true, refusal: Refusal::None }, u64::MAX, version_2);
-            push(NodeId::Witness, primary, Message::LeaseReply { round, granted: false, refusal: Refusal::NotPrimary }, u64::MAX, version_2);
-        }
-        for epoch in [u64::MAX, 1_000_000] {
-            let record = EpochRecord { epoch: epoch - 1, primary: Some(primary), outdated: None };
-            push(NodeId::Witness, secondary, Message::VoteReply { granted: true, refusal: Refusal::None, record }, epoch, version_2);
-            push(primary, secondary, Message::VoteReply { granted: true, refusal: Refusal::None, record }, epoch, version_2);
+            push(
+                NodeId::Witness,
+                secondary,
+                Message::LeaseReply {
+                    round,
+                    granted: true,
+                    refusal: Refusal::None,
+                },
+                u64::MAX,
+                version_2,
+            );
             push(
                 NodeId::Witness,
                 primary,
-                Message::VoteRequest { outdated: Some(primary), data_state: DataState::UpToDate, reason: ElectionReason::Failover, record },
+                Message::LeaseReply {
+                    round,
+                    granted: false,
+                    refusal: Refusal::NotPrimary,
+                },
+                u64::MAX,
+                version_2,
+            );
+        }
+        for epoch in [u64::MAX, 1_000_000] {
+            let record = EpochRecord {
+                epoch: epoch - 1,
+                primary: Some(primary),
+                outdated: None,
+            };
+            push(
+                NodeId::Witness,
+                secondary,
+                Message::VoteReply {
+                    granted: true,
+                    refusal: Refusal::None,
+                    record,
+                },
+                epoch,
+                version_2,
+            );
+            push(
+                primary,
+                secondary,
+                Message::VoteReply {
+                    granted: true,
+                    refusal: Refusal::None,
+                    record,
+                },
+                epoch,
+                version_2,
+            );
+            push(
+                NodeId::Witness,
+                primary,
+                Message::VoteRequest {
+                    outdated: Some(primary),
+                    data_state: DataState::UpToDate,
+                    reason: ElectionReason::Failover,
+                    record,
+                },
                 epoch,
                 version_2,
             );
@@ -372,7 +490,13 @@ fn forgeries(setup: &Setup, captured: &Captured, primary: &str, link: LinkId, at
     for f in captured.control() {
         let payload = unhex(f["payload"].as_str().unwrap());
         let to: Ipv4Addr = f["dst_ip"].as_str().unwrap().parse().unwrap();
-        lines += &frame_json("02:00:00:00:00:66", f["dst_mac"].as_str().unwrap(), attacker_ip, to, &payload);
+        lines += &frame_json(
+            "02:00:00:00:00:66",
+            f["dst_mac"].as_str().unwrap(),
+            attacker_ip,
+            to,
+            &payload,
+        );
         lines += "\n";
     }
     lines
@@ -390,15 +514,28 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
     let setup = Setup::new();
     let up = setup.up();
     assert_eq!(up.code, Some(0), "{up}");
-    let key = std::fs::read_to_string(setup.file("pair.key")).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(setup.file("pair.key"))
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(key.len(), 64);
-    assert!(!up.stdout.contains(&key) && !up.stderr.contains(&key), "up printed the key\n{up}");
+    assert!(
+        !up.stdout.contains(&key) && !up.stderr.contains(&key),
+        "up printed the key\n{up}"
+    );
 
     let (primary, secondary, epoch) = settled_roles(&setup);
     eprintln!("pair settled: {primary} primary, {secondary} secondary, epoch {epoch}");
     let attacker_front = setup.front(ATTACKER_HOST);
     let attacker_repl = setup.repl(ATTACKER_HOST);
-    setup.in_netns(&["ip", "addr", "add", &format!("{attacker_repl}/24"), "dev", "repl"]);
+    setup.in_netns(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{attacker_repl}/24"),
+        "dev",
+        "repl",
+    ]);
 
     // Genuine traffic of both segments.
     let capture = |name: &str, seconds: &str| {
@@ -411,14 +548,23 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
         (Captured::read(&front), Captured::read(&repl))
     };
     let (front, repl) = capture("genuine", "3");
-    assert!(front.control().len() > 10 && repl.control().len() > 10, "too little captured");
+    assert!(
+        front.control().len() > 10 && repl.control().len() > 10,
+        "too little captured"
+    );
     for c in [&front, &repl] {
         for f in c.control() {
-            assert!(!f["payload"].as_str().unwrap().contains(&key), "a datagram carries the key");
+            assert!(
+                !f["payload"].as_str().unwrap().contains(&key),
+                "a datagram carries the key"
+            );
         }
     }
 
-    let before: Vec<Vec<String>> = ["a", "b", "witness"].iter().map(|n| setup.status(n)).collect();
+    let before: Vec<Vec<String>> = ["a", "b", "witness"]
+        .iter()
+        .map(|n| setup.status(n))
+        .collect();
     let inject = |iface: &str, name: &str, lines: &str| {
         let path = setup.file(name);
         std::fs::write(&path, lines).unwrap();
@@ -428,8 +574,16 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
     std::thread::scope(|s| {
         let watch = s.spawn(|| capture("during", "8"));
         std::thread::sleep(Duration::from_secs(1));
-        inject("fe", "forged-front.json", &forgeries(&setup, &front, primary, LinkId(1), attacker_front));
-        inject("repl", "forged-repl.json", &forgeries(&setup, &repl, primary, LinkId(0), attacker_repl));
+        inject(
+            "fe",
+            "forged-front.json",
+            &forgeries(&setup, &front, primary, LinkId(1), attacker_front),
+        );
+        inject(
+            "repl",
+            "forged-repl.json",
+            &forgeries(&setup, &repl, primary, LinkId(0), attacker_repl),
+        );
         inject("fe", "replay-front.json", &front.replay_lines());
         inject("repl", "replay-repl.json", &repl.replay_lines());
         let (during_front, during_repl) = watch.join().unwrap();
@@ -444,11 +598,24 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
 
     // The replication stream's port: a wrong key, and the old protocol.
     let handshake: Value = serde_json::from_str(
-        setup.attacker(&["stream-handshake", &setup.repl(2).to_string(), &STREAM_PORT.to_string()]).trim(),
+        setup
+            .attacker(&[
+                "stream-handshake",
+                &setup.repl(2).to_string(),
+                &STREAM_PORT.to_string(),
+            ])
+            .trim(),
     )
     .unwrap();
-    assert_eq!(handshake["response"].as_str().unwrap().len(), 2 * 72, "b answers a challenge: {handshake}");
-    assert_eq!(handshake["after_finish"], "", "b sent something after a wrong finish: {handshake}");
+    assert_eq!(
+        handshake["response"].as_str().unwrap().len(),
+        2 * 72,
+        "b answers a challenge: {handshake}"
+    );
+    assert_eq!(
+        handshake["after_finish"], "",
+        "b sent something after a wrong finish: {handshake}"
+    );
     assert_eq!(handshake["closed"], true, "{handshake}");
     let hello = Frame {
         sender: NodeId::A,
@@ -458,7 +625,11 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
             role: Role::Primary,
             data_state: DataState::UpToDate,
             features: 0,
-            record: EpochRecord { epoch: u64::MAX, primary: Some(NodeId::A), outdated: Some(NodeId::B) },
+            record: EpochRecord {
+                epoch: u64::MAX,
+                primary: Some(NodeId::A),
+                outdated: Some(NodeId::B),
+            },
             region_size: 65536,
             region_count: 1,
             data_bytes: 65536,
@@ -467,17 +638,40 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
     }
     .emit();
     let old: Value = serde_json::from_str(
-        setup.attacker(&["stream", &setup.repl(2).to_string(), &STREAM_PORT.to_string(), &hex(&hello)]).trim(),
+        setup
+            .attacker(&[
+                "stream",
+                &setup.repl(2).to_string(),
+                &STREAM_PORT.to_string(),
+                &hex(&hello),
+            ])
+            .trim(),
     )
     .unwrap();
-    assert_eq!((old["received"].as_str(), old["closed"].as_bool()), (Some(""), Some(true)), "{old}");
+    assert_eq!(
+        (old["received"].as_str(), old["closed"].as_bool()),
+        (Some(""), Some(true)),
+        "{old}"
+    );
 
     std::thread::sleep(AFTERMATH);
-    let after: Vec<Vec<String>> = ["a", "b", "witness"].iter().map(|n| setup.status(n)).collect();
+    let after: Vec<Vec<String>> = ["a", "b", "witness"]
+        .iter()
+        .map(|n| setup.status(n))
+        .collect();
     for (i, node) in ["a", "b"].iter().enumerate() {
         let (role, now_epoch) = role_and_epoch(&after[i], node);
-        let expected = if *node == primary { "primary" } else { "secondary" };
-        assert_eq!((role.as_str(), now_epoch), (expected, epoch), "{node} after the attacks:\n{:#?}", after[i]);
+        let expected = if *node == primary {
+            "primary"
+        } else {
+            "secondary"
+        };
+        assert_eq!(
+            (role.as_str(), now_epoch),
+            (expected, epoch),
+            "{node} after the attacks:\n{:#?}",
+            after[i]
+        );
     }
     for (i, node) in ["a", "b", "witness"].iter().enumerate() {
         for reason in ["malformed", "bad-mac", "wrong-source", "replay"] {
@@ -492,9 +686,19 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
         assert!(!text.contains(&key), "{node}'s status shows the key");
     }
     let b = &after[1];
-    assert_eq!(counter(b, "stream connections:", "established"), counter(&before[1], "stream connections:", "established"), "the stream was replaced: {b:#?}");
-    assert!(counter(b, "stream connections:", "wrong-key") >= 1, "{b:#?}");
-    assert!(counter(b, "stream connections:", "bad-handshake") >= 1, "{b:#?}");
+    assert_eq!(
+        counter(b, "stream connections:", "established"),
+        counter(&before[1], "stream connections:", "established"),
+        "the stream was replaced: {b:#?}"
+    );
+    assert!(
+        counter(b, "stream connections:", "wrong-key") >= 1,
+        "{b:#?}"
+    );
+    assert!(
+        counter(b, "stream connections:", "bad-handshake") >= 1,
+        "{b:#?}"
+    );
 
     // A planned switchover, then the captures of the old roles again.
     let socket = setup.dir.path().join(format!("{primary}.console.sock"));
@@ -508,7 +712,10 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
             if settled.0 != primary {
                 break settled;
             }
-            assert!(Instant::now() < deadline, "demote did not switch over: {answer:?}");
+            assert!(
+                Instant::now() < deadline,
+                "demote did not switch over: {answer:?}"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     };
@@ -519,9 +726,20 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
     std::thread::sleep(AFTERMATH);
     for (i, node) in ["a", "b"].iter().enumerate() {
         let now = setup.status(node);
-        let expected = if *node == primary { "primary" } else { "secondary" };
-        assert_eq!(role_and_epoch(&now, node), (expected.to_string(), epoch), "{node}: {now:#?}");
-        assert!(control(&now, "replay") > control(&before[i], "replay"), "{node}: {now:#?}");
+        let expected = if *node == primary {
+            "primary"
+        } else {
+            "secondary"
+        };
+        assert_eq!(
+            role_and_epoch(&now, node),
+            (expected.to_string(), epoch),
+            "{node}: {now:#?}"
+        );
+        assert!(
+            control(&now, "replay") > control(&before[i], "replay"),
+            "{node}: {now:#?}"
+        );
     }
 
     // The witness restarts (a new boot): what was captured in its earlier
@@ -543,17 +761,31 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
     );
     for node in ["a", "b"] {
         let now = setup.status(node);
-        let expected = if node == primary { "primary" } else { "secondary" };
-        assert_eq!(role_and_epoch(&now, node), (expected.to_string(), epoch), "{node}: {now:#?}");
+        let expected = if node == primary {
+            "primary"
+        } else {
+            "secondary"
+        };
+        assert_eq!(
+            role_and_epoch(&now, node),
+            (expected.to_string(), epoch),
+            "{node}: {now:#?}"
+        );
     }
 
     // The status port (served on net0 by `up`) shows no key either.
     let mut text = String::new();
-    TcpStream::connect_timeout(&SocketAddr::from((setup.front(1), 8100)), Duration::from_secs(5))
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    assert!(text.contains("control datagrams:") && !text.contains(&key), "{text}");
+    TcpStream::connect_timeout(
+        &SocketAddr::from((setup.front(1), 8100)),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .read_to_string(&mut text)
+    .unwrap();
+    assert!(
+        text.contains("control datagrams:") && !text.contains(&key),
+        "{text}"
+    );
     for node in ["a", "b", "witness"] {
         let log = std::fs::read_to_string(setup.file(&format!("{node}.console.log"))).unwrap();
         assert!(!log.contains(&key), "{node}'s console shows the key");
@@ -570,7 +802,10 @@ fn attacks_from_both_segments_change_nothing_and_the_pair_still_fails_over() {
             assert!(new_epoch > epoch && new_epoch < 1_000, "{now:#?}");
             break;
         }
-        assert!(Instant::now() < deadline, "{secondary} did not take over: {now:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{secondary} did not take over: {now:#?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }

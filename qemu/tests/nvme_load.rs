@@ -212,12 +212,13 @@ fn commands_that_never_complete_are_named() {
     );
     assert!(text.contains("read of LBA 0 (cid "), "{text}");
     assert!(text.contains("read of LBA 256 (cid "), "{text}");
-    assert!(
-        text.contains("0 of 131072 data bytes arrived"),
-        "{text}"
-    );
+    assert!(text.contains("0 of 131072 data bytes arrived"), "{text}");
     assert!(text.contains("the connection received "), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

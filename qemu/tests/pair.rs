@@ -185,14 +185,20 @@ fn can_connect(address: Ipv4Addr, port: u16, timeout: Duration) -> bool {
 /// peer's address claimed by the new primary, which refuses hosts under
 /// its peer's name), is not served.
 fn portal_serves(address: Ipv4Addr, port: u16, timeout: Duration) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::from((address, port)), timeout) else {
+    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::from((address, port)), timeout)
+    else {
         return false;
     };
-    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let mut byte = [0u8; 1];
     match stream.read(&mut byte) {
         Ok(_) => false,
-        Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
 
@@ -203,13 +209,17 @@ fn portal_serves(address: Ipv4Addr, port: u16, timeout: Duration) -> bool {
 fn answered_within(address: Ipv4Addr, port: u16, limit: Duration, refusal_answers: bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        match TcpStream::connect_timeout(&SocketAddr::from((address, port)), Duration::from_secs(1)) {
+        match TcpStream::connect_timeout(&SocketAddr::from((address, port)), Duration::from_secs(1))
+        {
             Ok(_) => return true,
             Err(e)
                 if refusal_answers
-                    && matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) =>
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) =>
             {
-                return true
+                return true;
             }
             Err(_) if Instant::now() >= deadline => return false,
             Err(_) => {}

@@ -97,7 +97,10 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered the namespace (setns affects
     /// only the calling thread), so that its sockets reach the guests there.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         use std::os::fd::AsRawFd;
         let path = format!("/var/run/netns/{}", self.name);
         std::thread::spawn(move || {

@@ -79,12 +79,17 @@ fn console_answers_status_and_rejects_bad_commands() {
     // `uptime U s, busy B s`: the loop's own time (boot included), which an
     // idle machine spends almost all halted.
     let times = |status: &[String]| -> (f64, f64) {
-        let uptime = status.iter().find(|l| l.starts_with("uptime ")).unwrap_or_else(|| panic!("{status:#?}"));
+        let uptime = status
+            .iter()
+            .find(|l| l.starts_with("uptime "))
+            .unwrap_or_else(|| panic!("{status:#?}"));
         let seconds: Vec<f64> = uptime
             .split(|c: char| c == ' ' || c == ',')
             .filter_map(|w| w.parse().ok())
             .collect();
-        let [up, busy] = seconds[..] else { panic!("{uptime}") };
+        let [up, busy] = seconds[..] else {
+            panic!("{uptime}")
+        };
         assert!(busy > 0.0 && busy <= up, "{uptime}");
         (up, busy)
     };
@@ -177,6 +182,9 @@ fn bad_command_line_values_give_one_error_line_and_exit_3() {
             !log.contains("tandem: ready") && !log.contains("tandem: panic"),
             "{cmdline}:\n{log}"
         );
-        assert!(!log.contains("0123456789abcdef"), "the key was printed:\n{log}");
+        assert!(
+            !log.contains("0123456789abcdef"),
+            "the key was printed:\n{log}"
+        );
     }
 }

@@ -35,8 +35,13 @@ fn boot(name: &str, prefilled: u64, extra: &[&str]) -> Rig {
     let dir = TempDir::new(name).unwrap();
     let path = dir.path().join("disk0.img");
     disk::create_sparse(&path, DISK_BYTES).unwrap();
-    let disk = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    disk.write_all_at(&pattern(prefilled as usize, 1), 0).unwrap();
+    let disk = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    disk.write_all_at(&pattern(prefilled as usize, 1), 0)
+        .unwrap();
     disk.sync_all().unwrap();
     let port = free_port().unwrap();
     let mut spec = tcg_vm(name, dir.path(), &format!("nqn={NQN} hosts={HOST}"))
@@ -151,9 +156,17 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
     let q = &mut queues[0];
     let cid = q.host.write_zeroes(1, start, blocks, false);
     q.ok(cid);
-    for slba in [start, start + u64::from(blocks) / 2, start + u64::from(blocks) - 256] {
+    for slba in [
+        start,
+        start + u64::from(blocks) / 2,
+        start + u64::from(blocks) - 256,
+    ] {
         let cid = q.host.read(1, slba, 256, 512);
-        assert_eq!(q.ok(cid).1, vec![0; 128 * 1024], "zeroes read back at lba {slba}");
+        assert_eq!(
+            q.ok(cid).1,
+            vec![0; 128 * 1024],
+            "zeroes read back at lba {slba}"
+        );
     }
     let cid = q.host.read(1, start - 8, 8, 512);
     assert_eq!(
@@ -161,8 +174,14 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
         pattern(48 * MIB as usize, 1)[(4 * MIB - 4096) as usize..(4 * MIB) as usize],
         "the blocks before the range keep their data"
     );
-    assert!(rig.file_is_zero(4 * MIB, 32 * MIB), "32 MiB of zeroes in the disk file");
-    assert!(!rig.file_is_zero(36 * MIB, 4096), "the data after the range is kept");
+    assert!(
+        rig.file_is_zero(4 * MIB, 32 * MIB),
+        "32 MiB of zeroes in the disk file"
+    );
+    assert!(
+        !rig.file_is_zero(36 * MIB, 4096),
+        "the data after the range is kept"
+    );
     assert!(
         rig.counter("zeroes") > zeroes_before,
         "the device's write-zeroes command was used: {}",
@@ -174,7 +193,9 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
     let blocks_before = rig.disk.metadata().unwrap().blocks();
     let discards_before = rig.counter("discards");
     let q = &mut queues[1];
-    let cid = q.host.deallocate(1, &[(40 * MIB / 512, 8192), (44 * MIB / 512, 8192)]);
+    let cid = q
+        .host
+        .deallocate(1, &[(40 * MIB / 512, 8192), (44 * MIB / 512, 8192)]);
     q.ok(cid);
     let blocks_after = rig.disk.metadata().unwrap().blocks();
     // The file system may spend a block or two on the split extents.
@@ -187,7 +208,10 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
         "one discard per range: {}",
         rig.disk_status()
     );
-    assert!(!rig.file_is_zero(39 * MIB, 4096), "the data before the ranges is kept");
+    assert!(
+        !rig.file_is_zero(39 * MIB, 4096),
+        "the data before the ranges is kept"
+    );
 
     // Write Zeroes with Deallocate: the device may unmap, and QEMU does.
     let blocks_before = rig.disk.metadata().unwrap().blocks();
@@ -195,9 +219,19 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
     let cid = q.host.write_zeroes(1, 37 * MIB / 512, 4096, true);
     q.ok(cid);
     let cid = q.host.read(1, 37 * MIB / 512, 256, 512);
-    assert_eq!(q.ok(cid).1, vec![0; 128 * 1024], "unmapped zeroes read back");
-    assert!(rig.file_is_zero(37 * MIB, 2 * MIB), "2 MiB of zeroes in the disk file");
-    assert!(!rig.file_is_zero(39 * MIB, 4096), "the data after the range is kept");
+    assert_eq!(
+        q.ok(cid).1,
+        vec![0; 128 * 1024],
+        "unmapped zeroes read back"
+    );
+    assert!(
+        rig.file_is_zero(37 * MIB, 2 * MIB),
+        "2 MiB of zeroes in the disk file"
+    );
+    assert!(
+        !rig.file_is_zero(39 * MIB, 4096),
+        "the data after the range is kept"
+    );
     let blocks_after = rig.disk.metadata().unwrap().blocks();
     assert!(
         blocks_before - blocks_after.min(blocks_before) >= MIB / 512,
@@ -246,7 +280,10 @@ fn write_zeroes_discard_and_flush_use_the_device_commands() {
             }
         }
         if rig.counter("flush_overlaps") > 0 {
-            eprintln!("flush beside writes in round {round}: {}", rig.disk_status());
+            eprintln!(
+                "flush beside writes in round {round}: {}",
+                rig.disk_status()
+            );
             overlapped = true;
             break;
         }
@@ -290,9 +327,19 @@ fn without_the_device_commands_zeroes_are_written_and_discards_skipped() {
     q.ok(cid);
     let cid = q.host.read(1, 2048 + 8192 - 256, 256, 512);
     assert_eq!(q.ok(cid).1, vec![0; 128 * 1024], "zeroes read back");
-    assert!(rig.file_is_zero(MIB, 4 * MIB), "4 MiB of zeroes in the disk file");
-    assert!(!rig.file_is_zero(5 * MIB, 4096), "the data after the range is kept");
-    assert!(rig.counter("zero_fills") >= 32, "4 MiB as 128 KiB writes: {}", rig.disk_status());
+    assert!(
+        rig.file_is_zero(MIB, 4 * MIB),
+        "4 MiB of zeroes in the disk file"
+    );
+    assert!(
+        !rig.file_is_zero(5 * MIB, 4096),
+        "the data after the range is kept"
+    );
+    assert!(
+        rig.counter("zero_fills") >= 32,
+        "4 MiB as 128 KiB writes: {}",
+        rig.disk_status()
+    );
     assert_eq!(rig.counter("zeroes"), 0);
 
     let q = &mut queues[0];

@@ -10,7 +10,9 @@
 mod mem_ops;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 const LENGTHS: [usize; 12] = [0, 1, 7, 8, 9, 63, 64, 65, 127, 200, 4096 + 72, 131_072 + 5];
@@ -24,10 +26,26 @@ fn copies_every_length_and_alignment() {
                 // Guard bytes around the destination must stay untouched.
                 let mut dest = vec![0xEEu8; len + dest_offset + 16];
                 // SAFETY: both ranges hold `len` bytes and do not overlap.
-                unsafe { mem_ops::copy_forward(dest[dest_offset..].as_mut_ptr(), source[src_offset..].as_ptr(), len) };
-                assert_eq!(&dest[dest_offset..dest_offset + len], &source[src_offset..], "len {len} src+{src_offset} dest+{dest_offset}");
-                assert!(dest[..dest_offset].iter().all(|&b| b == 0xEE), "before, len {len}");
-                assert!(dest[dest_offset + len..].iter().all(|&b| b == 0xEE), "after, len {len}");
+                unsafe {
+                    mem_ops::copy_forward(
+                        dest[dest_offset..].as_mut_ptr(),
+                        source[src_offset..].as_ptr(),
+                        len,
+                    )
+                };
+                assert_eq!(
+                    &dest[dest_offset..dest_offset + len],
+                    &source[src_offset..],
+                    "len {len} src+{src_offset} dest+{dest_offset}"
+                );
+                assert!(
+                    dest[..dest_offset].iter().all(|&b| b == 0xEE),
+                    "before, len {len}"
+                );
+                assert!(
+                    dest[dest_offset + len..].iter().all(|&b| b == 0xEE),
+                    "after, len {len}"
+                );
             }
         }
     }
@@ -58,8 +76,17 @@ fn fills_every_length_and_alignment() {
                 let mut dest = vec![0xEEu8; len + offset + 16];
                 // SAFETY: the range holds `len` bytes.
                 unsafe { mem_ops::fill(dest[offset..].as_mut_ptr(), byte, len) };
-                assert!(dest[offset..offset + len].iter().all(|&b| b == byte), "len {len} +{offset} {byte:#x}");
-                assert!(dest[..offset].iter().chain(&dest[offset + len..]).all(|&b| b == 0xEE), "guards, len {len}");
+                assert!(
+                    dest[offset..offset + len].iter().all(|&b| b == byte),
+                    "len {len} +{offset} {byte:#x}"
+                );
+                assert!(
+                    dest[..offset]
+                        .iter()
+                        .chain(&dest[offset + len..])
+                        .all(|&b| b == 0xEE),
+                    "guards, len {len}"
+                );
             }
         }
     }

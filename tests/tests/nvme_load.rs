@@ -45,7 +45,11 @@ fn image_state(node: &Node) -> String {
 
 /// Runs `job`; if it is overdue, takes the image's account of itself while
 /// it runs on. Returns the result and that account.
-fn run_watched(node: &Node, target: &Target, job: &JobSpec) -> (Result<JobResult, Error>, Option<String>) {
+fn run_watched(
+    node: &Node,
+    target: &Target,
+    job: &JobSpec,
+) -> (Result<JobResult, Error>, Option<String>) {
     std::thread::scope(|s| {
         let (done, finished) = mpsc::channel();
         let worker = s.spawn(move || {

@@ -364,20 +364,34 @@ fn device_interrupts_end_once(rig: &mut Rig, q: &mut Queue) {
     let (device_before, spurious_before) = interrupt_rounds(&before);
     let (frames_before, notifies_before) = received_and_receive_notifications(&before);
     for i in 0..200u64 {
-        let cid = q.host.write(1, 6000 + i * 8, pattern(4096, i as u8), 512, true);
+        let cid = q
+            .host
+            .write(1, 6000 + i * 8, pattern(4096, i as u8), 512, true);
         q.ok(cid);
     }
     let after = rig.console("status");
     let (device_after, spurious_after) = interrupt_rounds(&after);
-    let (device, spurious) = (device_after - device_before, spurious_after - spurious_before);
-    assert!(device >= 200, "200 writes took only {device} device interrupts");
+    let (device, spurious) = (
+        device_after - device_before,
+        spurious_after - spurious_before,
+    );
+    assert!(
+        device >= 200,
+        "200 writes took only {device} device interrupts"
+    );
     assert!(
         spurious * 10 < device,
         "{spurious} spurious IRQ 15 against {device} device interrupts"
     );
     let (frames_after, notifies_after) = received_and_receive_notifications(&after);
-    let (frames, notifies) = (frames_after - frames_before, notifies_after - notifies_before);
-    assert!(frames >= 200, "200 write capsules came in only {frames} frames");
+    let (frames, notifies) = (
+        frames_after - frames_before,
+        notifies_after - notifies_before,
+    );
+    assert!(
+        frames >= 200,
+        "200 write capsules came in only {frames} frames"
+    );
     assert!(
         notifies * 10 < frames,
         "{notifies} receive-queue notifications for {frames} received frames"
@@ -395,7 +409,15 @@ fn disk_notifications_come_per_batch(rig: &mut Rig, q: &mut Queue) {
     let (requests_before, notifies_before) = disk_requests_and_notifications(&before);
     for round in 0..16u64 {
         let cids: Vec<u16> = (0..32u64)
-            .map(|i| q.host.write(1, 12000 + (round * 32 + i) * 8, pattern(4096, i as u8), 512, false))
+            .map(|i| {
+                q.host.write(
+                    1,
+                    12000 + (round * 32 + i) * 8,
+                    pattern(4096, i as u8),
+                    512,
+                    false,
+                )
+            })
             .collect();
         for cid in cids {
             q.ok(cid);
@@ -403,9 +425,15 @@ fn disk_notifications_come_per_batch(rig: &mut Rig, q: &mut Queue) {
     }
     let after = rig.console("status");
     let (requests_after, notifies_after) = disk_requests_and_notifications(&after);
-    let (requests, notifies) = (requests_after - requests_before, notifies_after - notifies_before);
+    let (requests, notifies) = (
+        requests_after - requests_before,
+        notifies_after - notifies_before,
+    );
     eprintln!("disk: {notifies} notifications for {requests} requests");
-    assert!(requests >= 512, "512 writes reached the disk as only {requests} requests");
+    assert!(
+        requests >= 512,
+        "512 writes reached the disk as only {requests} requests"
+    );
     assert!(
         notifies * 4 < requests,
         "{notifies} notifications for {requests} disk requests"
@@ -425,7 +453,10 @@ fn disk_requests_and_notifications(status: &[String]) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {line}"))
     };
-    let requests = ["reads=", "writes=", "flushes=", "zeroes=", "discards="].iter().map(|f| field(f)).sum();
+    let requests = ["reads=", "writes=", "flushes=", "zeroes=", "discards="]
+        .iter()
+        .map(|f| field(f))
+        .sum();
     (requests, field("notifies="))
 }
 
@@ -438,7 +469,11 @@ fn received_and_receive_notifications(status: &[String]) -> (u64, u64) {
             .split_whitespace()
             .find_map(|f| f.strip_prefix(name))
             .unwrap_or_else(|| panic!("no {name} in {line}"));
-        value.split('/').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+        value
+            .split('/')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
     };
     (field("rx="), field("notifies="))
 }

@@ -46,7 +46,9 @@ fn wait_reset(stream: &mut TcpStream, timeout: Duration) -> Result<Instant, Stri
         if left.is_zero() {
             return Err(format!("still open after {timeout:?}"));
         }
-        stream.set_read_timeout(Some(left.min(Duration::from_millis(200)))).unwrap();
+        stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .unwrap();
         match stream.read(&mut buf) {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(Instant::now()),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -60,11 +62,16 @@ fn wait_reset(stream: &mut TcpStream, timeout: Duration) -> Result<Instant, Stri
 /// The `status` text of a node's console.
 fn status(console: &mut tandem_qemu::ConsoleClient) -> String {
     console.send(b"status\n").unwrap();
-    console.read_until("disk0 size=", Duration::from_secs(20)).unwrap()
+    console
+        .read_until("disk0 size=", Duration::from_secs(20))
+        .unwrap()
 }
 
 fn last_role_is_primary(log: &str) -> bool {
-    log.lines().filter(|l| l.starts_with("tandem: role ")).last().is_some_and(|l| l.starts_with("tandem: role primary "))
+    log.lines()
+        .filter(|l| l.starts_with("tandem: role "))
+        .last()
+        .is_some_and(|l| l.starts_with("tandem: role primary "))
 }
 
 struct Pair {
@@ -77,20 +84,37 @@ struct Pair {
 
 /// The pair's layout: `cargo tandem up`'s segments plus the host path.
 fn layout() -> PairLayout {
-    PairLayout { nqn: NQN.into(), host_path: Some("10.79.0.0/24".parse().unwrap()), pair_key: Some(pair_key().to_string()), ..PairLayout::default() }
+    PairLayout {
+        nqn: NQN.into(),
+        host_path: Some("10.79.0.0/24".parse().unwrap()),
+        pair_key: Some(pair_key().to_string()),
+        ..PairLayout::default()
+    }
 }
 
 fn member_cmdline(node: NodeName) -> String {
     let log = std::env::var("TANDEM_TAKEOVER_LOG").unwrap_or_else(|_| "info".into());
-    layout().cmdline(node, &format!("status_port=0 {TIMING} log={log}")).to_string()
+    layout()
+        .cmdline(node, &format!("status_port=0 {TIMING} log={log}"))
+        .to_string()
 }
 
-fn data_node_spec(dir: &std::path::Path, ns: &Netns, index: usize, disk_path: &std::path::Path) -> tandem_qemu::VmSpec {
+fn data_node_spec(
+    dir: &std::path::Path,
+    ns: &Netns,
+    index: usize,
+    disk_path: &std::path::Path,
+) -> tandem_qemu::VmSpec {
     let name = NAMES[index];
     let node = [NodeName::A, NodeName::B][index];
     let mut spec = tcg_vm(name, dir, &member_cmdline(node)).disk(disk_path);
     for nic in 0..3 {
-        spec = spec.nic(node.number(), NetBackend::Tap { ifname: format!("{name}{nic}") });
+        spec = spec.nic(
+            node.number(),
+            NetBackend::Tap {
+                ifname: format!("{name}{nic}"),
+            },
+        );
     }
     spec.netns = Some(ns.name.clone());
     spec
@@ -104,7 +128,11 @@ impl Pair {
             ns.exec("ip", &["link", "set", bridge, "up"]);
         }
         ns.exec("ip", &["addr", "add", "10.79.0.20/24", "dev", "hs"]);
-        for (member, bridges) in [("a", &["fe", "repl", "hs"][..]), ("b", &["fe", "repl", "hs"][..]), ("w", &["fe", "repl"][..])] {
+        for (member, bridges) in [
+            ("a", &["fe", "repl", "hs"][..]),
+            ("b", &["fe", "repl", "hs"][..]),
+            ("w", &["fe", "repl"][..]),
+        ] {
             for (nic, bridge) in bridges.iter().enumerate() {
                 let tap = format!("{member}{nic}");
                 ns.exec("ip", &["tuntap", "add", "dev", &tap, "mode", "tap"]);
@@ -121,20 +149,32 @@ impl Pair {
             nodes.push(Node::spawn(data_node_spec(dir.path(), &ns, index, &path)).unwrap());
             disks.push(path);
         }
-        let mut spec = tcg_vm(
-            "witness",
-            dir.path(),
-            &member_cmdline(NodeName::Witness),
-        )
-        .nic(3, NetBackend::Tap { ifname: "w0".into() })
-        .nic(3, NetBackend::Tap { ifname: "w1".into() });
+        let mut spec = tcg_vm("witness", dir.path(), &member_cmdline(NodeName::Witness))
+            .nic(
+                3,
+                NetBackend::Tap {
+                    ifname: "w0".into(),
+                },
+            )
+            .nic(
+                3,
+                NetBackend::Tap {
+                    ifname: "w1".into(),
+                },
+            );
         spec.memory_mib = 16;
         spec.netns = Some(ns.name.clone());
         let mut witness = Node::spawn(spec).unwrap();
         for node in nodes.iter_mut().chain(std::iter::once(&mut witness)) {
             node.wait_ready(READY_TIMEOUT).unwrap();
         }
-        Pair { ns, dir, nodes, witness, disks }
+        Pair {
+            ns,
+            dir,
+            nodes,
+            witness,
+            disks,
+        }
     }
 
     /// The primary, once one data node says so and the other is secondary.
@@ -142,14 +182,25 @@ impl Pair {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let logs: Vec<String> = self.nodes.iter().map(|n| n.console_log()).collect();
-            let primaries: Vec<usize> = (0..2).filter(|i| last_role_is_primary(&logs[*i])).collect();
-            assert!(primaries.len() <= 1, "two primaries:\n{}\n{}", logs[0], logs[1]);
+            let primaries: Vec<usize> =
+                (0..2).filter(|i| last_role_is_primary(&logs[*i])).collect();
+            assert!(
+                primaries.len() <= 1,
+                "two primaries:\n{}\n{}",
+                logs[0],
+                logs[1]
+            );
             if let [primary] = primaries[..] {
                 if logs[1 - primary].contains("tandem: role secondary ") {
                     return primary;
                 }
             }
-            assert!(Instant::now() < deadline, "no primary and secondary:\n{}\n{}", logs[0], logs[1]);
+            assert!(
+                Instant::now() < deadline,
+                "no primary and secondary:\n{}\n{}",
+                logs[0],
+                logs[1]
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -180,9 +231,14 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     let (killed_tx, killed_rx) = mpsc::channel::<()>();
     let busy = pair.ns.spawn(move || {
         let (_admin, cntlid) = Queue::admin_over(tcp_to(dead_portal), NQN, HOST, 30_000);
-        let mut io = Queue::try_open_over(tcp_to(dead_portal), false, false).unwrap_or_else(|e| panic!("ICReq: {e:?}"));
+        let mut io = Queue::try_open_over(tcp_to(dead_portal), false, false)
+            .unwrap_or_else(|e| panic!("ICReq: {e:?}"));
         let (status, _) = io.connect(1, cntlid, 0, NQN, HOST);
-        assert_eq!(status, tandem_tests::nvme::Status::SUCCESS, "I/O queue connect");
+        assert_eq!(
+            status,
+            tandem_tests::nvme::Status::SUCCESS,
+            "I/O queue connect"
+        );
         connected_tx.send(cntlid).unwrap();
         killed_rx.recv().unwrap();
         io.host.read(1, 0, 8, 512);
@@ -190,9 +246,14 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
         wait_reset(io.stream(), Duration::from_secs(60))
     });
     for _ in 0..2 {
-        let cntlid = connected_rx.recv_timeout(Duration::from_secs(60)).expect("the host connected to the primary");
+        let cntlid = connected_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the host connected to the primary");
         let (low, high) = cntlid_range([NodeName::A, NodeName::B][first]).unwrap();
-        assert!((low..=high).contains(&cntlid), "controller {cntlid} is the primary's ({low}-{high})");
+        assert!(
+            (low..=high).contains(&cntlid),
+            "controller {cntlid} is the primary's ({low}-{high})"
+        );
     }
 
     // The survivor-to-be has the primary's list of them.
@@ -204,7 +265,10 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
             assert!(text.contains("takeover: claimed none"), "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "the primary never reported its three connections:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the primary never reported its three connections:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -214,15 +278,31 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     killed_tx.send(()).unwrap();
     let dead_address = dead_portal.ip().to_string();
     let claim = pair.nodes[second]
-        .wait_for_line("the takeover claim", Duration::from_secs(60), |l| l.starts_with(&format!("tandem: takeover claim {dead_address} ")))
+        .wait_for_line("the takeover claim", Duration::from_secs(60), |l| {
+            l.starts_with(&format!("tandem: takeover claim {dead_address} "))
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
     let claim_seen = Instant::now();
     let idle_reset = idle.join().unwrap().unwrap_or_else(|e| {
-        panic!("the idle connection was not reset: {e}\n{}\n--- the killed node:\n{}", pair.nodes[second].console_log(), pair.nodes[first].console_log())
+        panic!(
+            "the idle connection was not reset: {e}\n{}\n--- the killed node:\n{}",
+            pair.nodes[second].console_log(),
+            pair.nodes[first].console_log()
+        )
     });
-    let busy_reset = busy.join().unwrap().unwrap_or_else(|e| panic!("the busy connection was not reset: {e}\n{}", pair.nodes[second].console_log()));
+    let busy_reset = busy.join().unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the busy connection was not reset: {e}\n{}",
+            pair.nodes[second].console_log()
+        )
+    });
     let log = pair.nodes[second].console_log();
-    let role_line = log.lines().filter(|l| l.starts_with("tandem: role primary ")).last().unwrap_or("").to_string();
+    let role_line = log
+        .lines()
+        .filter(|l| l.starts_with("tandem: role primary "))
+        .last()
+        .unwrap_or("")
+        .to_string();
     eprintln!(
         "kill -> claim seen {:?} ({claim}; {role_line}); kill -> idle reset {:?}, busy reset {:?}",
         claim_seen - killed_at,
@@ -234,76 +314,133 @@ fn killed_primary_s_host_connections_are_reset_and_the_address_comes_back() {
     for (what, reset) in [("idle", idle_reset), ("busy", busy_reset)] {
         // hb_timeout=2000: the failure timeout, then the election (2.3–3.3 s
         // measured on a busy two-core machine), then the tickles.
-        assert!(reset - killed_at < Duration::from_secs(6), "the {what} connection was reset {:?} after the kill", reset - killed_at);
+        assert!(
+            reset - killed_at < Duration::from_secs(6),
+            "the {what} connection was reset {:?} after the kill",
+            reset - killed_at
+        );
         assert!(
             reset <= claim_seen + Duration::from_millis(1500),
             "the {what} connection was reset {:?} after the claim was seen",
             reset.saturating_duration_since(claim_seen)
         );
     }
-    assert!(claim.contains("tickled 3 connections"), "the dead node had reported its three connections: {claim}");
+    assert!(
+        claim.contains("tickled 3 connections"),
+        "the dead node had reported its three connections: {claim}"
+    );
     let text = status(&mut console);
-    assert!(text.contains(&format!("claimed {dead_address} on net2")), "status shows the claimed address:\n{text}");
+    assert!(
+        text.contains(&format!("claimed {dead_address} on net2")),
+        "status shows the claimed address:\n{text}"
+    );
 
     // The survivor's control datagrams still reach the witness on the
     // front-end link, where it now also holds the dead node's address.
     pair.nodes[second]
-        .wait_for_line("tickle round 3", Duration::from_secs(30), |l| l.contains("takeover: round 3 "))
+        .wait_for_line("tickle round 3", Duration::from_secs(30), |l| {
+            l.contains("takeover: round 3 ")
+        })
         .unwrap_or_else(|e| panic!("{e}"));
     let mut witness_console = pair.witness.console(Duration::from_secs(20)).unwrap();
     witness_console.send(b"status\n").unwrap();
-    witness_console.read_until(&format!("  {} reachable:", NAMES[second]), Duration::from_secs(20)).unwrap();
-    let heard = witness_console.read_until("\n", Duration::from_secs(20)).unwrap();
+    witness_console
+        .read_until(
+            &format!("  {} reachable:", NAMES[second]),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    let heard = witness_console
+        .read_until("\n", Duration::from_secs(20))
+        .unwrap();
     let link1_ms: u64 = heard
         .split_whitespace()
-        .find_map(|field| field.strip_prefix("link1:")?.strip_suffix("ms")?.parse().ok())
+        .find_map(|field| {
+            field
+                .strip_prefix("link1:")?
+                .strip_suffix("ms")?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no link1 age in the witness's status: {heard}"));
-    assert!(link1_ms < 1000, "the witness heard the survivor on link 1 {link1_ms} ms ago: {heard}");
+    assert!(
+        link1_ms < 1000,
+        "the witness heard the survivor on link 1 {link1_ms} ms ago: {heard}"
+    );
 
     // While claimed, a new connection to the dead node's address is refused.
-    let refused = pair.ns.spawn(move || match TcpStream::connect_timeout(&dead_portal, Duration::from_secs(5)) {
-        Err(e) => Ok(e.to_string()),
-        Ok(stream) => match Queue::try_open_over(stream, false, false) {
-            Ok(queue) => Err(format!("ICResp from a node that is not {dead_portal}: {:?}", queue.icresp)),
-            Err(e) => Ok(format!("{e:?}")),
-        },
-    })
-    .join()
-    .unwrap();
+    let refused = pair
+        .ns
+        .spawn(
+            move || match TcpStream::connect_timeout(&dead_portal, Duration::from_secs(5)) {
+                Err(e) => Ok(e.to_string()),
+                Ok(stream) => match Queue::try_open_over(stream, false, false) {
+                    Ok(queue) => Err(format!(
+                        "ICResp from a node that is not {dead_portal}: {:?}",
+                        queue.icresp
+                    )),
+                    Err(e) => Ok(format!("{e:?}")),
+                },
+            },
+        )
+        .join()
+        .unwrap();
     assert!(refused.is_ok(), "{refused:?}");
 
     // The killed node comes back: the survivor releases the address, and a
     // new connection to it reaches the returning node.
     let spec = data_node_spec(pair.dir.path(), &pair.ns, first, &pair.disks[first]);
     let name = NAMES[first];
-    let _ = std::fs::rename(pair.dir.path().join(format!("{name}.console.log")), pair.dir.path().join(format!("{name}.before-kill.log")));
+    let _ = std::fs::rename(
+        pair.dir.path().join(format!("{name}.console.log")),
+        pair.dir.path().join(format!("{name}.before-kill.log")),
+    );
     pair.nodes[first] = Node::spawn(spec).unwrap();
     pair.nodes[first].wait_ready(READY_TIMEOUT).unwrap();
     pair.nodes[second]
-        .wait_for_line("the release", Duration::from_secs(60), |l| l.starts_with(&format!("tandem: takeover release {dead_address} ")))
+        .wait_for_line("the release", Duration::from_secs(60), |l| {
+            l.starts_with(&format!("tandem: takeover release {dead_address} "))
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
-    let cntlid = pair.ns.spawn(move || {
-        let started = Instant::now();
-        let stream = TcpStream::connect_timeout(&dead_portal, Duration::from_secs(3)).map_err(|e| format!("connecting to {dead_portal}: {e}"))?;
-        let (_admin, cntlid) = Queue::admin_over(stream, NQN, HOST, 30_000);
-        Ok::<_, String>((cntlid, started.elapsed()))
-    })
-    .join()
-    .unwrap()
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\nneighbours: {}\n--- survivor:\n{}\n--- returning node:\n{}",
-            pair.ns.exec("ip", &["neigh", "show"]),
-            pair.nodes[second].console_log(),
-            pair.nodes[first].console_log()
-        )
-    });
-    eprintln!("new connection to {dead_portal} after the release: controller {} in {:?}", cntlid.0, cntlid.1);
+    let cntlid = pair
+        .ns
+        .spawn(move || {
+            let started = Instant::now();
+            let stream = TcpStream::connect_timeout(&dead_portal, Duration::from_secs(3))
+                .map_err(|e| format!("connecting to {dead_portal}: {e}"))?;
+            let (_admin, cntlid) = Queue::admin_over(stream, NQN, HOST, 30_000);
+            Ok::<_, String>((cntlid, started.elapsed()))
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nneighbours: {}\n--- survivor:\n{}\n--- returning node:\n{}",
+                pair.ns.exec("ip", &["neigh", "show"]),
+                pair.nodes[second].console_log(),
+                pair.nodes[first].console_log()
+            )
+        });
+    eprintln!(
+        "new connection to {dead_portal} after the release: controller {} in {:?}",
+        cntlid.0, cntlid.1
+    );
     let (low, high) = cntlid_range([NodeName::A, NodeName::B][first]).unwrap();
-    assert!((low..=high).contains(&cntlid.0), "controller {} is the returning node's ({low}-{high})", cntlid.0);
-    assert!(cntlid.1 < Duration::from_secs(3), "the host's ARP cache pointed back at the returning node at once");
+    assert!(
+        (low..=high).contains(&cntlid.0),
+        "controller {} is the returning node's ({low}-{high})",
+        cntlid.0
+    );
+    assert!(
+        cntlid.1 < Duration::from_secs(3),
+        "the host's ARP cache pointed back at the returning node at once"
+    );
     for node in &pair.nodes {
-        assert!(!node.console_log().contains("tandem: panic"), "{}", node.console_log());
+        assert!(
+            !node.console_log().contains("tandem: panic"),
+            "{}",
+            node.console_log()
+        );
     }
 }
 
@@ -333,16 +470,24 @@ fn primary_s_front_end_cut_hands_over_and_its_host_connections_are_reset() {
         connected_tx.send(cntlid).unwrap();
         wait_reset(admin.stream(), Duration::from_secs(90))
     });
-    connected_rx.recv_timeout(Duration::from_secs(60)).expect("the host connected to the primary");
+    connected_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the host connected to the primary");
     let mut console = pair.nodes[second].console(Duration::from_secs(20)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = status(&mut console);
         if text.contains("peer reported 1 connections") {
-            assert!(text.contains("host-path: ok (nic:up peer:heard witness:heard)"), "{text}");
+            assert!(
+                text.contains("host-path: ok (nic:up peer:heard witness:heard)"),
+                "{text}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the primary never reported the connection:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the primary never reported the connection:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Host-path handovers are spaced by ten failure timeouts (20 s here)
@@ -355,24 +500,45 @@ fn primary_s_front_end_cut_hands_over_and_its_host_connections_are_reset() {
         qmp.set_link(nic, false).unwrap();
     }
     let lost = pair.nodes[first]
-        .wait_for_line("host path lost", Duration::from_secs(30), |l| l.starts_with("tandem: host path lost"))
+        .wait_for_line("host path lost", Duration::from_secs(30), |l| {
+            l.starts_with("tandem: host path lost")
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[first].console_log()));
     let _ = lost;
     pair.nodes[first]
-        .wait_for_line("the handover", Duration::from_secs(30), |l| l.starts_with("tandem: role secondary ") && l.ends_with("reason host-path-lost"))
+        .wait_for_line("the handover", Duration::from_secs(30), |l| {
+            l.starts_with("tandem: role secondary ") && l.ends_with("reason host-path-lost")
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[first].console_log()));
     let claim = pair.nodes[second]
-        .wait_for_line("the claim", Duration::from_secs(30), |l| l.starts_with(&format!("tandem: takeover claim {cut_address} ")))
+        .wait_for_line("the claim", Duration::from_secs(30), |l| {
+            l.starts_with(&format!("tandem: takeover claim {cut_address} "))
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
-    assert!(claim.contains("(peer's front-end lost)") && claim.contains("tickled 1 connections"), "{claim}");
-    let reset = idle.join().unwrap().unwrap_or_else(|e| panic!("the connection was not reset: {e}\n{}", pair.nodes[second].console_log()));
+    assert!(
+        claim.contains("(peer's front-end lost)") && claim.contains("tickled 1 connections"),
+        "{claim}"
+    );
+    let reset = idle.join().unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the connection was not reset: {e}\n{}",
+            pair.nodes[second].console_log()
+        )
+    });
     let log = pair.nodes[second].console_log();
     assert!(last_role_is_primary(&log), "{log}");
-    eprintln!("front-end cut -> host connection reset {:?}", reset - cut_at);
+    eprintln!(
+        "front-end cut -> host connection reset {:?}",
+        reset - cut_at
+    );
     // hb_interval=100 hb_timeout=2000: the loss is believed after 200 ms,
     // the switchover and the claim take a few hundred more; a kill takes
     // the failure timeout and an election first (the other test's 6 s).
-    assert!(reset - cut_at < Duration::from_secs(4), "reset {:?} after the cut", reset - cut_at);
+    assert!(
+        reset - cut_at < Duration::from_secs(4),
+        "reset {:?} after the cut",
+        reset - cut_at
+    );
 
     // The links return: the old primary's host path is back after twice the
     // failure timeout, the survivor releases the address, nothing fails back.
@@ -380,18 +546,31 @@ fn primary_s_front_end_cut_hands_over_and_its_host_connections_are_reset() {
         qmp.set_link(nic, true).unwrap();
     }
     pair.nodes[first]
-        .wait_for_line("host path back", Duration::from_secs(30), |l| l.starts_with("tandem: host path back"))
+        .wait_for_line("host path back", Duration::from_secs(30), |l| {
+            l.starts_with("tandem: host path back")
+        })
         .unwrap_or_else(|e| {
             let mut first_console = pair.nodes[first].console(Duration::from_secs(20)).unwrap();
-            panic!("{e}\n{}\n--- status of the old primary:\n{}\n--- of the new:\n{}", pair.nodes[first].console_log(), status(&mut first_console), status(&mut console))
+            panic!(
+                "{e}\n{}\n--- status of the old primary:\n{}\n--- of the new:\n{}",
+                pair.nodes[first].console_log(),
+                status(&mut first_console),
+                status(&mut console)
+            )
         });
     pair.nodes[second]
-        .wait_for_line("the release", Duration::from_secs(30), |l| l.starts_with(&format!("tandem: takeover release {cut_address} ")))
+        .wait_for_line("the release", Duration::from_secs(30), |l| {
+            l.starts_with(&format!("tandem: takeover release {cut_address} "))
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", pair.nodes[second].console_log()));
     std::thread::sleep(Duration::from_secs(2));
     assert!(last_role_is_primary(&pair.nodes[second].console_log()));
     assert!(!last_role_is_primary(&pair.nodes[first].console_log()));
     for node in &pair.nodes {
-        assert!(!node.console_log().contains("tandem: panic"), "{}", node.console_log());
+        assert!(
+            !node.console_log().contains("tandem: panic"),
+            "{}",
+            node.console_log()
+        );
     }
 }

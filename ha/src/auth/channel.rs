@@ -23,7 +23,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::{Keys, Key, ReplayWindow};
+use super::{Key, Keys, ReplayWindow};
 use crate::types::{LinkId, NodeId};
 use crate::wire::sealed::{AuthFields, Sealed, seal};
 
@@ -338,11 +338,19 @@ mod tests {
         let forged = forger
             .seal(NodeId::B, &heartbeat_from(NodeId::A, u64::MAX, true))
             .unwrap();
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &forged), Err(DropReason::BadMac));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &forged),
+            Err(DropReason::BadMac)
+        );
         // Altering a genuine one (raising its epoch) breaks its MAC too.
-        let mut genuine = a.seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false)).unwrap();
+        let mut genuine = a
+            .seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false))
+            .unwrap();
         genuine[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &genuine), Err(DropReason::BadMac));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &genuine),
+            Err(DropReason::BadMac)
+        );
         assert_eq!(b.counters().dropped(DropReason::BadMac), 2);
     }
 
@@ -350,8 +358,14 @@ mod tests {
     fn version_1_and_garbage_are_malformed() {
         let mut b = channel(NodeId::B, 22);
         let v1 = heartbeat_from(NodeId::A, u64::MAX, true);
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &v1), Err(DropReason::Malformed));
-        assert_eq!(b.open(FRONT, Some(NodeId::A), b"TD"), Err(DropReason::Malformed));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &v1),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), b"TD"),
+            Err(DropReason::Malformed)
+        );
         assert_eq!(b.counters().dropped(DropReason::Malformed), 2);
     }
 
@@ -363,11 +377,17 @@ mod tests {
         let reply = lease_reply_from(NodeId::Witness, 7);
         let (captured, verdict) = deliver(&mut w, &mut a, &reply);
         assert_eq!(verdict, Ok(reply));
-        assert_eq!(a.open(FRONT, Some(NodeId::Witness), &captured), Err(DropReason::Replay));
+        assert_eq!(
+            a.open(FRONT, Some(NodeId::Witness), &captured),
+            Err(DropReason::Replay)
+        );
         // Later datagrams still pass; the capture never does again.
         let hb = heartbeat_from(NodeId::Witness, 2, false);
         assert!(deliver(&mut w, &mut a, &hb).1.is_ok());
-        assert_eq!(a.open(FRONT, Some(NodeId::Witness), &captured), Err(DropReason::Replay));
+        assert_eq!(
+            a.open(FRONT, Some(NodeId::Witness), &captured),
+            Err(DropReason::Replay)
+        );
         // Also not through the other link (it names link 1).
         assert_eq!(
             a.open(LinkId(0), Some(NodeId::Witness), &captured),
@@ -381,11 +401,18 @@ mod tests {
         let mut a = channel(NodeId::A, 11);
         let mut b = channel(NodeId::B, 22);
         associate(&mut a, &mut b);
-        let first = a.seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false)).unwrap();
-        let second = a.seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false)).unwrap();
+        let first = a
+            .seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false))
+            .unwrap();
+        let second = a
+            .seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false))
+            .unwrap();
         assert!(b.open(FRONT, Some(NodeId::A), &second).is_ok());
         assert!(b.open(FRONT, Some(NodeId::A), &first).is_ok());
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &first), Err(DropReason::Replay));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &first),
+            Err(DropReason::Replay)
+        );
     }
 
     #[test]
@@ -397,9 +424,15 @@ mod tests {
         assert!(verdict.is_ok());
         // b reboots: a new nonce; the old datagrams echo the old one.
         let mut b = channel(NodeId::B, 23);
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &captured), Err(DropReason::OldSession));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &captured),
+            Err(DropReason::OldSession)
+        );
         associate(&mut a, &mut b);
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &captured), Err(DropReason::OldSession));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &captured),
+            Err(DropReason::OldSession)
+        );
     }
 
     #[test]
@@ -413,9 +446,16 @@ mod tests {
         let mut w = channel(NodeId::Witness, 34);
         associate(&mut w, &mut a);
         // …and the old session's datagram is still known for what it is.
-        assert_eq!(a.open(FRONT, Some(NodeId::Witness), &captured), Err(DropReason::Replay));
+        assert_eq!(
+            a.open(FRONT, Some(NodeId::Witness), &captured),
+            Err(DropReason::Replay)
+        );
         // The witness's datagrams keep being accepted after the attempt.
-        assert!(deliver(&mut w, &mut a, &heartbeat_from(NodeId::Witness, 2, false)).1.is_ok());
+        assert!(
+            deliver(&mut w, &mut a, &heartbeat_from(NodeId::Witness, 2, false))
+                .1
+                .is_ok()
+        );
     }
 
     #[test]
@@ -424,14 +464,23 @@ mod tests {
         let mut a = channel(NodeId::A, 11);
         associate(&mut a, &mut b);
         // A datagram of a's old session that b never received (withheld).
-        let withheld = a.seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false)).unwrap();
+        let withheld = a
+            .seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false))
+            .unwrap();
         let mut a = channel(NodeId::A, 12);
         associate(&mut a, &mut b);
         // Delivered late it is genuine and new to b: accepted once…
         assert!(b.open(FRONT, Some(NodeId::A), &withheld).is_ok());
         // …and a's current session goes on without interruption.
-        assert!(deliver(&mut a, &mut b, &heartbeat_from(NodeId::A, 2, false)).1.is_ok());
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &withheld), Err(DropReason::Replay));
+        assert!(
+            deliver(&mut a, &mut b, &heartbeat_from(NodeId::A, 2, false))
+                .1
+                .is_ok()
+        );
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &withheld),
+            Err(DropReason::Replay)
+        );
     }
 
     #[test]
@@ -441,7 +490,9 @@ mod tests {
         let mut w = channel(NodeId::Witness, 33);
         associate(&mut a, &mut b);
         associate(&mut a, &mut w);
-        let sealed = a.seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false)).unwrap();
+        let sealed = a
+            .seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false))
+            .unwrap();
         // From an address that is not a's on this link (a tenant's).
         assert_eq!(b.open(FRONT, None, &sealed), Err(DropReason::WrongSource));
         // From the witness's address though it says a.
@@ -450,7 +501,10 @@ mod tests {
             Err(DropReason::WrongSource)
         );
         // Bound to b: the witness does not take it.
-        assert_eq!(w.open(FRONT, Some(NodeId::A), &sealed), Err(DropReason::Misdirected));
+        assert_eq!(
+            w.open(FRONT, Some(NodeId::A), &sealed),
+            Err(DropReason::Misdirected)
+        );
         // Still fresh for b afterwards: the refusals marked nothing seen.
         assert!(b.open(FRONT, Some(NodeId::A), &sealed).is_ok());
         assert_eq!(b.counters().dropped(DropReason::WrongSource), 2);
@@ -476,10 +530,16 @@ mod tests {
         .emit();
         let (captured, verdict) = deliver(&mut a, &mut b, &list);
         assert_eq!(verdict, Ok(list));
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &captured), Err(DropReason::Replay));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &captured),
+            Err(DropReason::Replay)
+        );
         let mut tampered = captured.clone();
         tampered[48 + 11] ^= 1;
-        assert_eq!(b.open(FRONT, Some(NodeId::A), &tampered), Err(DropReason::BadMac));
+        assert_eq!(
+            b.open(FRONT, Some(NodeId::A), &tampered),
+            Err(DropReason::BadMac)
+        );
     }
 
     #[test]
@@ -488,13 +548,22 @@ mod tests {
         let mut b = channel(NodeId::B, 22);
         // Captured from an earlier boot of a (echoing nothing b knows).
         let mut old_a = channel(NodeId::A, 10);
-        let old = old_a.seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false)).unwrap();
+        let old = old_a
+            .seal(NodeId::B, &heartbeat_from(NodeId::A, 2, false))
+            .unwrap();
         associate(&mut a, &mut b);
         for _ in 0..5 {
-            assert_eq!(b.open(FRONT, Some(NodeId::A), &old), Err(DropReason::OldSession));
+            assert_eq!(
+                b.open(FRONT, Some(NodeId::A), &old),
+                Err(DropReason::OldSession)
+            );
         }
         // b still echoes a's current session.
-        assert!(deliver(&mut b, &mut a, &heartbeat_from(NodeId::B, 2, false)).1.is_ok());
+        assert!(
+            deliver(&mut b, &mut a, &heartbeat_from(NodeId::B, 2, false))
+                .1
+                .is_ok()
+        );
     }
 
     #[test]
@@ -502,11 +571,17 @@ mod tests {
         let mut b = channel(NodeId::B, 22);
         let _ = b.open(FRONT, None, b"garbage");
         let text = alloc::format!("{}", b.counters());
-        assert!(text.starts_with("control datagrams: accepted 0, dropped malformed 1"), "{text}");
+        assert!(
+            text.starts_with("control datagrams: accepted 0, dropped malformed 1"),
+            "{text}"
+        );
         for reason in DropReason::ALL {
             assert!(text.contains(reason.name()));
         }
         let shown = alloc::format!("{b:?}");
-        assert!(shown.contains("<secret>") && !shown.contains("66, 66"), "{shown}");
+        assert!(
+            shown.contains("<secret>") && !shown.contains("66, 66"),
+            "{shown}"
+        );
     }
 }

@@ -54,7 +54,10 @@ impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyError::Length(n) => {
-                write!(f, "must be 64 hexadecimal digits (32 bytes), got {n} characters")
+                write!(
+                    f,
+                    "must be 64 hexadecimal digits (32 bytes), got {n} characters"
+                )
             }
             KeyError::NotHex(at) => write!(f, "character {} is not a hexadecimal digit", at + 1),
             KeyError::AllZero => write!(f, "is all zeroes; make one with `openssl rand -hex 32`"),
@@ -230,7 +233,11 @@ impl ReplayWindow {
         }
         if seq > self.highest {
             let shift = seq - self.highest;
-            self.seen = if shift >= Self::SIZE { 0 } else { self.seen << shift };
+            self.seen = if shift >= Self::SIZE {
+                0
+            } else {
+                self.seen << shift
+            };
             self.seen |= 1;
             self.highest = seq;
             return true;
@@ -272,10 +279,7 @@ mod tests {
         let mut bad = alloc::string::String::from(HEX);
         bad.replace_range(10..11, "g");
         assert_eq!(PairKey::from_hex(&bad), Err(KeyError::NotHex(10)));
-        assert_eq!(
-            PairKey::from_hex(&"0".repeat(64)),
-            Err(KeyError::AllZero)
-        );
+        assert_eq!(PairKey::from_hex(&"0".repeat(64)), Err(KeyError::AllZero));
         assert!(!format!("{}", KeyError::NotHex(3)).contains(HEX));
     }
 

@@ -36,8 +36,8 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use poly1305::universal_hash::{KeyInit, UniversalHash};
 use poly1305::Poly1305;
+use poly1305::universal_hash::{KeyInit, UniversalHash};
 
 use super::{Key, Keys, MAC_LEN};
 use crate::types::NodeId;
@@ -191,7 +191,10 @@ impl Handshake {
             Side::Responder => (to_initiator, to_responder),
         };
         Established {
-            sealer: FrameSealer { key: send, number: 0 },
+            sealer: FrameSealer {
+                key: send,
+                number: 0,
+            },
             opener: FrameOpener {
                 key: receive,
                 number: 0,
@@ -207,7 +210,10 @@ impl Handshake {
     /// holds the pair key: `rest` are the bytes that followed the handshake
     /// (the first frames), to be given to the opener. After an error the
     /// connection must be closed.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(Established, Vec<u8>)>, StreamAuthError> {
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<Option<(Established, Vec<u8>)>, StreamAuthError> {
         if self.step == Step::Failed {
             return Err(StreamAuthError::BadHandshake);
         }
@@ -241,7 +247,9 @@ impl Handshake {
                     return Ok(None);
                 };
                 let (nonce, proof) = body.split_at(NONCE_LEN);
-                let proof: [u8; MAC_LEN] = proof.try_into().map_err(|_| StreamAuthError::BadHandshake)?;
+                let proof: [u8; MAC_LEN] = proof
+                    .try_into()
+                    .map_err(|_| StreamAuthError::BadHandshake)?;
                 self.peer_nonce.copy_from_slice(nonce);
                 let t = self.transcript();
                 if !self.key.verify(&[RESPONDER_PROOF, &t], &proof) {
@@ -273,7 +281,10 @@ impl Handshake {
                 let Some(body) = self.expect(FINISH, FINISH_LEN)? else {
                     return Ok(None);
                 };
-                let proof: [u8; MAC_LEN] = body.as_slice().try_into().map_err(|_| StreamAuthError::BadHandshake)?;
+                let proof: [u8; MAC_LEN] = body
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StreamAuthError::BadHandshake)?;
                 let t = self.transcript();
                 if !self.key.verify(&[INITIATOR_PROOF, &t], &proof) {
                     return Err(StreamAuthError::WrongKey);
@@ -390,7 +401,8 @@ impl FrameOpener {
         let frame = &available[..total];
         let trailer = &available[total..total + TRAILER_LEN];
         let expected = frame_tag(&self.key, self.number, &[frame]);
-        if trailer[..8] != self.number.to_be_bytes() || !constant_time_eq(&expected, &trailer[8..]) {
+        if trailer[..8] != self.number.to_be_bytes() || !constant_time_eq(&expected, &trailer[8..])
+        {
             return Err(self.break_with(StreamAuthError::BadMac));
         }
         let frame = frame.to_vec();
@@ -450,7 +462,12 @@ impl fmt::Display for StreamCounters {
         write!(
             f,
             "stream connections: established {}, refused wrong-key {} bad-handshake {} timeout {}; broken bad-mac {} bad-frame {}",
-            self.established, self.wrong_key, self.bad_handshake, self.timeout, self.bad_mac, self.bad_frame
+            self.established,
+            self.wrong_key,
+            self.bad_handshake,
+            self.timeout,
+            self.bad_mac,
+            self.bad_frame
         )
     }
 }
@@ -612,7 +629,9 @@ mod tests {
         let frame: Vec<u8> = (0..100u8).collect();
         let whole = {
             let one_time = key.mac(&[&7u64.to_be_bytes()]);
-            let tag: [u8; TAG_LEN] = Poly1305::new(&one_time.into()).compute_unpadded(&frame).into();
+            let tag: [u8; TAG_LEN] = Poly1305::new(&one_time.into())
+                .compute_unpadded(&frame)
+                .into();
             tag
         };
         assert_eq!(frame_tag(&key, 7, &[&frame]), whole);
@@ -699,14 +718,26 @@ mod tests {
         b.opener.push(&first);
         assert!(b.opener.next_frame().unwrap().is_some());
         b.opener.push(&first);
-        assert_eq!(b.opener.next_frame(), Err(StreamAuthError::BadMac), "replayed frame");
+        assert_eq!(
+            b.opener.next_frame(),
+            Err(StreamAuthError::BadMac),
+            "replayed frame"
+        );
         b.opener.push(&second);
-        assert_eq!(b.opener.next_frame(), Err(StreamAuthError::BadMac), "broken for good");
+        assert_eq!(
+            b.opener.next_frame(),
+            Err(StreamAuthError::BadMac),
+            "broken for good"
+        );
 
         let (mut a, mut b) = connect(40);
         let _skipped = a.sealer.seal(&config());
         b.opener.push(&a.sealer.seal(&config()));
-        assert_eq!(b.opener.next_frame(), Err(StreamAuthError::BadMac), "a dropped frame");
+        assert_eq!(
+            b.opener.next_frame(),
+            Err(StreamAuthError::BadMac),
+            "a dropped frame"
+        );
     }
 
     #[test]
@@ -766,7 +797,10 @@ mod tests {
         let mut r = Handshake::responder(&keys(1), NodeId::B, NodeId::A, [6; 32]);
         // A version-2 stream (no handshake): its first byte already differs
         // from the handshake's magic in the fourth byte.
-        assert_eq!(r.push(&config()[..4]).err(), Some(StreamAuthError::BadHandshake));
+        assert_eq!(
+            r.push(&config()[..4]).err(),
+            Some(StreamAuthError::BadHandshake)
+        );
         // A challenge claiming to come from b itself or the witness.
         let mut r = Handshake::responder(&keys(1), NodeId::B, NodeId::A, [6; 32]);
         let mut bad = header(CHALLENGE, NodeId::Witness).to_vec();
@@ -780,7 +814,10 @@ mod tests {
         let mut a = StreamSession::connect(&keys(1), NodeId::A, NodeId::B, [1; 32]);
         let mut b = StreamSession::accept(&keys(1), NodeId::B, NodeId::A, [2; 32]);
         assert_eq!(b.receive(&a.take_output()), Ok(Received::default()));
-        assert!(a.trailer(&[&config()]).is_none(), "nothing is sent before the handshake");
+        assert!(
+            a.trailer(&[&config()]).is_none(),
+            "nothing is sent before the handshake"
+        );
         let got = a.receive(&b.take_output()).unwrap();
         assert!(got.authenticated && a.is_established() && !b.is_established());
         let mut bytes = a.take_finish();
@@ -804,6 +841,9 @@ mod tests {
         assert_eq!(error, StreamAuthError::WrongKey);
         counters.count(error);
         let text = alloc::format!("{counters}");
-        assert!(text.contains("wrong-key 1") && text.contains("bad-mac 1"), "{text}");
+        assert!(
+            text.contains("wrong-key 1") && text.contains("bad-mac 1"),
+            "{text}"
+        );
     }
 }

@@ -71,13 +71,19 @@ impl DataNode {
 
     /// True when write `w` must wait for the peer's acknowledgements before
     /// it is issued (it is then queued).
-    pub(super) fn hold_for_stream(&mut self, id: WriteId, w: &PendingWrite, from_queue: bool) -> bool {
+    pub(super) fn hold_for_stream(
+        &mut self,
+        id: WriteId,
+        w: &PendingWrite,
+        from_queue: bool,
+    ) -> bool {
         if !self.stream_ready() || !self.peer_takes(w) {
             return false;
         }
         let degraded_ok = self.peer_degraded() && !self.recovering();
         let full = !self.unacked.is_empty()
-            && self.unacked.wire_bytes() + self.replication_wire_bytes(w) > self.cfg.max_unacked_bytes;
+            && self.unacked.wire_bytes() + self.replication_wire_bytes(w)
+                > self.cfg.max_unacked_bytes;
         let queue_ahead = !from_queue && !self.held_for_stream.is_empty();
         if !(full || queue_ahead) {
             return false;
@@ -181,9 +187,11 @@ impl DataNode {
             return false;
         }
         let timeout = self.timing().failure_timeout;
-        let stuck = self.writes.values().any(|w| {
-            w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= timeout
-        }) || self.flushes.peer_stuck(now, timeout);
+        let stuck = self
+            .writes
+            .values()
+            .any(|w| w.needs_peer && !w.peer_acked && now.saturating_since(w.at) >= timeout)
+            || self.flushes.peer_stuck(now, timeout);
         if !stuck {
             return false;
         }

@@ -692,8 +692,15 @@ mod tests {
 
     #[test]
     fn a_heartbeat_without_the_host_path_field_or_with_a_later_version_of_it_has_none() {
-        let Message::Heartbeat(hb) = samples()[0].message else { unreachable!() };
-        let d = Datagram { sender: NodeId::A, link: LinkId(1), epoch: 3, message: Message::Heartbeat(hb) };
+        let Message::Heartbeat(hb) = samples()[0].message else {
+            unreachable!()
+        };
+        let d = Datagram {
+            sender: NodeId::A,
+            link: LinkId(1),
+            epoch: 3,
+            message: Message::Heartbeat(hb),
+        };
         let full = d.emit();
         assert_eq!(full.len(), HEADER_LEN + HEARTBEAT_LEN);
         // An older sender's 40-byte heartbeat.
@@ -701,14 +708,32 @@ mod tests {
         old[16..18].copy_from_slice(&(HEARTBEAT_BASE_LEN as u16).to_be_bytes());
         let crc = compute_crc(&old);
         old[20..24].copy_from_slice(&crc.to_be_bytes());
-        let Ok(Datagram { message: Message::Heartbeat(parsed), .. }) = Datagram::parse(&old) else { panic!() };
-        assert_eq!(parsed, Heartbeat { host_path: None, ..hb });
+        let Ok(Datagram {
+            message: Message::Heartbeat(parsed),
+            ..
+        }) = Datagram::parse(&old)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            parsed,
+            Heartbeat {
+                host_path: None,
+                ..hb
+            }
+        );
         // A later version of the field.
         let mut later = full.clone();
         later[HEADER_LEN + HEARTBEAT_BASE_LEN] = HOST_PATH_VERSION + 1;
         let crc = compute_crc(&later);
         later[20..24].copy_from_slice(&crc.to_be_bytes());
-        let Ok(Datagram { message: Message::Heartbeat(parsed), .. }) = Datagram::parse(&later) else { panic!() };
+        let Ok(Datagram {
+            message: Message::Heartbeat(parsed),
+            ..
+        }) = Datagram::parse(&later)
+        else {
+            panic!()
+        };
         assert_eq!(parsed.host_path, None);
     }
 

@@ -12,8 +12,8 @@
 //! The byte layouts are specified in `docs/ha-protocol.md`.
 
 pub mod connections;
-pub mod sealed;
 pub mod control;
+pub mod sealed;
 pub mod stream;
 
 use crate::Error;

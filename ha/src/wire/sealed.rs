@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(&sealed[32..40], &0x2222u64.to_be_bytes());
         assert_eq!(&sealed[40..48], &9u64.to_be_bytes());
         assert_eq!(sealed.len(), 48 + control::HEARTBEAT_LEN + 32);
-        assert!(key().verify(&[&sealed[..48 + control::HEARTBEAT_LEN]], &sealed[48 + control::HEARTBEAT_LEN..]));
+        assert!(key().verify(
+            &[&sealed[..48 + control::HEARTBEAT_LEN]],
+            &sealed[48 + control::HEARTBEAT_LEN..]
+        ));
         let listed = seal(&list(), &auth(), &key()).unwrap();
         assert_eq!(&listed[..4], b"TDCN");
         assert_eq!(listed[5], 0);

@@ -199,15 +199,25 @@ pub enum Body<'a> {
     },
     /// `current`: the source's current generation, which the target takes
     /// when it becomes UpToDate (0 from a peer without the feature).
-    ResyncDone { current: u64 },
+    ResyncDone {
+        current: u64,
+    },
     /// Online verification: the receiver reads `len` bytes at `offset`
     /// (after every write sent before this frame) and compares their
     /// CRC-64 with `digest`. Sent only to a peer that announced
     /// [`feature::VERIFY`].
-    VerifyRequest { offset: u64, len: u32, digest: u64 },
+    VerifyRequest {
+        offset: u64,
+        len: u32,
+        digest: u64,
+    },
     /// The answer: `equal` is false when the digests differ (or the read
     /// failed).
-    VerifyReply { offset: u64, len: u32, equal: bool },
+    VerifyReply {
+        offset: u64,
+        len: u32,
+        equal: bool,
+    },
     /// Make every write this receiver has acknowledged durable; `seq` numbers
     /// the flush.
     Flush,
@@ -485,7 +495,11 @@ impl<'a> Frame<'a> {
                 if len == 0 || len as usize > MAX_DATA {
                     return Err(Error::InvalidField("verify.len"));
                 }
-                Body::VerifyRequest { offset, len, digest }
+                Body::VerifyRequest {
+                    offset,
+                    len,
+                    digest,
+                }
             }
             kind::VERIFY_REPLY => {
                 need(16)?;
@@ -607,7 +621,11 @@ impl<'a> Frame<'a> {
                 kind::RESYNC_DONE
             }
             Body::Flush => kind::FLUSH,
-            Body::VerifyRequest { offset, len, digest } => {
+            Body::VerifyRequest {
+                offset,
+                len,
+                digest,
+            } => {
                 w.u64(*offset).u32(*len).zeros(4).u64(*digest);
                 kind::VERIFY_REQUEST
             }
@@ -850,7 +868,9 @@ mod tests {
                 len: 10,
                 status: AckStatus::Ok,
             },
-            Body::ResyncDone { current: 0x0102_0304_0506_0708 },
+            Body::ResyncDone {
+                current: 0x0102_0304_0506_0708,
+            },
             Body::Flush,
             Body::FlushAck {
                 status: AckStatus::IoError,
@@ -912,7 +932,13 @@ mod tests {
         let Body::Hello(old) = Frame::parse(&without).unwrap().body else {
             panic!("not a hello")
         };
-        assert_eq!(old, Hello { features: 0, ..hello });
+        assert_eq!(
+            old,
+            Hello {
+                features: 0,
+                ..hello
+            }
+        );
     }
 
     #[test]

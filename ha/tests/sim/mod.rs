@@ -881,7 +881,11 @@ impl Sim {
                 self.disk_later(id, inc, DiskKind::Flush { flush });
             }
             Action::CompleteFlush { id: fid, result } => {
-                let result = if self.front_end_nic[idx(id)] { result } else { IoResult::PathError };
+                let result = if self.front_end_nic[idx(id)] {
+                    result
+                } else {
+                    IoResult::PathError
+                };
                 self.host_flush_complete(fid, result);
             }
             Action::SubmitLocalWrite { id: wid } => {
@@ -1040,7 +1044,9 @@ impl Sim {
         // connection broke (the sender has not noticed yet), the bytes are
         // lost; written before, they are in flight and reach the peer if
         // it still has the connection open when they arrive.
-        let Some(c) = self.nodes[idx(from)].stream_conn else { return };
+        let Some(c) = self.nodes[idx(from)].stream_conn else {
+            return;
+        };
         if self.conn != Some(c) {
             return;
         }
@@ -1440,7 +1446,10 @@ impl Sim {
             return;
         }
         let op = if self.rng.chance(600) {
-            if bs.pending.is_some_and(|(_, retry_at, _)| retry_at > self.now) {
+            if bs
+                .pending
+                .is_some_and(|(_, retry_at, _)| retry_at > self.now)
+            {
                 return;
             }
             // Now and then a Write Zeroes or a Deallocate instead of data.

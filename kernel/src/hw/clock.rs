@@ -14,7 +14,6 @@ static TSC_PER_MICROSECOND_X1024: AtomicU64 = AtomicU64::new(0);
 /// reset (which does not reset the TSC everywhere).
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 
-
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects.
     unsafe { core::arch::x86_64::_rdtsc() }
@@ -51,7 +50,11 @@ struct PitChannel2 {
 
 impl PitChannel2 {
     fn new() -> Self {
-        Self { gate: Port::new(0x61), command: Port::new(0x43), channel2: Port::new(0x42) }
+        Self {
+            gate: Port::new(0x61),
+            command: Port::new(0x43),
+            channel2: Port::new(0x42),
+        }
     }
 }
 
@@ -74,10 +77,19 @@ impl tsc::PitTimer for PitChannel2 {
         // and status together; the status comes first, then the count.
         let (status, low, high) = unsafe {
             self.command.write(0b1100_1000);
-            (self.channel2.read(), self.channel2.read(), self.channel2.read())
+            (
+                self.channel2.read(),
+                self.channel2.read(),
+                self.channel2.read(),
+            )
         };
         let tsc_after = rdtsc();
-        tsc::PitReading { tsc_before, tsc_after, count: u16::from_le_bytes([low, high]), out: status & 0x80 != 0 }
+        tsc::PitReading {
+            tsc_before,
+            tsc_after,
+            count: u16::from_le_bytes([low, high]),
+            out: status & 0x80 != 0,
+        }
     }
 }
 
@@ -119,7 +131,11 @@ pub fn boot_entropy() -> [u8; 64] {
     let mut out = [0u8; 64];
     out[0..8].copy_from_slice(&BOOT_TSC.load(Ordering::Relaxed).to_le_bytes());
     out[8..16].copy_from_slice(&rdtsc().to_le_bytes());
-    out[16..24].copy_from_slice(&TSC_PER_MICROSECOND_X1024.load(Ordering::Relaxed).to_le_bytes());
+    out[16..24].copy_from_slice(
+        &TSC_PER_MICROSECOND_X1024
+            .load(Ordering::Relaxed)
+            .to_le_bytes(),
+    );
     if has_rdrand() {
         for slot in out[24..56].chunks_mut(8) {
             if let Some(value) = rdrand() {
@@ -128,7 +144,10 @@ pub fn boot_entropy() -> [u8; 64] {
         }
     }
     // Seconds, minutes, hours, day, month, year of the real-time clock.
-    for (i, register) in [0x00u8, 0x02, 0x04, 0x07, 0x08, 0x09].into_iter().enumerate() {
+    for (i, register) in [0x00u8, 0x02, 0x04, 0x07, 0x08, 0x09]
+        .into_iter()
+        .enumerate()
+    {
         // SAFETY: reading a CMOS register through the index/data ports; the
         // NMI-disable bit stays clear as it is everywhere in this image.
         out[56 + i] = unsafe {

@@ -22,10 +22,10 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
-use x86_64::VirtAddr;
 
 const PIC_VECTOR_BASE: u8 = 32;
 /// PIT tick rate: the longest an idle machine sleeps before timers run.
@@ -154,8 +154,15 @@ struct IdtEntry {
     reserved: u32,
 }
 
-const EMPTY_ENTRY: IdtEntry =
-    IdtEntry { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_middle: 0, offset_high: 0, reserved: 0 };
+const EMPTY_ENTRY: IdtEntry = IdtEntry {
+    offset_low: 0,
+    selector: 0,
+    ist: 0,
+    attributes: 0,
+    offset_middle: 0,
+    offset_high: 0,
+    reserved: 0,
+};
 
 #[repr(C, align(16))]
 struct Idt([IdtEntry; 48]);
@@ -163,18 +170,47 @@ struct Idt([IdtEntry; 48]);
 static mut IDT: Idt = Idt([EMPTY_ENTRY; 48]);
 
 const EXCEPTION_NAMES: [&str; 32] = [
-    "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range", "invalid opcode",
-    "device not available", "double fault", "coprocessor segment overrun", "invalid TSS",
-    "segment not present", "stack fault", "general protection fault", "page fault", "reserved",
-    "x87 floating point", "alignment check", "machine check", "SIMD floating point", "virtualization",
-    "control protection", "reserved", "reserved", "reserved", "reserved", "reserved", "reserved",
-    "hypervisor injection", "VMM communication", "security", "reserved",
+    "divide error",
+    "debug",
+    "NMI",
+    "breakpoint",
+    "overflow",
+    "bound range",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor segment overrun",
+    "invalid TSS",
+    "segment not present",
+    "stack fault",
+    "general protection fault",
+    "page fault",
+    "reserved",
+    "x87 floating point",
+    "alignment check",
+    "machine check",
+    "SIMD floating point",
+    "virtualization",
+    "control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "hypervisor injection",
+    "VMM communication",
+    "security",
+    "reserved",
 ];
 
 /// Called by the exception stubs: reports the fault and stops.
 #[unsafe(no_mangle)]
 extern "C" fn tandem_exception(vector: u64, error_code: u64, rip: u64, cr2: u64) -> ! {
-    let name = EXCEPTION_NAMES.get(vector as usize).copied().unwrap_or("unknown");
+    let name = EXCEPTION_NAMES
+        .get(vector as usize)
+        .copied()
+        .unwrap_or("unknown");
     panic!("CPU exception {vector} ({name}) at rip={rip:#x} error={error_code:#x} cr2={cr2:#x}");
 }
 
@@ -228,7 +264,11 @@ pub fn unmask_irq(irq: u8) {
     if irq >= 16 {
         return;
     }
-    let (port, bit) = if irq < 8 { (0x21, irq) } else { (0xa1, irq - 8) };
+    let (port, bit) = if irq < 8 {
+        (0x21, irq)
+    } else {
+        (0xa1, irq - 8)
+    };
     // SAFETY: read-modify-write of the PIC mask register.
     unsafe {
         let mut data = Port::<u8>::new(port);
@@ -289,7 +329,10 @@ pub fn wakeups() -> u64 {
 pub fn triple_fault() -> ! {
     // SAFETY: the machine is being reset on purpose.
     unsafe {
-        lidt(&DescriptorTablePointer { limit: 0, base: VirtAddr::new(0) });
+        lidt(&DescriptorTablePointer {
+            limit: 0,
+            base: VirtAddr::new(0),
+        });
         core::arch::asm!("int3", options(noreturn));
     }
 }

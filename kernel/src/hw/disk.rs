@@ -26,20 +26,20 @@ use core::fmt::Write as _;
 use core::ops::Range;
 
 use tandem_kernel::virtio::{
-    BLK_S_OK, BLK_S_UNSUPP, BlkConfig, BlkFeatures, BlkRangeSegment, BlkRequestHeader, BlkRequestType, DeviceFeatures,
-    StallWatch,
+    BLK_S_OK, BLK_S_UNSUPP, BlkConfig, BlkFeatures, BlkRangeSegment, BlkRequestHeader,
+    BlkRequestType, DeviceFeatures, StallWatch,
 };
+use virtio_drivers::Error;
 use virtio_drivers::config::read_config;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
-use virtio_drivers::Error;
 
 use super::dma::KernelHal;
 use super::pci::SharedTransport;
 use super::virtio::{NotifyGate, negotiate};
 
-pub use tandem_kernel::block::{DiskOp, DiskResult, SectorRange, Tag, WriteData};
 use tandem_kernel::block::{BlockQueue, SECTOR};
+pub use tandem_kernel::block::{DiskOp, DiskResult, SectorRange, Tag, WriteData};
 
 const SECTOR_SIZE: usize = SECTOR as usize;
 /// Largest zero-fill write when the device lacks write-zeroes.
@@ -88,7 +88,10 @@ impl DiskLimits {
 
     /// Data bytes one virtio request may carry, a whole number of sectors.
     fn request_bytes(&self) -> usize {
-        let segments = self.seg_max.unwrap_or(1).clamp(1, self.queue_size as u32 - 2) as usize;
+        let segments = self
+            .seg_max
+            .unwrap_or(1)
+            .clamp(1, self.queue_size as u32 - 2) as usize;
         let bytes = match self.size_max {
             Some(size_max) => (size_max as usize).saturating_mul(segments),
             None => MAX_REQUEST_BYTES,
@@ -109,14 +112,20 @@ impl DiskLimits {
     }
 
     fn write_zeroes_usable(&self) -> bool {
-        self.has(BlkFeatures::WRITE_ZEROES) && self.max_write_zeroes_sectors != 0 && self.max_write_zeroes_seg != 0
+        self.has(BlkFeatures::WRITE_ZEROES)
+            && self.max_write_zeroes_sectors != 0
+            && self.max_write_zeroes_seg != 0
     }
 
     /// Sectors per discard request: the device's bound, cut to its alignment.
     fn discard_chunk(&self) -> u64 {
         let max = u64::from(self.max_discard_sectors);
         let alignment = u64::from(self.discard_sector_alignment);
-        if alignment > 1 && max >= alignment { max / alignment * alignment } else { max }
+        if alignment > 1 && max >= alignment {
+            max / alignment * alignment
+        } else {
+            max
+        }
     }
 }
 
@@ -140,14 +149,24 @@ macro_rules! on_ring {
 }
 
 impl Ring {
-    fn new(transport: &mut SharedTransport, indirect: bool, event_idx: bool) -> Result<Self, Error> {
+    fn new(
+        transport: &mut SharedTransport,
+        indirect: bool,
+        event_idx: bool,
+    ) -> Result<Self, Error> {
         let max = transport.max_queue_size(QUEUE);
         if max >= 256 {
-            Ok(Ring::Large(VirtQueue::new(transport, QUEUE, indirect, event_idx)?))
+            Ok(Ring::Large(VirtQueue::new(
+                transport, QUEUE, indirect, event_idx,
+            )?))
         } else if max >= 128 {
-            Ok(Ring::Medium(VirtQueue::new(transport, QUEUE, indirect, event_idx)?))
+            Ok(Ring::Medium(VirtQueue::new(
+                transport, QUEUE, indirect, event_idx,
+            )?))
         } else {
-            Ok(Ring::Small(VirtQueue::new(transport, QUEUE, indirect, event_idx)?))
+            Ok(Ring::Small(VirtQueue::new(
+                transport, QUEUE, indirect, event_idx,
+            )?))
         }
     }
 
@@ -209,9 +228,27 @@ impl SharedSlice {
 }
 
 impl Request {
-    fn new(kind: Kind, request_type: BlkRequestType, sector: u64, data: Vec<u8>, owner: Owner) -> Box<Self> {
-        let header = BlkRequestHeader { request_type, sector }.to_bytes();
-        Box::new(Self { kind, header, segment: [0; BlkRangeSegment::LEN], data, written: None, status: [0xff], owner })
+    fn new(
+        kind: Kind,
+        request_type: BlkRequestType,
+        sector: u64,
+        data: Vec<u8>,
+        owner: Owner,
+    ) -> Box<Self> {
+        let header = BlkRequestHeader {
+            request_type,
+            sector,
+        }
+        .to_bytes();
+        Box::new(Self {
+            kind,
+            header,
+            segment: [0; BlkRangeSegment::LEN],
+            data,
+            written: None,
+            status: [0xff],
+            owner,
+        })
     }
 
     fn write(sector: u64, written: SharedSlice, owner: Owner) -> Box<Self> {
@@ -225,16 +262,35 @@ impl Request {
     /// # Safety
     /// `self` must stay allocated, unmoved and untouched until [`Request::complete`]
     /// is called with the returned token.
-    unsafe fn add<const SIZE: usize>(&mut self, queue: &mut VirtQueue<KernelHal, SIZE>, segment_bytes: usize) -> Result<u16, Error> {
-        let Request { kind, header, segment, data, written, status, .. } = self;
+    unsafe fn add<const SIZE: usize>(
+        &mut self,
+        queue: &mut VirtQueue<KernelHal, SIZE>,
+        segment_bytes: usize,
+    ) -> Result<u16, Error> {
+        let Request {
+            kind,
+            header,
+            segment,
+            data,
+            written,
+            status,
+            ..
+        } = self;
         // SAFETY: the caller keeps every buffer in place until `complete`.
         unsafe {
             match kind {
                 Kind::Flush => queue.add(&[&header[..]], &mut [&mut status[..]]),
-                Kind::Discard | Kind::WriteZeroes => queue.add(&[&header[..], &segment[..]], &mut [&mut status[..]]),
+                Kind::Discard | Kind::WriteZeroes => {
+                    queue.add(&[&header[..], &segment[..]], &mut [&mut status[..]])
+                }
                 Kind::Write => {
                     let mut inputs: Vec<&[u8]> = vec![&header[..]];
-                    inputs.extend(written.as_ref().map_or(&[][..], SharedSlice::bytes).chunks(segment_bytes));
+                    inputs.extend(
+                        written
+                            .as_ref()
+                            .map_or(&[][..], SharedSlice::bytes)
+                            .chunks(segment_bytes),
+                    );
                     queue.add(&inputs, &mut [&mut status[..]])
                 }
                 Kind::Read => {
@@ -250,16 +306,36 @@ impl Request {
     ///
     /// # Safety
     /// `token` must be the one [`Request::add`] returned for this request.
-    unsafe fn complete<const SIZE: usize>(&mut self, queue: &mut VirtQueue<KernelHal, SIZE>, token: u16, segment_bytes: usize) -> Result<u32, Error> {
-        let Request { kind, header, segment, data, written, status, .. } = self;
+    unsafe fn complete<const SIZE: usize>(
+        &mut self,
+        queue: &mut VirtQueue<KernelHal, SIZE>,
+        token: u16,
+        segment_bytes: usize,
+    ) -> Result<u32, Error> {
+        let Request {
+            kind,
+            header,
+            segment,
+            data,
+            written,
+            status,
+            ..
+        } = self;
         // SAFETY: the same buffers that started this token.
         unsafe {
             match kind {
                 Kind::Flush => queue.pop_used(token, &[&header[..]], &mut [&mut status[..]]),
-                Kind::Discard | Kind::WriteZeroes => queue.pop_used(token, &[&header[..], &segment[..]], &mut [&mut status[..]]),
+                Kind::Discard | Kind::WriteZeroes => {
+                    queue.pop_used(token, &[&header[..], &segment[..]], &mut [&mut status[..]])
+                }
                 Kind::Write => {
                     let mut inputs: Vec<&[u8]> = vec![&header[..]];
-                    inputs.extend(written.as_ref().map_or(&[][..], SharedSlice::bytes).chunks(segment_bytes));
+                    inputs.extend(
+                        written
+                            .as_ref()
+                            .map_or(&[][..], SharedSlice::bytes)
+                            .chunks(segment_bytes),
+                    );
                     queue.pop_used(token, &inputs, &mut [&mut status[..]])
                 }
                 Kind::Read => {
@@ -274,11 +350,28 @@ impl Request {
 
 /// What a job still has to hand to the device.
 enum Work {
-    Read { sector: u64, bytes: usize, next: usize },
-    Write { sector: u64, data: WriteData, next: usize },
-    WriteZeroes { next: u64, end: u64, unmap: bool },
-    ZeroFill { next: u64, end: u64 },
-    Discard { ranges: VecDeque<SectorRange> },
+    Read {
+        sector: u64,
+        bytes: usize,
+        next: usize,
+    },
+    Write {
+        sector: u64,
+        data: WriteData,
+        next: usize,
+    },
+    WriteZeroes {
+        next: u64,
+        end: u64,
+        unmap: bool,
+    },
+    ZeroFill {
+        next: u64,
+        end: u64,
+    },
+    Discard {
+        ranges: VecDeque<SectorRange>,
+    },
     Flush,
     Issued,
 }
@@ -347,7 +440,11 @@ const SYNC_TAG_BASE: Tag = 1 << 62;
 const SYNC_TIMEOUT_MICROS: u64 = 30_000_000;
 
 fn status_error(status: u8) -> Error {
-    if status == BLK_S_UNSUPP { Error::Unsupported } else { Error::IoError }
+    if status == BLK_S_UNSUPP {
+        Error::Unsupported
+    } else {
+        Error::IoError
+    }
 }
 
 impl Disk {
@@ -362,29 +459,47 @@ impl Disk {
             let high: u32 = read_config!(transport, BlkConfig, capacity_high)?;
             Ok(u64::from(low) | u64::from(high) << 32)
         })?;
-        let (max_discard_sectors, max_discard_seg, discard_sector_alignment) = if has(BlkFeatures::DISCARD) {
-            (
-                read_config!(transport, BlkConfig, max_discard_sectors)?,
-                read_config!(transport, BlkConfig, max_discard_seg)?,
-                read_config!(transport, BlkConfig, discard_sector_alignment)?,
-            )
+        let (max_discard_sectors, max_discard_seg, discard_sector_alignment) =
+            if has(BlkFeatures::DISCARD) {
+                (
+                    read_config!(transport, BlkConfig, max_discard_sectors)?,
+                    read_config!(transport, BlkConfig, max_discard_seg)?,
+                    read_config!(transport, BlkConfig, discard_sector_alignment)?,
+                )
+            } else {
+                (0, 0, 0)
+            };
+        let (max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap) =
+            if has(BlkFeatures::WRITE_ZEROES) {
+                let may_unmap: u8 = read_config!(transport, BlkConfig, write_zeroes_may_unmap)?;
+                (
+                    read_config!(transport, BlkConfig, max_write_zeroes_sectors)?,
+                    read_config!(transport, BlkConfig, max_write_zeroes_seg)?,
+                    may_unmap != 0,
+                )
+            } else {
+                (0, 0, false)
+            };
+        let size_max = if has(BlkFeatures::SIZE_MAX) {
+            Some(read_config!(transport, BlkConfig, size_max)?).filter(|s| *s != 0)
         } else {
-            (0, 0, 0)
+            None
         };
-        let (max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap) = if has(BlkFeatures::WRITE_ZEROES) {
-            let may_unmap: u8 = read_config!(transport, BlkConfig, write_zeroes_may_unmap)?;
-            (
-                read_config!(transport, BlkConfig, max_write_zeroes_sectors)?,
-                read_config!(transport, BlkConfig, max_write_zeroes_seg)?,
-                may_unmap != 0,
-            )
+        let seg_max = if has(BlkFeatures::SEG_MAX) {
+            Some(read_config!(transport, BlkConfig, seg_max)?).filter(|s| *s != 0)
         } else {
-            (0, 0, false)
+            None
         };
-        let size_max = if has(BlkFeatures::SIZE_MAX) { Some(read_config!(transport, BlkConfig, size_max)?).filter(|s| *s != 0) } else { None };
-        let seg_max = if has(BlkFeatures::SEG_MAX) { Some(read_config!(transport, BlkConfig, seg_max)?).filter(|s| *s != 0) } else { None };
-        let blk_size = if has(BlkFeatures::BLK_SIZE) { read_config!(transport, BlkConfig, blk_size)? } else { SECTOR_SIZE as u32 };
-        let ring = Ring::new(&mut transport, features.indirect_descriptors(), features.event_index())?;
+        let blk_size = if has(BlkFeatures::BLK_SIZE) {
+            read_config!(transport, BlkConfig, blk_size)?
+        } else {
+            SECTOR_SIZE as u32
+        };
+        let ring = Ring::new(
+            &mut transport,
+            features.indirect_descriptors(),
+            features.event_index(),
+        )?;
         let notifications = NotifyGate::new(&transport, QUEUE, features.event_index());
         transport.finish_init();
         let queue_size = ring.size();
@@ -435,8 +550,18 @@ impl Disk {
     pub fn describe(&self) -> String {
         let l = &self.limits;
         let mut text = String::new();
-        let names: Vec<&str> = FEATURE_NAMES.iter().filter(|(bit, _)| l.has(*bit)).map(|(_, name)| *name).collect();
-        let _ = write!(text, "queue={} features={} blk_size={}", l.queue_size, names.join(","), l.blk_size);
+        let names: Vec<&str> = FEATURE_NAMES
+            .iter()
+            .filter(|(bit, _)| l.has(*bit))
+            .map(|(_, name)| *name)
+            .collect();
+        let _ = write!(
+            text,
+            "queue={} features={} blk_size={}",
+            l.queue_size,
+            names.join(","),
+            l.blk_size
+        );
         if let Some(seg_max) = l.seg_max {
             let _ = write!(text, " seg_max={seg_max}");
         }
@@ -444,7 +569,11 @@ impl Disk {
             let _ = write!(text, " size_max={size_max}");
         }
         if l.has(BlkFeatures::DISCARD) {
-            let _ = write!(text, " discard_max={}x{} discard_align={}", l.max_discard_sectors, l.max_discard_seg, l.discard_sector_alignment);
+            let _ = write!(
+                text,
+                " discard_max={}x{} discard_align={}",
+                l.max_discard_sectors, l.max_discard_seg, l.discard_sector_alignment
+            );
         }
         if l.has(BlkFeatures::WRITE_ZEROES) {
             let _ = write!(
@@ -452,7 +581,11 @@ impl Disk {
                 " write_zeroes_max={}x{}{}",
                 l.max_write_zeroes_sectors,
                 l.max_write_zeroes_seg,
-                if l.write_zeroes_may_unmap { " may_unmap" } else { "" }
+                if l.write_zeroes_may_unmap {
+                    " may_unmap"
+                } else {
+                    ""
+                }
             );
         }
         let c = &self.counters;
@@ -489,19 +622,42 @@ impl Disk {
     fn submit_job(&mut self, tag: Tag, op: DiskOp, first: bool) {
         let mut flush_after = false;
         let work = match op {
-            DiskOp::Read { sector, bytes } => Work::Read { sector, bytes, next: 0 },
-            DiskOp::Write { sector, data, flush_after: fua } => {
+            DiskOp::Read { sector, bytes } => Work::Read {
+                sector,
+                bytes,
+                next: 0,
+            },
+            DiskOp::Write {
+                sector,
+                data,
+                flush_after: fua,
+            } => {
                 // Without a write cache to flush, every write is durable.
                 flush_after = fua && self.limits.has(BlkFeatures::FLUSH);
-                Work::Write { sector, data, next: 0 }
+                Work::Write {
+                    sector,
+                    data,
+                    next: 0,
+                }
             }
-            DiskOp::Zero { sector, sectors, unmap } if self.limits.write_zeroes_usable() => {
-                Work::WriteZeroes { next: sector, end: sector + sectors, unmap: unmap && self.limits.write_zeroes_may_unmap }
-            }
-            DiskOp::Zero { sector, sectors, .. } => Work::ZeroFill { next: sector, end: sector + sectors },
-            DiskOp::Discard { ranges } if self.limits.discard_usable() => {
-                Work::Discard { ranges: ranges.into_iter().filter(|r| r.sectors != 0).collect() }
-            }
+            DiskOp::Zero {
+                sector,
+                sectors,
+                unmap,
+            } if self.limits.write_zeroes_usable() => Work::WriteZeroes {
+                next: sector,
+                end: sector + sectors,
+                unmap: unmap && self.limits.write_zeroes_may_unmap,
+            },
+            DiskOp::Zero {
+                sector, sectors, ..
+            } => Work::ZeroFill {
+                next: sector,
+                end: sector + sectors,
+            },
+            DiskOp::Discard { ranges } if self.limits.discard_usable() => Work::Discard {
+                ranges: ranges.into_iter().filter(|r| r.sectors != 0).collect(),
+            },
             // Discarded content is unspecified: keeping it is a discard.
             DiskOp::Discard { .. } => Work::Issued,
             DiskOp::Flush if self.limits.has(BlkFeatures::FLUSH) => Work::Flush,
@@ -515,7 +671,17 @@ impl Disk {
             self.completed.push((tag, DiskResult::Done));
             return;
         }
-        self.jobs.insert(id, Job { tag, work, outstanding: 0, failed: None, read: None, flush_after });
+        self.jobs.insert(
+            id,
+            Job {
+                tag,
+                work,
+                outstanding: 0,
+                failed: None,
+                read: None,
+                flush_after,
+            },
+        );
         if first {
             self.starting.push_front(id);
         } else {
@@ -533,7 +699,11 @@ impl Disk {
         let before = self.in_flight_count;
         self.collect_finished();
         let finished = self.in_flight_count < before;
-        if self.watch.check(super::clock::now_micros(), self.in_flight_count > 0, finished) {
+        if self.watch.check(
+            super::clock::now_micros(),
+            self.in_flight_count > 0,
+            finished,
+        ) {
             log::warn!(
                 "virtio-blk: the device finished none of {} requests for a second; notified it again ({} times so far)",
                 self.in_flight_count,
@@ -552,7 +722,11 @@ impl Disk {
     fn has_room(&self, descriptors: usize) -> bool {
         let indirect = self.limits.features.indirect_descriptors();
         let free = on_ring!(&self.ring, queue => queue.available_desc());
-        if indirect { self.in_flight_count < self.limits.queue_size && free > 0 } else { free >= descriptors }
+        if indirect {
+            self.in_flight_count < self.limits.queue_size && free > 0
+        } else {
+            free >= descriptors
+        }
     }
 
     /// Hands a request to the device. On failure the request comes back.
@@ -569,7 +743,10 @@ impl Disk {
             Err(error) => return Err((request, error)),
         };
         self.notifications.added();
-        if matches!(request.owner, Owner::Part { .. }) && request.kind == Kind::Flush && self.in_flight_count > 0 {
+        if matches!(request.owner, Owner::Part { .. })
+            && request.kind == Kind::Flush
+            && self.in_flight_count > 0
+        {
             self.counters.flush_overlaps += 1;
         }
         match request.kind {
@@ -583,7 +760,8 @@ impl Disk {
             Some(slot @ None) => {
                 *slot = Some(request);
                 self.in_flight_count += 1;
-                self.counters.max_in_flight = self.counters.max_in_flight.max(self.in_flight_count as u64);
+                self.counters.max_in_flight =
+                    self.counters.max_in_flight.max(self.in_flight_count as u64);
                 Ok(())
             }
             // The queue handed out a token it already holds: a driver bug.
@@ -605,11 +783,24 @@ impl Disk {
         let owner = |offset: usize| Owner::Part { job: id, offset };
         let (request, done) = match &mut job.work {
             Work::Issued => return None,
-            Work::Flush => (Request::new(Kind::Flush, BlkRequestType::Flush, 0, Vec::new(), owner(0)), true),
-            Work::Read { sector, bytes, next } => {
+            Work::Flush => (
+                Request::new(Kind::Flush, BlkRequestType::Flush, 0, Vec::new(), owner(0)),
+                true,
+            ),
+            Work::Read {
+                sector,
+                bytes,
+                next,
+            } => {
                 let len = (*bytes - *next).min(request_bytes);
                 let part_sector = *sector + (*next / SECTOR_SIZE) as u64;
-                let request = Request::new(Kind::Read, BlkRequestType::In, part_sector, vec![0; len], owner(*next));
+                let request = Request::new(
+                    Kind::Read,
+                    BlkRequestType::In,
+                    part_sector,
+                    vec![0; len],
+                    owner(*next),
+                );
                 if len < *bytes && job.read.is_none() {
                     job.read = Some(vec![0; *bytes]);
                 }
@@ -619,25 +810,50 @@ impl Disk {
             Work::Write { sector, data, next } => {
                 let len = (data.len() - *next).min(request_bytes);
                 let part_sector = *sector + (*next / SECTOR_SIZE) as u64;
-                let part = SharedSlice { data: Rc::clone(data), range: *next..*next + len };
+                let part = SharedSlice {
+                    data: Rc::clone(data),
+                    range: *next..*next + len,
+                };
                 *next += len;
-                (Request::write(part_sector, part, owner(0)), *next >= data.len())
+                (
+                    Request::write(part_sector, part, owner(0)),
+                    *next >= data.len(),
+                )
             }
             Work::WriteZeroes { next, end, unmap } => {
                 let sectors = (*end - *next).min(zeroes_chunk);
-                let mut request = Request::new(Kind::WriteZeroes, BlkRequestType::WriteZeroes, 0, Vec::new(), owner(0));
+                let mut request = Request::new(
+                    Kind::WriteZeroes,
+                    BlkRequestType::WriteZeroes,
+                    0,
+                    Vec::new(),
+                    owner(0),
+                );
                 let flags = if *unmap { BlkRangeSegment::UNMAP } else { 0 };
-                request.segment = BlkRangeSegment { sector: *next, sectors: sectors as u32, flags }.to_bytes();
+                request.segment = BlkRangeSegment {
+                    sector: *next,
+                    sectors: sectors as u32,
+                    flags,
+                }
+                .to_bytes();
                 *next += sectors;
                 (request, *next >= *end)
             }
             Work::ZeroFill { next, end } => {
-                let sectors = (*end - *next).min((ZERO_FILL_BYTES.min(request_bytes) / SECTOR_SIZE) as u64);
+                let sectors =
+                    (*end - *next).min((ZERO_FILL_BYTES.min(request_bytes) / SECTOR_SIZE) as u64);
                 let len = sectors as usize * SECTOR_SIZE;
                 if self.zeroes.len() < len {
                     self.zeroes = Rc::new(vec![0; ZERO_FILL_BYTES]);
                 }
-                let request = Request::write(*next, SharedSlice { data: Rc::clone(&self.zeroes), range: 0..len }, owner(0));
+                let request = Request::write(
+                    *next,
+                    SharedSlice {
+                        data: Rc::clone(&self.zeroes),
+                        range: 0..len,
+                    },
+                    owner(0),
+                );
                 self.counters.zero_fills += 1;
                 *next += sectors;
                 (request, *next >= *end)
@@ -648,8 +864,19 @@ impl Disk {
                     return None;
                 };
                 let sectors = range.sectors.min(discard_chunk);
-                let mut request = Request::new(Kind::Discard, BlkRequestType::Discard, 0, Vec::new(), owner(0));
-                request.segment = BlkRangeSegment { sector: range.sector, sectors: sectors as u32, flags: 0 }.to_bytes();
+                let mut request = Request::new(
+                    Kind::Discard,
+                    BlkRequestType::Discard,
+                    0,
+                    Vec::new(),
+                    owner(0),
+                );
+                request.segment = BlkRangeSegment {
+                    sector: range.sector,
+                    sectors: sectors as u32,
+                    flags: 0,
+                }
+                .to_bytes();
                 range.sector += sectors;
                 range.sectors -= sectors;
                 if range.sectors == 0 {
@@ -670,7 +897,13 @@ impl Disk {
         // Durability first: those writes are done and wait for nothing else.
         if !self.awaiting_flush.is_empty() && self.has_room(2) {
             let jobs = core::mem::take(&mut self.awaiting_flush);
-            let request = Request::new(Kind::Flush, BlkRequestType::Flush, 0, Vec::new(), Owner::Durability(jobs));
+            let request = Request::new(
+                Kind::Flush,
+                BlkRequestType::Flush,
+                0,
+                Vec::new(),
+                Owner::Durability(jobs),
+            );
             if let Err((request, error)) = self.start(request)
                 && let Owner::Durability(jobs) = request.owner
             {
@@ -691,8 +924,16 @@ impl Disk {
                     self.starting.pop_front();
                     continue;
                 }
-                Work::Read { bytes, next, .. } => 2 + (*bytes - *next).min(self.limits.request_bytes()).div_ceil(segment_bytes),
-                Work::Write { data, next, .. } => 2 + (data.len() - *next).min(self.limits.request_bytes()).div_ceil(segment_bytes),
+                Work::Read { bytes, next, .. } => {
+                    2 + (*bytes - *next)
+                        .min(self.limits.request_bytes())
+                        .div_ceil(segment_bytes)
+                }
+                Work::Write { data, next, .. } => {
+                    2 + (data.len() - *next)
+                        .min(self.limits.request_bytes())
+                        .div_ceil(segment_bytes)
+                }
                 Work::ZeroFill { .. } => 2 + ZERO_FILL_BYTES.div_ceil(segment_bytes),
                 Work::Flush => 2,
                 Work::WriteZeroes { .. } | Work::Discard { .. } => 3,
@@ -720,7 +961,10 @@ impl Disk {
         // Once for everything added: a batch that crosses the device's
         // event notifies once (the event index rule handles the wrap).
         let ring = &self.ring;
-        if self.notifications.notify_due(|| on_ring!(ring, queue => queue.should_notify())) {
+        if self
+            .notifications
+            .notify_due(|| on_ring!(ring, queue => queue.should_notify()))
+        {
             self.transport.notify(QUEUE);
             self.counters.notifications += 1;
         }
@@ -729,7 +973,11 @@ impl Disk {
     fn collect_finished(&mut self) {
         let segment_bytes = self.limits.segment_bytes();
         while let Some(token) = on_ring!(&self.ring, queue => queue.peek_used()) {
-            let Some(mut request) = self.in_flight.get_mut(usize::from(token)).and_then(Option::take) else {
+            let Some(mut request) = self
+                .in_flight
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
                 log::error!("virtio-blk returned unknown token {token}");
                 return;
             };
@@ -743,7 +991,11 @@ impl Disk {
             }
             self.in_flight_count -= 1;
             let status = request.status[0];
-            let outcome = if status == BLK_S_OK { Ok(()) } else { Err(status_error(status)) };
+            let outcome = if status == BLK_S_OK {
+                Ok(())
+            } else {
+                Err(status_error(status))
+            };
             match core::mem::replace(&mut request.owner, Owner::Durability(Vec::new())) {
                 Owner::Durability(jobs) => {
                     for id in jobs {
@@ -757,7 +1009,9 @@ impl Disk {
                     }
                 }
                 Owner::Part { job: id, offset } => {
-                    let Some(job) = self.jobs.get_mut(&id) else { continue };
+                    let Some(job) = self.jobs.get_mut(&id) else {
+                        continue;
+                    };
                     job.outstanding -= 1;
                     match outcome {
                         Err(error) => {
@@ -767,7 +1021,8 @@ impl Disk {
                             }
                         }
                         Ok(()) if request.kind == Kind::Read => match job.read.as_mut() {
-                            Some(buffer) => buffer[offset..offset + request.data.len()].copy_from_slice(&request.data),
+                            Some(buffer) => buffer[offset..offset + request.data.len()]
+                                .copy_from_slice(&request.data),
                             None => job.read = Some(core::mem::take(&mut request.data)),
                         },
                         Ok(()) => {}
@@ -780,7 +1035,9 @@ impl Disk {
 
     /// Completes job `id` once all of it is issued and back.
     fn finish_if_done(&mut self, id: JobId) {
-        let Some(job) = self.jobs.get(&id) else { return };
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
         if job.outstanding != 0 || !matches!(job.work, Work::Issued) {
             return;
         }
@@ -791,7 +1048,9 @@ impl Disk {
             self.awaiting_flush.push(id);
             return;
         }
-        let Some(mut job) = self.jobs.remove(&id) else { return };
+        let Some(mut job) = self.jobs.remove(&id) else {
+            return;
+        };
         let result = match job.failed {
             Some(error) => DiskResult::Failed(error),
             None => match job.read.take() {
@@ -815,7 +1074,10 @@ impl Disk {
                 return self.completed.remove(position).1;
             }
             if super::clock::now_micros().saturating_sub(started) > SYNC_TIMEOUT_MICROS {
-                log::error!("virtio-blk: no answer in {} s", SYNC_TIMEOUT_MICROS / 1_000_000);
+                log::error!(
+                    "virtio-blk: no answer in {} s",
+                    SYNC_TIMEOUT_MICROS / 1_000_000
+                );
                 return DiskResult::Failed(Error::IoError);
             }
             self.step();
@@ -828,7 +1090,10 @@ impl Disk {
         if self.busy() {
             return Err(Error::NotReady);
         }
-        match self.run_now(DiskOp::Read { sector, bytes: buffer.len() }) {
+        match self.run_now(DiskOp::Read {
+            sector,
+            bytes: buffer.len(),
+        }) {
             DiskResult::ReadData(data) if data.len() == buffer.len() => {
                 buffer.copy_from_slice(&data);
                 Ok(())
@@ -843,7 +1108,11 @@ impl Disk {
         if self.busy() {
             return Err(Error::NotReady);
         }
-        match self.run_now(DiskOp::Write { sector, data: Rc::new(buffer.to_vec()), flush_after: false }) {
+        match self.run_now(DiskOp::Write {
+            sector,
+            data: Rc::new(buffer.to_vec()),
+            flush_after: false,
+        }) {
             DiskResult::Failed(error) => Err(error),
             _ => Ok(()),
         }

@@ -67,7 +67,6 @@ pub unsafe fn copy_forward(dest: *mut u8, src: *const u8, n: usize) {
     }
 }
 
-
 /// Sets `n` bytes at `dest` to `byte`.
 ///
 /// # Safety

@@ -12,15 +12,25 @@ const ONE_MIB: u64 = 1 << 20;
 
 /// Picks the heap range: the largest usable region once the first MiB and
 /// the image (code, data, bss, stack) are taken out.
-pub fn choose_heap(regions: &[MemoryRegion], image_start: u64, image_end: u64) -> Option<MemoryRegion> {
+pub fn choose_heap(
+    regions: &[MemoryRegion],
+    image_start: u64,
+    image_end: u64,
+) -> Option<MemoryRegion> {
     let mut best: Option<MemoryRegion> = None;
     for region in regions {
         let mut pieces = [*region, MemoryRegion::default()];
         // Cut the image out of the region.
         if region.start < image_end && image_start < region.end {
             pieces = [
-                MemoryRegion { start: region.start, end: image_start },
-                MemoryRegion { start: image_end, end: region.end },
+                MemoryRegion {
+                    start: region.start,
+                    end: image_start,
+                },
+                MemoryRegion {
+                    start: image_end,
+                    end: region.end,
+                },
             ];
         }
         for piece in pieces {
@@ -40,7 +50,12 @@ pub fn choose_heap(regions: &[MemoryRegion], image_start: u64, image_end: u64) -
 /// `region` must be usable RAM, identity mapped, and used by nothing else.
 pub unsafe fn init_heap(region: MemoryRegion) {
     // SAFETY: guaranteed by the caller.
-    unsafe { HEAP.lock().init(region.start as *mut u8, (region.end - region.start) as usize) };
+    unsafe {
+        HEAP.lock().init(
+            region.start as *mut u8,
+            (region.end - region.start) as usize,
+        )
+    };
 }
 
 /// (used, free) heap bytes.
@@ -87,7 +102,12 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut index = 0;
     while index < n {
         // SAFETY: the caller passes valid ranges of `n` bytes.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(index)), core::ptr::read_volatile(b.add(index))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(index)),
+                core::ptr::read_volatile(b.add(index)),
+            )
+        };
         if x != y {
             return x as i32 - y as i32;
         }

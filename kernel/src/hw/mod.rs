@@ -1,7 +1,7 @@
 //! The hardware layer: the only part of the kernel with `unsafe`.
 pub mod clock;
-pub mod crc;
 pub mod cpu;
+pub mod crc;
 pub mod disk;
 pub mod dma;
 pub mod mem_ops;

@@ -24,7 +24,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use tandem_kernel::virtio::{DeviceFeatures, NetConfig, NetFeatures, NetHeader, StallWatch};
-use tandem_net::{FLOWS, FlowBatches, FlowPush, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN, ReceivedFrame, Segmentation};
+use tandem_net::{
+    FLOWS, FlowBatches, FlowPush, FrameError, FrameQueues, MAX_FRAME_LEN, MAX_SEGMENTED_FRAME_LEN,
+    ReceivedFrame, Segmentation,
+};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
@@ -103,7 +106,10 @@ impl NetQueues {
         let send_gate = NotifyGate::new(&transport, QUEUE_TRANSMIT, event_idx);
         transport.finish_init();
         let offload = features.segmentation_offload();
-        log::debug!("virtio-net segmentation offload {offload}, receive offload {}", features.receive_offload());
+        log::debug!(
+            "virtio-net segmentation offload {offload}, receive offload {}",
+            features.receive_offload()
+        );
         let mut queues = Self {
             transport,
             receive,
@@ -155,7 +161,11 @@ impl NetQueues {
     /// The next buffer the device filled, and how many bytes it wrote.
     fn pop_received(&mut self) -> Option<Result<(Vec<u8>, usize), FrameError>> {
         let token = self.receive.peek_used()?;
-        let Some(mut buffer) = self.receiving.get_mut(usize::from(token)).and_then(Option::take) else {
+        let Some(mut buffer) = self
+            .receiving
+            .get_mut(usize::from(token))
+            .and_then(Option::take)
+        else {
             return Some(Err(FrameError::Device));
         };
         // SAFETY: the same buffer that started this token.
@@ -175,11 +185,20 @@ impl NetQueues {
 
     /// Copies a frame spread over `buffers` receive buffers (the first,
     /// header included, already taken) into one, posting each buffer again.
-    fn assemble(&mut self, first: Vec<u8>, len: usize, buffers: usize) -> Result<ReceivedFrame, FrameError> {
+    fn assemble(
+        &mut self,
+        first: Vec<u8>,
+        len: usize,
+        buffers: usize,
+    ) -> Result<ReceivedFrame, FrameError> {
         // More than a 64 KiB segment needs is a device fault: the buffers
         // are still taken back, the frame is dropped.
         let too_many = buffers > MAX_MERGED_BUFFERS;
-        let mut frame = Vec::with_capacity(if too_many { 0 } else { len - HEADER_LEN + (buffers - 1) * BUFFER_LEN });
+        let mut frame = Vec::with_capacity(if too_many {
+            0
+        } else {
+            len - HEADER_LEN + (buffers - 1) * BUFFER_LEN
+        });
         if !too_many {
             frame.extend_from_slice(&first[HEADER_LEN..len]);
         }
@@ -206,7 +225,10 @@ impl NetQueues {
         let before = self.sending_count;
         let reclaimed = self.reclaim_used();
         let returned = self.sending_count < before;
-        if self.send_watch.check(super::clock::now_micros(), self.sending_count > 0, returned) {
+        if self
+            .send_watch
+            .check(super::clock::now_micros(), self.sending_count > 0, returned)
+        {
             log::warn!(
                 "virtio-net: the device sent none of {} queued frames for a second; notified it again ({} times so far)",
                 self.sending_count,
@@ -219,7 +241,11 @@ impl NetQueues {
 
     fn reclaim_used(&mut self) -> Result<(), FrameError> {
         while let Some(token) = self.send.peek_used() {
-            let Some((buffer, len)) = self.sending.get_mut(usize::from(token)).and_then(Option::take) else {
+            let Some((buffer, len)) = self
+                .sending
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
                 return Err(FrameError::Device);
             };
             // SAFETY: the same buffer and length that started this token.
@@ -236,7 +262,12 @@ impl NetQueues {
     }
 
     /// Hands `buffer[..len]` (virtio-net header first) to the device.
-    fn submit(&mut self, mut buffer: Vec<u8>, len: usize, segmentation: Option<Segmentation>) -> Result<(), FrameError> {
+    fn submit(
+        &mut self,
+        mut buffer: Vec<u8>,
+        len: usize,
+        segmentation: Option<Segmentation>,
+    ) -> Result<(), FrameError> {
         let header = match segmentation {
             Some(s) => NetHeader {
                 flags: NetHeader::F_NEEDS_CSUM,
@@ -294,14 +325,24 @@ impl NetQueues {
     /// Offers a frame to the segmentation batches (a batch that starts gets
     /// a reused buffer).
     fn push_to_batches(&mut self, frame: &[u8]) -> FlowPush {
-        let Some(batches) = self.batches.as_mut() else { return FlowPush::Alone };
+        let Some(batches) = self.batches.as_mut() else {
+            return FlowPush::Alone;
+        };
         let free_large = &mut self.free_large;
-        batches.push(frame, &mut || free_large.pop().unwrap_or_else(|| Vec::with_capacity(BATCH_BUFFER_LEN)))
+        batches.push(frame, &mut || {
+            free_large
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(BATCH_BUFFER_LEN))
+        })
     }
 
     /// Sends batch `index`, if it is open.
     fn send_batch(&mut self, index: usize) -> Result<(), FrameError> {
-        let Some((buffer, segmentation)) = self.batches.as_mut().and_then(|batches| batches.take(index)) else {
+        let Some((buffer, segmentation)) = self
+            .batches
+            .as_mut()
+            .and_then(|batches| batches.take(index))
+        else {
             return Ok(());
         };
         let len = buffer.len();
@@ -311,7 +352,9 @@ impl NetQueues {
     /// Sends every open batch.
     fn send_batches(&mut self) -> Result<(), FrameError> {
         let mut result = Ok(());
-        while let Some((buffer, segmentation)) = self.batches.as_mut().and_then(FlowBatches::take_any) {
+        while let Some((buffer, segmentation)) =
+            self.batches.as_mut().and_then(FlowBatches::take_any)
+        {
             let len = buffer.len();
             result = result.and(self.submit(buffer, len, segmentation));
         }
@@ -334,7 +377,10 @@ impl FrameQueues for NetQueues {
 
     fn take_received(&mut self) -> Option<Result<ReceivedFrame, FrameError>> {
         let received = self.pop_received();
-        if self.receive_watch.check(super::clock::now_micros(), true, received.is_some()) {
+        if self
+            .receive_watch
+            .check(super::clock::now_micros(), true, received.is_some())
+        {
             self.transport.notify(QUEUE_RECEIVE);
         }
         let (buffer, len) = match received? {
@@ -347,7 +393,11 @@ impl FrameQueues for NetQueues {
             let _ = self.post_receive(buffer);
             return Some(Err(FrameError::Device));
         };
-        let buffers = if self.merged_receive { usize::from(header.num_buffers) } else { 1 };
+        let buffers = if self.merged_receive {
+            usize::from(header.num_buffers)
+        } else {
+            1
+        };
         let frame = if buffers <= 1 {
             ReceivedFrame::new(buffer.into_boxed_slice(), HEADER_LEN, len - HEADER_LEN)
         } else {
@@ -356,12 +406,18 @@ impl FrameQueues for NetQueues {
                 Err(error) => return Some(Err(error)),
             }
         };
-        Some(Ok(if header.checksums_trusted() { frame.with_trusted_checksums() } else { frame }))
+        Some(Ok(if header.checksums_trusted() {
+            frame.with_trusted_checksums()
+        } else {
+            frame
+        }))
     }
 
     fn recycle(&mut self, frame: ReceivedFrame) -> Result<(), FrameError> {
         match frame.into_buffer() {
-            Some(buffer) => self.post_receive(buffer.into_vec()).map_err(|_| FrameError::Device),
+            Some(buffer) => self
+                .post_receive(buffer.into_vec())
+                .map_err(|_| FrameError::Device),
             // An assembled frame's buffers were posted again as it was copied.
             None => Ok(()),
         }
@@ -375,7 +431,11 @@ impl FrameQueues for NetQueues {
     }
 
     fn transmit_buffer(&mut self, len: usize) -> Option<&mut [u8]> {
-        let largest = if self.batches.is_some() { MAX_SEGMENTED_FRAME_LEN } else { MAX_FRAME_LEN };
+        let largest = if self.batches.is_some() {
+            MAX_SEGMENTED_FRAME_LEN
+        } else {
+            MAX_FRAME_LEN
+        };
         if len > largest || !self.can_transmit() {
             return None;
         }
@@ -389,7 +449,9 @@ impl FrameQueues for NetQueues {
     }
 
     fn transmit(&mut self, len: usize) -> Result<(), FrameError> {
-        let Some(buffer) = self.filling.take() else { return Err(FrameError::Device) };
+        let Some(buffer) = self.filling.take() else {
+            return Err(FrameError::Device);
+        };
         let total = HEADER_LEN + len;
         if total > buffer.len() {
             self.recycle_transmit(buffer);

@@ -6,13 +6,13 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 
+use tandem_kernel::virtio::{NET_S_LINK_UP, NetConfig};
+use virtio_drivers::config::read_config;
 use virtio_drivers::transport::pci::bus::{
     Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, HeaderType, PciRoot,
 };
 use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
-use tandem_kernel::virtio::{NET_S_LINK_UP, NetConfig};
-use virtio_drivers::config::read_config;
 use virtio_drivers::{PhysAddr, Result as VirtioResult};
 use x86_64::instructions::port::Port;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -87,7 +87,9 @@ impl SharedTransport {
     /// virtio-net: is the link up (VIRTIO_NET_S_LINK_UP in the status field)?
     pub fn net_link_up(&self) -> bool {
         let status: VirtioResult<u16> = read_config!(*self, NetConfig, status);
-        status.map(|status| status & NET_S_LINK_UP != 0).unwrap_or(true)
+        status
+            .map(|status| status & NET_S_LINK_UP != 0)
+            .unwrap_or(true)
     }
 }
 
@@ -119,12 +121,25 @@ impl Transport for SharedTransport {
     fn requires_legacy_layout(&self) -> bool {
         self.0.borrow().requires_legacy_layout()
     }
-    fn queue_set(&mut self, queue: u16, size: u32, descriptors: PhysAddr, driver_area: PhysAddr, device_area: PhysAddr) {
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
         let mut rings = self.1.borrow_mut();
         rings.retain(|r| r.queue != queue);
-        rings.push(UsedRing { queue, address: device_area, size });
+        rings.push(UsedRing {
+            queue,
+            address: device_area,
+            size,
+        });
         drop(rings);
-        self.0.borrow_mut().queue_set(queue, size, descriptors, driver_area, device_area)
+        self.0
+            .borrow_mut()
+            .queue_set(queue, size, descriptors, driver_area, device_area)
     }
     fn queue_unset(&mut self, queue: u16) {
         self.1.borrow_mut().retain(|r| r.queue != queue);
@@ -142,7 +157,11 @@ impl Transport for SharedTransport {
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> VirtioResult<T> {
         self.0.borrow().read_config_space(offset)
     }
-    fn write_config_space<T: IntoBytes + Immutable>(&mut self, offset: usize, value: T) -> VirtioResult<()> {
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: T,
+    ) -> VirtioResult<()> {
         self.0.borrow_mut().write_config_space(offset, value)
     }
 }
@@ -166,9 +185,16 @@ pub struct UnusableDevice {
 
 impl fmt::Display for UnusableDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "virtio device {:04x}:{:04x} at {}", self.vendor_id, self.device_id, self.location)?;
+        write!(
+            f,
+            "virtio device {:04x}:{:04x} at {}",
+            self.vendor_id, self.device_id, self.location
+        )?;
         if self.legacy_only {
-            write!(f, " is legacy-only; tandem needs a modern or transitional virtio device (QEMU: do not set disable-modern=on)")
+            write!(
+                f,
+                " is legacy-only; tandem needs a modern or transitional virtio device (QEMU: do not set disable-modern=on)"
+            )
         } else {
             write!(f, " could not be set up")
         }
@@ -194,7 +220,10 @@ fn buses_to_scan(root: &PciRoot<PortConfigurationAccess>) -> Vec<u8> {
 }
 
 fn is_virtio_block_or_net(info: &DeviceFunctionInfo) -> bool {
-    matches!(virtio_device_type(info), Some(DeviceType::Block | DeviceType::Network))
+    matches!(
+        virtio_device_type(info),
+        Some(DeviceType::Block | DeviceType::Network)
+    )
 }
 
 /// Finds every virtio-blk and virtio-net device, in PCI order.
@@ -203,11 +232,19 @@ pub fn find_virtio_devices() -> (Vec<VirtioDevice>, Vec<UnusableDevice>) {
     let mut found = Vec::new();
     let mut unusable = Vec::new();
     for bus in buses_to_scan(&root) {
-        let devices: Vec<_> = root.enumerate_bus(bus).filter(|(_, info)| is_virtio_block_or_net(info)).collect();
+        let devices: Vec<_> = root
+            .enumerate_bus(bus)
+            .filter(|(_, info)| is_virtio_block_or_net(info))
+            .collect();
         for (location, info) in devices {
-            let Some(kind) = virtio_device_type(&info) else { continue };
+            let Some(kind) = virtio_device_type(&info) else {
+                continue;
+            };
             let (_, command) = root.get_status_command(location);
-            root.set_command(location, command | Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
+            root.set_command(
+                location,
+                command | Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
+            );
             let irq = PortConfigurationAccess.read_word(location, 0x3c) as u8;
             match PciTransport::new::<KernelHal, _>(&mut root, location) {
                 Ok(transport) => found.push(VirtioDevice {

@@ -46,7 +46,9 @@ pub fn write_str(text: &str) {
 
 /// Reads one waiting input byte, if any.
 pub fn try_read() -> Option<u8> {
-    COM1.lock().as_mut().and_then(|uart| uart.try_receive_byte().ok())
+    COM1.lock()
+        .as_mut()
+        .and_then(|uart| uart.try_receive_byte().ok())
 }
 
 /// `fmt::Write` onto the console.

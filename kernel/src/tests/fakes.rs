@@ -33,7 +33,11 @@ pub struct FakeNic {
 
 impl FakeNic {
     pub fn new(mac: [u8; 6], wire: WireRef) -> Self {
-        Self { mac, wire, filling: Vec::new() }
+        Self {
+            mac,
+            wire,
+            filling: Vec::new(),
+        }
     }
 }
 
@@ -83,7 +87,11 @@ pub struct Network {
 
 impl Network {
     pub fn wire(&mut self, segment: usize) -> WireRef {
-        let wire = Rc::new(RefCell::new(Wire { segment, up: true, ..Wire::default() }));
+        let wire = Rc::new(RefCell::new(Wire {
+            segment,
+            up: true,
+            ..Wire::default()
+        }));
         self.wires.push(wire.clone());
         wire
     }
@@ -138,7 +146,10 @@ pub struct FakeDisk(pub Rc<RefCell<DiskState>>);
 
 impl FakeDisk {
     pub fn new(bytes: usize) -> Self {
-        Self(Rc::new(RefCell::new(DiskState { bytes: vec![0; bytes], ..DiskState::default() })))
+        Self(Rc::new(RefCell::new(DiskState {
+            bytes: vec![0; bytes],
+            ..DiskState::default()
+        })))
     }
 
     pub fn hold(&self, held: bool) {
@@ -159,14 +170,20 @@ impl DiskState {
         let at = |sector: u64| (sector * SECTOR) as usize;
         match op {
             DiskOp::Read { .. } if self.fail_reads => DiskResult::Failed(DiskError::IoError),
-            DiskOp::Read { sector, bytes } => DiskResult::ReadData(self.bytes[at(sector)..at(sector) + bytes].to_vec()),
-            DiskOp::Write { .. } | DiskOp::Zero { .. } if self.fail_writes => DiskResult::Failed(DiskError::IoError),
+            DiskOp::Read { sector, bytes } => {
+                DiskResult::ReadData(self.bytes[at(sector)..at(sector) + bytes].to_vec())
+            }
+            DiskOp::Write { .. } | DiskOp::Zero { .. } if self.fail_writes => {
+                DiskResult::Failed(DiskError::IoError)
+            }
             DiskOp::Write { sector, data, .. } => {
                 self.bytes[at(sector)..at(sector) + data.len()].copy_from_slice(&data[..]);
                 self.writes.push((sector * SECTOR, data.len()));
                 DiskResult::Done
             }
-            DiskOp::Zero { sector, sectors, .. } => {
+            DiskOp::Zero {
+                sector, sectors, ..
+            } => {
                 self.bytes[at(sector)..at(sector + sectors)].fill(0);
                 DiskResult::Done
             }
@@ -193,7 +210,10 @@ impl BlockQueue for FakeDisk {
         if state.reverse {
             queued.reverse();
         }
-        queued.into_iter().map(|(tag, op)| (tag, state.execute(op))).collect()
+        queued
+            .into_iter()
+            .map(|(tag, op)| (tag, state.execute(op)))
+            .collect()
     }
 
     fn run_now(&mut self, op: DiskOp) -> DiskResult {

@@ -55,20 +55,46 @@ pub struct Node {
 
 impl Node {
     /// Boots a node with `cmdline`, its NIC `n` on segment `segments[n]`.
-    pub fn boot(network: &mut Network, id: u8, cmdline: &str, segments: &[usize], disks: Vec<FakeDisk>, now: u64) -> Self {
+    pub fn boot(
+        network: &mut Network,
+        id: u8,
+        cmdline: &str,
+        segments: &[usize],
+        disks: Vec<FakeDisk>,
+        now: u64,
+    ) -> Self {
         let config = Config::parse(cmdline).expect("a valid command line");
-        config.check_consistency().expect("a consistent command line");
+        config
+            .check_consistency()
+            .expect("a consistent command line");
         let mut nets = Vec::new();
         let mut wires = Vec::new();
         for (index, segment) in segments.iter().enumerate() {
             let wire = network.wire(*segment);
             let mac = [2, 0, 0, 0, id, index as u8];
             let name: &'static str = Box::leak(format!("net{index}").into_boxed_str());
-            let nic = Nic::new(name, FrameDevice::new(FakeNic::new(mac, wire.clone())), mac, config.nic(index), instant(now));
+            let nic = Nic::new(
+                name,
+                FrameDevice::new(FakeNic::new(mac, wire.clone())),
+                mac,
+                config.nic(index),
+                instant(now),
+            );
             nets.push(NetPort::new(nic, None::<Listener>));
             wires.push(wire);
         }
-        let mut node = Node { nets, wires, disks, nvme: None, local_disks: LocalDisks::new(), pair: None, console: String::new(), running: true, clock_lag: 0, paused_at: None };
+        let mut node = Node {
+            nets,
+            wires,
+            disks,
+            nvme: None,
+            local_disks: LocalDisks::new(),
+            pair: None,
+            console: String::new(),
+            running: true,
+            clock_lag: 0,
+            paused_at: None,
+        };
         node.start_services(&config, now);
         node
     }
@@ -77,23 +103,47 @@ impl Node {
     fn start_services(&mut self, config: &Config, now: u64) {
         let mut settings = config.nvme.clone();
         let mut pair_data_bytes = None;
-        let boot_stamp = 0x5eed ^ u64::from(self.nets.first().map_or(0, |port| port.nic.device().mac_address()[4]));
+        let boot_stamp = 0x5eed
+            ^ u64::from(
+                self.nets
+                    .first()
+                    .map_or(0, |port| port.nic.device().mac_address()[4]),
+            );
         let entropy = boot_stamp.to_le_bytes();
         match config.ha.role {
             HaRole::Standalone => {}
             HaRole::Witness => {
-                let witness = WitnessMember::start(config, &mut self.nets, now, boot_stamp, &entropy).expect("the witness starts");
+                let witness =
+                    WitnessMember::start(config, &mut self.nets, now, boot_stamp, &entropy)
+                        .expect("the witness starts");
                 self.pair = Some(Pair::Witness(witness));
                 return;
             }
             HaRole::Data(node) => {
-                let pair = DataPair::start(config, node, &mut self.nets, &mut self.disks[0], now, boot_stamp, &entropy).expect("the pair starts");
+                let pair = DataPair::start(
+                    config,
+                    node,
+                    &mut self.nets,
+                    &mut self.disks[0],
+                    now,
+                    boot_stamp,
+                    &entropy,
+                )
+                .expect("the pair starts");
                 pair_data_bytes = Some(pair.data_bytes());
                 self.pair = Some(Pair::Data(pair));
                 settings.ana_state = AnaSetting::Inaccessible;
             }
         }
-        let service = NvmeService::new(&settings, &self.nets, &self.disks, HEAP_BYTES, pair_data_bytes, None).expect("the target starts");
+        let service = NvmeService::new(
+            &settings,
+            &self.nets,
+            &self.disks,
+            HEAP_BYTES,
+            pair_data_bytes,
+            None,
+        )
+        .expect("the target starts");
         self.nvme = Some(service);
     }
 
@@ -108,7 +158,9 @@ impl Node {
                 _ => &mut self.local_disks,
             };
             nvme.poll(&mut self.nets, backend, &mut self.disks, now);
-            if let (Some(Pair::Data(pair)), Some(disk)) = (self.pair.as_mut(), self.disks.first_mut()) {
+            if let (Some(Pair::Data(pair)), Some(disk)) =
+                (self.pair.as_mut(), self.disks.first_mut())
+            {
                 pair.poll(&mut self.nets, disk, nvme, &mut self.console, now);
             }
             for port in &mut self.nets {
@@ -125,7 +177,11 @@ impl Node {
 
     /// The role this node last printed (`tandem: role <role> ...`).
     pub fn role(&self) -> Option<&str> {
-        self.console.lines().rev().find_map(|line| line.strip_prefix("tandem: role ")).and_then(|rest| rest.split_whitespace().next())
+        self.console
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("tandem: role "))
+            .and_then(|rest| rest.split_whitespace().next())
     }
 
     pub fn pair_status(&self, now: u64) -> String {
@@ -178,9 +234,22 @@ impl Host {
     pub fn new(network: &mut Network, segment: usize, address: &str, now: u64) -> Self {
         let wire = network.wire(segment);
         let mac = [2, 0, 0, 0, 0x99, 0];
-        let addressing = NicAddressing::Static { address: address.parse().expect("an address/prefix"), gateway: None };
-        let nic = Nic::new("host0", FrameDevice::new(FakeNic::new(mac, wire)), mac, addressing, instant(now));
-        Host { nic, connections: Vec::new(), next_port: 40000 }
+        let addressing = NicAddressing::Static {
+            address: address.parse().expect("an address/prefix"),
+            gateway: None,
+        };
+        let nic = Nic::new(
+            "host0",
+            FrameDevice::new(FakeNic::new(mac, wire)),
+            mac,
+            addressing,
+            instant(now),
+        );
+        Host {
+            nic,
+            connections: Vec::new(),
+            next_port: 40000,
+        }
     }
 
     pub fn address(&self) -> Ipv4Address {
@@ -189,31 +258,49 @@ impl Host {
 
     /// Opens a TCP connection to `to`:4420; returns its index.
     pub fn connect(&mut self, to: [u8; 4]) -> usize {
-        let socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 256 * 1024]), tcp::SocketBuffer::new(vec![0; 256 * 1024]));
+        let socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 256 * 1024]),
+        );
         let local = IpEndpoint::new(IpAddress::Ipv4(self.address()), self.next_port);
         self.next_port += 1;
         let remote = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from_octets(to)), 4420);
         let handle = self.nic.connect(socket, remote, local).expect("connect");
-        self.connections.push(HostConnection { handle, initiator: Initiator::new(false, false), unsent: Vec::new(), events: Vec::new() });
+        self.connections.push(HostConnection {
+            handle,
+            initiator: Initiator::new(false, false),
+            unsent: Vec::new(),
+            events: Vec::new(),
+        });
         self.connections.len() - 1
     }
 
     /// The local port of connection `index`.
     pub fn local_port(&self, index: usize) -> u16 {
-        self.nic.sockets().get::<tcp::Socket>(self.connections[index].handle).local_endpoint().expect("connected").port
+        self.nic
+            .sockets()
+            .get::<tcp::Socket>(self.connections[index].handle)
+            .local_endpoint()
+            .expect("connected")
+            .port
     }
 
     pub fn poll(&mut self, now: u64) {
         self.nic.poll(instant(now));
         for connection in &mut self.connections {
-            let socket = self.nic.sockets_mut().get_mut::<tcp::Socket>(connection.handle);
+            let socket = self
+                .nic
+                .sockets_mut()
+                .get_mut::<tcp::Socket>(connection.handle);
             connection.unsent.extend(connection.initiator.take_output());
             if socket.may_send() && !connection.unsent.is_empty() {
                 let sent = socket.send_slice(&connection.unsent).unwrap_or(0);
                 connection.unsent.drain(..sent);
             }
             while socket.can_recv() {
-                let bytes = socket.recv(|bytes| (bytes.len(), bytes.to_vec())).unwrap_or_default();
+                let bytes = socket
+                    .recv(|bytes| (bytes.len(), bytes.to_vec()))
+                    .unwrap_or_default();
                 if bytes.is_empty() {
                     break;
                 }
@@ -246,10 +333,19 @@ impl World {
     }
 
     /// Runs rounds until `done` holds, for at most `seconds` of the clock.
-    pub fn run_until(&mut self, seconds: u64, what: &str, mut done: impl FnMut(&mut World) -> bool) {
+    pub fn run_until(
+        &mut self,
+        seconds: u64,
+        what: &str,
+        mut done: impl FnMut(&mut World) -> bool,
+    ) {
         let end = self.now + seconds * 1_000_000;
         while !done(self) {
-            assert!(self.now < end, "{what}: not within {seconds} s\n{}", self.consoles());
+            assert!(
+                self.now < end,
+                "{what}: not within {seconds} s\n{}",
+                self.consoles()
+            );
             self.round();
         }
     }
@@ -265,7 +361,12 @@ impl World {
     pub fn consoles(&self) -> String {
         let mut text = String::new();
         for (index, node) in self.nodes.iter().enumerate() {
-            let _ = writeln!(text, "--- node {index} ---\n{}{}", node.console, node.pair_status(self.now));
+            let _ = writeln!(
+                text,
+                "--- node {index} ---\n{}{}",
+                node.console,
+                node.pair_status(self.now)
+            );
         }
         text
     }
@@ -275,7 +376,9 @@ impl World {
         let mut found = None;
         self.run_until(10, &format!("completion of cid {cid}"), |world| {
             let events = &mut world.host.connections[connection].events;
-            let position = events.iter().position(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid));
+            let position = events
+                .iter()
+                .position(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid));
             found = position.map(|position| events.remove(position));
             found.is_some()
         });
@@ -287,12 +390,20 @@ impl World {
 
     /// Whether `cid` completed on `connection` (without waiting).
     pub fn completed(&self, connection: usize, cid: u16) -> bool {
-        self.host.connections[connection].events.iter().any(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid))
+        self.host.connections[connection]
+            .events
+            .iter()
+            .any(|e| matches!(e, HostEvent::Completion { cqe, .. } if cqe.cid == cid))
     }
 
     pub fn ok(&mut self, connection: usize, cid: u16) -> (Completion, Vec<u8>) {
         let (cqe, data) = self.completion(connection, cid);
-        assert_eq!(cqe.status, Status::SUCCESS, "cid {cid}\n{}", self.consoles());
+        assert_eq!(
+            cqe.status,
+            Status::SUCCESS,
+            "cid {cid}\n{}",
+            self.consoles()
+        );
         (cqe, data)
     }
 
@@ -301,7 +412,9 @@ impl World {
     pub fn admin_queue(&mut self, to: [u8; 4]) -> (usize, u16) {
         let connection = self.host.connect(to);
         self.initialized(connection);
-        let cid = self.host.connections[connection].initiator.connect(0, 31, 0, [7; 16], 0xFFFF, NQN, HOST_NQN, false);
+        let cid = self.host.connections[connection]
+            .initiator
+            .connect(0, 31, 0, [7; 16], 0xFFFF, NQN, HOST_NQN, false);
         let (cqe, _) = self.ok(connection, cid);
         let cntlid = cqe.result as u16;
         let cid = self.host.connections[connection].initiator.enable();
@@ -313,7 +426,9 @@ impl World {
     pub fn io_queue(&mut self, to: [u8; 4], cntlid: u16, qid: u16) -> usize {
         let connection = self.host.connect(to);
         self.initialized(connection);
-        let cid = self.host.connections[connection].initiator.connect(qid, 127, 0, [7; 16], cntlid, NQN, HOST_NQN, false);
+        let cid = self.host.connections[connection]
+            .initiator
+            .connect(qid, 127, 0, [7; 16], cntlid, NQN, HOST_NQN, false);
         self.ok(connection, cid);
         connection
     }
@@ -321,7 +436,9 @@ impl World {
     fn initialized(&mut self, connection: usize) {
         self.run_until(10, "ICResp", |world| {
             let events = &mut world.host.connections[connection].events;
-            let position = events.iter().position(|e| matches!(e, HostEvent::Initialized { .. }));
+            let position = events
+                .iter()
+                .position(|e| matches!(e, HostEvent::Initialized { .. }));
             position.map(|position| events.remove(position)).is_some()
         });
     }
@@ -333,5 +450,12 @@ impl World {
 
 /// `len` bytes of a pattern seeded by `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(u32::from(seed) * 7) as u8 ^ seed).collect()
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(31)
+                .wrapping_add(u32::from(seed) * 7) as u8
+                ^ seed
+        })
+        .collect()
 }

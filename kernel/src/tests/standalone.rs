@@ -3,7 +3,7 @@
 use tandem_nvme::wire::Status;
 
 use super::fakes::{FakeDisk, Network};
-use super::{pattern, Host, Node, World, NQN};
+use super::{Host, NQN, Node, World, pattern};
 
 const ADDRESS: [u8; 4] = [10, 77, 0, 1];
 
@@ -13,7 +13,15 @@ fn world() -> (World, FakeDisk) {
     let cmdline = format!("net0=10.77.0.1/24 nqn={NQN} status_port=0");
     let node = Node::boot(&mut network, 1, &cmdline, &[0], vec![disk.clone()], 0);
     let host = Host::new(&mut network, 0, "10.77.0.9/24", 0);
-    (World { now: 0, network, nodes: vec![node], host }, disk)
+    (
+        World {
+            now: 0,
+            network,
+            nodes: vec![node],
+            host,
+        },
+        disk,
+    )
 }
 
 #[test]
@@ -52,12 +60,20 @@ fn completions_reach_the_connection_that_asked() {
     // The same command id on both connections: only the connection tells them apart.
     assert_eq!(cid_one, cid_two);
     world.run_for_millis(20);
-    assert!(!world.completed(first, cid_one) && !world.completed(second, cid_two), "nothing completes before the disk");
+    assert!(
+        !world.completed(first, cid_one) && !world.completed(second, cid_two),
+        "nothing completes before the disk"
+    );
     // The console shows each command at the disk, and that nothing waits
     // in a socket or in the connection.
     let node = &world.nodes[0];
     let text = node.nvme.as_ref().unwrap().describe(&node.nets);
-    let waiting = text.lines().filter(|l| l.contains("outstanding=1") && l.ends_with("tcp=ESTABLISHED sendq=0 recvq=0 unsent=0")).count();
+    let waiting = text
+        .lines()
+        .filter(|l| {
+            l.contains("outstanding=1") && l.ends_with("tcp=ESTABLISHED sendq=0 recvq=0 unsent=0")
+        })
+        .count();
     assert_eq!(waiting, 2, "{text}");
     disk.hold(false);
     let (_, read_one) = world.ok(first, cid_one);
@@ -78,12 +94,16 @@ fn a_disk_error_becomes_the_nvme_status_of_its_command() {
 
     disk.0.borrow_mut().fail_reads = false;
     disk.0.borrow_mut().fail_writes = true;
-    let cid = world.initiator(io).write(1, 0, pattern(4096, 3), 512, false);
+    let cid = world
+        .initiator(io)
+        .write(1, 0, pattern(4096, 3), 512, false);
     let (cqe, _) = world.completion(io, cid);
     assert_eq!(cqe.status, Status::WRITE_FAULT);
 
     // The connection goes on serving.
     disk.0.borrow_mut().fail_writes = false;
-    let cid = world.initiator(io).write(1, 0, pattern(4096, 4), 512, false);
+    let cid = world
+        .initiator(io)
+        .write(1, 0, pattern(4096, 4), 512, false);
     world.ok(io, cid);
 }

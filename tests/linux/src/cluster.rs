@@ -446,7 +446,10 @@ impl Cluster {
         // Reconnect a lost path every second, forever (a node comes back).
         .env(
             "CONNECT_OPTS",
-            format!("--reconnect-delay=1 --ctrl-loss-tmo=-1 {}", options.host_connect_opts),
+            format!(
+                "--reconnect-delay=1 --ctrl-loss-tmo=-1 {}",
+                options.host_connect_opts
+            ),
         )
         .env("CK_OFFSET", CK_OFFSET)
         .env("CK_BLOCKS", CK_BLOCKS)
@@ -1048,7 +1051,12 @@ impl Cluster {
     /// gave `report`). With `read_other_copy` the role is switched over and
     /// everything read back on the other node too; without (the other node
     /// cannot serve hosts) its copy is checked by the replica oracle alone.
-    pub fn finish_stopped(mut self, report: String, stall_prefix: Option<&str>, read_other_copy: bool) {
+    pub fn finish_stopped(
+        mut self,
+        report: String,
+        stall_prefix: Option<&str>,
+        read_other_copy: bool,
+    ) {
         let primary = self.serving();
         self.wait_in_sync(primary, Duration::from_secs(120));
         self.check_replicas_identical();
@@ -1174,7 +1182,9 @@ mod tests {
             "{witness}"
         );
         let key = format!("pair_key={}", pair_key());
-        assert!(a.split_whitespace().any(|w| w == key) && witness.split_whitespace().any(|w| w == key));
+        assert!(
+            a.split_whitespace().any(|w| w == key) && witness.split_whitespace().any(|w| w == key)
+        );
         assert!(
             !witness.contains("net2=") && !witness.contains("serial="),
             "{witness}"

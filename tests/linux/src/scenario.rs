@@ -220,7 +220,10 @@ impl Rig {
             Some(a) => config
                 .env("NVMET_HOSTNQN", &a.hostnqn)
                 .env("NVMET_DHCHAP_KEY", &a.host_secret)
-                .env("NVMET_DHCHAP_CTRL_KEY", a.ctrl_secret.as_deref().unwrap_or(""))
+                .env(
+                    "NVMET_DHCHAP_CTRL_KEY",
+                    a.ctrl_secret.as_deref().unwrap_or(""),
+                )
                 .env("NVMET_DHCHAP_HASH", &a.hash)
                 .env("NVMET_DHCHAP_DHGROUP", &a.dhgroup),
         };
@@ -334,16 +337,22 @@ pub fn dhchap_secret(transform: u8, key: &[u8]) -> String {
     for &b in key {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     let mut bytes = key.to_vec();
     bytes.extend_from_slice(&(!crc).to_le_bytes());
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 b64.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);

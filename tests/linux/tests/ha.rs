@@ -81,17 +81,28 @@ fn filesystem_with_discards_across_a_switchover() {
         let discards = status
             .lines()
             .find(|l| l.trim_start().starts_with("reads="))
-            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("discards=")))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix("discards="))
+            })
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or_else(|| c.fail("disk counters", &status));
-        assert!(discards >= 1, "{} discarded nothing:\n{status}", name.as_str());
+        assert!(
+            discards >= 1,
+            "{} discarded nothing:\n{status}",
+            name.as_str()
+        );
     }
     c.check_no_split_brain();
     let (_, output) = c.host_command("exit", Duration::from_secs(30));
     assert!(output.contains("=== PASS"), "host script: {output}");
     for name in [Name::A, Name::B, Name::Witness] {
         let log = c.member(name).log();
-        assert!(!log.contains("tandem: panic"), "{} panicked:\n{log}", name.as_str());
+        assert!(
+            !log.contains("tandem: panic"),
+            "{} panicked:\n{log}",
+            name.as_str()
+        );
     }
 }
 
@@ -324,7 +335,17 @@ fn print_node_figures(c: &mut Cluster, primary: Name, prefix: &str) {
     for node in [primary, primary.peer()] {
         for line in c.status(node).lines() {
             let line = line.trim();
-            let wanted = ["uptime", "loop-time", "write-time", "apply-time", "payload-copies", "stream-mac", "wakeups", "net", "reads="];
+            let wanted = [
+                "uptime",
+                "loop-time",
+                "write-time",
+                "apply-time",
+                "payload-copies",
+                "stream-mac",
+                "wakeups",
+                "net",
+                "reads=",
+            ];
             if wanted.iter().any(|w| line.starts_with(w)) {
                 eprintln!("{prefix} {}: {line}", node.as_str());
             }
@@ -361,7 +382,8 @@ fn replication_figures() {
                     &format!("fio-json {job} randwrite 4k {depth} {seconds}"),
                     Duration::from_secs(seconds + 120),
                 );
-                let result = tandem_linux_guest::fio::parse(&job, &out).unwrap_or_else(|e| c.fail("fio", e));
+                let result =
+                    tandem_linux_guest::fio::parse(&job, &out).unwrap_or_else(|e| c.fail("fio", e));
                 if label == "replicated" {
                     print_node_figures(c, primary, &job);
                 }

@@ -10,8 +10,8 @@
 //! them pass with 6.12 too, docs/linux-guest.md). Needs root; ~5 min under
 //! TCG.
 
-use tandem_linux_guest::Release;
 use std::time::Duration;
+use tandem_linux_guest::Release;
 
 use tandem_linux_guest::cluster::{
     Cluster, ClusterOptions, HOST_NQN, Name, ROLE_TIMEOUT, epoch_ms, lock,
@@ -59,7 +59,10 @@ fn dhchap_through_both_nodes_and_across_a_switchover() {
     // The host's reconnection to the restarted b authenticates (b's log
     // is the new boot's).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !c.member(Name::B).log().contains("authenticated on queue 1 ")
+    while !c
+        .member(Name::B)
+        .log()
+        .contains("authenticated on queue 1 ")
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(250));

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tandem_linux_guest::cluster::{
-    epoch_ms, lock, role_lines, Cluster, Name, DEFAULT_TIMING, ROLE_TIMEOUT,
+    Cluster, DEFAULT_TIMING, Name, ROLE_TIMEOUT, epoch_ms, lock, role_lines,
 };
 use tandem_qemu::pair::TCG_HA_TIMING;
 

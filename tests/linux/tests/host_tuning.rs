@@ -29,8 +29,8 @@
 
 use std::time::Duration;
 
-use tandem_linux_guest::cluster::{CK_OFFSET, Cluster, Name, ROLE_TIMEOUT, epoch_ms, lock};
 use tandem_linux_guest::Release;
+use tandem_linux_guest::cluster::{CK_OFFSET, Cluster, Name, ROLE_TIMEOUT, epoch_ms, lock};
 use tandem_linux_guest::image::guest_dir;
 
 /// The options `docs/host-tuning.md` recommends (its reasons are there):
@@ -155,13 +155,19 @@ fn all_paths_down() {
         let secondary = primary.peer();
         c.wait_in_sync(primary, Duration::from_secs(180));
         let since = c.role_count(primary);
-        c.event(&format!("{setting}: fence (kill the witness and {})", secondary.as_str()));
+        c.event(&format!(
+            "{setting}: fence (kill the witness and {})",
+            secondary.as_str()
+        ));
         let at = epoch_ms();
         c.kill(Name::Witness);
         c.kill(secondary);
         c.wait_role(primary, "fenced", since, ROLE_TIMEOUT);
         std::thread::sleep(hold.saturating_sub(Duration::from_millis(epoch_ms() - at)));
-        c.event(&format!("{setting}: restart the witness and {}", secondary.as_str()));
+        c.event(&format!(
+            "{setting}: restart the witness and {}",
+            secondary.as_str()
+        ));
         let undo_started = epoch_ms();
         c.restart(Name::Witness);
         c.restart(secondary);
@@ -203,12 +209,13 @@ fn all_paths_down() {
         // Nothing acknowledged lost, nothing stale (errors are allowed: the
         // application was told).
         notes.push(c.stop_io());
-        let log = std::fs::read_to_string(c.host.share_dir().join("ackcheck.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(c.host.share_dir().join("ackcheck.log")).unwrap_or_default();
         let _ = std::fs::write(
-            guest_dir()
-                .join("runs")
-                .join(format!("host-tuning-{}.ackcheck.log", setting.replace(' ', "-"))),
+            guest_dir().join("runs").join(format!(
+                "host-tuning-{}.ackcheck.log",
+                setting.replace(' ', "-")
+            )),
             &log,
         );
         let log = completions(&log);

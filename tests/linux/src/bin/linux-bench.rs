@@ -184,13 +184,18 @@ fn group_cpu(group: i32) -> Option<Duration> {
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut ticks = 0u64;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // The fields after the command name, which may hold spaces: state,
         // ppid, pgrp, …, utime (14th field of the line), stime (15th).
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 12 && fields[2].parse::<i32>().ok() == Some(group) {
-            ticks += fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+            ticks +=
+                fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
         }
     }
     Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second))
@@ -220,10 +225,12 @@ fn run_compare(o: &Options, image: &GuestImage) -> Result<Compared, Error> {
         let config = scenario::compare_initiator(&mut rig, &targets, &o.jobs, o.runtime, o.shape)?;
         // nvmet's tap is tg0, tandem's tg1 (started in that order).
         let counted = |rig: &Rig| -> Option<[(u64, u64); 2]> {
-            (o.segment == Segment::Bridge).then(|| Some([rig.tap_frames(0).ok()?, rig.tap_frames(1).ok()?]))?
+            (o.segment == Segment::Bridge)
+                .then(|| Some([rig.tap_frames(0).ok()?, rig.tap_frames(1).ok()?]))?
         };
         let groups = [nvmet.guest.process_group(), tandem.node.pid() as i32];
-        let cpu_now = || -> Option<[Duration; 2]> { Some([group_cpu(groups[0])?, group_cpu(groups[1])?]) };
+        let cpu_now =
+            || -> Option<[Duration; 2]> { Some([group_cpu(groups[0])?, group_cpu(groups[1])?]) };
         let idle_before = cpu_now();
         std::thread::sleep(IDLE_SAMPLE);
         let cpu_before = cpu_now();
@@ -242,7 +249,10 @@ fn run_compare(o: &Options, image: &GuestImage) -> Result<Compared, Error> {
             _ => None,
         };
         let frames = before.zip(after).map(|(b, a)| {
-            let f = |i: usize| Frames { sent: a[i].0 - b[i].0, received: a[i].1 - b[i].1 };
+            let f = |i: usize| Frames {
+                sent: a[i].0 - b[i].0,
+                received: a[i].1 - b[i].1,
+            };
             (f(0), f(1))
         });
         if let Err(e) = outcome.check() {
