@@ -335,15 +335,11 @@ fn decide_by_generations(me: &DataView, peer: &DataView) -> Verdict {
             "the peer wrote without this node since this disk's generation: copy the marked regions",
         );
     }
-    // 4. Both wrote without the other since a common generation.
-    if m.ancestors().any(|g| p.ancestors().any(|h| h == g)) {
-        return verdict(
-            Refuse(Refusal::SplitBrain),
-            "both nodes wrote without the other since their last common generation",
-        );
-    }
-    // 5. One disk holds an older generation of the other's data that no
-    // bitmap covers any more (a reverted copy, a long absence).
+    // 4. One disk holds an older generation of the other's data that no
+    // bitmap covers any more (a reverted copy, a long absence). Before the
+    // common-ancestor rule: a disk whose current generation is in the
+    // other's history has not written since, even when the two also share
+    // an older generation (an earlier outage of either node).
     if m.in_history(p.current) && p.in_history(m.current) {
         return verdict(
             Refuse(Refusal::SplitBrain),
@@ -360,6 +356,13 @@ fn decide_by_generations(me: &DataView, peer: &DataView) -> Verdict {
         return verdict(
             FullResync { source: Side::Peer },
             "this disk holds an older generation of the peer's data: full copy from the peer",
+        );
+    }
+    // 5. Both wrote without the other since a common generation.
+    if m.ancestors().any(|g| p.ancestors().any(|h| h == g)) {
+        return verdict(
+            Refuse(Refusal::SplitBrain),
+            "both nodes wrote without the other since their last common generation",
         );
     }
     verdict(
@@ -555,6 +558,14 @@ mod tests {
                 view(7, 5, [3, 1], U),
                 view(1, 0, [0, 0], O),
                 FullResync { source: Side::Me },
+            ),
+            // An older copy of our own disk after an earlier outage: the
+            // two also share that outage's generation, but our current one
+            // is in the peer's history, so only we are behind.
+            (
+                view(3, 0, [1, 0], U),
+                view(9, 7, [3, 1], U),
+                FullResync { source: Side::Peer },
             ),
             // Both wrote since a common generation.
             (
