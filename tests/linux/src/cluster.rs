@@ -1225,3 +1225,13 @@ mod tests {
         assert_eq!(max_gap(&times, 6000, 7000), None);
     }
 }
+
+/// The median and the largest of a benchmark's figures (0 for none).
+pub fn median_max(values: &[u64]) -> (u64, u64) {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    (
+        v.get(v.len() / 2).copied().unwrap_or(0),
+        v.last().copied().unwrap_or(0),
+    )
+}

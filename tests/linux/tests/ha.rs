@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tandem_linux_guest::cluster;
 use tandem_linux_guest::cluster::{
     Cluster, DEFAULT_TIMING, DISK_BYTES, HOLD, Name, REGION_BYTES, ROLE_TIMEOUT, epoch_ms, lock,
     own_line, role_lines,
@@ -242,15 +243,6 @@ fn witness_down_then_secondary_down() {
     c.finish(None);
 }
 
-fn median_max(values: &[u64]) -> (u64, u64) {
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    (
-        v.get(v.len() / 2).copied().unwrap_or(0),
-        v.last().copied().unwrap_or(0),
-    )
-}
-
 /// The stall figures for docs/benchmarks.md (not a test): `TANDEM_HA_RUNS`
 /// (default 10) planned switchovers, alternately by `demote` and by
 /// `promote`, then as many kills of the primary (each followed by the
@@ -303,8 +295,8 @@ fn stall_figures() {
         let stalls = c.stalls(prefix);
         let fio: Vec<u64> = stalls.iter().filter_map(|s| s.1).collect();
         let ck: Vec<u64> = stalls.iter().filter_map(|s| s.2).collect();
-        let (fm, fx) = median_max(&fio);
-        let (cm, cx) = median_max(&ck);
+        let (fm, fx) = cluster::median_max(&fio);
+        let (cm, cx) = cluster::median_max(&ck);
         lines.push(format!(
             "{kind}: {} runs: fio max gap median {fm} ms, max {fx} ms; ackcheck median {cm} ms, max {cx} ms; fio each {fio:?}",
             fio.len()

@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_linux_guest::cluster;
 use tandem_linux_guest::cluster::{
     Cluster, DEFAULT_TIMING, HOLD, Name, ROLE_TIMEOUT, epoch_ms, lock, own_line,
 };
@@ -228,15 +229,6 @@ fn primary_front_end_cut_for_good_leaves_the_host_working_on_the_peer() {
     c.finish_stopped(report, Some("front-end cut"), false);
 }
 
-fn median_max(values: &[u64]) -> (u64, u64) {
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    (
-        v.get(v.len() / 2).copied().unwrap_or(0),
-        v.last().copied().unwrap_or(0),
-    )
-}
-
 /// The stall figures for docs/benchmarks.md (not a test), at the image's
 /// default timing (hb_interval 50 ms, hb_timeout 500 ms: handovers spaced
 /// 5 s): `TANDEM_HA_RUNS` (default 10) cuts of the primary's front-end
@@ -307,8 +299,8 @@ fn front_end_cut_stall_figures() {
         let stalls = c.stalls(prefix);
         let fio: Vec<u64> = stalls.iter().filter_map(|s| s.1).collect();
         let ck: Vec<u64> = stalls.iter().filter_map(|s| s.2).collect();
-        let (fm, fx) = median_max(&fio);
-        let (cm, cx) = median_max(&ck);
+        let (fm, fx) = cluster::median_max(&fio);
+        let (cm, cx) = cluster::median_max(&ck);
         lines.push(format!(
             "{kind}: {} runs: fio max gap median {fm} ms, max {fx} ms; ackcheck median {cm} ms, max {cx} ms; fio each {fio:?}; ackcheck each {ck:?}",
             fio.len()

@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tandem_linux_guest::cluster;
 use tandem_linux_guest::cluster::{
     Cluster, DEFAULT_TIMING, Name, ROLE_TIMEOUT, epoch_ms, lock, role_lines,
 };
@@ -107,15 +108,6 @@ fn stalls(c: &Cluster, prefix: &str) -> Vec<u64> {
         .collect()
 }
 
-fn median_max(values: &[u64]) -> (u64, u64) {
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    (
-        v.get(v.len() / 2).copied().unwrap_or(0),
-        v.last().copied().unwrap_or(0),
-    )
-}
-
 /// The primary killed (and restarted), then the new primary paused past the
 /// takeover and resumed, at the timing `cargo tandem up` picks under TCG:
 /// the pause stalls the host no longer than the kill (within a generous
@@ -199,8 +191,8 @@ fn pause_and_kill_stall_figures() {
         let all = c.stalls(prefix);
         let fio: Vec<u64> = all.iter().filter_map(|s| s.1).collect();
         let ck: Vec<u64> = all.iter().filter_map(|s| s.2).collect();
-        let (fm, fx) = median_max(&fio);
-        let (cm, cx) = median_max(&ck);
+        let (fm, fx) = cluster::median_max(&fio);
+        let (cm, cx) = cluster::median_max(&ck);
         lines.push(format!(
             "{kind}: {} runs: fio max gap median {fm} ms, max {fx} ms; ackcheck median {cm} ms, max {cx} ms; fio each {fio:?}; ackcheck each {ck:?}",
             fio.len()
