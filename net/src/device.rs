@@ -319,6 +319,29 @@ impl<Q: FrameQueues> FrameDevice<Q> {
     }
 }
 
+impl<Q: FrameQueues> FrameDevice<Q> {
+    /// A token to send one frame through this device.
+    fn tx_token(&self) -> FrameTxToken<'_, Q> {
+        FrameTxToken {
+            queues: &self.queues,
+            counters: &self.counters,
+            large_frames: self.large_frames,
+            quiet: &self.quiet,
+            quiet_exempt: &self.quiet_exempt,
+        }
+    }
+
+    /// The tokens smoltcp takes for a received frame (and its answer).
+    fn token_pair(&self, frame: RxFrame) -> (FrameRxToken<'_, Q>, FrameTxToken<'_, Q>) {
+        let rx = FrameRxToken {
+            queues: &self.queues,
+            counters: &self.counters,
+            frame,
+        };
+        (rx, self.tx_token())
+    }
+}
+
 impl<Q: FrameQueues> Device for FrameDevice<Q> {
     type RxToken<'a>
         = FrameRxToken<'a, Q>
@@ -331,26 +354,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         if let Some(frame) = self.injected.pop_front() {
-            let (queues, counters, large_frames, quiet) = (
-                &self.queues,
-                &self.counters,
-                self.large_frames,
-                (&self.quiet[..], &self.quiet_exempt[..]),
-            );
-            return Some((
-                FrameRxToken {
-                    queues,
-                    counters,
-                    frame: RxFrame::Injected(frame),
-                },
-                FrameTxToken {
-                    queues,
-                    counters,
-                    large_frames,
-                    quiet: quiet.0,
-                    quiet_exempt: quiet.1,
-                },
-            ));
+            return Some(self.token_pair(RxFrame::Injected(frame)));
         }
         loop {
             match self.queues.get_mut().take_received()? {
@@ -367,26 +371,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
                     crate::stretch_ack::scale_announced_mss(frame.frame_mut());
                     self.arp.learn(frame.frame());
                     self.watch_conflicts(frame.frame());
-                    let (queues, counters, large_frames, quiet) = (
-                        &self.queues,
-                        &self.counters,
-                        self.large_frames,
-                        (&self.quiet[..], &self.quiet_exempt[..]),
-                    );
-                    return Some((
-                        FrameRxToken {
-                            queues,
-                            counters,
-                            frame: RxFrame::Device(frame),
-                        },
-                        FrameTxToken {
-                            queues,
-                            counters,
-                            large_frames,
-                            quiet: quiet.0,
-                            quiet_exempt: quiet.1,
-                        },
-                    ));
+                    return Some(self.token_pair(RxFrame::Device(frame)));
                 }
                 Err(error) => {
                     bump(&self.counters.rx_errors, 1);
@@ -398,13 +383,7 @@ impl<Q: FrameQueues> Device for FrameDevice<Q> {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         if self.queues.get_mut().can_transmit() {
-            Some(FrameTxToken {
-                queues: &self.queues,
-                counters: &self.counters,
-                large_frames: self.large_frames,
-                quiet: &self.quiet,
-                quiet_exempt: &self.quiet_exempt,
-            })
+            Some(self.tx_token())
         } else {
             None
         }
