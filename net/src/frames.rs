@@ -324,6 +324,32 @@ mod tests {
     }
 
     #[test]
+    fn arp_header_rejects_what_is_not_a_whole_arp_packet_over_ipv4() {
+        let request = arp_request(HOST, ip(20), ip(2));
+        let header = arp_header(&request).expect("a genuine request");
+        assert_eq!(
+            (header.sender_mac, header.sender, header.target),
+            (HOST, ip(20), ip(2))
+        );
+        // Every truncation of a genuine frame is refused, never a panic.
+        for len in 0..14 + 28 {
+            assert!(arp_header(&request[..len]).is_none(), "{len} bytes");
+        }
+        // Another ethertype, another protocol type, another hardware length.
+        let mut not_arp = request.clone();
+        not_arp[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert!(arp_header(&not_arp).is_none());
+        let mut not_ipv4 = request.clone();
+        not_ipv4[14 + 2..14 + 4].copy_from_slice(&[0x86, 0xdd]);
+        assert!(arp_header(&not_ipv4).is_none());
+        let mut odd_mac = request.clone();
+        odd_mac[14 + 4] = 8;
+        assert!(arp_header(&odd_mac).is_none());
+        // A segment is not ARP.
+        assert!(arp_header(&host_syn()).is_none());
+    }
+
+    #[test]
     fn gratuitous_arp_announces_the_address() {
         let frame = gratuitous_arp(OURS, ip(1));
         assert_eq!(frame.len(), 42);
